@@ -1,0 +1,37 @@
+// Engine flags shared by `run` and `bench`.
+#pragma once
+
+#include "CLI/CLI.hpp"
+#include "worker/engine.h"
+
+namespace daedalus {
+
+struct EngineFlags {
+  std::string kv_dtype = "bf16", attention = "auto";
+  int64_t kv_tokens = 1 << 16, page_size = 64, max_batch_tokens = 512, prefill_chunk = 512;
+  int threads = 0;
+
+  void Register(CLI::App& app) {
+    app.add_option("--kv-dtype", kv_dtype, "latent KV cache dtype: bf16 | f32")->check(CLI::IsMember({"bf16", "f32"}));
+    app.add_option("--kv-cache-tokens", kv_tokens, "KV cache capacity in tokens");
+    app.add_option("--page-size", page_size, "KV cache page size in tokens");
+    app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per forward step");
+    app.add_option("--prefill-chunk", prefill_chunk, "longest prefill slice of one sequence per step");
+    app.add_option("--attention", attention, "MLA form: auto (naive prefill, absorbed decode) | naive | absorbed")
+        ->check(CLI::IsMember({"auto", "naive", "absorbed"}));
+    app.add_option("--threads", threads, "threads (default: OMP_NUM_THREADS or all cores)");
+  }
+  EngineOptions Options() const {
+    EngineOptions o;
+    o.kv.dtype = kv_dtype == "f32" ? DType::kF32 : DType::kBF16;
+    o.kv.max_tokens = kv_tokens;
+    o.kv.page_size = page_size;
+    o.max_batch_tokens = max_batch_tokens;
+    o.prefill_chunk = prefill_chunk;
+    o.attention = attention == "naive" ? AttentionPath::kNaive
+                  : attention == "absorbed" ? AttentionPath::kAbsorbed : AttentionPath::kAuto;
+    return o;
+  }
+};
+
+}  // namespace daedalus

@@ -1,0 +1,63 @@
+#include "cli/request_io.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace daedalus {
+
+absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(part, &id)) return absl::InvalidArgumentError(absl::StrCat("\"", part, "\" is not a token id"));
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+absl::StatusOr<Request> ParseRequestLine(const std::string& line, const Request& defaults) {
+  using nlohmann::json;
+  json j = json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  Request r = defaults;
+  try {
+    if (j.contains("id")) r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+    if (!j.contains("prompt_ids") || !j["prompt_ids"].is_array()) {
+      return absl::InvalidArgumentError("\"prompt_ids\" must be an array of token ids");
+    }
+    r.prompt_ids.clear();
+    for (const json& id : j["prompt_ids"]) {
+      if (!id.is_number_integer()) return absl::InvalidArgumentError("\"prompt_ids\" holds a non-integer");
+      r.prompt_ids.push_back(id.get<int32_t>());
+    }
+    auto number = [&](const char* key, auto& out) -> absl::Status {
+      if (!j.contains(key) || j[key].is_null()) return absl::OkStatus();
+      if (!j[key].is_number()) return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a number"));
+      out = j[key].get<std::remove_reference_t<decltype(out)>>();
+      return absl::OkStatus();
+    };
+    for (absl::Status s : {number("max_new_tokens", r.max_new_tokens), number("temperature", r.sampling.temperature),
+                           number("top_p", r.sampling.top_p), number("top_k", r.sampling.top_k),
+                           number("seed", r.sampling.seed)}) {
+      if (!s.ok()) return s;
+    }
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+  return r;
+}
+
+nlohmann::ordered_json ResultJson(const Result& r) {
+  nlohmann::ordered_json j;
+  j["id"] = r.id;
+  if (!r.status.ok()) {
+    j["error"] = std::string(r.status.message());
+    return j;
+  }
+  j["generated_ids"] = r.generated_ids;
+  j["finish_reason"] = r.finish_reason;
+  return j;
+}
+
+}  // namespace daedalus

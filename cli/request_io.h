@@ -1,0 +1,22 @@
+// Reading prompt files (JSON lines) and writing results, for `run`.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine.h"
+
+namespace daedalus {
+
+// "1,2,3" → {1, 2, 3}; an error names the bad element.
+absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text);
+
+// One line of a prompts file: {"id", "prompt_ids", "max_new_tokens", "temperature", "top_p",
+// "top_k", "seed"}; absent fields take `defaults`.
+absl::StatusOr<Request> ParseRequestLine(const std::string& line, const Request& defaults);
+
+nlohmann::ordered_json ResultJson(const Result& result);
+
+}  // namespace daedalus

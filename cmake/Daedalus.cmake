@@ -1,0 +1,42 @@
+# One helper per kind of target, so that adding a file is one line.
+
+set(DAEDALUS_CXX_FLAGS -Wall -Wextra -Wno-unused-parameter)
+if(DAEDALUS_NATIVE)
+  list(APPEND DAEDALUS_CXX_FLAGS -march=native)
+endif()
+if(DAEDALUS_SANITIZE STREQUAL "address")
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+elseif(DAEDALUS_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread)
+  add_link_options(-fsanitize=thread)
+endif()
+
+# daedalus_library(NAME SRCS a.cc b.cc DEPS x y)
+function(daedalus_library name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SRCS})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${DAEDALUS_CXX_FLAGS}>)
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS})
+endfunction()
+
+# daedalus_test(NAME SRCS a_test.cc DEPS x y): a GoogleTest binary registered with CTest.
+function(daedalus_test name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SRCS})
+  target_compile_options(${name} PRIVATE ${DAEDALUS_CXX_FLAGS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 600 ENVIRONMENT "OMP_NUM_THREADS=2")
+endfunction()
+
+# daedalus_py_test(NAME SCRIPT path ARGS ...): an integration test driven by Debian's python3.
+function(daedalus_py_test name)
+  cmake_parse_arguments(ARG "" "SCRIPT" "ARGS" ${ARGN})
+  add_test(NAME ${name}
+           COMMAND /usr/bin/python3 ${PROJECT_SOURCE_DIR}/${ARG_SCRIPT}
+                   --daedalus $<TARGET_FILE:daedalus> ${ARG_ARGS})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 900 ENVIRONMENT "OMP_NUM_THREADS=2")
+endfunction()

@@ -1,0 +1,29 @@
+// Elementwise and row-wise operations of the DeepSeek layers, on float activations.
+#pragma once
+
+#include <cstdint>
+
+namespace daedalus {
+
+// y[i, :] = x[i, :] / sqrt(mean(x[i, :]²) + eps) * gamma, for `rows` rows of `n`.
+// x and y may alias.
+void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float eps, float* y, int64_t x_stride,
+             int64_t y_stride);
+
+// out[i, j] = silu(gate_up[i, j]) * gate_up[i, width + j]; gate_up is [rows, 2·width].
+void SiluMul(const float* gate_up, int64_t rows, int64_t width, float* out);
+// out[i, j] = silu(gate[i, j]) * up[i, j]; both [rows, width].
+void SiluMulSeparate(const float* gate, const float* up, int64_t rows, int64_t width, float* out);
+
+// Rotates adjacent pairs (v[2i], v[2i+1]) by the angle whose cos/sin are given per pair
+// (GPT-J / DeepSeek interleaved layout). v has `dim` elements, cos and sin `dim / 2`.
+void RotateInterleaved(float* v, int64_t dim, const float* cos, const float* sin);
+
+// In-place numerically stable softmax over n floats.
+void Softmax(float* v, int64_t n);
+
+// Dot product and y += a·x over n floats (vectorised by the compiler).
+float Dot(const float* a, const float* b, int64_t n);
+void Axpy(float a, const float* x, float* y, int64_t n);
+
+}  // namespace daedalus

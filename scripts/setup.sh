@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Daedalus builds with. Idempotent; silent when all are present.
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libabsl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
+  libopenblas-openmp-dev
+  python3 python3-numpy
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "setup: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

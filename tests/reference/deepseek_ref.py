@@ -1,0 +1,368 @@
+#!/usr/bin/python3
+"""Independent NumPy reference of the DeepSeek-V2 / V2-Lite / V3 forward pass.
+
+Golden reference for the engine's tests; follows /work/shared/MODEL-SEMANTICS.md.
+Deliberately simple rather than fast:
+  * all math in float64 (weights upcast once, FP8 block-dequantized),
+  * the whole sequence is recomputed for every generated token (no KV cache),
+  * naive MLA: k_nope and v are decompressed per head through kv_b_proj,
+  * causal mask, greedy decoding (argmax, lowest index on ties).
+
+Usage:
+  /usr/bin/python3 tests/reference/deepseek_ref.py --model DIR --prompt-ids 1,2,3 \
+      --max-new-tokens N --out FILE.json [--all-logits]
+
+Output JSON: {"prompt_ids": [...], "logits": [[vocab floats] per prompt position],
+              "generated_ids": [...]} and, with --all-logits, "all_logits": one row per
+fed position (prompt tokens, then every generated token except the last).
+Uses only numpy and the standard library.
+"""
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------
+# Safetensors reading and dequantization
+# ----------------------------------------------------------------------------------------------
+
+def _e4m3fn_table():
+    """256-entry lookup: FP8 e4m3fn code -> float64 (bias 7, no inf, NaN at 0x7F/0xFF)."""
+    table = np.zeros(256, dtype=np.float64)
+    for code in range(256):
+        sign = -1.0 if code & 0x80 else 1.0
+        exp = (code >> 3) & 0xF
+        man = code & 0x7
+        if exp == 0xF and man == 0x7:
+            table[code] = np.nan
+        elif exp == 0:                       # subnormal: 2^(1-7) * man/8
+            table[code] = sign * 2.0 ** -6 * (man / 8.0)
+        else:
+            table[code] = sign * 2.0 ** (exp - 7) * (1.0 + man / 8.0)
+    return table
+
+
+E4M3FN = _e4m3fn_table()
+
+
+class SafetensorsFile:
+    """Minimal reader: u64 LE header length, JSON header, then raw little-endian data."""
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n).decode("utf-8"))
+        header.pop("__metadata__", None)
+        self.header = header
+        self.data_start = 8 + n
+        self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+
+    def raw(self, name):
+        """Returns (dtype string, shape, numpy array of the stored values, not dequantized)."""
+        info = self.header[name]
+        begin, end = info["data_offsets"]
+        buf = self.mm[self.data_start + begin:self.data_start + end]
+        dt, shape = info["dtype"], tuple(info["shape"])
+        if dt == "F32":
+            arr = buf.view("<f4")
+        elif dt == "F64":
+            arr = buf.view("<f8")
+        elif dt == "F16":
+            arr = buf.view("<f2")
+        elif dt == "BF16":                   # bf16 = upper 16 bits of a float32
+            arr = (buf.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        elif dt == "F8_E4M3":
+            arr = buf.view(np.uint8)         # codes; decoded by the caller
+        elif dt in ("I64", "I32", "I16", "I8", "U8"):
+            arr = buf.view({"I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1"}[dt])
+        else:
+            raise ValueError("unsupported safetensors dtype %s for %s" % (dt, name))
+        return dt, shape, arr.reshape(shape)
+
+
+class Checkpoint:
+    """config.json + one or more safetensors shards; weights returned as float64, cached."""
+
+    def __init__(self, model_dir):
+        with open(os.path.join(model_dir, "config.json")) as f:
+            self.cfg = json.load(f)
+        index = os.path.join(model_dir, "model.safetensors.index.json")
+        files = {}
+        self.where = {}                      # tensor name -> SafetensorsFile
+        if os.path.exists(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            for name, fname in weight_map.items():
+                if fname not in files:
+                    files[fname] = SafetensorsFile(os.path.join(model_dir, fname))
+                self.where[name] = files[fname]
+        else:
+            st = SafetensorsFile(os.path.join(model_dir, "model.safetensors"))
+            self.where = {name: st for name in st.header}
+        qc = self.cfg.get("quantization_config") or {}
+        self.block = qc.get("weight_block_size", [128, 128])
+        self.cache = {}
+
+    def has(self, name):
+        return name in self.where
+
+    def get(self, name):
+        if name not in self.cache:
+            dt, shape, arr = self.where[name].raw(name)
+            if dt == "F8_E4M3":
+                # Block-scaled FP8: w[m, n] = value(code[m, n]) * scale_inv[m // bm, n // bn].
+                w = E4M3FN[arr]
+                _, _, s = self.where[name + "_scale_inv"].raw(name + "_scale_inv")
+                s = s.astype(np.float64)
+                bm, bn = self.block
+                assert s.shape == (-(-shape[0] // bm), -(-shape[1] // bn)), (name, s.shape)
+                s_full = np.repeat(np.repeat(s, bm, axis=0), bn, axis=1)[:shape[0], :shape[1]]
+                w = w * s_full
+            else:
+                w = arr.astype(np.float64)
+            self.cache[name] = w
+        return self.cache[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+
+def linear(x, w):
+    """W stored [out, in]; y = x @ W^T."""
+    return x @ w.T
+
+
+def rms_norm(x, g, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x, axis=-1):
+    x = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def topk_indices(v, k):
+    """Indices of the k largest entries of a 1-D array, largest first, lowest index on ties."""
+    return np.argsort(-v, kind="stable")[:k]
+
+
+def yarn_mscale(f, s):
+    return 0.1 * s * math.log(f) + 1.0 if f > 1 else 1.0
+
+
+def rope_params(cfg):
+    """Returns (inv_freq [dr/2], cos/sin multiplier, softmax-scale multiplier m^2)."""
+    dr, theta = cfg["qk_rope_head_dim"], float(cfg["rope_theta"])
+    base = 1.0 / theta ** (np.arange(0, dr, 2, dtype=np.float64) / dr)
+    rs = cfg.get("rope_scaling")
+    if not rs or rs.get("type", rs.get("rope_type")) != "yarn":
+        return base, 1.0, 1.0
+    f = float(rs["factor"])
+    L0 = float(rs["original_max_position_embeddings"])
+    beta_fast, beta_slow = float(rs.get("beta_fast", 32)), float(rs.get("beta_slow", 1))
+    mscale, mscale_all_dim = float(rs.get("mscale", 1)), float(rs.get("mscale_all_dim", 0))
+
+    def corr(n):                             # dimension whose wavelength makes n turns in L0
+        return dr * math.log(L0 / (2 * math.pi * n)) / (2 * math.log(theta))
+
+    low = max(math.floor(corr(beta_fast)), 0)
+    high = min(math.ceil(corr(beta_slow)), dr - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dr // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    inv_freq = base * (1.0 - ramp) + base / f * ramp
+    cos_sin_mul = yarn_mscale(f, mscale) / yarn_mscale(f, mscale_all_dim)
+    m = yarn_mscale(f, mscale_all_dim)       # = 1 when mscale_all_dim is 0/absent
+    return inv_freq, cos_sin_mul, m * m
+
+
+def apply_rope(x, positions, inv_freq, mul):
+    """Interleaved (GPT-J) rotary: pair (x[..., 2i], x[..., 2i+1]) rotated by p * inv_freq[i].
+    x: [T, ..., dr]; positions: [T]."""
+    ang = positions[:, None].astype(np.float64) * inv_freq[None, :]          # [T, dr/2]
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (inv_freq.shape[0],)
+    cos, sin = (np.cos(ang) * mul).reshape(shape), (np.sin(ang) * mul).reshape(shape)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * cos - x1 * sin
+    out[..., 1::2] = x0 * sin + x1 * cos
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+class DeepSeekRef:
+    def __init__(self, model_dir):
+        self.ck = Checkpoint(model_dir)
+        self.cfg = self.ck.cfg
+        self.inv_freq, self.rope_mul, self.mscale2 = rope_params(self.cfg)
+
+    def w(self, name):
+        return self.ck.get(name)
+
+    def attention(self, i, x, positions):
+        """Naive MLA over the whole sequence x [T, D] with a causal mask."""
+        c, p = self.cfg, "model.layers.%d.self_attn." % i
+        H, dn, dr, dv = c["num_attention_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+        rkv, eps, T = c["kv_lora_rank"], c["rms_norm_eps"], x.shape[0]
+
+        # Query.
+        if c.get("q_lora_rank"):
+            q = linear(rms_norm(linear(x, self.w(p + "q_a_proj.weight")),
+                                self.w(p + "q_a_layernorm.weight"), eps),
+                       self.w(p + "q_b_proj.weight"))
+        else:
+            q = linear(x, self.w(p + "q_proj.weight"))
+        q = q.reshape(T, H, dn + dr)
+        q_nope, q_pe = q[..., :dn], q[..., dn:]
+
+        # Latent: c_kv is normalised, the single shared rotary key k_pe is not.
+        a = linear(x, self.w(p + "kv_a_proj_with_mqa.weight"))
+        c_kv = rms_norm(a[:, :rkv], self.w(p + "kv_a_layernorm.weight"), eps)
+        k_pe = a[:, rkv:]                                                    # [T, dr]
+
+        # Decompress per-head keys and values.
+        kv = linear(c_kv, self.w(p + "kv_b_proj.weight")).reshape(T, H, dn + dv)
+        k_nope, v = kv[..., :dn], kv[..., dn:]
+
+        q_pe = apply_rope(q_pe, positions, self.inv_freq, self.rope_mul)     # [T, H, dr]
+        k_pe = apply_rope(k_pe, positions, self.inv_freq, self.rope_mul)     # [T, dr]
+
+        scale = (dn + dr) ** -0.5 * self.mscale2
+        scores = (np.einsum("thd,shd->hts", q_nope, k_nope)
+                  + np.einsum("thd,sd->hts", q_pe, k_pe)) * scale                 # [H, T, S]
+        causal = np.triu(np.ones((T, T), dtype=bool), k=1)                   # s > t masked
+        scores = np.where(causal[None], -np.inf, scores)
+        probs = softmax(scores, axis=-1)
+        out = np.einsum("hts,shd->thd", probs, v).reshape(T, H * dv)
+        return linear(out, self.w(p + "o_proj.weight"))
+
+    def mlp(self, prefix, x):
+        g = linear(x, self.w(prefix + "gate_proj.weight"))
+        u = linear(x, self.w(prefix + "up_proj.weight"))
+        return linear(silu(g) * u, self.w(prefix + "down_proj.weight"))
+
+    def route(self, i, xt):
+        """MoE routing for one token xt [D]. Returns (expert indices, weights)."""
+        c, p = self.cfg, "model.layers.%d.mlp." % i
+        E, k = c["n_routed_experts"], c["num_experts_per_tok"]
+        method = c.get("topk_method", "greedy")
+        logits = linear(xt, self.w(p + "gate.weight"))
+        if c.get("scoring_func", "softmax") == "sigmoid":
+            s = sigmoid(logits)
+        else:
+            s = softmax(logits)
+        # Correction bias (V3) only steers the selection; weights use unbiased s.
+        bias_name = p + "gate.e_score_correction_bias"
+        b = s + self.w(bias_name) if self.ck.has(bias_name) else s.copy()
+        if method in ("noaux_tc", "group_limited_greedy"):
+            G, keep = c["n_group"], c["topk_group"]
+            grouped = b.reshape(G, E // G)
+            if method == "noaux_tc":                 # V3: sum of each group's top-2 scores
+                gscore = np.sort(grouped, axis=1)[:, ::-1][:, :2].sum(axis=1)
+            else:                                    # V2: max of each group
+                gscore = grouped.max(axis=1)
+            kept = np.zeros(G, dtype=bool)
+            kept[topk_indices(gscore, keep)] = True
+            b = np.where(np.repeat(kept, E // G), b, -np.inf)
+        elif method != "greedy":
+            raise ValueError("unknown topk_method %r" % method)
+        idx = topk_indices(b, k)
+        wts = s[idx]
+        if c.get("norm_topk_prob", False):
+            wts = wts / wts.sum()
+        return idx, wts * c.get("routed_scaling_factor", 1.0)
+
+    def moe(self, i, x):
+        c, p = self.cfg, "model.layers.%d.mlp." % i
+        y = np.zeros_like(x)
+        for t in range(x.shape[0]):                  # token by token, expert by expert
+            idx, wts = self.route(i, x[t])
+            for e, we in zip(idx, wts):
+                y[t] += we * self.mlp(p + "experts.%d." % e, x[t:t + 1])[0]
+        if c.get("n_shared_experts"):
+            y += self.mlp(p + "shared_experts.", x)
+        return y
+
+    def is_moe_layer(self, i):
+        c = self.cfg
+        return (c.get("n_routed_experts") is not None
+                and i >= c.get("first_k_dense_replace", 0)
+                and i % c.get("moe_layer_freq", 1) == 0)
+
+    def forward(self, ids):
+        """Logits [T, vocab] for the token sequence ids at positions 0..T-1."""
+        c, eps = self.cfg, self.cfg["rms_norm_eps"]
+        positions = np.arange(len(ids))
+        h = self.w("model.embed_tokens.weight")[np.asarray(ids)]
+        for i in range(c["num_hidden_layers"]):     # MTP layers (index >= this) ignored
+            p = "model.layers.%d." % i
+            h = h + self.attention(i, rms_norm(h, self.w(p + "input_layernorm.weight"), eps), positions)
+            x = rms_norm(h, self.w(p + "post_attention_layernorm.weight"), eps)
+            h = h + (self.moe(i, x) if self.is_moe_layer(i) else self.mlp(p + "mlp.", x))
+        h = rms_norm(h, self.w("model.norm.weight"), eps)
+        head = "lm_head.weight"
+        if not self.ck.has(head) and c.get("tie_word_embeddings"):
+            head = "model.embed_tokens.weight"
+        return linear(h, self.w(head))
+
+    def generate(self, prompt_ids, max_new_tokens):
+        """Greedy decoding with full recomputation each step.
+        Returns (prompt logits rows, generated ids, rows for every fed position)."""
+        seq = list(prompt_ids)
+        logits = self.forward(seq)
+        prompt_rows = logits
+        all_rows = list(logits)
+        generated = []
+        for step in range(max_new_tokens):
+            nxt = int(np.argmax(logits[-1]))        # argmax: lowest index on ties
+            generated.append(nxt)
+            seq.append(nxt)
+            if step + 1 < max_new_tokens:           # the last generated token is never fed
+                logits = self.forward(seq)
+                all_rows.append(logits[-1])
+        return prompt_rows, generated, np.array(all_rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="checkpoint directory")
+    ap.add_argument("--prompt-ids", required=True, help="comma-separated token ids")
+    ap.add_argument("--max-new-tokens", type=int, default=0)
+    ap.add_argument("--out", required=True, help="output JSON file")
+    ap.add_argument("--all-logits", action="store_true",
+                    help="also write rows for every fed position under 'all_logits'")
+    args = ap.parse_args()
+
+    prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+    if not prompt:
+        ap.error("--prompt-ids must name at least one token")
+    model = DeepSeekRef(args.model)
+    prompt_rows, generated, all_rows = model.generate(prompt, args.max_new_tokens)
+    out = {"prompt_ids": prompt,
+           "logits": prompt_rows.tolist(),
+           "generated_ids": generated}
+    if args.all_logits:
+        out["all_logits"] = all_rows.tolist()
+    with open(args.out, "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#include "worker/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace daedalus {
+
+Engine::Engine(const ModelWeights& weights, const EngineOptions& options)
+    : options_(options), model_(weights, options.attention), cache_(weights.config, options.kv) {}
+
+absl::Status Engine::Validate(const Request& r) const {
+  const ModelConfig& c = model_.config();
+  const std::string who = r.id.empty() ? "request" : absl::StrCat("request ", r.id);
+  if (r.prompt_ids.empty()) return absl::InvalidArgumentError(absl::StrCat(who, ": prompt is empty"));
+  for (size_t i = 0; i < r.prompt_ids.size(); ++i) {
+    if (r.prompt_ids[i] < 0 || r.prompt_ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": prompt token ", i, " is ", r.prompt_ids[i],
+                                                     ", outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  if (r.max_new_tokens < 0) return absl::InvalidArgumentError(absl::StrCat(who, ": max_new_tokens is negative"));
+  const int64_t length = static_cast<int64_t>(r.prompt_ids.size()) + r.max_new_tokens;
+  const int64_t capacity = cache_.total_pages() * cache_.page_size();
+  if (length > capacity) {
+    return absl::ResourceExhaustedError(absl::StrCat(who, ": prompt plus max_new_tokens is ", length,
+                                                     " tokens, more than the KV cache holds (", capacity, ")"));
+  }
+  const SamplingParams& s = r.sampling;
+  if (!(s.temperature >= 0)) return absl::InvalidArgumentError(absl::StrCat(who, ": temperature must be >= 0"));
+  if (!(s.top_p > 0 && s.top_p <= 1)) return absl::InvalidArgumentError(absl::StrCat(who, ": top_p must be in (0, 1]"));
+  if (s.top_k < 0) return absl::InvalidArgumentError(absl::StrCat(who, ": top_k must be >= 0"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Engine::Add(Request request) {
+  if (absl::Status s = Validate(request); !s.ok()) return s;
+  auto seq = std::make_unique<Sequence>();
+  seq->index = static_cast<int64_t>(results_.size());
+  seq->tokens = request.prompt_ids;
+  seq->sampler = std::make_unique<Sampler>(request.sampling);
+  results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}});
+  seq->request = std::move(request);
+  waiting_.push_back(std::move(seq));
+  return static_cast<int64_t>(results_.size()) - 1;
+}
+
+void Engine::Admit() {
+  // A sequence reserves its whole length up front, so a running sequence never waits for pages.
+  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
+    Sequence& seq = *waiting_.front();
+    const int64_t length = static_cast<int64_t>(seq.tokens.size()) + seq.request.max_new_tokens;
+    if (!cache_.Reserve(seq.pages, length).ok()) break;
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+void Engine::Finish(Sequence& seq, const std::string& reason) {
+  seq.done = true;
+  Result& r = results_[seq.index];
+  r.finish_reason = reason;
+  r.generated_ids.assign(seq.tokens.begin() + seq.request.prompt_ids.size(), seq.tokens.end());
+  cache_.Release(seq.pages);
+}
+
+bool Engine::Step() {
+  Admit();
+  if (running_.empty()) return false;
+  ForwardBatch batch;
+  struct Plan {
+    Sequence* seq;
+    int64_t first_logit;  // index into batch.logit_rows, or -1
+    bool samples;         // the last logits row yields the next token
+  };
+  std::vector<Plan> plans;
+  int64_t budget = options_.max_batch_tokens;
+  auto add_slice = [&](Sequence& seq, int64_t n) {
+    SequenceSlice s{&seq.pages, seq.n_cached, n, static_cast<int64_t>(batch.token_ids.size())};
+    batch.token_ids.insert(batch.token_ids.end(), seq.tokens.begin() + seq.n_cached,
+                           seq.tokens.begin() + seq.n_cached + n);
+    batch.slices.push_back(s);
+    const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());
+    const bool prompt_done = seq.n_cached + n >= prompt;
+    Plan plan{&seq, -1, prompt_done && seq.request.max_new_tokens > 0};
+    if (seq.request.want_prompt_logits && seq.n_cached < prompt) {
+      plan.first_logit = static_cast<int64_t>(batch.logit_rows.size());
+      for (int64_t t = 0; t < n; ++t) batch.logit_rows.push_back(s.offset + t);
+    } else if (plan.samples) {
+      plan.first_logit = static_cast<int64_t>(batch.logit_rows.size());
+      batch.logit_rows.push_back(s.offset + n - 1);
+    }
+    plans.push_back(plan);
+    budget -= n;
+  };
+  // Decode tokens first (one each), then prefill chunks in admission order.
+  for (auto& seq : running_)
+    if (seq->n_cached >= static_cast<int64_t>(seq->request.prompt_ids.size()) && budget > 0) add_slice(*seq, 1);
+  for (auto& seq : running_) {
+    const int64_t prompt = static_cast<int64_t>(seq->request.prompt_ids.size());
+    if (seq->n_cached >= prompt || budget <= 0) continue;
+    add_slice(*seq, std::min({prompt - seq->n_cached, options_.prefill_chunk, budget}));
+  }
+
+  last_step_ = StepStats{};
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const bool decode = batch.slices[i].start_pos >= static_cast<int64_t>(plans[i].seq->request.prompt_ids.size());
+    (decode ? last_step_.decode_tokens : last_step_.prefill_tokens) += batch.slices[i].n_tokens;
+  }
+  const int64_t vocab = model_.config().vocab_size;
+  std::vector<float> logits(batch.logit_rows.size() * vocab);
+  model_.Forward(batch, cache_, logits.data());
+
+  for (size_t i = 0; i < plans.size(); ++i) {
+    Sequence& seq = *plans[i].seq;
+    const SequenceSlice& s = batch.slices[i];
+    const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());
+    if (seq.request.want_prompt_logits && s.start_pos < prompt) {
+      Result& r = results_[seq.index];
+      for (int64_t t = 0; t < s.n_tokens; ++t) {
+        const float* row = &logits[(plans[i].first_logit + t) * vocab];
+        r.prompt_logits.emplace_back(row, row + vocab);
+      }
+    }
+    seq.n_cached += s.n_tokens;
+    if (seq.n_cached < prompt) continue;
+    if (plans[i].samples) {
+      const int64_t last = plans[i].first_logit + (seq.request.want_prompt_logits && s.start_pos < prompt ? s.n_tokens - 1 : 0);
+      const int32_t token = seq.sampler->Sample(&logits[last * vocab], vocab);
+      seq.tokens.push_back(token);
+      const auto& eos = model_.config().eos_token_id;
+      if (seq.request.stop_at_eos && eos && token == *eos) {
+        Finish(seq, "stop");
+        continue;
+      }
+    }
+    if (static_cast<int64_t>(seq.tokens.size()) - prompt >= seq.request.max_new_tokens) Finish(seq, "length");
+  }
+  std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->done; });
+  return true;
+}
+
+std::vector<Result> Engine::RunToCompletion() {
+  while (Step()) {
+  }
+  // Anything still waiting could never fit; Validate rules that out, so this is a guard.
+  for (auto& seq : waiting_) {
+    Result& r = results_[seq->index];
+    r.finish_reason = "error";
+    r.status = absl::ResourceExhaustedError("KV cache cannot hold the request");
+  }
+  waiting_.clear();
+  return results_;
+}
+
+}  // namespace daedalus

@@ -1,0 +1,158 @@
+// Multi-head Latent Attention over the paged latent cache, in its two equivalent forms.
+#include <cblas.h>
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "worker/model.h"
+
+namespace daedalus {
+namespace {
+
+struct Dims {
+  int64_t H, dn, dr, dv, rkv, dim;  // dim = rkv + dr, one cached row
+  int64_t qk() const { return dn + dr; }
+};
+
+// C[m, n] (+)= A[m, k] · B[n, k]ᵀ with leading dimensions, row-major.
+void GemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+            float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+// C[m, n] = A[m, k] · B[k, n].
+void GemmNN(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+            int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+// Scales each row of scores [n, ld] and applies the causal softmax: row t sees keys [0, first + t].
+void CausalSoftmax(float* scores, int64_t n, int64_t ld, int64_t first, float scale) {
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = scores + t * ld;
+    const int64_t visible = first + t + 1;
+    for (int64_t s = 0; s < visible; ++s) row[s] *= scale;
+    Softmax(row, visible);
+    for (int64_t s = visible; s < ld; ++s) row[s] = 0.0f;
+  }
+}
+
+// Naive form: decompress k_nope and v for every cached position of the slice's sequence.
+// q [T, H, dn + dr] (rotated), o [T, H, dv].
+void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const SequenceSlice& s, const float* q,
+                const PagedKvCache& cache, float scale, float* o) {
+  const int64_t S = s.start_pos + s.n_tokens, n = s.n_tokens;
+  std::vector<float> latent(S * d.dim), c_kv(S * d.rkv), kv(S * d.H * (d.dn + d.dv));
+  cache.Read(*s.pages, layer, S, latent.data());
+  for (int64_t t = 0; t < S; ++t) std::memcpy(&c_kv[t * d.rkv], &latent[t * d.dim], d.rkv * 4);
+  Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
+  const int64_t ld_kv = d.H * (d.dn + d.dv), ld_q = d.H * d.qk();
+#pragma omp parallel for schedule(static)
+  for (int64_t h = 0; h < d.H; ++h) {
+    std::vector<float> scores(n * S);
+    const float* qh = q + s.offset * ld_q + h * d.qk();
+    GemmNT(n, S, d.dn, qh, ld_q, kv.data() + h * (d.dn + d.dv), ld_kv, 0.0f, scores.data(), S);
+    GemmNT(n, S, d.dr, qh + d.dn, ld_q, latent.data() + d.rkv, d.dim, 1.0f, scores.data(), S);
+    CausalSoftmax(scores.data(), n, S, s.start_pos, scale);
+    GemmNN(n, d.dv, S, scores.data(), S, kv.data() + h * (d.dn + d.dv) + d.dn, ld_kv,
+           o + s.offset * d.H * d.dv + h * d.dv, d.H * d.dv);
+  }
+}
+
+// Absorbed form, latent part: q_latent [n, H, rkv] and q_pe attend over RMSNorm(c_kv) and k_pe
+// directly; all heads of a token share the cached rows, so scores are one [H, S] GEMM.
+// Writes o_latent [n, H, rkv].
+void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const float* q_latent, const float* q,
+                   const PagedKvCache& cache, float scale, float* o_latent) {
+  const int64_t S = s.start_pos + s.n_tokens;
+  std::vector<float> latent(S * d.dim), scores(d.H * S);
+  cache.Read(*s.pages, layer, S, latent.data());
+  for (int64_t t = 0; t < s.n_tokens; ++t) {
+    const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
+    const float* ql = q_latent + row * d.H * d.rkv;
+    GemmNT(d.H, visible, d.rkv, ql, d.rkv, latent.data(), d.dim, 0.0f, scores.data(), S);
+    GemmNT(d.H, visible, d.dr, q + row * d.H * d.qk() + d.dn, d.qk(), latent.data() + d.rkv, d.dim, 1.0f,
+           scores.data(), S);
+    for (int64_t h = 0; h < d.H; ++h) {
+      float* r = scores.data() + h * S;
+      for (int64_t i = 0; i < visible; ++i) r[i] *= scale;
+      Softmax(r, visible);
+    }
+    GemmNN(d.H, d.rkv, visible, scores.data(), S, latent.data(), d.dim, o_latent + row * d.H * d.rkv, d.rkv);
+  }
+}
+
+// out[rows, h, :] = W_h · in[rows, h, :] for every head: gathers the head's rows, one Linear each.
+void PerHeadLinear(const std::vector<WeightView>& w, const std::vector<int64_t>& rows, const float* in,
+                   int64_t in_head_stride, int64_t in_row_stride, float* out, int64_t out_head_stride,
+                   int64_t out_row_stride) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  for (size_t h = 0; h < w.size(); ++h) {
+    std::vector<float> x(n * w[h].cols), y(n * w[h].rows);
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(&x[i * w[h].cols], in + rows[i] * in_row_stride + h * in_head_stride, w[h].cols * 4);
+    Linear(x.data(), n, w[h], y.data());
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(out + rows[i] * out_row_stride + h * out_head_stride, &y[i * w[h].rows], w[h].rows * 4);
+  }
+}
+
+}  // namespace
+
+void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, const float* x,
+                const ForwardBatch& batch, const RopeAngles& angles, AttentionPath path, PagedKvCache& cache,
+                float* out) {
+  const Dims d{c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank,
+               c.kv_cache_dim()};
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size()), pairs = d.dr / 2;
+  const float eps = static_cast<float>(c.rms_norm_eps), scale = static_cast<float>(c.softmax_scale());
+
+  std::vector<float> q(T * d.H * d.qk());  // [T, H, dn + dr]
+  if (c.q_lora_rank) {
+    std::vector<float> qa(T * *c.q_lora_rank);
+    Linear(x, T, *w.q_a_proj, qa.data());
+    RmsNorm(qa.data(), w.q_a_layernorm.data(), T, *c.q_lora_rank, eps, qa.data(), *c.q_lora_rank, *c.q_lora_rank);
+    Linear(qa.data(), T, *w.q_b_proj, q.data());
+  } else {
+    Linear(x, T, *w.q_proj, q.data());
+  }
+  std::vector<float> kv_a(T * d.dim);  // [T, rkv + dr]: becomes the cached latent in place
+  Linear(x, T, w.kv_a_proj_with_mqa, kv_a.data());
+  for (int64_t t = 0; t < T; ++t) {
+    const float* cos = &angles.cos[t * pairs];
+    const float* sin = &angles.sin[t * pairs];
+    float* latent = &kv_a[t * d.dim];
+    RmsNorm(latent, w.kv_a_layernorm.data(), 1, d.rkv, eps, latent, d.rkv, d.rkv);
+    RotateInterleaved(latent + d.rkv, d.dr, cos, sin);
+    for (int64_t h = 0; h < d.H; ++h) RotateInterleaved(&q[(t * d.H + h) * d.qk() + d.dn], d.dr, cos, sin);
+  }
+  for (const SequenceSlice& s : batch.slices)
+    for (int64_t t = 0; t < s.n_tokens; ++t)
+      cache.Write(*s.pages, layer, s.start_pos + t, &kv_a[(s.offset + t) * d.dim]);
+
+  std::vector<float> o(T * d.H * d.dv);  // [T, H, dv]
+  std::vector<const SequenceSlice*> absorbed;
+  std::vector<int64_t> absorbed_rows;
+  for (const SequenceSlice& s : batch.slices) {
+    const bool use_absorbed = path == AttentionPath::kAbsorbed || (path == AttentionPath::kAuto && s.n_tokens == 1);
+    if (!use_absorbed) {
+      NaiveSlice(d, w, layer, s, q.data(), cache, scale, o.data());
+      continue;
+    }
+    absorbed.push_back(&s);
+    for (int64_t t = 0; t < s.n_tokens; ++t) absorbed_rows.push_back(s.offset + t);
+  }
+  if (!absorbed.empty()) {
+    std::vector<float> q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
+    PerHeadLinear(w.w_uk_t, absorbed_rows, q.data(), d.qk(), d.H * d.qk(), q_latent.data(), d.rkv, d.H * d.rkv);
+    const int64_t n = static_cast<int64_t>(absorbed.size());
+#pragma omp parallel for schedule(dynamic) if (n > 1)
+    for (int64_t i = 0; i < n; ++i)
+      AbsorbedSlice(d, layer, *absorbed[i], q_latent.data(), q.data(), cache, scale, o_latent.data());
+    PerHeadLinear(w.w_uv, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, o.data(), d.dv, d.H * d.dv);
+  }
+  Linear(o.data(), T, w.o_proj, out);
+}
+
+}  // namespace daedalus

@@ -1,0 +1,58 @@
+// The DeepSeek forward pass over a batch of sequence slices (continuous batching): each slice
+// is a run of consecutive tokens of one sequence — a prefill chunk or one decode token.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "worker/kv_cache.h"
+#include "worker/rope.h"
+#include "worker/weights.h"
+
+namespace daedalus {
+
+// Which MLA form attends: naive decompresses keys and values from the latent cache (used for
+// prefill), absorbed folds kv_b_proj into query and output and attends in latent space (used
+// for decode). kAuto picks absorbed for one-token slices. Both compute the same sums.
+enum class AttentionPath { kAuto, kNaive, kAbsorbed };
+
+struct SequenceSlice {
+  const PagedKvCache::PageTable* pages = nullptr;  // reserved up to start_pos + n_tokens
+  int64_t start_pos = 0;  // absolute position of the slice's first token
+  int64_t n_tokens = 0;
+  int64_t offset = 0;     // first row of the slice in the batch
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;      // [n_tokens], slices' tokens back to back
+  std::vector<SequenceSlice> slices;
+  std::vector<int64_t> logit_rows;     // batch rows whose next-token logits are wanted
+};
+
+class DeepSeekModel {
+ public:
+  DeepSeekModel(const ModelWeights& weights, AttentionPath path = AttentionPath::kAuto);
+
+  // Writes each slice's latents into `cache` and logits [logit_rows, vocab_size] into `logits`.
+  void Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits) const;
+
+  const ModelConfig& config() const { return weights_.config; }
+  const ModelWeights& weights() const { return weights_; }
+
+ private:
+  const ModelWeights& weights_;
+  AttentionPath path_;
+  RopeTable rope_;
+};
+
+// Per-layer parts, in their own files.
+struct RopeAngles {  // [n_tokens, pairs]
+  std::vector<float> cos, sin;
+};
+void MlaForward(const ModelConfig& config, const AttentionWeights& w, int64_t layer, const float* x,
+                const ForwardBatch& batch, const RopeAngles& angles, AttentionPath path, PagedKvCache& cache,
+                float* out);
+void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* out);
+void MoeForward(const ModelConfig& config, const LayerWeights& w, const float* x, int64_t n_tokens, float* out);
+
+}  // namespace daedalus

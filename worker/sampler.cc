@@ -1,0 +1,45 @@
+#include "worker/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace daedalus {
+
+int32_t Argmax(const float* v, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (v[i] > v[best]) best = i;
+  return static_cast<int32_t>(best);
+}
+
+int32_t Sampler::Sample(const float* logits, int64_t vocab) {
+  if (params_.temperature <= 0.0f) return Argmax(logits, vocab);
+  std::vector<int32_t> ids(vocab);
+  std::iota(ids.begin(), ids.end(), 0);
+  auto more_likely = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  int64_t keep = vocab;
+  if (params_.top_k > 0 && params_.top_k < vocab) keep = params_.top_k;
+  std::partial_sort(ids.begin(), ids.begin() + keep, ids.end(), more_likely);
+  std::vector<double> p(keep);
+  const double max = logits[ids[0]];
+  double sum = 0;
+  for (int64_t i = 0; i < keep; ++i) sum += p[i] = std::exp((logits[ids[i]] - max) / params_.temperature);
+  if (params_.top_p < 1.0f) {
+    double mass = 0;
+    int64_t n = 0;
+    while (n < keep && mass < params_.top_p * sum) mass += p[n++];
+    keep = std::max<int64_t>(n, 1);
+    sum = mass;
+  }
+  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * sum;  // uniform in [0, sum)
+  double acc = 0;
+  for (int64_t i = 0; i < keep; ++i) {
+    acc += p[i];
+    if (u < acc) return ids[i];
+  }
+  return ids[keep - 1];
+}
+
+}  // namespace daedalus

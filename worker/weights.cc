@@ -1,0 +1,189 @@
+#include "worker/weights.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+
+namespace daedalus {
+namespace {
+
+constexpr int64_t kFp8Block = 128;
+
+class Loader {
+ public:
+  Loader(const Checkpoint& ckpt, ModelWeights& model) : ckpt_(ckpt), model_(model) {}
+
+  absl::StatusOr<const TensorInfo*> Tensor(const std::string& name, const std::vector<int64_t>& shape) {
+    ASSIGN_OR_RETURN(const TensorInfo* t, ckpt_.Get(name));
+    if (t->shape != shape) {
+      TensorInfo expected;
+      expected.shape = shape;
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " in ", t->file, ": expected shape ",
+                                                     expected.ShapeString(), ", found ", t->ShapeString()));
+    }
+    return t;
+  }
+
+  // A 1-D float vector (norm weights, correction bias) of any stored dtype.
+  absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
+    ASSIGN_OR_RETURN(const TensorInfo* t, Tensor(name, {n}));
+    std::vector<float> out(n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (t->dtype == DType::kF32) std::memcpy(&out[i], t->data + 4 * i, 4);
+      else if (t->dtype == DType::kBF16) out[i] = Bf16ToF32(static_cast<bf16>(t->data[2 * i] | (t->data[2 * i + 1] << 8)));
+      else return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " in ", t->file, ": dtype F8_E4M3 is only supported for 2-D projections"));
+    }
+    return out;
+  }
+
+  // A 2-D projection [rows, cols]; FP8 tensors need `<name>_scale_inv` and become BF16.
+  absl::StatusOr<WeightView> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+    ASSIGN_OR_RETURN(const TensorInfo* t, Tensor(name, {rows, cols}));
+    WeightView w{t->dtype, rows, cols, t->data};
+    if (t->dtype != DType::kF8E4M3) return w;
+    const std::string scale_name = name.substr(0, name.size() - std::string("weight").size()) + "weight_scale_inv";
+    const int64_t sr = (rows + kFp8Block - 1) / kFp8Block, sc = (cols + kFp8Block - 1) / kFp8Block;
+    ASSIGN_OR_RETURN(const TensorInfo* s, Tensor(scale_name, {sr, sc}));
+    if (s->dtype != DType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", scale_name, " in ", s->file, ": expected dtype F32, found ",
+                                                     DTypeName(s->dtype)));
+    }
+    std::vector<uint8_t>& buf = model_.owned.emplace_back(static_cast<size_t>(rows * cols) * 2);
+    auto* out = reinterpret_cast<bf16*>(buf.data());
+    std::vector<float> scales(static_cast<size_t>(sr * sc));
+    std::memcpy(scales.data(), s->data, scales.size() * 4);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const float v = Fp8E4M3ToF32(t->data[r * cols + c]) * scales[(r / kFp8Block) * sc + c / kFp8Block];
+        out[r * cols + c] = F32ToBf16(v);
+      }
+    }
+    return WeightView{DType::kBF16, rows, cols, out};
+  }
+
+  absl::StatusOr<MlpWeights> Mlp(const std::string& prefix, int64_t hidden, int64_t width) {
+    MlpWeights m;
+    ASSIGN_OR_RETURN(m.gate_proj, Matrix(prefix + "gate_proj.weight", width, hidden));
+    ASSIGN_OR_RETURN(m.up_proj, Matrix(prefix + "up_proj.weight", width, hidden));
+    ASSIGN_OR_RETURN(m.down_proj, Matrix(prefix + "down_proj.weight", hidden, width));
+    return m;
+  }
+
+  // Splits kv_b_proj per head into the absorbed-decode views.
+  void Absorb(AttentionWeights& a, const ModelConfig& c) {
+    const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
+    const size_t elem = DTypeSize(a.kv_b_proj.dtype);
+    const auto* base = static_cast<const uint8_t*>(a.kv_b_proj.data);
+    for (int64_t h = 0; h < c.num_attention_heads; ++h) {
+      const uint8_t* head = base + static_cast<size_t>(h * (dn + dv) * r) * elem;
+      std::vector<uint8_t>& buf = model_.owned.emplace_back(static_cast<size_t>(dn * r) * elem);
+      for (int64_t d = 0; d < dn; ++d)
+        for (int64_t k = 0; k < r; ++k)
+          std::memcpy(buf.data() + (k * dn + d) * elem, head + (d * r + k) * elem, elem);
+      a.w_uk_t.push_back(WeightView{a.kv_b_proj.dtype, r, dn, buf.data()});
+      a.w_uv.push_back(WeightView{a.kv_b_proj.dtype, dv, r, head + static_cast<size_t>(dn * r) * elem});
+    }
+  }
+
+ private:
+  const Checkpoint& ckpt_;
+  ModelWeights& model_;
+};
+
+absl::Status LoadLayer(Loader& L, const ModelConfig& c, int64_t i, LayerWeights& layer) {
+  const std::string p = absl::StrCat("model.layers.", i, ".");
+  const int64_t D = c.hidden_size, H = c.num_attention_heads;
+  ASSIGN_OR_RETURN(layer.input_layernorm, L.Vector(p + "input_layernorm.weight", D));
+  ASSIGN_OR_RETURN(layer.post_attention_layernorm, L.Vector(p + "post_attention_layernorm.weight", D));
+  AttentionWeights& a = layer.attn;
+  const std::string s = p + "self_attn.";
+  if (c.q_lora_rank) {
+    ASSIGN_OR_RETURN(a.q_a_proj, L.Matrix(s + "q_a_proj.weight", *c.q_lora_rank, D));
+    ASSIGN_OR_RETURN(a.q_a_layernorm, L.Vector(s + "q_a_layernorm.weight", *c.q_lora_rank));
+    ASSIGN_OR_RETURN(a.q_b_proj, L.Matrix(s + "q_b_proj.weight", H * c.qk_head_dim(), *c.q_lora_rank));
+  } else {
+    ASSIGN_OR_RETURN(a.q_proj, L.Matrix(s + "q_proj.weight", H * c.qk_head_dim(), D));
+  }
+  ASSIGN_OR_RETURN(a.kv_a_proj_with_mqa, L.Matrix(s + "kv_a_proj_with_mqa.weight", c.kv_cache_dim(), D));
+  ASSIGN_OR_RETURN(a.kv_a_layernorm, L.Vector(s + "kv_a_layernorm.weight", c.kv_lora_rank));
+  ASSIGN_OR_RETURN(a.kv_b_proj, L.Matrix(s + "kv_b_proj.weight", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank));
+  ASSIGN_OR_RETURN(a.o_proj, L.Matrix(s + "o_proj.weight", D, H * c.v_head_dim));
+  L.Absorb(a, c);
+
+  layer.moe = c.is_moe_layer(i);
+  const std::string m = p + "mlp.";
+  if (!layer.moe) {
+    ASSIGN_OR_RETURN(layer.dense, L.Mlp(m, D, c.intermediate_size));
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(layer.gate, L.Matrix(m + "gate.weight", c.n_routed_experts, D));
+  if (c.topk_method == "noaux_tc") {
+    ASSIGN_OR_RETURN(layer.e_score_correction_bias, L.Vector(m + "gate.e_score_correction_bias", c.n_routed_experts));
+  }
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    ASSIGN_OR_RETURN(MlpWeights expert, L.Mlp(absl::StrCat(m, "experts.", e, "."), D, c.moe_intermediate_size));
+    layer.experts.push_back(expert);
+  }
+  if (c.n_shared_experts > 0) {
+    ASSIGN_OR_RETURN(layer.shared_experts, L.Mlp(m + "shared_experts.", D, c.n_shared_experts * c.moe_intermediate_size));
+  }
+  return absl::OkStatus();
+}
+
+size_t MlpBytes(const MlpWeights& m) { return m.gate_proj.bytes() + m.up_proj.bytes() + m.down_proj.bytes(); }
+
+size_t AttentionBytes(const AttentionWeights& a) {
+  size_t b = a.kv_a_proj_with_mqa.bytes() + a.kv_b_proj.bytes() + a.o_proj.bytes();
+  for (const auto* w : {&a.q_a_proj, &a.q_b_proj, &a.q_proj})
+    if (*w) b += (*w)->bytes();
+  return b;
+}
+
+}  // namespace
+
+size_t ModelWeights::ActiveBytesPerToken() const {
+  size_t bytes = lm_head.bytes();
+  for (const auto& layer : layers) {
+    bytes += AttentionBytes(layer.attn);
+    if (!layer.moe) {
+      bytes += MlpBytes(layer.dense);
+      continue;
+    }
+    bytes += layer.gate.bytes();
+    if (layer.shared_experts) bytes += MlpBytes(*layer.shared_experts);
+    bytes += config.num_experts_per_tok * MlpBytes(layer.experts[0]);
+  }
+  return bytes;
+}
+
+size_t ModelWeights::TotalBytes() const {
+  size_t bytes = lm_head.bytes() + embed_tokens.bytes();
+  for (const auto& layer : layers) {
+    bytes += AttentionBytes(layer.attn);
+    if (!layer.moe) {
+      bytes += MlpBytes(layer.dense);
+      continue;
+    }
+    bytes += layer.gate.bytes();
+    if (layer.shared_experts) bytes += MlpBytes(*layer.shared_experts);
+    for (const auto& e : layer.experts) bytes += MlpBytes(e);
+  }
+  return bytes;
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir) {
+  auto model = std::make_unique<ModelWeights>();
+  ASSIGN_OR_RETURN(model->config, ModelConfig::Load((std::filesystem::path(dir) / "config.json").string()));
+  ASSIGN_OR_RETURN(model->checkpoint, Checkpoint::Open(dir));
+  const ModelConfig& c = model->config;
+  Loader L(*model->checkpoint, *model);
+  ASSIGN_OR_RETURN(model->embed_tokens, L.Matrix("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
+  ASSIGN_OR_RETURN(model->norm, L.Vector("model.norm.weight", c.hidden_size));
+  ASSIGN_OR_RETURN(model->lm_head, L.Matrix("lm_head.weight", c.vocab_size, c.hidden_size));
+  model->layers.resize(c.num_hidden_layers);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) RETURN_IF_ERROR(LoadLayer(L, c, i, model->layers[i]));
+  return model;
+}
+
+}  // namespace daedalus

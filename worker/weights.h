@@ -1,0 +1,68 @@
+// The model's weights, loaded from a Hugging Face checkpoint by the published tensor names.
+// F32 and BF16 tensors are used in place (mmapped); FP8 e4m3 block-scaled tensors are
+// dequantized once to BF16; norms and the correction bias become float vectors.
+// Every tensor's dtype and shape is checked against the config: a mismatch is an error
+// naming the tensor, the file, and what was expected.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model_config.h"
+#include "core/safetensors.h"
+#include "kernels/linear.h"
+
+namespace daedalus {
+
+struct MlpWeights {  // down · (silu(gate · x) ⊙ (up · x))
+  WeightView gate_proj, up_proj, down_proj;
+};
+
+struct AttentionWeights {
+  std::optional<WeightView> q_a_proj, q_b_proj, q_proj;  // q_proj when q_lora_rank is null
+  std::vector<float> q_a_layernorm;
+  WeightView kv_a_proj_with_mqa;  // [kv_lora_rank + qk_rope_head_dim, hidden]
+  std::vector<float> kv_a_layernorm;
+  WeightView kv_b_proj;           // [heads · (qk_nope + v_head), kv_lora_rank]
+  WeightView o_proj;              // [hidden, heads · v_head]
+  // Absorbed decode: per head, the k_nope block of kv_b_proj transposed to [kv_lora_rank, qk_nope]
+  // so that q_latent = q_nope · W_uk is a Linear. Owned, same dtype as kv_b_proj.
+  std::vector<WeightView> w_uk_t;
+  // Per head, the v rows of kv_b_proj: [v_head_dim, kv_lora_rank] (a view into kv_b_proj).
+  std::vector<WeightView> w_uv;
+};
+
+struct LayerWeights {
+  std::vector<float> input_layernorm, post_attention_layernorm;
+  AttentionWeights attn;
+  bool moe = false;
+  MlpWeights dense;                         // when !moe
+  WeightView gate;                          // mlp.gate.weight [n_routed_experts, hidden]
+  std::vector<float> e_score_correction_bias;  // empty when the checkpoint has none
+  std::vector<MlpWeights> experts;          // routed, by expert id
+  std::optional<MlpWeights> shared_experts;
+};
+
+struct ModelWeights {
+  ModelConfig config;
+  WeightView embed_tokens;  // [vocab, hidden]
+  std::vector<float> norm;
+  WeightView lm_head;       // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+
+  // Bytes of weights one batch-1 decode step reads: everything but the embedding table and
+  // the routed experts, plus num_experts_per_tok experts per MoE layer.
+  size_t ActiveBytesPerToken() const;
+  size_t TotalBytes() const;
+
+  std::unique_ptr<Checkpoint> checkpoint;      // owns the mmapped files
+  std::vector<std::vector<uint8_t>> owned;     // dequantized and transposed tensors
+};
+
+// Loads `dir` (config.json + safetensors). The returned weights keep the files mapped.
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir);
+
+}  // namespace daedalus
