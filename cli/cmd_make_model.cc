@@ -14,6 +14,7 @@ Command AddMakeModelCommand(CLI::App& app) {
     double yarn_factor = 0;
     int64_t shard_mb = 400;
     int threads = 0;
+    std::vector<std::string> overrides;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--preset", f->preset, "tiny | small | bench")->check(CLI::IsMember({"tiny", "small", "bench"}));
@@ -24,6 +25,8 @@ Command AddMakeModelCommand(CLI::App& app) {
   app.add_option("--yarn-factor", f->yarn_factor,
                  "add YaRN rope_scaling with this factor (original_max_position_embeddings = max / factor)");
   app.add_option("--shard-mb", f->shard_mb, "split into shards with an index above this size (MB)");
+  app.add_option("--set", f->overrides,
+                 "override a config.json field of the preset, KEY=JSON (e.g. q_lora_rank=null, scoring_func=softmax)");
   app.add_option("--threads", f->threads, "threads (default: OMP_NUM_THREADS or all cores)");
   return [f]() {
     SetThreads(f->threads);
@@ -38,6 +41,17 @@ Command AddMakeModelCommand(CLI::App& app) {
       y.mscale = 1.0;
       y.mscale_all_dim = 1.0;
       config->rope_scaling = y;
+    }
+    if (!f->overrides.empty()) {
+      nlohmann::ordered_json j = config->ToJson();
+      for (const std::string& kv : f->overrides) {
+        const size_t eq = kv.find('=');
+        if (eq == std::string::npos) return Fail("--set expects KEY=VALUE, found \"" + kv + "\"");
+        auto value = nlohmann::ordered_json::parse(kv.substr(eq + 1), nullptr, false);
+        j[kv.substr(0, eq)] = value.is_discarded() ? nlohmann::ordered_json(kv.substr(eq + 1)) : value;
+      }
+      config = ModelConfig::FromJson(nlohmann::json::parse(j.dump()), "--set");
+      if (!config.ok()) return Fail(std::string(config.status().message()));
     }
     MakeModelOptions options;
     options.seed = f->seed;

@@ -1,0 +1,48 @@
+#include "core/dtype.h"
+
+#include <cmath>
+
+#include "gtest/gtest.h"
+
+namespace daedalus {
+namespace {
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(F32ToBf16(1.0f), 0x3f80);
+  // 1 + 2^-8 lies exactly between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+  EXPECT_EQ(F32ToBf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  // 1 + 3·2^-8 lies between 1 + 2^-7 (odd) and 1 + 2^-6 (even): rounds up to even.
+  EXPECT_EQ(F32ToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_EQ(Bf16ToF32(0xc000), -2.0f);
+  EXPECT_TRUE(std::isnan(Bf16ToF32(F32ToBf16(std::nanf("")))));
+}
+
+TEST(Fp8E4M3, DecodesKnownCodes) {
+  EXPECT_EQ(Fp8E4M3ToF32(0x00), 0.0f);
+  EXPECT_EQ(Fp8E4M3ToF32(0x38), 1.0f);               // exponent 7 = bias
+  EXPECT_EQ(Fp8E4M3ToF32(0x7e), 448.0f);             // largest finite
+  EXPECT_EQ(Fp8E4M3ToF32(0xfe), -448.0f);
+  EXPECT_EQ(Fp8E4M3ToF32(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(Fp8E4M3ToF32(0x08), std::ldexp(1.0f, -6));  // smallest normal
+  EXPECT_TRUE(std::isnan(Fp8E4M3ToF32(0x7f)));
+  EXPECT_TRUE(std::isnan(Fp8E4M3ToF32(0xff)));
+  EXPECT_EQ(Fp8E4M3ToF32(0x78), 256.0f);             // no infinities: 0x78 is finite
+}
+
+TEST(Fp8E4M3, EncodeInvertsDecodeAndRoundsToNearest) {
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7f) == 0x7f) continue;
+    const float v = Fp8E4M3ToF32(static_cast<uint8_t>(code));
+    if (v == 0.0f) continue;  // ±0 share a value
+    EXPECT_EQ(F32ToFp8E4M3(v), code) << "code " << code;
+  }
+  EXPECT_EQ(F32ToFp8E4M3(1000.0f), 0x7e);  // saturates
+  EXPECT_EQ(F32ToFp8E4M3(-1000.0f), 0xfe);
+  // Between 1.0 (0x38) and 1.125 (0x39): 1.05 → 1.0, 1.1 → 1.125, 1.0625 is a tie → even 0x38.
+  EXPECT_EQ(F32ToFp8E4M3(1.05f), 0x38);
+  EXPECT_EQ(F32ToFp8E4M3(1.1f), 0x39);
+  EXPECT_EQ(F32ToFp8E4M3(1.0625f), 0x38);
+}
+
+}  // namespace
+}  // namespace daedalus

@@ -1,0 +1,87 @@
+"""The engine against the independent NumPy reference (tests/reference/deepseek_ref.py).
+
+For each variant of the tiny preset, `daedalus run --dump-logits` and the reference must give
+logits within a stated tolerance at every prompt position and identical greedy continuations.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REFERENCE = os.path.join(HERE, "..", "reference", "deepseek_ref.py")
+PROMPT = [int((i * 37 + 11) % 512) for i in range(20)]
+NEW_TOKENS = 12
+
+# name, make-model flags, run flags, max |logit difference| (logits are O(5))
+VARIANTS = [
+    # float32 weights and cache: only float32-vs-float64 rounding remains.
+    ("f32", ["--dtype", "f32"], ["--kv-dtype", "f32"], 1e-3),
+    ("f32-yarn", ["--dtype", "f32", "--yarn-factor", "8"], ["--kv-dtype", "f32"], 1e-3),
+    ("f32-absorbed-prefill", ["--dtype", "f32"], ["--kv-dtype", "f32", "--attention", "absorbed"], 1e-3),
+    ("f32-sharded", ["--dtype", "f32", "--shard-mb", "1"], ["--kv-dtype", "f32"], 1e-3),
+    # V2 routing: softmax scores, max-of-group, no renormalisation, scaling 16.
+    ("f32-v2-routing", ["--dtype", "f32", "--set", "model_type=deepseek_v2", "--set", "scoring_func=softmax",
+                        "--set", "topk_method=group_limited_greedy", "--set", "norm_topk_prob=false",
+                        "--set", "routed_scaling_factor=16.0"], ["--kv-dtype", "f32"], 1e-3),
+    # V2-Lite shape: no q LoRA (q_proj), plain greedy top-k over softmax.
+    ("f32-v2-lite", ["--dtype", "f32", "--set", "model_type=deepseek_v2", "--set", "q_lora_rank=null",
+                     "--set", "scoring_func=softmax", "--set", "topk_method=greedy", "--set", "n_group=1",
+                     "--set", "topk_group=1", "--set", "norm_topk_prob=false", "--set", "routed_scaling_factor=1.0"],
+     ["--kv-dtype", "f32"], 1e-3),
+    # bf16 weights with the default bf16 latent cache: the cache's rounding (2^-9 relative)
+    # moves logits by up to a few hundredths.
+    ("bf16", ["--dtype", "bf16"], [], 0.1),
+    # fp8 weights are dequantized to bf16 once at load: one more rounding of each weight.
+    ("fp8", ["--dtype", "fp8"], [], 0.15),
+]
+
+
+def run(cmd):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    return proc
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--daedalus", required=True)
+    args = parser.parse_args()
+    failures = []
+    ids = ",".join(map(str, PROMPT))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make_flags, run_flags, tol in VARIANTS:
+            model = os.path.join(tmp, name)
+            run([args.daedalus, "make-model", "--preset", "tiny", "--seed", "7", "--out", model] + make_flags)
+            ours_path, ref_path = os.path.join(tmp, name + ".ours.json"), os.path.join(tmp, name + ".ref.json")
+            run([args.daedalus, "run", "--model", model, "--prompt-ids", ids, "--max-new-tokens", str(NEW_TOKENS),
+                 "--temperature", "0", "--ignore-eos", "--dump-logits", ours_path] + run_flags)
+            run(["/usr/bin/python3", REFERENCE, "--model", model, "--prompt-ids", ids, "--max-new-tokens",
+                 str(NEW_TOKENS), "--out", ref_path])
+            ours, ref = json.load(open(ours_path)), json.load(open(ref_path))
+            a, b = np.array(ours["logits"]), np.array(ref["logits"])
+            if a.shape != b.shape or a.shape != (len(PROMPT), 512):
+                failures.append(f"{name}: logits shape {a.shape}, reference {b.shape}")
+                continue
+            diff = float(np.abs(a - b).max())
+            same = ours["generated_ids"] == ref["generated_ids"]
+            print(f"{name:22s} max |logit diff| {diff:.2e} (bound {tol:g}, logits up to {np.abs(b).max():.1f}); "
+                  f"greedy continuation {'identical' if same else 'DIFFERS'}")
+            if not diff < tol:
+                failures.append(f"{name}: logits differ by {diff} > {tol}")
+            if not same:
+                failures.append(f"{name}: generated {ours['generated_ids']}, reference {ref['generated_ids']}")
+            if os.path.exists(os.path.join(model, "model.safetensors.index.json")) != (name == "f32-sharded"):
+                failures.append(f"{name}: unexpected checkpoint layout")
+    for f in failures:
+        print("FAIL", f)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

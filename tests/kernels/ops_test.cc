@@ -1,0 +1,52 @@
+#include "kernels/ops.h"
+
+#include <cmath>
+#include <complex>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace daedalus {
+namespace {
+
+TEST(RotateInterleaved, IsComplexMultiplicationOfAdjacentPairs) {
+  std::vector<float> v = {1, 2, 3, 4, -5, 6};
+  const std::vector<float> angle = {0.3f, -1.2f, 2.5f};
+  std::vector<float> cos(3), sin(3);
+  for (int i = 0; i < 3; ++i) {
+    cos[i] = std::cos(angle[i]);
+    sin[i] = std::sin(angle[i]);
+  }
+  std::vector<float> got = v;
+  RotateInterleaved(got.data(), 6, cos.data(), sin.data());
+  for (int i = 0; i < 3; ++i) {
+    std::complex<double> z(v[2 * i], v[2 * i + 1]);
+    z *= std::polar(1.0, static_cast<double>(angle[i]));
+    EXPECT_NEAR(got[2 * i], z.real(), 1e-5);
+    EXPECT_NEAR(got[2 * i + 1], z.imag(), 1e-5);
+  }
+}
+
+TEST(RmsNorm, MatchesDefinition) {
+  const std::vector<float> x = {1, -2, 3, 0.5f, 7, -1, 0, 2};
+  const std::vector<float> g = {1, 2, 0.5f, 1, 1, 1, 3, 1};
+  std::vector<float> y(8);
+  RmsNorm(x.data(), g.data(), 2, 4, 1e-6f, y.data(), 4, 4);
+  for (int r = 0; r < 2; ++r) {
+    double ms = 0;
+    for (int i = 0; i < 4; ++i) ms += x[r * 4 + i] * x[r * 4 + i] / 4.0;
+    for (int i = 0; i < 4; ++i) EXPECT_NEAR(y[r * 4 + i], x[r * 4 + i] / std::sqrt(ms + 1e-6) * g[i], 1e-5);
+  }
+}
+
+TEST(Softmax, SumsToOneAndIsStableForLargeInputs) {
+  std::vector<float> v = {1000, 1001, 999};
+  Softmax(v.data(), 3);
+  const double z = std::exp(-1.0) + 1 + std::exp(-2.0);
+  EXPECT_NEAR(v[1], 1 / z, 1e-6);
+  EXPECT_NEAR(v[0], std::exp(-1.0) / z, 1e-6);
+  EXPECT_NEAR(v[2], std::exp(-2.0) / z, 1e-6);
+}
+
+}  // namespace
+}  // namespace daedalus

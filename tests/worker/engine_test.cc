@@ -1,0 +1,196 @@
+// Properties of the engine that a broken cache, attention form or batcher would violate.
+#include "worker/engine.h"
+
+#include <cmath>
+#include <numeric>
+
+#include "gtest/gtest.h"
+#include "tests/worker/test_models.h"
+
+namespace daedalus {
+namespace {
+
+using testing::TinyModel;
+
+std::vector<int32_t> Prompt(int64_t n, int32_t salt) {
+  std::vector<int32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((i * 37 + salt * 101 + 3) % 512);
+  return ids;
+}
+
+Request Greedy(std::vector<int32_t> prompt, int64_t new_tokens, bool logits = true) {
+  Request r;
+  r.prompt_ids = std::move(prompt);
+  r.max_new_tokens = new_tokens;
+  r.stop_at_eos = false;
+  r.want_prompt_logits = logits;
+  return r;
+}
+
+std::vector<Result> RunAll(const ModelWeights& w, EngineOptions options, const std::vector<Request>& requests) {
+  Engine engine(w, options);
+  for (const Request& r : requests) {
+    auto added = engine.Add(r);
+    EXPECT_TRUE(added.ok()) << added.status();
+  }
+  auto results = engine.RunToCompletion();
+  // Every page comes back.
+  EXPECT_EQ(engine.cache().free_pages(), engine.cache().total_pages());
+  return results;
+}
+
+double MaxAbsDiff(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    for (size_t j = 0; j < a[i].size(); ++j) m = std::max(m, std::fabs(static_cast<double>(a[i][j]) - b[i][j]));
+  return m;
+}
+
+EngineOptions F32Cache() {
+  EngineOptions o;
+  o.kv.dtype = DType::kF32;
+  o.kv.page_size = 16;
+  return o;
+}
+
+// Logits are O(5) for tiny; float32 re-association of the same sums stays well below 1e-3.
+constexpr double kTol = 1e-3;
+
+TEST(Engine, AbsorbedAndNaiveAttentionAgree) {
+  for (bool yarn : {false, true}) {
+    const ModelWeights& w = TinyModel(DType::kF32, yarn);
+    EngineOptions naive = F32Cache(), absorbed = F32Cache();
+    naive.attention = AttentionPath::kNaive;
+    absorbed.attention = AttentionPath::kAbsorbed;
+    const auto a = RunAll(w, naive, {Greedy(Prompt(40, 1), 12)});
+    const auto b = RunAll(w, absorbed, {Greedy(Prompt(40, 1), 12)});
+    EXPECT_LT(MaxAbsDiff(a[0].prompt_logits, b[0].prompt_logits), kTol) << "yarn " << yarn;
+    EXPECT_EQ(a[0].generated_ids, b[0].generated_ids);
+  }
+}
+
+TEST(Engine, IncrementalDecodeEqualsFullPrefill) {
+  const ModelWeights& w = TinyModel(DType::kF32);
+  // Generate greedily (absorbed decode), then prefill prompt + generated in one pass: the
+  // prefill's argmax at each generated position must be the token decode produced.
+  const auto prompt = Prompt(9, 2);
+  const auto gen = RunAll(w, F32Cache(), {Greedy(prompt, 10, false)})[0].generated_ids;
+  ASSERT_EQ(gen.size(), 10u);
+  std::vector<int32_t> full = prompt;
+  full.insert(full.end(), gen.begin(), gen.end() - 1);
+  const auto pre = RunAll(w, F32Cache(), {Greedy(full, 0)})[0];
+  for (size_t i = 0; i < gen.size(); ++i) {
+    const auto& row = pre.prompt_logits[prompt.size() - 1 + i];
+    EXPECT_EQ(std::max_element(row.begin(), row.end()) - row.begin(), gen[i]) << "generated token " << i;
+  }
+  // And feeding the prompt one token per step (every step a decode-shaped slice) gives the
+  // same logits as one prefill.
+  EngineOptions one = F32Cache();
+  one.prefill_chunk = 1;
+  const auto stepwise = RunAll(w, one, {Greedy(full, 0)})[0];
+  EXPECT_LT(MaxAbsDiff(stepwise.prompt_logits, pre.prompt_logits), kTol);
+}
+
+TEST(Engine, ChunkedPrefillEqualsUnchunked) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  EngineOptions chunked;
+  chunked.prefill_chunk = 7;
+  chunked.kv.page_size = 8;  // chunks straddle pages
+  const auto a = RunAll(w, EngineOptions{}, {Greedy(Prompt(50, 3), 8)});
+  const auto b = RunAll(w, chunked, {Greedy(Prompt(50, 3), 8)});
+  EXPECT_LT(MaxAbsDiff(a[0].prompt_logits, b[0].prompt_logits), kTol);
+  EXPECT_EQ(a[0].generated_ids, b[0].generated_ids);
+}
+
+TEST(Engine, BatchEqualsEachAlone) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  std::vector<Request> requests = {Greedy(Prompt(3, 4), 9), Greedy(Prompt(29, 5), 4), Greedy(Prompt(64, 6), 12),
+                                   Greedy(Prompt(1, 7), 6)};
+  EngineOptions small_steps;
+  small_steps.max_batch_tokens = 40;  // prefill of one overlaps decode of the others
+  small_steps.prefill_chunk = 16;
+  const auto together = RunAll(w, small_steps, requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const auto alone = RunAll(w, EngineOptions{}, {requests[i]});
+    EXPECT_LT(MaxAbsDiff(together[i].prompt_logits, alone[0].prompt_logits), kTol) << "request " << i;
+    EXPECT_EQ(together[i].generated_ids, alone[0].generated_ids) << "request " << i;
+    EXPECT_EQ(together[i].generated_ids.size(), static_cast<size_t>(requests[i].max_new_tokens));
+  }
+}
+
+// Relative RMS difference of two logits rows.
+double RelRms(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+TEST(Engine, F32Bf16AndFp8CheckpointsAgree) {
+  // The same seed's weights rounded to bf16 or fp8. Random MoE routing is discontinuous: a
+  // small perturbation occasionally flips an expert and moves a position's logits a lot, so the
+  // bound is on the median position (bf16 ≈ 1% typical, fp8 ≈ 6%) with every position correlated.
+  const auto prompt = Prompt(48, 8);
+  const auto ref = RunAll(TinyModel(DType::kF32), F32Cache(), {Greedy(prompt, 0)})[0].prompt_logits;
+  for (auto [dtype, median_bound] : {std::pair{DType::kBF16, 0.03}, std::pair{DType::kF8E4M3, 0.12}}) {
+    const auto got = RunAll(TinyModel(dtype), F32Cache(), {Greedy(prompt, 0)})[0].prompt_logits;
+    std::vector<double> err;
+    for (size_t i = 0; i < ref.size(); ++i) err.push_back(RelRms(got[i], ref[i]));
+    std::sort(err.begin(), err.end());
+    EXPECT_LT(err[err.size() / 2], median_bound) << DTypeName(dtype);
+    EXPECT_LT(err.back(), 1.0) << DTypeName(dtype);
+    EXPECT_GT(err[err.size() / 2], 0.0) << DTypeName(dtype) << ": identical logits; was the dtype honoured?";
+  }
+}
+
+TEST(Engine, SamplingIsSeededAndTopKOneIsGreedy) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  Request r = Greedy(Prompt(5, 9), 16, false);
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 11;
+  Request same = r, other = r, top1 = r, greedy = Greedy(Prompt(5, 9), 16, false);
+  other.sampling.seed = 12;
+  top1.sampling.top_k = 1;
+  const auto out = RunAll(w, EngineOptions{}, {r, same, other, top1, greedy});
+  EXPECT_EQ(out[0].generated_ids, out[1].generated_ids);
+  EXPECT_NE(out[0].generated_ids, out[2].generated_ids);
+  EXPECT_EQ(out[3].generated_ids, out[4].generated_ids);
+}
+
+TEST(Engine, RejectsBadRequests) {
+  Engine engine(TinyModel(DType::kBF16), EngineOptions{});
+  EXPECT_FALSE(engine.Add(Greedy({}, 4)).ok());
+  auto bad = engine.Add(Greedy({1, 512}, 4));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("512"), std::string::npos) << bad.status();
+  EXPECT_FALSE(engine.Add(Greedy({1, -1}, 4)).ok());
+  Request hot = Greedy({1, 2}, 4);
+  hot.sampling.top_p = 0;
+  EXPECT_FALSE(engine.Add(hot).ok());
+  EngineOptions small;
+  small.kv.max_tokens = 64;
+  Engine tight(TinyModel(DType::kBF16), small);
+  EXPECT_EQ(tight.Add(Greedy(Prompt(60, 1), 10)).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(Engine, StopsAtEos) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  // Find a greedy continuation, then declare its third token the end of sequence.
+  const auto gen = RunAll(w, EngineOptions{}, {Greedy(Prompt(6, 10), 8, false)})[0].generated_ids;
+  ModelWeights& mutable_w = const_cast<ModelWeights&>(w);
+  const auto saved = mutable_w.config.eos_token_id;
+  mutable_w.config.eos_token_id = gen[2];
+  Request r = Greedy(Prompt(6, 10), 8, false);
+  r.stop_at_eos = true;
+  const auto stopped = RunAll(w, EngineOptions{}, {r})[0];
+  mutable_w.config.eos_token_id = saved;
+  EXPECT_EQ(stopped.finish_reason, "stop");
+  ASSERT_LE(stopped.generated_ids.size(), 3u);
+  EXPECT_EQ(stopped.generated_ids.back(), gen[2]);
+}
+
+}  // namespace
+}  // namespace daedalus

@@ -1,0 +1,37 @@
+// Tiny checkpoints made once per test binary in a temporary directory.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "worker/make_model.h"
+#include "worker/presets.h"
+#include "worker/weights.h"
+
+namespace daedalus::testing {
+
+// The `tiny` preset at `dtype` (seed 7), loaded; `yarn` adds rope_scaling with factor 8.
+inline const ModelWeights& TinyModel(DType dtype, bool yarn = false) {
+  static std::map<std::pair<DType, bool>, std::unique_ptr<ModelWeights>> cache;
+  auto key = std::make_pair(dtype, yarn);
+  auto it = cache.find(key);
+  if (it != cache.end()) return *it->second;
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("daedalus-test-" + std::to_string(::getpid()) + "-" + DTypeName(dtype) + (yarn ? "-yarn" : ""));
+  auto config = PresetConfig("tiny");
+  EXPECT_TRUE(config.ok());
+  if (yarn) config->rope_scaling = RopeScaling{8.0, 512, 32.0, 1.0, 1.0, 1.0};
+  MakeModelOptions options;
+  options.dtype = dtype;
+  EXPECT_TRUE(MakeModel(*config, options, dir.string()).ok());
+  auto weights = LoadModelWeights(dir.string());
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  // The files stay mapped; removing the directory entries is safe on Linux.
+  std::filesystem::remove_all(dir);
+  return *(cache[key] = std::move(*weights));
+}
+
+}  // namespace daedalus::testing
