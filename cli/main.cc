@@ -23,6 +23,9 @@ void SetThreads(int threads) {
 }  // namespace daedalus
 
 int main(int argc, char** argv) {
+  // BLAS calls made inside our parallel loops must run on their caller's thread: nested
+  // teams oversubscribe the cores and spin against each other.
+  omp_set_max_active_levels(1);
   CLI::App app{"Daedalus: expert-parallel inference for DeepSeek-V3-style models"};
   app.require_subcommand(1);
   std::map<CLI::App*, daedalus::Command> commands;

@@ -23,6 +23,16 @@ struct WeightView {
 // (converted to float in registers); F32 weights through BLAS.
 void Linear(const float* x, int64_t m, const WeightView& w, float* y);
 
+// Independent products run together in one parallel region (one barrier for all): the
+// experts of an MoE layer, or projections that read the same input.
+struct LinearProblem {
+  const float* x;
+  int64_t m;
+  WeightView w;
+  float* y;
+};
+void LinearBatch(const LinearProblem* problems, int64_t n);
+
 // The plain triple loop with double accumulation: the reference for tests.
 void LinearReference(const float* x, int64_t m, const WeightView& w, float* y);
 

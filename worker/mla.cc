@@ -83,19 +83,25 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const f
   }
 }
 
-// out[rows, h, :] = W_h · in[rows, h, :] for every head: gathers the head's rows, one Linear each.
+// out[rows, h, :] = W_h · in[rows, h, :] for every head: gathers each head's rows, then one
+// batched product over all heads.
 void PerHeadLinear(const std::vector<WeightView>& w, const std::vector<int64_t>& rows, const float* in,
                    int64_t in_head_stride, int64_t in_row_stride, float* out, int64_t out_head_stride,
                    int64_t out_row_stride) {
-  const int64_t n = static_cast<int64_t>(rows.size());
-  for (size_t h = 0; h < w.size(); ++h) {
-    std::vector<float> x(n * w[h].cols), y(n * w[h].rows);
+  const int64_t n = static_cast<int64_t>(rows.size()), H = static_cast<int64_t>(w.size());
+  std::vector<std::vector<float>> x(H), y(H);
+  std::vector<LinearProblem> problems;
+  for (int64_t h = 0; h < H; ++h) {
+    x[h].resize(n * w[h].cols);
+    y[h].resize(n * w[h].rows);
     for (int64_t i = 0; i < n; ++i)
-      std::memcpy(&x[i * w[h].cols], in + rows[i] * in_row_stride + h * in_head_stride, w[h].cols * 4);
-    Linear(x.data(), n, w[h], y.data());
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(out + rows[i] * out_row_stride + h * out_head_stride, &y[i * w[h].rows], w[h].rows * 4);
+      std::memcpy(&x[h][i * w[h].cols], in + rows[i] * in_row_stride + h * in_head_stride, w[h].cols * 4);
+    problems.push_back({x[h].data(), n, w[h], y[h].data()});
   }
+  LinearBatch(problems.data(), H);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(out + rows[i] * out_row_stride + h * out_head_stride, &y[h][i * w[h].rows], w[h].rows * 4);
 }
 
 }  // namespace
@@ -109,16 +115,17 @@ void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, 
   const float eps = static_cast<float>(c.rms_norm_eps), scale = static_cast<float>(c.softmax_scale());
 
   std::vector<float> q(T * d.H * d.qk());  // [T, H, dn + dr]
+  std::vector<float> kv_a(T * d.dim);      // [T, rkv + dr]: becomes the cached latent in place
   if (c.q_lora_rank) {
     std::vector<float> qa(T * *c.q_lora_rank);
-    Linear(x, T, *w.q_a_proj, qa.data());
+    const LinearProblem from_x[] = {{x, T, *w.q_a_proj, qa.data()}, {x, T, w.kv_a_proj_with_mqa, kv_a.data()}};
+    LinearBatch(from_x, 2);
     RmsNorm(qa.data(), w.q_a_layernorm.data(), T, *c.q_lora_rank, eps, qa.data(), *c.q_lora_rank, *c.q_lora_rank);
     Linear(qa.data(), T, *w.q_b_proj, q.data());
   } else {
-    Linear(x, T, *w.q_proj, q.data());
+    const LinearProblem from_x[] = {{x, T, *w.q_proj, q.data()}, {x, T, w.kv_a_proj_with_mqa, kv_a.data()}};
+    LinearBatch(from_x, 2);
   }
-  std::vector<float> kv_a(T * d.dim);  // [T, rkv + dr]: becomes the cached latent in place
-  Linear(x, T, w.kv_a_proj_with_mqa, kv_a.data());
   for (int64_t t = 0; t < T; ++t) {
     const float* cos = &angles.cos[t * pairs];
     const float* sin = &angles.sin[t * pairs];

@@ -10,8 +10,8 @@ namespace daedalus {
 void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* out) {
   const int64_t width = w.gate_proj.rows;
   std::vector<float> gate(n_tokens * width), up(n_tokens * width);
-  Linear(x, n_tokens, w.gate_proj, gate.data());
-  Linear(x, n_tokens, w.up_proj, up.data());
+  const LinearProblem gate_up[] = {{x, n_tokens, w.gate_proj, gate.data()}, {x, n_tokens, w.up_proj, up.data()}};
+  LinearBatch(gate_up, 2);
   SiluMulSeparate(gate.data(), up.data(), n_tokens, width, gate.data());
   Linear(gate.data(), n_tokens, w.down_proj, out);
 }
@@ -25,24 +25,56 @@ void MoeForward(const ModelConfig& c, const LayerWeights& w, const float* x, int
         w.e_score_correction_bias.empty() ? nullptr : w.e_score_correction_bias.data(), n_tokens, ids.data(),
         weights.data());
 
-  // Group (token, slot) pairs by expert; experts run in id order, so every token's routed
-  // outputs are summed in ascending expert id whatever the batch.
+  // Group (token, slot) pairs by expert. The active experts (and the shared experts, as one
+  // more "expert" over all tokens) run as two batched products: gate and up, then down.
   std::vector<std::vector<int64_t>> assigned(E);
   for (int64_t i = 0; i < n_tokens * K; ++i) assigned[ids[i]].push_back(i);
-  std::vector<float> routed(n_tokens * D, 0.0f), xe, ye;
+  struct Active {
+    const MlpWeights* w;
+    int64_t n;
+    std::vector<float> x, gate, up, y;
+  };
+  std::vector<Active> active;
   for (int64_t e = 0; e < E; ++e) {
-    const auto& slots = assigned[e];
-    if (slots.empty()) continue;
-    const int64_t n = static_cast<int64_t>(slots.size());
-    xe.resize(n * D);
-    ye.resize(n * D);
-    for (int64_t j = 0; j < n; ++j) std::memcpy(&xe[j * D], x + (slots[j] / K) * D, D * 4);
-    MlpForward(w.experts[e], xe.data(), n, ye.data());
-    for (int64_t j = 0; j < n; ++j) Axpy(weights[slots[j]], &ye[j * D], &routed[(slots[j] / K) * D], D);
+    if (assigned[e].empty()) continue;
+    const int64_t n = static_cast<int64_t>(assigned[e].size());
+    Active a{&w.experts[e], n, std::vector<float>(n * D), {}, {}, {}};
+    for (int64_t j = 0; j < n; ++j) std::memcpy(&a.x[j * D], x + (assigned[e][j] / K) * D, D * 4);
+    active.push_back(std::move(a));
+  }
+  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, n_tokens, std::vector<float>(x, x + n_tokens * D), {}, {}, {}});
+  std::vector<LinearProblem> problems;
+  for (Active& a : active) {
+    const int64_t width = a.w->gate_proj.rows;
+    a.gate.resize(a.n * width);
+    a.up.resize(a.n * width);
+    a.y.resize(a.n * D);
+    problems.push_back({a.x.data(), a.n, a.w->gate_proj, a.gate.data()});
+    problems.push_back({a.x.data(), a.n, a.w->up_proj, a.up.data()});
+  }
+  LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
+  problems.clear();
+  for (Active& a : active) {
+    SiluMulSeparate(a.gate.data(), a.up.data(), a.n, a.w->gate_proj.rows, a.gate.data());
+    problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y.data()});
+  }
+  LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
+
+  // Combine: experts in ascending id, so every token's routed outputs are summed in the same
+  // order whatever the batch; then the shared experts.
+  std::vector<float> routed(n_tokens * D, 0.0f);
+  size_t next = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    if (assigned[e].empty()) continue;
+    const Active& a = active[next++];
+    for (int64_t j = 0; j < a.n; ++j) {
+      const int64_t slot = assigned[e][j];
+      Axpy(weights[slot], &a.y[j * D], &routed[(slot / K) * D], D);
+    }
   }
   if (w.shared_experts) {
-    MlpForward(*w.shared_experts, x, n_tokens, out);
-    for (int64_t i = 0; i < n_tokens * D; ++i) out[i] += routed[i];
+    const Active& shared = active.back();
+    for (int64_t i = 0; i < n_tokens * D; ++i) out[i] = routed[i] + shared.y[i];
   } else {
     std::memcpy(out, routed.data(), routed.size() * 4);
   }

@@ -181,8 +181,13 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
   ASSIGN_OR_RETURN(model->embed_tokens, L.Matrix("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
   ASSIGN_OR_RETURN(model->norm, L.Vector("model.norm.weight", c.hidden_size));
   ASSIGN_OR_RETURN(model->lm_head, L.Matrix("lm_head.weight", c.vocab_size, c.hidden_size));
-  model->layers.resize(c.num_hidden_layers);
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) RETURN_IF_ERROR(LoadLayer(L, c, i, model->layers[i]));
+  // One layer at a time: a config naming more layers than the checkpoint holds stops at the
+  // first missing tensor instead of allocating num_hidden_layers entries up front.
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights layer;
+    RETURN_IF_ERROR(LoadLayer(L, c, i, layer));
+    model->layers.push_back(std::move(layer));
+  }
   return model;
 }
 

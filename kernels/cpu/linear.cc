@@ -96,30 +96,60 @@ void PermuteActivations(const float* x, int64_t m, int64_t K, float* xp) {
   }
 }
 
-void LinearBf16(const float* x, int64_t m, const WeightView& w, float* y) {
-  const int64_t K = w.cols, N = w.rows;
-  thread_local std::vector<float> permuted;
-  permuted.resize(static_cast<size_t>(m * K));
-  PermuteActivations(x, m, K, permuted.data());
-  const float* xp = permuted.data();
-  const auto* wd = static_cast<const uint16_t*>(w.data);
-  const int64_t row_blocks = (N + kRowBlock - 1) / kRowBlock;
+constexpr int64_t kUnitRows = 16;  // weight rows per work unit handed to a thread
+
+struct Unit {
+  int64_t problem, row0, row1;
+  double cost;
+};
+
+// Runs the fast-path problems in one parallel region: every problem's rows are cut into units,
+// and each thread takes a contiguous run of units of about equal cost (weight bytes streamed
+// plus multiply-adds), so one barrier serves them all.
+void LinearBf16Batch(const std::vector<const LinearProblem*>& problems) {
+  thread_local std::vector<std::vector<float>> scratch;  // the calling thread's, reused across calls
+  std::vector<std::vector<float>>& permuted = scratch;     // worker threads must see this one
+  permuted.resize(problems.size());
+  std::vector<Unit> units;
+  double total = 0;
+  for (size_t p = 0; p < problems.size(); ++p) {
+    const LinearProblem& pr = *problems[p];
+    permuted[p].resize(static_cast<size_t>(pr.m * pr.w.cols));
+    PermuteActivations(pr.x, pr.m, pr.w.cols, permuted[p].data());
+    for (int64_t r = 0; r < pr.w.rows; r += kUnitRows) {
+      const int64_t r1 = std::min(pr.w.rows, r + kUnitRows);
+      const double cost = static_cast<double>((r1 - r) * pr.w.cols) * (4.0 + static_cast<double>(pr.m));
+      units.push_back({static_cast<int64_t>(p), r, r1, cost});
+      total += cost;
+    }
+  }
+  std::vector<const float*> permuted_data;
+  for (const auto& v : permuted) permuted_data.push_back(v.data());
 #pragma omp parallel
   {
-    // Static split of weight rows: each thread streams its own contiguous share once per chunk.
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t b0 = row_blocks * t / threads, b1 = row_blocks * (t + 1) / threads;
-    for (int64_t m0 = 0; m0 < m; m0 += kTokenChunk) {
-      const int64_t m1 = std::min(m, m0 + kTokenChunk);
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n = b * kRowBlock;
-        const int64_t rn = std::min<int64_t>(kRowBlock, N - n);
-        for (int64_t i = m0; i < m1; i += kTokenBlock) {
-          const int64_t rm = std::min<int64_t>(kTokenBlock, m1 - i);
-          if (rn == kRowBlock) {
-            TileRows<kRowBlock>(xp + i * K, rm, K, wd + n * K, y + i * N + n, N);
-          } else {
-            for (int64_t r = 0; r < rn; ++r) TileRows<1>(xp + i * K, rm, K, wd + (n + r) * K, y + i * N + n + r, N);
+    // Unit u belongs to the thread whose cost interval holds the unit's midpoint.
+    double before = 0;
+    for (const Unit& u : units) {
+      const double mid = before + u.cost / 2;
+      before += u.cost;
+      if (static_cast<int>(mid / total * threads) != t) continue;
+      const LinearProblem& pr = *problems[u.problem];
+      const int64_t K = pr.w.cols, N = pr.w.rows, m = pr.m;
+      const float* xp = permuted_data[u.problem];
+      const auto* wd = static_cast<const uint16_t*>(pr.w.data);
+      for (int64_t m0 = 0; m0 < m; m0 += kTokenChunk) {
+        const int64_t m1 = std::min(m, m0 + kTokenChunk);
+        for (int64_t n = u.row0; n < u.row1; n += kRowBlock) {
+          const int64_t rn = std::min<int64_t>(kRowBlock, u.row1 - n);
+          for (int64_t i = m0; i < m1; i += kTokenBlock) {
+            const int64_t rm = std::min<int64_t>(kTokenBlock, m1 - i);
+            if (rn == kRowBlock) {
+              TileRows<kRowBlock>(xp + i * K, rm, K, wd + n * K, pr.y + i * N + n, N);
+            } else {
+              for (int64_t r = 0; r < rn; ++r)
+                TileRows<1>(xp + i * K, rm, K, wd + (n + r) * K, pr.y + i * N + n + r, N);
+            }
           }
         }
       }
@@ -130,36 +160,59 @@ void LinearBf16(const float* x, int64_t m, const WeightView& w, float* y) {
 }  // namespace
 #endif
 
-void Linear(const float* x, int64_t m, const WeightView& w, float* y) {
-  if (m == 0 || w.rows == 0) return;
-  if (w.dtype == DType::kF32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(w.rows),
-                static_cast<int>(w.cols), 1.0f, x, static_cast<int>(w.cols), static_cast<const float*>(w.data),
-                static_cast<int>(w.cols), 0.0f, y, static_cast<int>(w.rows));
-    return;
-  }
-#if defined(__AVX512F__)
-  if (w.cols % 32 == 0) {
-    LinearBf16(x, m, w, y);
-    return;
-  }
-#endif
-  // Portable path: widen one weight row at a time and accumulate in float.
-  const auto* wd = static_cast<const uint16_t*>(w.data);
+namespace {
+
+void LinearF32(const LinearProblem& p) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.m), static_cast<int>(p.w.rows),
+              static_cast<int>(p.w.cols), 1.0f, p.x, static_cast<int>(p.w.cols), static_cast<const float*>(p.w.data),
+              static_cast<int>(p.w.cols), 0.0f, p.y, static_cast<int>(p.w.rows));
+}
+
+// Portable path: widen one weight row at a time and accumulate in float.
+void LinearBf16Portable(const LinearProblem& p) {
+  const auto* wd = static_cast<const uint16_t*>(p.w.data);
+  const int64_t K = p.w.cols, N = p.w.rows;
 #pragma omp parallel
   {
-    std::vector<float> row(static_cast<size_t>(w.cols));
+    std::vector<float> row(static_cast<size_t>(K));
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < w.rows; ++n) {
-      Bf16ToF32(wd + n * w.cols, row.data(), static_cast<size_t>(w.cols));
-      for (int64_t i = 0; i < m; ++i) {
-        const float* xi = x + i * w.cols;
+    for (int64_t n = 0; n < N; ++n) {
+      Bf16ToF32(wd + n * K, row.data(), static_cast<size_t>(K));
+      for (int64_t i = 0; i < p.m; ++i) {
+        const float* xi = p.x + i * K;
         float acc = 0;
-        for (int64_t k = 0; k < w.cols; ++k) acc += xi[k] * row[k];
-        y[i * w.rows + n] = acc;
+        for (int64_t k = 0; k < K; ++k) acc += xi[k] * row[k];
+        p.y[i * N + n] = acc;
       }
     }
   }
+}
+
+}  // namespace
+
+void LinearBatch(const LinearProblem* problems, int64_t n) {
+  std::vector<const LinearProblem*> fast;
+  for (int64_t i = 0; i < n; ++i) {
+    const LinearProblem& p = problems[i];
+    if (p.m == 0 || p.w.rows == 0) continue;
+    if (p.w.dtype == DType::kF32) {
+      LinearF32(p);
+#if defined(__AVX512F__)
+    } else if (p.w.cols % 32 == 0) {
+      fast.push_back(&p);
+#endif
+    } else {
+      LinearBf16Portable(p);
+    }
+  }
+#if defined(__AVX512F__)
+  if (!fast.empty()) LinearBf16Batch(fast);
+#endif
+}
+
+void Linear(const float* x, int64_t m, const WeightView& w, float* y) {
+  const LinearProblem p{x, m, w, y};
+  LinearBatch(&p, 1);
 }
 
 }  // namespace daedalus

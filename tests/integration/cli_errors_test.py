@@ -1,0 +1,279 @@
+#!/usr/bin/python3
+"""Bad checkpoints and bad run arguments give a clear error and a non-zero exit, never a crash.
+
+Usage: /usr/bin/python3 tests/integration/cli_errors_test.py --daedalus build/bin/daedalus
+
+Makes a tiny checkpoint (single file and sharded), corrupts copies of it, and runs
+`daedalus run` against them and with bad arguments. Every failure must be an ordinary exit
+(return code > 0, not a signal) with a `daedalus: error:` message naming the file, tensor or
+token at fault. A --prompts file with some bad lines still answers the good ones, in order.
+Standard library only.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+TIMEOUT_S = 60
+VOCAB = 512  # the tiny preset's vocabulary
+
+failures = []
+passed = 0
+
+
+def check(condition, what, detail=""):
+    global passed
+    if condition:
+        passed += 1
+    else:
+        failures.append(f"{what}\n    {detail}".rstrip())
+        print(f"FAIL: {what}", file=sys.stderr)
+        if detail:
+            print(f"    {detail}", file=sys.stderr)
+
+
+class Cli:
+    def __init__(self, exe, workdir):
+        self.exe = exe
+        self.workdir = workdir
+        self.env = dict(os.environ)
+        self.env.setdefault("OMP_NUM_THREADS", "2")
+
+    def __call__(self, *args):
+        try:
+            return subprocess.run([self.exe, *args], cwd=self.workdir, env=self.env, capture_output=True,
+                                  text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            raise SystemExit(f"FAIL: daedalus {' '.join(args)} ran past {TIMEOUT_S} s") from e
+
+
+def describe(proc):
+    return f"rc={proc.returncode} stderr={proc.stderr.strip()!r} stdout={proc.stdout.strip()[:300]!r}"
+
+
+def expect_error(proc, what, parts):
+    """A clean failure: exit code > 0 (a signal gives < 0), one error message holding every part."""
+    check(proc.returncode > 0, f"{what}: exits non-zero without a signal", describe(proc))
+    check("daedalus: error:" in proc.stderr, f"{what}: prints a 'daedalus: error:' message", describe(proc))
+    for bad in ("terminate called", "Aborted", "Segmentation", "AddressSanitizer", "check failed"):
+        check(bad not in proc.stderr, f"{what}: does not crash ({bad})", describe(proc))
+    for part in parts:
+        check(part in proc.stderr, f"{what}: message names {part!r}", describe(proc))
+
+
+def expect_ok(proc, what):
+    check(proc.returncode == 0, f"{what}: succeeds", describe(proc))
+
+
+def copy_model(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_json(path, edit):
+    with open(path) as f:
+        j = json.load(f)
+    edit(j)
+    with open(path, "w") as f:
+        json.dump(j, f, indent=2)
+
+
+def truncate_half(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def shards(model):
+    return sorted(n for n in os.listdir(model) if n.startswith("model-") and n.endswith(".safetensors"))
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--daedalus", required=True)
+    args = parser.parse_args()
+    exe = os.path.abspath(args.daedalus)
+    if not os.access(exe, os.X_OK):
+        raise SystemExit(f"FAIL: {exe} is not an executable")
+    start = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix="daedalus_cli_errors_")
+    try:
+        run_checks(Cli(exe, tmp), tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.monotonic() - start
+    print(f"cli_errors_test: {passed} checks passed, {len(failures)} failed ({elapsed:.1f} s)")
+    for f in failures:
+        print(f"  FAILED: {f}")
+    return 1 if failures else 0
+
+
+def run_checks(cli, tmp):
+    model = os.path.join(tmp, "model")
+    sharded = os.path.join(tmp, "sharded")
+    expect_ok(cli("make-model", "--preset", "tiny", "--seed", "7", "--out", model), "make-model tiny")
+    expect_ok(cli("make-model", "--preset", "tiny", "--seed", "7", "--shard-mb", "1", "--out", sharded),
+              "make-model tiny --shard-mb 1")
+    if not os.path.exists(os.path.join(model, "model.safetensors")):
+        raise SystemExit("FAIL: make-model wrote no model.safetensors; cannot go on")
+    check(os.path.exists(os.path.join(sharded, "model.safetensors.index.json")) and len(shards(sharded)) >= 2,
+          "make-model --shard-mb 1 writes an index and several shards", str(os.listdir(sharded)))
+
+    # The valid checkpoints run.
+    for m in (model, sharded):
+        p = cli("run", "--model", m, "--prompt-ids", "1,2,3", "--max-new-tokens", "2", "--temperature", "0")
+        expect_ok(p, f"run on the valid {os.path.basename(m)} checkpoint")
+        if p.returncode == 0:
+            out = json.loads(p.stdout.strip().splitlines()[-1])
+            check(len(out.get("generated_ids", [])) == 2, "run generates 2 tokens", p.stdout)
+
+    # ---- Bad run arguments -------------------------------------------------------------------
+    p = cli("run", "--model", model, "--prompt-ids", f"1,2,{VOCAB}", "--max-new-tokens", "1")
+    expect_error(p, "token id == vocab_size", [str(VOCAB), "vocabulary", f"[0, {VOCAB})"])
+    p = cli("run", "--model", model, "--prompt-ids", "3,100000", "--max-new-tokens", "1")
+    expect_error(p, "token id far above vocab_size", ["100000", "vocabulary", str(VOCAB)])
+    p = cli("run", "--model", model, "--prompt-ids", "-1", "--max-new-tokens", "1")
+    expect_error(p, "negative token id", ["-1", "vocabulary"])
+    p = cli("run", "--model", model, "--prompt-ids", "", "--max-new-tokens", "1")
+    expect_error(p, "empty --prompt-ids", ["prompt"])
+    p = cli("run", "--model", model, "--prompt-ids", ",", "--max-new-tokens", "1")
+    expect_error(p, "--prompt-ids with no ids", ["prompt is empty"])
+    p = cli("run", "--model", model, "--prompt-ids", "1,abc,3", "--max-new-tokens", "1")
+    expect_error(p, "non-numeric token id", ["abc", "token id"])
+    p = cli("run", "--model", model, "--prompt-ids", "1.5", "--max-new-tokens", "1")
+    expect_error(p, "fractional token id", ["1.5", "token id"])
+    p = cli("run", "--model", model, "--prompt-ids", "99999999999", "--max-new-tokens", "1")
+    expect_error(p, "token id beyond int32", ["99999999999"])
+    missing = os.path.join(tmp, "no_such_model")
+    p = cli("run", "--model", missing, "--prompt-ids", "1", "--max-new-tokens", "1")
+    expect_error(p, "missing model directory", [missing])
+    p = cli("run", "--model", model, "--prompts", os.path.join(tmp, "no_such.jsonl"))
+    expect_error(p, "missing --prompts file", ["no_such.jsonl"])
+
+    # ---- Bad checkpoints ---------------------------------------------------------------------
+    bad = copy_model(model, os.path.join(tmp, "truncated_single"))
+    truncate_half(os.path.join(bad, "model.safetensors"))
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "truncated model.safetensors", [os.path.join(bad, "model.safetensors"), "tensor ", "truncated"])
+
+    bad = copy_model(sharded, os.path.join(tmp, "truncated_shard"))
+    shard = shards(bad)[1]
+    truncate_half(os.path.join(bad, shard))
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "truncated shard", [os.path.join(bad, shard), "tensor ", "truncated"])
+
+    bad = copy_model(sharded, os.path.join(tmp, "missing_shard"))
+    shard = shards(bad)[-1]
+    os.remove(os.path.join(bad, shard))
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "index naming a missing shard", ["model.safetensors.index.json", shard, "does not exist"])
+
+    bad = copy_model(model, os.path.join(tmp, "garbage_header"))
+    path = os.path.join(bad, "model.safetensors")
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        f.write(b"#" * length)
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "garbage safetensors header", [path, "corrupt", "JSON"])
+
+    bad = copy_model(model, os.path.join(tmp, "huge_header_length"))
+    path = os.path.join(bad, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.write(struct.pack("<Q", 1 << 40))
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "header length past the end of the file", [path, "header length"])
+
+    bad = copy_model(model, os.path.join(tmp, "truncated_config"))
+    path = os.path.join(bad, "config.json")
+    truncate_half(path)
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "truncated config.json", [path, "JSON"])
+
+    bad = copy_model(model, os.path.join(tmp, "llama_config"))
+    path = os.path.join(bad, "config.json")
+    edit_json(path, lambda j: j.update(model_type="llama"))
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "unsupported model_type", [path, "model_type", "llama"])
+
+    bad = copy_model(model, os.path.join(tmp, "wide_config"))
+    edit_json(os.path.join(bad, "config.json"), lambda j: j.update(hidden_size=256))
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "config hidden_size disagreeing with the weights",
+                 [os.path.join(bad, "model.safetensors"), "model.embed_tokens.weight",
+                  "expected shape [512, 256], found [512, 128]"])
+
+    bad = copy_model(model, os.path.join(tmp, "deep_config"))
+    edit_json(os.path.join(bad, "config.json"), lambda j: j.update(num_hidden_layers=1 << 50))
+    p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
+    expect_error(p, "config with an absurd num_hidden_layers",
+                 [os.path.join(bad, "model.safetensors"), "model.layers.3.input_layernorm.weight", "missing"])
+
+    # ---- A --prompts file with some bad lines ------------------------------------------------
+    good = {
+        "a": {"id": "a", "prompt_ids": [1, 2, 3], "max_new_tokens": 3, "temperature": 0},
+        "d": {"id": "d", "prompt_ids": [7, 8, 9, 10], "max_new_tokens": 2, "temperature": 0},
+        "f": {"id": "f", "prompt_ids": [511], "max_new_tokens": 4, "temperature": 0},
+    }
+    lines = [
+        json.dumps(good["a"]),
+        '{"id": "b", "prompt_ids": [1, 2',  # malformed JSON
+        json.dumps({"id": "c", "prompt_ids": [5, VOCAB + 88], "max_new_tokens": 2}),  # token >= vocab
+        json.dumps(good["d"]),
+        json.dumps({"id": "e", "prompt_ids": [4, "x"]}),  # non-integer id
+        json.dumps(good["f"]),
+    ]
+    prompts = os.path.join(tmp, "prompts.jsonl")
+    with open(prompts, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    out_path = os.path.join(tmp, "results.jsonl")
+    p = cli("run", "--model", model, "--prompts", prompts, "--output", out_path, "--ignore-eos")
+    check(p.returncode > 0, "--prompts with bad lines: exits non-zero without a signal", describe(p))
+    check("line 2" in p.stderr and "line 3" in p.stderr and "line 5" in p.stderr,
+          "--prompts with bad lines: stderr names the bad lines", describe(p))
+    check(str(VOCAB + 88) in p.stderr, "--prompts with bad lines: stderr names the bad token", describe(p))
+    results = read_jsonl(out_path) if os.path.exists(out_path) else []
+    check(len(results) == len(lines), "--prompts with bad lines: one result per input line",
+          f"{len(results)} results for {len(lines)} lines: {results}")
+    if len(results) == len(lines):
+        # A line that does not parse as a request is named by its line number.
+        expected_ids = [("a",), ("b", "2"), ("c",), ("d",), ("e", "5"), ("f",)]
+        for n, (r, want_ids) in enumerate(zip(results, expected_ids), start=1):
+            check(r.get("id") in want_ids, f"result {n} keeps input order (id {' or '.join(want_ids)})", str(r))
+        for n in (2, 3, 5):
+            r = results[n - 1]
+            check("error" in r and "generated_ids" not in r, f"result {n} (bad line) is an error", str(r))
+        check(str(VOCAB + 88) in results[2].get("error", ""), "the bad token's error names the token", str(results[2]))
+        for n, key in ((1, "a"), (4, "d"), (6, "f")):
+            r = results[n - 1]
+            want = good[key]["max_new_tokens"]
+            check("error" not in r and len(r.get("generated_ids", [])) == want and r.get("finish_reason") == "length",
+                  f"result {n} (good line {key}) generates {want} tokens", str(r))
+            check(all(0 <= t < VOCAB for t in r.get("generated_ids", [])), f"result {n}: ids inside the vocabulary",
+                  str(r))
+
+        # The good requests are unaffected by the bad lines: a file of only them gives the same.
+        only_good = os.path.join(tmp, "good.jsonl")
+        with open(only_good, "w") as f:
+            f.write("".join(json.dumps(good[k]) + "\n" for k in ("a", "d", "f")))
+        good_out = os.path.join(tmp, "good_results.jsonl")
+        p = cli("run", "--model", model, "--prompts", only_good, "--output", good_out, "--ignore-eos")
+        expect_ok(p, "--prompts with only the good lines")
+        if p.returncode == 0:
+            check(read_jsonl(good_out) == [results[0], results[3], results[5]],
+                  "good lines give the same results with or without the bad lines",
+                  f"{read_jsonl(good_out)} vs {[results[0], results[3], results[5]]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
