@@ -2,7 +2,12 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <vector>
 #include <map>
 
 #include "cli/commands.h"
@@ -15,9 +20,27 @@ int Fail(const std::string& message) {
 }
 
 void SetThreads(int threads) {
-  if (threads <= 0) return;
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  if (threads > 0) {
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+  }
+  // Pin each OpenMP thread to its own CPU (as OMP_PROC_BIND=true would), unless the user chose
+  // a binding. Unpinned threads migrate, and a thread spinning at a barrier can land on the CPU
+  // its partner is computing on: measured 4x slower decode on a 2-vCPU machine.
+  if (std::getenv("OMP_PROC_BIND") != nullptr || std::getenv("OMP_PLACES") != nullptr) return;
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  if (cpus.empty() || omp_get_max_threads() > static_cast<int>(cpus.size())) return;
+#pragma omp parallel
+  {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpus[omp_get_thread_num()], &one);
+    pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+  }
 }
 
 }  // namespace daedalus
