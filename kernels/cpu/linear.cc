@@ -44,7 +44,10 @@ namespace {
 
 constexpr int kRowBlock = 4;    // weight rows per tile
 constexpr int kTokenBlock = 4;  // activation rows per tile
-constexpr int64_t kTokenChunk = 96;  // activation rows kept hot in L2 while weights stream
+constexpr int64_t kTokenChunk = 96;
+// Weight elements prefetched ahead of the loads: the hardware prefetcher alone left batch-1
+// decode at ~14 GB/s on a machine that streams ~19 GB/s; 1 KB ahead per row recovers most of it.
+constexpr int64_t kPrefetchAhead = 512;  // activation rows kept hot in L2 while weights stream
 
 // Accumulates a RM×RN tile of y over all of K (K % 32 == 0).
 template <int RM, int RN>
@@ -56,6 +59,7 @@ inline void Tile(const float* xp, int64_t K, const uint16_t* w, float* y, int64_
   for (int64_t k = 0; k < K; k += 32) {
     __m512 lo[RN], hi[RN];
     for (int r = 0; r < RN; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + kPrefetchAhead), _MM_HINT_T0);
       __m512i raw = _mm512_loadu_si512(w + r * K + k);
       lo[r] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
       hi[r] = _mm512_castsi512_ps(_mm512_and_si512(raw, high_mask));
