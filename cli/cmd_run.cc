@@ -47,8 +47,8 @@ Command AddRunCommand(CLI::App& app) {
   app.add_option("--seed", f->defaults.sampling.seed, "sampling seed");
   app.add_flag("--ignore-eos", f->ignore_eos, "do not stop at the config's eos_token_id");
   f->engine.Register(app);
-  return [f]() {
-    if (f->prompt_ids.empty() && f->prompts.empty()) return Fail("run needs --prompt-ids or --prompts");
+  return [f, ids, file]() {
+    if (ids->count() == 0 && file->count() == 0) return Fail("run needs --prompt-ids or --prompts");
     SetThreads(f->engine.threads);
     auto weights = LoadModelWeights(f->model);
     if (!weights.ok()) return Fail(std::string(weights.status().message()));
@@ -58,7 +58,7 @@ Command AddRunCommand(CLI::App& app) {
     std::vector<Request> requests;
     std::vector<Result> results;  // parse errors, by line
     int failures = 0;
-    if (!f->prompt_ids.empty()) {
+    if (ids->count() > 0) {
       Request r = f->defaults;
       auto parsed = ParseIdList(f->prompt_ids);
       if (!parsed.ok()) return Fail(absl::StrCat("--prompt-ids: ", parsed.status().message()));
@@ -74,12 +74,12 @@ Command AddRunCommand(CLI::App& app) {
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         Request r = f->defaults;
         r.id = absl::StrCat(n);
-        auto parsed = ParseRequestLine(line, r);
+        auto parsed = ParseRequestLine(line, r, &r.id);
         absl::Status s = parsed.ok() ? engine.Validate(*parsed) : parsed.status();
         if (!s.ok()) {
           std::fprintf(stderr, "daedalus: error: %s line %lld: %s\n", f->prompts.c_str(), static_cast<long long>(n),
                        std::string(s.message()).c_str());
-          Result bad{parsed.ok() ? parsed->id : r.id, {}, "error", s, {}};
+          Result bad{r.id, {}, "error", s, {}};
           results.push_back(bad);
           requests.push_back(Request{});  // placeholder keeps output in input order
           ++failures;

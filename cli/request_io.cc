@@ -16,13 +16,14 @@ absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text) {
   return ids;
 }
 
-absl::StatusOr<Request> ParseRequestLine(const std::string& line, const Request& defaults) {
+absl::StatusOr<Request> ParseRequestLine(const std::string& line, const Request& defaults, std::string* id) {
   using nlohmann::json;
   json j = json::parse(line, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("not a JSON object");
   Request r = defaults;
   try {
     if (j.contains("id")) r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+    if (id != nullptr) *id = r.id;
     if (!j.contains("prompt_ids") || !j["prompt_ids"].is_array()) {
       return absl::InvalidArgumentError("\"prompt_ids\" must be an array of token ids");
     }

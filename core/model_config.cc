@@ -182,6 +182,9 @@ absl::Status ModelConfig::Validate(const std::string& src) const {
   if (bos_token_id && (*bos_token_id < 0 || *bos_token_id >= vocab_size)) {
     return FieldError(src, "bos_token_id", "lies outside the vocabulary");
   }
+  if (eos_token_id && (*eos_token_id < 0 || *eos_token_id >= vocab_size)) {
+    return FieldError(src, "eos_token_id", "lies outside the vocabulary");
+  }
   return absl::OkStatus();
 }
 

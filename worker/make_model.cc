@@ -180,7 +180,13 @@ absl::Status MakeModel(const ModelConfig& config, const MakeModelOptions& option
     current += bytes;
     total += bytes;
   }
-  for (const char* stale : {"model.safetensors", "model.safetensors.index.json"}) fs::remove(fs::path(dir) / stale, ec);
+  // Weights of an earlier make-model into the same directory must not mix with these.
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("model", 0) == 0 && (name.ends_with(".safetensors") || name == "model.safetensors.index.json")) {
+      fs::remove(entry.path(), ec);
+    }
+  }
   nlohmann::ordered_json weight_map;
   for (size_t k = 0; k < shards.size(); ++k) {
     const std::string file = shards.size() == 1 ? "model.safetensors"
