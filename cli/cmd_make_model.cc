@@ -15,6 +15,7 @@ Command AddMakeModelCommand(CLI::App& app) {
     int64_t shard_mb = 400;
     int threads = 0;
     std::vector<std::string> overrides;
+    bool config_only = false;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--preset", f->preset, "tiny | small | bench")->check(CLI::IsMember({"tiny", "small", "bench"}));
@@ -27,6 +28,7 @@ Command AddMakeModelCommand(CLI::App& app) {
   app.add_option("--shard-mb", f->shard_mb, "split into shards with an index above this size (MB)");
   app.add_option("--set", f->overrides,
                  "override a config.json field of the preset, KEY=JSON (e.g. q_lora_rank=null, scoring_func=softmax)");
+  app.add_flag("--config-only", f->config_only, "write config.json only (the preset's published-layout config)");
   app.add_option("--threads", f->threads, "threads (default: OMP_NUM_THREADS or all cores)");
   return [f]() {
     SetThreads(f->threads);
@@ -54,6 +56,7 @@ Command AddMakeModelCommand(CLI::App& app) {
       if (!config.ok()) return Fail(std::string(config.status().message()));
     }
     MakeModelOptions options;
+    options.config_only = f->config_only;
     options.seed = f->seed;
     options.dtype = f->dtype == "f32" ? DType::kF32 : f->dtype == "fp8" ? DType::kF8E4M3 : DType::kBF16;
     options.shard_bytes = f->shard_mb << 20;

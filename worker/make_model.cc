@@ -166,6 +166,7 @@ absl::Status MakeModel(const ModelConfig& config, const MakeModelOptions& option
     out << c.ToJson().dump(2) << "\n";
     if (!out) return absl::InternalError(absl::StrCat(dir, "/config.json: write failed"));
   }
+  if (options.config_only) return absl::OkStatus();
   // Plan the shards first: their names carry the count.
   const std::vector<Spec> specs = Specs(c);
   std::vector<std::vector<const Spec*>> shards(1);
