@@ -37,11 +37,34 @@ class Loader {
     return out;
   }
 
-  // A 2-D projection [rows, cols]; FP8 tensors need `<name>_scale_inv` and become BF16.
+  // A 2-D projection [rows, cols]; FP8 tensors need `<name>_scale_inv` and become BF16. BF16
+  // projections are repacked into the kernel's panel layout (owned; the mmapped bytes are then
+  // no longer read).
   absl::StatusOr<WeightView> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+    ASSIGN_OR_RETURN(WeightView w, Raw(name, rows, cols));
+    if (w.dtype == DType::kF8E4M3) {
+      ASSIGN_OR_RETURN(std::vector<bf16> dequantized, Dequantize(name, w));
+      return Pack(WeightView{DType::kBF16, rows, cols, dequantized.data()}, /*keep_data=*/false);
+    }
+    return w.dtype == DType::kBF16 ? Pack(w, /*keep_data=*/true) : w;
+  }
+
+  // The tensor as stored, checked for shape.
+  absl::StatusOr<WeightView> Raw(const std::string& name, int64_t rows, int64_t cols) {
     ASSIGN_OR_RETURN(const TensorInfo* t, Tensor(name, {rows, cols}));
-    WeightView w{t->dtype, rows, cols, t->data};
-    if (t->dtype != DType::kF8E4M3) return w;
+    return WeightView{t->dtype, rows, cols, t->data};
+  }
+
+  WeightView Pack(WeightView w, bool keep_data) {
+    std::vector<uint8_t>& buf = model_.owned.emplace_back(PackedBf16Elements(w.rows, w.cols) * sizeof(bf16));
+    PackBf16(w, reinterpret_cast<bf16*>(buf.data()));
+    w.packed = reinterpret_cast<const bf16*>(buf.data());
+    if (!keep_data) w.data = nullptr;
+    return w;
+  }
+
+  absl::StatusOr<std::vector<bf16>> Dequantize(const std::string& name, const WeightView& w) {
+    const int64_t rows = w.rows, cols = w.cols;
     const std::string scale_name = name.substr(0, name.size() - std::string("weight").size()) + "weight_scale_inv";
     const int64_t sr = (rows + kFp8Block - 1) / kFp8Block, sc = (cols + kFp8Block - 1) / kFp8Block;
     ASSIGN_OR_RETURN(const TensorInfo* s, Tensor(scale_name, {sr, sc}));
@@ -49,17 +72,17 @@ class Loader {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", scale_name, " in ", s->file, ": expected dtype F32, found ",
                                                      DTypeName(s->dtype)));
     }
-    std::vector<uint8_t>& buf = model_.owned.emplace_back(static_cast<size_t>(rows * cols) * 2);
-    auto* out = reinterpret_cast<bf16*>(buf.data());
     std::vector<float> scales(static_cast<size_t>(sr * sc));
     std::memcpy(scales.data(), s->data, scales.size() * 4);
+    std::vector<bf16> out(static_cast<size_t>(rows * cols));
+    const auto* codes = static_cast<const uint8_t*>(w.data);
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t c = 0; c < cols; ++c) {
-        const float v = Fp8E4M3ToF32(t->data[r * cols + c]) * scales[(r / kFp8Block) * sc + c / kFp8Block];
-        out[r * cols + c] = F32ToBf16(v);
+        out[r * cols + c] = F32ToBf16(Fp8E4M3ToF32(codes[r * cols + c]) * scales[(r / kFp8Block) * sc + c / kFp8Block]);
       }
     }
-    return WeightView{DType::kBF16, rows, cols, out};
+    return out;
   }
 
   absl::StatusOr<MlpWeights> Mlp(const std::string& prefix, int64_t hidden, int64_t width) {
@@ -70,20 +93,32 @@ class Loader {
     return m;
   }
 
-  // Splits kv_b_proj per head into the absorbed-decode views.
+  // Splits kv_b_proj per head into the absorbed-decode weights (copies, in kv_b_proj's dtype).
   void Absorb(AttentionWeights& a, const ModelConfig& c) {
     const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
-    const size_t elem = DTypeSize(a.kv_b_proj.dtype);
-    const auto* base = static_cast<const uint8_t*>(a.kv_b_proj.data);
+    const WeightView& kv_b = a.kv_b_proj;
     for (int64_t h = 0; h < c.num_attention_heads; ++h) {
-      const uint8_t* head = base + static_cast<size_t>(h * (dn + dv) * r) * elem;
-      std::vector<uint8_t>& buf = model_.owned.emplace_back(static_cast<size_t>(dn * r) * elem);
-      for (int64_t d = 0; d < dn; ++d)
-        for (int64_t k = 0; k < r; ++k)
-          std::memcpy(buf.data() + (k * dn + d) * elem, head + (d * r + k) * elem, elem);
-      a.w_uk_t.push_back(WeightView{a.kv_b_proj.dtype, r, dn, buf.data()});
-      a.w_uv.push_back(WeightView{a.kv_b_proj.dtype, dv, r, head + static_cast<size_t>(dn * r) * elem});
+      const int64_t row0 = h * (dn + dv);
+      // W_uk transposed: [r, dn]; W_uv: the head's v rows, [dv, r].
+      a.w_uk_t.push_back(Copy(kv_b.dtype, r, dn, [&](int64_t i, int64_t j) { return kv_b.at(row0 + j, i); }));
+      a.w_uv.push_back(Copy(kv_b.dtype, dv, r, [&](int64_t i, int64_t j) { return kv_b.at(row0 + dn + i, j); }));
     }
+  }
+
+  template <typename Element>
+  WeightView Copy(DType dtype, int64_t rows, int64_t cols, Element element) {
+    if (dtype == DType::kF32) {
+      std::vector<uint8_t>& buf = model_.owned.emplace_back(static_cast<size_t>(rows * cols) * 4);
+      auto* out = reinterpret_cast<float*>(buf.data());
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(i, j);
+      return WeightView{DType::kF32, rows, cols, out};
+    }
+    // Values of a bf16 (or dequantized) weight are exact in bf16.
+    std::vector<bf16> tmp(static_cast<size_t>(rows * cols));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) tmp[i * cols + j] = F32ToBf16(element(i, j));
+    return Pack(WeightView{DType::kBF16, rows, cols, tmp.data()}, /*keep_data=*/false);
   }
 
  private:
@@ -178,7 +213,13 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
   ASSIGN_OR_RETURN(model->checkpoint, Checkpoint::Open(dir));
   const ModelConfig& c = model->config;
   Loader L(*model->checkpoint, *model);
-  ASSIGN_OR_RETURN(model->embed_tokens, L.Matrix("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
+  // Rows of the embedding are looked up, not multiplied: it stays as stored (F32 or BF16).
+  ASSIGN_OR_RETURN(model->embed_tokens, L.Raw("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
+  if (model->embed_tokens.dtype == DType::kF8E4M3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor model.embed_tokens.weight in ", (*model->checkpoint->Get("model.embed_tokens.weight"))->file,
+                     ": expected dtype BF16 or F32, found F8_E4M3"));
+  }
   ASSIGN_OR_RETURN(model->norm, L.Vector("model.norm.weight", c.hidden_size));
   ASSIGN_OR_RETURN(model->lm_head, L.Matrix("lm_head.weight", c.vocab_size, c.hidden_size));
   // One layer at a time: a config naming more layers than the checkpoint holds stops at the

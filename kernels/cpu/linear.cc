@@ -1,16 +1,14 @@
-// CPU GEMM for bf16 weights: weights stay bf16 in memory (half the bytes of float) and are
-// widened in registers. A 32-bit lane of bf16 data holds elements 2i (low half) and 2i+1
-// (high half): `lane << 16` is element 2i as float and `lane & 0xffff0000` is element 2i+1,
-// so the activations are permuted once per call into [even 16 | odd 16] per 32-element chunk
-// and no shuffles are needed in the inner loop.
-// GCC 12 warns falsely inside its own _mm512_reduce_add_ps (an undefined upper half it never reads).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// CPU GEMM for bf16 weights. Weights stay bf16 in memory (half the bytes of float) in the
+// panel layout of PackBf16 and are widened in registers with one shift and one mask per 32
+// values; activations are broadcast one at a time (outer-product form), so there are no
+// horizontal sums and no shuffles: per k, 2 widening ops serve 2 × 12 FMAs.
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <vector>
 
 #include "kernels/linear.h"
@@ -18,15 +16,37 @@
 namespace daedalus {
 
 float WeightView::at(int64_t r, int64_t c) const {
-  const int64_t i = r * cols + c;
   if (dtype == DType::kBF16) {
     bf16 v;
-    std::memcpy(&v, static_cast<const uint8_t*>(data) + 2 * i, 2);
+    if (data != nullptr) {
+      std::memcpy(&v, static_cast<const uint8_t*>(data) + 2 * (r * cols + c), 2);
+    } else {
+      const int64_t panel = r / kPanelRows, i = r % kPanelRows;
+      v = packed[(panel * cols + c) * kPanelRows + (i % 16) * 2 + i / 16];
+    }
     return Bf16ToF32(v);
   }
   float v;
-  std::memcpy(&v, static_cast<const uint8_t*>(data) + 4 * i, 4);
+  std::memcpy(&v, static_cast<const uint8_t*>(data) + 4 * (r * cols + c), 4);
   return v;
+}
+
+int64_t PackedBf16Elements(int64_t rows, int64_t cols) {
+  return (rows + kPanelRows - 1) / kPanelRows * kPanelRows * cols;
+}
+
+void PackBf16(const WeightView& w, bf16* out) {
+  const auto* src = static_cast<const bf16*>(w.data);
+  const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < panels; ++p) {
+    bf16* dst = out + p * w.cols * kPanelRows;
+    for (int64_t i = 0; i < kPanelRows; ++i) {
+      const int64_t r = p * kPanelRows + i;
+      const int64_t slot = (i % 16) * 2 + i / 16;  // low half of lane i%16 for rows 0-15, high half for 16-31
+      for (int64_t k = 0; k < w.cols; ++k) dst[k * kPanelRows + slot] = r < w.rows ? src[r * w.cols + k] : 0;
+    }
+  }
 }
 
 void LinearReference(const float* x, int64_t m, const WeightView& w, float* y) {
@@ -42,119 +62,88 @@ void LinearReference(const float* x, int64_t m, const WeightView& w, float* y) {
 #if defined(__AVX512F__)
 namespace {
 
-constexpr int kRowBlock = 4;    // weight rows per tile
-constexpr int kTokenBlock = 4;  // activation rows per tile
-constexpr int64_t kTokenChunk = 96;
-// Weight elements prefetched ahead of the loads: the hardware prefetcher alone left batch-1
-// decode at ~14 GB/s on a machine that streams ~19 GB/s; 1 KB ahead per row recovers most of it.
-constexpr int64_t kPrefetchAhead = 512;  // activation rows kept hot in L2 while weights stream
+constexpr int kTokenBlock = 12;     // activation rows per kernel call: 24 accumulators in registers
+constexpr int64_t kKChunk = 1024;   // input features per pass: a 64 KB panel slice stays in L2
+// Prefetch distance in k: the hardware prefetcher alone left batch-1 decode well below the
+// bandwidth the machine streams; 16 lines ahead recovers most of it.
+constexpr int64_t kPrefetchAhead = 16;
 
-// Accumulates a RM×RN tile of y over all of K (K % 32 == 0).
-template <int RM, int RN>
-inline void Tile(const float* xp, int64_t K, const uint16_t* w, float* y, int64_t ldy) {
-  __m512 acc[RM][RN];
-  for (int m = 0; m < RM; ++m)
-    for (int r = 0; r < RN; ++r) acc[m][r] = _mm512_setzero_ps();
+// y[0..MR, 0..32) (+)= x[0..MR, k0..k0+kn) · panel — one 32-row panel, MR tokens. Every
+// output is one FMA chain over k in order: results do not depend on MR.
+template <int MR>
+void PanelKernel(const float* x, int64_t ldx, const bf16* panel, int64_t kn, float* y, int64_t ldy,
+                 __mmask16 mask_lo, __mmask16 mask_hi, bool accumulate) {
+  __m512 lo[MR], hi[MR];
+  for (int m = 0; m < MR; ++m) {
+    lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y + m * ldy) : _mm512_setzero_ps();
+    hi[m] = accumulate ? _mm512_maskz_loadu_ps(mask_hi, y + m * ldy + 16) : _mm512_setzero_ps();
+  }
   const __m512i high_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  for (int64_t k = 0; k < K; k += 32) {
-    __m512 lo[RN], hi[RN];
-    for (int r = 0; r < RN; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + kPrefetchAhead), _MM_HINT_T0);
-      __m512i raw = _mm512_loadu_si512(w + r * K + k);
-      lo[r] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
-      hi[r] = _mm512_castsi512_ps(_mm512_and_si512(raw, high_mask));
-    }
-    for (int m = 0; m < RM; ++m) {
-      __m512 xe = _mm512_loadu_ps(xp + m * K + k);
-      __m512 xo = _mm512_loadu_ps(xp + m * K + k + 16);
-      for (int r = 0; r < RN; ++r) {
-        acc[m][r] = _mm512_fmadd_ps(xe, lo[r], acc[m][r]);
-        acc[m][r] = _mm512_fmadd_ps(xo, hi[r], acc[m][r]);
-      }
+  for (int64_t k = 0; k < kn; ++k) {
+    _mm_prefetch(reinterpret_cast<const char*>(panel + (k + kPrefetchAhead) * kPanelRows), _MM_HINT_T0);
+    const __m512i raw = _mm512_loadu_si512(panel + k * kPanelRows);
+    const __m512 w_lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+    const __m512 w_hi = _mm512_castsi512_ps(_mm512_and_si512(raw, high_mask));
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xb = _mm512_set1_ps(x[m * ldx + k]);
+      lo[m] = _mm512_fmadd_ps(xb, w_lo, lo[m]);
+      hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
     }
   }
-  for (int m = 0; m < RM; ++m)
-    for (int r = 0; r < RN; ++r) y[m * ldy + r] = _mm512_reduce_add_ps(acc[m][r]);
-}
-
-template <int RN>
-inline void TileRows(const float* xp, int64_t rm, int64_t K, const uint16_t* w, float* y, int64_t ldy) {
-  switch (rm) {
-    case 4: Tile<4, RN>(xp, K, w, y, ldy); break;
-    case 3: Tile<3, RN>(xp, K, w, y, ldy); break;
-    case 2: Tile<2, RN>(xp, K, w, y, ldy); break;
-    default: Tile<1, RN>(xp, K, w, y, ldy); break;
+  for (int m = 0; m < MR; ++m) {
+    _mm512_mask_storeu_ps(y + m * ldy, mask_lo, lo[m]);
+    _mm512_mask_storeu_ps(y + m * ldy + 16, mask_hi, hi[m]);
   }
 }
 
-void PermuteActivations(const float* x, int64_t m, int64_t K, float* xp) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* src = x + i * K;
-    float* dst = xp + i * K;
-    for (int64_t k = 0; k < K; k += 32) {
-      for (int j = 0; j < 16; ++j) {
-        dst[k + j] = src[k + 2 * j];
-        dst[k + 16 + j] = src[k + 2 * j + 1];
-      }
-    }
-  }
-}
+using Kernel = void (*)(const float*, int64_t, const bf16*, int64_t, float*, int64_t, __mmask16, __mmask16, bool);
 
-constexpr int64_t kUnitRows = 16;  // weight rows per work unit handed to a thread
+template <int... MR>
+constexpr std::array<Kernel, sizeof...(MR)> MakeKernels(std::integer_sequence<int, MR...>) {
+  return {&PanelKernel<MR + 1>...};
+}
+constexpr auto kKernels = MakeKernels(std::make_integer_sequence<int, kTokenBlock>{});
 
 struct Unit {
-  int64_t problem, row0, row1;
+  int64_t problem, panel;
   double cost;
 };
 
-// Runs the fast-path problems in one parallel region: every problem's rows are cut into units,
-// and each thread takes a contiguous run of units of about equal cost (weight bytes streamed
-// plus multiply-adds), so one barrier serves them all.
-void LinearBf16Batch(const std::vector<const LinearProblem*>& problems) {
-  thread_local std::vector<std::vector<float>> scratch;  // the calling thread's, reused across calls
-  std::vector<std::vector<float>>& permuted = scratch;     // worker threads must see this one
-  permuted.resize(problems.size());
+// Runs the packed problems in one parallel region: every problem's panels are work units, and
+// each thread takes a contiguous run of units of about equal cost (weight bytes streamed plus
+// multiply-adds), so one barrier serves them all.
+void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   std::vector<Unit> units;
   double total = 0;
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
-    permuted[p].resize(static_cast<size_t>(pr.m * pr.w.cols));
-    PermuteActivations(pr.x, pr.m, pr.w.cols, permuted[p].data());
-    for (int64_t r = 0; r < pr.w.rows; r += kUnitRows) {
-      const int64_t r1 = std::min(pr.w.rows, r + kUnitRows);
-      const double cost = static_cast<double>((r1 - r) * pr.w.cols) * (4.0 + static_cast<double>(pr.m));
-      units.push_back({static_cast<int64_t>(p), r, r1, cost});
+    const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));
+    for (int64_t panel = 0; panel * kPanelRows < pr.w.rows; ++panel) {
+      units.push_back({static_cast<int64_t>(p), panel, cost});
       total += cost;
     }
   }
-  std::vector<const float*> permuted_data;
-  for (const auto& v : permuted) permuted_data.push_back(v.data());
 #pragma omp parallel
   {
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
-    // Unit u belongs to the thread whose cost interval holds the unit's midpoint.
     double before = 0;
     for (const Unit& u : units) {
+      // A unit belongs to the thread whose share of the total cost holds the unit's midpoint.
       const double mid = before + u.cost / 2;
       before += u.cost;
       if (static_cast<int>(mid / total * threads) != t) continue;
       const LinearProblem& pr = *problems[u.problem];
-      const int64_t K = pr.w.cols, N = pr.w.rows, m = pr.m;
-      const float* xp = permuted_data[u.problem];
-      const auto* wd = static_cast<const uint16_t*>(pr.w.data);
-      for (int64_t m0 = 0; m0 < m; m0 += kTokenChunk) {
-        const int64_t m1 = std::min(m, m0 + kTokenChunk);
-        for (int64_t n = u.row0; n < u.row1; n += kRowBlock) {
-          const int64_t rn = std::min<int64_t>(kRowBlock, u.row1 - n);
-          for (int64_t i = m0; i < m1; i += kTokenBlock) {
-            const int64_t rm = std::min<int64_t>(kTokenBlock, m1 - i);
-            if (rn == kRowBlock) {
-              TileRows<kRowBlock>(xp + i * K, rm, K, wd + n * K, pr.y + i * N + n, N);
-            } else {
-              for (int64_t r = 0; r < rn; ++r)
-                TileRows<1>(xp + i * K, rm, K, wd + (n + r) * K, pr.y + i * N + n + r, N);
-            }
-          }
+      const int64_t K = pr.w.cols, N = pr.w.rows, n0 = u.panel * kPanelRows;
+      const int64_t valid = std::min<int64_t>(kPanelRows, N - n0);
+      const __mmask16 mask_lo = static_cast<__mmask16>(valid >= 16 ? 0xffff : (1u << valid) - 1);
+      const __mmask16 mask_hi = static_cast<__mmask16>(valid <= 16 ? 0 : valid >= 32 ? 0xffff : (1u << (valid - 16)) - 1);
+      const bf16* panel = pr.w.packed + u.panel * K * kPanelRows;
+      for (int64_t k0 = 0; k0 < K; k0 += kKChunk) {
+        const int64_t kn = std::min(kKChunk, K - k0);
+        for (int64_t m0 = 0; m0 < pr.m; m0 += kTokenBlock) {
+          const int64_t mr = std::min<int64_t>(kTokenBlock, pr.m - m0);
+          kKernels[mr - 1](pr.x + m0 * K + k0, K, panel + k0 * kPanelRows, kn, pr.y + m0 * N + n0, N, mask_lo,
+                           mask_hi, k0 > 0);
         }
       }
     }
@@ -181,7 +170,8 @@ void LinearBf16Portable(const LinearProblem& p) {
     std::vector<float> row(static_cast<size_t>(K));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
-      Bf16ToF32(wd + n * K, row.data(), static_cast<size_t>(K));
+      if (wd != nullptr) Bf16ToF32(wd + n * K, row.data(), static_cast<size_t>(K));
+      else for (int64_t k = 0; k < K; ++k) row[k] = p.w.at(n, k);
       for (int64_t i = 0; i < p.m; ++i) {
         const float* xi = p.x + i * K;
         float acc = 0;
@@ -202,7 +192,7 @@ void LinearBatch(const LinearProblem* problems, int64_t n) {
     if (p.w.dtype == DType::kF32) {
       LinearF32(p);
 #if defined(__AVX512F__)
-    } else if (p.w.cols % 32 == 0) {
+    } else if (p.w.packed != nullptr) {
       fast.push_back(&p);
 #endif
     } else {
@@ -210,7 +200,7 @@ void LinearBatch(const LinearProblem* problems, int64_t n) {
     }
   }
 #if defined(__AVX512F__)
-  if (!fast.empty()) LinearBf16Batch(fast);
+  if (!fast.empty()) LinearPackedBatch(fast);
 #endif
 }
 

@@ -14,7 +14,7 @@ struct Shape {
   int64_t m, n, k;
 };
 
-void Check(DType dtype, const Shape& s) {
+void Check(DType dtype, const Shape& s, bool packed = true) {
   std::mt19937 rng(static_cast<unsigned>(s.m * 1000003 + s.n * 101 + s.k));
   std::uniform_real_distribution<float> dist(-1, 1);
   std::vector<float> x(s.m * s.k), wf(s.n * s.k);
@@ -23,6 +23,13 @@ void Check(DType dtype, const Shape& s) {
   std::vector<bf16> wb(wf.size());
   F32ToBf16(wf.data(), wb.data(), wf.size());
   WeightView w{dtype, s.n, s.k, dtype == DType::kBF16 ? static_cast<const void*>(wb.data()) : wf.data()};
+  std::vector<bf16> panels;
+  if (dtype == DType::kBF16 && packed) {
+    panels.resize(PackedBf16Elements(s.n, s.k));
+    PackBf16(w, panels.data());
+    w.packed = panels.data();
+    w.data = nullptr;  // the kernel must read the panels, and at() must find them too
+  }
   std::vector<float> got(s.m * s.n, NAN), want(s.m * s.n);
   Linear(x.data(), s.m, w, got.data());
   LinearReference(x.data(), s.m, w, want.data());
@@ -33,11 +40,18 @@ void Check(DType dtype, const Shape& s) {
   }
 }
 
-TEST(Linear, Bf16MatchesReference) {
-  for (Shape s : {Shape{1, 1, 32}, Shape{1, 7, 64}, Shape{3, 64, 96}, Shape{4, 5, 128}, Shape{5, 67, 256},
-                  Shape{17, 33, 64}, Shape{100, 20, 32}, Shape{130, 9, 160}, Shape{2, 6, 40}, Shape{3, 3, 7}}) {
-    Check(DType::kBF16, s);
-  }
+// Shapes cover every token count of the kernel (1-12 and more), partial panels (rows not a
+// multiple of 32, fewer than 16), and inputs split into several k passes (> 1024).
+const Shape kShapes[] = {{1, 1, 32},   {1, 7, 64},   {3, 64, 96},  {4, 5, 128},   {5, 67, 256},  {12, 33, 64},
+                         {13, 48, 20}, {17, 33, 64}, {100, 20, 32}, {130, 9, 160}, {2, 6, 40},   {3, 3, 7},
+                         {1, 40, 2500}, {25, 70, 2049}};
+
+TEST(Linear, PackedBf16MatchesReference) {
+  for (Shape s : kShapes) Check(DType::kBF16, s);
+}
+
+TEST(Linear, UnpackedBf16MatchesReference) {
+  for (Shape s : {Shape{1, 7, 64}, Shape{17, 33, 65}}) Check(DType::kBF16, s, /*packed=*/false);
 }
 
 TEST(Linear, F32MatchesReference) {
@@ -46,18 +60,21 @@ TEST(Linear, F32MatchesReference) {
 
 TEST(Linear, RowResultsDoNotDependOnBatch) {
   // A token's output must not change with what else is in the batch (bitwise, for bf16).
-  const int64_t n = 48, k = 128;
+  const int64_t n = 48, k = 1500;
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> dist(-1, 1);
-  std::vector<float> x(9 * k), wf(n * k);
+  std::vector<float> x(30 * k), wf(n * k);
   for (auto& v : x) v = dist(rng);
   for (auto& v : wf) v = dist(rng);
   std::vector<bf16> wb(wf.size());
   F32ToBf16(wf.data(), wb.data(), wf.size());
   WeightView w{DType::kBF16, n, k, wb.data()};
-  std::vector<float> all(9 * n), one(n);
-  Linear(x.data(), 9, w, all.data());
-  for (int64_t i = 0; i < 9; ++i) {
+  std::vector<bf16> panels(PackedBf16Elements(n, k));
+  PackBf16(w, panels.data());
+  w.packed = panels.data();
+  std::vector<float> all(30 * n), one(n);
+  Linear(x.data(), 30, w, all.data());  // blocks of 12, 12 and 6 tokens
+  for (int64_t i = 0; i < 30; ++i) {
     Linear(x.data() + i * k, 1, w, one.data());
     for (int64_t j = 0; j < n; ++j) ASSERT_EQ(one[j], all[i * n + j]) << "row " << i;
   }
