@@ -68,11 +68,12 @@ constexpr int64_t kKChunk = 1024;   // input features per pass: a 64 KB panel sl
 // bandwidth the machine streams; 16 lines ahead recovers most of it.
 constexpr int64_t kPrefetchAhead = 16;
 
-// y[0..MR, 0..32) (+)= x[0..MR, k0..k0+kn) · panel — one 32-row panel, MR tokens. Every
-// output is one FMA chain over k in order: results do not depend on MR.
+// y[0..MR, 0..32) (+)= x[0..MR, k0..k0+kn) · panel — one 32-row panel, MR tokens; x comes
+// interleaved as xt[k][MR] (PackTokens). Every output is one FMA chain over k in order:
+// results do not depend on MR.
 template <int MR>
-void PanelKernel(const float* x, int64_t ldx, const bf16* panel, int64_t kn, float* y, int64_t ldy,
-                 __mmask16 mask_lo, __mmask16 mask_hi, bool accumulate) {
+void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* y, int64_t ldy, __mmask16 mask_lo,
+                 __mmask16 mask_hi, bool accumulate) {
   __m512 lo[MR], hi[MR];
   for (int m = 0; m < MR; ++m) {
     lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y + m * ldy) : _mm512_setzero_ps();
@@ -85,7 +86,7 @@ void PanelKernel(const float* x, int64_t ldx, const bf16* panel, int64_t kn, flo
     const __m512 w_lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
     const __m512 w_hi = _mm512_castsi512_ps(_mm512_and_si512(raw, high_mask));
     for (int m = 0; m < MR; ++m) {
-      const __m512 xb = _mm512_set1_ps(x[m * ldx + k]);
+      const __m512 xb = _mm512_set1_ps(xt[k * MR + m]);
       lo[m] = _mm512_fmadd_ps(xb, w_lo, lo[m]);
       hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
     }
@@ -96,7 +97,18 @@ void PanelKernel(const float* x, int64_t ldx, const bf16* panel, int64_t kn, flo
   }
 }
 
-using Kernel = void (*)(const float*, int64_t, const bf16*, int64_t, float*, int64_t, __mmask16, __mmask16, bool);
+using Kernel = void (*)(const float*, const bf16*, int64_t, float*, int64_t, __mmask16, __mmask16, bool);
+
+// Interleaves each block of kTokenBlock rows of x [m, K] as [K][rows of the block], so the
+// kernel's broadcasts walk one contiguous stream (rows K floats apart would alias in L1).
+void PackTokens(const float* x, int64_t m, int64_t K, float* out) {
+  for (int64_t m0 = 0; m0 < m; m0 += kTokenBlock) {
+    const int64_t mr = std::min<int64_t>(kTokenBlock, m - m0);
+    float* block = out + m0 * K;
+    for (int64_t i = 0; i < mr; ++i)
+      for (int64_t k = 0; k < K; ++k) block[k * mr + i] = x[(m0 + i) * K + k];
+  }
+}
 
 template <int... MR>
 constexpr std::array<Kernel, sizeof...(MR)> MakeKernels(std::integer_sequence<int, MR...>) {
@@ -113,10 +125,16 @@ struct Unit {
 // each thread takes a contiguous run of units of about equal cost (weight bytes streamed plus
 // multiply-adds), so one barrier serves them all.
 void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
+  thread_local std::vector<std::vector<float>> scratch;  // the calling thread's, reused across calls
+  scratch.resize(std::max(scratch.size(), problems.size()));
+  std::vector<const float*> xt(problems.size());
   std::vector<Unit> units;
   double total = 0;
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
+    scratch[p].resize(static_cast<size_t>(pr.m * pr.w.cols));
+    PackTokens(pr.x, pr.m, pr.w.cols, scratch[p].data());
+    xt[p] = scratch[p].data();
     const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));
     for (int64_t panel = 0; panel * kPanelRows < pr.w.rows; ++panel) {
       units.push_back({static_cast<int64_t>(p), panel, cost});
@@ -142,8 +160,8 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
         const int64_t kn = std::min(kKChunk, K - k0);
         for (int64_t m0 = 0; m0 < pr.m; m0 += kTokenBlock) {
           const int64_t mr = std::min<int64_t>(kTokenBlock, pr.m - m0);
-          kKernels[mr - 1](pr.x + m0 * K + k0, K, panel + k0 * kPanelRows, kn, pr.y + m0 * N + n0, N, mask_lo,
-                           mask_hi, k0 > 0);
+          kKernels[mr - 1](xt[u.problem] + m0 * K + k0 * mr, panel + k0 * kPanelRows, kn, pr.y + m0 * N + n0, N,
+                           mask_lo, mask_hi, k0 > 0);
         }
       }
     }
