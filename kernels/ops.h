@@ -19,6 +19,9 @@ void SiluMulSeparate(const float* gate, const float* up, int64_t rows, int64_t w
 // (GPT-J / DeepSeek interleaved layout). v has `dim` elements, cos and sin `dim / 2`.
 void RotateInterleaved(float* v, int64_t dim, const float* cos, const float* sin);
 
+// v[i] = e^v[i]: vectorised, relative error below 2e-7 (inputs clamped to [-87, 88]).
+void ExpInPlace(float* v, int64_t n);
+
 // In-place numerically stable softmax over n floats.
 void Softmax(float* v, int64_t n);
 

@@ -48,5 +48,29 @@ TEST(Softmax, SumsToOneAndIsStableForLargeInputs) {
   EXPECT_NEAR(v[2], std::exp(-2.0) / z, 1e-6);
 }
 
+TEST(ExpInPlace, MatchesStdExpToTwoUlpsOverTheRange) {
+  std::vector<float> v;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) v.push_back(x);
+  std::vector<float> got = v;
+  ExpInPlace(got.data(), static_cast<int64_t>(got.size()));
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double want = std::exp(static_cast<double>(v[i]));
+    ASSERT_NEAR(got[i] / want, 1.0, 2.5e-7) << "x = " << v[i];
+  }
+}
+
+TEST(SiluMulSeparate, MatchesDefinition) {
+  std::vector<float> gate, up, out(40);
+  for (int i = 0; i < 40; ++i) {
+    gate.push_back(-10.0f + 0.5f * i);
+    up.push_back(0.25f * i - 3.0f);
+  }
+  SiluMulSeparate(gate.data(), up.data(), 2, 20, out.data());
+  for (int i = 0; i < 40; ++i) {
+    const double g = gate[i], want = g / (1 + std::exp(-g)) * up[i];
+    EXPECT_NEAR(out[i], want, 1e-6 * (1 + std::fabs(want))) << i;
+  }
+}
+
 }  // namespace
 }  // namespace daedalus
