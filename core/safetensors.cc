@@ -38,6 +38,17 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_ != nullptr) munmap(map_, map_size_);
 }
 
+void TensorInfo::ReleaseResidentPages() const {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + nbytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+void SafetensorsFile::ReleaseResidentPages() const {
+  if (map_ != nullptr) madvise(map_, map_size_, MADV_DONTNEED);
+}
+
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", strerror(errno)));
@@ -180,6 +191,10 @@ absl::StatusOr<const TensorInfo*> Checkpoint::Get(const std::string& name) const
   auto it = index_.find(name);
   if (it == index_.end()) return absl::NotFoundError(absl::StrCat("tensor ", name, ": missing from ", where_));
   return it->second;
+}
+
+void Checkpoint::ReleaseResidentPages() const {
+  for (const auto& file : files_) file->ReleaseResidentPages();
 }
 
 std::vector<std::string> Checkpoint::Names() const {

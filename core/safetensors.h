@@ -27,6 +27,9 @@ struct TensorInfo {
 
   int64_t numel() const;
   std::string ShapeString() const;  // "[16, 256]"
+  // Drops the whole pages of this tensor's bytes from resident memory (they stay in the page
+  // cache and fault back on use): for tensors copied out at load.
+  void ReleaseResidentPages() const;
 };
 
 class SafetensorsFile {
@@ -38,6 +41,8 @@ class SafetensorsFile {
 
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::string& path() const { return path_; }
+  // Drops the mapping's resident pages (they stay in the page cache and fault back on use).
+  void ReleaseResidentPages() const;
 
  private:
   SafetensorsFile() = default;
@@ -57,6 +62,9 @@ class Checkpoint {
   // The tensor, or NotFound naming the tensor and where it was looked for.
   absl::StatusOr<const TensorInfo*> Get(const std::string& name) const;
   size_t num_tensors() const { return index_.size(); }
+  // After the weights were copied out (repacked, dequantized), their file pages need not
+  // count towards the process's resident memory.
+  void ReleaseResidentPages() const;
   std::vector<std::string> Names() const;
 
  private:

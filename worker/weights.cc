@@ -42,11 +42,16 @@ class Loader {
   // no longer read).
   absl::StatusOr<WeightView> Matrix(const std::string& name, int64_t rows, int64_t cols) {
     ASSIGN_OR_RETURN(WeightView w, Raw(name, rows, cols));
+    if (w.dtype == DType::kF32) return w;
+    WeightView packed;
     if (w.dtype == DType::kF8E4M3) {
       ASSIGN_OR_RETURN(std::vector<bf16> dequantized, Dequantize(name, w));
-      return Pack(WeightView{DType::kBF16, rows, cols, dequantized.data()}, /*keep_data=*/false);
+      packed = Pack(WeightView{DType::kBF16, rows, cols, dequantized.data()}, /*keep_data=*/false);
+    } else {
+      packed = Pack(w, /*keep_data=*/true);
     }
-    return w.dtype == DType::kBF16 ? Pack(w, /*keep_data=*/true) : w;
+    (*ckpt_.Get(name))->ReleaseResidentPages();  // the copy is what the kernels read
+    return packed;
   }
 
   // The tensor as stored, checked for shape.
@@ -229,6 +234,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
     RETURN_IF_ERROR(LoadLayer(L, c, i, layer));
     model->layers.push_back(std::move(layer));
   }
+  model->checkpoint->ReleaseResidentPages();
   return model;
 }
 
