@@ -128,7 +128,7 @@ bool Engine::Step() {
       const int64_t last = plans[i].first_logit + (seq.request.want_prompt_logits && s.start_pos < prompt ? s.n_tokens - 1 : 0);
       const int32_t token = seq.sampler->Sample(&logits[last * vocab], vocab);
       seq.tokens.push_back(token);
-      const auto& eos = model_.config().eos_token_id;
+      const std::optional<int64_t> eos = options_.eos_token_id ? options_.eos_token_id : model_.config().eos_token_id;
       if (seq.request.stop_at_eos && eos && token == *eos) {
         Finish(seq, "stop");
         continue;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,7 @@ struct EngineOptions {
   int64_t max_running = 256;       // sequences in the batch at once
   KvCacheOptions kv;
   AttentionPath attention = AttentionPath::kAuto;
+  std::optional<int64_t> eos_token_id;  // end of sequence; unset: the config's eos_token_id
 };
 
 struct StepStats {

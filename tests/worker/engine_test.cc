@@ -180,13 +180,11 @@ TEST(Engine, StopsAtEos) {
   const ModelWeights& w = TinyModel(DType::kBF16);
   // Find a greedy continuation, then declare its third token the end of sequence.
   const auto gen = RunAll(w, EngineOptions{}, {Greedy(Prompt(6, 10), 8, false)})[0].generated_ids;
-  ModelWeights& mutable_w = const_cast<ModelWeights&>(w);
-  const auto saved = mutable_w.config.eos_token_id;
-  mutable_w.config.eos_token_id = gen[2];
+  EngineOptions options;
+  options.eos_token_id = gen[2];
   Request r = Greedy(Prompt(6, 10), 8, false);
   r.stop_at_eos = true;
-  const auto stopped = RunAll(w, EngineOptions{}, {r})[0];
-  mutable_w.config.eos_token_id = saved;
+  const auto stopped = RunAll(w, options, {r})[0];
   EXPECT_EQ(stopped.finish_reason, "stop");
   ASSERT_LE(stopped.generated_ids.size(), 3u);
   EXPECT_EQ(stopped.generated_ids.back(), gen[2]);
