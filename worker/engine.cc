@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/buffer.h"
 
 namespace daedalus {
 
@@ -108,7 +109,7 @@ bool Engine::Step() {
     (decode ? last_step_.decode_tokens : last_step_.prefill_tokens) += batch.slices[i].n_tokens;
   }
   const int64_t vocab = model_.config().vocab_size;
-  std::vector<float> logits(batch.logit_rows.size() * vocab);
+  FloatBuffer logits(batch.logit_rows.size() * vocab);
   model_.Forward(batch, cache_, logits.data());
 
   for (size_t i = 0; i < plans.size(); ++i) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/buffer.h"
 #include "kernels/ops.h"
 #include "worker/model.h"
 
@@ -43,14 +44,14 @@ void CausalSoftmax(float* scores, int64_t n, int64_t ld, int64_t first, float sc
 void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const SequenceSlice& s, const float* q,
                 const PagedKvCache& cache, float scale, float* o) {
   const int64_t S = s.start_pos + s.n_tokens, n = s.n_tokens;
-  std::vector<float> latent(S * d.dim), c_kv(S * d.rkv), kv(S * d.H * (d.dn + d.dv));
+  FloatBuffer latent(S * d.dim), c_kv(S * d.rkv), kv(S * d.H * (d.dn + d.dv));
   cache.Read(*s.pages, layer, S, latent.data());
   for (int64_t t = 0; t < S; ++t) std::memcpy(&c_kv[t * d.rkv], &latent[t * d.dim], d.rkv * 4);
   Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
   const int64_t ld_kv = d.H * (d.dn + d.dv), ld_q = d.H * d.qk();
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < d.H; ++h) {
-    std::vector<float> scores(n * S);
+    FloatBuffer scores(n * S);
     const float* qh = q + s.offset * ld_q + h * d.qk();
     GemmNT(n, S, d.dn, qh, ld_q, kv.data() + h * (d.dn + d.dv), ld_kv, 0.0f, scores.data(), S);
     GemmNT(n, S, d.dr, qh + d.dn, ld_q, latent.data() + d.rkv, d.dim, 1.0f, scores.data(), S);
@@ -66,7 +67,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
 void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const float* q_latent, const float* q,
                    const PagedKvCache& cache, float scale, float* o_latent) {
   const int64_t S = s.start_pos + s.n_tokens;
-  std::vector<float> latent(S * d.dim), scores(d.H * S);
+  FloatBuffer latent(S * d.dim), scores(d.H * S);
   cache.Read(*s.pages, layer, S, latent.data());
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
@@ -89,7 +90,7 @@ void PerHeadLinear(const std::vector<WeightView>& w, const std::vector<int64_t>&
                    int64_t in_head_stride, int64_t in_row_stride, float* out, int64_t out_head_stride,
                    int64_t out_row_stride) {
   const int64_t n = static_cast<int64_t>(rows.size()), H = static_cast<int64_t>(w.size());
-  std::vector<std::vector<float>> x(H), y(H);
+  std::vector<FloatBuffer> x(H), y(H);
   std::vector<LinearProblem> problems;
   for (int64_t h = 0; h < H; ++h) {
     x[h].resize(n * w[h].cols);
@@ -114,10 +115,10 @@ void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, 
   const int64_t T = static_cast<int64_t>(batch.token_ids.size()), pairs = d.dr / 2;
   const float eps = static_cast<float>(c.rms_norm_eps), scale = static_cast<float>(c.softmax_scale());
 
-  std::vector<float> q(T * d.H * d.qk());  // [T, H, dn + dr]
-  std::vector<float> kv_a(T * d.dim);      // [T, rkv + dr]: becomes the cached latent in place
+  FloatBuffer q(T * d.H * d.qk());  // [T, H, dn + dr]
+  FloatBuffer kv_a(T * d.dim);      // [T, rkv + dr]: becomes the cached latent in place
   if (c.q_lora_rank) {
-    std::vector<float> qa(T * *c.q_lora_rank);
+    FloatBuffer qa(T * *c.q_lora_rank);
     const LinearProblem from_x[] = {{x, T, *w.q_a_proj, qa.data()}, {x, T, w.kv_a_proj_with_mqa, kv_a.data()}};
     LinearBatch(from_x, 2);
     RmsNorm(qa.data(), w.q_a_layernorm.data(), T, *c.q_lora_rank, eps, qa.data(), *c.q_lora_rank, *c.q_lora_rank);
@@ -138,7 +139,7 @@ void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, 
     for (int64_t t = 0; t < s.n_tokens; ++t)
       cache.Write(*s.pages, layer, s.start_pos + t, &kv_a[(s.offset + t) * d.dim]);
 
-  std::vector<float> o(T * d.H * d.dv);  // [T, H, dv]
+  FloatBuffer o(T * d.H * d.dv);  // [T, H, dv]
   std::vector<const SequenceSlice*> absorbed;
   std::vector<int64_t> absorbed_rows;
   for (const SequenceSlice& s : batch.slices) {
@@ -151,7 +152,7 @@ void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, 
     for (int64_t t = 0; t < s.n_tokens; ++t) absorbed_rows.push_back(s.offset + t);
   }
   if (!absorbed.empty()) {
-    std::vector<float> q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
+    FloatBuffer q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
     PerHeadLinear(w.w_uk_t, absorbed_rows, q.data(), d.qk(), d.H * d.qk(), q_latent.data(), d.rkv, d.H * d.rkv);
     const int64_t n = static_cast<int64_t>(absorbed.size());
 #pragma omp parallel for schedule(dynamic) if (n > 1)

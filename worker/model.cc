@@ -1,5 +1,6 @@
 #include "worker/model.h"
 
+#include "core/buffer.h"
 #include "kernels/ops.h"
 
 namespace daedalus {
@@ -13,7 +14,7 @@ void DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cache, floa
   const float eps = static_cast<float>(c.rms_norm_eps);
   if (T == 0) return;
 
-  std::vector<float> h(T * D), x(T * D), y(T * D);  // residual stream, normed input, sublayer output
+  FloatBuffer h(T * D), x(T * D), y(T * D);  // residual stream, normed input, sublayer output
   const size_t elem = DTypeSize(weights_.embed_tokens.dtype);
   for (int64_t t = 0; t < T; ++t) {
     const auto* row = static_cast<const uint8_t*>(weights_.embed_tokens.data) + batch.token_ids[t] * D * elem;
@@ -39,7 +40,7 @@ void DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cache, floa
     for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
   }
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
-  std::vector<float> final_x(R * D);
+  FloatBuffer final_x(R * D);
   for (int64_t r = 0; r < R; ++r)
     RmsNorm(&h[batch.logit_rows[r] * D], weights_.norm.data(), 1, D, eps, &final_x[r * D], D, D);
   Linear(final_x.data(), R, weights_.lm_head, logits);

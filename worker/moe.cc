@@ -1,6 +1,7 @@
 // Dense MLP and DeepSeekMoE layers.
 #include <vector>
 
+#include "core/buffer.h"
 #include "kernels/ops.h"
 #include "routing/gate.h"
 #include "worker/model.h"
@@ -9,7 +10,7 @@ namespace daedalus {
 
 void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* out) {
   const int64_t width = w.gate_proj.rows;
-  std::vector<float> gate(n_tokens * width), up(n_tokens * width);
+  FloatBuffer gate(n_tokens * width), up(n_tokens * width);
   const LinearProblem gate_up[] = {{x, n_tokens, w.gate_proj, gate.data()}, {x, n_tokens, w.up_proj, up.data()}};
   LinearBatch(gate_up, 2);
   SiluMulSeparate(gate.data(), up.data(), n_tokens, width, gate.data());
@@ -32,17 +33,17 @@ void MoeForward(const ModelConfig& c, const LayerWeights& w, const float* x, int
   struct Active {
     const MlpWeights* w;
     int64_t n;
-    std::vector<float> x, gate, up, y;
+    FloatBuffer x, gate, up, y;
   };
   std::vector<Active> active;
   for (int64_t e = 0; e < E; ++e) {
     if (assigned[e].empty()) continue;
     const int64_t n = static_cast<int64_t>(assigned[e].size());
-    Active a{&w.experts[e], n, std::vector<float>(n * D), {}, {}, {}};
+    Active a{&w.experts[e], n, FloatBuffer(n * D), {}, {}, {}};
     for (int64_t j = 0; j < n; ++j) std::memcpy(&a.x[j * D], x + (assigned[e][j] / K) * D, D * 4);
     active.push_back(std::move(a));
   }
-  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, n_tokens, std::vector<float>(x, x + n_tokens * D), {}, {}, {}});
+  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, n_tokens, FloatBuffer(x, x + n_tokens * D), {}, {}, {}});
   std::vector<LinearProblem> problems;
   for (Active& a : active) {
     const int64_t width = a.w->gate_proj.rows;

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/buffer.h"
 #include "kernels/linear.h"
 
 namespace daedalus {
@@ -125,16 +126,20 @@ struct Unit {
 // each thread takes a contiguous run of units of about equal cost (weight bytes streamed plus
 // multiply-adds), so one barrier serves them all.
 void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
-  thread_local std::vector<std::vector<float>> scratch;  // the calling thread's, reused across calls
+  thread_local std::vector<FloatBuffer> scratch;  // the calling thread's, reused across calls
   scratch.resize(std::max(scratch.size(), problems.size()));
   std::vector<const float*> xt(problems.size());
   std::vector<Unit> units;
   double total = 0;
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
-    scratch[p].resize(static_cast<size_t>(pr.m * pr.w.cols));
-    PackTokens(pr.x, pr.m, pr.w.cols, scratch[p].data());
-    xt[p] = scratch[p].data();
+    if (pr.m == 1) {
+      xt[p] = pr.x;  // one row is already in [K][1] layout
+    } else {
+      scratch[p].resize(static_cast<size_t>(pr.m * pr.w.cols));
+      PackTokens(pr.x, pr.m, pr.w.cols, scratch[p].data());
+      xt[p] = scratch[p].data();
+    }
     const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));
     for (int64_t panel = 0; panel * kPanelRows < pr.w.rows; ++panel) {
       units.push_back({static_cast<int64_t>(p), panel, cost});
