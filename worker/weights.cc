@@ -182,35 +182,24 @@ size_t AttentionBytes(const AttentionWeights& a) {
 
 }  // namespace
 
-size_t ModelWeights::ActiveBytesPerToken() const {
-  size_t bytes = lm_head.bytes();
-  for (const auto& layer : layers) {
+// Weight bytes of lm_head and every layer, counting `routed_experts` routed experts per MoE layer.
+static size_t LayerBytes(const ModelWeights& m, int64_t routed_experts) {
+  size_t bytes = m.lm_head.bytes();
+  for (const auto& layer : m.layers) {
     bytes += AttentionBytes(layer.attn);
     if (!layer.moe) {
       bytes += MlpBytes(layer.dense);
       continue;
     }
-    bytes += layer.gate.bytes();
+    bytes += layer.gate.bytes() + routed_experts * MlpBytes(layer.experts[0]);
     if (layer.shared_experts) bytes += MlpBytes(*layer.shared_experts);
-    bytes += config.num_experts_per_tok * MlpBytes(layer.experts[0]);
   }
   return bytes;
 }
 
-size_t ModelWeights::TotalBytes() const {
-  size_t bytes = lm_head.bytes() + embed_tokens.bytes();
-  for (const auto& layer : layers) {
-    bytes += AttentionBytes(layer.attn);
-    if (!layer.moe) {
-      bytes += MlpBytes(layer.dense);
-      continue;
-    }
-    bytes += layer.gate.bytes();
-    if (layer.shared_experts) bytes += MlpBytes(*layer.shared_experts);
-    for (const auto& e : layer.experts) bytes += MlpBytes(e);
-  }
-  return bytes;
-}
+size_t ModelWeights::ActiveBytesPerToken() const { return LayerBytes(*this, config.num_experts_per_tok); }
+
+size_t ModelWeights::TotalBytes() const { return embed_tokens.bytes() + LayerBytes(*this, config.n_routed_experts); }
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir) {
   auto model = std::make_unique<ModelWeights>();
