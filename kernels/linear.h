@@ -9,29 +9,39 @@ namespace daedalus {
 
 // A 2-D weight in memory the caller owns (often the mmapped checkpoint).
 struct WeightView {
-  DType dtype = DType::kF32;  // kF32 or kBF16 (FP8 is dequantized to BF16 at load)
+  DType dtype = DType::kF32;  // kF32, kBF16 or kF8E4M3
   int64_t rows = 0;           // out features
   int64_t cols = 0;           // in features
-  const void* data = nullptr;  // [rows, cols], row-major, no alignment required; may be null when packed is set
-  // BF16 only: the same weight in panel layout (PackBf16), which the fast kernel reads.
-  const bf16* packed = nullptr;
+  const void* data = nullptr;  // [rows, cols] as stored, row-major, unaligned; may be null once packed
+  // kBF16 and kF8E4M3: the same weight in panel layout (PackBf16 / PackFp8): what the fast
+  // kernels read. FP8 weights need it (there is no unpacked FP8 path).
+  const void* packed = nullptr;
+  // kF8E4M3: block scales [ceil(rows/128), ceil(cols/128)]; w[r, c] = value(code) · scale.
+  const float* scale_inv = nullptr;
 
-  size_t bytes() const { return static_cast<size_t>(rows * cols) * DTypeSize(dtype); }
+  size_t bytes() const;                  // of the weights as the kernels read them
   float at(int64_t r, int64_t c) const;  // one element as float (slow; tests and tails)
 };
+
+constexpr int64_t kPanelRows = 32;   // output rows per panel
+constexpr int64_t kFp8Block = 128;   // FP8 scale blocks are 128 × 128
 
 // Panel layout of a BF16 weight: 32 output rows per panel; within a panel, for each input k,
 // 32 values in one 64-byte line, row i in the low and row 16 + i in the high half of 32-bit
 // lane i, so that `lane << 16` and `lane & 0xffff0000` are rows 0-15 and 16-31 as floats.
-// Rows past the end are zero. PackedBf16Elements gives the size of `out`.
-constexpr int64_t kPanelRows = 32;
-int64_t PackedBf16Elements(int64_t rows, int64_t cols);
+// Rows past the end are zero. PackedElements gives the size of `out` in elements.
+int64_t PackedElements(int64_t rows, int64_t cols);
 void PackBf16(const WeightView& w, bf16* out);
+// Panel layout of FP8 e4m3 codes: for each input k, the panel's 32 codes in row order.
+// Decoding assumes finite codes (0x7f/0xff, NaN, do not occur in checkpoints), and the
+// kernel folds 2^120 into each block scale, so scales must stay below 2^7 (FitsFp8Kernel).
+void PackFp8(const WeightView& w, uint8_t* out);
+bool FitsFp8Kernel(const float* scale_inv, int64_t n_scales);
 
 // y[m, w.rows] = x[m, w.cols] · wᵀ. x and y are dense row-major and must not overlap.
-// Multithreaded over output features with OpenMP. Packed BF16 weights go through our AVX-512
-// kernel (widened to float in registers, float accumulation); F32 weights through BLAS;
-// unpacked BF16 through a portable loop. Each output element is accumulated over k in the
+// Multithreaded over output features with OpenMP. Packed BF16 and FP8 weights go through our
+// AVX-512 kernels (widened to float in registers, float accumulation); F32 weights through
+// BLAS; unpacked BF16 through a portable loop. Each output element is accumulated over k in the
 // same order whatever m is, so a token's result does not depend on the rest of the batch.
 void Linear(const float* x, int64_t m, const WeightView& w, float* y);
 

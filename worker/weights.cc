@@ -8,8 +8,6 @@
 namespace daedalus {
 namespace {
 
-constexpr int64_t kFp8Block = 128;
-
 class Loader {
  public:
   Loader(const Checkpoint& ckpt, ModelWeights& model) : ckpt_(ckpt), model_(model) {}
@@ -37,21 +35,27 @@ class Loader {
     return out;
   }
 
-  // A 2-D projection [rows, cols]; FP8 tensors need `<name>_scale_inv` and become BF16. BF16
-  // projections are repacked into the kernel's panel layout (owned; the mmapped bytes are then
-  // no longer read).
+  // A 2-D projection [rows, cols], repacked into the kernels' panel layout (owned; the mmapped
+  // bytes are then dropped from memory). FP8 tensors need `<name>_scale_inv` and stay FP8:
+  // half the bytes of BF16 to store and to stream at decode.
   absl::StatusOr<WeightView> Matrix(const std::string& name, int64_t rows, int64_t cols) {
     ASSIGN_OR_RETURN(WeightView w, Raw(name, rows, cols));
     if (w.dtype == DType::kF32) return w;
-    WeightView packed;
     if (w.dtype == DType::kF8E4M3) {
-      ASSIGN_OR_RETURN(std::vector<bf16> dequantized, Dequantize(name, w));
-      packed = Pack(WeightView{DType::kBF16, rows, cols, dequantized.data()}, /*keep_data=*/false);
-    } else {
-      packed = Pack(w, /*keep_data=*/true);
+      ASSIGN_OR_RETURN(w.scale_inv, Scales(name, rows, cols));
     }
-    (*ckpt_.Get(name))->ReleaseResidentPages();  // the copy is what the kernels read
-    return packed;
+    if (w.dtype == DType::kF8E4M3 && !FitsFp8Kernel(w.scale_inv, ScaleCount(rows, cols))) {
+      // Scales of 2^7 or more would overflow the kernel's folded 2^120: widen to BF16 instead.
+      std::vector<bf16> widened(static_cast<size_t>(rows * cols));
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) widened[r * cols + c] = F32ToBf16(w.at(r, c));
+      w = Pack(WeightView{DType::kBF16, rows, cols, widened.data()});
+    } else {
+      w = Pack(w);
+    }
+    (*ckpt_.Get(name))->ReleaseResidentPages();
+    return w;
   }
 
   // The tensor as stored, checked for shape.
@@ -60,34 +64,32 @@ class Loader {
     return WeightView{t->dtype, rows, cols, t->data};
   }
 
-  WeightView Pack(WeightView w, bool keep_data) {
-    std::vector<uint8_t>& buf = model_.owned.emplace_back(PackedBf16Elements(w.rows, w.cols) * sizeof(bf16));
-    PackBf16(w, reinterpret_cast<bf16*>(buf.data()));
-    w.packed = reinterpret_cast<const bf16*>(buf.data());
-    if (!keep_data) w.data = nullptr;
+  // The panel-layout copy of a BF16 or FP8 weight; `data` no longer points anywhere.
+  WeightView Pack(WeightView w) {
+    std::vector<uint8_t>& buf = model_.owned.emplace_back(PackedElements(w.rows, w.cols) * DTypeSize(w.dtype));
+    if (w.dtype == DType::kBF16) PackBf16(w, reinterpret_cast<bf16*>(buf.data()));
+    else PackFp8(w, buf.data());
+    w.packed = buf.data();
+    w.data = nullptr;
     return w;
   }
 
-  absl::StatusOr<std::vector<bf16>> Dequantize(const std::string& name, const WeightView& w) {
-    const int64_t rows = w.rows, cols = w.cols;
+  static int64_t ScaleCount(int64_t rows, int64_t cols) {
+    return ((rows + kFp8Block - 1) / kFp8Block) * ((cols + kFp8Block - 1) / kFp8Block);
+  }
+
+  // `<name>_scale_inv`: F32 [ceil(rows/128), ceil(cols/128)], copied (owned, aligned).
+  absl::StatusOr<const float*> Scales(const std::string& name, int64_t rows, int64_t cols) {
     const std::string scale_name = name.substr(0, name.size() - std::string("weight").size()) + "weight_scale_inv";
-    const int64_t sr = (rows + kFp8Block - 1) / kFp8Block, sc = (cols + kFp8Block - 1) / kFp8Block;
-    ASSIGN_OR_RETURN(const TensorInfo* s, Tensor(scale_name, {sr, sc}));
+    ASSIGN_OR_RETURN(const TensorInfo* s,
+                     Tensor(scale_name, {(rows + kFp8Block - 1) / kFp8Block, (cols + kFp8Block - 1) / kFp8Block}));
     if (s->dtype != DType::kF32) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", scale_name, " in ", s->file, ": expected dtype F32, found ",
-                                                     DTypeName(s->dtype)));
+                                                     DTypeName(s->dtype), " (block scales of ", name, ")"));
     }
-    std::vector<float> scales(static_cast<size_t>(sr * sc));
-    std::memcpy(scales.data(), s->data, scales.size() * 4);
-    std::vector<bf16> out(static_cast<size_t>(rows * cols));
-    const auto* codes = static_cast<const uint8_t*>(w.data);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t c = 0; c < cols; ++c) {
-        out[r * cols + c] = F32ToBf16(Fp8E4M3ToF32(codes[r * cols + c]) * scales[(r / kFp8Block) * sc + c / kFp8Block]);
-      }
-    }
-    return out;
+    std::vector<uint8_t>& buf = model_.owned.emplace_back(s->nbytes);
+    std::memcpy(buf.data(), s->data, s->nbytes);
+    return reinterpret_cast<const float*>(buf.data());
   }
 
   absl::StatusOr<MlpWeights> Mlp(const std::string& prefix, int64_t hidden, int64_t width) {
@@ -119,11 +121,11 @@ class Loader {
         for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(i, j);
       return WeightView{DType::kF32, rows, cols, out};
     }
-    // Values of a bf16 (or dequantized) weight are exact in bf16.
+    // Exact for a BF16 kv_b_proj; an FP8 one (code × block scale) is rounded to BF16 here.
     std::vector<bf16> tmp(static_cast<size_t>(rows * cols));
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < cols; ++j) tmp[i * cols + j] = F32ToBf16(element(i, j));
-    return Pack(WeightView{DType::kBF16, rows, cols, tmp.data()}, /*keep_data=*/false);
+    return Pack(WeightView{DType::kBF16, rows, cols, tmp.data()});
   }
 
  private:

@@ -16,38 +16,73 @@
 
 namespace daedalus {
 
-float WeightView::at(int64_t r, int64_t c) const {
-  if (dtype == DType::kBF16) {
-    bf16 v;
-    if (data != nullptr) {
-      std::memcpy(&v, static_cast<const uint8_t*>(data) + 2 * (r * cols + c), 2);
-    } else {
-      const int64_t panel = r / kPanelRows, i = r % kPanelRows;
-      v = packed[(panel * cols + c) * kPanelRows + (i % 16) * 2 + i / 16];
-    }
-    return Bf16ToF32(v);
-  }
-  float v;
-  std::memcpy(&v, static_cast<const uint8_t*>(data) + 4 * (r * cols + c), 4);
-  return v;
+size_t WeightView::bytes() const {
+  size_t b = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
+  if (dtype == DType::kF8E4M3) b += ((rows + kFp8Block - 1) / kFp8Block) * ((cols + kFp8Block - 1) / kFp8Block) * 4;
+  return b;
 }
 
-int64_t PackedBf16Elements(int64_t rows, int64_t cols) {
+float WeightView::at(int64_t r, int64_t c) const {
+  const int64_t panel_index = ((r / kPanelRows) * cols + c) * kPanelRows;  // start of k = c in r's panel
+  const int64_t i = r % kPanelRows;
+  switch (dtype) {
+    case DType::kF32: {
+      float v;
+      std::memcpy(&v, static_cast<const uint8_t*>(data) + 4 * (r * cols + c), 4);
+      return v;
+    }
+    case DType::kBF16: {
+      bf16 v;
+      if (data != nullptr) std::memcpy(&v, static_cast<const uint8_t*>(data) + 2 * (r * cols + c), 2);
+      else v = static_cast<const bf16*>(packed)[panel_index + (i % 16) * 2 + i / 16];
+      return Bf16ToF32(v);
+    }
+    case DType::kF8E4M3: {
+      const uint8_t code = data != nullptr ? static_cast<const uint8_t*>(data)[r * cols + c]
+                                           : static_cast<const uint8_t*>(packed)[panel_index + i];
+      const int64_t scale_cols = (cols + kFp8Block - 1) / kFp8Block;
+      return Fp8E4M3ToF32(code) * scale_inv[(r / kFp8Block) * scale_cols + c / kFp8Block];
+    }
+  }
+  return 0;
+}
+
+int64_t PackedElements(int64_t rows, int64_t cols) {
   return (rows + kPanelRows - 1) / kPanelRows * kPanelRows * cols;
 }
 
-void PackBf16(const WeightView& w, bf16* out) {
-  const auto* src = static_cast<const bf16*>(w.data);
+namespace {
+
+// Writes element (r, k) of `w` to out[panel(r), k, slot(r)] for every element, zero past the end.
+template <typename T, typename Slot>
+void PackPanels(const WeightView& w, T* out, Slot slot) {
+  const auto* src = static_cast<const T*>(w.data);
   const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < panels; ++p) {
-    bf16* dst = out + p * w.cols * kPanelRows;
+    T* dst = out + p * w.cols * kPanelRows;
     for (int64_t i = 0; i < kPanelRows; ++i) {
       const int64_t r = p * kPanelRows + i;
-      const int64_t slot = (i % 16) * 2 + i / 16;  // low half of lane i%16 for rows 0-15, high half for 16-31
-      for (int64_t k = 0; k < w.cols; ++k) dst[k * kPanelRows + slot] = r < w.rows ? src[r * w.cols + k] : 0;
+      for (int64_t k = 0; k < w.cols; ++k) dst[k * kPanelRows + slot(i)] = r < w.rows ? src[r * w.cols + k] : T{0};
     }
   }
+}
+
+}  // namespace
+
+void PackBf16(const WeightView& w, bf16* out) {
+  // Row i in the low half of lane i for rows 0-15, in the high half of lane i - 16 for 16-31.
+  PackPanels(w, out, [](int64_t i) { return (i % 16) * 2 + i / 16; });
+}
+
+void PackFp8(const WeightView& w, uint8_t* out) {
+  PackPanels(w, out, [](int64_t i) { return i; });
+}
+
+bool FitsFp8Kernel(const float* scale_inv, int64_t n_scales) {
+  for (int64_t i = 0; i < n_scales; ++i)
+    if (!(std::fabs(scale_inv[i]) < 128.0f)) return false;
+  return true;
 }
 
 void LinearReference(const float* x, int64_t m, const WeightView& w, float* y) {
@@ -98,7 +133,46 @@ void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* y, int64
   }
 }
 
+// The same for FP8 codes: a code sign-extended to 32 bits and shifted left by 20 puts its
+// exponent and mantissa in a float's exponent and mantissa fields (sign bits 27-31 masked to
+// bit 31), which is its value times 2^-120, subnormals included; the block scale times 2^120
+// restores it. `scales` is the panel's row of block scales; k0 locates the 128-wide k blocks.
+template <int MR>
+void PanelKernelFp8(const float* xt, const uint8_t* panel, int64_t k0, int64_t kn, const float* scales, float* y,
+                    int64_t ldy, __mmask16 mask_lo, __mmask16 mask_hi, bool accumulate) {
+  __m512 lo[MR], hi[MR];
+  for (int m = 0; m < MR; ++m) {
+    lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y + m * ldy) : _mm512_setzero_ps();
+    hi[m] = accumulate ? _mm512_maskz_loadu_ps(mask_hi, y + m * ldy + 16) : _mm512_setzero_ps();
+  }
+  const __m512i keep = _mm512_set1_epi32(static_cast<int>(0x87f00000u));
+  for (int64_t k = 0; k < kn;) {
+    const int64_t block = (k0 + k) / kFp8Block;
+    const int64_t end = std::min(kn, (block + 1) * kFp8Block - k0);
+    const __m512 scale = _mm512_set1_ps(scales[block] * 0x1p120f);
+    for (; k < end; ++k) {
+      _mm_prefetch(reinterpret_cast<const char*>(panel + (k + 2 * kPrefetchAhead) * kPanelRows), _MM_HINT_T0);
+      const uint8_t* codes = panel + k * kPanelRows;
+      const __m512i c_lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+      const __m512i c_hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16)));
+      const __m512 w_lo = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(c_lo, 20), keep)), scale);
+      const __m512 w_hi = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(c_hi, 20), keep)), scale);
+      for (int m = 0; m < MR; ++m) {
+        const __m512 xb = _mm512_set1_ps(xt[k * MR + m]);
+        lo[m] = _mm512_fmadd_ps(xb, w_lo, lo[m]);
+        hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    _mm512_mask_storeu_ps(y + m * ldy, mask_lo, lo[m]);
+    _mm512_mask_storeu_ps(y + m * ldy + 16, mask_hi, hi[m]);
+  }
+}
+
 using Kernel = void (*)(const float*, const bf16*, int64_t, float*, int64_t, __mmask16, __mmask16, bool);
+using KernelFp8 = void (*)(const float*, const uint8_t*, int64_t, int64_t, const float*, float*, int64_t, __mmask16,
+                           __mmask16, bool);
 
 // Interleaves each block of kTokenBlock rows of x [m, K] as [K][rows of the block], so the
 // kernel's broadcasts walk one contiguous stream (rows K floats apart would alias in L1).
@@ -116,6 +190,11 @@ constexpr std::array<Kernel, sizeof...(MR)> MakeKernels(std::integer_sequence<in
   return {&PanelKernel<MR + 1>...};
 }
 constexpr auto kKernels = MakeKernels(std::make_integer_sequence<int, kTokenBlock>{});
+template <int... MR>
+constexpr std::array<KernelFp8, sizeof...(MR)> MakeKernelsFp8(std::integer_sequence<int, MR...>) {
+  return {&PanelKernelFp8<MR + 1>...};
+}
+constexpr auto kKernelsFp8 = MakeKernelsFp8(std::make_integer_sequence<int, kTokenBlock>{});
 
 struct Unit {
   int64_t problem, panel;
@@ -140,7 +219,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       PackTokens(pr.x, pr.m, pr.w.cols, scratch[p].data());
       xt[p] = scratch[p].data();
     }
-    const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));
+    const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));  // ~bytes + FMAs
     for (int64_t panel = 0; panel * kPanelRows < pr.w.rows; ++panel) {
       units.push_back({static_cast<int64_t>(p), panel, cost});
       total += cost;
@@ -160,13 +239,22 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       const int64_t valid = std::min<int64_t>(kPanelRows, N - n0);
       const __mmask16 mask_lo = static_cast<__mmask16>(valid >= 16 ? 0xffff : (1u << valid) - 1);
       const __mmask16 mask_hi = static_cast<__mmask16>(valid <= 16 ? 0 : valid >= 32 ? 0xffff : (1u << (valid - 16)) - 1);
-      const bf16* panel = pr.w.packed + u.panel * K * kPanelRows;
+      const bool fp8 = pr.w.dtype == DType::kF8E4M3;
+      const int64_t panel_offset = u.panel * K * kPanelRows;
+      const float* scales = fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * ((K + kFp8Block - 1) / kFp8Block) : nullptr;
       for (int64_t k0 = 0; k0 < K; k0 += kKChunk) {
         const int64_t kn = std::min(kKChunk, K - k0);
         for (int64_t m0 = 0; m0 < pr.m; m0 += kTokenBlock) {
           const int64_t mr = std::min<int64_t>(kTokenBlock, pr.m - m0);
-          kKernels[mr - 1](xt[u.problem] + m0 * K + k0 * mr, panel + k0 * kPanelRows, kn, pr.y + m0 * N + n0, N,
-                           mask_lo, mask_hi, k0 > 0);
+          const float* x = xt[u.problem] + m0 * K + k0 * mr;
+          float* y = pr.y + m0 * N + n0;
+          if (fp8) {
+            const auto* panel = static_cast<const uint8_t*>(pr.w.packed) + panel_offset + k0 * kPanelRows;
+            kKernelsFp8[mr - 1](x, panel, k0, kn, scales, y, N, mask_lo, mask_hi, k0 > 0);
+          } else {
+            const auto* panel = static_cast<const bf16*>(pr.w.packed) + panel_offset + k0 * kPanelRows;
+            kKernels[mr - 1](x, panel, kn, y, N, mask_lo, mask_hi, k0 > 0);
+          }
         }
       }
     }
@@ -186,7 +274,7 @@ void LinearF32(const LinearProblem& p) {
 
 // Portable path: widen one weight row at a time and accumulate in float.
 void LinearBf16Portable(const LinearProblem& p) {
-  const auto* wd = static_cast<const uint16_t*>(p.w.data);
+  const auto* wd = p.w.dtype == DType::kBF16 ? static_cast<const uint16_t*>(p.w.data) : nullptr;
   const int64_t K = p.w.cols, N = p.w.rows;
 #pragma omp parallel
   {

@@ -36,8 +36,9 @@ VARIANTS = [
     # bf16 weights with the default bf16 latent cache: the cache's rounding (2^-9 relative)
     # moves logits by up to a few hundredths.
     ("bf16", ["--dtype", "bf16"], [], 0.1),
-    # fp8 weights are dequantized to bf16 once at load: one more rounding of each weight.
-    ("fp8", ["--dtype", "fp8"], [], 0.15),
+    # fp8 weights stay fp8 (codes × block scales widened in registers): the same bound as bf16,
+    # whose cache rounding dominates.
+    ("fp8", ["--dtype", "fp8"], [], 0.1),
 ]
 
 

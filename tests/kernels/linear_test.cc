@@ -25,7 +25,7 @@ void Check(DType dtype, const Shape& s, bool packed = true) {
   WeightView w{dtype, s.n, s.k, dtype == DType::kBF16 ? static_cast<const void*>(wb.data()) : wf.data()};
   std::vector<bf16> panels;
   if (dtype == DType::kBF16 && packed) {
-    panels.resize(PackedBf16Elements(s.n, s.k));
+    panels.resize(PackedElements(s.n, s.k));
     PackBf16(w, panels.data());
     w.packed = panels.data();
     w.data = nullptr;  // the kernel must read the panels, and at() must find them too
@@ -54,6 +54,45 @@ TEST(Linear, UnpackedBf16MatchesReference) {
   for (Shape s : {Shape{1, 7, 64}, Shape{17, 33, 65}}) Check(DType::kBF16, s, /*packed=*/false);
 }
 
+// FP8 codes with 128 × 128 block scales: the packed kernel against the reference reading the
+// row-major codes. Shapes span several scale blocks in both directions, partial ones included.
+void CheckFp8(const Shape& s) {
+  std::mt19937 rng(static_cast<unsigned>(s.m * 7919 + s.n * 31 + s.k));
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::uniform_int_distribution<int> code(0, 253);
+  std::vector<float> x(s.m * s.k);
+  for (auto& v : x) v = dist(rng);
+  std::vector<uint8_t> codes(s.n * s.k);
+  for (auto& c : codes) c = static_cast<uint8_t>((code(rng) % 127) | (code(rng) % 2 ? 0x80 : 0));  // magnitude 0x7f is NaN
+  const int64_t sr = (s.n + 127) / 128, sc = (s.k + 127) / 128;
+  std::vector<float> scales(sr * sc);
+  for (auto& v : scales) v = std::ldexp(1.0f + dist(rng) / 2, -8 - static_cast<int>(code(rng) % 4));
+  WeightView w{DType::kF8E4M3, s.n, s.k, codes.data()};
+  w.scale_inv = scales.data();
+  std::vector<float> want(s.m * s.n), got(s.m * s.n, NAN);
+  LinearReference(x.data(), s.m, w, want.data());
+  std::vector<uint8_t> panels(PackedElements(s.n, s.k));
+  PackFp8(w, panels.data());
+  w.packed = panels.data();
+  w.data = nullptr;
+  Linear(x.data(), s.m, w, got.data());
+  double scale = 0;
+  for (float v : scales) scale = std::max<double>(scale, v);
+  const double tol = 1e-5 * std::sqrt(static_cast<double>(s.k)) * 4 * 448 * scale;
+  for (int64_t i = 0; i < s.m * s.n; ++i) ASSERT_NEAR(got[i], want[i], tol) << "m=" << s.m << " n=" << s.n << " k=" << s.k << " at " << i;
+  // at() reads the panels as it read the codes.
+  for (int64_t r = 0; r < s.n; r += 7)
+    for (int64_t c = 0; c < s.k; c += 13) {
+      WeightView rowmajor = w;
+      rowmajor.data = codes.data();
+      ASSERT_EQ(w.at(r, c), rowmajor.at(r, c));
+    }
+}
+
+TEST(Linear, PackedFp8MatchesReference) {
+  for (Shape s : {Shape{1, 40, 300}, Shape{5, 129, 256}, Shape{12, 200, 130}, Shape{30, 33, 1100}}) CheckFp8(s);
+}
+
 TEST(Linear, F32MatchesReference) {
   for (Shape s : {Shape{1, 1, 32}, Shape{3, 64, 96}, Shape{17, 33, 65}, Shape{100, 20, 7}}) Check(DType::kF32, s);
 }
@@ -69,7 +108,7 @@ TEST(Linear, RowResultsDoNotDependOnBatch) {
   std::vector<bf16> wb(wf.size());
   F32ToBf16(wf.data(), wb.data(), wf.size());
   WeightView w{DType::kBF16, n, k, wb.data()};
-  std::vector<bf16> panels(PackedBf16Elements(n, k));
+  std::vector<bf16> panels(PackedElements(n, k));
   PackBf16(w, panels.data());
   w.packed = panels.data();
   std::vector<float> all(30 * n), one(n);

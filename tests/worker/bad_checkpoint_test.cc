@@ -216,7 +216,7 @@ TEST_F(BadCheckpointTest, ValidCheckpointsLoad) {
   EXPECT_EQ((*a)->layers[2].experts[15].down_proj.at(3, 7), (*b)->layers[2].experts[15].down_proj.at(3, 7));
 }
 
-TEST_F(BadCheckpointTest, ValidFp8CheckpointLoadsAndDequantizes) {
+TEST_F(BadCheckpointTest, ValidFp8CheckpointLoadsAndStaysFp8) {
   const fs::path fp8 = Base("base_fp8");
   auto f = SafetensorsFile::Open((fp8 / "model.safetensors").string());
   ASSERT_TRUE(f.ok()) << f.status();
@@ -231,11 +231,13 @@ TEST_F(BadCheckpointTest, ValidFp8CheckpointLoadsAndDequantizes) {
   EXPECT_TRUE((*q)->config.fp8);
   auto ref = LoadModelWeights(Base("base_bf16").string());
   ASSERT_TRUE(ref.ok()) << ref.status();
-  // Dequantized to BF16, close to the BF16 checkpoint of the same seed (e4m3 keeps 3 mantissa bits).
+  // Kept as FP8 codes with block scales, close to the BF16 checkpoint of the same seed (e4m3
+  // keeps 3 mantissa bits).
   for (const auto& [w, r] : {std::pair{&(*q)->layers[0].attn.q_a_proj.value(), &(*ref)->layers[0].attn.q_a_proj.value()},
                              std::pair{&(*q)->layers[1].experts[3].down_proj, &(*ref)->layers[1].experts[3].down_proj},
                              std::pair{&(*q)->layers[2].attn.o_proj, &(*ref)->layers[2].attn.o_proj}}) {
-    EXPECT_EQ(w->dtype, DType::kBF16);
+    EXPECT_EQ(w->dtype, DType::kF8E4M3);
+    EXPECT_NE(w->scale_inv, nullptr);
     ASSERT_EQ(w->rows, r->rows);
     ASSERT_EQ(w->cols, r->cols);
     double err = 0, mag = 0;
