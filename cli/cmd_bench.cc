@@ -193,7 +193,7 @@ Command AddBenchCommand(CLI::App& app) {
 
     // The llama.cpp baseline was measured on the bench preset in bf16: compare only with that.
     auto bench = PresetConfig("bench");
-    const bool baseline_applies = bench.ok() && w.lm_head.dtype == DType::kBF16 && c.hidden_size == bench->hidden_size &&
+    const bool baseline_applies = bench.ok() && w.projection_dtype() == DType::kBF16 && c.hidden_size == bench->hidden_size &&
                                   c.num_hidden_layers == bench->num_hidden_layers &&
                                   c.n_routed_experts == bench->n_routed_experts && c.vocab_size == bench->vocab_size;
 
@@ -206,14 +206,14 @@ Command AddBenchCommand(CLI::App& app) {
     const double fma_peak = MeasureFmaPeak();
     // Multiply-adds of a prefill token: every active projection but lm_head (only the last row
     // of a prompt needs logits), two FLOPs per weight.
-    const double prefill_flops = 2.0 * (w.ActiveBytesPerToken() - w.lm_head.bytes()) / DTypeSize(w.lm_head.dtype);
+    const double prefill_flops = 2.0 * static_cast<double>(w.ActiveParametersPerToken() - w.lm_head.rows * w.lm_head.cols);
 
     std::printf("machine: %s, %d threads\n", CpuModel().c_str(), omp_get_max_threads());
     std::printf("model: %s (hidden %lld, %lld layers, %lld experts top-%lld), weights %s, %.1f MiB total, "
                 "%.1f MiB active per token\n",
                 f->model.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_hidden_layers),
                 static_cast<long long>(c.n_routed_experts), static_cast<long long>(c.num_experts_per_tok),
-                DTypeName(w.lm_head.dtype), w.TotalBytes() / 1048576.0, w.ActiveBytesPerToken() / 1048576.0);
+                DTypeName(w.projection_dtype()), w.TotalBytes() / 1048576.0, w.ActiveBytesPerToken() / 1048576.0);
     std::printf("memory bandwidth (read, all threads): %.1f GB/s -> batch-1 decode roofline %.1f tok/s\n",
                 bandwidth / 1e9, roofline);
     if (fma_peak > 0) std::printf("float FMA peak (all threads): %.1f GFLOP/s\n", fma_peak / 1e9);

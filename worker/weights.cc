@@ -173,35 +173,43 @@ absl::Status LoadLayer(Loader& L, const ModelConfig& c, int64_t i, LayerWeights&
   return absl::OkStatus();
 }
 
-size_t MlpBytes(const MlpWeights& m) { return m.gate_proj.bytes() + m.up_proj.bytes() + m.down_proj.bytes(); }
+using Measure = size_t (*)(const WeightView&);
+size_t Bytes(const WeightView& w) { return w.bytes(); }
+size_t Elements(const WeightView& w) { return static_cast<size_t>(w.rows * w.cols); }
 
-size_t AttentionBytes(const AttentionWeights& a) {
-  size_t b = a.kv_a_proj_with_mqa.bytes() + a.kv_b_proj.bytes() + a.o_proj.bytes();
+size_t MlpSize(const MlpWeights& m, Measure size) { return size(m.gate_proj) + size(m.up_proj) + size(m.down_proj); }
+
+size_t AttentionSize(const AttentionWeights& a, Measure size) {
+  size_t b = size(a.kv_a_proj_with_mqa) + size(a.kv_b_proj) + size(a.o_proj);
   for (const auto* w : {&a.q_a_proj, &a.q_b_proj, &a.q_proj})
-    if (*w) b += (*w)->bytes();
+    if (*w) b += size(**w);
   return b;
+}
+
+// lm_head and every layer, counting `routed_experts` routed experts per MoE layer.
+size_t LayersSize(const ModelWeights& m, int64_t routed_experts, Measure size) {
+  size_t total = size(m.lm_head);
+  for (const auto& layer : m.layers) {
+    total += AttentionSize(layer.attn, size);
+    if (!layer.moe) {
+      total += MlpSize(layer.dense, size);
+      continue;
+    }
+    total += size(layer.gate) + routed_experts * MlpSize(layer.experts[0], size);
+    if (layer.shared_experts) total += MlpSize(*layer.shared_experts, size);
+  }
+  return total;
 }
 
 }  // namespace
 
-// Weight bytes of lm_head and every layer, counting `routed_experts` routed experts per MoE layer.
-static size_t LayerBytes(const ModelWeights& m, int64_t routed_experts) {
-  size_t bytes = m.lm_head.bytes();
-  for (const auto& layer : m.layers) {
-    bytes += AttentionBytes(layer.attn);
-    if (!layer.moe) {
-      bytes += MlpBytes(layer.dense);
-      continue;
-    }
-    bytes += layer.gate.bytes() + routed_experts * MlpBytes(layer.experts[0]);
-    if (layer.shared_experts) bytes += MlpBytes(*layer.shared_experts);
-  }
-  return bytes;
+size_t ModelWeights::ActiveBytesPerToken() const { return LayersSize(*this, config.num_experts_per_tok, Bytes); }
+
+size_t ModelWeights::ActiveParametersPerToken() const {
+  return LayersSize(*this, config.num_experts_per_tok, Elements);
 }
 
-size_t ModelWeights::ActiveBytesPerToken() const { return LayerBytes(*this, config.num_experts_per_tok); }
-
-size_t ModelWeights::TotalBytes() const { return embed_tokens.bytes() + LayerBytes(*this, config.n_routed_experts); }
+size_t ModelWeights::TotalBytes() const { return embed_tokens.bytes() + LayersSize(*this, config.n_routed_experts, Bytes); }
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir) {
   auto model = std::make_unique<ModelWeights>();

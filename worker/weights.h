@@ -56,7 +56,10 @@ struct ModelWeights {
   // Bytes of weights one batch-1 decode step reads: everything but the embedding table and
   // the routed experts, plus num_experts_per_tok experts per MoE layer.
   size_t ActiveBytesPerToken() const;
+  size_t ActiveParametersPerToken() const;  // the same weights counted as multiply-adds
   size_t TotalBytes() const;
+  // The dtype the layer projections are kept in (lm_head and embeddings may differ).
+  DType projection_dtype() const { return layers.back().attn.o_proj.dtype; }
 
   std::unique_ptr<Checkpoint> checkpoint;      // owns the mmapped files
   std::vector<std::vector<uint8_t>> owned;     // dequantized and transposed tensors
