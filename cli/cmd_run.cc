@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
+#include "cli/parallel.h"
+#include "routing/mpi_transport.h"
 #include "cli/request_io.h"
 #include "worker/engine.h"
 
@@ -31,6 +33,8 @@ Command AddRunCommand(CLI::App& app) {
     Request defaults;
     bool ignore_eos = false;
     EngineFlags engine;
+    int redundant_experts = 0;
+    double collective_timeout_s = 60;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "checkpoint directory (Hugging Face layout)")->required();
@@ -46,13 +50,33 @@ Command AddRunCommand(CLI::App& app) {
   app.add_option("--top-k", f->defaults.sampling.top_k, "sample among the k most likely (0: all)");
   app.add_option("--seed", f->defaults.sampling.seed, "sampling seed");
   app.add_flag("--ignore-eos", f->ignore_eos, "do not stop at the config's eos_token_id");
+  app.add_option("--redundant-experts", f->redundant_experts,
+                 "under mpirun/srun: extra replicas of routed experts, spread over the ranks");
+  app.add_option("--collective-timeout", f->collective_timeout_s,
+                 "under mpirun/srun: seconds a rank waits in a collective before it reports and aborts");
   f->engine.Register(app);
   return [f, ids, file]() {
     if (ids->count() == 0 && file->count() == 0) return Fail("run needs --prompt-ids or --prompts");
     SetThreads(f->engine.threads);
-    auto weights = LoadModelWeights(f->model);
+    // Under mpirun/srun: expert parallel. Each rank holds the dense weights and its share of
+    // the routed experts, runs every world_size-th request, and rank 0 writes the results.
+    std::unique_ptr<ExpertParallelRun> ep;
+    if (LaunchedByMpi()) {
+      auto started = ExpertParallelRun::Start(f->model, f->redundant_experts, f->collective_timeout_s);
+      if (!started.ok()) return Fail(std::string(started.status().message()));
+      ep = std::move(*started);
+    }
+    const int rank = ep ? ep->rank() : 0, world = ep ? ep->world_size() : 1;
+    ExpertFilter mine;
+    if (ep) mine = [&](int64_t, int64_t expert) { return ep->placement().Holds(rank, static_cast<int32_t>(expert)); };
+    auto weights = LoadModelWeights(f->model, mine);
     if (!weights.ok()) return Fail(std::string(weights.status().message()));
-    Engine engine(**weights, f->engine.Options());
+    EngineOptions options = f->engine.Options();
+    if (ep) {
+      options.transport = &ep->transport();
+      options.placement = &ep->placement();
+    }
+    Engine engine(**weights, options);
     f->defaults.stop_at_eos = !f->ignore_eos;
 
     std::vector<Request> requests;
@@ -77,8 +101,10 @@ Command AddRunCommand(CLI::App& app) {
         auto parsed = ParseRequestLine(line, r, &r.id);
         absl::Status s = parsed.ok() ? engine.Validate(*parsed) : parsed.status();
         if (!s.ok()) {
-          std::fprintf(stderr, "daedalus: error: %s line %lld: %s\n", f->prompts.c_str(), static_cast<long long>(n),
-                       std::string(s.message()).c_str());
+          if (rank == 0) {
+            std::fprintf(stderr, "daedalus: error: %s line %lld: %s\n", f->prompts.c_str(), static_cast<long long>(n),
+                         std::string(s.message()).c_str());
+          }
           Result bad{r.id, {}, "error", s, {}};
           results.push_back(bad);
           requests.push_back(Request{});  // placeholder keeps output in input order
@@ -91,17 +117,32 @@ Command AddRunCommand(CLI::App& app) {
     }
     std::vector<int64_t> slot(requests.size(), -1);
     for (size_t i = 0; i < requests.size(); ++i) {
-      if (requests[i].prompt_ids.empty()) continue;
+      if (requests[i].prompt_ids.empty() || static_cast<int>(i % world) != rank) continue;
       auto added = engine.Add(requests[i]);
       if (!added.ok()) return Fail(std::string(added.status().message()));
       slot[i] = *added;
     }
     std::vector<Result> done = engine.RunToCompletion();
+    if (ep && !engine.status().ok()) ep->Abort(engine.status());
     results.resize(requests.size());
+    std::vector<std::pair<int64_t, std::string>> lines;
     for (size_t i = 0; i < requests.size(); ++i) {
       if (slot[i] < 0) continue;
       results[i] = done[slot[i]];
-      if (!results[i].status.ok()) ++failures;
+      lines.emplace_back(static_cast<int64_t>(i), ResultJson(results[i]).dump());
+    }
+    if (ep) {
+      auto gathered = ep->GatherLines(lines);
+      if (!gathered.ok()) ep->Abort(gathered.status());
+      if (rank != 0) return 0;
+      lines = std::move(*gathered);
+    }
+    // Input order: requests that ran (here or on other ranks), then the ones rejected up front.
+    std::vector<std::string> output(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i) output[i] = ResultJson(results[i]).dump();
+    for (const auto& [i, line] : lines) {
+      output[i] = line;
+      if (nlohmann::json::parse(line).contains("error")) ++failures;
     }
     if (!f->dump_logits.empty()) {
       if (absl::Status s = WriteLogits(f->dump_logits, requests[0], results[0]); !s.ok()) return Fail(std::string(s.message()));
@@ -111,7 +152,7 @@ Command AddRunCommand(CLI::App& app) {
       out = std::fopen(f->output.c_str(), "w");
       if (out == nullptr) return Fail(absl::StrCat(f->output, ": cannot create"));
     }
-    for (const Result& r : results) std::fprintf(out, "%s\n", ResultJson(r).dump().c_str());
+    for (const std::string& line : output) std::fprintf(out, "%s\n", line.c_str());
     if (out != stdout && std::fclose(out) != 0) return Fail(absl::StrCat(f->output, ": write failed"));
     return failures == 0 ? 0 : 1;
   };

@@ -8,7 +8,12 @@
 namespace daedalus {
 
 Engine::Engine(const ModelWeights& weights, const EngineOptions& options)
-    : options_(options), model_(weights, options.attention), cache_(weights.config, options.kv) {}
+    : options_(options), model_(weights, options.attention), cache_(weights.config, options.kv) {
+  if (options.transport != nullptr) {
+    exchange_ = std::make_unique<ExpertExchange>(*options.transport, *options.placement, weights.config.hidden_size,
+                                                 weights.config.n_routed_experts);
+  }
+}
 
 absl::Status Engine::Validate(const Request& r) const {
   const ModelConfig& c = model_.config();
@@ -66,8 +71,17 @@ void Engine::Finish(Sequence& seq, const std::string& reason) {
 }
 
 bool Engine::Step() {
+  if (!status_.ok()) return false;
   Admit();
-  if (running_.empty()) return false;
+  if (exchange_ != nullptr) {
+    // Lockstep: all ranks agree whether anyone has work; a rank with none still steps, with an
+    // empty batch, to serve its experts.
+    std::vector<int64_t> work = {static_cast<int64_t>(running_.size() + waiting_.size())};
+    status_ = options_.transport->AllReduceSum(work, absl::StrCat("work check, step ", steps_));
+    if (!status_.ok() || work[0] == 0) return false;
+  } else if (running_.empty()) {
+    return false;
+  }
   ForwardBatch batch;
   struct Plan {
     Sequence* seq;
@@ -110,7 +124,8 @@ bool Engine::Step() {
   }
   const int64_t vocab = model_.config().vocab_size;
   FloatBuffer logits(batch.logit_rows.size() * vocab);
-  model_.Forward(batch, cache_, logits.data());
+  status_ = model_.Forward(batch, cache_, logits.data(), exchange_.get(), steps_++);
+  if (!status_.ok()) return false;
 
   for (size_t i = 0; i < plans.size(); ++i) {
     Sequence& seq = *plans[i].seq;
@@ -144,12 +159,17 @@ bool Engine::Step() {
 std::vector<Result> Engine::RunToCompletion() {
   while (Step()) {
   }
-  // Anything still waiting could never fit; Validate rules that out, so this is a guard.
-  for (auto& seq : waiting_) {
-    Result& r = results_[seq->index];
+  // After an error every unfinished request reports it. Otherwise anything still waiting could
+  // never fit; Validate rules that out, so that is a guard.
+  auto fail = [&](Sequence& seq) {
+    Result& r = results_[seq.index];
     r.finish_reason = "error";
-    r.status = absl::ResourceExhaustedError("KV cache cannot hold the request");
-  }
+    r.status = status_.ok() ? absl::ResourceExhaustedError("KV cache cannot hold the request") : status_;
+    cache_.Release(seq.pages);
+  };
+  for (auto& seq : running_) fail(*seq);
+  for (auto& seq : waiting_) fail(*seq);
+  running_.clear();
   waiting_.clear();
   return results_;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "routing/dispatch.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
 
@@ -40,6 +41,11 @@ struct EngineOptions {
   KvCacheOptions kv;
   AttentionPath attention = AttentionPath::kAuto;
   std::optional<int64_t> eos_token_id;  // end of sequence; unset: the config's eos_token_id
+  // Expert parallelism: when set, this engine is one rank of many. Its own requests run here
+  // (attention and KV cache), routed experts run where `placement` puts them, and every rank
+  // steps in lockstep until no rank has work. Both outlive the engine.
+  Transport* transport = nullptr;
+  const Placement* placement = nullptr;
 };
 
 struct StepStats {
@@ -55,10 +61,13 @@ class Engine {
   absl::Status Validate(const Request& request) const;
   // Queues a valid request; the index names its result.
   absl::StatusOr<int64_t> Add(Request request);
-  // Runs one forward step over running sequences; false when there was nothing to do.
+  // Runs one forward step over running sequences; false when there was nothing to do (with
+  // expert parallelism: when no rank had anything to do), or after an error (see status()).
   bool Step();
   // Steps until every queued request has finished; results in the order of Add.
   std::vector<Result> RunToCompletion();
+  // The first error of a collective step (a peer lost, a deadline passed); the engine stops.
+  const absl::Status& status() const { return status_; }
 
   const StepStats& last_step() const { return last_step_; }
   const PagedKvCache& cache() const { return cache_; }
@@ -84,6 +93,9 @@ class Engine {
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<Result> results_;
   StepStats last_step_;
+  std::unique_ptr<ExpertExchange> exchange_;
+  int64_t steps_ = 0;
+  absl::Status status_;
 };
 
 }  // namespace daedalus

@@ -1,6 +1,8 @@
 #include "worker/model.h"
 
 #include "core/buffer.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
 #include "kernels/ops.h"
 
 namespace daedalus {
@@ -8,11 +10,12 @@ namespace daedalus {
 DeepSeekModel::DeepSeekModel(const ModelWeights& weights, AttentionPath path)
     : weights_(weights), path_(path), rope_(weights.config) {}
 
-void DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits) const {
+absl::Status DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits,
+                                    ExpertExchange* exchange, int64_t step) const {
   const ModelConfig& c = weights_.config;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size()), D = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  if (T == 0) return;
+  if (T == 0 && exchange == nullptr) return absl::OkStatus();
 
   FloatBuffer h(T * D), x(T * D), y(T * D);  // residual stream, normed input, sublayer output
   const size_t elem = DTypeSize(weights_.embed_tokens.dtype);
@@ -35,8 +38,11 @@ void DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cache, floa
     MlaForward(c, w.attn, l, x.data(), batch, angles, path_, cache, y.data());
     for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
     RmsNorm(h.data(), w.post_attention_layernorm.data(), T, D, eps, x.data(), D, D);
-    if (w.moe) MoeForward(c, w, x.data(), T, y.data());
-    else MlpForward(w.dense, x.data(), T, y.data());
+    if (w.moe) {
+      RETURN_IF_ERROR(MoeForward(c, w, x.data(), T, y.data(), exchange, absl::StrCat("layer ", l, " step ", step)));
+    } else {
+      MlpForward(w.dense, x.data(), T, y.data());
+    }
     for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
   }
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
@@ -44,6 +50,7 @@ void DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cache, floa
   for (int64_t r = 0; r < R; ++r)
     RmsNorm(&h[batch.logit_rows[r] * D], weights_.norm.data(), 1, D, eps, &final_x[r * D], D, D);
   Linear(final_x.data(), R, weights_.lm_head, logits);
+  return absl::OkStatus();
 }
 
 }  // namespace daedalus

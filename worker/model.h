@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "routing/dispatch.h"
 #include "worker/kv_cache.h"
 #include "worker/rope.h"
 #include "worker/weights.h"
@@ -34,7 +36,10 @@ class DeepSeekModel {
   DeepSeekModel(const ModelWeights& weights, AttentionPath path = AttentionPath::kAuto);
 
   // Writes each slice's latents into `cache` and logits [logit_rows, vocab_size] into `logits`.
-  void Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits) const;
+  // With an exchange (expert parallelism) the call is collective and runs even for an empty
+  // batch, serving the experts placed on this rank; `step` names it in diagnostics.
+  absl::Status Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits,
+                       ExpertExchange* exchange = nullptr, int64_t step = 0) const;
 
   const ModelConfig& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
@@ -53,6 +58,9 @@ void MlaForward(const ModelConfig& config, const AttentionWeights& w, int64_t la
                 const ForwardBatch& batch, const RopeAngles& angles, AttentionPath path, PagedKvCache& cache,
                 float* out);
 void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* out);
-void MoeForward(const ModelConfig& config, const LayerWeights& w, const float* x, int64_t n_tokens, float* out);
+// With an exchange, routed tokens go to the ranks holding their experts (collective: every
+// rank calls it for every MoE layer, also with no tokens); without, all experts are local.
+absl::Status MoeForward(const ModelConfig& config, const LayerWeights& w, const float* x, int64_t n_tokens, float* out,
+                        ExpertExchange* exchange, const std::string& what);
 
 }  // namespace daedalus

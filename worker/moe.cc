@@ -1,8 +1,12 @@
 // Dense MLP and DeepSeekMoE layers.
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "core/buffer.h"
 #include "kernels/ops.h"
+#include "core/status.h"
+#include "routing/dispatch.h"
 #include "routing/gate.h"
 #include "worker/model.h"
 
@@ -17,7 +21,30 @@ void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* ou
   Linear(gate.data(), n_tokens, w.down_proj, out);
 }
 
-void MoeForward(const ModelConfig& c, const LayerWeights& w, const float* x, int64_t n_tokens, float* out) {
+namespace {
+
+// The single-process stand-in for Dispatch: this rank's own slots, grouped by expert.
+ReceivedRows GroupLocally(const float* x, int64_t n_tokens, int64_t topk, const int32_t* ids, int64_t hidden,
+                          int64_t n_experts) {
+  ReceivedRows rows;
+  rows.expert_begin.assign(n_experts + 1, 0);
+  for (int64_t slot = 0; slot < n_tokens * topk; ++slot) ++rows.expert_begin[ids[slot] + 1];
+  for (int64_t e = 0; e < n_experts; ++e) rows.expert_begin[e + 1] += rows.expert_begin[e];
+  std::vector<int64_t> next(rows.expert_begin.begin(), rows.expert_begin.end() - 1);
+  rows.headers.resize(n_tokens * topk);
+  rows.x.resize(n_tokens * topk * hidden);
+  for (int64_t slot = 0; slot < n_tokens * topk; ++slot) {
+    const int64_t at = next[ids[slot]]++;
+    rows.headers[at] = RowHeader{0, static_cast<int32_t>(slot), ids[slot], static_cast<int32_t>(hidden)};
+    std::memcpy(&rows.x[at * hidden], x + (slot / topk) * hidden, hidden * sizeof(float));
+  }
+  return rows;
+}
+
+}  // namespace
+
+absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float* x, int64_t n_tokens, float* out,
+                        ExpertExchange* exchange, const std::string& what) {
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   std::vector<float> logits(n_tokens * E), weights(n_tokens * K);
   std::vector<int32_t> ids(n_tokens * K);
@@ -26,59 +53,61 @@ void MoeForward(const ModelConfig& c, const LayerWeights& w, const float* x, int
         w.e_score_correction_bias.empty() ? nullptr : w.e_score_correction_bias.data(), n_tokens, ids.data(),
         weights.data());
 
-  // Group (token, slot) pairs by expert. The active experts (and the shared experts, as one
-  // more "expert" over all tokens) run as two batched products: gate and up, then down.
-  std::vector<std::vector<int64_t>> assigned(E);
-  for (int64_t i = 0; i < n_tokens * K; ++i) assigned[ids[i]].push_back(i);
+  // Rows to compute here, grouped by expert: this rank's own (single process) or whatever the
+  // other ranks dispatched to the experts placed here.
+  ReceivedRows rows;
+  if (exchange != nullptr) {
+    RETURN_IF_ERROR(exchange->Dispatch(x, n_tokens, K, ids.data(), what, rows));
+  } else {
+    rows = GroupLocally(x, n_tokens, K, ids.data(), D, E);
+  }
+  // Every expert with rows, and the shared experts over this rank's tokens, as two batched
+  // products: gate and up, then down.
   struct Active {
     const MlpWeights* w;
+    const float* x;
     int64_t n;
-    FloatBuffer x, gate, up, y;
+    float* y;
+    FloatBuffer gate, up;
   };
+  FloatBuffer expert_out(rows.rows() * D), shared_out(n_tokens * D);
   std::vector<Active> active;
   for (int64_t e = 0; e < E; ++e) {
-    if (assigned[e].empty()) continue;
-    const int64_t n = static_cast<int64_t>(assigned[e].size());
-    Active a{&w.experts[e], n, FloatBuffer(n * D), {}, {}, {}};
-    for (int64_t j = 0; j < n; ++j) std::memcpy(&a.x[j * D], x + (assigned[e][j] / K) * D, D * 4);
-    active.push_back(std::move(a));
+    const int64_t begin = rows.expert_begin[e], n = rows.expert_begin[e + 1] - begin;
+    if (n > 0) active.push_back(Active{&w.experts[e], &rows.x[begin * D], n, &expert_out[begin * D], {}, {}});
   }
-  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, n_tokens, FloatBuffer(x, x + n_tokens * D), {}, {}, {}});
+  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, x, n_tokens, shared_out.data(), {}, {}});
   std::vector<LinearProblem> problems;
   for (Active& a : active) {
-    const int64_t width = a.w->gate_proj.rows;
-    a.gate.resize(a.n * width);
-    a.up.resize(a.n * width);
-    a.y.resize(a.n * D);
-    problems.push_back({a.x.data(), a.n, a.w->gate_proj, a.gate.data()});
-    problems.push_back({a.x.data(), a.n, a.w->up_proj, a.up.data()});
+    a.gate.resize(a.n * a.w->gate_proj.rows);
+    a.up.resize(a.n * a.w->up_proj.rows);
+    problems.push_back({a.x, a.n, a.w->gate_proj, a.gate.data()});
+    problems.push_back({a.x, a.n, a.w->up_proj, a.up.data()});
   }
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
   problems.clear();
   for (Active& a : active) {
     SiluMulSeparate(a.gate.data(), a.up.data(), a.n, a.w->gate_proj.rows, a.gate.data());
-    problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y.data()});
+    problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y});
   }
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
 
-  // Combine: experts in ascending id, so every token's routed outputs are summed in the same
-  // order whatever the batch; then the shared experts.
-  std::vector<float> routed(n_tokens * D, 0.0f);
-  size_t next = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    if (assigned[e].empty()) continue;
-    const Active& a = active[next++];
-    for (int64_t j = 0; j < a.n; ++j) {
-      const int64_t slot = assigned[e][j];
-      Axpy(weights[slot], &a.y[j * D], &routed[(slot / K) * D], D);
-    }
-  }
-  if (w.shared_experts) {
-    const Active& shared = active.back();
-    for (int64_t i = 0; i < n_tokens * D; ++i) out[i] = routed[i] + shared.y[i];
+  // Combine: one output row per (token, slot), summed in slot order, which is ascending expert
+  // id, so the sum is the same wherever the experts ran; then the shared experts.
+  FloatBuffer slot_out(n_tokens * K * D);
+  if (exchange != nullptr) {
+    RETURN_IF_ERROR(exchange->Combine(rows, expert_out.data(), what, slot_out.data()));
   } else {
-    std::memcpy(out, routed.data(), routed.size() * 4);
+    for (int64_t i = 0; i < rows.rows(); ++i)
+      std::memcpy(&slot_out[rows.headers[i].slot * D], &expert_out[i * D], D * sizeof(float));
   }
+  std::vector<float> routed(D);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    std::fill(routed.begin(), routed.end(), 0.0f);
+    for (int64_t k = 0; k < K; ++k) Axpy(weights[t * K + k], &slot_out[(t * K + k) * D], routed.data(), D);
+    for (int64_t i = 0; i < D; ++i) out[t * D + i] = w.shared_experts ? routed[i] + shared_out[t * D + i] : routed[i];
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace daedalus

@@ -133,7 +133,8 @@ class Loader {
   ModelWeights& model_;
 };
 
-absl::Status LoadLayer(Loader& L, const ModelConfig& c, int64_t i, LayerWeights& layer) {
+absl::Status LoadLayer(Loader& L, const ModelConfig& c, int64_t i, const ExpertFilter& want_expert,
+                       LayerWeights& layer) {
   const std::string p = absl::StrCat("model.layers.", i, ".");
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   ASSIGN_OR_RETURN(layer.input_layernorm, L.Vector(p + "input_layernorm.weight", D));
@@ -163,9 +164,10 @@ absl::Status LoadLayer(Loader& L, const ModelConfig& c, int64_t i, LayerWeights&
   if (c.topk_method == "noaux_tc") {
     ASSIGN_OR_RETURN(layer.e_score_correction_bias, L.Vector(m + "gate.e_score_correction_bias", c.n_routed_experts));
   }
+  layer.experts.resize(c.n_routed_experts);
   for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-    ASSIGN_OR_RETURN(MlpWeights expert, L.Mlp(absl::StrCat(m, "experts.", e, "."), D, c.moe_intermediate_size));
-    layer.experts.push_back(expert);
+    if (want_expert && !want_expert(i, e)) continue;
+    ASSIGN_OR_RETURN(layer.experts[e], L.Mlp(absl::StrCat(m, "experts.", e, "."), D, c.moe_intermediate_size));
   }
   if (c.n_shared_experts > 0) {
     ASSIGN_OR_RETURN(layer.shared_experts, L.Mlp(m + "shared_experts.", D, c.n_shared_experts * c.moe_intermediate_size));
@@ -195,7 +197,12 @@ size_t LayersSize(const ModelWeights& m, int64_t routed_experts, Measure size) {
       total += MlpSize(layer.dense, size);
       continue;
     }
-    total += size(layer.gate) + routed_experts * MlpSize(layer.experts[0], size);
+    total += size(layer.gate);
+    for (const MlpWeights& e : layer.experts) {  // every routed expert is the same size: use one that is loaded
+      if (e.gate_proj.rows == 0) continue;
+      total += routed_experts * MlpSize(e, size);
+      break;
+    }
     if (layer.shared_experts) total += MlpSize(*layer.shared_experts, size);
   }
   return total;
@@ -211,7 +218,8 @@ size_t ModelWeights::ActiveParametersPerToken() const {
 
 size_t ModelWeights::TotalBytes() const { return embed_tokens.bytes() + LayersSize(*this, config.n_routed_experts, Bytes); }
 
-absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir,
+                                                               const ExpertFilter& want_expert) {
   auto model = std::make_unique<ModelWeights>();
   ASSIGN_OR_RETURN(model->config, ModelConfig::Load((std::filesystem::path(dir) / "config.json").string()));
   ASSIGN_OR_RETURN(model->checkpoint, Checkpoint::Open(dir));
@@ -230,7 +238,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
   // first missing tensor instead of allocating num_hidden_layers entries up front.
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights layer;
-    RETURN_IF_ERROR(LoadLayer(L, c, i, layer));
+    RETURN_IF_ERROR(LoadLayer(L, c, i, want_expert, layer));
     model->layers.push_back(std::move(layer));
   }
   model->checkpoint->ReleaseResidentPages();

@@ -5,6 +5,7 @@
 // naming the tensor, the file, and what was expected.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,7 +43,7 @@ struct LayerWeights {
   MlpWeights dense;                         // when !moe
   WeightView gate;                          // mlp.gate.weight [n_routed_experts, hidden]
   std::vector<float> e_score_correction_bias;  // empty when the checkpoint has none
-  std::vector<MlpWeights> experts;          // routed, by expert id
+  std::vector<MlpWeights> experts;          // routed, by expert id (empty where not loaded)
   std::optional<MlpWeights> shared_experts;
 };
 
@@ -65,7 +66,12 @@ struct ModelWeights {
   std::vector<std::vector<uint8_t>> owned;     // dequantized and transposed tensors
 };
 
-// Loads `dir` (config.json + safetensors). The returned weights keep the files mapped.
-absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir);
+// Which routed experts to load: (layer, expert) → true to load. Empty: all of them.
+using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
+
+// Loads `dir` (config.json + safetensors). Routed experts the filter rejects are not read at
+// all (their MlpWeights stay empty). The returned weights keep the files mapped.
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir,
+                                                               const ExpertFilter& want_expert = {});
 
 }  // namespace daedalus

@@ -1,0 +1,65 @@
+#include "cli/parallel.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/model_config.h"
+#include "core/status.h"
+#include "routing/mpi_transport.h"
+
+namespace daedalus {
+
+absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(const std::string& model_dir,
+                                                                           int redundant_experts,
+                                                                           double collective_timeout_s) {
+  RETURN_IF_ERROR(InitMpi(nullptr, nullptr));
+  auto run = std::unique_ptr<ExpertParallelRun>(new ExpertParallelRun());
+  ASSIGN_OR_RETURN(run->transport_, MakeMpiTransport());
+  run->transport_->set_deadline(std::chrono::milliseconds(static_cast<int64_t>(collective_timeout_s * 1000)));
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load((std::filesystem::path(model_dir) / "config.json").string()));
+  ASSIGN_OR_RETURN(run->placement_, ComputePlacement(static_cast<int>(config.n_routed_experts), run->world_size(),
+                                                     redundant_experts, {}));
+  return run;
+}
+
+ExpertParallelRun::~ExpertParallelRun() {
+  transport_.reset();
+  FinalizeMpi();
+}
+
+absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> ExpertParallelRun::GatherLines(
+    const std::vector<std::pair<int64_t, std::string>>& mine) {
+  // Wire format: [int64 index][int64 length][bytes] per line, all sent to rank 0.
+  std::vector<uint8_t> send;
+  for (const auto& [index, line] : mine) {
+    const int64_t header[2] = {index, static_cast<int64_t>(line.size())};
+    const size_t at = send.size();
+    send.resize(at + sizeof header + line.size());
+    std::memcpy(send.data() + at, header, sizeof header);
+    std::memcpy(send.data() + at + sizeof header, line.data(), line.size());
+  }
+  std::vector<size_t> send_bytes(world_size(), 0);
+  send_bytes[0] = send.size();
+  std::vector<uint8_t> recv;
+  std::vector<size_t> recv_bytes;
+  RETURN_IF_ERROR(transport_->AllToAllV(send.data(), send_bytes, recv, recv_bytes, "gathering results"));
+  std::vector<std::pair<int64_t, std::string>> lines;
+  for (size_t at = 0; at + 16 <= recv.size();) {
+    int64_t header[2];
+    std::memcpy(header, recv.data() + at, sizeof header);
+    lines.emplace_back(header[0], std::string(reinterpret_cast<const char*>(recv.data() + at + 16), header[1]));
+    at += 16 + header[1];
+  }
+  return lines;
+}
+
+void ExpertParallelRun::Abort(const absl::Status& status) {
+  std::fprintf(stderr, "daedalus: error: rank %d of %d: %s\n", rank(), world_size(), std::string(status.message()).c_str());
+  std::fflush(stderr);
+  AbortMpi(1);
+}
+
+}  // namespace daedalus

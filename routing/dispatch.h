@@ -1,0 +1,62 @@
+// Dispatch and combine of routed tokens between ranks (expert parallelism).
+//
+// Dispatch sends each (token, slot) activation to the rank serving its chosen expert; every row
+// on the wire carries a header naming its source rank, slot and expert, so the receiver can
+// group rows by local expert and a misrouted row names itself. Combine sends the expert outputs
+// back in the order they arrived; the source then holds one output row per (token, slot) and
+// sums a token's slots in slot order, which is ascending expert id (the gate sorts them), so
+// the result does not depend on where experts live.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/buffer.h"
+#include "routing/placement.h"
+#include "routing/transport.h"
+
+namespace daedalus {
+
+struct RowHeader {  // 16 bytes ahead of every row on the wire
+  int32_t source_rank;
+  int32_t slot;     // token · topk + k on the source rank
+  int32_t expert;
+  int32_t hidden;   // row width, checked on receipt
+};
+
+// Rows this rank received to compute, grouped by expert (ascending), arrival order within one.
+struct ReceivedRows {
+  std::vector<RowHeader> headers;  // [rows]
+  FloatBuffer x;                   // [rows, hidden]
+  std::vector<int64_t> expert_begin;  // rows of expert e: [expert_begin[e], expert_begin[e + 1])
+  int64_t rows() const { return static_cast<int64_t>(headers.size()); }
+};
+
+class ExpertExchange {
+ public:
+  // `transport` and `placement` outlive the exchange.
+  ExpertExchange(Transport& transport, const Placement& placement, int64_t hidden, int64_t n_experts);
+
+  // x [n_tokens, hidden]; expert_ids [n_tokens, topk]. Collective: every rank calls it, also
+  // with n_tokens = 0. `what` names the call in deadline errors ("layer 3 step 17").
+  absl::Status Dispatch(const float* x, int64_t n_tokens, int64_t topk, const int32_t* expert_ids,
+                        const std::string& what, ReceivedRows& received);
+  // outputs [received.rows(), hidden] in `received` order. Fills slot_outputs
+  // [n_tokens · topk, hidden] of the last Dispatch's tokens.
+  absl::Status Combine(const ReceivedRows& received, const float* outputs, const std::string& what,
+                       float* slot_outputs);
+
+ private:
+  // Packs rows (header + hidden floats) for each destination and runs the all-to-all.
+  absl::Status Exchange(std::vector<std::vector<uint8_t>>& per_rank, const std::string& what, std::vector<uint8_t>& recv,
+                        std::vector<size_t>& recv_bytes);
+
+  Transport& transport_;
+  const Placement& placement_;
+  int64_t hidden_, n_experts_;
+  int64_t sent_slots_ = 0;
+};
+
+}  // namespace daedalus
