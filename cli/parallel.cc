@@ -2,12 +2,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "core/model_config.h"
 #include "core/status.h"
+#include "routing/fault_injection.h"
 #include "routing/mpi_transport.h"
 
 namespace daedalus {
@@ -18,6 +20,9 @@ absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(cons
   RETURN_IF_ERROR(InitMpi(nullptr, nullptr));
   auto run = std::unique_ptr<ExpertParallelRun>(new ExpertParallelRun());
   ASSIGN_OR_RETURN(run->transport_, MakeMpiTransport());
+  if (const char* stall = std::getenv("DAEDALUS_FAULT_STALL")) {  // fault injection for the tests
+    ASSIGN_OR_RETURN(run->transport_, MaybeStall(std::move(run->transport_), stall));
+  }
   run->transport_->set_deadline(std::chrono::milliseconds(static_cast<int64_t>(collective_timeout_s * 1000)));
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load((std::filesystem::path(model_dir) / "config.json").string()));
   ASSIGN_OR_RETURN(run->placement_, ComputePlacement(static_cast<int>(config.n_routed_experts), run->world_size(),
@@ -57,7 +62,8 @@ absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> ExpertParallelRun::
 }
 
 void ExpertParallelRun::Abort(const absl::Status& status) {
-  std::fprintf(stderr, "daedalus: error: rank %d of %d: %s\n", rank(), world_size(), std::string(status.message()).c_str());
+  std::fprintf(stderr, "daedalus: error: %s (rank %d of %d, aborting all ranks)\n", std::string(status.message()).c_str(),
+               rank(), world_size());
   std::fflush(stderr);
   AbortMpi(1);
 }

@@ -65,10 +65,14 @@ void ExchangeAndCheck(Transport& t, int round, const SizeFn& words) {
   EXPECT_EQ(offset, recv.size());
 }
 
-// Runs body(transport) on one thread per rank.
+// Runs body(transport) on one thread per rank. A broken transport fails within the deadline
+// (generous, for a loaded machine) instead of hanging the test.
 void RunWorld(std::vector<std::unique_ptr<Transport>>& ts, const std::function<void(Transport&)>& body) {
   std::vector<std::thread> threads;
-  for (auto& t : ts) threads.emplace_back([&body, &t] { body(*t); });
+  for (auto& t : ts) {
+    t->set_deadline(milliseconds(10000));
+    threads.emplace_back([&body, &t] { body(*t); });
+  }
   for (auto& th : threads) th.join();
 }
 void RunWorld(int world, const std::function<void(Transport&)>& body) {
