@@ -195,6 +195,7 @@ TEST(MpiTransportZZZ, DeadlineNamesTheRankThatNeverCame) {
               std::string::npos)
         << s;
     EXPECT_EQ(WaitedFor(s), absl::StrCat("rank ", late)) << s;
+    if (me == 0) std::printf("rank 0 got, as expected: %s\n", s.ToString().c_str());
     EXPECT_EQ(t->Barrier("after").code(), absl::StatusCode::kFailedPrecondition);
     MPI_Send(nullptr, 0, MPI_BYTE, late, kTagExpired, MPI_COMM_WORLD);
     absl::Status drained = DrainAfterDeadline(*t, milliseconds(20000));
