@@ -35,6 +35,7 @@ Command AddRunCommand(CLI::App& app) {
     EngineFlags engine;
     int redundant_experts = 0;
     double collective_timeout_s = 60;
+    std::string expert_load_out, placement_from;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "checkpoint directory (Hugging Face layout)")->required();
@@ -52,6 +53,10 @@ Command AddRunCommand(CLI::App& app) {
   app.add_flag("--ignore-eos", f->ignore_eos, "do not stop at the config's eos_token_id");
   app.add_option("--redundant-experts", f->redundant_experts,
                  "under mpirun/srun: extra replicas of routed experts, spread over the ranks");
+  app.add_option("--expert-load-out", f->expert_load_out,
+                 "write the routed (token, slot) count per layer and expert as JSON (all ranks summed)");
+  app.add_option("--placement-from", f->placement_from,
+                 "under mpirun/srun: place experts by the load in this --expert-load-out file");
   app.add_option("--collective-timeout", f->collective_timeout_s,
                  "under mpirun/srun: seconds a rank waits in a collective before it reports and aborts");
   f->engine.Register(app);
@@ -62,19 +67,24 @@ Command AddRunCommand(CLI::App& app) {
     // the routed experts, runs every world_size-th request, and rank 0 writes the results.
     std::unique_ptr<ExpertParallelRun> ep;
     if (LaunchedByMpi()) {
-      auto started = ExpertParallelRun::Start(f->model, f->redundant_experts, f->collective_timeout_s);
+      auto started =
+          ExpertParallelRun::Start(f->model, f->redundant_experts, f->placement_from, f->collective_timeout_s);
       if (!started.ok()) return Fail(std::string(started.status().message()));
       ep = std::move(*started);
     }
     const int rank = ep ? ep->rank() : 0, world = ep ? ep->world_size() : 1;
     ExpertFilter mine;
-    if (ep) mine = [&](int64_t, int64_t expert) { return ep->placement().Holds(rank, static_cast<int32_t>(expert)); };
+    if (ep) {
+      mine = [&](int64_t layer, int64_t expert) {
+        return ep->placements()[layer].Holds(rank, static_cast<int32_t>(expert));
+      };
+    }
     auto weights = LoadModelWeights(f->model, mine);
     if (!weights.ok()) return Fail(std::string(weights.status().message()));
     EngineOptions options = f->engine.Options();
     if (ep) {
       options.transport = &ep->transport();
-      options.placement = &ep->placement();
+      options.placements = &ep->placements();
     }
     Engine engine(**weights, options);
     f->defaults.stop_at_eos = !f->ignore_eos;
@@ -130,6 +140,23 @@ Command AddRunCommand(CLI::App& app) {
       if (slot[i] < 0) continue;
       results[i] = done[slot[i]];
       lines.emplace_back(static_cast<int64_t>(i), ResultJson(results[i]).dump());
+    }
+    ExpertLoad load = engine.expert_load();
+    if (ep) {
+      std::vector<int64_t> flat;  // summed over ranks
+      for (const auto& layer : load) flat.insert(flat.end(), layer.begin(), layer.end());
+      if (absl::Status s = ep->transport().AllReduceSum(flat, "expert load"); !s.ok()) ep->Abort(s);
+      size_t at = 0;
+      for (auto& layer : load)
+        for (auto& count : layer) count = flat[at++];
+      if (rank == 0) std::fprintf(stderr, "expert placement imbalance (max rank load / mean) over MoE layers: %.3f\n",
+                                  ep->WorstImbalance(load));
+    }
+    if (!f->expert_load_out.empty() && rank == 0) {
+      const auto& c = (*weights)->config;
+      if (absl::Status s = WriteExpertLoad(f->expert_load_out, load, c.n_routed_experts); !s.ok()) {
+        return Fail(std::string(s.message()));
+      }
     }
     if (ep) {
       auto gathered = ep->GatherLines(lines);

@@ -1,5 +1,6 @@
 #include "cli/parallel.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@ namespace daedalus {
 
 absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(const std::string& model_dir,
                                                                            int redundant_experts,
+                                                                           const std::string& placement_from,
                                                                            double collective_timeout_s) {
   RETURN_IF_ERROR(InitMpi(nullptr, nullptr));
   auto run = std::unique_ptr<ExpertParallelRun>(new ExpertParallelRun());
@@ -25,9 +27,22 @@ absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(cons
   }
   run->transport_->set_deadline(std::chrono::milliseconds(static_cast<int64_t>(collective_timeout_s * 1000)));
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load((std::filesystem::path(model_dir) / "config.json").string()));
-  ASSIGN_OR_RETURN(run->placement_, ComputePlacement(static_cast<int>(config.n_routed_experts), run->world_size(),
-                                                     redundant_experts, {}));
+  ExpertLoad load;
+  if (!placement_from.empty()) {
+    ASSIGN_OR_RETURN(load, ReadExpertLoad(placement_from, config.num_hidden_layers, config.n_routed_experts));
+  }
+  ASSIGN_OR_RETURN(run->placements_, PlaceLayers(load, config.num_hidden_layers, config.n_routed_experts,
+                                                 run->world_size(), redundant_experts));
   return run;
+}
+
+double ExpertParallelRun::WorstImbalance(const ExpertLoad& load) const {
+  double worst = 1.0;
+  for (size_t l = 0; l < load.size() && l < placements_.size(); ++l) {
+    if (load[l].empty()) continue;
+    worst = std::max(worst, placements_[l].Imbalance(std::vector<double>(load[l].begin(), load[l].end())));
+  }
+  return worst;
 }
 
 ExpertParallelRun::~ExpertParallelRun() {

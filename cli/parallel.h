@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "routing/expert_load.h"
 #include "routing/placement.h"
 #include "routing/transport.h"
 
@@ -15,16 +16,20 @@ namespace daedalus {
 
 class ExpertParallelRun {
  public:
-  // Initialises MPI, connects the ranks and places the checkpoint's routed experts over them
-  // (uniform load, `redundant_experts` extra replicas). Collective.
+  // Initialises MPI, connects the ranks and places the checkpoint's routed experts over them,
+  // per layer, with `redundant_experts` extra replicas: by the load in `placement_from` (an
+  // --expert-load-out file) when given, else uniformly. Collective.
   static absl::StatusOr<std::unique_ptr<ExpertParallelRun>> Start(const std::string& model_dir, int redundant_experts,
+                                                                  const std::string& placement_from,
                                                                   double collective_timeout_s);
   ~ExpertParallelRun();  // finalises MPI
 
   int rank() const { return transport_->rank(); }
   int world_size() const { return transport_->world_size(); }
   Transport& transport() { return *transport_; }
-  const Placement& placement() const { return placement_; }
+  const std::vector<Placement>& placements() const { return placements_; }  // by layer
+  // Max over MoE layers of the placement's imbalance under `load` (1 is perfect).
+  double WorstImbalance(const ExpertLoad& load) const;
 
   // Every rank's (index, line) pairs, on rank 0 (other ranks get an empty list). Collective.
   absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> GatherLines(
@@ -35,7 +40,7 @@ class ExpertParallelRun {
 
  private:
   std::unique_ptr<Transport> transport_;
-  Placement placement_;
+  std::vector<Placement> placements_;
 };
 
 }  // namespace daedalus

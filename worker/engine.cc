@@ -9,9 +9,16 @@ namespace daedalus {
 
 Engine::Engine(const ModelWeights& weights, const EngineOptions& options)
     : options_(options), model_(weights, options.attention), cache_(weights.config, options.kv) {
+  const ModelConfig& c = weights.config;
+  expert_load_.resize(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.is_moe_layer(l)) expert_load_[l].assign(c.n_routed_experts, 0);
   if (options.transport != nullptr) {
-    exchange_ = std::make_unique<ExpertExchange>(*options.transport, *options.placement, weights.config.hidden_size,
-                                                 weights.config.n_routed_experts);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      exchanges_.push_back(c.is_moe_layer(l) ? std::make_unique<ExpertExchange>(*options.transport, (*options.placements)[l],
+                                                                              c.hidden_size, c.n_routed_experts)
+                                             : nullptr);
+    }
   }
 }
 
@@ -73,7 +80,7 @@ void Engine::Finish(Sequence& seq, const std::string& reason) {
 bool Engine::Step() {
   if (!status_.ok()) return false;
   Admit();
-  if (exchange_ != nullptr) {
+  if (!exchanges_.empty()) {
     // Lockstep: all ranks agree whether anyone has work; a rank with none still steps, with an
     // empty batch, to serve its experts.
     std::vector<int64_t> work = {static_cast<int64_t>(running_.size() + waiting_.size())};
@@ -124,7 +131,8 @@ bool Engine::Step() {
   }
   const int64_t vocab = model_.config().vocab_size;
   FloatBuffer logits(batch.logit_rows.size() * vocab);
-  status_ = model_.Forward(batch, cache_, logits.data(), exchange_.get(), steps_++);
+  status_ = model_.Forward(batch, cache_, logits.data(),
+                           MoeContext{exchanges_.empty() ? nullptr : &exchanges_, &expert_load_, steps_++});
   if (!status_.ok()) return false;
 
   for (size_t i = 0; i < plans.size(); ++i) {

@@ -45,7 +45,7 @@ struct EngineOptions {
   // (attention and KV cache), routed experts run where `placement` puts them, and every rank
   // steps in lockstep until no rank has work. Both outlive the engine.
   Transport* transport = nullptr;
-  const Placement* placement = nullptr;
+  const std::vector<Placement>* placements = nullptr;  // by layer
 };
 
 struct StepStats {
@@ -70,6 +70,8 @@ class Engine {
   const absl::Status& status() const { return status_; }
 
   const StepStats& last_step() const { return last_step_; }
+  // Routed (token, slot) pairs of this rank's tokens, per layer and expert, since start.
+  const ExpertLoad& expert_load() const { return expert_load_; }
   const PagedKvCache& cache() const { return cache_; }
   const DeepSeekModel& model() const { return model_; }
 
@@ -93,7 +95,8 @@ class Engine {
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<Result> results_;
   StepStats last_step_;
-  std::unique_ptr<ExpertExchange> exchange_;
+  std::vector<std::unique_ptr<ExpertExchange>> exchanges_;  // by layer; empty without a transport
+  ExpertLoad expert_load_;
   int64_t steps_ = 0;
   absl::Status status_;
 };

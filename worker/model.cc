@@ -11,11 +11,11 @@ DeepSeekModel::DeepSeekModel(const ModelWeights& weights, AttentionPath path)
     : weights_(weights), path_(path), rope_(weights.config) {}
 
 absl::Status DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits,
-                                    ExpertExchange* exchange, int64_t step) const {
+                                    const MoeContext& moe) const {
   const ModelConfig& c = weights_.config;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size()), D = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  if (T == 0 && exchange == nullptr) return absl::OkStatus();
+  if (T == 0 && moe.exchanges == nullptr) return absl::OkStatus();
 
   FloatBuffer h(T * D), x(T * D), y(T * D);  // residual stream, normed input, sublayer output
   const size_t elem = DTypeSize(weights_.embed_tokens.dtype);
@@ -39,7 +39,9 @@ absl::Status DeepSeekModel::Forward(const ForwardBatch& batch, PagedKvCache& cac
     for (int64_t i = 0; i < T * D; ++i) h[i] += y[i];
     RmsNorm(h.data(), w.post_attention_layernorm.data(), T, D, eps, x.data(), D, D);
     if (w.moe) {
-      RETURN_IF_ERROR(MoeForward(c, w, x.data(), T, y.data(), exchange, absl::StrCat("layer ", l, " step ", step)));
+      ExpertExchange* exchange = moe.exchanges != nullptr ? (*moe.exchanges)[l].get() : nullptr;
+      std::vector<int64_t>* load = moe.load != nullptr ? &(*moe.load)[l] : nullptr;
+      RETURN_IF_ERROR(MoeForward(c, w, x.data(), T, y.data(), exchange, load, absl::StrCat("layer ", l, " step ", moe.step)));
     } else {
       MlpForward(w.dense, x.data(), T, y.data());
     }

@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "routing/dispatch.h"
+#include "routing/expert_load.h"
 #include "worker/kv_cache.h"
 #include "worker/rope.h"
 #include "worker/weights.h"
@@ -17,6 +19,14 @@ namespace daedalus {
 // prefill), absorbed folds kv_b_proj into query and output and attends in latent space (used
 // for decode). kAuto picks absorbed for one-token slices. Both compute the same sums.
 enum class AttentionPath { kAuto, kNaive, kAbsorbed };
+
+// How MoE layers run in one Forward.
+struct MoeContext {
+  // By layer: where routed tokens go. Null (or a null entry): every expert is local.
+  const std::vector<std::unique_ptr<ExpertExchange>>* exchanges = nullptr;
+  ExpertLoad* load = nullptr;  // when set, counts this rank's routed (token, slot) pairs
+  int64_t step = 0;            // names the step in diagnostics
+};
 
 struct SequenceSlice {
   const PagedKvCache::PageTable* pages = nullptr;  // reserved up to start_pos + n_tokens
@@ -36,10 +46,10 @@ class DeepSeekModel {
   DeepSeekModel(const ModelWeights& weights, AttentionPath path = AttentionPath::kAuto);
 
   // Writes each slice's latents into `cache` and logits [logit_rows, vocab_size] into `logits`.
-  // With an exchange (expert parallelism) the call is collective and runs even for an empty
-  // batch, serving the experts placed on this rank; `step` names it in diagnostics.
+  // With exchanges (expert parallelism) the call is collective and runs even for an empty
+  // batch, serving the experts placed on this rank.
   absl::Status Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits,
-                       ExpertExchange* exchange = nullptr, int64_t step = 0) const;
+                       const MoeContext& moe = MoeContext{}) const;
 
   const ModelConfig& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
@@ -61,6 +71,6 @@ void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* ou
 // With an exchange, routed tokens go to the ranks holding their experts (collective: every
 // rank calls it for every MoE layer, also with no tokens); without, all experts are local.
 absl::Status MoeForward(const ModelConfig& config, const LayerWeights& w, const float* x, int64_t n_tokens, float* out,
-                        ExpertExchange* exchange, const std::string& what);
+                        ExpertExchange* exchange, std::vector<int64_t>* load, const std::string& what);
 
 }  // namespace daedalus

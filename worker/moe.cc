@@ -44,7 +44,7 @@ ReceivedRows GroupLocally(const float* x, int64_t n_tokens, int64_t topk, const 
 }  // namespace
 
 absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float* x, int64_t n_tokens, float* out,
-                        ExpertExchange* exchange, const std::string& what) {
+                        ExpertExchange* exchange, std::vector<int64_t>* load, const std::string& what) {
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   std::vector<float> logits(n_tokens * E), weights(n_tokens * K);
   std::vector<int32_t> ids(n_tokens * K);
@@ -52,6 +52,10 @@ absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float
   Route(GateParams::FromConfig(c), logits.data(),
         w.e_score_correction_bias.empty() ? nullptr : w.e_score_correction_bias.data(), n_tokens, ids.data(),
         weights.data());
+  if (load != nullptr) {
+    load->resize(E, 0);
+    for (int32_t id : ids) ++(*load)[id];
+  }
 
   // Rows to compute here, grouped by expert: this rank's own (single process) or whatever the
   // other ranks dispatched to the experts placed here.

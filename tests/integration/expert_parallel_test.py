@@ -48,6 +48,22 @@ def main():
             same = p.returncode == 0 and os.path.exists(out) and open(out).read() == expected
             check(same, f"{np_} ranks, {redundant} redundant experts: same tokens as one process"
                         + ("" if same else f" (rc {p.returncode}: {p.stderr.strip()[-300:]})"))
+        # Expert load: counted where tokens are routed, summed over ranks: the same at 1 and 3 ranks.
+        # Placing by it (with replicas) lowers the imbalance and changes no token.
+        load1, load3 = os.path.join(tmp, "load1.json"), os.path.join(tmp, "load3.json")
+        run([d, "run", "--model", model, "--prompts", prompts, "--ignore-eos", "--output", os.devnull,
+             "--expert-load-out", load1])
+        p = run(MPIRUN + ["-np", "3", d, "run", "--model", model, "--prompts", prompts, "--ignore-eos", "--output",
+                          os.devnull, "--expert-load-out", load3])
+        uniform = float(p.stderr.split("over MoE layers: ")[1].split()[0]) if "over MoE layers: " in p.stderr else None
+        check(os.path.exists(load3) and json.load(open(load1)) == json.load(open(load3))
+              and sum(map(sum, json.load(open(load1))["layers"])) > 0, "expert load equal at 1 and 3 ranks")
+        placed = os.path.join(tmp, "placed.jsonl")
+        p = run(MPIRUN + ["-np", "3", d, "run", "--model", model, "--prompts", prompts, "--ignore-eos",
+                          "--placement-from", load1, "--redundant-experts", "4", "--output", placed])
+        balanced = float(p.stderr.split("over MoE layers: ")[1].split()[0]) if "over MoE layers: " in p.stderr else None
+        check(p.returncode == 0 and open(placed).read() == expected and uniform and balanced and balanced < uniform,
+              f"--placement-from with 4 replicas: imbalance {uniform} -> {balanced}, same tokens")
         # Logits: the same sums in the same order, so equal within float tolerance (bitwise is the goal).
         ids = "5,77,300,12,9,41"
         one, three = os.path.join(tmp, "l1.json"), os.path.join(tmp, "l3.json")

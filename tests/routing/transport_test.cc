@@ -134,7 +134,9 @@ TEST(LocalTransport, ConsecutiveMixedCollectivesWithASlowRankDoNotMix) {
 
 TEST(LocalTransport, BarrierWaitsForTheLastRank) {
   RunWorld(3, [](Transport& t) {
+    // Every rank starts its clock before the last one leaves "start", so before it sleeps.
     const auto start = Clock::now();
+    ASSERT_TRUE(t.Barrier("start").ok());
     if (t.rank() == 2) std::this_thread::sleep_for(milliseconds(100));
     ASSERT_TRUE(t.Barrier("b").ok());
     EXPECT_GE(Clock::now() - start, milliseconds(100)) << "rank " << t.rank();
