@@ -60,6 +60,8 @@ int main(int argc, char** argv) {
       daedalus::AddMakeModelCommand);
   add("run", "generate from a checkpoint in one process", daedalus::AddRunCommand);
   add("bench", "measure prefill and decode speed, KV cache size and the memory roofline", daedalus::AddBenchCommand);
+  add("bench-a2a", "measure expert dispatch and combine against a raw MPI_Alltoallv (under mpirun)",
+      daedalus::AddBenchA2aCommand);
   CLI11_PARSE(app, argc, argv);
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();

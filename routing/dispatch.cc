@@ -1,6 +1,7 @@
 #include "routing/dispatch.h"
 
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -10,38 +11,39 @@ namespace daedalus {
 ExpertExchange::ExpertExchange(Transport& transport, const Placement& placement, int64_t hidden, int64_t n_experts)
     : transport_(transport), placement_(placement), hidden_(hidden), n_experts_(n_experts) {}
 
-absl::Status ExpertExchange::Exchange(std::vector<std::vector<uint8_t>>& per_rank, const std::string& what,
-                                      std::vector<uint8_t>& recv, std::vector<size_t>& recv_bytes) {
-  std::vector<size_t> send_bytes(per_rank.size());
-  size_t total = 0;
-  for (size_t r = 0; r < per_rank.size(); ++r) total += send_bytes[r] = per_rank[r].size();
-  std::vector<uint8_t> send(total);
-  size_t offset = 0;
-  for (const auto& part : per_rank) {
-    if (!part.empty()) std::memcpy(send.data() + offset, part.data(), part.size());
-    offset += part.size();
+template <typename Row>
+absl::Status ExpertExchange::Exchange(const std::vector<int>& dest, Row row, const std::string& what) {
+  const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
+  send_bytes_.assign(transport_.world_size(), 0);
+  for (int d : dest) send_bytes_[d] += row_bytes;
+  std::vector<size_t> offset(transport_.world_size(), 0);
+  for (size_t r = 1; r < offset.size(); ++r) offset[r] = offset[r - 1] + send_bytes_[r - 1];
+  send_.resize(offset.back() + send_bytes_.back());
+  for (size_t i = 0; i < dest.size(); ++i) {
+    uint8_t* at = send_.data() + offset[dest[i]];
+    offset[dest[i]] += row_bytes;
+    const auto [header, values] = row(i);
+    std::memcpy(at, &header, sizeof header);
+    std::memcpy(at + sizeof header, values, hidden_ * sizeof(float));
   }
-  return transport_.AllToAllV(send.data(), send_bytes, recv, recv_bytes, what);
+  return transport_.AllToAllV(send_.data(), send_bytes_, recv_, recv_bytes_, what);
 }
 
 absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t topk, const int32_t* expert_ids,
                                       const std::string& what, ReceivedRows& received) {
   const int world = transport_.world_size(), me = transport_.rank();
   const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
-  std::vector<std::vector<uint8_t>> per_rank(world);
-  for (int64_t slot = 0; slot < n_tokens * topk; ++slot) {
-    const int32_t expert = expert_ids[slot];
-    const int dest = placement_.RankFor(expert, slot / topk, slot % topk);
-    auto& buf = per_rank[dest];
-    const RowHeader h{me, static_cast<int32_t>(slot), expert, static_cast<int32_t>(hidden_)};
-    buf.resize(buf.size() + row_bytes);
-    std::memcpy(buf.data() + buf.size() - row_bytes, &h, sizeof h);
-    std::memcpy(buf.data() + buf.size() - row_bytes + sizeof h, x + (slot / topk) * hidden_, hidden_ * sizeof(float));
-  }
   sent_slots_ = n_tokens * topk;
-  std::vector<uint8_t> recv;
-  std::vector<size_t> recv_bytes;
-  RETURN_IF_ERROR(Exchange(per_rank, what, recv, recv_bytes));
+  std::vector<int> dest(sent_slots_);
+  for (int64_t slot = 0; slot < sent_slots_; ++slot) dest[slot] = placement_.RankFor(expert_ids[slot], slot / topk, slot % topk);
+  RETURN_IF_ERROR(Exchange(
+      dest,
+      [&](size_t slot) {
+        return std::pair{RowHeader{me, static_cast<int32_t>(slot), expert_ids[slot], static_cast<int32_t>(hidden_)},
+                         x + (slot / topk) * hidden_};
+      },
+      what));
+  const std::vector<uint8_t>& recv = recv_;
   if (recv.size() % row_bytes != 0) {
     return absl::DataLossError(absl::StrCat("rank ", me, ": dispatch (", what, ") received ", recv.size(),
                                             " bytes, not a whole number of ", row_bytes, "-byte rows"));
@@ -76,19 +78,12 @@ absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t 
 
 absl::Status ExpertExchange::Combine(const ReceivedRows& received, const float* outputs, const std::string& what,
                                      float* slot_outputs) {
-  const int world = transport_.world_size(), me = transport_.rank();
+  const int me = transport_.rank();
   const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
-  std::vector<std::vector<uint8_t>> per_rank(world);
-  for (int64_t i = 0; i < received.rows(); ++i) {
-    const RowHeader& h = received.headers[i];
-    auto& buf = per_rank[h.source_rank];
-    buf.resize(buf.size() + row_bytes);
-    std::memcpy(buf.data() + buf.size() - row_bytes, &h, sizeof h);
-    std::memcpy(buf.data() + buf.size() - row_bytes + sizeof h, outputs + i * hidden_, hidden_ * sizeof(float));
-  }
-  std::vector<uint8_t> recv;
-  std::vector<size_t> recv_bytes;
-  RETURN_IF_ERROR(Exchange(per_rank, what, recv, recv_bytes));
+  std::vector<int> dest(received.rows());
+  for (int64_t i = 0; i < received.rows(); ++i) dest[i] = received.headers[i].source_rank;
+  RETURN_IF_ERROR(Exchange(dest, [&](size_t i) { return std::pair{received.headers[i], outputs + i * hidden_}; }, what));
+  const std::vector<uint8_t>& recv = recv_;
   const int64_t rows = static_cast<int64_t>(recv.size() / row_bytes);
   if (rows != sent_slots_ || recv.size() % row_bytes != 0) {
     return absl::InternalError(absl::StrCat("rank ", me, ": combine (", what, ") got ", recv.size(), " bytes back for ",

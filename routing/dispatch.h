@@ -49,14 +49,18 @@ class ExpertExchange {
                        float* slot_outputs);
 
  private:
-  // Packs rows (header + hidden floats) for each destination and runs the all-to-all.
-  absl::Status Exchange(std::vector<std::vector<uint8_t>>& per_rank, const std::string& what, std::vector<uint8_t>& recv,
-                        std::vector<size_t>& recv_bytes);
+  // Packs rows (header + `hidden` floats) back to back by destination rank into send_, then
+  // runs the all-to-all into recv_. dest[i] is row i's rank; row(i) its header and floats.
+  template <typename Row>
+  absl::Status Exchange(const std::vector<int>& dest, Row row, const std::string& what);
 
   Transport& transport_;
   const Placement& placement_;
   int64_t hidden_, n_experts_;
   int64_t sent_slots_ = 0;
+  // Reused across calls: at steady state no buffer is allocated, zeroed or page-faulted.
+  std::vector<uint8_t> send_, recv_;
+  std::vector<size_t> send_bytes_, recv_bytes_;
 };
 
 }  // namespace daedalus
