@@ -14,6 +14,36 @@ namespace daedalus {
 
 namespace {
 
+// Reads a prompts file (JSON lines). Each line becomes a request; a line that does not parse
+// or validate becomes a placeholder whose result holds the error (reported on stderr when
+// `report`), so the output keeps one line per input line.
+absl::Status ReadRequests(const std::string& path, const Request& defaults, const Engine& engine, bool report,
+                          std::vector<Request>& requests, std::vector<Result>& results, int& failures) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Request r = defaults;
+    r.id = absl::StrCat(n);
+    auto parsed = ParseRequestLine(line, r, &r.id);
+    absl::Status s = parsed.ok() ? engine.Validate(*parsed) : parsed.status();
+    if (s.ok()) {
+      requests.push_back(*parsed);
+      results.emplace_back();
+      continue;
+    }
+    if (report) {
+      std::fprintf(stderr, "daedalus: error: %s line %lld: %s\n", path.c_str(), static_cast<long long>(n),
+                   std::string(s.message()).c_str());
+    }
+    requests.emplace_back();  // no prompt: never run
+    results.push_back(Result{r.id, {}, "error", s, {}});
+    ++failures;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WriteLogits(const std::string& path, const Request& request, const Result& result) {
   nlohmann::json j;
   j["prompt_ids"] = request.prompt_ids;
@@ -89,41 +119,22 @@ Command AddRunCommand(CLI::App& app) {
     Engine engine(**weights, options);
     f->defaults.stop_at_eos = !f->ignore_eos;
 
+    Request defaults = f->defaults;
+    defaults.want_prompt_logits = !f->dump_logits.empty();
     std::vector<Request> requests;
-    std::vector<Result> results;  // parse errors, by line
+    std::vector<Result> results;  // by input line; rejected requests already hold their error
     int failures = 0;
     if (ids->count() > 0) {
-      Request r = f->defaults;
       auto parsed = ParseIdList(f->prompt_ids);
       if (!parsed.ok()) return Fail(absl::StrCat("--prompt-ids: ", parsed.status().message()));
+      Request r = defaults;
       r.prompt_ids = *parsed;
-      r.want_prompt_logits = !f->dump_logits.empty();
       if (absl::Status s = engine.Validate(r); !s.ok()) return Fail(std::string(s.message()));
       requests.push_back(r);
-    } else {
-      std::ifstream in(f->prompts);
-      if (!in) return Fail(absl::StrCat(f->prompts, ": cannot open"));
-      std::string line;
-      for (int64_t n = 1; std::getline(in, line); ++n) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        Request r = f->defaults;
-        r.id = absl::StrCat(n);
-        auto parsed = ParseRequestLine(line, r, &r.id);
-        absl::Status s = parsed.ok() ? engine.Validate(*parsed) : parsed.status();
-        if (!s.ok()) {
-          if (rank == 0) {
-            std::fprintf(stderr, "daedalus: error: %s line %lld: %s\n", f->prompts.c_str(), static_cast<long long>(n),
-                         std::string(s.message()).c_str());
-          }
-          Result bad{r.id, {}, "error", s, {}};
-          results.push_back(bad);
-          requests.push_back(Request{});  // placeholder keeps output in input order
-          ++failures;
-          continue;
-        }
-        requests.push_back(*parsed);
-        results.push_back(Result{});
-      }
+      results.emplace_back();
+    } else if (absl::Status s = ReadRequests(f->prompts, defaults, engine, rank == 0, requests, results, failures);
+               !s.ok()) {
+      return Fail(std::string(s.message()));
     }
     std::vector<int64_t> slot(requests.size(), -1);
     for (size_t i = 0; i < requests.size(); ++i) {
@@ -134,8 +145,7 @@ Command AddRunCommand(CLI::App& app) {
     }
     std::vector<Result> done = engine.RunToCompletion();
     if (ep && !engine.status().ok()) ep->Abort(engine.status());
-    results.resize(requests.size());
-    std::vector<std::pair<int64_t, std::string>> lines;
+    std::vector<std::pair<int64_t, std::string>> lines;  // results of the requests run here
     for (size_t i = 0; i < requests.size(); ++i) {
       if (slot[i] < 0) continue;
       results[i] = done[slot[i]];
@@ -143,12 +153,7 @@ Command AddRunCommand(CLI::App& app) {
     }
     ExpertLoad load = engine.expert_load();
     if (ep) {
-      std::vector<int64_t> flat;  // summed over ranks
-      for (const auto& layer : load) flat.insert(flat.end(), layer.begin(), layer.end());
-      if (absl::Status s = ep->transport().AllReduceSum(flat, "expert load"); !s.ok()) ep->Abort(s);
-      size_t at = 0;
-      for (auto& layer : load)
-        for (auto& count : layer) count = flat[at++];
+      if (absl::Status s = ep->SumOverRanks(load); !s.ok()) ep->Abort(s);
       if (rank == 0) std::fprintf(stderr, "expert placement imbalance (max rank load / mean) over MoE layers: %.3f\n",
                                   ep->WorstImbalance(load));
     }
@@ -164,7 +169,7 @@ Command AddRunCommand(CLI::App& app) {
       if (rank != 0) return 0;
       lines = std::move(*gathered);
     }
-    // Input order: requests that ran (here or on other ranks), then the ones rejected up front.
+    // One line per input line, in order: results from every rank, or the rejection.
     std::vector<std::string> output(requests.size());
     for (size_t i = 0; i < requests.size(); ++i) output[i] = ResultJson(results[i]).dump();
     for (const auto& [i, line] : lines) {

@@ -36,6 +36,16 @@ absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(cons
   return run;
 }
 
+absl::Status ExpertParallelRun::SumOverRanks(ExpertLoad& load) {
+  std::vector<int64_t> flat;
+  for (const auto& layer : load) flat.insert(flat.end(), layer.begin(), layer.end());
+  RETURN_IF_ERROR(transport_->AllReduceSum(flat, "expert load"));
+  size_t at = 0;
+  for (auto& layer : load)
+    for (auto& count : layer) count = flat[at++];
+  return absl::OkStatus();
+}
+
 double ExpertParallelRun::WorstImbalance(const ExpertLoad& load) const {
   double worst = 1.0;
   for (size_t l = 0; l < load.size() && l < placements_.size(); ++l) {

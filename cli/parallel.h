@@ -28,6 +28,8 @@ class ExpertParallelRun {
   int world_size() const { return transport_->world_size(); }
   Transport& transport() { return *transport_; }
   const std::vector<Placement>& placements() const { return placements_; }  // by layer
+  // Replaces each rank's counts by their sum over ranks. Collective.
+  absl::Status SumOverRanks(ExpertLoad& load);
   // Max over MoE layers of the placement's imbalance under `load` (1 is perfect).
   double WorstImbalance(const ExpertLoad& load) const;
 
