@@ -2,6 +2,9 @@
 // panel layout of PackBf16 and are widened in registers with one shift and one mask per 32
 // values; activations are broadcast one at a time (outer-product form), so there are no
 // horizontal sums and no shuffles: per k, 2 widening ops serve 2 × 12 FMAs.
+// GCC 12 warns falsely inside its own AVX-512 shift intrinsics (an undefined pass-through
+// operand the unmasked form never reads).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -104,33 +107,51 @@ constexpr int64_t kKChunk = 1024;   // input features per pass: a 64 KB panel sl
 // bandwidth the machine streams; 16 lines ahead recovers most of it.
 constexpr int64_t kPrefetchAhead = 16;
 
+// The MR × 32 accumulator tile both kernels share: loaded from y (or zero), updated by one
+// k at a time (a rank-1 update: the token column broadcast against the widened weights), stored.
+template <int MR>
+struct Accumulators {
+  __m512 lo[MR], hi[MR];
+
+  __attribute__((always_inline)) void Load(const float* y, int64_t ldy, __mmask16 mask_lo, __mmask16 mask_hi,
+                                           bool accumulate) {
+    for (int m = 0; m < MR; ++m) {
+      lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y + m * ldy) : _mm512_setzero_ps();
+      hi[m] = accumulate ? _mm512_maskz_loadu_ps(mask_hi, y + m * ldy + 16) : _mm512_setzero_ps();
+    }
+  }
+  __attribute__((always_inline)) void Update(const float* xt_k, __m512 w_lo, __m512 w_hi) {
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xb = _mm512_set1_ps(xt_k[m]);
+      lo[m] = _mm512_fmadd_ps(xb, w_lo, lo[m]);
+      hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
+    }
+  }
+  __attribute__((always_inline)) void Store(float* y, int64_t ldy, __mmask16 mask_lo, __mmask16 mask_hi) const {
+    for (int m = 0; m < MR; ++m) {
+      _mm512_mask_storeu_ps(y + m * ldy, mask_lo, lo[m]);
+      _mm512_mask_storeu_ps(y + m * ldy + 16, mask_hi, hi[m]);
+    }
+  }
+};
+
 // y[0..MR, 0..32) (+)= x[0..MR, k0..k0+kn) · panel — one 32-row panel, MR tokens; x comes
 // interleaved as xt[k][MR] (PackTokens). Every output is one FMA chain over k in order:
 // results do not depend on MR.
 template <int MR>
 void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* y, int64_t ldy, __mmask16 mask_lo,
                  __mmask16 mask_hi, bool accumulate) {
-  __m512 lo[MR], hi[MR];
-  for (int m = 0; m < MR; ++m) {
-    lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y + m * ldy) : _mm512_setzero_ps();
-    hi[m] = accumulate ? _mm512_maskz_loadu_ps(mask_hi, y + m * ldy + 16) : _mm512_setzero_ps();
-  }
+  Accumulators<MR> acc;
+  acc.Load(y, ldy, mask_lo, mask_hi, accumulate);
   const __m512i high_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (int64_t k = 0; k < kn; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(panel + (k + kPrefetchAhead) * kPanelRows), _MM_HINT_T0);
     const __m512i raw = _mm512_loadu_si512(panel + k * kPanelRows);
     const __m512 w_lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
     const __m512 w_hi = _mm512_castsi512_ps(_mm512_and_si512(raw, high_mask));
-    for (int m = 0; m < MR; ++m) {
-      const __m512 xb = _mm512_set1_ps(xt[k * MR + m]);
-      lo[m] = _mm512_fmadd_ps(xb, w_lo, lo[m]);
-      hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
-    }
+    acc.Update(xt + k * MR, w_lo, w_hi);
   }
-  for (int m = 0; m < MR; ++m) {
-    _mm512_mask_storeu_ps(y + m * ldy, mask_lo, lo[m]);
-    _mm512_mask_storeu_ps(y + m * ldy + 16, mask_hi, hi[m]);
-  }
+  acc.Store(y, ldy, mask_lo, mask_hi);
 }
 
 // The same for FP8 codes: a code sign-extended to 32 bits and shifted left by 20 puts its
@@ -140,11 +161,8 @@ void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* y, int64
 template <int MR>
 void PanelKernelFp8(const float* xt, const uint8_t* panel, int64_t k0, int64_t kn, const float* scales, float* y,
                     int64_t ldy, __mmask16 mask_lo, __mmask16 mask_hi, bool accumulate) {
-  __m512 lo[MR], hi[MR];
-  for (int m = 0; m < MR; ++m) {
-    lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y + m * ldy) : _mm512_setzero_ps();
-    hi[m] = accumulate ? _mm512_maskz_loadu_ps(mask_hi, y + m * ldy + 16) : _mm512_setzero_ps();
-  }
+  Accumulators<MR> acc;
+  acc.Load(y, ldy, mask_lo, mask_hi, accumulate);
   const __m512i keep = _mm512_set1_epi32(static_cast<int>(0x87f00000u));
   for (int64_t k = 0; k < kn;) {
     const int64_t block = (k0 + k) / kFp8Block;
@@ -157,17 +175,10 @@ void PanelKernelFp8(const float* xt, const uint8_t* panel, int64_t k0, int64_t k
       const __m512i c_hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16)));
       const __m512 w_lo = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(c_lo, 20), keep)), scale);
       const __m512 w_hi = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(c_hi, 20), keep)), scale);
-      for (int m = 0; m < MR; ++m) {
-        const __m512 xb = _mm512_set1_ps(xt[k * MR + m]);
-        lo[m] = _mm512_fmadd_ps(xb, w_lo, lo[m]);
-        hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
-      }
+      acc.Update(xt + k * MR, w_lo, w_hi);
     }
   }
-  for (int m = 0; m < MR; ++m) {
-    _mm512_mask_storeu_ps(y + m * ldy, mask_lo, lo[m]);
-    _mm512_mask_storeu_ps(y + m * ldy + 16, mask_hi, hi[m]);
-  }
+  acc.Store(y, ldy, mask_lo, mask_hi);
 }
 
 using Kernel = void (*)(const float*, const bf16*, int64_t, float*, int64_t, __mmask16, __mmask16, bool);

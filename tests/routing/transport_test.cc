@@ -9,24 +9,21 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/routing/transport_checks.h"
 #include "routing/transport.h"
 
 namespace daedalus {
 namespace {
 
+using testing::Describe;
+using testing::ExchangeAndCheck;
+using testing::SizeFn;
+using testing::Word;
+
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-uint64_t Word(int src, int dst, int round, uint64_t index) {
-  return (uint64_t(src) << 56) | (uint64_t(dst) << 48) | (uint64_t(round & 0xffff) << 32) | index;
-}
-std::string Describe(uint64_t w) {
-  return absl::StrCat("{src ", w >> 56, ", dst ", (w >> 48) & 0xff, ", round ", (w >> 32) & 0xffff, ", index ",
-                      w & 0xffffffff, "}");
-}
-
 // How many words `src` sends to `dst` in `round`: varied, sometimes zero, sometimes large.
-using SizeFn = std::function<size_t(int src, int dst, int round)>;
 size_t Varied(int src, int dst, int round) {
   const int h = (src * 7 + dst * 13 + round * 5) % 11;
   if (h == 0) return 0;
@@ -34,36 +31,6 @@ size_t Varied(int src, int dst, int round) {
   return h * 37 + dst;
 }
 
-// One AllToAllV whose received words are checked against their origin.
-void ExchangeAndCheck(Transport& t, int round, const SizeFn& words) {
-  const int me = t.rank(), world = t.world_size();
-  std::vector<uint64_t> send;
-  std::vector<size_t> send_bytes(world);
-  for (int dst = 0; dst < world; ++dst) {
-    const size_t n = words(me, dst, round);
-    for (size_t i = 0; i < n; ++i) send.push_back(Word(me, dst, round, i));
-    send_bytes[dst] = n * sizeof(uint64_t);
-  }
-  std::vector<uint8_t> recv;
-  std::vector<size_t> recv_bytes;
-  const std::string what = absl::StrCat("round ", round);
-  absl::Status s = t.AllToAllV(send.data(), send_bytes, recv, recv_bytes, what);
-  ASSERT_TRUE(s.ok()) << s;
-  ASSERT_EQ(recv_bytes.size(), size_t(world));
-  size_t offset = 0;
-  for (int src = 0; src < world; ++src) {
-    const size_t n = words(src, me, round);
-    ASSERT_EQ(recv_bytes[src], n * sizeof(uint64_t)) << "rank " << me << " from rank " << src << ", " << what;
-    for (size_t i = 0; i < n; ++i) {
-      uint64_t w;
-      std::memcpy(&w, recv.data() + offset + i * sizeof(uint64_t), sizeof w);
-      ASSERT_EQ(w, Word(src, me, round, i)) << "rank " << me << " got " << Describe(w) << ", expected "
-                                            << Describe(Word(src, me, round, i));
-    }
-    offset += recv_bytes[src];
-  }
-  EXPECT_EQ(offset, recv.size());
-}
 
 // Runs body(transport) on one thread per rank. A broken transport fails within the deadline
 // (generous, for a loaded machine) instead of hanging the test.
