@@ -187,13 +187,11 @@ using KernelFp8 = void (*)(const float*, const uint8_t*, int64_t, int64_t, const
 
 // Interleaves each block of kTokenBlock rows of x [m, K] as [K][rows of the block], so the
 // kernel's broadcasts walk one contiguous stream (rows K floats apart would alias in L1).
-void PackTokens(const float* x, int64_t m, int64_t K, float* out) {
-  for (int64_t m0 = 0; m0 < m; m0 += kTokenBlock) {
-    const int64_t mr = std::min<int64_t>(kTokenBlock, m - m0);
-    float* block = out + m0 * K;
-    for (int64_t i = 0; i < mr; ++i)
-      for (int64_t k = 0; k < K; ++k) block[k * mr + i] = x[(m0 + i) * K + k];
-  }
+// One block: rows [m0, m0 + mr) of x.
+void PackTokens(const float* x, int64_t m0, int64_t mr, int64_t K, float* out) {
+  float* block = out + m0 * K;
+  for (int64_t i = 0; i < mr; ++i)
+    for (int64_t k = 0; k < K; ++k) block[k * mr + i] = x[(m0 + i) * K + k];
 }
 
 template <int... MR>
@@ -219,6 +217,12 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   thread_local std::vector<FloatBuffer> scratch;  // the calling thread's, reused across calls
   scratch.resize(std::max(scratch.size(), problems.size()));
   std::vector<const float*> xt(problems.size());
+  struct PackJob {
+    const LinearProblem* problem;
+    int64_t m0;  // first row of the token block
+    float* out;  // the problem's interleaved copy
+  };
+  std::vector<PackJob> pack_jobs;
   std::vector<Unit> units;
   double total = 0;
   for (size_t p = 0; p < problems.size(); ++p) {
@@ -227,8 +231,8 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       xt[p] = pr.x;  // one row is already in [K][1] layout
     } else {
       scratch[p].resize(static_cast<size_t>(pr.m * pr.w.cols));
-      PackTokens(pr.x, pr.m, pr.w.cols, scratch[p].data());
       xt[p] = scratch[p].data();
+      for (int64_t m0 = 0; m0 < pr.m; m0 += kTokenBlock) pack_jobs.push_back({&pr, m0, scratch[p].data()});
     }
     const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));  // ~bytes + FMAs
     for (int64_t panel = 0; panel * kPanelRows < pr.w.rows; ++panel) {
@@ -238,6 +242,13 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   }
 #pragma omp parallel
   {
+    // Interleave the token blocks first, shared out over the threads (the loop ends in a barrier).
+#pragma omp for schedule(static)
+    for (size_t j = 0; j < pack_jobs.size(); ++j) {
+      const PackJob& job = pack_jobs[j];
+      PackTokens(job.problem->x, job.m0, std::min<int64_t>(kTokenBlock, job.problem->m - job.m0), job.problem->w.cols,
+                 job.out);
+    }
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
     double before = 0;
     for (const Unit& u : units) {
