@@ -52,6 +52,13 @@ struct LinearProblem {
   int64_t m;
   WeightView w;
   float* y;
+  // Optional gather and scatter: row i of x is x_rows[i] and row i of y is y_rows[i] instead
+  // of x + i·w.cols and y + i·w.rows (rows received from other ranks are used in place).
+  const float* const* x_rows = nullptr;
+  float* const* y_rows = nullptr;
+
+  const float* x_row(int64_t i) const { return x_rows != nullptr ? x_rows[i] : x + i * w.cols; }
+  float* y_row(int64_t i) const { return y_rows != nullptr ? y_rows[i] : y + i * w.rows; }
 };
 void LinearBatch(const LinearProblem* problems, int64_t n);
 

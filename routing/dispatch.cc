@@ -11,21 +11,24 @@ namespace daedalus {
 ExpertExchange::ExpertExchange(Transport& transport, const Placement& placement, int64_t hidden, int64_t n_experts)
     : transport_(transport), placement_(placement), hidden_(hidden), n_experts_(n_experts) {}
 
-template <typename Row>
-absl::Status ExpertExchange::Exchange(const std::vector<int>& dest, Row row, const std::string& what) {
+std::vector<float*> ExpertExchange::Layout(const std::vector<int>& dest, const std::vector<RowHeader>& headers) {
   const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
   send_bytes_.assign(transport_.world_size(), 0);
   for (int d : dest) send_bytes_[d] += row_bytes;
   std::vector<size_t> offset(transport_.world_size(), 0);
   for (size_t r = 1; r < offset.size(); ++r) offset[r] = offset[r - 1] + send_bytes_[r - 1];
   send_.resize(offset.back() + send_bytes_.back());
+  std::vector<float*> values(dest.size());
   for (size_t i = 0; i < dest.size(); ++i) {
     uint8_t* at = send_.data() + offset[dest[i]];
     offset[dest[i]] += row_bytes;
-    const auto [header, values] = row(i);
-    std::memcpy(at, &header, sizeof header);
-    std::memcpy(at + sizeof header, values, hidden_ * sizeof(float));
+    std::memcpy(at, &headers[i], sizeof(RowHeader));
+    values[i] = reinterpret_cast<float*>(at + sizeof(RowHeader));  // 16-byte header: floats stay aligned
   }
+  return values;
+}
+
+absl::Status ExpertExchange::Send(const std::string& what) {
   return transport_.AllToAllV(send_.data(), send_bytes_, recv_, recv_bytes_, what);
 }
 
@@ -35,14 +38,15 @@ absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t 
   const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
   sent_slots_ = n_tokens * topk;
   std::vector<int> dest(sent_slots_);
-  for (int64_t slot = 0; slot < sent_slots_; ++slot) dest[slot] = placement_.RankFor(expert_ids[slot], slot / topk, slot % topk);
-  RETURN_IF_ERROR(Exchange(
-      dest,
-      [&](size_t slot) {
-        return std::pair{RowHeader{me, static_cast<int32_t>(slot), expert_ids[slot], static_cast<int32_t>(hidden_)},
-                         x + (slot / topk) * hidden_};
-      },
-      what));
+  std::vector<RowHeader> headers(sent_slots_);
+  for (int64_t slot = 0; slot < sent_slots_; ++slot) {
+    dest[slot] = placement_.RankFor(expert_ids[slot], slot / topk, slot % topk);
+    headers[slot] = RowHeader{me, static_cast<int32_t>(slot), expert_ids[slot], static_cast<int32_t>(hidden_)};
+  }
+  const std::vector<float*> values = Layout(dest, headers);
+  for (int64_t slot = 0; slot < sent_slots_; ++slot)
+    std::memcpy(values[slot], x + (slot / topk) * hidden_, hidden_ * sizeof(float));
+  RETURN_IF_ERROR(Send(what));
   const std::vector<uint8_t>& recv = recv_;
   if (recv.size() % row_bytes != 0) {
     return absl::DataLossError(absl::StrCat("rank ", me, ": dispatch (", what, ") received ", recv.size(),
@@ -67,38 +71,40 @@ absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t 
   for (int64_t e = 0; e < n_experts_; ++e) received.expert_begin[e + 1] = received.expert_begin[e] + count[e + 1];
   std::vector<int64_t> next(received.expert_begin.begin(), received.expert_begin.end() - 1);
   received.headers.resize(rows);
-  received.x.resize(rows * hidden_);
+  received.x.resize(rows);
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t at = next[arrived[i].expert]++;
     received.headers[at] = arrived[i];
-    std::memcpy(&received.x[at * hidden_], recv.data() + i * row_bytes + sizeof(RowHeader), hidden_ * sizeof(float));
+    received.x[at] = reinterpret_cast<const float*>(recv.data() + i * row_bytes + sizeof(RowHeader));
   }
   return absl::OkStatus();
 }
 
-absl::Status ExpertExchange::Combine(const ReceivedRows& received, const float* outputs, const std::string& what,
-                                     float* slot_outputs) {
-  const int me = transport_.rank();
-  const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
+std::vector<float*> ExpertExchange::CombineOutputs(const ReceivedRows& received) {
   std::vector<int> dest(received.rows());
   for (int64_t i = 0; i < received.rows(); ++i) dest[i] = received.headers[i].source_rank;
-  RETURN_IF_ERROR(Exchange(dest, [&](size_t i) { return std::pair{received.headers[i], outputs + i * hidden_}; }, what));
+  return Layout(dest, received.headers);
+}
+
+absl::Status ExpertExchange::Combine(const std::string& what, std::vector<const float*>& slot_rows) {
+  const int me = transport_.rank();
+  const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
+  RETURN_IF_ERROR(Send(what));
   const std::vector<uint8_t>& recv = recv_;
   const int64_t rows = static_cast<int64_t>(recv.size() / row_bytes);
   if (rows != sent_slots_ || recv.size() % row_bytes != 0) {
     return absl::InternalError(absl::StrCat("rank ", me, ": combine (", what, ") got ", recv.size(), " bytes back for ",
                                             sent_slots_, " dispatched rows"));
   }
-  std::vector<bool> seen(sent_slots_, false);
+  slot_rows.assign(sent_slots_, nullptr);
   for (int64_t i = 0; i < rows; ++i) {
     RowHeader h;
     std::memcpy(&h, recv.data() + i * row_bytes, sizeof h);
-    if (h.source_rank != me || h.slot < 0 || h.slot >= sent_slots_ || seen[h.slot]) {
+    if (h.source_rank != me || h.slot < 0 || h.slot >= sent_slots_ || slot_rows[h.slot] != nullptr) {
       return absl::InternalError(absl::StrCat("rank ", me, ": combine (", what, ") got a row for rank ", h.source_rank,
                                               " slot ", h.slot, " (expert ", h.expert, ") that this rank did not send"));
     }
-    seen[h.slot] = true;
-    std::memcpy(slot_outputs + h.slot * hidden_, recv.data() + i * row_bytes + sizeof h, hidden_ * sizeof(float));
+    slot_rows[h.slot] = reinterpret_cast<const float*>(recv.data() + i * row_bytes + sizeof h);
   }
   return absl::OkStatus();
 }

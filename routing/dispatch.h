@@ -3,9 +3,13 @@
 // Dispatch sends each (token, slot) activation to the rank serving its chosen expert; every row
 // on the wire carries a header naming its source rank, slot and expert, so the receiver can
 // group rows by local expert and a misrouted row names itself. Combine sends the expert outputs
-// back in the order they arrived; the source then holds one output row per (token, slot) and
-// sums a token's slots in slot order, which is ascending expert id (the gate sorts them), so
-// the result does not depend on where experts live.
+// back; the source then holds one output row per (token, slot) and sums a token's slots in slot
+// order, which is ascending expert id (the gate sorts them), so the result does not depend on
+// where experts live.
+//
+// Rows are not copied out of the exchange's buffers: received activations are read in place by
+// the expert GEMMs (LinearProblem::x_rows) and expert outputs are written straight into the
+// combine send buffer (y_rows). Pointers stay valid until the exchange's next call.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +17,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "core/buffer.h"
 #include "routing/placement.h"
 #include "routing/transport.h"
 
@@ -28,8 +31,8 @@ struct RowHeader {  // 16 bytes ahead of every row on the wire
 
 // Rows this rank received to compute, grouped by expert (ascending), arrival order within one.
 struct ReceivedRows {
-  std::vector<RowHeader> headers;  // [rows]
-  FloatBuffer x;                   // [rows, hidden]
+  std::vector<RowHeader> headers;     // [rows]
+  std::vector<const float*> x;        // [rows]: each row's `hidden` activations
   std::vector<int64_t> expert_begin;  // rows of expert e: [expert_begin[e], expert_begin[e + 1])
   int64_t rows() const { return static_cast<int64_t>(headers.size()); }
 };
@@ -43,16 +46,18 @@ class ExpertExchange {
   // with n_tokens = 0. `what` names the call in deadline errors ("layer 3 step 17").
   absl::Status Dispatch(const float* x, int64_t n_tokens, int64_t topk, const int32_t* expert_ids,
                         const std::string& what, ReceivedRows& received);
-  // outputs [received.rows(), hidden] in `received` order. Fills slot_outputs
-  // [n_tokens · topk, hidden] of the last Dispatch's tokens.
-  absl::Status Combine(const ReceivedRows& received, const float* outputs, const std::string& what,
-                       float* slot_outputs);
+  // Lays out the combine: returns, for each received row, where its expert output (`hidden`
+  // floats) must be written before Combine.
+  std::vector<float*> CombineOutputs(const ReceivedRows& received);
+  // Collective: sends the outputs back. slot_rows[slot] then points at the output for each
+  // (token, slot) of the last Dispatch.
+  absl::Status Combine(const std::string& what, std::vector<const float*>& slot_rows);
 
  private:
-  // Packs rows (header + `hidden` floats) back to back by destination rank into send_, then
-  // runs the all-to-all into recv_. dest[i] is row i's rank; row(i) its header and floats.
-  template <typename Row>
-  absl::Status Exchange(const std::vector<int>& dest, Row row, const std::string& what);
+  // Lays out rows (header + `hidden` floats) back to back by destination rank in send_: writes
+  // each header and returns where each row's floats go. dest[i] is row i's rank.
+  std::vector<float*> Layout(const std::vector<int>& dest, const std::vector<RowHeader>& headers);
+  absl::Status Send(const std::string& what);
 
   Transport& transport_;
   const Placement& placement_;

@@ -23,7 +23,8 @@ void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* ou
 
 namespace {
 
-// The single-process stand-in for Dispatch: this rank's own slots, grouped by expert.
+// The single-process stand-in for Dispatch: this rank's own slots, grouped by expert, reading
+// the activations in place.
 ReceivedRows GroupLocally(const float* x, int64_t n_tokens, int64_t topk, const int32_t* ids, int64_t hidden,
                           int64_t n_experts) {
   ReceivedRows rows;
@@ -32,11 +33,11 @@ ReceivedRows GroupLocally(const float* x, int64_t n_tokens, int64_t topk, const 
   for (int64_t e = 0; e < n_experts; ++e) rows.expert_begin[e + 1] += rows.expert_begin[e];
   std::vector<int64_t> next(rows.expert_begin.begin(), rows.expert_begin.end() - 1);
   rows.headers.resize(n_tokens * topk);
-  rows.x.resize(n_tokens * topk * hidden);
+  rows.x.resize(n_tokens * topk);
   for (int64_t slot = 0; slot < n_tokens * topk; ++slot) {
     const int64_t at = next[ids[slot]]++;
     rows.headers[at] = RowHeader{0, static_cast<int32_t>(slot), ids[slot], static_cast<int32_t>(hidden)};
-    std::memcpy(&rows.x[at * hidden], x + (slot / topk) * hidden, hidden * sizeof(float));
+    rows.x[at] = x + (slot / topk) * hidden;
   }
   return rows;
 }
@@ -58,57 +59,64 @@ absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float
   }
 
   // Rows to compute here, grouped by expert: this rank's own (single process) or whatever the
-  // other ranks dispatched to the experts placed here.
+  // other ranks dispatched to the experts placed here. Each row's output goes where combine
+  // will send it from (or, single process, to a local buffer).
   ReceivedRows rows;
+  FloatBuffer local_out;
+  std::vector<float*> out_rows;
   if (exchange != nullptr) {
     RETURN_IF_ERROR(exchange->Dispatch(x, n_tokens, K, ids.data(), what, rows));
+    out_rows = exchange->CombineOutputs(rows);
   } else {
     rows = GroupLocally(x, n_tokens, K, ids.data(), D, E);
+    local_out.resize(rows.rows() * D);
+    for (int64_t i = 0; i < rows.rows(); ++i) out_rows.push_back(&local_out[i * D]);
   }
   // Every expert with rows, and the shared experts over this rank's tokens, as two batched
   // products: gate and up, then down.
   struct Active {
     const MlpWeights* w;
-    const float* x;
     int64_t n;
+    const float* const* x_rows;  // null: the dense x below
+    const float* x;
+    float* const* y_rows;
     float* y;
     FloatBuffer gate, up;
   };
-  FloatBuffer expert_out(rows.rows() * D), shared_out(n_tokens * D);
+  FloatBuffer shared_out(n_tokens * D);
   std::vector<Active> active;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t begin = rows.expert_begin[e], n = rows.expert_begin[e + 1] - begin;
-    if (n > 0) active.push_back(Active{&w.experts[e], &rows.x[begin * D], n, &expert_out[begin * D], {}, {}});
+    if (n > 0) active.push_back(Active{&w.experts[e], n, &rows.x[begin], nullptr, &out_rows[begin], nullptr, {}, {}});
   }
-  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, x, n_tokens, shared_out.data(), {}, {}});
+  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, n_tokens, nullptr, x, nullptr, shared_out.data(), {}, {}});
   std::vector<LinearProblem> problems;
   for (Active& a : active) {
     a.gate.resize(a.n * a.w->gate_proj.rows);
     a.up.resize(a.n * a.w->up_proj.rows);
-    problems.push_back({a.x, a.n, a.w->gate_proj, a.gate.data()});
-    problems.push_back({a.x, a.n, a.w->up_proj, a.up.data()});
+    problems.push_back({a.x, a.n, a.w->gate_proj, a.gate.data(), a.x_rows});
+    problems.push_back({a.x, a.n, a.w->up_proj, a.up.data(), a.x_rows});
   }
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
   problems.clear();
   for (Active& a : active) {
     SiluMulSeparate(a.gate.data(), a.up.data(), a.n, a.w->gate_proj.rows, a.gate.data());
-    problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y});
+    problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y, nullptr, a.y_rows});
   }
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
 
   // Combine: one output row per (token, slot), summed in slot order, which is ascending expert
   // id, so the sum is the same wherever the experts ran; then the shared experts.
-  FloatBuffer slot_out(n_tokens * K * D);
+  std::vector<const float*> slot_rows(n_tokens * K);
   if (exchange != nullptr) {
-    RETURN_IF_ERROR(exchange->Combine(rows, expert_out.data(), what, slot_out.data()));
+    RETURN_IF_ERROR(exchange->Combine(what, slot_rows));
   } else {
-    for (int64_t i = 0; i < rows.rows(); ++i)
-      std::memcpy(&slot_out[rows.headers[i].slot * D], &expert_out[i * D], D * sizeof(float));
+    for (int64_t i = 0; i < rows.rows(); ++i) slot_rows[rows.headers[i].slot] = out_rows[i];
   }
   std::vector<float> routed(D);
   for (int64_t t = 0; t < n_tokens; ++t) {
     std::fill(routed.begin(), routed.end(), 0.0f);
-    for (int64_t k = 0; k < K; ++k) Axpy(weights[t * K + k], &slot_out[(t * K + k) * D], routed.data(), D);
+    for (int64_t k = 0; k < K; ++k) Axpy(weights[t * K + k], slot_rows[t * K + k], routed.data(), D);
     for (int64_t i = 0; i < D; ++i) out[t * D + i] = w.shared_experts ? routed[i] + shared_out[t * D + i] : routed[i];
   }
   return absl::OkStatus();

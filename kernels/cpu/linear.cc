@@ -113,11 +113,10 @@ template <int MR>
 struct Accumulators {
   __m512 lo[MR], hi[MR];
 
-  __attribute__((always_inline)) void Load(const float* y, int64_t ldy, __mmask16 mask_lo, __mmask16 mask_hi,
-                                           bool accumulate) {
+  __attribute__((always_inline)) void Load(float* const* y, __mmask16 mask_lo, __mmask16 mask_hi, bool accumulate) {
     for (int m = 0; m < MR; ++m) {
-      lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y + m * ldy) : _mm512_setzero_ps();
-      hi[m] = accumulate ? _mm512_maskz_loadu_ps(mask_hi, y + m * ldy + 16) : _mm512_setzero_ps();
+      lo[m] = accumulate ? _mm512_maskz_loadu_ps(mask_lo, y[m]) : _mm512_setzero_ps();
+      hi[m] = accumulate ? _mm512_maskz_loadu_ps(mask_hi, y[m] + 16) : _mm512_setzero_ps();
     }
   }
   __attribute__((always_inline)) void Update(const float* xt_k, __m512 w_lo, __m512 w_hi) {
@@ -127,10 +126,10 @@ struct Accumulators {
       hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
     }
   }
-  __attribute__((always_inline)) void Store(float* y, int64_t ldy, __mmask16 mask_lo, __mmask16 mask_hi) const {
+  __attribute__((always_inline)) void Store(float* const* y, __mmask16 mask_lo, __mmask16 mask_hi) const {
     for (int m = 0; m < MR; ++m) {
-      _mm512_mask_storeu_ps(y + m * ldy, mask_lo, lo[m]);
-      _mm512_mask_storeu_ps(y + m * ldy + 16, mask_hi, hi[m]);
+      _mm512_mask_storeu_ps(y[m], mask_lo, lo[m]);
+      _mm512_mask_storeu_ps(y[m] + 16, mask_hi, hi[m]);
     }
   }
 };
@@ -139,10 +138,10 @@ struct Accumulators {
 // interleaved as xt[k][MR] (PackTokens). Every output is one FMA chain over k in order:
 // results do not depend on MR.
 template <int MR>
-void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* y, int64_t ldy, __mmask16 mask_lo,
+void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* const* y, __mmask16 mask_lo,
                  __mmask16 mask_hi, bool accumulate) {
   Accumulators<MR> acc;
-  acc.Load(y, ldy, mask_lo, mask_hi, accumulate);
+  acc.Load(y, mask_lo, mask_hi, accumulate);
   const __m512i high_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (int64_t k = 0; k < kn; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(panel + (k + kPrefetchAhead) * kPanelRows), _MM_HINT_T0);
@@ -151,7 +150,7 @@ void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* y, int64
     const __m512 w_hi = _mm512_castsi512_ps(_mm512_and_si512(raw, high_mask));
     acc.Update(xt + k * MR, w_lo, w_hi);
   }
-  acc.Store(y, ldy, mask_lo, mask_hi);
+  acc.Store(y, mask_lo, mask_hi);
 }
 
 // The same for FP8 codes: a code sign-extended to 32 bits and shifted left by 20 puts its
@@ -159,10 +158,10 @@ void PanelKernel(const float* xt, const bf16* panel, int64_t kn, float* y, int64
 // bit 31), which is its value times 2^-120, subnormals included; the block scale times 2^120
 // restores it. `scales` is the panel's row of block scales; k0 locates the 128-wide k blocks.
 template <int MR>
-void PanelKernelFp8(const float* xt, const uint8_t* panel, int64_t k0, int64_t kn, const float* scales, float* y,
-                    int64_t ldy, __mmask16 mask_lo, __mmask16 mask_hi, bool accumulate) {
+void PanelKernelFp8(const float* xt, const uint8_t* panel, int64_t k0, int64_t kn, const float* scales,
+                    float* const* y, __mmask16 mask_lo, __mmask16 mask_hi, bool accumulate) {
   Accumulators<MR> acc;
-  acc.Load(y, ldy, mask_lo, mask_hi, accumulate);
+  acc.Load(y, mask_lo, mask_hi, accumulate);
   const __m512i keep = _mm512_set1_epi32(static_cast<int>(0x87f00000u));
   for (int64_t k = 0; k < kn;) {
     const int64_t block = (k0 + k) / kFp8Block;
@@ -178,20 +177,24 @@ void PanelKernelFp8(const float* xt, const uint8_t* panel, int64_t k0, int64_t k
       acc.Update(xt + k * MR, w_lo, w_hi);
     }
   }
-  acc.Store(y, ldy, mask_lo, mask_hi);
+  acc.Store(y, mask_lo, mask_hi);
 }
 
-using Kernel = void (*)(const float*, const bf16*, int64_t, float*, int64_t, __mmask16, __mmask16, bool);
-using KernelFp8 = void (*)(const float*, const uint8_t*, int64_t, int64_t, const float*, float*, int64_t, __mmask16,
+// y: the MR output rows, each already offset to the panel's first column.
+using Kernel = void (*)(const float*, const bf16*, int64_t, float* const*, __mmask16, __mmask16, bool);
+using KernelFp8 = void (*)(const float*, const uint8_t*, int64_t, int64_t, const float*, float* const*, __mmask16,
                            __mmask16, bool);
 
 // Interleaves each block of kTokenBlock rows of x [m, K] as [K][rows of the block], so the
 // kernel's broadcasts walk one contiguous stream (rows K floats apart would alias in L1).
-// One block: rows [m0, m0 + mr) of x.
-void PackTokens(const float* x, int64_t m0, int64_t mr, int64_t K, float* out) {
+// One block: rows [m0, m0 + mr) of the problem's x.
+void PackTokens(const LinearProblem& p, int64_t m0, int64_t mr, float* out) {
+  const int64_t K = p.w.cols;
   float* block = out + m0 * K;
-  for (int64_t i = 0; i < mr; ++i)
-    for (int64_t k = 0; k < K; ++k) block[k * mr + i] = x[(m0 + i) * K + k];
+  for (int64_t i = 0; i < mr; ++i) {
+    const float* row = p.x_row(m0 + i);
+    for (int64_t k = 0; k < K; ++k) block[k * mr + i] = row[k];
+  }
 }
 
 template <int... MR>
@@ -228,7 +231,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
     if (pr.m == 1) {
-      xt[p] = pr.x;  // one row is already in [K][1] layout
+      xt[p] = pr.x_row(0);  // one row is already in [K][1] layout
     } else {
       scratch[p].resize(static_cast<size_t>(pr.m * pr.w.cols));
       xt[p] = scratch[p].data();
@@ -246,8 +249,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
 #pragma omp for schedule(static)
     for (size_t j = 0; j < pack_jobs.size(); ++j) {
       const PackJob& job = pack_jobs[j];
-      PackTokens(job.problem->x, job.m0, std::min<int64_t>(kTokenBlock, job.problem->m - job.m0), job.problem->w.cols,
-                 job.out);
+      PackTokens(*job.problem, job.m0, std::min<int64_t>(kTokenBlock, job.problem->m - job.m0), job.out);
     }
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
     double before = 0;
@@ -269,13 +271,14 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
         for (int64_t m0 = 0; m0 < pr.m; m0 += kTokenBlock) {
           const int64_t mr = std::min<int64_t>(kTokenBlock, pr.m - m0);
           const float* x = xt[u.problem] + m0 * K + k0 * mr;
-          float* y = pr.y + m0 * N + n0;
+          float* y[kTokenBlock];
+          for (int64_t i = 0; i < mr; ++i) y[i] = pr.y_row(m0 + i) + n0;
           if (fp8) {
             const auto* panel = static_cast<const uint8_t*>(pr.w.packed) + panel_offset + k0 * kPanelRows;
-            kKernelsFp8[mr - 1](x, panel, k0, kn, scales, y, N, mask_lo, mask_hi, k0 > 0);
+            kKernelsFp8[mr - 1](x, panel, k0, kn, scales, y, mask_lo, mask_hi, k0 > 0);
           } else {
             const auto* panel = static_cast<const bf16*>(pr.w.packed) + panel_offset + k0 * kPanelRows;
-            kKernels[mr - 1](x, panel, kn, y, N, mask_lo, mask_hi, k0 > 0);
+            kKernels[mr - 1](x, panel, kn, y, mask_lo, mask_hi, k0 > 0);
           }
         }
       }
@@ -289,9 +292,25 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
 namespace {
 
 void LinearF32(const LinearProblem& p) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.m), static_cast<int>(p.w.rows),
-              static_cast<int>(p.w.cols), 1.0f, p.x, static_cast<int>(p.w.cols), static_cast<const float*>(p.w.data),
-              static_cast<int>(p.w.cols), 0.0f, p.y, static_cast<int>(p.w.rows));
+  const int64_t K = p.w.cols, N = p.w.rows;
+  // BLAS wants dense rows: gather and scatter around it when the problem uses row pointers.
+  std::vector<float> x_dense, y_dense;
+  const float* x = p.x;
+  float* y = p.y;
+  if (p.x_rows != nullptr) {
+    x_dense.resize(p.m * K);
+    for (int64_t i = 0; i < p.m; ++i) std::memcpy(&x_dense[i * K], p.x_rows[i], K * sizeof(float));
+    x = x_dense.data();
+  }
+  if (p.y_rows != nullptr) {
+    y_dense.resize(p.m * N);
+    y = y_dense.data();
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.m), static_cast<int>(N), static_cast<int>(K),
+              1.0f, x, static_cast<int>(K), static_cast<const float*>(p.w.data), static_cast<int>(K), 0.0f, y,
+              static_cast<int>(N));
+  if (p.y_rows != nullptr)
+    for (int64_t i = 0; i < p.m; ++i) std::memcpy(p.y_rows[i], &y_dense[i * N], N * sizeof(float));
 }
 
 // Portable path: widen one weight row at a time and accumulate in float.
@@ -306,10 +325,10 @@ void LinearBf16Portable(const LinearProblem& p) {
       if (wd != nullptr) Bf16ToF32(wd + n * K, row.data(), static_cast<size_t>(K));
       else for (int64_t k = 0; k < K; ++k) row[k] = p.w.at(n, k);
       for (int64_t i = 0; i < p.m; ++i) {
-        const float* xi = p.x + i * K;
+        const float* xi = p.x_row(i);
         float acc = 0;
         for (int64_t k = 0; k < K; ++k) acc += xi[k] * row[k];
-        p.y[i * N + n] = acc;
+        p.y_row(i)[n] = acc;
       }
     }
   }

@@ -58,27 +58,29 @@ void RunCase(const Case& c) {
       absl::Status s = exchange.Dispatch(x.data(), n, c.topk, ids.data(), "test", rows);
       if (!s.ok()) return fail(std::string(s.message()));
       received_rows[r] = rows.rows();
-      // Each row: held here, grouped by expert, payload from the rank and token its header names.
-      std::vector<float> out(rows.rows() * kHidden);
+      // Each row: held here, grouped by expert, payload from the rank and token its header names;
+      // the "expert" output (payload × (expert + 1)) goes where combine sends it from.
+      const std::vector<float*> out = exchange.CombineOutputs(rows);
       for (int64_t i = 0; i < rows.rows(); ++i) {
         const RowHeader& h = rows.headers[i];
         if (!(placement->Holds(r, h.expert))) fail(absl::StrCat("row for expert ", h.expert, " on rank ", r));
         if (i < rows.expert_begin[h.expert] || i >= rows.expert_begin[h.expert + 1]) fail("row outside its expert's group");
         for (int64_t j = 0; j < kHidden; ++j) {
           const float want = Payload(h.source_rank, h.slot / c.topk, j);
-          if (rows.x[i * kHidden + j] != want) {
+          if (rows.x[i][j] != want) {
             fail(absl::StrCat("rank ", r, " row ", i, " says rank ", h.source_rank, " slot ", h.slot, " but carries ",
-                              rows.x[i * kHidden + j]));
+                              rows.x[i][j]));
           }
-          out[i * kHidden + j] = rows.x[i * kHidden + j] * static_cast<float>(h.expert + 1);  // an "expert"
+          out[i][j] = rows.x[i][j] * static_cast<float>(h.expert + 1);
         }
       }
-      std::vector<float> slots(n * c.topk * kHidden, -1.0f);
-      s = exchange.Combine(rows, out.data(), "test", slots.data());
+      std::vector<const float*> slots;
+      s = exchange.Combine("test", slots);
       if (!s.ok()) return fail(std::string(s.message()));
+      if (static_cast<int64_t>(slots.size()) != n * c.topk) return fail("wrong number of slots back");
       for (int64_t slot = 0; slot < n * c.topk; ++slot)
         for (int64_t j = 0; j < kHidden; ++j)
-          if (slots[slot * kHidden + j] != Payload(r, slot / c.topk, j) * static_cast<float>(ids[slot] + 1))
+          if (slots[slot][j] != Payload(r, slot / c.topk, j) * static_cast<float>(ids[slot] + 1))
             fail(absl::StrCat("rank ", r, " slot ", slot, " came back wrong"));
     });
   }
