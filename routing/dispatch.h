@@ -9,7 +9,9 @@
 //
 // Rows are not copied out of the exchange's buffers: received activations are read in place by
 // the expert GEMMs (LinearProblem::x_rows) and expert outputs are written straight into the
-// combine send buffer (y_rows). Pointers stay valid until the exchange's next call.
+// combine send buffer (y_rows). Rows for experts on this rank never enter the all-to-all: they
+// are read from the caller's activations and their outputs kept here. Pointers stay valid
+// until the exchange's next call (and, for this rank's own rows, while the caller's x lives).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/buffer.h"
 #include "routing/placement.h"
 #include "routing/transport.h"
 
@@ -66,6 +69,8 @@ class ExpertExchange {
   // Reused across calls: at steady state no buffer is allocated, zeroed or page-faulted.
   std::vector<uint8_t> send_, recv_;
   std::vector<size_t> send_bytes_, recv_bytes_;
+  FloatBuffer own_out_;             // outputs of this rank's own rows, [own rows, hidden]
+  std::vector<int32_t> own_slots_;  // their slots, in own_out_ order
 };
 
 }  // namespace daedalus
