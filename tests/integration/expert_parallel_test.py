@@ -83,7 +83,8 @@ def main():
         elapsed = time.monotonic() - start
         check(p.returncode != 0 and "waiting for rank 2" in p.stderr and "timed out after 2000 ms" in p.stderr
               and elapsed < 30,
-              f"stalled rank reported in {elapsed:.1f} s: {p.stderr.strip().splitlines()[0] if p.stderr.strip() else '(no message)'}")
+              f"stalled rank reported in {elapsed:.1f} s: "
+              + next((line for line in p.stderr.splitlines() if "timed out" in line), "(no diagnostic)"))
     sys.exit(1 if failures else 0)
 
 

@@ -24,8 +24,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "tests/routing/transport_checks.h"
 #include "routing/mpi_transport.h"
+#include "tests/routing/transport_checks.h"
 
 namespace daedalus {
 namespace {
