@@ -66,6 +66,7 @@ Command AddRunCommand(CLI::App& app) {
     int redundant_experts = 0;
     double collective_timeout_s = 60;
     std::string expert_load_out, placement_from;
+    int ranks_per_node = 0;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "checkpoint directory (Hugging Face layout)")->required();
@@ -87,6 +88,8 @@ Command AddRunCommand(CLI::App& app) {
                  "write the routed (token, slot) count per layer and expert as JSON (all ranks summed)");
   app.add_option("--placement-from", f->placement_from,
                  "under mpirun/srun: place experts by the load in this --expert-load-out file");
+  app.add_option("--ranks-per-node", f->ranks_per_node,
+                 "under mpirun/srun: ranks per node for node-level placement (default: the launcher's local count)");
   app.add_option("--collective-timeout", f->collective_timeout_s,
                  "under mpirun/srun: seconds a rank waits in a collective before it reports and aborts");
   f->engine.Register(app);
@@ -98,7 +101,8 @@ Command AddRunCommand(CLI::App& app) {
     std::unique_ptr<ExpertParallelRun> ep;
     if (LaunchedByMpi()) {
       auto started =
-          ExpertParallelRun::Start(f->model, f->redundant_experts, f->placement_from, f->collective_timeout_s);
+          ExpertParallelRun::Start(f->model, f->redundant_experts, f->placement_from, f->ranks_per_node,
+                                   f->collective_timeout_s);
       if (!started.ok()) return Fail(std::string(started.status().message()));
       ep = std::move(*started);
     }

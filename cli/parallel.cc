@@ -18,6 +18,7 @@ namespace daedalus {
 absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(const std::string& model_dir,
                                                                            int redundant_experts,
                                                                            const std::string& placement_from,
+                                                                           int ranks_per_node,
                                                                            double collective_timeout_s) {
   RETURN_IF_ERROR(InitMpi(nullptr, nullptr));
   auto run = std::unique_ptr<ExpertParallelRun>(new ExpertParallelRun());
@@ -31,8 +32,17 @@ absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(cons
   if (!placement_from.empty()) {
     ASSIGN_OR_RETURN(load, ReadExpertLoad(placement_from, config.num_hidden_layers, config.n_routed_experts));
   }
+  if (ranks_per_node == 0) {  // as many as the launcher started on this node
+    for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "MPI_LOCALNRANKS"}) {
+      if (const char* v = std::getenv(var); v != nullptr && std::atoi(v) > 0) {
+        ranks_per_node = std::atoi(v);
+        break;
+      }
+    }
+  }
   ASSIGN_OR_RETURN(run->placements_, PlaceLayers(load, config.num_hidden_layers, config.n_routed_experts,
-                                                 run->world_size(), redundant_experts));
+                                                 config.n_group, run->world_size(), ranks_per_node,
+                                                 redundant_experts));
   return run;
 }
 

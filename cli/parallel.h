@@ -18,10 +18,12 @@ class ExpertParallelRun {
  public:
   // Initialises MPI, connects the ranks and places the checkpoint's routed experts over them,
   // per layer, with `redundant_experts` extra replicas: by the load in `placement_from` (an
-  // --expert-load-out file) when given, else uniformly. Collective.
+  // --expert-load-out file) when given, else uniformly; whole routing groups per node when the
+  // ranks span several nodes of `ranks_per_node` (0: the launcher's local rank count).
+  // Collective.
   static absl::StatusOr<std::unique_ptr<ExpertParallelRun>> Start(const std::string& model_dir, int redundant_experts,
                                                                   const std::string& placement_from,
-                                                                  double collective_timeout_s);
+                                                                  int ranks_per_node, double collective_timeout_s);
   ~ExpertParallelRun();  // finalises MPI
 
   int rank() const { return transport_->rank(); }

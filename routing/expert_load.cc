@@ -48,13 +48,19 @@ absl::StatusOr<ExpertLoad> ReadExpertLoad(const std::string& path, int64_t num_h
 }
 
 absl::StatusOr<std::vector<Placement>> PlaceLayers(const ExpertLoad& load, int64_t num_hidden_layers,
-                                                   int64_t n_routed_experts, int world_size, int redundant) {
+                                                   int64_t n_routed_experts, int64_t n_group, int world_size,
+                                                   int ranks_per_node, int redundant) {
+  const bool hierarchical = ranks_per_node > 0 && world_size / ranks_per_node > 1;
   std::vector<Placement> placements;
   for (int64_t l = 0; l < num_hidden_layers; ++l) {
     std::vector<double> weights;
     if (l < static_cast<int64_t>(load.size())) weights.assign(load[l].begin(), load[l].end());
-    ASSIGN_OR_RETURN(Placement p, ComputePlacement(static_cast<int>(n_routed_experts), world_size, redundant, weights));
-    placements.push_back(std::move(p));
+    absl::StatusOr<Placement> p =
+        hierarchical ? ComputeHierarchicalPlacement(static_cast<int>(n_routed_experts), static_cast<int>(n_group),
+                                                    world_size, ranks_per_node, redundant, weights)
+                     : ComputePlacement(static_cast<int>(n_routed_experts), world_size, redundant, weights);
+    if (!p.ok()) return p.status();
+    placements.push_back(*std::move(p));
   }
   return placements;
 }

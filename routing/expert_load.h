@@ -21,7 +21,10 @@ absl::Status WriteExpertLoad(const std::string& path, const ExpertLoad& load, in
 absl::StatusOr<ExpertLoad> ReadExpertLoad(const std::string& path, int64_t num_hidden_layers, int64_t n_routed_experts);
 
 // One placement per layer: from the layer's load where it has one, uniform otherwise.
+// Hierarchical (whole routing groups per node) when ranks_per_node > 0 leaves more than one
+// node; flat otherwise.
 absl::StatusOr<std::vector<Placement>> PlaceLayers(const ExpertLoad& load, int64_t num_hidden_layers,
-                                                   int64_t n_routed_experts, int world_size, int redundant);
+                                                   int64_t n_routed_experts, int64_t n_group, int world_size,
+                                                   int ranks_per_node, int redundant);
 
 }  // namespace daedalus

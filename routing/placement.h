@@ -30,4 +30,13 @@ struct Placement {
 absl::StatusOr<Placement> ComputePlacement(int n_experts, int world_size, int redundant,
                                            const std::vector<double>& expert_load);
 
+// Hierarchical placement for several nodes of `ranks_per_node` consecutive ranks (DeepSeek's
+// EPLB): the `n_group` routing groups are spread over the nodes, whole groups per node and
+// balancing node load, so group-limited routing stays node-limited; then each node places its
+// groups' experts and its share of the replicas over its own ranks with ComputePlacement.
+// Needs world_size % ranks_per_node == 0, n_experts % n_group == 0, n_group % nodes == 0 and
+// redundant % nodes == 0.
+absl::StatusOr<Placement> ComputeHierarchicalPlacement(int n_experts, int n_group, int world_size, int ranks_per_node,
+                                                       int redundant, const std::vector<double>& expert_load);
+
 }  // namespace daedalus

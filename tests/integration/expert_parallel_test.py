@@ -48,6 +48,12 @@ def main():
             same = p.returncode == 0 and os.path.exists(out) and open(out).read() == expected
             check(same, f"{np_} ranks, {redundant} redundant experts: same tokens as one process"
                         + ("" if same else f" (rc {p.returncode}: {p.stderr.strip()[-300:]})"))
+        # Two "nodes" of 2 ranks: whole routing groups per node, same tokens.
+        out = os.path.join(tmp, "nodes.jsonl")
+        p = run(MPIRUN + ["-np", "4", d, "run", "--model", model, "--prompts", prompts, "--ignore-eos",
+                          "--ranks-per-node", "2", "--redundant-experts", "2", "--output", out])
+        check(p.returncode == 0 and open(out).read() == expected,
+              "4 ranks as 2 nodes of 2 (node-level placement): same tokens as one process")
         # Expert load: counted where tokens are routed, summed over ranks: the same at 1 and 3 ranks.
         # Placing by it (with replicas) lowers the imbalance and changes no token.
         load1, load3 = os.path.join(tmp, "load1.json"), os.path.join(tmp, "load3.json")
