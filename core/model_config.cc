@@ -37,11 +37,11 @@ absl::Status Read(const json& j, const std::string& source, const std::string& f
   return absl::OkStatus();
 }
 
+}  // namespace
+
 double YarnMscale(double factor, double mscale) {
   return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
 }
-
-}  // namespace
 
 double ModelConfig::softmax_scale() const {
   double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));

@@ -20,6 +20,9 @@ struct RopeScaling {  // rope_scaling with "type": "yarn"
   double mscale_all_dim = 0.0;
 };
 
+// YaRN's attention-scale correction: 0.1 · mscale · ln(factor) + 1 when factor > 1, else 1.
+double YarnMscale(double factor, double mscale);
+
 struct ModelConfig {
   std::string model_type = "deepseek_v3";  // deepseek_v3 | deepseek_v2
   int64_t vocab_size = 0;

@@ -25,6 +25,8 @@ struct WeightView {
 
 constexpr int64_t kPanelRows = 32;   // output rows per panel
 constexpr int64_t kFp8Block = 128;   // FP8 scale blocks are 128 × 128
+// Scale blocks along a dimension of n elements (the last one may be partial).
+constexpr int64_t Fp8ScaleBlocks(int64_t n) { return (n + kFp8Block - 1) / kFp8Block; }
 
 // Panel layout of a BF16 weight: 32 output rows per panel; within a panel, for each input k,
 // 32 values in one 64-byte line, row i in the low and row 16 + i in the high half of 32-bit

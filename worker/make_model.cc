@@ -11,11 +11,10 @@
 #include "absl/strings/str_format.h"
 #include "core/safetensors_writer.h"
 #include "core/status.h"
+#include "kernels/linear.h"
 
 namespace daedalus {
 namespace {
-
-constexpr int64_t kBlock = 128;
 
 enum class Kind { kProjection, kEmbedding, kNorm, kGate, kBias };
 
@@ -121,7 +120,7 @@ size_t StoredBytes(const Spec& s, DType dtype) {
   size_t n = 1;
   for (int64_t d : s.shape) n *= d;
   size_t bytes = n * DTypeSize(StoredDType(s, dtype));
-  if (Quantized(s, dtype)) bytes += ((s.shape[0] + kBlock - 1) / kBlock) * ((s.shape[1] + kBlock - 1) / kBlock) * 4;
+  if (Quantized(s, dtype)) bytes += Fp8ScaleBlocks(s.shape[0]) * Fp8ScaleBlocks(s.shape[1]) * 4;
   return bytes;
 }
 
@@ -135,17 +134,17 @@ void AddTensor(SafetensorsWriter& w, const Spec& s, const std::vector<float>& v,
     w.Add(s.name, stored, s.shape, b.data(), b.size() * 2);
   } else {
     const int64_t rows = s.shape[0], cols = s.shape[1];
-    const int64_t sr = (rows + kBlock - 1) / kBlock, sc = (cols + kBlock - 1) / kBlock;
+    const int64_t sr = Fp8ScaleBlocks(rows), sc = Fp8ScaleBlocks(cols);
     std::vector<float> scale(sr * sc, 0.0f);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t col = 0; col < cols; ++col)
-        scale[(r / kBlock) * sc + col / kBlock] = std::max(scale[(r / kBlock) * sc + col / kBlock], std::fabs(v[r * cols + col]));
+        scale[(r / kFp8Block) * sc + col / kFp8Block] = std::max(scale[(r / kFp8Block) * sc + col / kFp8Block], std::fabs(v[r * cols + col]));
     for (float& x : scale) x = x > 0 ? x / 448.0f : 1.0f;  // dequantize: code value × scale
     std::vector<uint8_t> codes(v.size());
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t col = 0; col < cols; ++col)
-        codes[r * cols + col] = F32ToFp8E4M3(v[r * cols + col] / scale[(r / kBlock) * sc + col / kBlock]);
+        codes[r * cols + col] = F32ToFp8E4M3(v[r * cols + col] / scale[(r / kFp8Block) * sc + col / kFp8Block]);
     w.Add(s.name, stored, s.shape, codes.data(), codes.size());
     w.Add(s.name + "_scale_inv", DType::kF32, {sr, sc}, scale.data(), scale.size() * 4);
   }

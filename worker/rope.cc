@@ -4,14 +4,6 @@
 #include <cmath>
 
 namespace daedalus {
-namespace {
-
-double YarnMscale(double factor, double mscale) {
-  return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
-}
-
-}  // namespace
-
 RopeTable::RopeTable(const ModelConfig& c) {
   const int64_t dim = c.qk_rope_head_dim;
   const double base = c.rope_theta;

@@ -75,14 +75,14 @@ class Loader {
   }
 
   static int64_t ScaleCount(int64_t rows, int64_t cols) {
-    return ((rows + kFp8Block - 1) / kFp8Block) * ((cols + kFp8Block - 1) / kFp8Block);
+    return Fp8ScaleBlocks(rows) * Fp8ScaleBlocks(cols);
   }
 
   // `<name>_scale_inv`: F32 [ceil(rows/128), ceil(cols/128)], copied (owned, aligned).
   absl::StatusOr<const float*> Scales(const std::string& name, int64_t rows, int64_t cols) {
     const std::string scale_name = name.substr(0, name.size() - std::string("weight").size()) + "weight_scale_inv";
     ASSIGN_OR_RETURN(const TensorInfo* s,
-                     Tensor(scale_name, {(rows + kFp8Block - 1) / kFp8Block, (cols + kFp8Block - 1) / kFp8Block}));
+                     Tensor(scale_name, {Fp8ScaleBlocks(rows), Fp8ScaleBlocks(cols)}));
     if (s->dtype != DType::kF32) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", scale_name, " in ", s->file, ": expected dtype F32, found ",
                                                      DTypeName(s->dtype), " (block scales of ", name, ")"));

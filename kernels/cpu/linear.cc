@@ -21,7 +21,7 @@ namespace daedalus {
 
 size_t WeightView::bytes() const {
   size_t b = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
-  if (dtype == DType::kF8E4M3) b += ((rows + kFp8Block - 1) / kFp8Block) * ((cols + kFp8Block - 1) / kFp8Block) * 4;
+  if (dtype == DType::kF8E4M3) b += Fp8ScaleBlocks(rows) * Fp8ScaleBlocks(cols) * 4;
   return b;
 }
 
@@ -43,7 +43,7 @@ float WeightView::at(int64_t r, int64_t c) const {
     case DType::kF8E4M3: {
       const uint8_t code = data != nullptr ? static_cast<const uint8_t*>(data)[r * cols + c]
                                            : static_cast<const uint8_t*>(packed)[panel_index + i];
-      const int64_t scale_cols = (cols + kFp8Block - 1) / kFp8Block;
+      const int64_t scale_cols = Fp8ScaleBlocks(cols);
       return Fp8E4M3ToF32(code) * scale_inv[(r / kFp8Block) * scale_cols + c / kFp8Block];
     }
   }
@@ -265,7 +265,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       const __mmask16 mask_hi = static_cast<__mmask16>(valid <= 16 ? 0 : valid >= 32 ? 0xffff : (1u << (valid - 16)) - 1);
       const bool fp8 = pr.w.dtype == DType::kF8E4M3;
       const int64_t panel_offset = u.panel * K * kPanelRows;
-      const float* scales = fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * ((K + kFp8Block - 1) / kFp8Block) : nullptr;
+      const float* scales = fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * Fp8ScaleBlocks(K) : nullptr;
       for (int64_t k0 = 0; k0 < K; k0 += kKChunk) {
         const int64_t kn = std::min(kKChunk, K - k0);
         for (int64_t m0 = 0; m0 < pr.m; m0 += kTokenBlock) {
