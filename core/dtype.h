@@ -35,8 +35,6 @@ inline bf16 F32ToBf16(float f) {
   return static_cast<bf16>(bits >> 16);
 }
 
-inline float RoundToBf16(float f) { return Bf16ToF32(F32ToBf16(f)); }
-
 // FP8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities;
 // 0x7f/0xff are NaN; largest finite magnitude 448.
 float Fp8E4M3ToF32(uint8_t code);

@@ -45,10 +45,6 @@ void TensorInfo::ReleaseResidentPages() const {
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
-void SafetensorsFile::ReleaseResidentPages() const {
-  if (map_ != nullptr) madvise(map_, map_size_, MADV_DONTNEED);
-}
-
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", strerror(errno)));
@@ -191,16 +187,6 @@ absl::StatusOr<const TensorInfo*> Checkpoint::Get(const std::string& name) const
   auto it = index_.find(name);
   if (it == index_.end()) return absl::NotFoundError(absl::StrCat("tensor ", name, ": missing from ", where_));
   return it->second;
-}
-
-void Checkpoint::ReleaseResidentPages() const {
-  for (const auto& file : files_) file->ReleaseResidentPages();
-}
-
-std::vector<std::string> Checkpoint::Names() const {
-  std::vector<std::string> names;
-  for (const auto& [name, info] : index_) names.push_back(name);
-  return names;
 }
 
 }  // namespace daedalus

@@ -41,8 +41,6 @@ class SafetensorsFile {
 
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::string& path() const { return path_; }
-  // Drops the mapping's resident pages (they stay in the page cache and fault back on use).
-  void ReleaseResidentPages() const;
 
  private:
   SafetensorsFile() = default;
@@ -62,10 +60,6 @@ class Checkpoint {
   // The tensor, or NotFound naming the tensor and where it was looked for.
   absl::StatusOr<const TensorInfo*> Get(const std::string& name) const;
   size_t num_tensors() const { return index_.size(); }
-  // After the weights were copied out (repacked, dequantized), their file pages need not
-  // count towards the process's resident memory.
-  void ReleaseResidentPages() const;
-  std::vector<std::string> Names() const;
 
  private:
   std::string dir_;

@@ -14,8 +14,6 @@ class SafetensorsWriter {
  public:
   // Takes a copy of `data` (`nbytes` must match shape × dtype size).
   void Add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data, size_t nbytes);
-  size_t data_bytes() const { return data_.size(); }
-  bool empty() const { return entries_.empty(); }
   std::vector<std::string> names() const;
   // Writes the file: 8-byte header length, JSON header padded to 8 bytes, data.
   absl::Status Write(const std::string& path) const;

@@ -10,8 +10,6 @@ namespace daedalus {
 void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float eps, float* y, int64_t x_stride,
              int64_t y_stride);
 
-// out[i, j] = silu(gate_up[i, j]) * gate_up[i, width + j]; gate_up is [rows, 2·width].
-void SiluMul(const float* gate_up, int64_t rows, int64_t width, float* out);
 // out[i, j] = silu(gate[i, j]) * up[i, j]; both [rows, width].
 void SiluMulSeparate(const float* gate, const float* up, int64_t rows, int64_t width, float* out);
 

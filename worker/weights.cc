@@ -241,7 +241,6 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
     RETURN_IF_ERROR(LoadLayer(L, c, i, want_expert, layer));
     model->layers.push_back(std::move(layer));
   }
-  model->checkpoint->ReleaseResidentPages();
   return model;
 }
 
