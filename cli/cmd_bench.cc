@@ -32,19 +32,6 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line, flags, model = "unknown CPU";
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0 && model == "unknown CPU") model = line.substr(line.find(':') + 2);
-    if (line.rfind("flags", 0) == 0 && flags.empty()) flags = line;
-  }
-  std::vector<std::string> have;
-  for (const char* f : {"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-    if (flags.find(std::string(" ") + f) != std::string::npos) have.push_back(f);
-  return absl::StrCat(model, " [", absl::StrJoin(have, " "), "]");
-}
-
 // Read bandwidth of all threads streaming a buffer far larger than the caches (best of runs):
 // wide loads into independent accumulators, as a GEMV reads its weights.
 double MeasureBandwidth() {
@@ -161,6 +148,20 @@ double PeakRssMiB() {
 const char* Verdict(bool ok) { return ok ? "met" : "NOT met"; }
 
 }  // namespace
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, flags, model = "unknown CPU";
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0 && model == "unknown CPU") model = line.substr(line.find(':') + 2);
+    if (line.rfind("flags", 0) == 0 && flags.empty()) flags = line;
+  }
+  std::vector<std::string> have;
+  for (const char* f : {"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
+    if (flags.find(std::string(" ") + f) != std::string::npos) have.push_back(f);
+  return absl::StrCat(model, " [", absl::StrJoin(have, " "), "]");
+}
+
 
 Command AddBenchCommand(CLI::App& app) {
   struct Flags {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 
 #include "CLI/CLI.hpp"
 
@@ -14,9 +15,17 @@ Command AddMakeModelCommand(CLI::App& app);
 Command AddRunCommand(CLI::App& app);
 Command AddBenchCommand(CLI::App& app);
 Command AddBenchA2aCommand(CLI::App& app);
+Command AddWorkerCommand(CLI::App& app);
+Command AddCoordinatorCommand(CLI::App& app);
+Command AddServeCommand(CLI::App& app);
+Command AddGenerateCommand(CLI::App& app);
+Command AddStatusCommand(CLI::App& app);
+Command AddLoadgenCommand(CLI::App& app);
 
 // Prints "daedalus: error: <message>" to stderr and returns 1.
 int Fail(const std::string& message);
+// The CPU's model name and its vector extensions, for benchmark reports.
+std::string CpuModel();
 // Applies --threads (0 keeps OMP_NUM_THREADS or the core count) to OpenMP and BLAS.
 void SetThreads(int threads);
 

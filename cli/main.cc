@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +35,14 @@ void SetThreads(int threads) {
   for (int c = 0; c < CPU_SETSIZE; ++c)
     if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
   if (cpus.empty() || omp_get_max_threads() > static_cast<int>(cpus.size())) return;
+  // Several ranks on this node that the launcher did not bind: each would pin its threads to
+  // the same first CPUs. Leave them to the scheduler.
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (local == nullptr) local = std::getenv("SLURM_NTASKS_PER_NODE");
+  if (local != nullptr && std::atoi(local) > 1 &&
+      static_cast<long>(cpus.size()) >= sysconf(_SC_NPROCESSORS_ONLN)) {
+    return;
+  }
 #pragma omp parallel
   {
     cpu_set_t one;
@@ -62,6 +71,13 @@ int main(int argc, char** argv) {
   add("bench", "measure prefill and decode speed, KV cache size and the memory roofline", daedalus::AddBenchCommand);
   add("bench-a2a", "measure expert dispatch and combine against a raw MPI_Alltoallv (under mpirun)",
       daedalus::AddBenchA2aCommand);
+  add("serve", "run a local cluster: a coordinator plus --workers worker processes under mpirun",
+      daedalus::AddServeCommand);
+  add("coordinator", "run the cluster's coordinator (workers start elsewhere)", daedalus::AddCoordinatorCommand);
+  add("worker", "run one worker of a cluster (under mpirun/srun, or alone)", daedalus::AddWorkerCommand);
+  add("generate", "send requests to a cluster and stream the tokens back", daedalus::AddGenerateCommand);
+  add("status", "show a cluster's workers, KV usage and expert load", daedalus::AddStatusCommand);
+  add("loadgen", "measure a cluster's throughput and latency at several concurrencies", daedalus::AddLoadgenCommand);
   CLI11_PARSE(app, argc, argv);
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();

@@ -40,8 +40,12 @@ absl::StatusOr<Request> ParseRequestLine(const std::string& line, const Request&
     };
     for (absl::Status s : {number("max_new_tokens", r.max_new_tokens), number("temperature", r.sampling.temperature),
                            number("top_p", r.sampling.top_p), number("top_k", r.sampling.top_k),
-                           number("seed", r.sampling.seed)}) {
+                           number("seed", r.sampling.seed), number("logprobs", r.logprobs)}) {
       if (!s.ok()) return s;
+    }
+    if (j.contains("ignore_eos")) {
+      if (!j["ignore_eos"].is_boolean()) return absl::InvalidArgumentError("\"ignore_eos\" must be true or false");
+      r.stop_at_eos = !j["ignore_eos"].get<bool>();
     }
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(e.what());

@@ -14,7 +14,7 @@ namespace daedalus {
 absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text);
 
 // One line of a prompts file: {"id", "prompt_ids", "max_new_tokens", "temperature", "top_p",
-// "top_k", "seed"}; absent fields take `defaults`. `id`, when given, receives the line's "id"
+// "top_k", "seed", "logprobs", "ignore_eos"}; absent fields take `defaults`. `id`, when given, receives the line's "id"
 // even when the rest of the line is invalid, so errors can name the request.
 absl::StatusOr<Request> ParseRequestLine(const std::string& line, const Request& defaults, std::string* id = nullptr);
 

@@ -1,6 +1,8 @@
 #include "worker/engine.h"
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "core/buffer.h"
@@ -49,13 +51,36 @@ absl::Status Engine::Validate(const Request& r) const {
 absl::StatusOr<int64_t> Engine::Add(Request request) {
   if (absl::Status s = Validate(request); !s.ok()) return s;
   auto seq = std::make_unique<Sequence>();
-  seq->index = static_cast<int64_t>(results_.size());
+  seq->index = next_index_++;
   seq->tokens = request.prompt_ids;
   seq->sampler = std::make_unique<Sampler>(request.sampling);
-  results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}});
+  if (options_.keep_results) results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}});
   seq->request = std::move(request);
   waiting_.push_back(std::move(seq));
-  return static_cast<int64_t>(results_.size()) - 1;
+  return next_index_ - 1;
+}
+
+bool Engine::Cancel(int64_t index) {
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if ((*it)->index != index) continue;
+    Finish(**it, "cancelled");
+    waiting_.erase(it);
+    return true;
+  }
+  for (auto it = running_.begin(); it != running_.end(); ++it) {
+    if ((*it)->index != index) continue;
+    Finish(**it, "cancelled");
+    running_.erase(it);
+    return true;
+  }
+  return false;
+}
+
+void Engine::TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& finished) {
+  tokens.swap(token_events_);
+  finished.swap(finish_events_);
+  token_events_.clear();
+  finish_events_.clear();
 }
 
 void Engine::Admit() {
@@ -69,13 +94,39 @@ void Engine::Admit() {
   }
 }
 
-void Engine::Finish(Sequence& seq, const std::string& reason) {
+void Engine::Finish(Sequence& seq, const std::string& reason, absl::Status status) {
   seq.done = true;
-  Result& r = results_[seq.index];
-  r.finish_reason = reason;
-  r.generated_ids.assign(seq.tokens.begin() + seq.request.prompt_ids.size(), seq.tokens.end());
+  if (options_.keep_results) {
+    Result& r = results_[seq.index];
+    r.finish_reason = reason;
+    r.status = status;
+    r.generated_ids.assign(seq.tokens.begin() + seq.request.prompt_ids.size(), seq.tokens.end());
+  }
+  finish_events_.push_back(FinishOut{seq.index, reason, std::move(status)});
   cache_.Release(seq.pages);
 }
+
+namespace {
+
+// The sampled token's log-probability under the raw logits, and the `n` most likely tokens.
+void AddLogprobs(const float* logits, int64_t vocab, int32_t n, TokenOut& out) {
+  const float max = logits[Argmax(logits, vocab)];
+  double sum = 0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - max);
+  const double log_z = max + std::log(sum);
+  out.logprob = static_cast<float>(logits[out.token] - log_z);
+  std::vector<int32_t> ids(vocab);
+  std::iota(ids.begin(), ids.end(), 0);
+  const int64_t keep = std::min<int64_t>(n, vocab);
+  std::partial_sort(ids.begin(), ids.begin() + keep, ids.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  for (int64_t i = 0; i < keep; ++i) {
+    out.top_ids.push_back(ids[i]);
+    out.top_logprobs.push_back(static_cast<float>(logits[ids[i]] - log_z));
+  }
+}
+
+}  // namespace
 
 bool Engine::Step() {
   if (!status_.ok()) return false;
@@ -89,6 +140,16 @@ bool Engine::Step() {
   } else if (running_.empty()) {
     return false;
   }
+  return RunStep();
+}
+
+bool Engine::StepAgreed() {
+  if (!status_.ok()) return false;
+  Admit();
+  return RunStep();
+}
+
+bool Engine::RunStep() {
   ForwardBatch batch;
   struct Plan {
     Sequence* seq;
@@ -152,6 +213,11 @@ bool Engine::Step() {
       const int64_t last = plans[i].first_logit + (seq.request.want_prompt_logits && s.start_pos < prompt ? s.n_tokens - 1 : 0);
       const int32_t token = seq.sampler->Sample(&logits[last * vocab], vocab);
       seq.tokens.push_back(token);
+      TokenOut out;
+      out.index = seq.index;
+      out.token = token;
+      if (seq.request.logprobs > 0) AddLogprobs(&logits[last * vocab], vocab, seq.request.logprobs, out);
+      token_events_.push_back(std::move(out));
       const std::optional<int64_t> eos = options_.eos_token_id ? options_.eos_token_id : model_.config().eos_token_id;
       if (seq.request.stop_at_eos && eos && token == *eos) {
         Finish(seq, "stop");
@@ -170,10 +236,7 @@ std::vector<Result> Engine::RunToCompletion() {
   // After an error every unfinished request reports it. Otherwise anything still waiting could
   // never fit; Validate rules that out, so that is a guard.
   auto fail = [&](Sequence& seq) {
-    Result& r = results_[seq.index];
-    r.finish_reason = "error";
-    r.status = status_.ok() ? absl::ResourceExhaustedError("KV cache cannot hold the request") : status_;
-    cache_.Release(seq.pages);
+    Finish(seq, "error", status_.ok() ? absl::ResourceExhaustedError("KV cache cannot hold the request") : status_);
   };
   for (auto& seq : running_) fail(*seq);
   for (auto& seq : waiting_) fail(*seq);

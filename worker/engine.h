@@ -24,6 +24,7 @@ struct Request {
   SamplingParams sampling;
   bool stop_at_eos = true;          // finish when the config's eos_token_id is sampled
   bool want_prompt_logits = false;  // keep a logits row for every prompt position
+  int32_t logprobs = 0;             // report the sampled token's log-probability and the top N
 };
 
 struct Result {
@@ -34,10 +35,27 @@ struct Result {
   std::vector<std::vector<float>> prompt_logits;  // when asked for
 };
 
+// Produced by a step, for a server that streams them (see Engine::TakeEvents).
+struct TokenOut {
+  int64_t index = 0;  // from Add
+  int32_t token = 0;
+  float logprob = 0;  // log-softmax of the raw logits, when the request asked for logprobs
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+struct FinishOut {
+  int64_t index;
+  std::string reason;  // "stop" | "length" | "cancelled" | "error"
+  absl::Status status;
+};
+
 struct EngineOptions {
   int64_t max_batch_tokens = 512;  // tokens per forward step (decode tokens first, then prefill)
   int64_t prefill_chunk = 512;     // longest prefill slice of one sequence per step
   int64_t max_running = 256;       // sequences in the batch at once
+  // false for a long-running server: finished requests are reported by TakeEvents only, so
+  // memory does not grow with the number served.
+  bool keep_results = true;
   KvCacheOptions kv;
   AttentionPath attention = AttentionPath::kAuto;
   std::optional<int64_t> eos_token_id;  // end of sequence; unset: the config's eos_token_id
@@ -61,9 +79,20 @@ class Engine {
   absl::Status Validate(const Request& request) const;
   // Queues a valid request; the index names its result.
   absl::StatusOr<int64_t> Add(Request request);
+  // Ends a queued or running request, freeing its KV pages; it finishes as "cancelled".
+  // False when it is not (or no longer) here.
+  bool Cancel(int64_t index);
   // Runs one forward step over running sequences; false when there was nothing to do (with
   // expert parallelism: when no rank had anything to do), or after an error (see status()).
   bool Step();
+  // With expert parallelism, for a caller that has agreed with every rank that some rank has
+  // work (e.g. an all-reduce of pending()): runs the step, possibly with an empty batch.
+  // False after an error.
+  bool StepAgreed();
+  // Requests queued or running here.
+  int64_t pending() const { return static_cast<int64_t>(running_.size() + waiting_.size()); }
+  // Tokens sampled and requests finished since the last call.
+  void TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& finished);
   // Steps until every queued request has finished; results in the order of Add.
   std::vector<Result> RunToCompletion();
   // The first error of a collective step (a peer lost, a deadline passed); the engine stops.
@@ -86,14 +115,18 @@ class Engine {
     bool done = false;
   };
   void Admit();
-  void Finish(Sequence& seq, const std::string& reason);
+  bool RunStep();
+  void Finish(Sequence& seq, const std::string& reason, absl::Status status = absl::OkStatus());
 
   EngineOptions options_;
   DeepSeekModel model_;
   PagedKvCache cache_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
-  std::vector<Result> results_;
+  int64_t next_index_ = 0;
+  std::vector<Result> results_;  // by index, when options_.keep_results
+  std::vector<TokenOut> token_events_;
+  std::vector<FinishOut> finish_events_;
   StepStats last_step_;
   std::vector<std::unique_ptr<ExpertExchange>> exchanges_;  // by layer; empty without a transport
   ExpertLoad expert_load_;

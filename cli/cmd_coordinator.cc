@@ -1,0 +1,160 @@
+// `daedalus coordinator` (the coordinator alone, workers started elsewhere) and
+// `daedalus serve` (a coordinator plus N workers on this machine, under mpirun).
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "cli/coordinator_flags.h"
+#include "cli/engine_flags.h"
+#include "cli/worker_launcher.h"
+#include "worker/make_model.h"
+#include "worker/presets.h"
+
+namespace daedalus {
+
+namespace {
+
+// SIGINT and SIGTERM are taken with sigwait; blocked before any thread starts so that every
+// thread inherits the mask.
+sigset_t BlockStopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+// Waits for SIGINT/SIGTERM or until `done()` holds; reports cluster state changes on stderr.
+void WaitForStop(const sigset_t& signals, CoordinatorServer& server, const std::function<bool()>& done,
+                 bool print_ready) {
+  std::string last = "forming";
+  bool announced = false;
+  timespec tick{0, 100 * 1000 * 1000};
+  while (!done()) {
+    if (sigtimedwait(&signals, nullptr, &tick) > 0) return;
+    const std::string now = server.state().state();
+    if (now == last) continue;
+    if (now == "serving" && print_ready && !announced) {
+      std::printf("ready %s\n", server.address().c_str());
+      std::fflush(stdout);
+      announced = true;
+    } else if (now == "serving") {
+      std::fprintf(stderr, "daedalus: cluster serving again\n");
+    } else if (now == "degraded") {
+      auto status = server.state().Status(std::chrono::steady_clock::now());
+      std::fprintf(stderr, "daedalus: %s\n", status.detail().c_str());
+    }
+    last = now;
+  }
+}
+
+}  // namespace
+
+Command AddCoordinatorCommand(CLI::App& app) {
+  struct Flags {
+    std::string model;
+    int world_size = 1;
+    CoordinatorFlags coordinator;
+  };
+  auto f = std::make_shared<Flags>();
+  app.add_option("--model", f->model, "checkpoint directory (only config.json is read)")->required();
+  app.add_option("--world-size", f->world_size, "workers (MPI ranks) the cluster needs")->required();
+  f->coordinator.Register(app);
+  return [f]() {
+    const sigset_t signals = BlockStopSignals();
+    auto config = ModelConfig::Load(f->model + "/config.json");
+    if (!config.ok()) return Fail(std::string(config.status().message()));
+    CoordinatorOptions options;
+    ServerOptions server;
+    if (absl::Status s = f->coordinator.Options(*config, f->world_size, options, server); !s.ok()) return Fail(std::string(s.message()));
+    auto started = CoordinatorServer::Start(f->model, options, server);
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    std::printf("listening %s\n", (*started)->address().c_str());
+    if (!(*started)->metrics_address().empty()) std::printf("metrics http://%s/metrics\n", (*started)->metrics_address().c_str());
+    std::fflush(stdout);
+    WaitForStop(signals, **started, [] { return false; }, true);
+    (*started)->Shutdown();
+    return 0;
+  };
+}
+
+Command AddServeCommand(CLI::App& app) {
+  struct Flags {
+    std::string model;
+    int workers = 2, max_restarts = 10;
+    double collective_timeout_s = 60;
+    CoordinatorFlags coordinator;
+    EngineFlags engine;
+  };
+  auto f = std::make_shared<Flags>();
+  app.add_option("--model", f->model, "checkpoint directory (default: a generated tiny model)");
+  app.add_option("--workers", f->workers, "worker processes (MPI ranks)");
+  app.add_option("--max-restarts", f->max_restarts, "times the workers are started again after they exit");
+  app.add_option("--collective-timeout", f->collective_timeout_s, "workers: seconds a rank waits in a collective");
+  f->coordinator.Register(app);
+  f->engine.Register(app);
+  return [f]() {
+    const sigset_t signals = BlockStopSignals();
+    if (f->workers < 1) return Fail("--workers must be at least 1");
+    std::string model = f->model, scratch;
+    if (model.empty()) {
+      char dir[] = "/tmp/daedalus-serve-XXXXXX";
+      if (mkdtemp(dir) == nullptr) return Fail("cannot create a temporary folder for the generated model");
+      scratch = dir;
+      model = scratch + "/tiny";
+      auto config = PresetConfig("tiny");
+      if (absl::Status s = config.ok() ? MakeModel(*config, MakeModelOptions{}, model) : config.status(); !s.ok()) {
+        return Fail(std::string(s.message()));
+      }
+      std::fprintf(stderr, "daedalus serve: no --model; generated the tiny preset in %s\n", model.c_str());
+    }
+    auto cleanup = [&] {
+      if (!scratch.empty()) std::filesystem::remove_all(scratch);
+    };
+    auto config = ModelConfig::Load(model + "/config.json");
+    if (!config.ok()) return cleanup(), Fail(std::string(config.status().message()));
+    CoordinatorOptions options;
+    ServerOptions server;
+    if (absl::Status s = f->coordinator.Options(*config, f->workers, options, server); !s.ok()) {
+      return cleanup(), Fail(std::string(s.message()));
+    }
+    auto started = CoordinatorServer::Start(model, options, server);
+    if (!started.ok()) return cleanup(), Fail(std::string(started.status().message()));
+    CoordinatorServer& coordinator = **started;
+    if (!coordinator.metrics_address().empty()) {
+      std::fprintf(stderr, "daedalus serve: metrics at http://%s/metrics\n", coordinator.metrics_address().c_str());
+    }
+    const EngineFlags& e = f->engine;
+    std::vector<std::string> worker_args = {
+        "--coordinator", coordinator.address(), "--model", model, "--collective-timeout", absl::StrCat(f->collective_timeout_s),
+        "--kv-dtype", e.kv_dtype, "--kv-cache-tokens", absl::StrCat(e.kv_tokens), "--page-size", absl::StrCat(e.page_size),
+        "--max-batch-tokens", absl::StrCat(e.max_batch_tokens), "--prefill-chunk", absl::StrCat(e.prefill_chunk),
+        "--attention", e.attention};
+    if (!f->coordinator.cluster_secret.empty()) setenv("DAEDALUS_CLUSTER_SECRET", f->coordinator.cluster_secret.c_str(), 1);
+    // TLS: the workers verify the coordinator's certificate against itself (self-signed or a
+    // leaf whose chain the workers' CA bundle holds is the user's business with `coordinator`).
+    if (!f->coordinator.tls_cert.empty()) worker_args.insert(worker_args.end(), {"--tls-ca", f->coordinator.tls_cert});
+    const int cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+    const int threads = e.threads > 0 ? e.threads : std::max(1, cores / f->workers);
+    WorkerLauncher launcher(f->workers, threads, worker_args, f->max_restarts);
+    launcher.Start();
+    WaitForStop(signals, coordinator, [&] { return launcher.gave_up(); }, true);
+    const bool failed = launcher.gave_up();
+    coordinator.state().ShutdownWorkers("the cluster is shutting down");
+    launcher.Stop(10);
+    coordinator.Shutdown();
+    cleanup();
+    if (failed) return Fail("the workers could not be kept running");
+    std::fprintf(stderr, "daedalus serve: stopped\n");
+    return 0;
+  };
+}
+
+}  // namespace daedalus

@@ -1,0 +1,87 @@
+// `daedalus status`: the cluster's state, workers, KV usage and expert placement and load.
+#include <algorithm>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "cli/client.h"
+#include "cli/commands.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace daedalus {
+
+namespace {
+
+void PrintTable(const v1::ClusterStatusResponse& s) {
+  std::printf("cluster %s (%s), model %s, %d workers, %lld queued, %lld tokens generated\n", s.state().c_str(),
+              s.detail().empty() ? "ok" : s.detail().c_str(), s.model().c_str(), s.world_size(),
+              static_cast<long long>(s.queued()), static_cast<long long>(s.generated_tokens()));
+  std::printf("requests:");
+  for (const auto& [outcome, n] : s.requests_by_outcome()) std::printf(" %s=%lld", outcome.c_str(), static_cast<long long>(n));
+  std::printf("\n\n%-5s %-8s %-20s %-8s %-6s %18s %8s %10s\n", "rank", "state", "host", "pid", "device", "kv used/capacity",
+              "running", "heartbeat");
+  for (const auto& w : s.workers()) {
+    std::printf("%-5d %-8s %-20s %-8lld %-6s %8lld/%-9lld %8lld %9.1fs\n", w.rank(), w.state().c_str(), w.host().c_str(),
+                static_cast<long long>(w.pid()), w.device().c_str(), static_cast<long long>(w.kv_used_tokens()),
+                static_cast<long long>(w.kv_capacity_tokens()), static_cast<long long>(w.running()), w.last_heartbeat_age_s());
+  }
+  if (s.layers_size() == 0) return;
+  // Expert load: per MoE layer, the routed tokens each rank served (load split evenly over
+  // replicas), and the hottest experts.
+  std::printf("\nexpert load (routed token-slots) by rank, per MoE layer:\n%-6s", "layer");
+  for (int r = 0; r < s.world_size(); ++r) std::printf(" %10s", absl::StrCat("rank ", r).c_str());
+  std::printf("  %s\n", "hottest experts");
+  for (const auto& layer : s.layers()) {
+    std::vector<double> per_rank(s.world_size(), 0);
+    std::vector<int> copies(layer.expert_tokens_size(), 0);
+    for (const auto& on : layer.experts_on())
+      for (int e : on.experts()) ++copies[e];
+    for (int r = 0; r < layer.experts_on_size() && r < s.world_size(); ++r)
+      for (int e : layer.experts_on(r).experts()) per_rank[r] += static_cast<double>(layer.expert_tokens(e)) / copies[e];
+    std::printf("%-6d", layer.layer());
+    for (double v : per_rank) std::printf(" %10.0f", v);
+    std::vector<int> order(layer.expert_tokens_size());
+    for (size_t e = 0; e < order.size(); ++e) order[e] = static_cast<int>(e);
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return layer.expert_tokens(a) > layer.expert_tokens(b); });
+    std::printf(" ");
+    for (size_t i = 0; i < order.size() && i < 4; ++i) {
+      std::printf(" e%d:%lld", order[i], static_cast<long long>(layer.expert_tokens(order[i])));
+    }
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+
+Command AddStatusCommand(CLI::App& app) {
+  struct Flags {
+    ClientFlags client;
+    bool json = false;
+    double timeout_s = 10;
+  };
+  auto f = std::make_shared<Flags>();
+  f->client.Register(app);
+  app.add_flag("--json", f->json, "print the ClusterStatus message as JSON");
+  app.add_option("--timeout", f->timeout_s, "seconds to wait for the answer");
+  return [f]() {
+    auto stub = f->client.Stub();
+    if (!stub.ok()) return Fail(std::string(stub.status().message()));
+    grpc::ClientContext context;
+    f->client.Prepare(context, f->timeout_s);
+    v1::ClusterStatusResponse response;
+    grpc::Status s = (*stub)->ClusterStatus(&context, v1::ClusterStatusRequest{}, &response);
+    if (!s.ok()) return Fail(absl::StrCat(StatusCodeName(s.error_code()), ": ", s.error_message()));
+    if (f->json) {
+      std::string json;
+      google::protobuf::util::JsonPrintOptions options;
+      options.always_print_primitive_fields = true;
+      options.preserve_proto_field_names = true;
+      (void)google::protobuf::util::MessageToJsonString(response, &json, options);
+      std::printf("%s\n", json.c_str());
+    } else {
+      PrintTable(response);
+    }
+    return 0;
+  };
+}
+
+}  // namespace daedalus

@@ -1,0 +1,61 @@
+// Coordinator flags shared by `coordinator` and `serve`.
+#pragma once
+
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "coordinator/server.h"
+#include "routing/expert_load.h"
+
+namespace daedalus {
+
+struct CoordinatorFlags {
+  std::string listen = "127.0.0.1:50051", metrics_listen, tls_cert, tls_key, auth_token, cluster_secret, placement_from;
+  int64_t max_queue = 1024;
+  double queue_timeout_s = 30, heartbeat_interval_s = 1, heartbeat_timeout_s = 5;
+  int redundant_experts = 0, ranks_per_node = 0;
+
+  void Register(CLI::App& app) {
+    app.add_option("--listen", listen, "gRPC address (host:port; port 0 picks one)");
+    app.add_option("--metrics-listen", metrics_listen, "HTTP address for Prometheus /metrics and /health (default: off)");
+    app.add_option("--tls-cert", tls_cert, "PEM certificate: serve gRPC over TLS (with --tls-key)");
+    app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
+    app.add_option("--auth-token", auth_token, "bearer token clients must send")->envname("DAEDALUS_AUTH_TOKEN");
+    app.add_option("--cluster-secret", cluster_secret, "secret workers must present to register")
+        ->envname("DAEDALUS_CLUSTER_SECRET");
+    app.add_option("--max-queue", max_queue, "requests that may wait for admission; more get RESOURCE_EXHAUSTED");
+    app.add_option("--queue-timeout", queue_timeout_s, "seconds a request may wait for admission (default per request)");
+    app.add_option("--heartbeat-interval", heartbeat_interval_s, "seconds between worker heartbeats");
+    app.add_option("--heartbeat-timeout", heartbeat_timeout_s, "seconds of silence after which a worker is lost");
+    app.add_option("--redundant-experts", redundant_experts, "extra replicas of hot routed experts over the workers");
+    app.add_option("--ranks-per-node", ranks_per_node, "workers per node, for node-level expert placement");
+    app.add_option("--placement-from", placement_from, "place experts by the load in this --expert-load-out file");
+  }
+
+  absl::Status Options(const ModelConfig& config, int world_size, CoordinatorOptions& c, ServerOptions& s) const {
+    c.world_size = world_size;
+    c.max_queue = max_queue;
+    c.queue_timeout = std::chrono::milliseconds(static_cast<int64_t>(queue_timeout_s * 1000));
+    c.heartbeat_interval = std::chrono::milliseconds(static_cast<int64_t>(heartbeat_interval_s * 1000));
+    c.heartbeat_timeout = std::chrono::milliseconds(static_cast<int64_t>(heartbeat_timeout_s * 1000));
+    c.redundant_experts = redundant_experts;
+    c.ranks_per_node = ranks_per_node;
+    if (!placement_from.empty()) {
+      auto load = ReadExpertLoad(placement_from, config.num_hidden_layers, config.n_routed_experts);
+      if (!load.ok()) return load.status();
+      c.placement_load = std::move(*load);
+    }
+    if (c.heartbeat_timeout <= c.heartbeat_interval) {
+      return absl::InvalidArgumentError("--heartbeat-timeout must be longer than --heartbeat-interval");
+    }
+    s.listen = listen;
+    s.metrics_listen = metrics_listen;
+    s.tls_cert = tls_cert;
+    s.tls_key = tls_key;
+    s.bearer_token = auth_token;
+    s.cluster_secret = cluster_secret;
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace daedalus

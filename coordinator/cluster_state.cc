@@ -1,0 +1,424 @@
+#include "coordinator/cluster_state.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/outcome.h"
+
+namespace daedalus {
+
+ClusterState::ClusterState(ModelConfig config, std::string model_name, CoordinatorOptions options, Metrics* metrics)
+    : config_(std::move(config)), model_name_(std::move(model_name)), options_(std::move(options)), metrics_(metrics) {
+  measured_load_.resize(config_.num_hidden_layers);
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l)
+    if (config_.is_moe_layer(l)) measured_load_[l].assign(config_.n_routed_experts, 0);
+}
+
+absl::StatusOr<int64_t> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
+  const std::string who = absl::StrCat("worker rank ", r.rank(), " (", r.host(), ", pid ", r.pid(), ")");
+  if (r.world_size() != options_.world_size) {
+    return absl::FailedPreconditionError(absl::StrCat(who, " was launched with world size ", r.world_size(),
+                                                      "; this coordinator serves ", options_.world_size, " workers"));
+  }
+  if (r.rank() < 0 || r.rank() >= options_.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": rank outside [0, ", options_.world_size, ")"));
+  }
+  if (r.kv_capacity_tokens() <= 0 || r.kv_page_size() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": KV capacity and page size must be positive"));
+  }
+  if (r.launch_id().empty()) return absl::InvalidArgumentError(absl::StrCat(who, ": launch_id is empty"));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (r.launch_id() != launch_id_) {
+    // A new launch replaces whatever ran before.
+    for (auto& w : workers_) {
+      if (w && w->link) {
+        v1::CoordinatorMessage m;
+        m.mutable_shutdown()->set_reason(absl::StrCat("superseded by launch ", r.launch_id()));
+        w->link->Send(m);
+      }
+    }
+    for (auto it = sequences_.begin(); it != sequences_.end();) {
+      EndLocked(it++, "", absl::UnavailableError("the cluster's workers were relaunched"));
+    }
+    ++generation_;
+    launch_id_ = r.launch_id();
+    workers_.assign(options_.world_size, std::nullopt);
+    degraded_.clear();
+    ComputePlacementLocked();
+  }
+  std::optional<Worker>& slot = workers_[r.rank()];
+  if (slot) {
+    return absl::AlreadyExistsError(absl::StrCat(who, ": rank ", r.rank(), " of launch ", r.launch_id(),
+                                                 " is already registered (", slot->info.host(), ", pid ",
+                                                 slot->info.pid(), ")"));
+  }
+  slot.emplace();
+  slot->info = r;
+  slot->last_heard = now;
+  formed_.notify_all();
+  return generation_;
+}
+
+absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto all_registered = [&] {
+    return generation != generation_ || std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w.has_value(); });
+  };
+  if (!formed_.wait_until(lock, deadline, all_registered)) {
+    int n = 0;
+    for (const auto& w : workers_) n += w.has_value();
+    return absl::UnavailableError(absl::StrCat("only ", n, " of ", options_.world_size, " workers registered in time"));
+  }
+  if (generation != generation_) return absl::AbortedError("a newer launch replaced this one");
+  v1::Assignment a;
+  a.set_generation(generation_);
+  *a.mutable_placement() = placement_;
+  for (const auto& w : workers_) a.add_data_plane_addresses(w->info.data_plane_address());
+  a.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
+  return a;
+}
+
+absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker rank ", rank, " of generation ", generation, " is not registered in the current generation ",
+                     generation_));
+  }
+  Worker& w = *workers_[rank];
+  if (w.state != WorkerState::kLoading) return absl::AlreadyExistsError(absl::StrCat("worker rank ", rank, " is already attached"));
+  w.state = WorkerState::kReady;
+  w.link = std::move(link);
+  w.last_heard = now;
+  if (!degraded_.empty()) {  // a peer was lost meanwhile: this one must go too
+    v1::CoordinatorMessage m;
+    m.mutable_shutdown()->set_reason(degraded_);
+    w.link->Send(m);
+  }
+  TryAdmitLocked();
+  return absl::OkStatus();
+}
+
+void ClusterState::Lose(int rank, int64_t generation, const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) return;
+  if (workers_[rank]->state == WorkerState::kLost) return;
+  LoseLocked(rank, why);
+}
+
+void ClusterState::LoseLocked(int rank, const std::string& why) {
+  Worker& lost = *workers_[rank];
+  lost.state = WorkerState::kLost;
+  lost.link.reset();
+  const std::string what =
+      absl::StrCat("worker rank ", rank, " (", lost.info.host(), ", pid ", lost.info.pid(), ") lost: ", why);
+  if (degraded_.empty()) degraded_ = what;
+  // The data plane spans every worker, so no sequence can go on: end them all, and stop the
+  // survivors so the launcher can start the whole set again.
+  for (auto it = sequences_.begin(); it != sequences_.end();) {
+    const bool here = it->second.rank == rank;
+    EndLocked(it++, "", absl::UnavailableError(here ? what : absl::StrCat("cluster degraded: ", what)));
+  }
+  for (auto& w : workers_) {
+    if (w && w->link) {
+      v1::CoordinatorMessage m;
+      m.mutable_shutdown()->set_reason(what);
+      w->link->Send(m);
+    }
+  }
+}
+
+void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation != generation_ || !workers_[rank]) return;
+  Worker& w = *workers_[rank];
+  w.last_heard = now;
+  int64_t delivered = 0;
+  for (const v1::TokenEvent& t : events.tokens()) {
+    auto it = sequences_.find(t.sequence());
+    if (it == sequences_.end() || it->second.rank != rank) continue;  // cancelled meanwhile
+    Sequence& s = it->second;
+    v1::GeneratedToken g;
+    g.set_token_id(t.token_id());
+    if (s.request.logprobs() > 0) {
+      g.set_logprob(t.logprob());
+      for (int i = 0; i < t.top_ids_size() && i < t.top_logprobs_size(); ++i) {
+        v1::TokenLogprob* top = g.add_top_logprobs();
+        top->set_token_id(t.top_ids(i));
+        top->set_logprob(t.top_logprobs(i));
+      }
+    }
+    s.channel->Push(std::move(g));
+    if (metrics_) {
+      const double since = std::chrono::duration<double>(now - (s.got_token ? s.last_token : s.submitted)).count();
+      s.got_token ? metrics_->ObserveItl(since) : metrics_->ObserveTtft(since);
+    }
+    s.got_token = true;
+    s.last_token = now;
+    ++delivered;
+  }
+  if (metrics_) metrics_->AddGeneratedTokens(delivered);
+  for (const v1::FinishEvent& f : events.finished()) {
+    auto it = sequences_.find(f.sequence());
+    if (it == sequences_.end() || it->second.rank != rank) continue;
+    EndLocked(it, f.reason(),
+              f.reason() == "error" ? absl::InternalError(absl::StrCat("worker rank ", rank, ": ", f.error())) : absl::OkStatus());
+  }
+  // Expert load: [moe layer in order][expert].
+  int64_t at = 0;
+  for (auto& layer : measured_load_) {
+    for (auto& count : layer) {
+      if (at >= events.expert_tokens_size()) break;
+      count += events.expert_tokens(at++);
+    }
+  }
+  TryAdmitLocked();
+}
+
+void ClusterState::OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) return;
+  workers_[rank]->last_heard = now;
+}
+
+void ClusterState::CheckDeadlines(Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
+    auto& w = workers_[r];
+    if (!w || w->state != WorkerState::kReady) continue;
+    const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - w->last_heard);
+    if (silent > options_.heartbeat_timeout) {
+      LoseLocked(r, absl::StrCat("no heartbeat for ", silent.count(), " ms (limit ", options_.heartbeat_timeout.count(), " ms)"));
+    }
+  }
+  std::vector<uint64_t> expired;
+  for (uint64_t id : queue_) {
+    auto it = sequences_.find(id);
+    if (it != sequences_.end() && now >= it->second.admission_deadline) expired.push_back(id);
+  }
+  for (uint64_t id : expired) {
+    auto it = sequences_.find(id);
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(now - it->second.submitted);
+    EndLocked(it, "",
+              absl::ResourceExhaustedError(absl::StrCat("not admitted within ", waited.count(),
+                                                        " ms: every worker's KV cache is full (", queue_.size() - 1,
+                                                        " other requests waiting)")));
+  }
+}
+
+absl::StatusOr<std::shared_ptr<RequestChannel>> ClusterState::Submit(const v1::GenerateRequest& request,
+                                                                     Clock::time_point admission_deadline,
+                                                                     Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto refuse = [&](absl::Status s) {
+    if (metrics_) metrics_->CountRequest(OutcomeOf(s, ""));
+    return s;
+  };
+  if (!serving_locked()) return refuse(absl::UnavailableError(state_detail_locked()));
+  if (static_cast<int64_t>(queue_.size()) >= options_.max_queue) {
+    return refuse(absl::ResourceExhaustedError(absl::StrCat("queue limit reached: ", queue_.size(),
+                                                            " requests are waiting for admission (--max-queue ",
+                                                            options_.max_queue, ")")));
+  }
+  const int64_t need = Reservation(request);
+  int64_t largest = 0;
+  for (const auto& w : workers_) largest = std::max(largest, w->info.kv_capacity_tokens());
+  if (need > largest) {
+    return refuse(absl::ResourceExhaustedError(absl::StrCat("prompt plus max_new_tokens needs ", need,
+                                                            " KV cache tokens; the largest worker cache holds ", largest)));
+  }
+  const uint64_t id = next_sequence_++;
+  Sequence s;
+  s.id = id;
+  s.request = request;
+  s.channel = std::make_shared<RequestChannel>(id);
+  s.submitted = now;
+  s.admission_deadline = admission_deadline;
+  auto channel = s.channel;
+  sequences_.emplace(id, std::move(s));
+  queue_.push_back(id);
+  TryAdmitLocked();
+  return channel;
+}
+
+void ClusterState::Cancel(uint64_t sequence) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sequences_.find(sequence);
+  if (it == sequences_.end()) return;
+  if (it->second.rank >= 0) {
+    auto& w = workers_[it->second.rank];
+    if (w && w->link) {
+      v1::CoordinatorMessage m;
+      m.mutable_abort()->set_sequence(sequence);
+      w->link->Send(m);
+    }
+  } else {
+    std::erase(queue_, sequence);
+  }
+  EndLocked(it, "cancelled", absl::CancelledError("the client cancelled the request"));
+  TryAdmitLocked();
+}
+
+void ClusterState::ShutdownWorkers(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& w : workers_) {
+    if (w && w->link) {
+      v1::CoordinatorMessage m;
+      m.mutable_shutdown()->set_reason(reason);
+      w->link->Send(m);
+    }
+  }
+}
+
+int64_t ClusterState::Reservation(const v1::GenerateRequest& request) const {
+  // Every worker of a launch has the same page size; a sequence reserves whole pages.
+  int64_t page = 1;
+  for (const auto& w : workers_)
+    if (w) page = std::max<int64_t>(page, w->info.kv_page_size());
+  const int64_t length = request.prompt_ids_size() + request.max_new_tokens();
+  return (length + page - 1) / page * page;
+}
+
+void ClusterState::TryAdmitLocked() {
+  if (!serving_locked()) return;
+  // First come, first served: the head waits for room rather than being overtaken.
+  while (!queue_.empty()) {
+    auto it = sequences_.find(queue_.front());
+    if (it == sequences_.end()) {
+      queue_.pop_front();
+      continue;
+    }
+    Sequence& s = it->second;
+    const int64_t need = Reservation(s.request);
+    // Attention sharding: the worker with the most free KV capacity, ties by fewest running
+    // sequences, then by rank.
+    int best = -1;
+    int64_t best_free = -1;
+    for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
+      const Worker& w = *workers_[r];
+      const int64_t free = w.info.kv_capacity_tokens() - w.kv_reserved;
+      if (free < need) continue;
+      if (best < 0 || free > best_free || (free == best_free && w.running < workers_[best]->running)) {
+        best = r;
+        best_free = free;
+      }
+    }
+    if (best < 0) return;
+    Worker& w = *workers_[best];
+    v1::CoordinatorMessage m;
+    v1::Admit* admit = m.mutable_admit();
+    admit->set_sequence(s.id);
+    *admit->mutable_prompt_ids() = s.request.prompt_ids();
+    admit->set_max_new_tokens(s.request.max_new_tokens());
+    admit->set_temperature(s.request.sampling().temperature());
+    admit->set_top_p(s.request.sampling().top_p() == 0 ? 1.0f : s.request.sampling().top_p());
+    admit->set_top_k(s.request.sampling().top_k());
+    admit->set_seed(s.request.sampling().seed());
+    admit->set_ignore_eos(s.request.ignore_eos());
+    admit->set_logprobs(s.request.logprobs());
+    queue_.pop_front();
+    s.rank = best;
+    s.reserved = need;
+    w.kv_reserved += need;
+    ++w.running;
+    s.channel->Admitted(best);
+    w.link->Send(m);  // a closed stream is noticed by its reader, which loses the worker
+  }
+}
+
+void ClusterState::EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason,
+                             const absl::Status& status) {
+  Sequence& s = it->second;
+  if (s.rank >= 0 && workers_.size() > static_cast<size_t>(s.rank) && workers_[s.rank]) {
+    workers_[s.rank]->kv_reserved -= s.reserved;
+    --workers_[s.rank]->running;
+  }
+  if (s.rank < 0) std::erase(queue_, s.id);
+  if (metrics_) metrics_->CountRequest(OutcomeOf(status, reason));
+  s.channel->Finish(reason, status);
+  sequences_.erase(it);
+}
+
+void ClusterState::ComputePlacementLocked() {
+  bool measured = false;
+  for (const auto& layer : measured_load_)
+    for (int64_t c : layer) measured |= c > 0;
+  const ExpertLoad& load = measured ? measured_load_ : options_.placement_load;
+  placement_.Clear();
+  auto placed = PlaceLayers(load, config_.num_hidden_layers, config_.n_routed_experts, config_.n_group,
+                            options_.world_size, options_.ranks_per_node, options_.redundant_experts);
+  if (!placed.ok()) return;  // the coordinator checks the placement at start-up
+  for (const Placement& p : *placed) {
+    v1::LayerExperts* layer = placement_.add_layers();
+    for (const auto& experts : p.experts_on) *layer->add_experts_on()->mutable_experts() = {experts.begin(), experts.end()};
+  }
+}
+
+bool ClusterState::serving() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return serving_locked();
+}
+
+std::string ClusterState::state() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !degraded_.empty() ? "degraded" : serving_locked() ? "serving" : "forming";
+}
+
+bool ClusterState::serving_locked() const {
+  if (!degraded_.empty() || workers_.empty()) return false;
+  return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w && w->state == WorkerState::kReady; });
+}
+
+std::string ClusterState::state_detail_locked() const {
+  if (!degraded_.empty()) {
+    return absl::StrCat("cluster degraded: ", degraded_, "; waiting for the workers to be restarted and register again");
+  }
+  int registered = 0, ready = 0;
+  for (const auto& w : workers_) {
+    registered += w.has_value();
+    ready += w && w->state == WorkerState::kReady;
+  }
+  return absl::StrCat("cluster forming: ", registered, " of ", options_.world_size, " workers registered, ", ready,
+                      " ready");
+}
+
+v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::ClusterStatusResponse out;
+  out.set_state(!degraded_.empty() ? "degraded" : serving_locked() ? "serving" : "forming");
+  if (!serving_locked()) out.set_detail(state_detail_locked());
+  out.set_world_size(options_.world_size);
+  out.set_model(model_name_);
+  out.set_vocab_size(config_.vocab_size);
+  out.set_max_position_embeddings(config_.max_position_embeddings);
+  for (const auto& w : workers_) {
+    if (!w) continue;
+    v1::WorkerStatus* ws = out.add_workers();
+    ws->set_rank(w->info.rank());
+    ws->set_host(w->info.host());
+    ws->set_pid(w->info.pid());
+    ws->set_device(w->info.device());
+    ws->set_state(w->state == WorkerState::kLoading ? "loading" : w->state == WorkerState::kReady ? "ready" : "lost");
+    ws->set_kv_capacity_tokens(w->info.kv_capacity_tokens());
+    ws->set_kv_used_tokens(w->kv_reserved);
+    ws->set_running(w->running);
+    ws->set_last_heartbeat_age_s(std::chrono::duration<double>(now - w->last_heard).count());
+  }
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    if (!config_.is_moe_layer(l)) continue;
+    v1::LayerPlacement* lp = out.add_layers();
+    lp->set_layer(static_cast<int32_t>(l));
+    if (l < placement_.layers_size()) {
+      for (const auto& on : placement_.layers(l).experts_on()) *lp->add_experts_on()->mutable_experts() = on.experts();
+    }
+    *lp->mutable_expert_tokens() = {measured_load_[l].begin(), measured_load_[l].end()};
+  }
+  out.set_queued(static_cast<int64_t>(queue_.size()));
+  if (metrics_) {
+    out.set_generated_tokens(metrics_->generated_tokens());
+    for (const auto& [k, v] : metrics_->requests_by_outcome()) (*out.mutable_requests_by_outcome())[k] = v;
+  }
+  return out;
+}
+
+}  // namespace daedalus

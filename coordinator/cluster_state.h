@@ -1,0 +1,132 @@
+// The coordinator's bookkeeping, without any gRPC: the workers of the current launch, whether
+// the cluster serves, where each sequence lives (attention sharding), what waits for admission,
+// and the KV capacity each worker has left. The gRPC services are thin shells around it, and
+// tests drive it with fake workers. Thread-safe: one mutex, never held while blocking.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <condition_variable>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator/metrics.h"
+#include "coordinator/request_channel.h"
+#include "core/model_config.h"
+#include "proto/cluster.pb.h"
+#include "proto/serving.pb.h"
+#include "routing/expert_load.h"
+
+namespace daedalus {
+
+struct CoordinatorOptions {
+  int world_size = 1;                                // workers the cluster needs to serve
+  int64_t max_queue = 1024;                          // requests waiting for admission; beyond: RESOURCE_EXHAUSTED
+  std::chrono::milliseconds queue_timeout{30000};    // default wait for admission
+  std::chrono::milliseconds heartbeat_interval{1000};
+  std::chrono::milliseconds heartbeat_timeout{5000};  // silence after which a worker is lost
+  int redundant_experts = 0;                         // extra replicas of hot experts
+  int ranks_per_node = 0;                            // > 0: whole routing groups per node
+  ExpertLoad placement_load;                         // initial expert load (--placement-from)
+};
+
+// The coordinator's end of one worker's control stream.
+class WorkerLink {
+ public:
+  virtual ~WorkerLink() = default;
+  // Queues a message for the worker without blocking; false when the stream is gone.
+  virtual bool Send(const v1::CoordinatorMessage& message) = 0;
+};
+
+class ClusterState {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  ClusterState(ModelConfig config, std::string model_name, CoordinatorOptions options, Metrics* metrics);
+
+  // A worker announces itself. A new launch_id starts a new generation of the cluster: the
+  // previous one's workers are told to shut down and its requests fail UNAVAILABLE.
+  // Returns the generation the worker belongs to.
+  absl::StatusOr<int64_t> Register(const v1::RegisterRequest& request, Clock::time_point now);
+  // The assignment of `generation` once every rank has registered; Unavailable if that has
+  // not happened by `deadline`, Aborted if a newer launch replaced it.
+  absl::StatusOr<v1::Assignment> WaitAssignment(int64_t generation, Clock::time_point deadline);
+  // The worker's control stream is open and its weights are loaded; when every rank of the
+  // generation is attached the cluster serves.
+  absl::Status Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now);
+  // The worker is gone (stream closed, heartbeats missed, reported failure): the cluster is
+  // degraded until a new launch registers; every request fails UNAVAILABLE naming the rank.
+  void Lose(int rank, int64_t generation, const std::string& why);
+  void OnEvents(int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now);
+  void OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now);
+  // Loses workers silent for longer than heartbeat_timeout; fails queued requests whose
+  // admission deadline has passed.
+  void CheckDeadlines(Clock::time_point now);
+
+  // Queues a validated request; UNAVAILABLE when not serving, RESOURCE_EXHAUSTED over the
+  // queue limit or when no worker's KV cache could ever hold it.
+  absl::StatusOr<std::shared_ptr<RequestChannel>> Submit(const v1::GenerateRequest& request,
+                                                         Clock::time_point admission_deadline, Clock::time_point now);
+  // The client is gone: dequeue, or abort on the worker and free its KV reservation.
+  void Cancel(uint64_t sequence);
+  // Tells every attached worker to stop (the cluster is shutting down).
+  void ShutdownWorkers(const std::string& reason);
+
+  bool serving() const;
+  std::string state() const;  // "forming" | "serving" | "degraded"
+  v1::ClusterStatusResponse Status(Clock::time_point now) const;
+
+ private:
+  enum class WorkerState { kLoading, kReady, kLost };
+  struct Worker {
+    v1::RegisterRequest info;
+    WorkerState state = WorkerState::kLoading;
+    std::shared_ptr<WorkerLink> link;
+    Clock::time_point last_heard;
+    int64_t kv_reserved = 0;  // tokens, page-rounded, of sequences admitted here
+    int64_t running = 0;
+  };
+  struct Sequence {
+    uint64_t id = 0;
+    v1::GenerateRequest request;
+    std::shared_ptr<RequestChannel> channel;
+    int rank = -1;  // attention rank once admitted
+    int64_t reserved = 0;
+    Clock::time_point submitted, admission_deadline, last_token;
+    bool got_token = false;
+  };
+
+  int64_t Reservation(const v1::GenerateRequest& request) const;  // KV tokens, page-rounded
+  void TryAdmitLocked();
+  // Ends a sequence and forgets it; frees its reservation.
+  void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
+  void LoseLocked(int rank, const std::string& why);
+  void ComputePlacementLocked();
+  bool serving_locked() const;
+  std::string state_detail_locked() const;
+
+  const ModelConfig config_;
+  const std::string model_name_;
+  const CoordinatorOptions options_;
+  Metrics* const metrics_;
+
+  mutable std::mutex mu_;
+  std::condition_variable formed_;
+  int64_t generation_ = 0;
+  std::string launch_id_;
+  std::vector<std::optional<Worker>> workers_;  // by rank, of the current generation
+  std::string degraded_;                        // why, when a worker of this generation was lost
+  v1::Placement placement_;                     // of the current generation
+  ExpertLoad measured_load_;                    // summed over all reports, since start
+  std::map<uint64_t, Sequence> sequences_;      // queued or admitted
+  std::deque<uint64_t> queue_;                  // waiting for admission, in arrival order
+  uint64_t next_sequence_ = 1;
+};
+
+}  // namespace daedalus

@@ -1,0 +1,99 @@
+#include "coordinator/metrics.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace daedalus {
+
+namespace {
+
+double BucketBound(int i) { return 0.001 * std::ldexp(1.0, i); }
+
+}  // namespace
+
+void Histogram::Observe(double seconds) {
+  int i = 0;
+  while (i < kBuckets && seconds > BucketBound(i)) ++i;
+  if (i < kBuckets) ++counts_[i];
+  ++count_;
+  sum_ += seconds;
+}
+
+void Histogram::Render(const std::string& name, const std::string& help, std::string& out) const {
+  absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
+  int64_t cumulative = 0;
+  for (int i = 0; i < kBuckets; ++i) {
+    cumulative += counts_[i];
+    absl::StrAppend(&out, name, "_bucket{le=\"", absl::StrFormat("%g", BucketBound(i)), "\"} ", cumulative, "\n");
+  }
+  absl::StrAppend(&out, name, "_bucket{le=\"+Inf\"} ", count_, "\n", name, "_sum ", absl::StrFormat("%.6f", sum_), "\n",
+                  name, "_count ", count_, "\n");
+}
+
+void Metrics::CountRequest(const std::string& outcome) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++requests_[outcome];
+}
+
+void Metrics::AddGeneratedTokens(int64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  generated_tokens_ += n;
+}
+
+void Metrics::ObserveTtft(double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ttft_.Observe(seconds);
+}
+
+void Metrics::ObserveItl(double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  itl_.Observe(seconds);
+}
+
+std::map<std::string, int64_t> Metrics::requests_by_outcome() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return requests_;
+}
+
+int64_t Metrics::generated_tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return generated_tokens_;
+}
+
+std::string Metrics::Render(const v1::ClusterStatusResponse& status) const {
+  std::string out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out += "# HELP daedalus_requests_total Generate calls by outcome.\n# TYPE daedalus_requests_total counter\n";
+    for (const auto& [outcome, n] : requests_) absl::StrAppend(&out, "daedalus_requests_total{outcome=\"", outcome, "\"} ", n, "\n");
+    absl::StrAppend(&out, "# HELP daedalus_generated_tokens_total Tokens streamed to clients.\n",
+                    "# TYPE daedalus_generated_tokens_total counter\ndaedalus_generated_tokens_total ", generated_tokens_,
+                    "\n");
+    ttft_.Render("daedalus_time_to_first_token_seconds", "From the call's arrival to its first token.", out);
+    itl_.Render("daedalus_inter_token_latency_seconds", "Between consecutive tokens of one sequence.", out);
+  }
+  absl::StrAppend(&out, "# HELP daedalus_cluster_serving 1 when the cluster accepts requests.\n",
+                  "# TYPE daedalus_cluster_serving gauge\ndaedalus_cluster_serving ", status.state() == "serving" ? 1 : 0,
+                  "\n# HELP daedalus_queued_requests Requests waiting for admission.\n",
+                  "# TYPE daedalus_queued_requests gauge\ndaedalus_queued_requests ", status.queued(), "\n");
+  out += "# HELP daedalus_kv_used_tokens KV cache tokens reserved by admitted sequences, per worker.\n"
+         "# TYPE daedalus_kv_used_tokens gauge\n";
+  for (const auto& w : status.workers()) absl::StrAppend(&out, "daedalus_kv_used_tokens{rank=\"", w.rank(), "\"} ", w.kv_used_tokens(), "\n");
+  out += "# HELP daedalus_kv_capacity_tokens KV cache capacity per worker.\n# TYPE daedalus_kv_capacity_tokens gauge\n";
+  for (const auto& w : status.workers())
+    absl::StrAppend(&out, "daedalus_kv_capacity_tokens{rank=\"", w.rank(), "\"} ", w.kv_capacity_tokens(), "\n");
+  out += "# HELP daedalus_worker_up 1 while a worker is registered and heard from.\n# TYPE daedalus_worker_up gauge\n";
+  for (const auto& w : status.workers())
+    absl::StrAppend(&out, "daedalus_worker_up{rank=\"", w.rank(), "\"} ", w.state() == "ready" ? 1 : 0, "\n");
+  out += "# HELP daedalus_expert_tokens_total Routed (token, slot) pairs per MoE layer and expert.\n"
+         "# TYPE daedalus_expert_tokens_total counter\n";
+  for (const auto& layer : status.layers())
+    for (int e = 0; e < layer.expert_tokens_size(); ++e)
+      absl::StrAppend(&out, "daedalus_expert_tokens_total{layer=\"", layer.layer(), "\",expert=\"", e, "\"} ",
+                      layer.expert_tokens(e), "\n");
+  return out;
+}
+
+}  // namespace daedalus

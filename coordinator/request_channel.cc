@@ -1,0 +1,44 @@
+#include "coordinator/request_channel.h"
+
+#include <utility>
+
+namespace daedalus {
+
+void RequestChannel::Admitted(int rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  news_.worker_rank = rank;
+  fresh_ = true;
+  cv_.notify_all();
+}
+
+void RequestChannel::Push(v1::GeneratedToken token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return;
+  news_.tokens.push_back(std::move(token));
+  fresh_ = true;
+  cv_.notify_all();
+}
+
+void RequestChannel::Finish(std::string reason, absl::Status status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return;
+  finished_ = true;
+  news_.finished = true;
+  news_.finish_reason = std::move(reason);
+  news_.status = std::move(status);
+  fresh_ = true;
+  cv_.notify_all();
+}
+
+bool RequestChannel::Take(Clock::time_point until, News& out) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_until(lock, until, [&] { return fresh_; });
+  out = std::move(news_);
+  news_ = News{};
+  news_.worker_rank = out.worker_rank;
+  news_.finished = out.finished;
+  fresh_ = false;
+  return out.finished;
+}
+
+}  // namespace daedalus

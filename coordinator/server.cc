@@ -1,0 +1,138 @@
+#include "coordinator/server.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "coordinator/cluster_service.h"
+#include "coordinator/serving_service.h"
+#include "core/status.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "httplib.h"
+
+namespace daedalus {
+
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::Status SplitHostPort(const std::string& address, std::string& host, int& port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("address \"", address, "\": expected host:port"));
+  }
+  host = address.substr(0, colon);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(const std::string& model_dir,
+                                                                           CoordinatorOptions options,
+                                                                           ServerOptions server) {
+  auto self = std::unique_ptr<CoordinatorServer>(new CoordinatorServer());
+  ASSIGN_OR_RETURN(self->config_, ModelConfig::Load((std::filesystem::path(model_dir) / "config.json").string()));
+  const ModelConfig& c = self->config_;
+  if (options.world_size < 1) return absl::InvalidArgumentError("the world size must be at least 1");
+  // The placement of every later generation uses the same shape; check it once here.
+  RETURN_IF_ERROR(PlaceLayers(options.placement_load, c.num_hidden_layers, c.n_routed_experts, c.n_group,
+                              options.world_size, options.ranks_per_node, options.redundant_experts)
+                      .status());
+  std::string name = std::filesystem::path(model_dir).filename().string();
+  if (name.empty()) name = std::filesystem::path(model_dir).parent_path().filename().string();
+  self->state_ = std::make_unique<ClusterState>(c, name, options, &self->metrics_);
+  self->serving_ = std::make_unique<ServingService>(*self->state_, self->metrics_, self->config_, options, server.bearer_token);
+  self->cluster_ = std::make_unique<ClusterService>(*self->state_, server.cluster_secret, server.register_timeout);
+
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!server.tls_cert.empty() || !server.tls_key.empty()) {
+    if (server.tls_cert.empty() || server.tls_key.empty()) return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+    grpc::SslServerCredentialsOptions ssl;
+    ASSIGN_OR_RETURN(std::string cert, ReadFile(server.tls_cert));
+    ASSIGN_OR_RETURN(std::string key, ReadFile(server.tls_key));
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(server.listen, credentials, &port);
+  builder.RegisterService(self->serving_.get());
+  builder.RegisterService(self->cluster_.get());
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  self->server_ = builder.BuildAndStart();
+  if (self->server_ == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", server.listen, " (in use, or not a local address?)"));
+  }
+  std::string host;
+  int unused;
+  RETURN_IF_ERROR(SplitHostPort(server.listen, host, unused));
+  self->address_ = absl::StrCat(host, ":", port);
+  self->server_->GetHealthCheckService()->SetServingStatus("daedalus.v1.Serving", false);
+  self->server_->GetHealthCheckService()->SetServingStatus("", false);
+
+  if (!server.metrics_listen.empty()) {
+    std::string mhost;
+    int mport;
+    RETURN_IF_ERROR(SplitHostPort(server.metrics_listen, mhost, mport));
+    self->http_ = std::make_unique<httplib::Server>();
+    CoordinatorServer* raw = self.get();
+    self->http_->Get("/metrics", [raw](const httplib::Request&, httplib::Response& res) {
+      res.set_content(raw->metrics_.Render(raw->state_->Status(std::chrono::steady_clock::now())),
+                      "text/plain; version=0.0.4");
+    });
+    self->http_->Get("/health", [raw](const httplib::Request&, httplib::Response& res) {
+      const bool up = raw->state_->serving();
+      res.status = up ? 200 : 503;
+      res.set_content(up ? "serving\n" : raw->state_->state() + "\n", "text/plain");
+    });
+    const int bound = mport == 0 ? self->http_->bind_to_any_port(mhost) : (self->http_->bind_to_port(mhost, mport) ? mport : -1);
+    if (bound <= 0) return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", server.metrics_listen));
+    self->metrics_address_ = absl::StrCat(mhost, ":", bound);
+    self->http_thread_ = std::thread([raw] { raw->http_->listen_after_bind(); });
+  }
+  self->monitor_ = std::thread([raw = self.get()] { raw->Monitor(); });
+  return self;
+}
+
+void CoordinatorServer::Monitor() {
+  bool was_serving = false;
+  while (!stopping_) {
+    state_->CheckDeadlines(std::chrono::steady_clock::now());
+    const bool serving = state_->serving();
+    if (serving != was_serving) {
+      server_->GetHealthCheckService()->SetServingStatus("daedalus.v1.Serving", serving);
+      server_->GetHealthCheckService()->SetServingStatus("", serving);
+      was_serving = serving;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+void CoordinatorServer::Shutdown() {
+  if (stopping_.exchange(true)) return;
+  state_->ShutdownWorkers("the coordinator is shutting down");
+  if (monitor_.joinable()) monitor_.join();
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (http_) {
+    http_->stop();
+    if (http_thread_.joinable()) http_thread_.join();
+  }
+}
+
+CoordinatorServer::~CoordinatorServer() {
+  if (server_) Shutdown();
+}
+
+}  // namespace daedalus

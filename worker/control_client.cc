@@ -1,0 +1,93 @@
+#include "worker/control_client.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+
+namespace daedalus {
+
+namespace {
+
+constexpr char kClusterSecretHeader[] = "x-daedalus-cluster-secret";
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(const ChannelOptions& channel,
+                                                                     std::string cluster_secret) {
+  auto client = std::unique_ptr<ControlClient>(new ControlClient());
+  ASSIGN_OR_RETURN(client->channel_, OpenChannel(channel));
+  client->stub_ = v1::Cluster::NewStub(client->channel_);
+  client->cluster_secret_ = std::move(cluster_secret);
+  return client;
+}
+
+ControlClient::~ControlClient() {
+  if (context_) context_->TryCancel();
+  if (reader_.joinable()) reader_.join();
+}
+
+absl::StatusOr<v1::Assignment> ControlClient::Register(const v1::RegisterRequest& request,
+                                                       std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  context.set_wait_for_ready(true);  // the coordinator may still be starting
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!cluster_secret_.empty()) context.AddMetadata(kClusterSecretHeader, cluster_secret_);
+  v1::Assignment assignment;
+  grpc::Status s = stub_->Register(&context, request, &assignment);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                        absl::StrCat("registering with the coordinator: ", s.error_message()));
+  }
+  return assignment;
+}
+
+absl::Status ControlClient::Open(int rank, int64_t generation) {
+  context_ = std::make_unique<grpc::ClientContext>();
+  if (!cluster_secret_.empty()) context_->AddMetadata(kClusterSecretHeader, cluster_secret_);
+  stream_ = stub_->Control(context_.get());
+  v1::WorkerMessage hello;
+  hello.mutable_hello()->set_rank(rank);
+  hello.mutable_hello()->set_generation(generation);
+  if (!stream_->Write(hello)) return absl::UnavailableError("the coordinator closed the control stream at once");
+  reader_ = std::thread([this] { ReadLoop(); });
+  return absl::OkStatus();
+}
+
+void ControlClient::ReadLoop() {
+  v1::CoordinatorMessage message;
+  while (stream_->Read(&message)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    inbox_.push_back(std::move(message));
+    cv_.notify_all();
+  }
+  // Finish() may not run beside a Write of another thread, so the reason stays general.
+  std::lock_guard<std::mutex> lock(mu_);
+  closed_ = true;
+  close_reason_ = "the coordinator closed the control stream (it stopped, or the connection broke)";
+  cv_.notify_all();
+}
+
+bool ControlClient::Send(const v1::WorkerMessage& message) {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  return stream_ && stream_->Write(message);
+}
+
+std::optional<v1::CoordinatorMessage> ControlClient::Next(std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, wait, [&] { return !inbox_.empty() || closed_; });
+  if (inbox_.empty()) return std::nullopt;
+  v1::CoordinatorMessage m = std::move(inbox_.front());
+  inbox_.pop_front();
+  return m;
+}
+
+bool ControlClient::closed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return closed_;
+}
+
+std::string ControlClient::close_reason() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return close_reason_;
+}
+
+}  // namespace daedalus

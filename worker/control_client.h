@@ -1,0 +1,57 @@
+// The worker's end of the coordinator link: Register (unary), then one Control stream.
+// Messages from the coordinator are read by a thread of their own and queued.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "proto/channel.h"
+#include "proto/cluster.grpc.pb.h"
+
+namespace daedalus {
+
+class ControlClient {
+ public:
+  // `cluster_secret`: sent with every call when not empty.
+  static absl::StatusOr<std::unique_ptr<ControlClient>> Connect(const ChannelOptions& channel, std::string cluster_secret);
+  ~ControlClient();
+
+  // Registers and waits (up to `timeout`, also for the coordinator to come up) for the
+  // assignment, which arrives once every rank of the launch has registered.
+  absl::StatusOr<v1::Assignment> Register(const v1::RegisterRequest& request, std::chrono::milliseconds timeout);
+  // Opens the control stream and says Hello.
+  absl::Status Open(int rank, int64_t generation);
+  // Thread-safe. False once the stream is closed.
+  bool Send(const v1::WorkerMessage& message);
+  // The next message from the coordinator, waiting up to `wait`.
+  std::optional<v1::CoordinatorMessage> Next(std::chrono::milliseconds wait);
+  // The stream has ended; why, in words.
+  bool closed() const;
+  std::string close_reason() const;
+
+ private:
+  ControlClient() = default;
+  void ReadLoop();
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Cluster::Stub> stub_;
+  std::string cluster_secret_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>> stream_;
+  std::mutex write_mu_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::CoordinatorMessage> inbox_;
+  bool closed_ = false;
+  std::string close_reason_;
+  std::thread reader_;
+};
+
+}  // namespace daedalus

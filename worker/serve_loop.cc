@@ -1,0 +1,173 @@
+#include "worker/serve_loop.h"
+
+#include <atomic>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+
+namespace daedalus {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Request ToRequest(const v1::Admit& a) {
+  Request r;
+  r.id = absl::StrCat(a.sequence());
+  r.prompt_ids.assign(a.prompt_ids().begin(), a.prompt_ids().end());
+  r.max_new_tokens = a.max_new_tokens();
+  r.sampling.temperature = a.temperature();
+  r.sampling.top_p = a.top_p();
+  r.sampling.top_k = a.top_k();
+  r.sampling.seed = a.seed();
+  r.stop_at_eos = !a.ignore_eos();
+  r.logprobs = a.logprobs();
+  return r;
+}
+
+// Heartbeats from a thread of their own, so a long step does not look like a dead worker.
+// They carry the step count, so a worker that answers but never steps can be told apart.
+class Heartbeats {
+ public:
+  Heartbeats(ControlClient& control, std::chrono::milliseconds interval)
+      : control_(control), interval_(interval), thread_([this] { Run(); }) {}
+  ~Heartbeats() {
+    stop_ = true;
+    thread_.join();
+  }
+  std::atomic<int64_t> step{0}, running{0}, kv_used{0};
+
+ private:
+  void Run() {
+    auto next = Clock::now();
+    while (!stop_) {
+      if (Clock::now() >= next) {
+        v1::WorkerMessage m;
+        m.mutable_heartbeat()->set_step(step);
+        m.mutable_heartbeat()->set_running(running);
+        m.mutable_heartbeat()->set_kv_used_tokens(kv_used);
+        control_.Send(m);
+        next += interval_;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ControlClient& control_;
+  const std::chrono::milliseconds interval_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+absl::Status ServeLoop(Engine& engine, Transport* transport, ControlClient& control, const ServeLoopOptions& options) {
+  std::unordered_map<uint64_t, int64_t> index_of;    // coordinator sequence → engine index
+  std::unordered_map<int64_t, uint64_t> sequence_of;  // and back
+  Heartbeats heartbeats(control, options.heartbeat_interval);
+  ExpertLoad reported = engine.expert_load();
+  auto next_load_report = Clock::now() + options.heartbeat_interval;
+  bool stop = false, cluster_idle = false;
+  absl::Status why = absl::OkStatus();
+  std::vector<TokenOut> tokens;
+  std::vector<FinishOut> finished;
+
+  auto handle = [&](const v1::CoordinatorMessage& m) {
+    if (m.has_admit()) {
+      auto added = engine.Add(ToRequest(m.admit()));
+      if (added.ok()) {
+        index_of[m.admit().sequence()] = *added;
+        sequence_of[*added] = m.admit().sequence();
+        return;
+      }
+      v1::WorkerMessage out;
+      v1::FinishEvent* f = out.mutable_events()->add_finished();
+      f->set_sequence(m.admit().sequence());
+      f->set_reason("error");
+      f->set_error(std::string(added.status().message()));
+      control.Send(out);
+    } else if (m.has_abort()) {
+      auto it = index_of.find(m.abort().sequence());
+      if (it != index_of.end()) engine.Cancel(it->second);
+    } else if (m.has_shutdown()) {
+      stop = true;
+    }
+  };
+
+  while (true) {
+    // Idle: wait briefly for an admission instead of spinning on the all-reduce.
+    if (cluster_idle && !stop) {
+      if (auto m = control.Next(transport ? options.idle_wait : std::chrono::milliseconds(50))) handle(*m);
+    }
+    while (auto m = control.Next(std::chrono::milliseconds(0))) handle(*m);
+    if (control.closed() && !stop) {
+      stop = true;
+      why = absl::UnavailableError(control.close_reason());
+    }
+    bool stepped = false;
+    if (transport != nullptr) {
+      std::vector<int64_t> agree = {engine.pending(), stop ? 1 : 0};
+      if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
+          !s.ok()) {
+        why = s;
+        break;
+      }
+      if (agree[1] > 0) break;
+      cluster_idle = agree[0] == 0;
+      if (!cluster_idle) {
+        if (!engine.StepAgreed()) break;
+        stepped = true;
+      }
+    } else {
+      if (stop) break;
+      cluster_idle = engine.pending() == 0;
+      stepped = !cluster_idle && engine.Step();
+      if (!engine.status().ok()) break;
+    }
+    if (stepped) ++heartbeats.step;
+    engine.TakeEvents(tokens, finished);
+    heartbeats.running = engine.pending();
+    heartbeats.kv_used = (engine.cache().total_pages() - engine.cache().free_pages()) * engine.cache().page_size();
+    v1::WorkerMessage out;
+    v1::StepEvents* events = out.mutable_events();
+    for (const TokenOut& t : tokens) {
+      v1::TokenEvent* e = events->add_tokens();
+      e->set_sequence(sequence_of[t.index]);
+      e->set_token_id(t.token);
+      e->set_logprob(t.logprob);
+      *e->mutable_top_ids() = {t.top_ids.begin(), t.top_ids.end()};
+      *e->mutable_top_logprobs() = {t.top_logprobs.begin(), t.top_logprobs.end()};
+    }
+    for (const FinishOut& f : finished) {
+      v1::FinishEvent* e = events->add_finished();
+      const uint64_t sequence = sequence_of[f.index];
+      e->set_sequence(sequence);
+      e->set_reason(f.reason);
+      if (!f.status.ok()) e->set_error(std::string(f.status.message()));
+      sequence_of.erase(f.index);
+      index_of.erase(sequence);
+    }
+    if (Clock::now() >= next_load_report) {  // expert load since the last report
+      for (size_t l = 0; l < reported.size(); ++l) {
+        for (size_t e = 0; e < reported[l].size(); ++e) {
+          events->add_expert_tokens(engine.expert_load()[l][e] - reported[l][e]);
+        }
+      }
+      reported = engine.expert_load();
+      next_load_report = Clock::now() + options.heartbeat_interval;
+    }
+    if (events->tokens_size() > 0 || events->finished_size() > 0 || events->expert_tokens_size() > 0) {
+      events->set_kv_used_tokens(heartbeats.kv_used);
+      control.Send(out);
+    }
+  }
+  if (!engine.status().ok()) why = engine.status();
+  if (!why.ok()) {
+    v1::WorkerMessage failure;
+    failure.mutable_failure()->set_message(std::string(why.message()));
+    control.Send(failure);
+  }
+  return why;
+}
+
+}  // namespace daedalus
