@@ -6,7 +6,7 @@ packages=(
   libabsl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
   libopenblas-openmp-dev libopenmpi-dev openmpi-bin
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcpp-httplib-dev libssl-dev openssl
-  python3 python3-numpy
+  python3 python3-numpy python3-grpcio
 )
 missing=()
 for p in "${packages[@]}"; do

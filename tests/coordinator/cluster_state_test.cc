@@ -1,0 +1,335 @@
+// The coordinator's bookkeeping driven by fake workers: formation, attention sharding,
+// admission, deadlines, cancellation and lost workers, as tables of expected state.
+#include "coordinator/cluster_state.h"
+
+#include <gtest/gtest.h>
+
+#include "coordinator/validate.h"
+#include "worker/presets.h"
+
+namespace daedalus {
+namespace {
+
+using Clock = ClusterState::Clock;
+
+class FakeLink : public WorkerLink {
+ public:
+  bool Send(const v1::CoordinatorMessage& m) override {
+    sent.push_back(m);
+    return true;
+  }
+  int Count(v1::CoordinatorMessage::KindCase kind) const {
+    int n = 0;
+    for (const auto& m : sent) n += m.kind_case() == kind;
+    return n;
+  }
+  std::vector<v1::CoordinatorMessage> sent;
+};
+
+class ClusterStateTest : public ::testing::Test {
+ protected:
+  // A formed cluster of `capacities.size()` workers with these KV capacities (64-token pages).
+  void Form(std::vector<int64_t> capacities, CoordinatorOptions options = {}) {
+    options.world_size = world_ = static_cast<int>(capacities.size());
+    config_ = *PresetConfig("tiny");
+    state_ = std::make_unique<ClusterState>(config_, "tiny", options, &metrics_);
+    links_.clear();
+    for (int r = 0; r < options.world_size; ++r) ASSERT_TRUE(Register(r, capacities[r], "launch-1").ok());
+    for (int r = 0; r < options.world_size; ++r) {
+      links_.push_back(std::make_shared<FakeLink>());
+      ASSERT_TRUE(state_->Attach(r, generation_, links_[r], now_).ok());
+    }
+    ASSERT_EQ(state_->state(), "serving");
+  }
+  absl::StatusOr<int64_t> Register(int rank, int64_t capacity, const std::string& launch) {
+    v1::RegisterRequest r;
+    r.set_rank(rank);
+    r.set_world_size(world_);
+    r.set_host("test");
+    r.set_pid(1000 + rank);
+    r.set_launch_id(launch);
+    r.set_kv_capacity_tokens(capacity);
+    r.set_kv_page_size(64);
+    auto g = state_->Register(r, now_);
+    if (g.ok()) generation_ = *g;
+    return g;
+  }
+  v1::GenerateRequest Request(int prompt, int max_new, int logprobs = 0) {
+    v1::GenerateRequest r;
+    for (int i = 0; i < prompt; ++i) r.add_prompt_ids(i % 10);
+    r.set_max_new_tokens(max_new);
+    r.set_logprobs(logprobs);
+    return r;
+  }
+  std::shared_ptr<RequestChannel> Submit(int prompt, int max_new, std::chrono::milliseconds wait = std::chrono::seconds(30)) {
+    auto s = state_->Submit(Request(prompt, max_new), now_ + wait, now_);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *s : nullptr;
+  }
+  std::vector<int64_t> KvUsed() {
+    std::vector<int64_t> used;
+    const v1::ClusterStatusResponse status = state_->Status(now_);
+    for (const auto& w : status.workers()) used.push_back(w.kv_used_tokens());
+    return used;
+  }
+  // The rank the sequence was admitted to, from its channel (-1: still queued).
+  static int RankOf(RequestChannel& channel) {
+    RequestChannel::News news;
+    channel.Take(Clock::now(), news);
+    return news.worker_rank;
+  }
+  void Finish(int rank, uint64_t sequence, const std::string& reason) {
+    v1::StepEvents e;
+    e.add_finished()->set_sequence(sequence);
+    e.mutable_finished(0)->set_reason(reason);
+    state_->OnEvents(rank, generation_, e, now_);
+  }
+
+  int world_ = 2;
+  ModelConfig config_;
+  Metrics metrics_;
+  std::unique_ptr<ClusterState> state_;
+  std::vector<std::shared_ptr<FakeLink>> links_;
+  int64_t generation_ = 0;
+  Clock::time_point now_ = Clock::now();
+};
+
+TEST_F(ClusterStateTest, FormsOnceEveryRankRegistersAndAttaches) {
+  config_ = *PresetConfig("tiny");
+  CoordinatorOptions options;
+  options.world_size = 2;
+  state_ = std::make_unique<ClusterState>(config_, "tiny", options, &metrics_);
+  EXPECT_EQ(state_->state(), "forming");
+  ASSERT_TRUE(Register(0, 1024, "a").ok());
+  // Not yet formed: the assignment waits for rank 1.
+  EXPECT_TRUE(absl::IsUnavailable(state_->WaitAssignment(generation_, Clock::now()).status()));
+  ASSERT_TRUE(Register(1, 1024, "a").ok());
+  auto assignment = state_->WaitAssignment(generation_, Clock::now());
+  ASSERT_TRUE(assignment.ok()) << assignment.status();
+  // Every routed expert of every MoE layer is placed on exactly one of the two ranks.
+  ASSERT_EQ(assignment->placement().layers_size(), config_.num_hidden_layers);
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    if (!config_.is_moe_layer(l)) continue;
+    std::vector<int> seen(config_.n_routed_experts, 0);
+    for (const auto& on : assignment->placement().layers(l).experts_on())
+      for (int e : on.experts()) ++seen[e];
+    for (int e = 0; e < config_.n_routed_experts; ++e) EXPECT_EQ(seen[e], 1) << "layer " << l << " expert " << e;
+  }
+  EXPECT_TRUE(absl::IsUnavailable(state_->Submit(Request(4, 4), now_, now_).status()));
+  auto link0 = std::make_shared<FakeLink>(), link1 = std::make_shared<FakeLink>();
+  ASSERT_TRUE(state_->Attach(0, generation_, link0, now_).ok());
+  EXPECT_EQ(state_->state(), "forming");
+  ASSERT_TRUE(state_->Attach(1, generation_, link1, now_).ok());
+  EXPECT_EQ(state_->state(), "serving");
+  EXPECT_TRUE(absl::IsAlreadyExists(state_->Attach(1, generation_, link1, now_)));
+}
+
+TEST_F(ClusterStateTest, RejectsMismatchedRegistrations) {
+  Form({1024, 1024});
+  v1::RegisterRequest r;
+  r.set_rank(0);
+  r.set_world_size(3);
+  r.set_launch_id("launch-1");
+  r.set_kv_capacity_tokens(64);
+  r.set_kv_page_size(64);
+  EXPECT_TRUE(absl::IsFailedPrecondition(state_->Register(r, now_).status()));
+  r.set_world_size(2);
+  EXPECT_TRUE(absl::IsAlreadyExists(state_->Register(r, now_).status()));  // rank 0 of launch-1 is there
+  r.set_rank(2);
+  EXPECT_TRUE(absl::IsInvalidArgument(state_->Register(r, now_).status()));
+}
+
+TEST_F(ClusterStateTest, ShardsByFreeKvThenByRunningThenByRank) {
+  Form({1024, 2048});
+  // Each row: a request's prompt + max_new_tokens, the rank it lands on, KV reserved after.
+  struct Row {
+    int prompt, max_new, rank;
+    std::vector<int64_t> used;
+  };
+  const std::vector<Row> table = {
+      {100, 28, 1, {0, 128}},      // 1024 free vs 2048: rank 1
+      {900, 0, 1, {0, 1088}},      // 1024 vs 1920: rank 1 (900 → 960 tokens of pages)
+      {10, 10, 0, {64, 1088}},     // 1024 vs 960: rank 0
+      {30, 2, 0, {128, 1088}},     // 960 vs 960, rank 0 runs 1 and rank 1 runs 2: rank 0
+      {64, 0, 1, {128, 1152}},     // 896 vs 960: rank 1
+      {1, 0, 0, {192, 1152}},      // 896 vs 896, both run 2: the lower rank
+  };
+  for (size_t i = 0; i < table.size(); ++i) {
+    auto channel = Submit(table[i].prompt, table[i].max_new);
+    EXPECT_EQ(RankOf(*channel), table[i].rank) << "row " << i;
+    EXPECT_EQ(KvUsed(), table[i].used) << "row " << i;
+  }
+  // The admissions reached the workers with the request's fields.
+  ASSERT_EQ(links_[1]->Count(v1::CoordinatorMessage::kAdmit), 3);
+  EXPECT_EQ(links_[1]->sent[0].admit().prompt_ids_size(), 100);
+  EXPECT_EQ(links_[1]->sent[0].admit().max_new_tokens(), 28);
+  EXPECT_EQ(links_[1]->sent[0].admit().top_p(), 1.0f);  // unset means 1
+}
+
+TEST_F(ClusterStateTest, FullClusterQueuesInOrderAndAdmitsAsSequencesFinish) {
+  Form({256, 256});
+  auto a = Submit(200, 56);  // 256: fills rank 0
+  auto b = Submit(200, 56);  // fills rank 1
+  auto c = Submit(10, 10);   // waits
+  auto d = Submit(10, 10);   // waits behind c
+  EXPECT_EQ(RankOf(*a), 0);
+  EXPECT_EQ(RankOf(*b), 1);
+  EXPECT_EQ(RankOf(*c), -1);
+  EXPECT_EQ(state_->Status(now_).queued(), 2);
+  Finish(1, b->sequence(), "length");
+  // b ended: its pages went to c, then d (both fit on rank 1).
+  RequestChannel::News news;
+  EXPECT_TRUE(b->Take(Clock::now(), news));
+  EXPECT_EQ(news.finish_reason, "length");
+  EXPECT_EQ(RankOf(*c), 1);
+  EXPECT_EQ(RankOf(*d), 1);
+  EXPECT_EQ(KvUsed(), (std::vector<int64_t>{256, 128}));
+  EXPECT_EQ(state_->Status(now_).queued(), 0);
+}
+
+TEST_F(ClusterStateTest, QueueLimitAndAdmissionDeadlineGiveResourceExhausted) {
+  CoordinatorOptions options;
+  options.max_queue = 1;
+  Form({128, 128}, options);
+  Submit(100, 28);
+  Submit(100, 28);  // both workers full
+  auto waiting = Submit(10, 10, std::chrono::milliseconds(100));
+  auto over = state_->Submit(Request(10, 10), now_ + std::chrono::seconds(1), now_);
+  ASSERT_TRUE(absl::IsResourceExhausted(over.status()));
+  EXPECT_NE(over.status().message().find("queue limit"), std::string::npos) << over.status();
+  state_->CheckDeadlines(now_ + std::chrono::milliseconds(50));
+  RequestChannel::News news;
+  EXPECT_FALSE(waiting->Take(Clock::now(), news));
+  state_->CheckDeadlines(now_ + std::chrono::milliseconds(150));
+  EXPECT_TRUE(waiting->Take(Clock::now(), news));
+  EXPECT_TRUE(absl::IsResourceExhausted(news.status)) << news.status;
+  // Larger than any worker's cache: refused at once.
+  auto huge = state_->Submit(Request(100, 100), now_ + std::chrono::seconds(1), now_);
+  EXPECT_TRUE(absl::IsResourceExhausted(huge.status()));
+  EXPECT_EQ(metrics_.requests_by_outcome()["resource_exhausted"], 3);
+}
+
+TEST_F(ClusterStateTest, CancelDequeuesOrAbortsOnTheWorker) {
+  Form({128, 128});
+  auto a = Submit(100, 28);
+  auto b = Submit(100, 28);
+  auto queued = Submit(10, 10);
+  state_->Cancel(queued->sequence());
+  EXPECT_EQ(state_->Status(now_).queued(), 0);
+  state_->Cancel(a->sequence());
+  ASSERT_EQ(links_[0]->Count(v1::CoordinatorMessage::kAbort), 1);
+  EXPECT_EQ(links_[0]->sent.back().abort().sequence(), a->sequence());
+  EXPECT_EQ(KvUsed(), (std::vector<int64_t>{0, 128}));
+  // The worker's late finish event for the cancelled sequence changes nothing.
+  Finish(0, a->sequence(), "cancelled");
+  EXPECT_EQ(KvUsed(), (std::vector<int64_t>{0, 128}));
+  EXPECT_EQ(metrics_.requests_by_outcome()["cancelled"], 2);
+}
+
+TEST_F(ClusterStateTest, TokensReachTheirChannelWithLogprobsOnlyWhenAsked) {
+  Form({1024, 1024});
+  auto plain = Submit(4, 4);
+  auto with = state_->Submit(Request(4, 4, /*logprobs=*/2), now_ + std::chrono::seconds(1), now_);
+  ASSERT_TRUE(with.ok());
+  const int rank_plain = RankOf(*plain), rank_with = RankOf(**with);
+  for (auto [channel, rank] : {std::pair{plain, rank_plain}, std::pair{*with, rank_with}}) {
+    v1::StepEvents e;
+    v1::TokenEvent* t = e.add_tokens();
+    t->set_sequence(channel->sequence());
+    t->set_token_id(42);
+    t->set_logprob(-0.5f);
+    t->add_top_ids(42);
+    t->add_top_logprobs(-0.5f);
+    state_->OnEvents(rank, generation_, e, now_);
+    // An event naming the wrong rank for this sequence is ignored.
+    state_->OnEvents(1 - rank, generation_, e, now_);
+  }
+  RequestChannel::News news;
+  plain->Take(Clock::now(), news);
+  ASSERT_EQ(news.tokens.size(), 1u);
+  EXPECT_EQ(news.tokens[0].token_id(), 42);
+  EXPECT_EQ(news.tokens[0].top_logprobs_size(), 0);
+  (*with)->Take(Clock::now(), news);
+  ASSERT_EQ(news.tokens.size(), 1u);
+  EXPECT_EQ(news.tokens[0].top_logprobs_size(), 1);
+  EXPECT_FLOAT_EQ(news.tokens[0].logprob(), -0.5f);
+  EXPECT_EQ(metrics_.generated_tokens(), 2);
+}
+
+TEST_F(ClusterStateTest, LostWorkerEndsEveryRequestThenANewLaunchServesAgain) {
+  Form({128, 128});
+  auto a = Submit(10, 10);
+  auto b = Submit(10, 10);
+  auto queued_c = Submit(100, 28);
+  auto queued_d = Submit(100, 28);
+  auto queued_e = Submit(100, 28);  // no room: queued
+  state_->Lose(1, generation_, "its control stream closed");
+  EXPECT_EQ(state_->state(), "degraded");
+  for (auto* ch : {&a, &b, &queued_e}) {
+    RequestChannel::News news;
+    EXPECT_TRUE((*ch)->Take(Clock::now(), news));
+    EXPECT_TRUE(absl::IsUnavailable(news.status));
+    EXPECT_NE(news.status.message().find("worker rank 1"), std::string::npos) << news.status;
+  }
+  // The survivor is told to stop so the launcher can restart the set.
+  EXPECT_EQ(links_[0]->Count(v1::CoordinatorMessage::kShutdown), 1);
+  auto refused = state_->Submit(Request(4, 4), now_ + std::chrono::seconds(1), now_);
+  ASSERT_TRUE(absl::IsUnavailable(refused.status()));
+  EXPECT_NE(refused.status().message().find("degraded"), std::string::npos);
+  // A new launch re-forms the cluster.
+  ASSERT_TRUE(Register(0, 128, "launch-2").ok());
+  ASSERT_TRUE(Register(1, 128, "launch-2").ok());
+  EXPECT_EQ(state_->state(), "forming");
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(state_->Attach(r, generation_, std::make_shared<FakeLink>(), now_).ok());
+  EXPECT_EQ(state_->state(), "serving");
+  EXPECT_EQ(KvUsed(), (std::vector<int64_t>{0, 0}));
+  EXPECT_TRUE(state_->Submit(Request(4, 4), now_ + std::chrono::seconds(1), now_).ok());
+  // Stale messages from the old generation are ignored.
+  state_->Lose(0, generation_ - 1, "late");
+  EXPECT_EQ(state_->state(), "serving");
+}
+
+TEST_F(ClusterStateTest, SilentWorkerIsLostAfterTheHeartbeatTimeout) {
+  CoordinatorOptions options;
+  options.heartbeat_timeout = std::chrono::milliseconds(5000);
+  Form({128, 128}, options);
+  v1::Heartbeat hb;
+  state_->OnHeartbeat(0, generation_, hb, now_ + std::chrono::milliseconds(4000));
+  state_->CheckDeadlines(now_ + std::chrono::milliseconds(4500));
+  EXPECT_EQ(state_->state(), "serving");
+  state_->CheckDeadlines(now_ + std::chrono::milliseconds(5100));  // rank 1 silent for 5.1 s
+  EXPECT_EQ(state_->state(), "degraded");
+  const std::string detail = state_->Status(now_).detail();
+  EXPECT_NE(detail.find("worker rank 1"), std::string::npos) << detail;
+  EXPECT_NE(detail.find("no heartbeat"), std::string::npos) << detail;
+}
+
+TEST(ValidateTest, NamesTheFieldAndWhy) {
+  ModelConfig c = *PresetConfig("tiny");
+  auto check = [&](auto edit, const std::string& field) {
+    v1::GenerateRequest r;
+    r.add_prompt_ids(1);
+    r.set_max_new_tokens(4);
+    edit(r);
+    absl::Status s = ValidateGenerateRequest(r, c);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << field;
+    EXPECT_NE(s.message().find(field), std::string::npos) << s;
+  };
+  check([](auto& r) { r.clear_prompt_ids(); }, "prompt_ids is empty");
+  check([&](auto& r) { r.add_prompt_ids(static_cast<int32_t>(c.vocab_size)); }, "prompt_ids[1]");
+  check([](auto& r) { r.add_prompt_ids(-1); }, "prompt_ids[1]");
+  check([&](auto& r) { r.set_max_new_tokens(c.max_position_embeddings); }, "context");
+  check([](auto& r) { r.mutable_sampling()->set_temperature(-1); }, "temperature");
+  check([](auto& r) { r.mutable_sampling()->set_temperature(std::numeric_limits<float>::infinity()); }, "temperature");
+  check([](auto& r) { r.mutable_sampling()->set_temperature(std::numeric_limits<float>::quiet_NaN()); }, "temperature");
+  check([](auto& r) { r.mutable_sampling()->set_top_p(1.5f); }, "top_p");
+  check([](auto& r) { r.mutable_sampling()->set_top_p(-0.1f); }, "top_p");
+  check([](auto& r) { r.set_logprobs(21); }, "logprobs");
+  v1::GenerateRequest ok;
+  ok.add_prompt_ids(1);
+  ok.set_max_new_tokens(4);
+  EXPECT_TRUE(ValidateGenerateRequest(ok, c).ok());
+}
+
+}  // namespace
+}  // namespace daedalus
