@@ -1,3 +1,4 @@
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -147,7 +148,9 @@ Command AddRunCommand(CLI::App& app) {
       if (!added.ok()) return Fail(std::string(added.status().message()));
       slot[i] = *added;
     }
+    const auto started = std::chrono::steady_clock::now();
     std::vector<Result> done = engine.RunToCompletion();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     if (ep && !engine.status().ok()) ep->Abort(engine.status());
     std::vector<std::pair<int64_t, std::string>> lines;  // results of the requests run here
     for (size_t i = 0; i < requests.size(); ++i) {
@@ -188,7 +191,14 @@ Command AddRunCommand(CLI::App& app) {
       out = std::fopen(f->output.c_str(), "w");
       if (out == nullptr) return Fail(absl::StrCat(f->output, ": cannot create"));
     }
-    for (const std::string& line : output) std::fprintf(out, "%s\n", line.c_str());
+    int64_t generated = 0;
+    for (const std::string& line : output) {
+      std::fprintf(out, "%s\n", line.c_str());
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("generated_ids")) generated += static_cast<int64_t>(j["generated_ids"].size());
+    }
+    std::fprintf(stderr, "generated %lld tokens for %zu requests in %.3f s: %.1f tokens/s (%d rank%s)\n",
+                 static_cast<long long>(generated), requests.size(), seconds, generated / seconds, world, world > 1 ? "s" : "");
     if (out != stdout && std::fclose(out) != 0) return Fail(absl::StrCat(f->output, ": write failed"));
     return failures == 0 ? 0 : 1;
   };

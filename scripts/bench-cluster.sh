@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The coordinator's overhead: output tokens/s through a local cluster (serve + loadgen at
+# concurrency 64) beside the same workers running the same prompts under
+# `mpirun ... daedalus run`. Also prints the loadgen sweep at concurrency 1, 16 and 64.
+#   scripts/bench-cluster.sh [WORKERS] [PRESET]      (defaults: 2 tiny)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+d="$root/build/bin/daedalus"
+workers="${1:-2}" preset="${2:-tiny}"
+tmp="$(mktemp -d)"
+serve_pid=""
+cleanup() {
+  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+"$d" make-model --preset "$preset" --out "$tmp/model" >/dev/null
+threads=$(( $(nproc) / workers )); [ "$threads" -ge 1 ] || threads=1
+
+"$d" serve --model "$tmp/model" --workers "$workers" --listen 127.0.0.1:0 >"$tmp/serve.out" 2>"$tmp/serve.err" &
+serve_pid=$!
+for _ in $(seq 1 600); do grep -q '^ready' "$tmp/serve.out" && break; sleep 0.2; done
+addr="$(awk '/^ready/{print $2}' "$tmp/serve.out")"
+[ -n "$addr" ] || { cat "$tmp/serve.err"; exit 1; }
+
+echo "== loadgen sweep: $preset, $workers workers, $threads thread(s) each"
+"$d" loadgen --server "$addr" --concurrency 1,16,64 --prompt-len 128 --max-new-tokens 64
+echo "== concurrency 64, the comparison: 64 requests through the cluster"
+"$d" loadgen --server "$addr" --concurrency 64 --requests 64 --prompt-len 128 --max-new-tokens 64 \
+  --seed 2 --write-prompts "$tmp/prompts.jsonl" --json | tee "$tmp/cluster.json"
+kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=""
+
+echo "== the same 64 prompts under mpirun -np $workers daedalus run"
+root_flag=""; [ "$(id -u)" = 0 ] && root_flag="--allow-run-as-root"
+OMP_NUM_THREADS=$threads mpirun $root_flag --oversubscribe -np "$workers" "$d" run --model "$tmp/model" \
+  --prompts "$tmp/prompts.jsonl" --threads "$threads" --output /dev/null 2>"$tmp/run.err"
+grep '^generated' "$tmp/run.err"
+cluster=$(python3 -c "import json,sys; print(json.loads(open('$tmp/cluster.json').readlines()[-1])['output_tokens_per_s'])")
+direct=$(sed -n 's/.*: \([0-9.]*\) tokens\/s.*/\1/p' "$tmp/run.err")
+python3 -c "print(f'cluster {float($cluster):.1f} tok/s vs run {float($direct):.1f} tok/s: {100*float($cluster)/float($direct):.0f}% (target >= 80%)')"
