@@ -21,6 +21,7 @@ Command AddServeCommand(CLI::App& app);
 Command AddGenerateCommand(CLI::App& app);
 Command AddStatusCommand(CLI::App& app);
 Command AddLoadgenCommand(CLI::App& app);
+Command AddTokenizeCommand(CLI::App& app);
 
 // Prints "daedalus: error: <message>" to stderr and returns 1.
 int Fail(const std::string& message);

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
   add("generate", "send requests to a cluster and stream the tokens back", daedalus::AddGenerateCommand);
   add("status", "show a cluster's workers, KV usage and expert load", daedalus::AddStatusCommand);
   add("loadgen", "measure a cluster's throughput and latency at several concurrencies", daedalus::AddLoadgenCommand);
+  add("tokenize", "encode standard input with the checkpoint's tokenizer (or --decode ids)", daedalus::AddTokenizeCommand);
   CLI11_PARSE(app, argc, argv);
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();

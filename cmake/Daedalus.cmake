@@ -40,3 +40,13 @@ function(daedalus_py_test name)
                    --daedalus $<TARGET_FILE:daedalus> ${ARG_ARGS})
   set_tests_properties(${name} PROPERTIES TIMEOUT 900 ENVIRONMENT "OMP_NUM_THREADS=2")
 endfunction()
+
+# daedalus_venv_test(NAME SCRIPT path ARGS ...): an integration test that needs the PyPI
+# packages of scripts/test-venv.sh (in the build folder); it skips, saying why, without them.
+function(daedalus_venv_test name)
+  cmake_parse_arguments(ARG "" "SCRIPT" "ARGS" ${ARGN})
+  add_test(NAME ${name}
+           COMMAND ${CMAKE_BINARY_DIR}/test-venv/bin/python ${PROJECT_SOURCE_DIR}/${ARG_SCRIPT}
+                   --daedalus $<TARGET_FILE:daedalus> ${ARG_ARGS})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 900 ENVIRONMENT "OMP_NUM_THREADS=2" SKIP_RETURN_CODE 77)
+endfunction()

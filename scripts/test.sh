@@ -21,5 +21,6 @@ else
   "$root/scripts/build.sh"
   build="$root/build"
 fi
+"$root/scripts/test-venv.sh" "$build/test-venv"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 ctest --test-dir "$build" --output-on-failure -j 2

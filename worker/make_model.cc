@@ -12,6 +12,7 @@
 #include "core/safetensors_writer.h"
 #include "core/status.h"
 #include "kernels/linear.h"
+#include "worker/make_tokenizer.h"
 
 namespace daedalus {
 namespace {
@@ -165,6 +166,7 @@ absl::Status MakeModel(const ModelConfig& config, const MakeModelOptions& option
     out << c.ToJson().dump(2) << "\n";
     if (!out) return absl::InternalError(absl::StrCat(dir, "/config.json: write failed"));
   }
+  RETURN_IF_ERROR(WriteTokenizer(config, dir));
   if (options.config_only) return absl::OkStatus();
   // Plan the shards first: their names carry the count.
   const std::vector<Spec> specs = Specs(c);
