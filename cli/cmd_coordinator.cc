@@ -78,6 +78,7 @@ Command AddCoordinatorCommand(CLI::App& app) {
     if (!started.ok()) return Fail(std::string(started.status().message()));
     std::printf("listening %s\n", (*started)->address().c_str());
     if (!(*started)->metrics_address().empty()) std::printf("metrics http://%s/metrics\n", (*started)->metrics_address().c_str());
+    if (!(*started)->http_address().empty()) std::printf("http http://%s/v1\n", (*started)->http_address().c_str());
     std::fflush(stdout);
     WaitForStop(signals, **started, [] { return false; }, true);
     (*started)->Shutdown();
@@ -130,6 +131,9 @@ Command AddServeCommand(CLI::App& app) {
     CoordinatorServer& coordinator = **started;
     if (!coordinator.metrics_address().empty()) {
       std::fprintf(stderr, "daedalus serve: metrics at http://%s/metrics\n", coordinator.metrics_address().c_str());
+    }
+    if (!coordinator.http_address().empty()) {
+      std::fprintf(stderr, "daedalus serve: OpenAI-compatible API at http://%s/v1\n", coordinator.http_address().c_str());
     }
     const EngineFlags& e = f->engine;
     std::vector<std::string> worker_args = {

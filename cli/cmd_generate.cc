@@ -23,6 +23,7 @@ namespace {
 struct Outcome {
   std::string id;
   std::vector<int32_t> generated_ids;
+  std::string text;
   nlohmann::json logprobs = nlohmann::json::array();
   std::string finish_reason;
   int64_t prompt_tokens = 0, completion_tokens = 0;
@@ -54,6 +55,7 @@ Outcome Call(v1::Serving::Stub& stub, const ClientFlags& client, const v1::Gener
         out.logprobs.push_back({{"token_id", t.token_id()}, {"logprob", t.logprob()}, {"top_logprobs", top}});
       }
     }
+    out.text += response.text();
     if (on_tokens) on_tokens(response);
     if (!response.finish_reason().empty()) {
       out.finish_reason = response.finish_reason();
@@ -65,7 +67,7 @@ Outcome Call(v1::Serving::Stub& stub, const ClientFlags& client, const v1::Gener
   return out;
 }
 
-nlohmann::ordered_json OutcomeJson(const Outcome& o, bool logprobs) {
+nlohmann::ordered_json OutcomeJson(const Outcome& o, bool logprobs, bool text) {
   nlohmann::ordered_json j;
   j["id"] = o.id;
   if (!o.status.ok()) {
@@ -74,6 +76,7 @@ nlohmann::ordered_json OutcomeJson(const Outcome& o, bool logprobs) {
     return j;
   }
   j["generated_ids"] = o.generated_ids;
+  if (text) j["text"] = o.text;
   j["finish_reason"] = o.finish_reason;
   j["usage"] = {{"prompt_tokens", o.prompt_tokens}, {"completion_tokens", o.completion_tokens}};
   j["ttft_ms"] = o.ttft_ms;
@@ -87,7 +90,8 @@ nlohmann::ordered_json OutcomeJson(const Outcome& o, bool logprobs) {
 Command AddGenerateCommand(CLI::App& app) {
   struct Flags {
     ClientFlags client;
-    std::string prompt_ids, prompts;
+    std::string prompt_ids, prompts, prompt;
+    std::vector<std::string> stop;
     Request defaults;
     bool ignore_eos = false, json = false;
     int concurrency = 1;
@@ -98,7 +102,10 @@ Command AddGenerateCommand(CLI::App& app) {
   f->client.Register(app);
   auto* ids = app.add_option("--prompt-ids", f->prompt_ids, "one prompt: comma-separated token ids");
   auto* file = app.add_option("--prompts", f->prompts, "JSON lines of requests (the format of `run --prompts`)");
+  auto* text = app.add_option("--prompt", f->prompt, "one prompt as text (the checkpoint's tokenizer encodes it)");
   ids->excludes(file);
+  text->excludes(ids)->excludes(file);
+  app.add_option("--stop", f->stop, "end when the text contains this string (repeatable)");
   app.add_option("--max-new-tokens", f->defaults.max_new_tokens, "tokens to generate");
   app.add_option("--temperature", f->defaults.sampling.temperature, "0 is greedy");
   app.add_option("--top-p", f->defaults.sampling.top_p, "nucleus sampling mass");
@@ -110,14 +117,23 @@ Command AddGenerateCommand(CLI::App& app) {
   app.add_option("--concurrency", f->concurrency, "requests in flight at once (with --prompts)");
   app.add_option("--timeout", f->timeout_s, "seconds before a call is abandoned (its deadline); 0: none");
   app.add_option("--queue-timeout-ms", f->queue_timeout_ms, "how long a request may wait for admission (0: the server's default)");
-  return [f, ids, file]() {
-    if (ids->count() == 0 && file->count() == 0) return Fail("generate needs --prompt-ids or --prompts");
+  return [f, ids, file, text]() {
+    if (ids->count() == 0 && file->count() == 0 && text->count() == 0) {
+      return Fail("generate needs --prompt, --prompt-ids or --prompts");
+    }
     auto stub = f->client.Stub();
     if (!stub.ok()) return Fail(std::string(stub.status().message()));
     Request defaults = f->defaults;
     defaults.stop_at_eos = !f->ignore_eos;
     std::vector<v1::GenerateRequest> requests;
-    if (ids->count() > 0) {
+    if (text->count() > 0) {
+      Request r = defaults;
+      r.id = "1";
+      v1::GenerateRequest g = ToGenerateRequest(r);
+      g.set_prompt_text(f->prompt);
+      g.set_return_text(true);
+      requests.push_back(g);
+    } else if (ids->count() > 0) {
       auto parsed = ParseIdList(f->prompt_ids);
       if (!parsed.ok()) return Fail(absl::StrCat("--prompt-ids: ", parsed.status().message()));
       Request r = defaults;
@@ -137,7 +153,11 @@ Command AddGenerateCommand(CLI::App& app) {
         requests.push_back(ToGenerateRequest(*parsed));
       }
     }
-    for (auto& r : requests) r.set_queue_timeout_ms(f->queue_timeout_ms);
+    for (auto& r : requests) {
+      r.set_queue_timeout_ms(f->queue_timeout_ms);
+      for (const auto& s : f->stop) r.add_stop(s);
+      if (!f->stop.empty()) r.set_return_text(true);
+    }
 
     std::mutex print_mu;
     std::atomic<size_t> next{0};
@@ -147,14 +167,18 @@ Command AddGenerateCommand(CLI::App& app) {
       for (size_t i; (i = next++) < requests.size();) {
         auto on_tokens = [&](const v1::GenerateResponse& response) {
           if (!stream_text) return;
-          for (const auto& t : response.tokens()) std::printf("%d ", t.token_id());
+          if (requests[i].return_text()) {
+            std::fwrite(response.text().data(), 1, response.text().size(), stdout);
+          } else {
+            for (const auto& t : response.tokens()) std::printf("%d ", t.token_id());
+          }
           std::fflush(stdout);
         };
         Outcome o = Call(**stub, f->client, requests[i], f->timeout_s, on_tokens);
         std::lock_guard<std::mutex> lock(print_mu);
         if (!o.status.ok()) ++failures;
         if (f->json) {
-          std::printf("%s\n", OutcomeJson(o, requests[i].logprobs() > 0).dump().c_str());
+          std::printf("%s\n", OutcomeJson(o, requests[i].logprobs() > 0, requests[i].return_text()).dump().c_str());
         } else if (stream_text) {
           std::printf("\n");
           if (o.status.ok()) {

@@ -10,7 +10,7 @@
 namespace daedalus {
 
 struct CoordinatorFlags {
-  std::string listen = "127.0.0.1:50051", metrics_listen, tls_cert, tls_key, auth_token, cluster_secret, placement_from;
+  std::string listen = "127.0.0.1:50051", metrics_listen, http_listen, tls_cert, tls_key, auth_token, cluster_secret, placement_from;
   int64_t max_queue = 1024;
   double queue_timeout_s = 30, heartbeat_interval_s = 1, heartbeat_timeout_s = 5;
   int redundant_experts = 0, ranks_per_node = 0;
@@ -18,6 +18,9 @@ struct CoordinatorFlags {
   void Register(CLI::App& app) {
     app.add_option("--listen", listen, "gRPC address (host:port; port 0 picks one)");
     app.add_option("--metrics-listen", metrics_listen, "HTTP address for Prometheus /metrics and /health (default: off)");
+    app.add_option("--http", http_listen,
+                   "HTTP address for the OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models; "
+                   "also /metrics and /health)");
     app.add_option("--tls-cert", tls_cert, "PEM certificate: serve gRPC over TLS (with --tls-key)");
     app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
     app.add_option("--auth-token", auth_token, "bearer token clients must send")->envname("DAEDALUS_AUTH_TOKEN");
@@ -50,6 +53,7 @@ struct CoordinatorFlags {
     }
     s.listen = listen;
     s.metrics_listen = metrics_listen;
+    s.http_listen = http_listen;
     s.tls_cert = tls_cert;
     s.tls_key = tls_key;
     s.bearer_token = auth_token;

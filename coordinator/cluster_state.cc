@@ -241,7 +241,7 @@ absl::StatusOr<std::shared_ptr<RequestChannel>> ClusterState::Submit(const v1::G
   return channel;
 }
 
-void ClusterState::Cancel(uint64_t sequence) {
+void ClusterState::Cancel(uint64_t sequence, const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = sequences_.find(sequence);
   if (it == sequences_.end()) return;
@@ -255,7 +255,8 @@ void ClusterState::Cancel(uint64_t sequence) {
   } else {
     std::erase(queue_, sequence);
   }
-  EndLocked(it, "cancelled", absl::CancelledError("the client cancelled the request"));
+  EndLocked(it, reason,
+            reason == "cancelled" ? absl::CancelledError("the client cancelled the request") : absl::OkStatus());
   TryAdmitLocked();
 }
 

@@ -73,8 +73,9 @@ class ClusterState {
   // queue limit or when no worker's KV cache could ever hold it.
   absl::StatusOr<std::shared_ptr<RequestChannel>> Submit(const v1::GenerateRequest& request,
                                                          Clock::time_point admission_deadline, Clock::time_point now);
-  // The client is gone: dequeue, or abort on the worker and free its KV reservation.
-  void Cancel(uint64_t sequence);
+  // The client is gone ("cancelled"), or has what it wanted ("stop": a stop string): dequeue,
+  // or abort on the worker and free its KV reservation.
+  void Cancel(uint64_t sequence, const std::string& reason = "cancelled");
   // Tells every attached worker to stop (the cluster is shutting down).
   void ShutdownWorkers(const std::string& reason);
 

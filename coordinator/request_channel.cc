@@ -30,6 +30,12 @@ void RequestChannel::Finish(std::string reason, absl::Status status) {
   cv_.notify_all();
 }
 
+absl::Status RequestChannel::WaitAdmitted(Clock::time_point until) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_until(lock, until, [&] { return news_.worker_rank >= 0 || finished_; });
+  return finished_ && news_.worker_rank < 0 ? news_.status : absl::OkStatus();
+}
+
 bool RequestChannel::Take(Clock::time_point until, News& out) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_until(lock, until, [&] { return fresh_; });

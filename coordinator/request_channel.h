@@ -35,6 +35,10 @@ class RequestChannel {
   // The first Finish wins; later ones are ignored.
   void Finish(std::string reason, absl::Status status);
 
+  // Waits until the request is admitted or has ended, or `until` passes, taking nothing.
+  // Returns the failure when it ended without being admitted, else OK.
+  absl::Status WaitAdmitted(Clock::time_point until);
+
   // Waits until there is news or `until` passes, then moves the news into `out`.
   // Returns out.finished.
   bool Take(Clock::time_point until, News& out);

@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/cluster_service.h"
+#include "coordinator/openai_api.h"
 #include "coordinator/serving_service.h"
 #include "core/status.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -50,8 +51,14 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
                       .status());
   std::string name = std::filesystem::path(model_dir).filename().string();
   if (name.empty()) name = std::filesystem::path(model_dir).parent_path().filename().string();
+  self->model_name_ = name;
+  self->options_ = options;
+  if (std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json")) {
+    ASSIGN_OR_RETURN(self->tokenizer_, Tokenizer::Load(model_dir));
+  }
   self->state_ = std::make_unique<ClusterState>(c, name, options, &self->metrics_);
-  self->serving_ = std::make_unique<ServingService>(*self->state_, self->metrics_, self->config_, options, server.bearer_token);
+  self->serving_ = std::make_unique<ServingService>(*self->state_, self->metrics_, self->config_, self->tokenizer_.get(),
+                                                    options, server.bearer_token);
   self->cluster_ = std::make_unique<ClusterService>(*self->state_, server.cluster_secret, server.register_timeout);
 
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -83,27 +90,43 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   self->server_->GetHealthCheckService()->SetServingStatus("", false);
 
   if (!server.metrics_listen.empty()) {
-    std::string mhost;
-    int mport;
-    RETURN_IF_ERROR(SplitHostPort(server.metrics_listen, mhost, mport));
-    self->http_ = std::make_unique<httplib::Server>();
-    CoordinatorServer* raw = self.get();
-    self->http_->Get("/metrics", [raw](const httplib::Request&, httplib::Response& res) {
-      res.set_content(raw->metrics_.Render(raw->state_->Status(std::chrono::steady_clock::now())),
-                      "text/plain; version=0.0.4");
-    });
-    self->http_->Get("/health", [raw](const httplib::Request&, httplib::Response& res) {
-      const bool up = raw->state_->serving();
-      res.status = up ? 200 : 503;
-      res.set_content(up ? "serving\n" : raw->state_->state() + "\n", "text/plain");
-    });
-    const int bound = mport == 0 ? self->http_->bind_to_any_port(mhost) : (self->http_->bind_to_port(mhost, mport) ? mport : -1);
-    if (bound <= 0) return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", server.metrics_listen));
-    self->metrics_address_ = absl::StrCat(mhost, ":", bound);
-    self->http_thread_ = std::thread([raw] { raw->http_->listen_after_bind(); });
+    ASSIGN_OR_RETURN(self->metrics_address_, self->StartHttp(server.metrics_listen, /*api=*/false, server));
+  }
+  if (!server.http_listen.empty()) {
+    ASSIGN_OR_RETURN(self->http_address_, self->StartHttp(server.http_listen, /*api=*/true, server));
   }
   self->monitor_ = std::thread([raw = self.get()] { raw->Monitor(); });
   return self;
+}
+
+absl::StatusOr<std::string> CoordinatorServer::StartHttp(const std::string& listen, bool api, const ServerOptions& server) {
+  std::string host;
+  int port;
+  RETURN_IF_ERROR(SplitHostPort(listen, host, port));
+  auto http = std::make_unique<httplib::Server>();
+  // Streaming responses hold a thread each.
+  http->new_task_queue = [] { return new httplib::ThreadPool(256); };
+  http->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_.Render(state_->Status(std::chrono::steady_clock::now())), "text/plain; version=0.0.4");
+  });
+  http->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    const bool up = state_->serving();
+    res.status = up ? 200 : 503;
+    res.set_content(up ? "serving\n" : state_->state() + "\n", "text/plain");
+  });
+  if (api) {
+    OpenAiApiOptions o;
+    o.model_name = model_name_;
+    o.bearer_token = server.bearer_token;
+    o.queue_timeout = options_.queue_timeout;
+    AddOpenAiRoutes(*http, *state_, metrics_, config_, tokenizer_.get(), o);
+  }
+  const int bound = port == 0 ? http->bind_to_any_port(host) : (http->bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", listen));
+  httplib::Server* raw = http.get();
+  http_threads_.emplace_back([raw] { raw->listen_after_bind(); });
+  http_.push_back(std::move(http));
+  return absl::StrCat(host, ":", bound);
 }
 
 void CoordinatorServer::Monitor() {
@@ -125,10 +148,9 @@ void CoordinatorServer::Shutdown() {
   state_->ShutdownWorkers("the coordinator is shutting down");
   if (monitor_.joinable()) monitor_.join();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  if (http_) {
-    http_->stop();
-    if (http_thread_.joinable()) http_thread_.join();
-  }
+  for (auto& http : http_) http->stop();
+  for (auto& t : http_threads_) t.join();
+  http_threads_.clear();
 }
 
 CoordinatorServer::~CoordinatorServer() {

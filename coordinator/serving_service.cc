@@ -4,7 +4,7 @@
 
 #include "coordinator/auth.h"
 #include "coordinator/outcome.h"
-#include "coordinator/validate.h"
+#include "coordinator/generation.h"
 
 namespace daedalus {
 
@@ -16,6 +16,19 @@ constexpr auto kCancelPoll = std::chrono::milliseconds(50);
 
 }  // namespace
 
+Generation::Clock::time_point AdmissionDeadline(const grpc::ServerContext& context, int64_t queue_timeout_ms,
+                                               std::chrono::milliseconds default_timeout, Clock::time_point start) {
+  // Admission ends at the request's queue timeout, and in time to answer before the call's own
+  // deadline, so the client hears RESOURCE_EXHAUSTED rather than DEADLINE_EXCEEDED.
+  Clock::time_point admit_by = start + (queue_timeout_ms > 0 ? std::chrono::milliseconds(queue_timeout_ms) : default_timeout);
+  const auto call_deadline = context.deadline();
+  if (call_deadline != std::chrono::system_clock::time_point::max()) {
+    const auto left = call_deadline - std::chrono::system_clock::now();
+    admit_by = std::min(admit_by, start + std::chrono::duration_cast<Clock::duration>(left * 9 / 10));
+  }
+  return admit_by;
+}
+
 grpc::Status ServingService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                       grpc::ServerWriter<v1::GenerateResponse>* writer) {
   const Clock::time_point start = Clock::now();
@@ -23,54 +36,41 @@ grpc::Status ServingService::Generate(grpc::ServerContext* context, const v1::Ge
     metrics_.CountRequest("unauthenticated");
     return s;
   }
-  if (absl::Status s = ValidateGenerateRequest(*request, config_); !s.ok()) {
-    metrics_.CountRequest(OutcomeOf(s, ""));
-    return ToGrpc(s);
-  }
-  // Admission ends at the request's queue timeout, and in time to answer before the call's own
-  // deadline, so the client hears RESOURCE_EXHAUSTED rather than DEADLINE_EXCEEDED.
-  Clock::time_point admit_by =
-      start + (request->queue_timeout_ms() > 0 ? std::chrono::milliseconds(request->queue_timeout_ms()) : options_.queue_timeout);
-  const auto call_deadline = context->deadline();
-  if (call_deadline != std::chrono::system_clock::time_point::max()) {
-    const auto left = call_deadline - std::chrono::system_clock::now();
-    admit_by = std::min(admit_by, start + std::chrono::duration_cast<Clock::duration>(left * 9 / 10));
-  }
-  auto submitted = state_.Submit(*request, admit_by, start);
-  if (!submitted.ok()) return ToGrpc(submitted.status());
-  std::shared_ptr<RequestChannel> channel = *submitted;
-
-  int64_t completion_tokens = 0;
+  auto started = Generation::Start(state_, metrics_, config_, tokenizer_, *request,
+                                   AdmissionDeadline(*context, request->queue_timeout_ms(), options_.queue_timeout, start),
+                                   start);
+  if (!started.ok()) return ToGrpc(started.status());
+  Generation& generation = **started;
   double ttft_ms = -1;
-  RequestChannel::News news;
+  Generation::Delta delta;
   while (true) {
-    const bool finished = channel->Take(Clock::now() + kCancelPoll, news);
+    const bool news = generation.Next(Clock::now() + kCancelPoll, delta);
     if (context->IsCancelled()) {
-      state_.Cancel(channel->sequence());
+      generation.Cancel();
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
     }
-    if (finished && !news.status.ok()) return ToGrpc(news.status);
-    if (news.tokens.empty() && !finished) continue;
+    if (!news) continue;
+    if (delta.finished && !delta.status.ok()) return ToGrpc(delta.status);
     v1::GenerateResponse response;
     response.set_id(request->id());
-    response.set_worker_rank(news.worker_rank);
-    for (auto& t : news.tokens) *response.add_tokens() = std::move(t);
-    completion_tokens += response.tokens_size();
+    response.set_worker_rank(delta.worker_rank);
+    for (auto& t : delta.tokens) *response.add_tokens() = std::move(t);
+    response.set_text(std::move(delta.text));
     if (ttft_ms < 0 && response.tokens_size() > 0) {
       ttft_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
       response.set_ttft_ms(ttft_ms);
     }
-    if (finished) {
-      response.set_finish_reason(news.finish_reason);
-      response.mutable_usage()->set_prompt_tokens(request->prompt_ids_size());
-      response.mutable_usage()->set_completion_tokens(completion_tokens);
+    if (delta.finished) {
+      response.set_finish_reason(delta.finish_reason);
+      response.mutable_usage()->set_prompt_tokens(generation.prompt_tokens());
+      response.mutable_usage()->set_completion_tokens(generation.completion_tokens());
       response.set_ttft_ms(std::max(ttft_ms, 0.0));
     }
     if (!writer->Write(response)) {  // the client went away
-      state_.Cancel(channel->sequence());
+      generation.Cancel();
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading");
     }
-    if (finished) return grpc::Status::OK;
+    if (delta.finished) return grpc::Status::OK;
   }
 }
 

@@ -1,0 +1,129 @@
+#include "coordinator/generation.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/outcome.h"
+#include "coordinator/validate.h"
+#include "core/status.h"
+#include "core/utf8.h"
+
+namespace daedalus {
+
+Generation::Generation(ClusterState& state, const Tokenizer* tokenizer, v1::GenerateRequest request)
+    : state_(state), tokenizer_(tokenizer), request_(std::move(request)) {}
+
+Generation::~Generation() {
+  if (!done_ && channel_) state_.Cancel(channel_->sequence());
+}
+
+namespace {
+
+absl::Status PrepareRequest(const ModelConfig& config, const Tokenizer* tokenizer, v1::GenerateRequest& request) {
+  const bool wants_text = !request.prompt_text().empty() || request.return_text() || request.stop_size() > 0;
+  if (wants_text && tokenizer == nullptr) {
+    return absl::FailedPreconditionError("this model has no tokenizer.json: send prompt_ids, without return_text or stop");
+  }
+  if (!request.prompt_text().empty()) {
+    if (request.prompt_ids_size() > 0) return absl::InvalidArgumentError("give prompt_text or prompt_ids, not both");
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(request.prompt_text()));
+    *request.mutable_prompt_ids() = {ids.begin(), ids.end()};
+  }
+  for (const std::string& stop : request.stop()) {
+    if (stop.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+  }
+  return ValidateGenerateRequest(request, config);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Generation>> Generation::Start(ClusterState& state, Metrics& metrics, const ModelConfig& config,
+                                                              const Tokenizer* tokenizer, v1::GenerateRequest request,
+                                                              Clock::time_point admit_by, Clock::time_point start) {
+  if (absl::Status s = PrepareRequest(config, tokenizer, request); !s.ok()) {
+    metrics.CountRequest(OutcomeOf(s, ""));
+    return s;
+  }
+  auto g = std::unique_ptr<Generation>(new Generation(state, tokenizer, std::move(request)));
+  if (tokenizer != nullptr && (g->request_.return_text() || g->request_.stop_size() > 0)) {
+    g->decoder_ = std::make_unique<StreamDecoder>(*tokenizer);
+  }
+  ASSIGN_OR_RETURN(g->channel_, state.Submit(g->request_, admit_by, start));
+  return g;
+}
+
+bool Generation::ReleaseText(bool final, std::string& out) {
+  size_t stop_at = std::string::npos;
+  for (const std::string& stop : request_.stop()) stop_at = std::min(stop_at, held_.find(stop));
+  if (stop_at != std::string::npos) {
+    out += held_.substr(0, stop_at);
+    held_.clear();
+    return true;
+  }
+  // Hold back the longest tail that could still grow into a stop string.
+  size_t keep = 0;
+  if (!final) {
+    for (const std::string& stop : request_.stop()) {
+      for (size_t n = std::min(stop.size() - 1, held_.size()); n > keep; --n) {
+        if (held_.compare(held_.size() - n, n, stop, 0, n) == 0) {
+          keep = n;
+          break;
+        }
+      }
+    }
+  }
+  // Never split a character: hold back its lead bytes too.
+  size_t release = held_.size() - keep;
+  while (release > 0 && release < held_.size() && (static_cast<uint8_t>(held_[release]) & 0xc0) == 0x80) --release;
+  out += held_.substr(0, release);
+  held_.erase(0, release);
+  return false;
+}
+
+bool Generation::Next(Clock::time_point until, Delta& out) {
+  out = Delta{};
+  if (done_) return false;
+  RequestChannel::News news;
+  const bool finished = channel_->Take(until, news);
+  out.worker_rank = news.worker_rank;
+  if (finished && !news.status.ok()) {
+    done_ = true;
+    out.finished = true;
+    out.status = news.status;
+    return true;
+  }
+  for (auto& t : news.tokens) {
+    if (decoder_) held_ += decoder_->Push(t.token_id());
+    out.tokens.push_back(std::move(t));
+    ++completion_tokens_;
+    if (decoder_ && ReleaseText(false, out.text)) {  // a stop string ends it here
+      state_.Cancel(channel_->sequence(), "stop");
+      done_ = true;
+      out.finished = true;
+      out.finish_reason = "stop";
+      return true;
+    }
+  }
+  if (finished) {
+    done_ = true;
+    if (decoder_) {
+      held_ += decoder_->Finish();
+      ReleaseText(true, out.text);
+    }
+    out.finished = true;
+    out.finish_reason = news.finish_reason;
+  }
+  return out.finished || !out.tokens.empty();
+}
+
+void Generation::Cancel() {
+  if (done_) return;
+  done_ = true;
+  state_.Cancel(channel_->sequence());
+}
+
+std::string Generation::TokenText(int32_t id) const {
+  return tokenizer_ ? Utf8Lossy(tokenizer_->TokenBytes(id, false)) : "";
+}
+
+}  // namespace daedalus
