@@ -14,6 +14,7 @@ Command AddMakeModelCommand(CLI::App& app);
 Command AddRunCommand(CLI::App& app);
 Command AddBenchCommand(CLI::App& app);
 Command AddBenchA2aCommand(CLI::App& app);
+Command AddPlanCommand(CLI::App& app);
 
 // Prints "daedalus: error: <message>" to stderr and returns 1.
 int Fail(const std::string& message);

@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   add("bench", "measure prefill and decode speed, KV cache size and the memory roofline", daedalus::AddBenchCommand);
   add("bench-a2a", "measure expert dispatch and combine against a raw MPI_Alltoallv (under mpirun)",
       daedalus::AddBenchA2aCommand);
+  add("plan", "predict memory, throughput and latency of an expert-parallel deployment", daedalus::AddPlanCommand);
   CLI11_PARSE(app, argc, argv);
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();

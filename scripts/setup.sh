@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libabsl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-  libopenblas-openmp-dev libopenmpi-dev openmpi-bin
+  libopenblas-openmp-dev libopenmpi-dev openmpi-bin libyaml-cpp-dev
   python3 python3-numpy
 )
 missing=()
