@@ -33,7 +33,9 @@ struct Efficiency {
   double all_to_all_overhead_s = 18e-6;
   // Two-micro-batch overlap: the fraction of the shorter of computation and communication
   // that hides under the longer. SGLang's two-batch-overlap ablation measured +27-35% in
-  // prefill and +25.5% in decode at 256 sequences per device, which is 0.5 in this model.
+  // prefill, which is 0.5 in this model on DeepSeek's prefill unit; its decode figure (+25.5%
+  // at 256 sequences per device) would ask for ~0.75, because the model's one-micro-batch
+  // decode step comes out ~10% faster than SGLang measured. One value for both.
   double overlap = 0.5;
   // Non-GEMM kernels per layer and micro-batch (norms, RoPE, cache writes, gate top-k,
   // activation quantisation, SiLU): about a dozen small kernels of ~3 us under CUDA graphs.

@@ -68,14 +68,34 @@ std::vector<double> DrawCounts(int64_t n, const std::vector<double>& p, std::mt1
 ExpertLoad SyntheticExpertLoad(const ModelConfig& config, double skew, uint64_t seed) {
   ExpertLoad load(config.num_hidden_layers);
   std::mt19937_64 rng(seed);
+  const int64_t n = config.n_routed_experts;
+  // A token picks num_experts_per_tok distinct experts, so no expert can take more than
+  // 1 / num_experts_per_tok of the pairs: shares above that are capped and the excess spread
+  // over the others in proportion.
+  const double cap = 1.0 / static_cast<double>(config.num_experts_per_tok);
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     if (!config.is_moe_layer(l)) continue;
-    std::vector<int64_t> rank(config.n_routed_experts);
+    std::vector<int64_t> rank(n);
     std::iota(rank.begin(), rank.end(), 0);
     std::shuffle(rank.begin(), rank.end(), rng);
-    for (int64_t e = 0; e < config.n_routed_experts; ++e) {
-      load[l].push_back(std::llround(1e6 * std::pow(static_cast<double>(rank[e] + 1), -skew)));
+    std::vector<double> share(n);
+    for (int64_t e = 0; e < n; ++e) share[e] = std::pow(static_cast<double>(rank[e] + 1), -skew);
+    std::vector<char> capped(n, 0);
+    for (bool changed = true; changed;) {
+      changed = false;
+      double fixed = 0, free = 0;
+      for (int64_t e = 0; e < n; ++e) (capped[e] ? fixed : free) += capped[e] ? cap : share[e];
+      for (int64_t e = 0; e < n; ++e) {
+        if (capped[e]) continue;
+        share[e] *= (1.0 - fixed) / free;
+        if (share[e] > cap) {
+          share[e] = cap;
+          capped[e] = 1;
+          changed = true;
+        }
+      }
     }
+    for (int64_t e = 0; e < n; ++e) load[l].push_back(std::llround(1e9 * (capped[e] ? cap : share[e])));
   }
   return load;
 }

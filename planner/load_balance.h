@@ -37,8 +37,10 @@ struct RoutingStats {
   double intra_node_copies = 0;    // link copies when each node receives a token once and forwards it
 };
 
-// Expected load per expert with popularity ~ 1 / (rank + 1)^skew, a different seeded ranking
-// per layer; skew 0 is uniform. Dense layers get empty rows, as in a `--expert-load-out` file.
+// Expected load per expert with popularity ~ 1 / (rank + 1)^skew (Zipf), a different seeded
+// ranking per layer, no expert above 1 / num_experts_per_tok of the pairs (a token picks
+// distinct experts); skew 0 is uniform. Dense layers get empty rows, as in a
+// `--expert-load-out` file.
 ExpertLoad SyntheticExpertLoad(const ModelConfig& config, double skew, uint64_t seed);
 
 // `histogram`: one row per hidden layer (empty rows: uniform). `ranks_per_node`: devices per

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "planner/communication.h"
 #include "planner/load_balance.h"
@@ -94,6 +95,8 @@ TEST(Communication, LowLatencyModelReproducesDeepEpWithin15Percent) {
     const double combine =
         AllToAllSeconds(AllToAllKind::kLowLatency,
                         AllToAllBytes(AllToAllKind::kLowLatency, *s, 128, CombineRowBytes(v3)), 1.0, true, h800, e);
+    std::printf("EP%d: dispatch %.0f us (DeepEP %.0f), combine %.0f us (DeepEP %.0f)\n", row.ep, dispatch * 1e6,
+                row.dispatch_us, combine * 1e6, row.combine_us);
     EXPECT_NEAR(dispatch * 1e6 / row.dispatch_us, 1.0, 0.15) << "EP" << row.ep << " dispatch " << dispatch * 1e6;
     EXPECT_NEAR(combine * 1e6 / row.combine_us, 1.0, 0.15) << "EP" << row.ep << " combine " << combine * 1e6;
   }
