@@ -79,6 +79,12 @@ struct Plan {
   MemoryBreakdown memory;
   RoutingStats routing;
 
+  // One MoE layer (the first), one micro-batch, slowest device: its operations and one
+  // dispatch and one combine call.
+  std::vector<StepPart> moe_layer;
+  double layer_dispatch_s = 0, layer_combine_s = 0;
+  double layer_dispatch_bytes = 0, layer_combine_bytes = 0;  // NIC + link, sent per device
+
   // Per step, slowest device.
   std::vector<StepPart> compute;  // by kind of operation
   double compute_s = 0;

@@ -176,18 +176,27 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
     MicroBatch layer_mb = mb;
     layer_mb.routed_pairs = mb.tokens * config.num_experts_per_tok * imbalance;
     double compute = 0;
+    const bool first_moe = moe && plan.moe_layer.empty();
     for (const OpCost& op : LayerOps(config, shape, l, layer_mb, hw)) {
       const double s = RooflineSeconds(op, hw, e);
       compute += s * mbs;
       parts.Add(op, s, mbs, MemoryBound(op, hw, e));
       plan.flops_per_step += op.flops * mbs;
+      if (first_moe) plan.moe_layer.push_back({op.name, s, op.flops, op.bytes, MemoryBound(op, hw, e) ? s : 0.0});
     }
     compute += e.layer_overhead_s * mbs;
     parts.Add(OpCost{"other kernels"}, e.layer_overhead_s, mbs, false);
     double comm = 0;
     if (moe && ep > 1) {
-      comm = mbs * (AllToAllSeconds(kind, dispatch, imbalance, spans_nodes, hw, e) +
-                    AllToAllSeconds(kind, combine, imbalance, spans_nodes, hw, e));
+      const double dispatch_s = AllToAllSeconds(kind, dispatch, imbalance, spans_nodes, hw, e);
+      const double combine_s = AllToAllSeconds(kind, combine, imbalance, spans_nodes, hw, e);
+      comm = mbs * (dispatch_s + combine_s);
+      if (first_moe) {
+        plan.layer_dispatch_s = dispatch_s;
+        plan.layer_combine_s = combine_s;
+        plan.layer_dispatch_bytes = dispatch.nic_bytes + dispatch.intra_node_bytes;
+        plan.layer_combine_bytes = combine.nic_bytes + combine.intra_node_bytes;
+      }
       plan.dispatch_nic_bytes += mbs * dispatch.nic_bytes;
       plan.dispatch_intra_bytes += mbs * dispatch.intra_node_bytes;
       plan.combine_nic_bytes += mbs * combine.nic_bytes;

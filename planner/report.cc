@@ -112,6 +112,13 @@ nlohmann::ordered_json PlanJson(const std::string& model_name, const Plan& p,
   comm["combine_nic"] = p.combine_nic_bytes;
   comm["combine_intra_node"] = p.combine_intra_bytes;
   j["communication_bytes_per_step"] = comm;
+  nlohmann::ordered_json layer;
+  for (const StepPart& part : p.moe_layer) {
+    layer[part.name] = {{"us", part.seconds * 1e6}, {"flops", part.flops}, {"bytes", part.bytes}};
+  }
+  layer["dispatch"] = {{"us", p.layer_dispatch_s * 1e6}, {"bytes", p.layer_dispatch_bytes}};
+  layer["combine"] = {{"us", p.layer_combine_s * 1e6}, {"bytes", p.layer_combine_bytes}};
+  j["moe_layer_per_micro_batch"] = layer;
   nlohmann::ordered_json routing;
   routing["expert_slots_per_device"] = p.routing.max_experts_per_device;
   routing["remote_node_pairs_per_token"] = p.routing.remote_node_pairs;
@@ -211,6 +218,15 @@ std::string PlanReport(const std::string& model_name, const Plan& p, const Effic
   absl::StrAppendFormat(&out, "  per step and device: dispatch %.3f GB over the NIC + %.3f GB over the link, combine %.3f + %.3f GB\n",
                         p.dispatch_nic_bytes / 1e9, p.dispatch_intra_bytes / 1e9, p.combine_nic_bytes / 1e9,
                         p.combine_intra_bytes / 1e9);
+  absl::StrAppend(&out, "  one MoE layer, one micro-batch:\n");
+  for (const StepPart& part : p.moe_layer) {
+    absl::StrAppendFormat(&out, "    %-22s %9.1f us %10.2f GFLOP %9.1f MB\n", part.name, part.seconds * 1e6,
+                          part.flops / 1e9, part.bytes / 1e6);
+  }
+  absl::StrAppendFormat(&out, "    %-22s %9.1f us %27.1f MB sent\n", "dispatch", p.layer_dispatch_s * 1e6,
+                        p.layer_dispatch_bytes / 1e6);
+  absl::StrAppendFormat(&out, "    %-22s %9.1f us %27.1f MB sent\n", "combine", p.layer_combine_s * 1e6,
+                        p.layer_combine_bytes / 1e6);
   absl::StrAppendFormat(&out, "  per token: %.2f expert pairs on other nodes, %.2f on other devices of its node; reaches %.2f other nodes\n",
                         p.routing.remote_node_pairs, p.routing.local_node_pairs, p.routing.remote_nodes);
 
