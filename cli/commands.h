@@ -22,6 +22,7 @@ Command AddGenerateCommand(CLI::App& app);
 Command AddStatusCommand(CLI::App& app);
 Command AddLoadgenCommand(CLI::App& app);
 Command AddTokenizeCommand(CLI::App& app);
+Command AddPlanCommand(CLI::App& app);
 
 // Prints "daedalus: error: <message>" to stderr and returns 1.
 int Fail(const std::string& message);

@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
   add("status", "show a cluster's workers, KV usage and expert load", daedalus::AddStatusCommand);
   add("loadgen", "measure a cluster's throughput and latency at several concurrencies", daedalus::AddLoadgenCommand);
   add("tokenize", "encode standard input with the checkpoint's tokenizer (or --decode ids)", daedalus::AddTokenizeCommand);
+  add("plan", "predict memory, throughput and latency of an expert-parallel deployment", daedalus::AddPlanCommand);
   CLI11_PARSE(app, argc, argv);
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();

@@ -1,0 +1,185 @@
+// `daedalus plan`: capacity planning of an expert-parallel deployment (planner/). Settings
+// come from, in rising precedence: the planner's defaults, the model (its weight dtype), the
+// cluster preset's `deployment:` block, the flags, then each --sweep combination.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "core/cluster_config.h"
+#include "core/model_config.h"
+#include "planner/plan.h"
+#include "planner/report.h"
+#include "planner/svg_plot.h"
+#include "planner/sweep.h"
+#include "routing/expert_load.h"
+
+namespace daedalus {
+namespace {
+
+struct PlanFlags {
+  std::string model, cluster, phase, weight_dtype, kv_dtype, expert_load, format = "table", plot;
+  int64_t nodes = 0, ep = 0, redundant = 0, batch = 0, avg_context = 0, prompt_len = 0, micro_batches = 2;
+  double cache_hit_rate = 0, synthetic_skew = 0;
+  std::vector<std::string> sweeps;
+  std::map<std::string, CLI::Option*> given;  // setting name → its flag
+};
+
+std::string ConfigPath(const std::string& model) {
+  return std::filesystem::is_directory(model) ? (std::filesystem::path(model) / "config.json").string() : model;
+}
+
+std::string ModelName(const std::string& model) {
+  std::filesystem::path p(model);
+  if (!std::filesystem::is_directory(p)) p = p.parent_path();
+  const std::string name = p.lexically_normal().filename().string();
+  return name.empty() ? p.lexically_normal().parent_path().filename().string() : name;
+}
+
+// The flags the user gave, as settings.
+std::vector<Setting> FlagSettings(const PlanFlags& f) {
+  std::vector<Setting> s;
+  auto add = [&](const char* name, const std::string& value) {
+    if (f.given.at(name)->count() > 0) s.emplace_back(name, value);
+  };
+  add("phase", f.phase);
+  add("nodes", absl::StrCat(f.nodes));
+  add("ep", absl::StrCat(f.ep));
+  add("redundant-experts", absl::StrCat(f.redundant));
+  add("batch-per-gpu", absl::StrCat(f.batch));
+  add("avg-context", absl::StrCat(f.avg_context));
+  add("prompt-len", absl::StrCat(f.prompt_len));
+  add("micro-batches", absl::StrCat(f.micro_batches));
+  add("weight-dtype", f.weight_dtype);
+  add("kv-dtype", f.kv_dtype);
+  add("cache-hit-rate", absl::StrCat(f.cache_hit_rate));
+  add("synthetic-skew", absl::StrCat(f.synthetic_skew));
+  return s;
+}
+
+int RunPlan(const PlanFlags& f) {
+  if (f.format != "table" && f.format != "json" && f.format != "csv") {
+    return Fail(absl::StrCat("--format ", f.format, ": expected table, json or csv"));
+  }
+  auto config = ModelConfig::Load(ConfigPath(f.model));
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto cluster = LoadClusterConfig(f.cluster);
+  if (!cluster.ok()) return Fail(std::string(cluster.status().message()));
+  ExpertLoad histogram;
+  if (!f.expert_load.empty()) {
+    auto read = ReadExpertLoad(f.expert_load, config->num_hidden_layers, config->n_routed_experts);
+    if (!read.ok()) return Fail(std::string(read.status().message()));
+    histogram = *std::move(read);
+  }
+  std::vector<SweepAxis> axes;
+  for (const std::string& spec : f.sweeps) {
+    auto axis = ParseSweepAxis(spec);
+    if (!axis.ok()) return Fail(std::string(axis.status().message()));
+    axes.push_back(*std::move(axis));
+  }
+
+  Workload base;
+  base.weight_dtype = config->fp8 ? DType::kF8E4M3 : DType::kBF16;
+  for (const Setting& s : DeploymentSettings(cluster->deployment)) {
+    if (absl::Status st = ApplySetting(s, base); !st.ok()) {
+      return Fail(absl::StrCat(f.cluster, " (deployment): ", st.message()));
+    }
+  }
+  for (const Setting& s : FlagSettings(f)) {
+    if (absl::Status st = ApplySetting(s, base); !st.ok()) return Fail(absl::StrCat("--", st.message()));
+  }
+
+  const std::string model_name = ModelName(f.model);
+  const Efficiency efficiency;
+  std::vector<PlanResult> results;
+  for (const std::vector<Setting>& combination : ExpandSweep(axes)) {
+    Workload w = base;
+    absl::Status applied = absl::OkStatus();
+    for (const Setting& s : combination) {
+      if (applied.ok()) applied = ApplySetting(s, w);
+    }
+    PlanResult r{combination, applied.ok() ? MakePlan(*config, *cluster, w, efficiency, histogram)
+                                           : absl::StatusOr<Plan>(applied)};
+    results.push_back(std::move(r));
+  }
+  int ok = 0;
+  for (const PlanResult& r : results) ok += r.plan.ok() ? 1 : 0;
+  if (ok == 0) return Fail(std::string(results.front().plan.status().message()));
+
+  const bool sweep = !axes.empty();
+  if (f.format == "json") {
+    for (const PlanResult& r : results) {
+      const std::string line = r.plan.ok() ? PlanJson(model_name, *r.plan, cluster->published).dump()
+                                           : ErrorJson(r.settings, r.plan.status()).dump();
+      std::printf("%s\n", line.c_str());
+    }
+  } else if (f.format == "csv") {
+    std::printf("%s", CsvHeader(results.front().settings).c_str());
+    for (const PlanResult& r : results) std::printf("%s", CsvRow(model_name, r).c_str());
+  } else if (sweep) {
+    std::printf("%s", SweepTable(results).c_str());
+  } else {
+    std::printf("%s", PlanReport(model_name, *results.front().plan, efficiency, cluster->published).c_str());
+  }
+
+  if (!f.plot.empty()) {
+    std::vector<PlotPoint> points;
+    bool any_decode = false;
+    for (const PlanResult& r : results) {
+      if (!r.plan.ok()) continue;
+      const Plan& p = *r.plan;
+      const bool decode = p.workload.phase == Phase::kDecode;
+      any_decode |= decode;
+      std::string label;
+      for (const auto& [k, v] : r.settings) label += absl::StrCat(label.empty() ? "" : " ", k, "=", v);
+      points.push_back({(decode ? p.itl_s : p.ttft_s) * 1e3,
+                        decode ? p.output_tokens_per_s_per_node() : p.input_tokens_per_s_per_node(),
+                        label.empty() ? cluster->name : label});
+    }
+    const std::string svg = FrontierSvg(
+        points, absl::StrCat(model_name, " on ", cluster->name, ": throughput vs latency"),
+        any_decode ? "inter-token latency (ms)" : "time to first token (ms)",
+        any_decode ? "output tokens/s per node" : "input tokens/s per node");
+    std::ofstream out(f.plot);
+    out << svg;
+    if (!out) return Fail(absl::StrCat(f.plot, ": cannot write"));
+  }
+  // A sweep reports its failed points inline and succeeds when any point does.
+  return 0;
+}
+
+}  // namespace
+
+Command AddPlanCommand(CLI::App& app) {
+  auto f = std::make_shared<PlanFlags>();
+  app.add_option("--model", f->model, "model directory holding config.json (or the config.json itself)")->required();
+  app.add_option("--cluster", f->cluster, "cluster YAML (cluster-configs/clusters/)")->required();
+  f->given["phase"] = app.add_option("--phase", f->phase, "prefill or decode");
+  f->given["nodes"] = app.add_option("--nodes", f->nodes, "use this many of the cluster's nodes (default: all)");
+  f->given["ep"] = app.add_option("--ep", f->ep, "expert-parallel degree (default: every device used)");
+  f->given["redundant-experts"] =
+      app.add_option("--redundant-experts", f->redundant, "extra replicas of hot experts per EP unit");
+  f->given["batch-per-gpu"] =
+      app.add_option("--batch-per-gpu", f->batch, "decode: sequences per device; prefill: prompts per device per step");
+  f->given["avg-context"] = app.add_option("--avg-context", f->avg_context, "decode: mean KV length per sequence");
+  f->given["prompt-len"] =
+      app.add_option("--prompt-len", f->prompt_len, "prefill: tokens per prompt (default: --avg-context)");
+  f->given["micro-batches"] =
+      app.add_option("--micro-batches", f->micro_batches, "2 overlaps all-to-all with computation, 1 does not");
+  f->given["weight-dtype"] = app.add_option("--weight-dtype", f->weight_dtype, "bf16 or fp8 (default: the model's)");
+  f->given["kv-dtype"] = app.add_option("--kv-dtype", f->kv_dtype, "bf16 or fp8 (default bf16)");
+  f->given["cache-hit-rate"] =
+      app.add_option("--cache-hit-rate", f->cache_hit_rate, "prefill: fraction of prompt tokens already cached");
+  f->given["synthetic-skew"] = app.add_option(
+      "--synthetic-skew", f->synthetic_skew, "expert popularity ~ 1/rank^skew when no --expert-load (default 0: even)");
+  app.add_option("--expert-load", f->expert_load, "expert-load histogram from `run --expert-load-out`");
+  app.add_option("--format", f->format, "table, json (one object per plan per line) or csv");
+  app.add_option("--sweep", f->sweeps, "NAME=V1,V2,... (repeatable: every combination), e.g. ep=8,16,32");
+  app.add_option("--plot", f->plot, "write an SVG of throughput against latency with its frontier");
+  return [f]() { return RunPlan(*f); };
+}
+
+}  // namespace daedalus
