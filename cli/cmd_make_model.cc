@@ -28,7 +28,7 @@ Command AddMakeModelCommand(CLI::App& app) {
   app.add_option("--shard-mb", f->shard_mb, "split into shards with an index above this size (MB)");
   app.add_option("--set", f->overrides,
                  "override a config.json field of the preset, KEY=JSON (e.g. q_lora_rank=null, scoring_func=softmax)");
-  app.add_flag("--config-only", f->config_only, "write config.json only (the preset's published-layout config)");
+  app.add_flag("--config-only", f->config_only, "write config.json and the tokenizer only, no weights");
   app.add_option("--threads", f->threads, "threads (default: OMP_NUM_THREADS or all cores)");
   return [f]() {
     SetThreads(f->threads);

@@ -16,7 +16,7 @@ struct MakeModelOptions {
   // Above this many bytes the weights are split into model-0000N-of-0000M.safetensors shards
   // with a model.safetensors.index.json.
   int64_t shard_bytes = int64_t{400} << 20;
-  bool config_only = false;  // write config.json and stop
+  bool config_only = false;  // write config.json and the tokenizer, no weights
 };
 
 // Weights are drawn so activations stay O(1): projections uniform with std 1/sqrt(in),

@@ -19,7 +19,7 @@ def main():
             out = os.path.join(tmp, preset)
             subprocess.run([args.daedalus, "make-model", "--preset", preset, "--config-only", "--out", out],
                            check=True, capture_output=True, timeout=60)
-            if os.listdir(out) != ["config.json"]:
+            if sorted(os.listdir(out)) != ["config.json", "tokenizer.json", "tokenizer_config.json"]:
                 failures.append(f"{preset}: --config-only wrote {os.listdir(out)}")
             made = json.load(open(os.path.join(out, "config.json")))
             kept = json.load(open(os.path.join(ROOT, "cluster-configs", "models", preset, "config.json")))
