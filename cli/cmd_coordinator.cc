@@ -140,7 +140,10 @@ Command AddServeCommand(CLI::App& app) {
         "--coordinator", coordinator.address(), "--model", model, "--collective-timeout", absl::StrCat(f->collective_timeout_s),
         "--kv-dtype", e.kv_dtype, "--kv-cache-tokens", absl::StrCat(e.kv_tokens), "--page-size", absl::StrCat(e.page_size),
         "--max-batch-tokens", absl::StrCat(e.max_batch_tokens), "--prefill-chunk", absl::StrCat(e.prefill_chunk),
-        "--attention", e.attention};
+        "--attention", e.attention,
+        // The coordinator lives in this process: workers that lost it for this long have lost
+        // their launcher too, and exit.
+        "--reconnect-timeout", "30"};
     if (!f->coordinator.cluster_secret.empty()) setenv("DAEDALUS_CLUSTER_SECRET", f->coordinator.cluster_secret.c_str(), 1);
     // TLS: the workers verify the coordinator's certificate against itself (self-signed or a
     // leaf whose chain the workers' CA bundle holds is the user's business with `coordinator`).

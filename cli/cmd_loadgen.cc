@@ -1,10 +1,12 @@
 // `daedalus loadgen`: closed-loop load on a cluster at several concurrencies; prints requests/s,
-// output tokens/s, time to first token and inter-token latency (p50, p99) per level.
+// output tokens/s, time to first token and inter-token latency (p50, p99) per level. With --mix,
+// also faulty clients (load_mix.h) and the outcomes by kind; with --duration, a soak.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -14,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/client.h"
 #include "cli/commands.h"
+#include "cli/load_mix.h"
 #include "nlohmann/json.hpp"
 
 namespace daedalus {
@@ -31,31 +34,39 @@ double Percentile(std::vector<double> v, double p) {
 
 struct Level {
   int concurrency = 0;
-  int64_t ok = 0, tokens = 0;
+  int64_t sent = 0, ok = 0, tokens = 0;
   std::map<std::string, int64_t> failed;  // by status code
+  // With --mix: outcomes by request kind and status code; those a correct server would not
+  // give; and calls that got no answer (no final message, or only the client's safety timeout).
+  std::map<std::string, std::map<std::string, int64_t>> by_kind;
+  int64_t unexpected = 0, unanswered = 0;
   double seconds = 0;
-  std::vector<double> ttft_ms, itl_ms;
+  std::vector<double> ttft_ms, itl_ms, latency_ms;
 };
 
-Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::vector<v1::GenerateRequest>& requests,
+// Runs `concurrency` closed-loop clients; each takes the next request from `next` until it
+// returns false.
+Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::function<bool(PlannedRequest&)>& next,
                int concurrency, double timeout_s) {
   Level level;
   level.concurrency = concurrency;
   std::mutex mu;
-  std::atomic<size_t> next{0};
   const auto start = Clock::now();
   auto run = [&] {
-    for (size_t i; (i = next++) < requests.size();) {
+    PlannedRequest planned;
+    while (next(planned)) {
       grpc::ClientContext context;
-      client.Prepare(context, timeout_s);
+      client.Prepare(context, planned.deadline_s > 0 ? planned.deadline_s : timeout_s);
       const auto sent = Clock::now();
       auto last = sent;
       std::vector<double> itl;
       double ttft = -1;
       int64_t tokens = 0;
-      auto reader = stub.Generate(&context, requests[i]);
+      bool finished = false;
+      auto reader = stub.Generate(&context, planned.request);
       v1::GenerateResponse response;
       while (reader->Read(&response)) {
+        finished |= !response.finish_reason().empty();
         if (response.tokens_size() == 0) continue;
         const auto now = Clock::now();
         if (ttft < 0) {
@@ -66,15 +77,26 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::ve
         }
         last = now;
         tokens += response.tokens_size();
+        if (planned.cancel_after_tokens > 0 && tokens >= planned.cancel_after_tokens) context.TryCancel();
       }
       grpc::Status s = reader->Finish();
+      const double latency = std::chrono::duration<double, std::milli>(Clock::now() - sent).count();
+      // No answer: a stream that ended OK without its last message, or one only our own safety
+      // timeout ended (a request without a deadline of its own).
+      const bool unanswered = (s.ok() && !finished) ||
+                              (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && planned.deadline_s == 0);
       std::lock_guard<std::mutex> lock(mu);
+      ++level.sent;
+      ++level.by_kind[LoadKindName(planned.kind)][StatusCodeName(s.error_code())];
+      level.unanswered += unanswered;
+      level.unexpected += !unanswered && !ExpectedOutcome(planned.kind, s.error_code());
       if (!s.ok()) {
         ++level.failed[StatusCodeName(s.error_code())];
         continue;
       }
       ++level.ok;
       level.tokens += tokens;
+      level.latency_ms.push_back(latency);
       if (ttft >= 0) level.ttft_ms.push_back(ttft);
       level.itl_ms.insert(level.itl_ms.end(), itl.begin(), itl.end());
     }
@@ -91,11 +113,11 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::ve
 Command AddLoadgenCommand(CLI::App& app) {
   struct Flags {
     ClientFlags client;
-    std::string concurrency = "1,16,64", write_prompts;
+    std::string concurrency = "1,16,64", write_prompts, mix;
     int64_t prompt_len = 128, max_new_tokens = 64, requests = 0;
     uint64_t seed = 1;
     bool stop_at_eos = false, json = false;
-    double timeout_s = 600;
+    double timeout_s = 600, duration_s = 0;
   };
   auto f = std::make_shared<Flags>();
   f->client.Register(app);
@@ -109,6 +131,11 @@ Command AddLoadgenCommand(CLI::App& app) {
                  "write the largest level's requests as a prompts file, to run the same work with `run --prompts`");
   app.add_flag("--json", f->json, "one JSON object per level");
   app.add_option("--timeout", f->timeout_s, "seconds before a call is abandoned");
+  app.add_option("--duration", f->duration_s, "run each level for this many seconds instead of a number of requests");
+  app.add_option("--mix", f->mix,
+                 "besides plain requests, fractions of other kinds, e.g. cancel=0.05,deadline=0.05,invalid=0.05,oversized=0.02: "
+                 "cancelled by the client after a few tokens, a deadline of 10-210 ms, one invalid field, a prompt over the "
+                 "context; prints outcomes by kind and status, unexpected ones, and unanswered calls");
   return [f]() {
     std::vector<int> levels;
     for (absl::string_view part : absl::StrSplit(f->concurrency, ',')) {
@@ -116,6 +143,9 @@ Command AddLoadgenCommand(CLI::App& app) {
       if (!absl::SimpleAtoi(part, &c) || c < 1) return Fail(absl::StrCat("--concurrency: \"", std::string(part), "\" is not a positive number"));
       levels.push_back(c);
     }
+    auto mix = ParseLoadMix(f->mix);
+    if (!mix.ok()) return Fail(std::string(mix.status().message()));
+    const bool mixed = !f->mix.empty();
     auto stub = f->client.Stub();
     if (!stub.ok()) return Fail(std::string(stub.status().message()));
     v1::ClusterStatusResponse status;
@@ -134,28 +164,43 @@ Command AddLoadgenCommand(CLI::App& app) {
                   "output tok/s", "ttft p50", "ttft p99", "itl p50", "itl p99");
     }
     std::mt19937_64 rng(f->seed);
-    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(status.vocab_size() - 1));
+    const LoadShape shape{status.vocab_size(), status.max_position_embeddings(), f->prompt_len, f->max_new_tokens,
+                          f->stop_at_eos};
     for (size_t li = 0; li < levels.size(); ++li) {
       const int c = levels[li];
       const int64_t n = f->requests > 0 ? f->requests : std::max<int64_t>(16, 4 * c);
-      std::vector<v1::GenerateRequest> requests(n);
-      for (int64_t i = 0; i < n; ++i) {
-        auto& r = requests[i];
-        r.set_id(absl::StrCat(i));
-        for (int64_t t = 0; t < f->prompt_len; ++t) r.add_prompt_ids(token(rng));
-        r.set_max_new_tokens(f->max_new_tokens);
-        r.set_ignore_eos(!f->stop_at_eos);
+      std::vector<PlannedRequest> requests;
+      std::function<bool(PlannedRequest&)> next;
+      std::atomic<size_t> taken{0};
+      std::mutex rng_mu;
+      if (f->duration_s > 0) {  // drawn as they go, until the time is up
+        const auto until = Clock::now() + std::chrono::microseconds(static_cast<int64_t>(f->duration_s * 1e6));
+        next = [&, until](PlannedRequest& p) {
+          if (Clock::now() >= until) return false;
+          std::lock_guard<std::mutex> lock(rng_mu);
+          p = PlanRequest(*mix, shape, rng, absl::StrCat(taken++));
+          return true;
+        };
+      } else {
+        for (int64_t i = 0; i < n; ++i) requests.push_back(PlanRequest(*mix, shape, rng, absl::StrCat(i)));
+        next = [&](PlannedRequest& p) {
+          const size_t i = taken++;
+          if (i >= requests.size()) return false;
+          p = requests[i];
+          return true;
+        };
       }
       if (!f->write_prompts.empty() && li + 1 == levels.size()) {
         std::ofstream out(f->write_prompts);
-        for (const auto& r : requests) {
+        for (const auto& p : requests) {
+          const auto& r = p.request;
           nlohmann::json j = {{"id", r.id()}, {"prompt_ids", r.prompt_ids()}, {"max_new_tokens", r.max_new_tokens()},
                               {"ignore_eos", r.ignore_eos()}};
           out << j.dump() << "\n";
         }
         if (!out) return Fail(absl::StrCat(f->write_prompts, ": write failed"));
       }
-      Level l = RunLevel(**stub, f->client, requests, c, f->timeout_s);
+      Level l = RunLevel(**stub, f->client, next, c, f->timeout_s);
       int64_t failed = 0;
       std::string failures;
       for (const auto& [code, k] : l.failed) {
@@ -164,15 +209,31 @@ Command AddLoadgenCommand(CLI::App& app) {
       }
       const double rps = l.ok / l.seconds, tps = l.tokens / l.seconds;
       if (f->json) {
-        nlohmann::ordered_json j = {{"concurrency", c}, {"requests", n}, {"ok", l.ok}, {"failed", l.failed},
+        nlohmann::ordered_json j = {{"concurrency", c}, {"requests", l.sent}, {"ok", l.ok}, {"failed", l.failed},
                                     {"seconds", l.seconds}, {"requests_per_s", rps}, {"output_tokens_per_s", tps},
                                     {"ttft_ms_p50", Percentile(l.ttft_ms, 0.5)}, {"ttft_ms_p99", Percentile(l.ttft_ms, 0.99)},
                                     {"itl_ms_p50", Percentile(l.itl_ms, 0.5)}, {"itl_ms_p99", Percentile(l.itl_ms, 0.99)}};
+        if (mixed) {
+          j["by_kind"] = l.by_kind;
+          j["unexpected"] = l.unexpected;
+          j["unanswered"] = l.unanswered;
+          for (double q : {0.5, 0.9, 0.99}) j[absl::StrCat("latency_ms_p", static_cast<int>(q * 100))] = Percentile(l.latency_ms, q);
+        }
         std::printf("%s\n", j.dump().c_str());
       } else {
-        std::printf("%11d %8lld %6lld %8.2f %9.2f %12.1f %7.1fms %7.1fms %6.1fms %6.1fms%s\n", c, static_cast<long long>(n),
+        std::printf("%11d %8lld %6lld %8.2f %9.2f %12.1f %7.1fms %7.1fms %6.1fms %6.1fms%s\n", c, static_cast<long long>(l.sent),
                     static_cast<long long>(failed), l.seconds, rps, tps, Percentile(l.ttft_ms, 0.5), Percentile(l.ttft_ms, 0.99),
                     Percentile(l.itl_ms, 0.5), Percentile(l.itl_ms, 0.99), failures.empty() ? "" : ("  (" + failures + ")").c_str());
+        if (mixed) {
+          for (const auto& [kind, codes] : l.by_kind) {
+            std::string line;
+            for (const auto& [code, k] : codes) absl::StrAppend(&line, line.empty() ? "" : ", ", code, " ", k);
+            std::printf("%11s %-9s %s\n", "", kind.c_str(), line.c_str());
+          }
+          std::printf("%11s unexpected %lld, unanswered %lld; latency p50 %.1f ms, p99 %.1f ms\n", "",
+                      static_cast<long long>(l.unexpected), static_cast<long long>(l.unanswered), Percentile(l.latency_ms, 0.5),
+                      Percentile(l.latency_ms, 0.99));
+        }
       }
       std::fflush(stdout);
     }

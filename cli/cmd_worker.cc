@@ -3,8 +3,13 @@
 // then serves until told to stop.
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
+#include <mutex>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
@@ -12,6 +17,7 @@
 #include "core/status.h"
 #include "routing/fault_injection.h"
 #include "routing/mpi_transport.h"
+#include "worker/control_client.h"
 #include "worker/serve_loop.h"
 #include "worker/weights.h"
 
@@ -67,12 +73,58 @@ absl::StatusOr<std::vector<Placement>> FromAssignment(const v1::Placement& p, co
   return placements;
 }
 
+bool SamePlacement(const std::vector<Placement>& a, const std::vector<Placement>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t l = 0; l < a.size(); ++l) {
+    if (a[l].experts_on != b[l].experts_on) return false;
+  }
+  return true;
+}
+
+// Fault injection for the tests: with DAEDALUS_FAULT_DROP_ON_SIGUSR1=1, SIGUSR1 makes the
+// worker cut its control stream as a broken connection would, the process running on.
+std::atomic<bool> drop_requested{false};
+
+void RequestDrop(int) { drop_requested = true; }
+
+// Watches for the signal while `control` serves; stops watching when destroyed.
+class DropOnSignal {
+ public:
+  DropOnSignal(bool enabled, ControlClient& control) {
+    if (!enabled) return;
+    thread_ = std::thread([this, &control] {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!cv_.wait_for(lock, std::chrono::milliseconds(10), [&] { return done_; })) {
+        if (!drop_requested.exchange(false)) continue;
+        const double at = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+        std::fprintf(stderr, "daedalus worker: fault injection: dropping the control stream at %.3f\n", at);
+        std::fflush(stderr);
+        control.Drop();
+      }
+    });
+  }
+  ~DropOnSignal() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
 }  // namespace
 
 Command AddWorkerCommand(CLI::App& app) {
   struct Flags {
     std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, device = "cpu";
-    double register_timeout_s = 600, collective_timeout_s = 60;
+    double register_timeout_s = 600, reconnect_timeout_s = 600, collective_timeout_s = 60;
     EngineFlags engine;
   };
   auto f = std::make_shared<Flags>();
@@ -85,6 +137,9 @@ Command AddWorkerCommand(CLI::App& app) {
   app.add_option("--device", f->device, "cpu");
   app.add_option("--register-timeout", f->register_timeout_s,
                  "seconds to wait for the coordinator and the other ranks to register");
+  app.add_option("--reconnect-timeout", f->reconnect_timeout_s,
+                 "seconds to wait for the coordinator (restarted, or reachable again) and the other ranks to "
+                 "register again after the control stream ended");
   app.add_option("--collective-timeout", f->collective_timeout_s,
                  "seconds a rank waits in a collective before it reports the missing peers and exits");
   f->engine.Register(app);
@@ -112,12 +167,10 @@ Command AddWorkerCommand(CLI::App& app) {
     };
     auto run = [&]() -> absl::Status {
       const auto long_wait = std::chrono::milliseconds(static_cast<int64_t>(f->register_timeout_s * 1000));
-      if (transport) transport->set_deadline(long_wait);
-      ASSIGN_OR_RETURN(std::string launch_id, LaunchId(transport.get()));
+      const auto reconnect_wait = std::chrono::milliseconds(static_cast<int64_t>(f->reconnect_timeout_s * 1000));
       ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(f->model + "/config.json"));
       EngineOptions options = f->engine.Options();
       options.keep_results = false;
-      ASSIGN_OR_RETURN(auto control, ControlClient::Connect({f->coordinator, f->tls_ca, f->tls_server_name}, f->cluster_secret));
       v1::RegisterRequest reg;
       reg.set_rank(rank);
       reg.set_world_size(world);
@@ -126,28 +179,49 @@ Command AddWorkerCommand(CLI::App& app) {
       reg.set_host(host);
       reg.set_pid(getpid());
       reg.set_device(f->device);
-      reg.set_launch_id(launch_id);
       const int64_t pages = (options.kv.max_tokens + options.kv.page_size - 1) / options.kv.page_size;
       reg.set_kv_capacity_tokens(pages * options.kv.page_size);
       reg.set_kv_page_size(options.kv.page_size);
       reg.set_transport(transport ? "mpi" : "none");
-      ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, long_wait));
-      ASSIGN_OR_RETURN(std::vector<Placement> placements, FromAssignment(assignment.placement(), config, world));
-      ExpertFilter mine = [&](int64_t layer, int64_t expert) { return placements[layer].Holds(rank, static_cast<int32_t>(expert)); };
-      ASSIGN_OR_RETURN(auto weights, LoadModelWeights(f->model, mine));
-      if (transport) {
-        options.transport = transport.get();
-        options.placements = &placements;
+      const bool drop_on_signal = std::getenv("DAEDALUS_FAULT_DROP_ON_SIGUSR1") != nullptr;
+      if (drop_on_signal) std::signal(SIGUSR1, RequestDrop);
+      std::vector<Placement> placements;
+      std::unique_ptr<ModelWeights> weights;
+      // One formation per pass: register (a new launch id each time), load what the placement
+      // asks for, serve; when the control stream ends, every rank comes back here together.
+      for (int formation = 0;; ++formation) {
+        if (transport) transport->set_deadline(formation == 0 ? long_wait : reconnect_wait);
+        ASSIGN_OR_RETURN(std::string launch_id, LaunchId(transport.get()));
+        reg.set_launch_id(launch_id);
+        ASSIGN_OR_RETURN(auto control, ControlClient::Connect({f->coordinator, f->tls_ca, f->tls_server_name}, f->cluster_secret));
+        ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, formation == 0 ? long_wait : reconnect_wait));
+        ASSIGN_OR_RETURN(std::vector<Placement> placed, FromAssignment(assignment.placement(), config, world));
+        // Every rank got the same assignment, so all reload or none does.
+        if (weights == nullptr || !SamePlacement(placed, placements)) {
+          weights.reset();
+          placements = std::move(placed);
+          ExpertFilter mine = [&](int64_t layer, int64_t expert) { return placements[layer].Holds(rank, static_cast<int32_t>(expert)); };
+          ASSIGN_OR_RETURN(weights, LoadModelWeights(f->model, mine));
+        }
+        if (transport) {
+          options.transport = transport.get();
+          options.placements = &placements;
+        }
+        Engine engine(*weights, options);  // a fresh one per formation: earlier sequences are abandoned
+        if (transport) {
+          RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));
+          transport->set_deadline(std::chrono::milliseconds(static_cast<int64_t>(f->collective_timeout_s * 1000)));
+        }
+        RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
+        ServeLoopOptions loop;
+        loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
+        DropOnSignal dropper(drop_on_signal, *control);
+        ASSIGN_OR_RETURN(ServeEnd end, ServeLoop(engine, transport.get(), *control, loop));
+        if (end == ServeEnd::kShutdown) return absl::OkStatus();
+        std::fprintf(stderr, "daedalus worker rank %d of %d: %s; registering again\n", rank, world,
+                     control->closed() ? control->close_reason().c_str() : "the coordinator asked the cluster to re-form");
+        std::fflush(stderr);
       }
-      Engine engine(*weights, options);
-      if (transport) {
-        RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));
-        transport->set_deadline(std::chrono::milliseconds(static_cast<int64_t>(f->collective_timeout_s * 1000)));
-      }
-      RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
-      ServeLoopOptions loop;
-      loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
-      return ServeLoop(engine, transport.get(), *control, loop);
     };
     if (absl::Status s = run(); !s.ok()) return fail(s);
     transport.reset();

@@ -12,7 +12,7 @@ namespace daedalus {
 struct CoordinatorFlags {
   std::string listen = "127.0.0.1:50051", metrics_listen, http_listen, tls_cert, tls_key, auth_token, cluster_secret, placement_from;
   int64_t max_queue = 1024;
-  double queue_timeout_s = 30, heartbeat_interval_s = 1, heartbeat_timeout_s = 5;
+  double queue_timeout_s = 30, heartbeat_interval_s = 1, heartbeat_timeout_s = 5, stall_timeout_s = 60;
   int redundant_experts = 0, ranks_per_node = 0;
 
   void Register(CLI::App& app) {
@@ -30,6 +30,9 @@ struct CoordinatorFlags {
     app.add_option("--queue-timeout", queue_timeout_s, "seconds a request may wait for admission (default per request)");
     app.add_option("--heartbeat-interval", heartbeat_interval_s, "seconds between worker heartbeats");
     app.add_option("--heartbeat-timeout", heartbeat_timeout_s, "seconds of silence after which a worker is lost");
+    app.add_option("--stall-timeout", stall_timeout_s,
+                   "seconds a worker with sequences to run may go without finishing a step before it is lost, "
+                   "heartbeats or not (longer than the longest step; 0: off)");
     app.add_option("--redundant-experts", redundant_experts, "extra replicas of hot routed experts over the workers");
     app.add_option("--ranks-per-node", ranks_per_node, "workers per node, for node-level expert placement");
     app.add_option("--placement-from", placement_from, "place experts by the load in this --expert-load-out file");
@@ -41,6 +44,7 @@ struct CoordinatorFlags {
     c.queue_timeout = std::chrono::milliseconds(static_cast<int64_t>(queue_timeout_s * 1000));
     c.heartbeat_interval = std::chrono::milliseconds(static_cast<int64_t>(heartbeat_interval_s * 1000));
     c.heartbeat_timeout = std::chrono::milliseconds(static_cast<int64_t>(heartbeat_timeout_s * 1000));
+    c.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(stall_timeout_s * 1000));
     c.redundant_experts = redundant_experts;
     c.ranks_per_node = ranks_per_node;
     if (!placement_from.empty()) {
@@ -50,6 +54,9 @@ struct CoordinatorFlags {
     }
     if (c.heartbeat_timeout <= c.heartbeat_interval) {
       return absl::InvalidArgumentError("--heartbeat-timeout must be longer than --heartbeat-interval");
+    }
+    if (stall_timeout_s < 0 || (c.stall_timeout.count() > 0 && c.stall_timeout <= c.heartbeat_interval)) {
+      return absl::InvalidArgumentError("--stall-timeout must be 0 (off) or longer than --heartbeat-interval");
     }
     s.listen = listen;
     s.metrics_listen = metrics_listen;

@@ -11,6 +11,15 @@ elseif(DAEDALUS_SANITIZE STREQUAL "thread")
   add_compile_options(-fsanitize=thread)
   add_link_options(-fsanitize=thread)
 endif()
+if(DAEDALUS_FUZZ)
+  # Coverage for libFuzzer everywhere; ASan and UBSan, every UBSan finding fatal. Only the
+  # fuzz targets link libFuzzer's main (daedalus_fuzz).
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "DAEDALUS_FUZZ needs clang (scripts/fuzz.sh uses clang++-14)")
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()
 
 # daedalus_library(NAME SRCS a.cc b.cc DEPS x y)
 function(daedalus_library name)
@@ -29,7 +38,8 @@ function(daedalus_test name)
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   add_test(NAME ${name} COMMAND ${name})
-  set_tests_properties(${name} PROPERTIES TIMEOUT 600 ENVIRONMENT "OMP_NUM_THREADS=2")
+  set_tests_properties(${name} PROPERTIES TIMEOUT 600 ENVIRONMENT "OMP_NUM_THREADS=2" LABELS unit)
+  set_property(GLOBAL APPEND PROPERTY DAEDALUS_UNIT_TESTS ${name})
 endfunction()
 
 # daedalus_py_test(NAME SCRIPT path ARGS ...): an integration test driven by Debian's python3.
@@ -49,4 +59,16 @@ function(daedalus_venv_test name)
            COMMAND ${CMAKE_BINARY_DIR}/test-venv/bin/python ${PROJECT_SOURCE_DIR}/${ARG_SCRIPT}
                    --daedalus $<TARGET_FILE:daedalus> ${ARG_ARGS})
   set_tests_properties(${name} PROPERTIES TIMEOUT 900 ENVIRONMENT "OMP_NUM_THREADS=2" SKIP_RETURN_CODE 77)
+endfunction()
+
+# daedalus_fuzz(NAME DEPS x y): a libFuzzer target from tests/fuzz/NAME.cc, in build-fuzz/fuzz/.
+function(daedalus_fuzz name)
+  cmake_parse_arguments(ARG "" "" "DEPS" ${ARGN})
+  add_executable(${name} ${name}.cc)
+  target_compile_options(${name} PRIVATE ${DAEDALUS_CXX_FLAGS})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS})
+  target_link_options(${name} PRIVATE -fsanitize=fuzzer)
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
+  set_property(GLOBAL APPEND PROPERTY DAEDALUS_FUZZ_TARGETS ${name})
 endfunction()

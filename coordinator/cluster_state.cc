@@ -54,7 +54,7 @@ absl::StatusOr<int64_t> ClusterState::Register(const v1::RegisterRequest& r, Clo
   }
   slot.emplace();
   slot->info = r;
-  slot->last_heard = now;
+  slot->last_heard = slot->progress_at = now;
   formed_.notify_all();
   return generation_;
 }
@@ -89,7 +89,7 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
   if (w.state != WorkerState::kLoading) return absl::AlreadyExistsError(absl::StrCat("worker rank ", rank, " is already attached"));
   w.state = WorkerState::kReady;
   w.link = std::move(link);
-  w.last_heard = now;
+  w.last_heard = w.progress_at = now;
   if (!degraded_.empty()) {  // a peer was lost meanwhile: this one must go too
     v1::CoordinatorMessage m;
     m.mutable_shutdown()->set_reason(degraded_);
@@ -123,6 +123,7 @@ void ClusterState::LoseLocked(int rank, const std::string& why) {
     if (w && w->link) {
       v1::CoordinatorMessage m;
       m.mutable_shutdown()->set_reason(what);
+      m.mutable_shutdown()->set_reregister(true);
       w->link->Send(m);
     }
   }
@@ -133,6 +134,7 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
   if (generation != generation_ || !workers_[rank]) return;
   Worker& w = *workers_[rank];
   w.last_heard = now;
+  if (events.tokens_size() > 0 || events.finished_size() > 0) w.progress_at = now;  // events come from steps
   int64_t delivered = 0;
   for (const v1::TokenEvent& t : events.tokens()) {
     auto it = sequences_.find(t.sequence());
@@ -178,7 +180,13 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
 void ClusterState::OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) return;
-  workers_[rank]->last_heard = now;
+  Worker& w = *workers_[rank];
+  w.last_heard = now;
+  if (heartbeat.step() != w.step) {
+    w.step = heartbeat.step();
+    w.progress_at = now;
+  }
+  w.reported_running = heartbeat.running();
 }
 
 void ClusterState::CheckDeadlines(Clock::time_point now) {
@@ -189,6 +197,20 @@ void ClusterState::CheckDeadlines(Clock::time_point now) {
     const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - w->last_heard);
     if (silent > options_.heartbeat_timeout) {
       LoseLocked(r, absl::StrCat("no heartbeat for ", silent.count(), " ms (limit ", options_.heartbeat_timeout.count(), " ms)"));
+      continue;
+    }
+    // Stalled: sequences to run, heartbeats arriving, but no step finished. An idle worker is
+    // not stalled, so its clock restarts whenever it is seen idle.
+    const int64_t busy = std::max(w->running, w->reported_running);
+    if (busy == 0 || options_.stall_timeout.count() <= 0) {
+      w->progress_at = now;
+      continue;
+    }
+    const auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(now - w->progress_at);
+    if (stalled > options_.stall_timeout) {
+      LoseLocked(r, absl::StrCat("heartbeats arrive but no step has finished for ", stalled.count(), " ms with ", busy,
+                                 " sequences to run (step ", w->step, "; limit ", options_.stall_timeout.count(),
+                                 " ms, --stall-timeout)"));
     }
   }
   std::vector<uint64_t> expired;

@@ -31,6 +31,10 @@ struct CoordinatorOptions {
   std::chrono::milliseconds queue_timeout{30000};    // default wait for admission
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds heartbeat_timeout{5000};  // silence after which a worker is lost
+  // A worker with sequences running whose step count has not advanced this long is lost, even
+  // though it heartbeats (a wedged engine, a collective that never completes). Longer than the
+  // longest step; 0: off.
+  std::chrono::milliseconds stall_timeout{60000};
   int redundant_experts = 0;                         // extra replicas of hot experts
   int ranks_per_node = 0;                            // > 0: whole routing groups per node
   ExpertLoad placement_load;                         // initial expert load (--placement-from)
@@ -60,13 +64,15 @@ class ClusterState {
   // The worker's control stream is open and its weights are loaded; when every rank of the
   // generation is attached the cluster serves.
   absl::Status Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now);
-  // The worker is gone (stream closed, heartbeats missed, reported failure): the cluster is
-  // degraded until a new launch registers; every request fails UNAVAILABLE naming the rank.
+  // The worker is gone (stream closed, heartbeats missed, steps stalled, reported failure):
+  // the cluster is degraded until a new launch registers; every request fails UNAVAILABLE
+  // naming the rank, and the other workers are told to register again (Shutdown.reregister).
   void Lose(int rank, int64_t generation, const std::string& why);
   void OnEvents(int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now);
   void OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now);
-  // Loses workers silent for longer than heartbeat_timeout; fails queued requests whose
-  // admission deadline has passed.
+  // Loses workers silent for longer than heartbeat_timeout, and busy workers whose step count
+  // has not advanced for stall_timeout; fails queued requests whose admission deadline has
+  // passed. Called about every 100 ms by the server.
   void CheckDeadlines(Clock::time_point now);
 
   // Queues a validated request; UNAVAILABLE when not serving, RESOURCE_EXHAUSTED over the
@@ -92,6 +98,9 @@ class ClusterState {
     Clock::time_point last_heard;
     int64_t kv_reserved = 0;  // tokens, page-rounded, of sequences admitted here
     int64_t running = 0;
+    int64_t step = -1;              // the step count of its last heartbeat
+    int64_t reported_running = 0;   // sequences its last heartbeat said it runs
+    Clock::time_point progress_at;  // its last step, or when it was last seen idle
   };
   struct Sequence {
     uint64_t id = 0;

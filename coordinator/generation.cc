@@ -17,30 +17,10 @@ Generation::~Generation() {
   if (!done_ && channel_) state_.Cancel(channel_->sequence());
 }
 
-namespace {
-
-absl::Status PrepareRequest(const ModelConfig& config, const Tokenizer* tokenizer, v1::GenerateRequest& request) {
-  const bool wants_text = !request.prompt_text().empty() || request.return_text() || request.stop_size() > 0;
-  if (wants_text && tokenizer == nullptr) {
-    return absl::FailedPreconditionError("this model has no tokenizer.json: send prompt_ids, without return_text or stop");
-  }
-  if (!request.prompt_text().empty()) {
-    if (request.prompt_ids_size() > 0) return absl::InvalidArgumentError("give prompt_text or prompt_ids, not both");
-    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(request.prompt_text()));
-    *request.mutable_prompt_ids() = {ids.begin(), ids.end()};
-  }
-  for (const std::string& stop : request.stop()) {
-    if (stop.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
-  }
-  return ValidateGenerateRequest(request, config);
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<Generation>> Generation::Start(ClusterState& state, Metrics& metrics, const ModelConfig& config,
                                                               const Tokenizer* tokenizer, v1::GenerateRequest request,
                                                               Clock::time_point admit_by, Clock::time_point start) {
-  if (absl::Status s = PrepareRequest(config, tokenizer, request); !s.ok()) {
+  if (absl::Status s = PrepareGenerateRequest(config, tokenizer, request); !s.ok()) {
     metrics.CountRequest(OutcomeOf(s, ""));
     return s;
   }

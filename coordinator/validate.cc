@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 
 namespace daedalus {
 
@@ -33,6 +34,22 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelCo
   if (r.logprobs() < 0 || r.logprobs() > kMaxLogprobs) return bad("logprobs is ", r.logprobs(), ", must be in [0, ", kMaxLogprobs, "]");
   if (r.queue_timeout_ms() < 0) return bad("queue_timeout_ms is ", r.queue_timeout_ms(), ", must be >= 0");
   return absl::OkStatus();
+}
+
+absl::Status PrepareGenerateRequest(const ModelConfig& config, const Tokenizer* tokenizer, v1::GenerateRequest& request) {
+  const bool wants_text = !request.prompt_text().empty() || request.return_text() || request.stop_size() > 0;
+  if (wants_text && tokenizer == nullptr) {
+    return absl::FailedPreconditionError("this model has no tokenizer.json: send prompt_ids, without return_text or stop");
+  }
+  if (!request.prompt_text().empty()) {
+    if (request.prompt_ids_size() > 0) return absl::InvalidArgumentError("give prompt_text or prompt_ids, not both");
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(request.prompt_text()));
+    *request.mutable_prompt_ids() = {ids.begin(), ids.end()};
+  }
+  for (const std::string& stop : request.stop()) {
+    if (stop.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+  }
+  return ValidateGenerateRequest(request, config);
 }
 
 }  // namespace daedalus

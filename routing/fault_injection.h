@@ -12,11 +12,13 @@
 
 namespace daedalus {
 
+// `alltoall_only`: count only AllToAllV calls, which happen inside forward steps (the stall
+// then hits the N-th step with work, not an idle work check).
 std::unique_ptr<Transport> StallingTransport(std::unique_ptr<Transport> inner, int64_t stall_at_call,
-                                             std::chrono::milliseconds stall);
+                                             std::chrono::milliseconds stall, bool alltoall_only = false);
 
-// Parses "RANK:CALL:MILLISECONDS" (the DAEDALUS_FAULT_STALL environment variable of the
-// integration tests) and wraps `inner` if RANK is its rank; otherwise returns it unchanged.
+// Parses "RANK:CALL:MILLISECONDS[:alltoall]" (the DAEDALUS_FAULT_STALL environment variable of
+// the integration tests) and wraps `inner` if RANK is its rank; otherwise returns it unchanged.
 absl::StatusOr<std::unique_ptr<Transport>> MaybeStall(std::unique_ptr<Transport> inner, const std::string& spec);
 
 }  // namespace daedalus

@@ -7,6 +7,7 @@ packages=(
   libopenblas-openmp-dev libopenmpi-dev openmpi-bin libyaml-cpp-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcpp-httplib-dev libssl-dev openssl libpcre2-dev
   python3 python3-numpy python3-grpcio python3-venv python3-pip
+  clang-14 libclang-rt-14-dev
 )
 missing=()
 for p in "${packages[@]}"; do

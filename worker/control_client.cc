@@ -80,6 +80,10 @@ std::optional<v1::CoordinatorMessage> ControlClient::Next(std::chrono::milliseco
   return m;
 }
 
+void ControlClient::Drop() {
+  if (context_) context_->TryCancel();
+}
+
 bool ControlClient::closed() const {
   std::lock_guard<std::mutex> lock(mu_);
   return closed_;

@@ -1,5 +1,6 @@
 // The worker's end of the coordinator link: Register (unary), then one Control stream.
 // Messages from the coordinator are read by a thread of their own and queued.
+// One ControlClient per formation of the cluster: a worker that registers again makes a new one.
 #pragma once
 
 #include <chrono>
@@ -14,27 +15,28 @@
 #include "absl/status/statusor.h"
 #include "proto/channel.h"
 #include "proto/cluster.grpc.pb.h"
+#include "worker/control_stream.h"
 
 namespace daedalus {
 
-class ControlClient {
+class ControlClient final : public ControlStream {
  public:
   // `cluster_secret`: sent with every call when not empty.
   static absl::StatusOr<std::unique_ptr<ControlClient>> Connect(const ChannelOptions& channel, std::string cluster_secret);
-  ~ControlClient();
+  ~ControlClient() override;
 
   // Registers and waits (up to `timeout`, also for the coordinator to come up) for the
   // assignment, which arrives once every rank of the launch has registered.
   absl::StatusOr<v1::Assignment> Register(const v1::RegisterRequest& request, std::chrono::milliseconds timeout);
   // Opens the control stream and says Hello.
   absl::Status Open(int rank, int64_t generation);
-  // Thread-safe. False once the stream is closed.
-  bool Send(const v1::WorkerMessage& message);
-  // The next message from the coordinator, waiting up to `wait`.
-  std::optional<v1::CoordinatorMessage> Next(std::chrono::milliseconds wait);
-  // The stream has ended; why, in words.
-  bool closed() const;
-  std::string close_reason() const;
+  bool Send(const v1::WorkerMessage& message) override;
+  std::optional<v1::CoordinatorMessage> Next(std::chrono::milliseconds wait) override;
+  bool closed() const override;
+  std::string close_reason() const override;
+  // Fault injection for the tests: cuts the control stream as a broken connection would,
+  // leaving the process running.
+  void Drop();
 
  private:
   ControlClient() = default;

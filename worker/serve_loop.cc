@@ -30,7 +30,7 @@ Request ToRequest(const v1::Admit& a) {
 // They carry the step count, so a worker that answers but never steps can be told apart.
 class Heartbeats {
  public:
-  Heartbeats(ControlClient& control, std::chrono::milliseconds interval)
+  Heartbeats(ControlStream& control, std::chrono::milliseconds interval)
       : control_(control), interval_(interval), thread_([this] { Run(); }) {}
   ~Heartbeats() {
     stop_ = true;
@@ -53,7 +53,7 @@ class Heartbeats {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
-  ControlClient& control_;
+  ControlStream& control_;
   const std::chrono::milliseconds interval_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
@@ -61,14 +61,16 @@ class Heartbeats {
 
 }  // namespace
 
-absl::Status ServeLoop(Engine& engine, Transport* transport, ControlClient& control, const ServeLoopOptions& options) {
+absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, ControlStream& control,
+                                   const ServeLoopOptions& options) {
   std::unordered_map<uint64_t, int64_t> index_of;    // coordinator sequence → engine index
   std::unordered_map<int64_t, uint64_t> sequence_of;  // and back
   Heartbeats heartbeats(control, options.heartbeat_interval);
   ExpertLoad reported = engine.expert_load();
   auto next_load_report = Clock::now() + options.heartbeat_interval;
-  bool stop = false, cluster_idle = false;
+  bool stop = false, reregister = false, cluster_idle = false;
   absl::Status why = absl::OkStatus();
+  ServeEnd end = ServeEnd::kShutdown;
   std::vector<TokenOut> tokens;
   std::vector<FinishOut> finished;
 
@@ -90,7 +92,7 @@ absl::Status ServeLoop(Engine& engine, Transport* transport, ControlClient& cont
       auto it = index_of.find(m.abort().sequence());
       if (it != index_of.end()) engine.Cancel(it->second);
     } else if (m.has_shutdown()) {
-      stop = true;
+      (m.shutdown().reregister() ? reregister : stop) = true;
     }
   };
 
@@ -100,26 +102,30 @@ absl::Status ServeLoop(Engine& engine, Transport* transport, ControlClient& cont
       if (auto m = control.Next(transport ? options.idle_wait : std::chrono::milliseconds(50))) handle(*m);
     }
     while (auto m = control.Next(std::chrono::milliseconds(0))) handle(*m);
-    if (control.closed() && !stop) {
-      stop = true;
-      why = absl::UnavailableError(control.close_reason());
-    }
+    heartbeats.running = engine.pending();  // admitted sequences count before their first step
+    if (control.closed() && !stop) reregister = true;
     bool stepped = false;
     if (transport != nullptr) {
-      std::vector<int64_t> agree = {engine.pending(), stop ? 1 : 0};
+      std::vector<int64_t> agree = {engine.pending(), stop ? 1 : 0, reregister ? 1 : 0};
       if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
           !s.ok()) {
         why = s;
         break;
       }
-      if (agree[1] > 0) break;
+      if (agree[1] > 0 || agree[2] > 0) {
+        end = agree[1] > 0 ? ServeEnd::kShutdown : ServeEnd::kReregister;
+        break;
+      }
       cluster_idle = agree[0] == 0;
       if (!cluster_idle) {
         if (!engine.StepAgreed()) break;
         stepped = true;
       }
     } else {
-      if (stop) break;
+      if (stop || reregister) {
+        end = stop ? ServeEnd::kShutdown : ServeEnd::kReregister;
+        break;
+      }
       cluster_idle = engine.pending() == 0;
       stepped = !cluster_idle && engine.Step();
       if (!engine.status().ok()) break;
@@ -166,8 +172,9 @@ absl::Status ServeLoop(Engine& engine, Transport* transport, ControlClient& cont
     v1::WorkerMessage failure;
     failure.mutable_failure()->set_message(std::string(why.message()));
     control.Send(failure);
+    return why;
   }
-  return why;
+  return end;
 }
 
 }  // namespace daedalus

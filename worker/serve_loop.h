@@ -6,7 +6,8 @@
 
 #include "absl/status/status.h"
 #include "routing/transport.h"
-#include "worker/control_client.h"
+#include "absl/status/statusor.h"
+#include "worker/control_stream.h"
 #include "worker/engine.h"
 
 namespace daedalus {
@@ -17,10 +18,18 @@ struct ServeLoopOptions {
   std::chrono::milliseconds idle_wait{2};
 };
 
-// Runs until the coordinator says Shutdown (every rank stops at the same step: the stop is
-// agreed by the same all-reduce that agrees on work) or something fails. `transport` is null
-// for a world of one. OK after a Shutdown; the failure otherwise (the coordinator is gone, a
-// collective failed), which the caller reports.
-absl::Status ServeLoop(Engine& engine, Transport* transport, ControlClient& control, const ServeLoopOptions& options);
+// How a ServeLoop ended.
+enum class ServeEnd {
+  kShutdown,    // the coordinator said Shutdown: exit
+  kReregister,  // the control stream ended without one (the coordinator restarted, the
+                // connection broke) or Shutdown.reregister: abandon the sequences, register again
+};
+
+// Runs until the coordinator says Shutdown or the stream ends. Every rank leaves at the same
+// step with the same ServeEnd: what each rank saw is agreed by the same all-reduce that agrees
+// on work (Shutdown wins over re-registering). `transport` is null for a world of one. An error
+// when something failed (a collective, the engine), which is also reported to the coordinator.
+absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, ControlStream& control,
+                                   const ServeLoopOptions& options);
 
 }  // namespace daedalus

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 #include "coordinator/validate.h"
 #include "worker/presets.h"
 
@@ -271,8 +273,10 @@ TEST_F(ClusterStateTest, LostWorkerEndsEveryRequestThenANewLaunchServesAgain) {
     EXPECT_TRUE(absl::IsUnavailable(news.status));
     EXPECT_NE(news.status.message().find("worker rank 1"), std::string::npos) << news.status;
   }
-  // The survivor is told to stop so the launcher can restart the set.
+  // The survivor is told to register again, so the set re-forms (the lost rank's own process
+  // follows through the workers' all-reduce, or the launcher restarts the set).
   EXPECT_EQ(links_[0]->Count(v1::CoordinatorMessage::kShutdown), 1);
+  EXPECT_TRUE(links_[0]->sent.back().shutdown().reregister());
   auto refused = state_->Submit(Request(4, 4), now_ + std::chrono::seconds(1), now_);
   ASSERT_TRUE(absl::IsUnavailable(refused.status()));
   EXPECT_NE(refused.status().message().find("degraded"), std::string::npos);
@@ -302,6 +306,83 @@ TEST_F(ClusterStateTest, SilentWorkerIsLostAfterTheHeartbeatTimeout) {
   const std::string detail = state_->Status(now_).detail();
   EXPECT_NE(detail.find("worker rank 1"), std::string::npos) << detail;
   EXPECT_NE(detail.find("no heartbeat"), std::string::npos) << detail;
+}
+
+// Fault: a worker that answers heartbeats but never finishes a step. Stated bound: lost within
+// stall_timeout of its last step plus one CheckDeadlines period (the server runs it every
+// 100 ms); here checked to the millisecond on a fake clock.
+TEST_F(ClusterStateTest, BusyWorkerWhoseStepsStallIsLostDespiteHeartbeats) {
+  using std::chrono::milliseconds;
+  CoordinatorOptions options;
+  options.heartbeat_timeout = milliseconds(5000);
+  options.stall_timeout = milliseconds(3000);
+  Form({1024, 1024}, options);
+  const Clock::time_point t0 = now_;
+  auto heartbeat = [&](int rank, int64_t step, int64_t running, milliseconds at) {
+    v1::Heartbeat hb;
+    hb.set_step(step);
+    hb.set_running(running);
+    state_->OnHeartbeat(rank, generation_, hb, t0 + at);
+  };
+  // Idle for a minute: an idle worker never stalls, however old its last step.
+  for (int s = 1; s <= 60; ++s) {
+    heartbeat(0, 7, 0, milliseconds(1000 * s));
+    heartbeat(1, 7, 0, milliseconds(1000 * s));
+    state_->CheckDeadlines(t0 + milliseconds(1000 * s));
+  }
+  EXPECT_EQ(state_->state(), "serving");
+  // A sequence arrives at 60 s; both ranks step (lockstep) until 62 s, then the steps freeze.
+  auto channel = state_->Submit(Request(4, 100), t0 + milliseconds(90000), t0 + milliseconds(60000));
+  ASSERT_TRUE(channel.ok());
+  const int rank = RankOf(**channel);
+  ASSERT_GE(rank, 0);
+  int64_t step = 7;
+  int last_step_ms = 0, lost_ms = 0;
+  for (int ms = 60100; ms <= 70000; ms += 100) {
+    if (ms <= 62000) {
+      ++step;
+      last_step_ms = ms;
+    }
+    if (ms % 1000 == 0) {  // heartbeats keep coming, with the frozen step count
+      heartbeat(0, step, rank == 0 ? 1 : 0, milliseconds(ms));
+      heartbeat(1, step, rank == 1 ? 1 : 0, milliseconds(ms));
+    } else if (ms <= 62000) {
+      heartbeat(rank, step, 1, milliseconds(ms));  // as if each step were reported
+      heartbeat(1 - rank, step, 0, milliseconds(ms));
+    }
+    state_->CheckDeadlines(t0 + milliseconds(ms));
+    if (state_->state() != "serving") {
+      lost_ms = ms;
+      break;
+    }
+  }
+  const std::string detail = state_->Status(now_).detail();
+  ASSERT_EQ(state_->state(), "degraded") << detail;
+  EXPECT_NE(detail.find(absl::StrCat("worker rank ", rank)), std::string::npos) << detail;
+  EXPECT_NE(detail.find("no step has finished"), std::string::npos) << detail;
+  EXPECT_NE(detail.find("--stall-timeout"), std::string::npos) << detail;
+  RequestChannel::News news;
+  ASSERT_TRUE((*channel)->Take(Clock::now(), news));
+  EXPECT_TRUE(absl::IsUnavailable(news.status)) << news.status;
+  // Detected at the first check more than 3000 ms after the last step (checks every 100 ms).
+  EXPECT_EQ(lost_ms - last_step_ms, 3100);
+  EXPECT_EQ(metrics_.requests_by_outcome().at("unavailable"), 1);
+}
+
+TEST_F(ClusterStateTest, StallTimeoutZeroIsOff) {
+  CoordinatorOptions options;
+  options.stall_timeout = std::chrono::milliseconds(0);
+  options.heartbeat_timeout = std::chrono::milliseconds(5000);
+  Form({1024, 1024}, options);
+  ASSERT_NE(Submit(4, 100), nullptr);
+  for (int s = 1; s <= 30; ++s) {
+    v1::Heartbeat hb;
+    hb.set_step(1);
+    hb.set_running(1);
+    for (int r = 0; r < 2; ++r) state_->OnHeartbeat(r, generation_, hb, now_ + std::chrono::seconds(s));
+    state_->CheckDeadlines(now_ + std::chrono::seconds(s));
+  }
+  EXPECT_EQ(state_->state(), "serving");
 }
 
 TEST(ValidateTest, NamesTheFieldAndWhy) {

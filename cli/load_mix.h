@@ -1,0 +1,47 @@
+// The request mix of `loadgen --mix`: beside plain requests, requests the client cancels after a
+// few tokens, requests whose deadline expires mid-generation, invalid requests (one field out of
+// range) and prompts longer than the model's context; for each kind, the answers a correct
+// server may give. A request that gets no answer at all is counted apart ("unanswered").
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/support/status.h"
+#include "proto/serving.pb.h"
+
+namespace daedalus {
+
+enum class LoadKind { kPlain, kCancel, kDeadline, kInvalid, kOversized };
+inline constexpr int kLoadKinds = 5;
+const char* LoadKindName(LoadKind kind);  // "plain", "cancel", ...
+
+struct LoadMix {  // fractions of all requests; the rest are plain
+  double cancel = 0, deadline = 0, invalid = 0, oversized = 0;
+};
+
+// "cancel=0.05,deadline=0.05,invalid=0.05,oversized=0.02" (any subset; the sum at most 1).
+absl::StatusOr<LoadMix> ParseLoadMix(const std::string& spec);
+
+struct PlannedRequest {
+  LoadKind kind = LoadKind::kPlain;
+  v1::GenerateRequest request;
+  int64_t cancel_after_tokens = 0;  // kCancel: the client cancels once it has this many
+  double deadline_s = 0;            // kDeadline: the call's own deadline
+};
+
+struct LoadShape {
+  int64_t vocab_size = 0, context = 0;  // the model's (from ClusterStatus)
+  int64_t prompt_len = 128, max_new_tokens = 64;
+  bool stop_at_eos = false;
+};
+
+// Draws one request of the mix.
+PlannedRequest PlanRequest(const LoadMix& mix, const LoadShape& shape, std::mt19937_64& rng, const std::string& id);
+
+// Whether a correct server may end a request of `kind` with `code` (OK included).
+bool ExpectedOutcome(LoadKind kind, grpc::StatusCode code);
+
+}  // namespace daedalus

@@ -1,0 +1,313 @@
+// The worker's step loop under faults, in one process: two ranks over the `local` transport,
+// each with a fake control stream standing in for the coordinator. Faults come through the
+// seams: a StallingTransport (a slow rank, a rank stalled past the collective deadline) and the
+// ControlStream (dropped, or told to shut down or re-form). Each case states its bound.
+#include "worker/serve_loop.h"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "routing/expert_load.h"
+#include "routing/fault_injection.h"
+#include "tests/worker/test_models.h"
+
+namespace daedalus {
+namespace {
+
+using testing::TinyModel;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+class FakeControl final : public ControlStream {
+ public:
+  bool Send(const v1::WorkerMessage& m) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return false;
+    sent_.push_back({Clock::now(), m});
+    return true;
+  }
+  std::optional<v1::CoordinatorMessage> Next(milliseconds wait) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, wait, [&] { return !inbox_.empty() || closed_; });
+    if (inbox_.empty()) return std::nullopt;
+    v1::CoordinatorMessage m = std::move(inbox_.front());
+    inbox_.pop_front();
+    return m;
+  }
+  bool closed() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return closed_;
+  }
+  std::string close_reason() const override { return "the test dropped the control stream"; }
+
+  void Push(const v1::CoordinatorMessage& m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    inbox_.push_back(m);
+    cv_.notify_all();
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    cv_.notify_all();
+  }
+  std::vector<std::pair<Clock::time_point, v1::WorkerMessage>> Sent() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return sent_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::CoordinatorMessage> inbox_;
+  std::vector<std::pair<Clock::time_point, v1::WorkerMessage>> sent_;
+  bool closed_ = false;
+};
+
+v1::CoordinatorMessage Admit(uint64_t sequence, std::vector<int32_t> prompt, int64_t max_new) {
+  v1::CoordinatorMessage m;
+  v1::Admit* a = m.mutable_admit();
+  a->set_sequence(sequence);
+  *a->mutable_prompt_ids() = {prompt.begin(), prompt.end()};
+  a->set_max_new_tokens(max_new);
+  a->set_top_p(1);
+  a->set_ignore_eos(true);
+  return m;
+}
+
+v1::CoordinatorMessage Shutdown(bool reregister) {
+  v1::CoordinatorMessage m;
+  m.mutable_shutdown()->set_reason("test");
+  m.mutable_shutdown()->set_reregister(reregister);
+  return m;
+}
+
+EngineOptions Options() {
+  EngineOptions o;
+  o.kv.dtype = DType::kF32;
+  o.kv.page_size = 16;
+  o.kv.max_tokens = 2048;
+  return o;
+}
+
+// Two ranks serving in threads of this process.
+class TwoRanks {
+ public:
+  // `stall`: wrap rank 1's transport to sleep `stall` at its `at`-th all-to-all (forward steps).
+  TwoRanks(milliseconds deadline, milliseconds stall = milliseconds(0), int64_t at = 0,
+           milliseconds heartbeat = milliseconds(1000)) {
+    const ModelWeights& w = TinyModel(DType::kF32);
+    const ModelConfig& c = w.config;
+    placements_ = *PlaceLayers({}, c.num_hidden_layers, c.n_routed_experts, c.n_group, 2, 0, 0);
+    auto transports = MakeLocalTransports(2);
+    if (stall.count() > 0) transports[1] = StallingTransport(std::move(transports[1]), at, stall, /*alltoall_only=*/true);
+    for (int r = 0; r < 2; ++r) {
+      transports_[r] = std::move(transports[r]);
+      transports_[r]->set_deadline(deadline);
+      EngineOptions o = Options();
+      o.transport = transports_[r].get();
+      o.placements = &placements_;
+      engines_[r] = std::make_unique<Engine>(w, o);
+    }
+    options_.heartbeat_interval = heartbeat;
+  }
+  ~TwoRanks() { Join(); }
+
+  FakeControl& control(int r) { return control_[r]; }
+  void Start() {
+    for (int r = 0; r < 2; ++r) {
+      threads_[r] = std::thread([this, r] {
+        end_[r] = ServeLoop(*engines_[r], transports_[r].get(), control_[r], options_);
+        ended_at_[r] = Clock::now();
+      });
+    }
+  }
+  void Join() {
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+  const absl::StatusOr<ServeEnd>& end(int r) const { return end_[r]; }
+  Clock::time_point ended_at(int r) const { return ended_at_[r]; }
+
+  // Tokens per sequence and the sequences finished, from every rank's events.
+  std::map<uint64_t, std::vector<int32_t>> Tokens(int* finished = nullptr) const {
+    std::map<uint64_t, std::vector<int32_t>> out;
+    int done = 0;
+    for (const auto& c : control_) {
+      for (const auto& [at, m] : c.Sent()) {
+        for (const auto& t : m.events().tokens()) out[t.sequence()].push_back(t.token_id());
+        done += m.events().finished_size();
+      }
+    }
+    if (finished) *finished = done;
+    return out;
+  }
+  bool WaitFinished(int n, milliseconds limit) const {
+    const auto until = Clock::now() + limit;
+    int done = 0;
+    while (Clock::now() < until) {
+      Tokens(&done);
+      if (done >= n) return true;
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    return false;
+  }
+
+ private:
+  std::vector<Placement> placements_;
+  std::unique_ptr<Transport> transports_[2];
+  std::unique_ptr<Engine> engines_[2];
+  FakeControl control_[2];
+  ServeLoopOptions options_;
+  std::thread threads_[2];
+  absl::StatusOr<ServeEnd> end_[2];
+  Clock::time_point ended_at_[2];
+};
+
+std::vector<int32_t> Prompt(int i) {
+  std::vector<int32_t> p;
+  for (int j = 0; j < 3 + 5 * i; ++j) p.push_back((i * 37 + j * 11) % 500);
+  return p;
+}
+
+// The same prompts in one engine alone: what every placement must reproduce.
+std::vector<std::vector<int32_t>> Reference(int n, int64_t max_new) {
+  Engine engine(TinyModel(DType::kF32), Options());
+  for (int i = 0; i < n; ++i) {
+    Request r;
+    r.prompt_ids = Prompt(i);
+    r.max_new_tokens = max_new;
+    r.stop_at_eos = false;
+    EXPECT_TRUE(engine.Add(r).ok());
+  }
+  std::vector<std::vector<int32_t>> out;
+  for (const Result& r : engine.RunToCompletion()) out.push_back(r.generated_ids);
+  return out;
+}
+
+// A slow rank that stays within the collective deadline only slows the cluster down: the
+// tokens are those of one engine alone, and the loop goes on.
+TEST(ServeLoopFaults, SlowRankWithinTheDeadlineChangesNothingButTime) {
+  constexpr int kRequests = 4;
+  constexpr int64_t kNew = 6;
+  TwoRanks ranks(milliseconds(5000), milliseconds(400), /*at=*/3);
+  for (int i = 0; i < kRequests; ++i) ranks.control(i % 2).Push(Admit(100 + i, Prompt(i), kNew));
+  const auto start = Clock::now();
+  ranks.Start();
+  ASSERT_TRUE(ranks.WaitFinished(kRequests, milliseconds(60000)));
+  EXPECT_GE(Clock::now() - start, milliseconds(400));  // the stall happened
+  const auto tokens = ranks.Tokens();
+  const auto expected = Reference(kRequests, kNew);
+  for (int i = 0; i < kRequests; ++i) EXPECT_EQ(tokens.at(100 + i), expected[i]) << "request " << i;
+  ranks.control(0).Push(Shutdown(false));
+  ranks.Join();
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
+    EXPECT_EQ(*ranks.end(r), ServeEnd::kShutdown);
+  }
+}
+
+// A rank stalled mid-step keeps heartbeating with a frozen step count, as do its peers waiting
+// for it: the signal the coordinator's --stall-timeout acts on. Heartbeats every 100 ms; a
+// 2 s stall must show at least 10 heartbeats per rank with the same step while work is pending.
+TEST(ServeLoopFaults, StalledRankKeepsHeartbeatingWithAFrozenStepCount) {
+  TwoRanks ranks(milliseconds(10000), milliseconds(2000), /*at=*/1, /*heartbeat=*/milliseconds(100));
+  ranks.control(0).Push(Admit(1, Prompt(1), 4));
+  ranks.Start();
+  ASSERT_TRUE(ranks.WaitFinished(1, milliseconds(60000)));
+  for (int r = 0; r < 2; ++r) {
+    int longest = 0, run = 0;
+    int64_t step = -1;
+    for (const auto& [at, m] : ranks.control(r).Sent()) {
+      if (!m.has_heartbeat()) continue;
+      const bool frozen = m.heartbeat().step() == step && (r == 1 || m.heartbeat().running() > 0);
+      run = frozen ? run + 1 : 0;
+      longest = std::max(longest, run);
+      step = m.heartbeat().step();
+    }
+    EXPECT_GE(longest, 10) << "rank " << r;
+  }
+  ranks.control(1).Push(Shutdown(false));
+  ranks.Join();
+  EXPECT_EQ(*ranks.end(0), ServeEnd::kShutdown);
+}
+
+// A rank stalled longer than the collective deadline: its peer gives up within the deadline
+// (500 ms) plus one step, names it, and reports the failure on its control stream.
+TEST(ServeLoopFaults, RankStalledPastTheDeadlineIsNamedByItsPeerWithinTheDeadline) {
+  TwoRanks ranks(milliseconds(500), milliseconds(3000), /*at=*/1);
+  ranks.control(0).Push(Admit(1, Prompt(2), 8));
+  const auto start = Clock::now();
+  ranks.Start();
+  ranks.Join();
+  ASSERT_FALSE(ranks.end(0).ok());
+  const absl::Status& s = ranks.end(0).status();
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  EXPECT_NE(s.message().find("waiting for rank 1"), std::string::npos) << s;
+  const auto detected = std::chrono::duration_cast<milliseconds>(ranks.ended_at(0) - start);
+  EXPECT_LT(detected.count(), 500 + 1500) << "rank 0 noticed after " << detected.count() << " ms";
+  std::printf("rank 0 named the stalled rank after %lld ms (deadline 500 ms)\n", static_cast<long long>(detected.count()));
+  bool reported = false;
+  for (const auto& [at, m] : ranks.control(0).Sent()) reported |= m.has_failure() && m.failure().message() == s.message();
+  EXPECT_TRUE(reported);
+  EXPECT_FALSE(ranks.end(1).ok());  // the stalled rank finds its peer gone
+}
+
+// A dropped control stream on one rank: every rank leaves at the same step to register again
+// (bound: one idle wait plus one step, well under a second), abandoning the running sequence,
+// and no failure is reported.
+TEST(ServeLoopFaults, DroppedControlStreamMakesEveryRankRegisterAgain) {
+  TwoRanks ranks(milliseconds(5000));
+  ranks.control(0).Push(Admit(1, Prompt(1), 2000));  // runs until dropped
+  ranks.Start();
+  const auto until = Clock::now() + milliseconds(30000);
+  while (ranks.Tokens().empty() && Clock::now() < until) std::this_thread::sleep_for(milliseconds(5));
+  const auto dropped = Clock::now();
+  ranks.control(1).Close();
+  ranks.Join();
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
+    EXPECT_EQ(*ranks.end(r), ServeEnd::kReregister);
+    const auto took = std::chrono::duration_cast<milliseconds>(ranks.ended_at(r) - dropped);
+    EXPECT_LT(took.count(), 1000) << "rank " << r;
+    for (const auto& [at, m] : ranks.control(r).Sent()) EXPECT_FALSE(m.has_failure());
+  }
+}
+
+TEST(ServeLoopFaults, ShutdownWinsOverRegisteringAgain) {
+  TwoRanks ranks(milliseconds(5000));
+  ranks.control(0).Push(Shutdown(false));
+  ranks.control(1).Close();
+  ranks.Start();
+  ranks.Join();
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(*ranks.end(r), ServeEnd::kShutdown) << "rank " << r;
+}
+
+TEST(ServeLoopFaults, ShutdownWithReregisterReformsEveryRank) {
+  TwoRanks ranks(milliseconds(5000));
+  ranks.Start();
+  ranks.control(1).Push(Shutdown(true));
+  ranks.Join();
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(*ranks.end(r), ServeEnd::kReregister) << "rank " << r;
+}
+
+TEST(ServeLoopFaults, WorldOfOneRegistersAgainWhenItsStreamDrops) {
+  Engine engine(TinyModel(DType::kF32), Options());
+  FakeControl control;
+  control.Push(Admit(1, Prompt(0), 3));
+  std::thread dropper([&] {
+    std::this_thread::sleep_for(milliseconds(300));
+    control.Close();
+  });
+  auto end = ServeLoop(engine, nullptr, control, ServeLoopOptions{});
+  dropper.join();
+  ASSERT_TRUE(end.ok()) << end.status();
+  EXPECT_EQ(*end, ServeEnd::kReregister);
+}
+
+}  // namespace
+}  // namespace daedalus
