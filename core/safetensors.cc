@@ -60,7 +60,9 @@ absl::StatusOr<std::map<std::string, TensorInfo>> ParseSafetensors(const uint8_t
   if (header.is_discarded() || !header.is_object()) return Corrupt(path, "header is not a JSON object");
   const uint8_t* data = bytes + 8 + header_len;
   const size_t data_size = size - 8 - header_len;
-  for (auto& [name, entry] : header.items()) {
+  for (auto& item : header.items()) {
+    const std::string& name = item.key();  // not a structured binding: lambdas capture it (clang 14)
+    auto& entry = item.value();
     if (name == "__metadata__") continue;
     auto bad = [&](const std::string& what) { return Corrupt(path, absl::StrCat("tensor ", name, ": ", what)); };
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||

@@ -35,7 +35,7 @@ for t in "${targets[@]}"; do
   if [ "$rc" -ne 0 ] || [ "$n_crashes" -gt 0 ]; then
     failed=1
     echo "fuzz: $t FAILED (exit $rc); the input is in $crashes/; log $log:" >&2
-    grep -E "ERROR|runtime error|expected|SUMMARY|#[0-9]+ 0x" "$log" | head -30 >&2 || true
+    grep -E "ERROR: |runtime error|expected |SUMMARY|#[0-9]+ 0x" "$log" | head -30 >&2 || true
   fi
   summary+=("$(printf '%-24s %8ss %14s executions %6s crashes  corpus %s' "$t" "$seconds" "${execs:-?}" "$n_crashes" "$(ls "$corpus" | wc -l)")")
 done
