@@ -1,10 +1,12 @@
 // `daedalus coordinator` (the coordinator alone, workers started elsewhere) and
 // `daedalus serve` (a coordinator plus N workers on this machine, under mpirun).
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 
@@ -19,6 +21,15 @@
 namespace daedalus {
 
 namespace {
+
+// The coordinator serves each stream on a thread of its own (gRPC's synchronous API). With
+// hundreds of streams, glibc's per-thread malloc arenas (up to 8 per core) fragment and resident
+// memory creeps up for minutes with nothing leaked (+17% over a 60 s soak at 256 streams after
+// warm-up; the heap holds steady with 2 arenas, +2%). The coordinator's allocations are small
+// and few per token, so two arenas cost no measurable speed. MALLOC_ARENA_MAX still overrides.
+void LimitMallocArenas() {
+  if (std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
+}
 
 // SIGINT and SIGTERM are taken with sigwait; blocked before any thread starts so that every
 // thread inherits the mask.
@@ -68,6 +79,7 @@ Command AddCoordinatorCommand(CLI::App& app) {
   app.add_option("--world-size", f->world_size, "workers (MPI ranks) the cluster needs")->required();
   f->coordinator.Register(app);
   return [f]() {
+    LimitMallocArenas();
     const sigset_t signals = BlockStopSignals();
     auto config = ModelConfig::Load(f->model + "/config.json");
     if (!config.ok()) return Fail(std::string(config.status().message()));
@@ -102,6 +114,7 @@ Command AddServeCommand(CLI::App& app) {
   f->coordinator.Register(app);
   f->engine.Register(app);
   return [f]() {
+    LimitMallocArenas();
     const sigset_t signals = BlockStopSignals();
     if (f->workers < 1) return Fail("--workers must be at least 1");
     std::string model = f->model, scratch;
