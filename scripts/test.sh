@@ -54,11 +54,18 @@ ctest --test-dir "$root/build" --output-on-failure -j 2
 stage "fuzzing, 20 s per target"
 FUZZ_BUILD_JOBS=$jobs "$root/scripts/fuzz.sh" 20
 stage "unit tests under ASan+UBSan"
-cmake -S "$root" -B "$root/build-asan" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDAEDALUS_SANITIZE=address >/dev/null
+# -O1: quicker to compile than -O3; the unit tests run in under 2 minutes with it.
+cmake -S "$root" -B "$root/build-asan" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE=-O1 \
+    -DDAEDALUS_SANITIZE=address >/dev/null
 cmake --build "$root/build-asan" --target unit_tests -j "$jobs"
 (sanitizer_env && ctest --test-dir "$root/build-asan" -L unit --output-on-failure -j 2)
+# TSan runs the bookkeeping's concurrency test (clients, workers, monitor, relaunches on shared
+# state). Not server_concurrency_test, the same over gRPC: Debian's gRPC is not built with TSan,
+# so its internal synchronisation is invisible and TSan reports hundreds of races inside gRPC
+# (826 in one run); suppressing gRPC would hide ours too. That test runs under ASan instead.
 stage "the coordinator's concurrency test under TSan"
-cmake -S "$root" -B "$root/build-tsan" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDAEDALUS_SANITIZE=thread >/dev/null
+cmake -S "$root" -B "$root/build-tsan" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE=-O1 \
+    -DDAEDALUS_SANITIZE=thread >/dev/null
 cmake --build "$root/build-tsan" --target cluster_concurrency_test -j "$jobs"
 (sanitizer_env && ctest --test-dir "$root/build-tsan" -R '^cluster_concurrency_test$' --output-on-failure)
 stage "a 20 s soak"

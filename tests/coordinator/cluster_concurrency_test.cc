@@ -185,6 +185,7 @@ TEST(ClusterConcurrency, ManyClientsFakeWorkersMonitorAndRelaunches) {
         auto channel = cluster.state().Submit(r, now + milliseconds(rng() % 50), now);
         if (!channel.ok()) {
           ++refused;
+          std::this_thread::sleep_for(milliseconds(1));  // as a client backing off
           const bool allowed = absl::IsUnavailable(channel.status()) || absl::IsResourceExhausted(channel.status());
           bad += !allowed;
           continue;
