@@ -8,14 +8,17 @@
 # restarted, or a process grew by 10% or more.
 #   scripts/soak.sh [SECONDS]
 # Environment: DAEDALUS_BIN (default build/bin/daedalus), SOAK_CONCURRENCY (256), SOAK_MIX
-# (cancel=0.05,deadline=0.05,invalid=0.05,oversized=0.02), SOAK_WARMUP (seconds; default 10).
+# (cancel=0.05,deadline=0.05,invalid=0.05,oversized=0.02), SOAK_WARMUP (seconds; default a tenth
+# of SECONDS, at least 20: a process's resident memory settles over minutes, as its threads'
+# stacks and malloc's arenas reach their working size). Memory is compared between the idle
+# moments before and after the measured load.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 seconds="${1:-60}"
 bin="${DAEDALUS_BIN:-$root/build/bin/daedalus}"
 concurrency="${SOAK_CONCURRENCY:-256}"
 mix="${SOAK_MIX:-cancel=0.05,deadline=0.05,invalid=0.05,oversized=0.02}"
-warmup="${SOAK_WARMUP:-10}"
+warmup="${SOAK_WARMUP:-$(( seconds / 10 > 20 ? seconds / 10 : 20 ))}"
 [ -x "$bin" ] || "$root/scripts/build.sh"
 work="$(mktemp -d /tmp/daedalus-soak-XXXXXX)"
 serve_pid=""
@@ -56,8 +59,15 @@ PY
 echo "soak: serve --workers 2 (tiny) at $address; warm-up ${warmup} s, then ${seconds} s at $concurrency streams, mix $mix"
 loadgen "$warmup" "$work/warmup.json"
 snapshot "$work/rss_start.jsonl"
+# The coordinator's resident memory under load every 10 s, to show whether it settles or climbs.
+( while sleep 10 && kill -0 "$serve_pid" 2>/dev/null; do
+    sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$serve_pid/status" 2>/dev/null
+    sleep 10
+  done >"$work/rss_samples" ) &
+sampler=$!
 loadgen "$seconds" "$work/soak.json"
 snapshot "$work/rss_end.jsonl"
+kill "$sampler" 2>/dev/null || true
 restarts="$(grep -c 'the workers exited' "$work/serve.log" || true)"
 kill -TERM "$serve_pid"
 serve_rc=0
@@ -88,6 +98,10 @@ for p in start:
     growth = (e["rss_kb"] - p["rss_kb"]) / p["rss_kb"] * 100
     grown.append(growth)
     print(f"resident memory    {p['role']:<12} {p['rss_kb'] / 1024:8.1f} MiB after warm-up, {e['rss_kb'] / 1024:8.1f} MiB at the end ({growth:+.1f}%)")
+samples = [int(l) for l in open(f"{work}/rss_samples") if l.strip()]
+if samples:
+    step = max(1, len(samples) // 10)
+    print("coordinator RSS    under load: " + " ".join(f"{k / 1024:.1f}" for k in samples[::step]) + f" MiB (every {10 * step} s)")
 print(f"latency (ok)       p50 {r['latency_ms_p50']:.1f} ms, p90 {r['latency_ms_p90']:.1f} ms, p99 {r['latency_ms_p99']:.1f} ms; "
       f"ttft p50 {r['ttft_ms_p50']:.1f} / p99 {r['ttft_ms_p99']:.1f} ms; itl p50 {r['itl_ms_p50']:.1f} / p99 {r['itl_ms_p99']:.1f} ms")
 print(f"output tokens/s    {r['output_tokens_per_s']:.0f}")
