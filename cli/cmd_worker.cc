@@ -12,6 +12,7 @@
 #include "core/status.h"
 #include "routing/fault_injection.h"
 #include "routing/mpi_transport.h"
+#include "routing/ucx_transport.h"
 #include "worker/serve_loop.h"
 #include "worker/weights.h"
 
@@ -69,10 +70,26 @@ absl::StatusOr<std::vector<Placement>> FromAssignment(const v1::Placement& p, co
 
 }  // namespace
 
+// The launcher's rank and world size from its environment (Slurm's srun, OpenMPI's mpirun),
+// for workers that do not use MPI for their data plane: -1 and 0 when there is none.
+void LauncherRank(int& rank, int& world) {
+  for (auto [r, w] : {std::pair{"SLURM_PROCID", "SLURM_NTASKS"}, std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                      std::pair{"PMIX_RANK", "PMIX_SIZE"}}) {
+    const char* rv = std::getenv(r);
+    const char* wv = std::getenv(w);
+    if (rv != nullptr && wv != nullptr) {
+      rank = std::atoi(rv);
+      world = std::atoi(wv);
+      return;
+    }
+  }
+}
+
 Command AddWorkerCommand(CLI::App& app) {
   struct Flags {
-    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, device = "cpu";
+    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, device = "cpu", transport, launch_id;
     double register_timeout_s = 600, collective_timeout_s = 60;
+    int rank = -2, world_size = -1;
     EngineFlags engine;
   };
   auto f = std::make_shared<Flags>();
@@ -83,6 +100,15 @@ Command AddWorkerCommand(CLI::App& app) {
   app.add_option("--tls-ca", f->tls_ca, "PEM of the CA that signed the coordinator's certificate (TLS)");
   app.add_option("--tls-server-name", f->tls_server_name, "name to verify in the coordinator's certificate");
   app.add_option("--device", f->device, "cpu");
+  app.add_option("--transport", f->transport,
+                 "data plane between workers: mpi (default under mpirun/srun with MPI) or ucx (any launcher; "
+                 "addresses exchanged through the coordinator)")
+      ->check(CLI::IsMember({"mpi", "ucx"}));
+  app.add_option("--rank", f->rank, "with --transport ucx: this worker's rank (default: the launcher's, else assigned)");
+  app.add_option("--world-size", f->world_size, "with --transport ucx: the number of workers (default: the coordinator's)");
+  app.add_option("--launch-id", f->launch_id,
+                 "with --transport ucx: the same for every worker of one launch (default: the Slurm job step, else "
+                 "join the launch that is forming)");
   app.add_option("--register-timeout", f->register_timeout_s,
                  "seconds to wait for the coordinator and the other ranks to register");
   app.add_option("--collective-timeout", f->collective_timeout_s,
@@ -91,29 +117,55 @@ Command AddWorkerCommand(CLI::App& app) {
   return [f]() {
     if (f->device != "cpu") return Fail(absl::StrCat("--device ", f->device, ": this worker runs on the CPU (--device cpu)"));
     SetThreads(f->engine.threads);
+    const std::string transport_kind = !f->transport.empty() ? f->transport : LaunchedByMpi() ? "mpi" : "none";
     std::unique_ptr<Transport> transport;
-    if (LaunchedByMpi()) {
+    UcxTransport* ucx = nullptr;
+    int rank = 0, world = 1;
+    if (transport_kind == "mpi") {
+      if (!LaunchedByMpi()) return Fail("--transport mpi needs an MPI launcher (mpirun, or srun --mpi=pmix)");
       if (absl::Status s = InitMpi(nullptr, nullptr); !s.ok()) return Fail(std::string(s.message()));
       auto made = MakeMpiTransport();
       if (!made.ok()) return Fail(std::string(made.status().message()));
       transport = std::move(*made);
-      if (const char* stall = std::getenv("DAEDALUS_FAULT_STALL")) {  // fault injection for the tests
-        auto stalled = MaybeStall(std::move(transport), stall);
-        if (!stalled.ok()) return Fail(std::string(stalled.status().message()));
-        transport = std::move(*stalled);
+      rank = transport->rank();
+      world = transport->world_size();
+    } else if (transport_kind == "ucx") {
+      auto made = CreateUcxTransport();
+      if (!made.ok()) return Fail(std::string(made.status().message()));
+      ucx = made->get();
+      transport = std::move(*made);
+      rank = -1;
+      world = 0;
+      LauncherRank(rank, world);
+      if (f->rank != -2) rank = f->rank;
+      if (f->world_size != -1) world = f->world_size;
+      if (f->launch_id.empty()) {
+        const char* job = std::getenv("SLURM_JOB_ID");
+        const char* step = std::getenv("SLURM_STEP_ID");
+        if (job != nullptr) f->launch_id = absl::StrCat("slurm-", job, ".", step != nullptr ? step : "0");
       }
     }
-    const int rank = transport ? transport->rank() : 0, world = transport ? transport->world_size() : 1;
+    const bool mpi = transport_kind == "mpi";
+    if (const char* stall = std::getenv("DAEDALUS_FAULT_STALL"); stall != nullptr && transport) {  // for the tests
+      auto stalled = MaybeStall(std::move(transport), stall);
+      if (!stalled.ok()) return Fail(std::string(stalled.status().message()));
+      transport = std::move(*stalled);
+    }
     auto fail = [&](const absl::Status& s) {
       std::fprintf(stderr, "daedalus worker rank %d of %d: error: %s\n", rank, world, std::string(s.message()).c_str());
       std::fflush(stderr);
-      if (transport) AbortMpi(1);  // the other ranks cannot go on without this one
+      if (mpi) AbortMpi(1);  // the other ranks cannot go on without this one
       return 1;
     };
     auto run = [&]() -> absl::Status {
       const auto long_wait = std::chrono::milliseconds(static_cast<int64_t>(f->register_timeout_s * 1000));
       if (transport) transport->set_deadline(long_wait);
-      ASSIGN_OR_RETURN(std::string launch_id, LaunchId(transport.get()));
+      std::string launch_id = f->launch_id;
+      if (mpi) {
+        ASSIGN_OR_RETURN(launch_id, LaunchId(transport.get()));
+      } else if (transport_kind == "none") {
+        ASSIGN_OR_RETURN(launch_id, LaunchId(nullptr));
+      }
       ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(f->model + "/config.json"));
       EngineOptions options = f->engine.Options();
       options.keep_results = false;
@@ -130,8 +182,22 @@ Command AddWorkerCommand(CLI::App& app) {
       const int64_t pages = (options.kv.max_tokens + options.kv.page_size - 1) / options.kv.page_size;
       reg.set_kv_capacity_tokens(pages * options.kv.page_size);
       reg.set_kv_page_size(options.kv.page_size);
-      reg.set_transport(transport ? "mpi" : "none");
+      reg.set_transport(transport_kind);
+      if (ucx != nullptr) reg.set_data_plane_address(ucx->address());
       ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, long_wait));
+      rank = assignment.rank();
+      world = assignment.world_size();
+      if (ucx != nullptr) {
+        RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()}));
+      }
+      if (transport && transport->world_size() != world) {
+        return absl::FailedPreconditionError(absl::StrCat("the launcher started ", transport->world_size(),
+                                                          " workers; the coordinator serves ", world));
+      }
+      if (!transport && world != 1) {
+        return absl::FailedPreconditionError(absl::StrCat("the coordinator serves ", world,
+                                                          " workers: start them under mpirun/srun, or with --transport ucx"));
+      }
       ASSIGN_OR_RETURN(std::vector<Placement> placements, FromAssignment(assignment.placement(), config, world));
       ExpertFilter mine = [&](int64_t layer, int64_t expert) { return placements[layer].Holds(rank, static_cast<int32_t>(expert)); };
       ASSIGN_OR_RETURN(auto weights, LoadModelWeights(f->model, mine));
@@ -151,7 +217,7 @@ Command AddWorkerCommand(CLI::App& app) {
     };
     if (absl::Status s = run(); !s.ok()) return fail(s);
     transport.reset();
-    FinalizeMpi();
+    if (mpi) FinalizeMpi();
     return 0;
   };
 }

@@ -51,12 +51,17 @@ class ClusterState {
   ClusterState(ModelConfig config, std::string model_name, CoordinatorOptions options, Metrics* metrics);
 
   // A worker announces itself. A new launch_id starts a new generation of the cluster: the
-  // previous one's workers are told to shut down and its requests fail UNAVAILABLE.
-  // Returns the generation the worker belongs to.
-  absl::StatusOr<int64_t> Register(const v1::RegisterRequest& request, Clock::time_point now);
-  // The assignment of `generation` once every rank has registered; Unavailable if that has
-  // not happened by `deadline`, Aborted if a newer launch replaced it.
-  absl::StatusOr<v1::Assignment> WaitAssignment(int64_t generation, Clock::time_point deadline);
+  // previous one's workers are told to shut down and its requests fail UNAVAILABLE. An empty
+  // launch_id joins the generation that is forming from such workers, or starts one; rank -1
+  // takes the lowest free rank. Returns the generation and the rank.
+  struct Registration {
+    int64_t generation;
+    int rank;
+  };
+  absl::StatusOr<Registration> Register(const v1::RegisterRequest& request, Clock::time_point now);
+  // The assignment of `generation` for `rank` once every rank has registered; Unavailable if
+  // that has not happened by `deadline`, Aborted if a newer launch replaced it.
+  absl::StatusOr<v1::Assignment> WaitAssignment(int64_t generation, int rank, Clock::time_point deadline);
   // The worker's control stream is open and its weights are loaded; when every rank of the
   // generation is attached the cluster serves.
   absl::Status Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now);

@@ -42,6 +42,11 @@ class ClusterStateTest : public ::testing::Test {
     ASSERT_EQ(state_->state(), "serving");
   }
   absl::StatusOr<int64_t> Register(int rank, int64_t capacity, const std::string& launch) {
+    auto g = RegisterFull(rank, capacity, launch);
+    if (!g.ok()) return g.status();
+    return g->generation;
+  }
+  absl::StatusOr<ClusterState::Registration> RegisterFull(int rank, int64_t capacity, const std::string& launch) {
     v1::RegisterRequest r;
     r.set_rank(rank);
     r.set_world_size(world_);
@@ -51,7 +56,7 @@ class ClusterStateTest : public ::testing::Test {
     r.set_kv_capacity_tokens(capacity);
     r.set_kv_page_size(64);
     auto g = state_->Register(r, now_);
-    if (g.ok()) generation_ = *g;
+    if (g.ok()) generation_ = g->generation;
     return g;
   }
   v1::GenerateRequest Request(int prompt, int max_new, int logprobs = 0) {
@@ -102,9 +107,9 @@ TEST_F(ClusterStateTest, FormsOnceEveryRankRegistersAndAttaches) {
   EXPECT_EQ(state_->state(), "forming");
   ASSERT_TRUE(Register(0, 1024, "a").ok());
   // Not yet formed: the assignment waits for rank 1.
-  EXPECT_TRUE(absl::IsUnavailable(state_->WaitAssignment(generation_, Clock::now()).status()));
+  EXPECT_TRUE(absl::IsUnavailable(state_->WaitAssignment(generation_, 0, Clock::now()).status()));
   ASSERT_TRUE(Register(1, 1024, "a").ok());
-  auto assignment = state_->WaitAssignment(generation_, Clock::now());
+  auto assignment = state_->WaitAssignment(generation_, 0, Clock::now());
   ASSERT_TRUE(assignment.ok()) << assignment.status();
   // Every routed expert of every MoE layer is placed on exactly one of the two ranks.
   ASSERT_EQ(assignment->placement().layers_size(), config_.num_hidden_layers);
@@ -137,6 +142,31 @@ TEST_F(ClusterStateTest, RejectsMismatchedRegistrations) {
   EXPECT_TRUE(absl::IsAlreadyExists(state_->Register(r, now_).status()));  // rank 0 of launch-1 is there
   r.set_rank(2);
   EXPECT_TRUE(absl::IsInvalidArgument(state_->Register(r, now_).status()));
+}
+
+TEST_F(ClusterStateTest, WorkersWithoutLaunchIdOrRankGetRanksInOrder) {
+  config_ = *PresetConfig("tiny");
+  CoordinatorOptions options;
+  options.world_size = world_ = 3;
+  state_ = std::make_unique<ClusterState>(config_, "tiny", options, &metrics_);
+  // Rank 1 asked for explicitly, the others assigned: the lowest free ranks.
+  auto a = RegisterFull(-1, 1024, "");
+  auto b = RegisterFull(1, 1024, "");
+  auto c = RegisterFull(-1, 1024, "");
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(a->rank, 0);
+  EXPECT_EQ(b->rank, 1);
+  EXPECT_EQ(c->rank, 2);
+  EXPECT_EQ(a->generation, c->generation);
+  auto assignment = state_->WaitAssignment(a->generation, 2, Clock::now());
+  ASSERT_TRUE(assignment.ok());
+  EXPECT_EQ(assignment->rank(), 2);
+  EXPECT_EQ(assignment->world_size(), 3);
+  // Once formed, another anonymous worker starts the next generation (a relaunch).
+  auto d = RegisterFull(-1, 1024, "");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->generation, a->generation + 1);
+  EXPECT_EQ(d->rank, 0);
 }
 
 TEST_F(ClusterStateTest, ShardsByFreeKvThenByRunningThenByRank) {
