@@ -119,9 +119,11 @@ absl::Status Ucx::Connect(int rank, const std::vector<std::string>& addresses) {
     if (addresses[peer].empty()) return absl::InvalidArgumentError(absl::StrCat("UCX: rank ", peer, " published no address"));
     handles_.push_back(std::make_unique<PeerHandle>(PeerHandle{this, peer}));
     ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    // No peer-failure mode: UCX's shared-memory transports (posix, cma) do not offer it and
+    // would be left out, so ranks on one host would talk over TCP. A lost peer is found by
+    // the collective deadline instead (and by the error handler where a transport reports it).
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLER;
     ep.address = reinterpret_cast<const ucp_address_t*>(addresses[peer].data());
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = OnEndpointError;
     ep.err_handler.arg = handles_.back().get();
     if (ucs_status_t s = ucp_ep_create(worker_, &ep, &endpoints_[peer]); s != UCS_OK) {
