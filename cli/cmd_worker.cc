@@ -213,6 +213,14 @@ Command AddWorkerCommand(CLI::App& app) {
       RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
       ServeLoopOptions loop;
       loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
+      loop.apply_placement = [&](const v1::Placement& update) -> absl::Status {
+        // The exchanges read `placements` by reference: assigning in place switches them.
+        ASSIGN_OR_RETURN(std::vector<Placement> next, FromAssignment(update, config, world));
+        RETURN_IF_ERROR(LoadMissingExperts(
+            *weights, [&](int64_t layer, int64_t expert) { return next[layer].Holds(rank, static_cast<int32_t>(expert)); }));
+        for (size_t l = 0; l < placements.size(); ++l) placements[l] = std::move(next[l]);
+        return absl::OkStatus();
+      };
       return ServeLoop(engine, transport.get(), *control, loop);
     };
     if (absl::Status s = run(); !s.ok()) return fail(s);

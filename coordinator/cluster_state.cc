@@ -49,6 +49,7 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
       EndLocked(it++, "", absl::UnavailableError("the cluster's workers were relaunched"));
     }
     ++generation_;
+    placement_version_ = 0;
     launch_id_ = launch;
     workers_.assign(options_.world_size, std::nullopt);
     degraded_.clear();
@@ -376,6 +377,55 @@ void ClusterState::ComputePlacementLocked() {
   }
 }
 
+namespace {
+
+Placement FromProto(const v1::LayerExperts& layer, int world_size, int64_t n_experts) {
+  Placement p;
+  p.world_size = world_size;
+  p.replicas.assign(n_experts, {});
+  p.experts_on.assign(world_size, {});
+  for (int r = 0; r < layer.experts_on_size() && r < world_size; ++r) {
+    for (int32_t e : layer.experts_on(r).experts()) {
+      p.experts_on[r].push_back(e);
+      if (e >= 0 && e < n_experts) p.replicas[e].push_back(r);
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+double ClusterState::ImbalanceLocked(const v1::Placement& placement) const {
+  double worst = 1.0;
+  for (int64_t l = 0; l < config_.num_hidden_layers && l < placement.layers_size(); ++l) {
+    if (!config_.is_moe_layer(l)) continue;
+    const Placement p = FromProto(placement.layers(l), options_.world_size, config_.n_routed_experts);
+    std::vector<double> load(measured_load_[l].begin(), measured_load_[l].end());
+    double total = 0;
+    for (double v : load) total += v;
+    if (total > 0) worst = std::max(worst, p.Imbalance(load));
+  }
+  return worst;
+}
+
+bool ClusterState::Rebalance() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!serving_locked()) return false;
+  const v1::Placement current = placement_;
+  const double before = ImbalanceLocked(current);
+  ComputePlacementLocked();  // from the measured load
+  const double after = ImbalanceLocked(placement_);
+  if (!(after < before * options_.rebalance_gain)) {
+    placement_ = current;
+    return false;
+  }
+  v1::CoordinatorMessage m;
+  m.mutable_placement_update()->set_version(++placement_version_);
+  *m.mutable_placement_update()->mutable_placement() = placement_;
+  for (auto& w : workers_) w->link->Send(m);
+  return true;
+}
+
 bool ClusterState::serving() const {
   std::lock_guard<std::mutex> lock(mu_);
   return serving_locked();
@@ -413,6 +463,8 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
   out.set_model(model_name_);
   out.set_vocab_size(config_.vocab_size);
   out.set_max_position_embeddings(config_.max_position_embeddings);
+  out.set_placement_version(placement_version_);
+  out.set_imbalance(ImbalanceLocked(placement_));
   for (const auto& w : workers_) {
     if (!w) continue;
     v1::WorkerStatus* ws = out.add_workers();

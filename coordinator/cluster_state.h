@@ -34,6 +34,10 @@ struct CoordinatorOptions {
   int redundant_experts = 0;                         // extra replicas of hot experts
   int ranks_per_node = 0;                            // > 0: whole routing groups per node
   ExpertLoad placement_load;                         // initial expert load (--placement-from)
+  // Rebalance: a new placement from the measured load is sent to the workers when it lowers
+  // the imbalance below this fraction of the current one (0: never).
+  double rebalance_gain = 0.9;
+  std::chrono::milliseconds rebalance_interval{0};  // how often the server tries (0: never)
 };
 
 // The coordinator's end of one worker's control stream.
@@ -83,6 +87,9 @@ class ClusterState {
   void Cancel(uint64_t sequence, const std::string& reason = "cancelled");
   // Tells every attached worker to stop (the cluster is shutting down).
   void ShutdownWorkers(const std::string& reason);
+  // Places the experts again from the load measured so far and, when that lowers the
+  // imbalance enough (rebalance_gain), sends the new placement to every worker. True when sent.
+  bool Rebalance();
 
   bool serving() const;
   std::string state() const;  // "forming" | "serving" | "degraded"
@@ -114,6 +121,8 @@ class ClusterState {
   void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
   void LoseLocked(int rank, const std::string& why);
   void ComputePlacementLocked();
+  // Max over MoE layers of the imbalance of `placement` under the measured load.
+  double ImbalanceLocked(const v1::Placement& placement) const;
   bool serving_locked() const;
   std::string state_detail_locked() const;
 
@@ -129,6 +138,7 @@ class ClusterState {
   std::vector<std::optional<Worker>> workers_;  // by rank, of the current generation
   std::string degraded_;                        // why, when a worker of this generation was lost
   v1::Placement placement_;                     // of the current generation
+  int64_t placement_version_ = 0;
   ExpertLoad measured_load_;                    // summed over all reports, since start
   std::map<uint64_t, Sequence> sequences_;      // queued or admitted
   std::deque<uint64_t> queue_;                  // waiting for admission, in arrival order

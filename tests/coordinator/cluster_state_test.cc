@@ -334,6 +334,30 @@ TEST_F(ClusterStateTest, SilentWorkerIsLostAfterTheHeartbeatTimeout) {
   EXPECT_NE(detail.find("no heartbeat"), std::string::npos) << detail;
 }
 
+TEST_F(ClusterStateTest, RebalancesFromMeasuredLoadOnlyWhenItHelps) {
+  CoordinatorOptions options;
+  options.redundant_experts = 2;
+  Form({1024, 1024}, options);
+  EXPECT_FALSE(state_->Rebalance());  // nothing measured: nothing to gain
+  // A skewed load in every MoE layer: expert 11 takes half the tokens.
+  v1::StepEvents e;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    if (!config_.is_moe_layer(l)) continue;
+    for (int64_t x = 0; x < config_.n_routed_experts; ++x) e.add_expert_tokens(x == 11 ? 150 : 10);
+  }
+  state_->OnEvents(0, generation_, e, now_);
+  const double before = state_->Status(now_).imbalance();
+  ASSERT_TRUE(state_->Rebalance());
+  const v1::ClusterStatusResponse after = state_->Status(now_);
+  EXPECT_EQ(after.placement_version(), 1);
+  EXPECT_LT(after.imbalance(), before * 0.9);
+  for (const auto& link : links_) {
+    ASSERT_EQ(link->Count(v1::CoordinatorMessage::kPlacementUpdate), 1);
+    EXPECT_EQ(link->sent.back().placement_update().version(), 1);
+  }
+  EXPECT_FALSE(state_->Rebalance());  // the same load again: no better placement
+}
+
 TEST(ValidateTest, NamesTheFieldAndWhy) {
   ModelConfig c = *PresetConfig("tiny");
   auto check = [&](auto edit, const std::string& field) {

@@ -118,7 +118,8 @@ def main():
         check(single.returncode == 0, "single-process run", single.stderr[-300:])
         expected = {r["id"]: r for r in lines(single.stdout)}
 
-        cluster = Cluster(d, model, tmp, 3, ["--max-queue", "2", "--heartbeat-timeout", "3"])
+        cluster = Cluster(d, model, tmp, 3, ["--max-queue", "2", "--heartbeat-timeout", "3", "--redundant-experts", "3",
+                                             "--rebalance-interval", "1"])
         try:
             s = cluster.status()
             check(s["state"] == "forming", "coordinator without workers is forming", s)
@@ -147,6 +148,20 @@ def main():
                   p.stderr[-300:] + str([(i, got.get(i), expected[i]) for i in expected if got.get(i, {}).get("generated_ids") != expected[i]["generated_ids"]][:2]))
             ranks = {r.get("worker_rank") for r in got.values()}
             check(len(ranks) == 3, "attention is sharded over all 3 workers", ranks)
+            # The measured load gives a better placement: the coordinator sends it, every worker
+            # switches at one step boundary, and no token changes.
+            until, s = time.time() + 15, {}
+            while time.time() < until:
+                s = cluster.status()
+                if int(s.get("placement_version", 0)) >= 1:
+                    break
+                time.sleep(0.2)
+            check(int(s.get("placement_version", 0)) >= 1, "a new expert placement from the measured load is sent",
+                  f"imbalance {s.get('imbalance')}")
+            p = cluster.generate("--prompts", prompts, "--concurrency", "16")
+            again = {r["id"]: r for r in lines(p.stdout)}
+            check(p.returncode == 0 and all(again[i]["generated_ids"] == expected[i]["generated_ids"] for i in expected),
+                  f"after the placement update (imbalance now {float(s.get('imbalance', 0)):.3f}): the same tokens")
             usage_ok = all(got[i]["usage"]["completion_tokens"] == len(got[i]["generated_ids"]) and
                            got[i]["usage"]["prompt_tokens"] == len(reqs[int(i[1:])]["prompt_ids"]) for i in got)
             check(usage_ok, "usage counts prompt and completion tokens")
