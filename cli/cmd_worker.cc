@@ -71,7 +71,7 @@ absl::StatusOr<std::vector<Placement>> FromAssignment(const v1::Placement& p, co
 
 Command AddWorkerCommand(CLI::App& app) {
   struct Flags {
-    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, device = "cpu";
+    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name;
     double register_timeout_s = 600, collective_timeout_s = 60;
     EngineFlags engine;
   };
@@ -82,14 +82,13 @@ Command AddWorkerCommand(CLI::App& app) {
       ->envname("DAEDALUS_CLUSTER_SECRET");
   app.add_option("--tls-ca", f->tls_ca, "PEM of the CA that signed the coordinator's certificate (TLS)");
   app.add_option("--tls-server-name", f->tls_server_name, "name to verify in the coordinator's certificate");
-  app.add_option("--device", f->device, "cpu");
   app.add_option("--register-timeout", f->register_timeout_s,
                  "seconds to wait for the coordinator and the other ranks to register");
   app.add_option("--collective-timeout", f->collective_timeout_s,
                  "seconds a rank waits in a collective before it reports the missing peers and exits");
   f->engine.Register(app);
   return [f]() {
-    if (f->device != "cpu") return Fail(absl::StrCat("--device ", f->device, ": this worker runs on the CPU (--device cpu)"));
+    if (auto d = ParseDevice(f->engine.device); !d.ok()) return Fail(std::string(d.status().message()));
     SetThreads(f->engine.threads);
     std::unique_ptr<Transport> transport;
     if (LaunchedByMpi()) {
@@ -125,7 +124,7 @@ Command AddWorkerCommand(CLI::App& app) {
       gethostname(host, sizeof host - 1);
       reg.set_host(host);
       reg.set_pid(getpid());
-      reg.set_device(f->device);
+      reg.set_device(f->engine.device);
       reg.set_launch_id(launch_id);
       const int64_t pages = (options.kv.max_tokens + options.kv.page_size - 1) / options.kv.page_size;
       reg.set_kv_capacity_tokens(pages * options.kv.page_size);
@@ -139,6 +138,7 @@ Command AddWorkerCommand(CLI::App& app) {
         options.transport = transport.get();
         options.placements = &placements;
       }
+      ASSIGN_OR_RETURN(auto backend, MakeDeviceBackend(f->engine.Device(), *weights, options));
       Engine engine(*weights, options);
       if (transport) {
         RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));

@@ -1,0 +1,55 @@
+// MLA attention in latent space (the absorbed form) over the paged latent cache, on the GPU.
+// Every query row (one token of one sequence) has H heads; all heads share the sequence's
+// cached rows [RMSNorm(c_kv) (kv_lora_rank) | k_pe (rope_dim)] in bf16. Per head:
+//   s_t = (q_latent · c_kv_t + q_pe · k_pe_t) · scale,   o_latent = Σ_t softmax(s)_t · c_kv_t
+// with float accumulation. The caller folds W_uk into q_latent before and W_uv into the
+// output after (see worker/mla.cc). Rows see positions [0, kv_len[row]), so a prefill chunk
+// may use it too (causal by its per-row kv_len).
+//
+// Schedule (plan first, then run): blocks of 16 heads × one KV split × one row; each block
+// streams its split's cached rows through shared memory in tiles of 32 tokens with an online
+// softmax. When rows × head groups cannot fill the device (small batches), the sequence is
+// split into n_splits parts whose partial results a second kernel combines by their
+// log-sum-exp.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace daedalus::cuda {
+
+struct MlaDecodePlan {
+  int n_splits = 1;
+  int64_t split_len = 0;        // tokens per split, a multiple of the tile
+  size_t workspace_bytes = 0;   // partial outputs, when n_splits > 1
+};
+
+struct MlaDecodeParams {
+  const float* q_latent = nullptr;   // [n_rows, heads, kv_lora_rank]
+  const float* q_pe = nullptr;       // row r, head h: q_pe + r·q_pe_row_stride + h·q_pe_head_stride (rotated)
+  int64_t q_pe_row_stride = 0;
+  int64_t q_pe_head_stride = 0;
+  const uint16_t* pool = nullptr;    // bf16 bits [total_pages][n_layers][page_size][kv_lora_rank + rope_dim]
+  int64_t layer = 0;
+  int64_t n_layers = 0;
+  int64_t page_size = 0;
+  const int32_t* page_table = nullptr;  // [n_rows, max_pages]: the row's sequence's pages
+  int64_t max_pages = 0;
+  const int32_t* kv_len = nullptr;   // [n_rows]: positions visible to the row (>= 1)
+  int64_t n_rows = 0;
+  int64_t heads = 0;
+  int64_t kv_lora_rank = 0;          // multiple of 2, at most 1024
+  int64_t rope_dim = 0;              // multiple of 2
+  float scale = 1.0f;                // softmax scale, YaRN mscale² included
+  float* out = nullptr;              // [n_rows, heads, kv_lora_rank]
+  void* workspace = nullptr;         // plan.workspace_bytes of device memory
+};
+
+// `max_kv_len`: the longest kv_len of the batch; `sm_count`: the device's multiprocessors.
+MlaDecodePlan PlanMlaDecode(int64_t n_rows, int64_t heads, int64_t kv_lora_rank, int64_t max_kv_len, int sm_count);
+absl::Status MlaDecode(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
+
+}  // namespace daedalus::cuda
