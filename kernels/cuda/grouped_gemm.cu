@@ -25,7 +25,7 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
   const size_t groups = ws.a.size();
   if (groups == 0) return absl::OkStatus();
   const float one = 1.0f, zero = 0.0f;
-  if (p.mode == GroupedGemmMode::kLoop) {
+  if (p.mode == GroupedGemmMode::kLoop || ws.grouped_unsupported) {
     for (size_t g = 0; g < groups; ++g) {
       const cublasStatus_t st =
           cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, ws.m[g], ws.n[g], ws.k[g], &one, ws.a[g], CUDA_R_16BF, ws.k[g],
@@ -54,6 +54,12 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
       reinterpret_cast<const void* const*>(dev), CUDA_R_16BF, ws.lda.data(),
       reinterpret_cast<const void* const*>(dev + groups), CUDA_R_16BF, ws.ldb.data(), ws.beta.data(), dev + 2 * groups,
       CUDA_R_32F, ws.ldc.data(), static_cast<int>(groups), ws.group_size.data(), CUBLAS_COMPUTE_32F);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+    ws.grouped_unsupported = true;
+    GroupedGemmParams loop = p;
+    loop.mode = GroupedGemmMode::kLoop;
+    return GroupedGemm(cublas, loop, ws, stream);
+  }
   return CublasError(st, "GroupedGemm: cublasGemmGroupedBatchedEx");
 }
 

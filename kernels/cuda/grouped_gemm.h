@@ -32,6 +32,9 @@ struct GroupedGemmParams {
 };
 
 struct GroupedGemmWorkspace {
+  // Set when cuBLAS refused the grouped call (not supported for these types on this device):
+  // later calls go straight to the loop.
+  bool grouped_unsupported = false;
   DeviceBuffer pointers;                     // device copies of the per-group pointer arrays
   std::vector<const void*> a, b;
   std::vector<void*> c;

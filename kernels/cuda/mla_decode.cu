@@ -129,7 +129,9 @@ __global__ void __launch_bounds__(kThreads) MlaDecodeKernel(MlaDecodeParams p, i
   __syncthreads();
   // Final (one split) or partial output with its (max, sum) per head.
   float* partial = static_cast<float*>(p.workspace);
-  for (int h = 0; h < heads_here; ++h) {
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) {  // unrolled, so that acc stays in registers
+    if (h >= heads_here) break;
     const int64_t head = head0 + h;
 #pragma unroll
     for (int j = 0; j < DJ; ++j) {
@@ -183,9 +185,13 @@ absl::Status Launch(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStr
 
 }  // namespace
 
-MlaDecodePlan PlanMlaDecode(int64_t n_rows, int64_t heads, int64_t kv_lora_rank, int64_t max_kv_len, int sm_count) {
+MlaDecodePlan PlanMlaDecode(int64_t n_rows, int64_t heads, int64_t kv_lora_rank, int64_t rope_dim, int64_t max_kv_len,
+                            int sm_count, bool allow_tensor_cores) {
   MlaDecodePlan plan;
-  const int64_t blocks = n_rows * CeilDiv(heads, kHeads), tiles = CeilDiv(max_kv_len, kTile);
+  plan.tensor_cores = allow_tensor_cores && MlaDecodeFitsTensorCores(heads, kv_lora_rank, rope_dim);
+  plan.heads_per_block = plan.tensor_cores ? 32 : kHeads;
+  // Both kernels take tiles of kTile (32) tokens; the tensor-core kernel fits one block per SM.
+  const int64_t blocks = n_rows * CeilDiv(heads, plan.heads_per_block), tiles = CeilDiv(max_kv_len, kTile);
   int64_t splits = blocks >= 2 * sm_count ? 1 : CeilDiv(2 * sm_count, blocks);
   splits = splits < tiles ? splits : tiles;
   splits = splits < 1 ? 1 : splits;
@@ -204,10 +210,15 @@ absl::Status MlaDecode(const MlaDecodeParams& p, const MlaDecodePlan& plan, cuda
     return absl::InvalidArgumentError("MlaDecode: kv_lora_rank and rope_dim must be even, kv_lora_rank at most 1024");
   }
   if (plan.n_splits > 1 && p.workspace == nullptr) return absl::InvalidArgumentError("MlaDecode: no workspace for the splits");
-  absl::Status s = p.kv_lora_rank <= kThreads       ? Launch<1>(p, plan, stream)
+  absl::Status s = plan.tensor_cores                ? MlaDecodeTensorCores(p, plan, stream)
+                   : p.kv_lora_rank <= kThreads     ? Launch<1>(p, plan, stream)
                    : p.kv_lora_rank <= 2 * kThreads ? Launch<2>(p, plan, stream)
                                                     : Launch<4>(p, plan, stream);
   if (!s.ok() || plan.n_splits == 1) return s;
+  return MlaDecodeCombine(p, plan, stream);
+}
+
+absl::Status MlaDecodeCombine(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream) {
   CombineKernel<<<dim3(static_cast<unsigned>(p.n_rows), static_cast<unsigned>(p.heads)), 128, 0, stream>>>(p, plan.n_splits);
   return DAEDALUS_CUDA_LAUNCH_STATUS("MlaDecode combine");
 }

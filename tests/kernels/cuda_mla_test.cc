@@ -48,7 +48,7 @@ Pool MakePool(int64_t dim, const std::vector<int64_t>& lengths, uint64_t seed) {
   return p;
 }
 
-void CheckDecode(const Shapes& s, const std::vector<int64_t>& lengths, int sm_count) {
+void CheckDecode(const Shapes& s, const std::vector<int64_t>& lengths, int sm_count, bool tensor_cores = false) {
   const int64_t n = static_cast<int64_t>(lengths.size()), dim = s.rkv + s.dr, layer = 1;
   const Pool pool = MakePool(dim, lengths, 7 + n);
   const auto q_lat = RandomFloats(n * s.H * s.rkv, 1, 0.1f), q_pe = RandomFloats(n * s.H * s.dr, 2, 0.1f);
@@ -87,7 +87,8 @@ void CheckDecode(const Shapes& s, const std::vector<int64_t>& lengths, int sm_co
   DeviceArray<uint16_t> dpool(pool.data);
   DeviceArray<float> dq(q_lat), dpe(q_pe), dout(n * s.H * s.rkv);
   DeviceArray<int32_t> dtable(table), dlen(kv_len);
-  const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(n, s.H, s.rkv, max_len, sm_count);
+  const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(n, s.H, s.rkv, s.dr, max_len, sm_count, tensor_cores);
+  ASSERT_EQ(plan.tensor_cores, tensor_cores);
   DeviceArray<uint8_t> ws(plan.workspace_bytes);
   cuda::MlaDecodeParams p;
   p.q_latent = dq.get(), p.q_pe = dpe.get(), p.q_pe_row_stride = s.H * s.dr, p.q_pe_head_stride = s.dr;
@@ -95,8 +96,10 @@ void CheckDecode(const Shapes& s, const std::vector<int64_t>& lengths, int sm_co
   p.page_table = dtable.get(), p.max_pages = max_pages, p.kv_len = dlen.get(), p.n_rows = n, p.heads = s.H;
   p.kv_lora_rank = s.rkv, p.rope_dim = s.dr, p.scale = scale, p.out = dout.get(), p.workspace = ws.get();
   ASSERT_TRUE(cuda::MlaDecode(p, plan, nullptr).ok());
-  // Float accumulation over up to 4096 positions and __expf: 1e-4 of the output's scale.
-  EXPECT_LT(MaxRelError(dout.Download(), want), 1e-4) << "heads " << s.H << ", " << plan.n_splits << " splits";
+  // CUDA cores: float q and products, __expf: 1e-4 of the output's scale. Tensor cores: q and
+  // the softmax weights in bf16 (2^-9 relative each, as FlashMLA): 1e-2.
+  EXPECT_LT(MaxRelError(dout.Download(), want), tensor_cores ? 1e-2 : 1e-4)
+      << "heads " << s.H << ", " << plan.n_splits << " splits" << (tensor_cores ? ", tensor cores" : "");
 }
 
 TEST(CudaMlaDecode, TinyShapes) {
@@ -109,6 +112,13 @@ TEST(CudaMlaDecode, DeepSeekV3Shapes) {
   DAEDALUS_REQUIRE_GPU();
   CheckDecode(kV3, {4096, 1, 777}, 132);  // few rows: many splits, one empty for the short rows
   CheckDecode(kV3, {300, 129}, 1);
+}
+
+TEST(CudaMlaDecode, DeepSeekV3ShapesTensorCores) {
+  DAEDALUS_REQUIRE_GPU();
+  CheckDecode(kV3, {4096, 1, 777}, 132, true);
+  CheckDecode(kV3, {300, 129, 31, 64}, 1, true);
+  CheckDecode(Shapes{32, 128, 64, 128, 128}, {33, 1000}, 132, true);  // kv_lora_rank 128
 }
 
 TEST(CudaMlaPrefill, MatchesNaiveReference) {

@@ -388,7 +388,7 @@ absl::Status GpuModel::Attention(const Layer& L, int64_t layer, const ForwardBat
     uk.w = L.kv_b.w, uk.w_in_out = true, uk.n = rkv, uk.ldw = rkv, uk.w_batch_stride = (dn + dv) * rkv;
     uk.y = q_lat_.as<float>(), uk.ldy = H * rkv, uk.y_batch_stride = rkv, uk.batch = H;
     RETURN_IF_ERROR(cuda::Linear(cublas_, uk, linear_ws_, stream_));
-    const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(n, H, rkv, m.max_kv_len, sm_count_);
+    const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(n, H, rkv, dr, m.max_kv_len, sm_count_);
     RETURN_IF_ERROR(mla_ws_.Reserve(std::max<size_t>(plan.workspace_bytes, 4)));
     cuda::MlaDecodeParams d;
     d.q_latent = q_lat_.as<float>(), d.q_pe = q_abs_.as<float>() + dn, d.q_pe_row_stride = H * qk, d.q_pe_head_stride = qk;
