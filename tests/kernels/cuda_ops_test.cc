@@ -280,7 +280,8 @@ TEST(CudaPermute, GroupsByExpertInTokenOrderAndCombinesInSlotOrder) {
     for (int64_t i = 0; i < D; ++i) {
       float sum = 0;
       for (int64_t k = 0; k < K; ++k) sum += w[t * K + k] * y[row[t * K + k] * D + i];
-      ASSERT_EQ(out[t * D + i], sum + shared[t * D + i]) << t << ", " << i;  // same order: exact
+      // Same order as the CPU; only fused multiply-adds may differ in the last bits.
+      ASSERT_NEAR(out[t * D + i], sum + shared[t * D + i], 1e-5f * (1 + std::abs(sum))) << t << ", " << i;
     }
 }
 
