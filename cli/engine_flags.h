@@ -23,7 +23,7 @@ struct EngineFlags {
     app.add_option("--attention", attention, "MLA form: auto (naive prefill, absorbed decode) | naive | absorbed")
         ->check(CLI::IsMember({"auto", "naive", "absorbed"}));
     app.add_option("--threads", threads, "threads (default: OMP_NUM_THREADS or all cores)");
-    app.add_option("--device", device, "where the forward pass runs: cpu | cuda:N");
+    app.add_option("--device", device, "where the forward pass runs: cpu | cuda:N | cuda (GPU = this rank's local rank)");
     app.add_option("--gpu-memory-fraction", gpu_memory_fraction,
                    "with --device cuda:N: share of the GPU's memory for weights, scratch and the KV cache "
                    "(the KV pool gets what is left, capped by --kv-cache-tokens)");

@@ -1,5 +1,7 @@
 #include "worker/device_backend.h"
 
+#include <cstdlib>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
@@ -13,7 +15,12 @@ absl::StatusOr<int> ParseDevice(const std::string& device) {
   if (device == "cpu") return -1;
   int n = 0;
   if (absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &n) && n >= 0) return n;
-  if (device == "cuda") return 0;
+  if (device == "cuda") {  // one GPU per rank: the launcher's local rank
+    for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"}) {
+      if (const char* v = std::getenv(var); v != nullptr && absl::SimpleAtoi(v, &n) && n >= 0) return n;
+    }
+    return 0;
+  }
   return absl::InvalidArgumentError(absl::StrCat("--device ", device, ": expected cpu or cuda:N"));
 }
 

@@ -16,7 +16,8 @@ struct DeviceOptions {
   double gpu_memory_fraction = 0.9;  // of the GPU's memory for weights, scratch and the KV pool
 };
 
-// -1 for "cpu", N for "cuda:N"; InvalidArgument otherwise.
+// -1 for "cpu", N for "cuda:N", the launcher's local rank (or 0) for "cuda"; InvalidArgument
+// otherwise.
 absl::StatusOr<int> ParseDevice(const std::string& device);
 
 // For "cuda:N": uploads `weights` to GPU N, sizes its latent KV pool from the memory left

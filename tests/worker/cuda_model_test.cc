@@ -181,6 +181,7 @@ TEST(CudaModel, DeviceFlagErrors) {
   EngineOptions options;
   EXPECT_FALSE(ParseDevice("gpu").ok());
   EXPECT_EQ(*ParseDevice("cuda:3"), 3);
+  EXPECT_GE(*ParseDevice("cuda"), 0);  // the launcher's local rank, or 0
   auto cpu = MakeDeviceBackend(DeviceOptions{"cpu", 0.9}, w, options);
   ASSERT_TRUE(cpu.ok());
   EXPECT_EQ(cpu->get(), nullptr);
