@@ -13,6 +13,9 @@
 #include "routing/fault_injection.h"
 #include "routing/mpi_transport.h"
 #include "routing/ucx_transport.h"
+#if DAEDALUS_HAVE_NCCL
+#include "routing/nccl_transport.h"
+#endif
 #include "worker/serve_loop.h"
 #include "worker/weights.h"
 
@@ -100,13 +103,14 @@ Command AddWorkerCommand(CLI::App& app) {
   app.add_option("--tls-ca", f->tls_ca, "PEM of the CA that signed the coordinator's certificate (TLS)");
   app.add_option("--tls-server-name", f->tls_server_name, "name to verify in the coordinator's certificate");
   app.add_option("--transport", f->transport,
-                 "data plane between workers: mpi (default under mpirun/srun with MPI) or ucx (any launcher; "
-                 "addresses exchanged through the coordinator)")
-      ->check(CLI::IsMember({"mpi", "ucx"}));
-  app.add_option("--rank", f->rank, "with --transport ucx: this worker's rank (default: the launcher's, else assigned)");
-  app.add_option("--world-size", f->world_size, "with --transport ucx: the number of workers (default: the coordinator's)");
+                 "data plane between workers: mpi (default under mpirun/srun with MPI), ucx (any launcher; addresses "
+                 "exchanged through the coordinator) or nccl (GPU workers, --device cuda; the NCCL id handed out by "
+                 "the coordinator)")
+      ->check(CLI::IsMember({"mpi", "ucx", "nccl"}));
+  app.add_option("--rank", f->rank, "with ucx or nccl: this worker's rank (default: the launcher's, else assigned)");
+  app.add_option("--world-size", f->world_size, "with ucx or nccl: the number of workers (default: the coordinator's)");
   app.add_option("--launch-id", f->launch_id,
-                 "with --transport ucx: the same for every worker of one launch (default: the Slurm job step, else "
+                 "with ucx or nccl: the same for every worker of one launch (default: the Slurm job step, else "
                  "join the launch that is forming)");
   app.add_option("--register-timeout", f->register_timeout_s,
                  "seconds to wait for the coordinator and the other ranks to register");
@@ -119,6 +123,7 @@ Command AddWorkerCommand(CLI::App& app) {
     const std::string transport_kind = !f->transport.empty() ? f->transport : LaunchedByMpi() ? "mpi" : "none";
     std::unique_ptr<Transport> transport;
     UcxTransport* ucx = nullptr;
+    std::string nccl_id;  // with --transport nccl: this worker's candidate communicator id
     int rank = 0, world = 1;
     if (transport_kind == "mpi") {
       if (!LaunchedByMpi()) return Fail("--transport mpi needs an MPI launcher (mpirun, or srun --mpi=pmix)");
@@ -128,11 +133,22 @@ Command AddWorkerCommand(CLI::App& app) {
       transport = std::move(*made);
       rank = transport->rank();
       world = transport->world_size();
-    } else if (transport_kind == "ucx") {
-      auto made = CreateUcxTransport();
-      if (!made.ok()) return Fail(std::string(made.status().message()));
-      ucx = made->get();
-      transport = std::move(*made);
+    } else if (transport_kind == "ucx" || transport_kind == "nccl") {
+      if (transport_kind == "ucx") {
+        auto made = CreateUcxTransport();
+        if (!made.ok()) return Fail(std::string(made.status().message()));
+        ucx = made->get();
+        transport = std::move(*made);
+      } else {
+#if DAEDALUS_HAVE_NCCL
+        // Every worker draws an id; all of them join rank 0's (the assignment hands it out).
+        auto id = NewNcclUniqueId();
+        if (!id.ok()) return Fail(std::string(id.status().message()));
+        nccl_id = *id;
+#else
+        return Fail("--transport nccl: this build has no NCCL (built without CUDA)");
+#endif
+      }
       rank = -1;
       world = 0;
       LauncherRank(rank, world);
@@ -183,12 +199,20 @@ Command AddWorkerCommand(CLI::App& app) {
       reg.set_kv_page_size(options.kv.page_size);
       reg.set_transport(transport_kind);
       if (ucx != nullptr) reg.set_data_plane_address(ucx->address());
+      if (!nccl_id.empty()) reg.set_data_plane_address(nccl_id);
       ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, long_wait));
       rank = assignment.rank();
       world = assignment.world_size();
       if (ucx != nullptr) {
         RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()}));
       }
+#if DAEDALUS_HAVE_NCCL
+      if (!nccl_id.empty()) {
+        ASSIGN_OR_RETURN(int device, ParseDevice(f->engine.device));
+        if (device < 0) return absl::InvalidArgumentError("--transport nccl needs a GPU: --device cuda[:N]");
+        ASSIGN_OR_RETURN(transport, MakeNcclTransport(assignment.data_plane_addresses(0), rank, world, device, long_wait));
+      }
+#endif
       if (transport && transport->world_size() != world) {
         return absl::FailedPreconditionError(absl::StrCat("the launcher started ", transport->world_size(),
                                                           " workers; the coordinator serves ", world));
