@@ -17,10 +17,10 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelCo
     }
   }
   if (r.max_new_tokens() < 0) return bad("max_new_tokens is ", r.max_new_tokens(), ", must be >= 0");
-  const int64_t length = r.prompt_ids_size() + r.max_new_tokens();
-  if (length > config.max_position_embeddings) {
-    return bad("prompt (", r.prompt_ids_size(), " tokens) plus max_new_tokens (", r.max_new_tokens(), ") is ", length,
-               " tokens, over the model's context of ", config.max_position_embeddings);
+  // Compared without adding: a max_new_tokens near 2^63 must not wrap the sum.
+  if (r.max_new_tokens() > config.max_position_embeddings - r.prompt_ids_size()) {
+    return bad("prompt (", r.prompt_ids_size(), " tokens) plus max_new_tokens (", r.max_new_tokens(),
+               ") is over the model's context of ", config.max_position_embeddings, " tokens");
   }
   const v1::SamplingParams& s = r.sampling();
   if (!std::isfinite(s.temperature()) || s.temperature() < 0) {

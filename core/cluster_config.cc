@@ -3,6 +3,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -18,21 +20,30 @@ absl::Status KeyError(const std::string& source, const std::string& key, const s
   return absl::InvalidArgumentError(absl::StrCat(source, ": key \"", key, "\" ", what));
 }
 
-absl::StatusOr<YAML::Node> ParseFile(const std::string& path) {
-  if (!fs::is_regular_file(path)) return absl::NotFoundError(absl::StrCat(path, ": cannot open (no such file)"));
+absl::StatusOr<YAML::Node> ParseText(std::string_view text, const std::string& source) {
   try {
-    YAML::Node node = YAML::LoadFile(path);
-    if (!node.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": expected a YAML mapping at the top"));
+    YAML::Node node = YAML::Load(std::string(text));
+    if (!node.IsMap()) return absl::InvalidArgumentError(absl::StrCat(source, ": expected a YAML mapping at the top"));
     return node;
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not valid YAML: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid YAML: ", e.what()));
   }
+}
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  if (!fs::is_regular_file(path)) return absl::NotFoundError(absl::StrCat(path, ": cannot open (no such file)"));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 absl::Status CheckKeys(const YAML::Node& node, const std::string& source, const std::string& where,
                        const std::set<std::string>& allowed) {
   for (const auto& kv : node) {
-    const std::string key = kv.first.as<std::string>();
+    if (!kv.first.IsScalar()) return absl::InvalidArgumentError(absl::StrCat(source, ": a key of \"", where, "\" is not a plain name"));
+    const std::string key = kv.first.Scalar();
     if (!allowed.count(key)) {
       return absl::InvalidArgumentError(absl::StrCat(source, ": unknown key \"", where, key, "\"; expected one of: ",
                                                      absl::StrJoin(allowed, ", ")));
@@ -133,12 +144,22 @@ absl::Status ParseDeployment(const YAML::Node& node, const std::string& source, 
 }  // namespace
 
 absl::StatusOr<HardwareSpec> LoadHardwareSpec(const std::string& path) {
-  ASSIGN_OR_RETURN(YAML::Node node, ParseFile(path));
-  return ParseHardware(node, path);
+  ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  return ParseHardwareSpec(text, path);
 }
 
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(YAML::Node node, ParseFile(path));
+  ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  return ParseClusterConfig(text, path);
+}
+
+absl::StatusOr<HardwareSpec> ParseHardwareSpec(std::string_view yaml, const std::string& path) {
+  ASSIGN_OR_RETURN(YAML::Node node, ParseText(yaml, path));
+  return ParseHardware(node, path);
+}
+
+absl::StatusOr<ClusterConfig> ParseClusterConfig(std::string_view yaml, const std::string& path) {
+  ASSIGN_OR_RETURN(YAML::Node node, ParseText(yaml, path));
   RETURN_IF_ERROR(CheckKeys(node, path, "", {"name", "nodes", "devices_per_node", "hardware", "deployment", "published"}));
   ClusterConfig c;
   c.source = path;

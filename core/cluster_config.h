@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 
@@ -76,5 +77,9 @@ struct ClusterConfig {
 // Errors name the file and the key.
 absl::StatusOr<HardwareSpec> LoadHardwareSpec(const std::string& path);
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
+// The same from YAML text; `path` names it in errors, and a hardware preset named by a cluster
+// is looked up relative to it as above.
+absl::StatusOr<HardwareSpec> ParseHardwareSpec(std::string_view yaml, const std::string& path);
+absl::StatusOr<ClusterConfig> ParseClusterConfig(std::string_view yaml, const std::string& path);
 
 }  // namespace daedalus

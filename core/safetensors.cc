@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -45,39 +46,23 @@ void TensorInfo::ReleaseResidentPages() const {
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", strerror(errno)));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    ::close(fd);
-    return absl::InternalError(absl::StrCat(path, ": cannot stat"));
-  }
-  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
-  file->path_ = path;
-  file->map_size_ = static_cast<size_t>(st.st_size);
-  if (file->map_size_ < 8) {
-    ::close(fd);
-    return Corrupt(path, absl::StrCat("file is ", file->map_size_, " bytes, shorter than the 8-byte header length"));
-  }
-  file->map_ = mmap(nullptr, file->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (file->map_ == MAP_FAILED) {
-    file->map_ = nullptr;
-    return absl::InternalError(absl::StrCat(path, ": mmap failed: ", strerror(errno)));
-  }
-  const auto* bytes = static_cast<const uint8_t*>(file->map_);
+absl::StatusOr<std::map<std::string, TensorInfo>> ParseSafetensors(const uint8_t* bytes, size_t size,
+                                                                   const std::string& path) {
+  if (size < 8) return Corrupt(path, absl::StrCat("file is ", size, " bytes, shorter than the 8-byte header length"));
+  std::map<std::string, TensorInfo> tensors;
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes, 8);
-  if (header_len > kMaxHeaderBytes || header_len > file->map_size_ - 8) {
-    return Corrupt(path, absl::StrCat("header length ", header_len, " exceeds the file (", file->map_size_,
+  if (header_len > kMaxHeaderBytes || header_len > size - 8) {
+    return Corrupt(path, absl::StrCat("header length ", header_len, " exceeds the file (", size,
                                       " bytes) or the 100 MB limit"));
   }
   nlohmann::json header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len, nullptr, false);
   if (header.is_discarded() || !header.is_object()) return Corrupt(path, "header is not a JSON object");
   const uint8_t* data = bytes + 8 + header_len;
-  const size_t data_size = file->map_size_ - 8 - header_len;
-  for (auto& [name, entry] : header.items()) {
+  const size_t data_size = size - 8 - header_len;
+  for (auto& item : header.items()) {
+    const std::string& name = item.key();  // not a structured binding: lambdas capture it (clang 14)
+    auto& entry = item.value();
     if (name == "__metadata__") continue;
     auto bad = [&](const std::string& what) { return Corrupt(path, absl::StrCat("tensor ", name, ": ", what)); };
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
@@ -118,9 +103,53 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     }
     info.data = data + begin;
     info.nbytes = expected;
-    file->tensors_.emplace(name, std::move(info));
+    tensors.emplace(name, std::move(info));
   }
+  return tensors;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", strerror(errno)));
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    return absl::InternalError(absl::StrCat(path, ": cannot stat"));
+  }
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  file->map_size_ = static_cast<size_t>(st.st_size);
+  if (file->map_size_ < 8) {
+    ::close(fd);
+    return Corrupt(path, absl::StrCat("file is ", file->map_size_, " bytes, shorter than the 8-byte header length"));
+  }
+  file->map_ = mmap(nullptr, file->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (file->map_ == MAP_FAILED) {
+    file->map_ = nullptr;
+    return absl::InternalError(absl::StrCat(path, ": mmap failed: ", strerror(errno)));
+  }
+  ASSIGN_OR_RETURN(file->tensors_, ParseSafetensors(static_cast<const uint8_t*>(file->map_), file->map_size_, path));
   return file;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ParseSafetensorsIndex(std::string_view text, const std::string& path) {
+  nlohmann::json index = nlohmann::json::parse(text, nullptr, false);
+  if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    return absl::DataLossError(absl::StrCat(path, ": not a JSON object with a \"weight_map\" object"));
+  }
+  std::map<std::string, std::string> weight_map;
+  for (auto& [name, file] : index["weight_map"].items()) {
+    if (!file.is_string()) return absl::DataLossError(absl::StrCat(path, ": weight_map entry ", name, " is not a file name"));
+    const std::string shard = file.get<std::string>();
+    // A shard is a file beside the index: no folders, so an index cannot point outside the checkpoint.
+    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
+      return absl::NotFoundError(absl::StrCat(path, " names shard \"", shard, "\" for tensor ", name,
+                                              ", which is not a file name in the checkpoint's folder"));
+    }
+    weight_map[name] = shard;
+  }
+  return weight_map;
 }
 
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
@@ -134,22 +163,14 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   if (fs::exists(index_path)) {
     ckpt->where_ = index_path.string();
     std::ifstream in(index_path);
-    nlohmann::json index = nlohmann::json::parse(in, nullptr, false);
-    if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
-        !index["weight_map"].is_object()) {
-      return absl::DataLossError(absl::StrCat(index_path.string(), ": not a JSON object with a \"weight_map\" object"));
-    }
-    for (auto& [name, file] : index["weight_map"].items()) {
-      if (!file.is_string()) {
-        return absl::DataLossError(absl::StrCat(index_path.string(), ": weight_map entry ", name, " is not a file name"));
-      }
-      weight_map[name] = file.get<std::string>();
-      if (std::find(shard_names.begin(), shard_names.end(), file.get<std::string>()) == shard_names.end()) {
-        shard_names.push_back(file.get<std::string>());
-      }
+    std::stringstream text;
+    text << in.rdbuf();
+    ASSIGN_OR_RETURN(weight_map, ParseSafetensorsIndex(text.str(), index_path.string()));
+    for (const auto& [name, shard] : weight_map) {
+      if (std::find(shard_names.begin(), shard_names.end(), shard) == shard_names.end()) shard_names.push_back(shard);
     }
     for (const auto& shard : shard_names) {
-      if (shard.find('/') != std::string::npos || !fs::exists(fs::path(dir) / shard)) {
+      if (!fs::exists(fs::path(dir) / shard)) {
         return absl::NotFoundError(absl::StrCat(index_path.string(), " names shard \"", shard,
                                                 "\", which does not exist in ", dir));
       }

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,6 +32,17 @@ struct TensorInfo {
   // cache and fault back on use): for tensors copied out at load.
   void ReleaseResidentPages() const;
 };
+
+// Parses the tensors of a safetensors file held in memory (8-byte header length, JSON header,
+// data). TensorInfo::data points into `bytes`, which must outlive the result; `path` names the
+// file in errors. SafetensorsFile::Open is this over an mmap.
+absl::StatusOr<std::map<std::string, TensorInfo>> ParseSafetensors(const uint8_t* bytes, size_t size,
+                                                                   const std::string& path);
+
+// Parses a `model.safetensors.index.json`: tensor name → shard file name. Shard names must be
+// plain file names (no '/'); whether they exist is the caller's business. `path` names the
+// file in errors.
+absl::StatusOr<std::map<std::string, std::string>> ParseSafetensorsIndex(std::string_view text, const std::string& path);
 
 class SafetensorsFile {
  public:

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <limits>
+#include <queue>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -140,25 +141,39 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const json& j, co
   try {
     const json& model = j.at("model");
     if (model.value("type", "BPE") != "BPE") return bad("model type \"", model["type"].get<std::string>(), "\" is not supported (BPE only)");
-    if (!model["continuing_subword_prefix"].is_null() && model.contains("continuing_subword_prefix") &&
-        !model["continuing_subword_prefix"].get<std::string>().empty()) {
+    // contains() first: operator[] of a const json on a missing key is undefined behaviour.
+    if (model.contains("continuing_subword_prefix") && !model.at("continuing_subword_prefix").is_null() &&
+        !model.at("continuing_subword_prefix").get<std::string>().empty()) {
       return bad("BPE continuing_subword_prefix is not supported");
     }
     if (model.value("byte_fallback", false)) return bad("BPE byte_fallback is not supported");
     t->ignore_merges_ = model.value("ignore_merges", false);
+    // Token ids as integers in [0, kMaxTokenId): a float or a huge id must not reach the
+    // narrowing conversion or size the id table (found by tokenizer_fuzz).
+    constexpr int64_t kMaxTokenId = int64_t{1} << 21;  // the largest published vocabularies hold ~256K
+    std::string id_problem;
+    auto token_id = [&](const json& v, const std::string& what) -> int32_t {
+      if (!v.is_number_integer() || (v.is_number_unsigned() ? v.get<uint64_t>() >= uint64_t{kMaxTokenId}
+                                                            : v.get<int64_t>() < 0 || v.get<int64_t>() >= kMaxTokenId)) {
+        if (id_problem.empty()) id_problem = absl::StrCat(what, " has id ", v.dump(), ", not an integer in [0, ", kMaxTokenId, ")");
+        return 0;
+      }
+      return static_cast<int32_t>(v.get<int64_t>());
+    };
     int32_t max_id = -1;
     for (const auto& [token, id] : model.at("vocab").items()) {
-      t->vocab_[token] = id.get<int32_t>();
-      max_id = std::max(max_id, id.get<int32_t>());
+      t->vocab_[token] = token_id(id, absl::StrCat("token \"", token, "\""));
+      max_id = std::max(max_id, t->vocab_[token]);
     }
     for (const json& a : j.value("added_tokens", json::array())) {
-      const int32_t id = a.at("id").get<int32_t>();
+      const int32_t id = token_id(a.at("id"), "an added token");
       const std::string content = a.at("content").get<std::string>();
       t->added_.push_back({content, id, a.value("special", false)});
       t->added_special_[id] = a.value("special", false);
       t->vocab_.emplace(content, id);
       max_id = std::max(max_id, id);
     }
+    if (!id_problem.empty()) return bad(id_problem);
     t->id_to_token_.assign(max_id + 1, "");
     for (const auto& [token, id] : t->vocab_) {
       if (id < 0) return bad("token \"", token, "\" has negative id ", id);
@@ -234,6 +249,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const json& j, co
       }
     }
     if (!t->byte_level_) return bad("only byte-level BPE tokenizers are supported (no ByteLevel pre-tokenizer)");
+    // Byte-level BPE starts every word from its bytes' characters: all 256 must be tokens
+    // (found by tokenizer_fuzz: a missing one threw from Encode).
+    for (int b = 0; b < 256; ++b) {
+      if (!t->vocab_.count(Bytes().byte_to_char[b])) {
+        return bad("the vocabulary lacks the byte-level token \"", Bytes().byte_to_char[b], "\" (byte ", b,
+                   "); a byte-level BPE needs all 256");
+      }
+    }
     const json decoder = j.value("decoder", json());
     if (decoder.is_null() || decoder.value("type", "") != "ByteLevel") return bad("the decoder must be ByteLevel");
 
@@ -252,7 +275,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const json& j, co
           }
           const std::string name = piece.at("SpecialToken").at("id").get<std::string>();
           const json& ids = q.at("special_tokens").at(name).at("ids");
-          for (const json& id : ids) (after ? t->suffix_ : t->prefix_).push_back(id.get<int32_t>());
+          for (const json& id : ids) {
+            const int32_t v = token_id(id, absl::StrCat("post-processor token ", name));
+            if (!id_problem.empty()) return bad(id_problem);
+            if (v >= t->size()) return bad("post-processor token ", name, " has id ", v, ", past the vocabulary");
+            (after ? t->suffix_ : t->prefix_).push_back(v);
+          }
         }
       }
     }
@@ -305,23 +333,45 @@ void Tokenizer::EncodeWord(const std::string& word, std::vector<int32_t>& out) c
     }
   }
   for (unsigned char b : word) symbols.push_back(vocab_.at(Bytes().byte_to_char[b]));
-  // Merge the lowest-ranked adjacent pair, leftmost first, until none applies.
-  while (symbols.size() > 1) {
-    int32_t best_rank = std::numeric_limits<int32_t>::max(), merged = -1;
-    size_t best = 0;
-    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-      auto it = merges_.find({symbols[i], symbols[i + 1]});
-      if (it != merges_.end() && it->second.first < best_rank) {
-        best_rank = it->second.first;
-        merged = it->second.second;
-        best = i;
-      }
-    }
-    if (merged < 0) break;
-    symbols[best] = merged;
-    symbols.erase(symbols.begin() + best + 1);
+  // Merge the lowest-ranked adjacent pair, leftmost first, until none applies: a heap of
+  // candidate pairs keyed by (rank, position of the left symbol), stale ones skipped, so a long
+  // word costs O(n log n) rather than a rescan per merge (a 1 MB prompt_text of one repeated
+  // word would otherwise hold a coordinator thread for hours). Merged symbols keep the left
+  // position, so the smallest position is the leftmost pair, as in the plain loop.
+  const int n = static_cast<int>(symbols.size());
+  std::vector<int> next(n), prev(n);
+  for (int i = 0; i < n; ++i) {
+    next[i] = i + 1 < n ? i + 1 : -1;
+    prev[i] = i - 1;
   }
-  out.insert(out.end(), symbols.begin(), symbols.end());
+  struct Candidate {
+    int32_t rank;
+    int pos;
+    int32_t left, right, merged;
+    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+  auto offer = [&](int pos) {
+    if (pos < 0 || next[pos] < 0) return;
+    auto it = merges_.find({symbols[pos], symbols[next[pos]]});
+    if (it != merges_.end()) heap.push({it->second.first, pos, symbols[pos], symbols[next[pos]], it->second.second});
+  };
+  for (int i = 0; i + 1 < n; ++i) offer(i);
+  std::vector<bool> alive(n, true);
+  while (!heap.empty()) {
+    const Candidate c = heap.top();
+    heap.pop();
+    const int right = next[c.pos];
+    if (!alive[c.pos] || right < 0 || symbols[c.pos] != c.left || symbols[right] != c.right) continue;  // stale
+    symbols[c.pos] = c.merged;
+    alive[right] = false;
+    next[c.pos] = next[right];
+    if (next[right] >= 0) prev[next[right]] = c.pos;
+    offer(prev[c.pos]);
+    offer(c.pos);
+  }
+  for (int i = 0; i < n; ++i)
+    if (alive[i]) out.push_back(symbols[i]);
 }
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text, bool add_special_tokens) const {

@@ -35,11 +35,10 @@ absl::Status Engine::Validate(const Request& r) const {
     }
   }
   if (r.max_new_tokens < 0) return absl::InvalidArgumentError(absl::StrCat(who, ": max_new_tokens is negative"));
-  const int64_t length = static_cast<int64_t>(r.prompt_ids.size()) + r.max_new_tokens;
   const int64_t capacity = cache_.total_pages() * cache_.page_size();
-  if (length > capacity) {
-    return absl::ResourceExhaustedError(absl::StrCat(who, ": prompt plus max_new_tokens is ", length,
-                                                     " tokens, more than the KV cache holds (", capacity, ")"));
+  if (r.max_new_tokens > capacity - static_cast<int64_t>(r.prompt_ids.size())) {  // no sum: it could wrap
+    return absl::ResourceExhaustedError(absl::StrCat(who, ": prompt (", r.prompt_ids.size(), " tokens) plus max_new_tokens (",
+                                                     r.max_new_tokens, ") is more than the KV cache holds (", capacity, ")"));
   }
   const SamplingParams& s = r.sampling;
   if (!(s.temperature >= 0)) return absl::InvalidArgumentError(absl::StrCat(who, ": temperature must be >= 0"));
