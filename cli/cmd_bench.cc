@@ -191,6 +191,10 @@ Command AddBenchCommand(CLI::App& app) {
     options.max_running = std::max<int64_t>(options.max_running, max_batch);
     options.kv.max_tokens = std::max<int64_t>(options.kv.max_tokens,
                                               std::max(f->prompt_len, max_batch * (f->context + f->steps + 2 + options.kv.page_size)));
+    // --device cuda:N: every engine below runs its steps on the GPU (one after another).
+    auto backend = MakeDeviceBackend(f->engine.Device(), w, options);
+    if (!backend.ok()) return Fail(std::string(backend.status().message()));
+    if (*backend) std::printf("device: %s\n", f->engine.device.c_str());
 
     // The llama.cpp baseline was measured on the bench preset in bf16: compare only with that.
     auto bench = PresetConfig("bench");

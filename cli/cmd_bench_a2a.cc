@@ -1,18 +1,24 @@
-// `daedalus bench-a2a`: expert dispatch + combine (plans and packing included) against a raw
-// MPI_Alltoallv of the same bytes, in the same run, on DeepSeek-V3 shapes by default. Run it
-// under mpirun; alone it is a world of one.
+// `daedalus bench-a2a`: expert dispatch + combine (plans and packing included) against a
+// baseline of the same bytes in the same run, on DeepSeek-V3 shapes by default: a raw
+// MPI_Alltoallv for `--transport mpi`, `ucx_perftest -t tag_bw` (a pair of processes on
+// loopback, at the largest per-peer message size) for `--transport ucx`. Run it under mpirun
+// (which also bootstraps the UCX addresses); alone it is a world of one.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <random>
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/request_io.h"
+#include "core/status.h"
 #include "routing/dispatch.h"
 #include "routing/mpi_raw.h"
 #include "routing/mpi_transport.h"
+#include "routing/ucx_transport.h"
 
 namespace daedalus {
 namespace {
@@ -33,6 +39,46 @@ double MeanMicros(Transport& t, double seconds) {
   return static_cast<double>(v[0]) / t.world_size();
 }
 
+// Every rank's UCX address, exchanged over MPI, then the UCX world connected.
+absl::StatusOr<std::unique_ptr<UcxTransport>> ConnectUcx(Transport& mpi) {
+  ASSIGN_OR_RETURN(auto ucx, CreateUcxTransport());
+  const std::string& mine = ucx->address();
+  std::string send;
+  for (int r = 0; r < mpi.world_size(); ++r) send += mine;
+  std::vector<size_t> send_bytes(mpi.world_size(), mine.size()), recv_bytes;
+  std::vector<uint8_t> recv;
+  RETURN_IF_ERROR(mpi.AllToAllV(send.data(), send_bytes, recv, recv_bytes, "UCX addresses"));
+  std::vector<std::string> addresses;
+  size_t at = 0;
+  for (size_t n : recv_bytes) {
+    addresses.emplace_back(reinterpret_cast<const char*>(recv.data() + at), n);
+    at += n;
+  }
+  RETURN_IF_ERROR(ucx->Connect(mpi.rank(), addresses));
+  return ucx;
+}
+
+// ucx_perftest -t tag_bw between two processes on loopback: microseconds per message of
+// `bytes` (the "overall" bandwidth of its final line), or a negative number when it cannot run.
+double UcxPerftestMicros(size_t bytes, int iters) {
+  const int port = 13000 + static_cast<int>(getpid() % 20000);
+  const std::string common = absl::StrCat(" -t tag_bw -s ", bytes, " -n ", iters, " -p ", port);
+  const std::string cmd = absl::StrCat("(ucx_perftest", common, " >/dev/null 2>&1 &) ; sleep 0.5; ucx_perftest 127.0.0.1", common,
+                                       " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  char line[512];
+  double mb_per_s = -1;
+  while (std::fgets(line, sizeof line, p) != nullptr) {
+    double v[8];
+    if (std::sscanf(line, "Final: %lf %lf %lf %lf %lf %lf %lf %lf", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) == 8) {
+      mb_per_s = v[5];  // overall bandwidth, MB/s (2^20 bytes)
+    }
+  }
+  pclose(p);
+  return mb_per_s > 0 ? bytes / (mb_per_s * 1048576.0) * 1e6 : -1;
+}
+
 }  // namespace
 
 Command AddBenchA2aCommand(CLI::App& app) {
@@ -40,6 +86,7 @@ Command AddBenchA2aCommand(CLI::App& app) {
     int64_t hidden = 7168, topk = 8, experts = 256;
     std::string tokens = "128,4096";
     int iters = 3, redundant = 0;
+    std::string transport = "mpi";
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--hidden", f->hidden, "activation width (floats)");
@@ -48,20 +95,31 @@ Command AddBenchA2aCommand(CLI::App& app) {
   app.add_option("--experts", f->experts, "routed experts");
   app.add_option("--iters", f->iters, "timed iterations (the best is reported)");
   app.add_option("--redundant-experts", f->redundant, "extra expert replicas");
+  app.add_option("--transport", f->transport, "mpi (baseline: MPI_Alltoallv) or ucx (baseline: ucx_perftest -t tag_bw)")
+      ->check(CLI::IsMember({"mpi", "ucx"}));
   return [f]() {
     auto token_counts = ParseIdList(f->tokens);
     if (!token_counts.ok() || token_counts->empty()) return Fail("--tokens: expected comma-separated counts");
     if (absl::Status s = InitMpi(nullptr, nullptr); !s.ok()) return Fail(std::string(s.message()));
     auto made = MakeMpiTransport();
     if (!made.ok()) return Fail(std::string(made.status().message()));
-    Transport& t = **made;
+    std::unique_ptr<UcxTransport> ucx;
+    if (f->transport == "ucx") {
+      auto connected = ConnectUcx(**made);
+      if (!connected.ok()) return Fail(std::string(connected.status().message()));
+      ucx = std::move(*connected);
+    }
+    Transport& t = ucx ? static_cast<Transport&>(*ucx) : **made;
+    const bool perftest = ucx != nullptr;
     auto placement = ComputePlacement(static_cast<int>(f->experts), t.world_size(), f->redundant, {});
     if (!placement.ok()) return Fail(std::string(placement.status().message()));
     const int me = t.rank();
     if (me == 0) {
-      std::printf("bench-a2a: %d ranks, hidden %lld floats, top-%lld of %lld experts, best of %d\n", t.world_size(),
-                  static_cast<long long>(f->hidden), static_cast<long long>(f->topk),
-                  static_cast<long long>(f->experts), f->iters);
+      std::printf("bench-a2a: %d ranks over %s, hidden %lld floats, top-%lld of %lld experts, best of %d; baseline %s; %s\n",
+                  t.world_size(), f->transport.c_str(), static_cast<long long>(f->hidden), static_cast<long long>(f->topk),
+                  static_cast<long long>(f->experts), f->iters,
+                  perftest ? "ucx_perftest -t tag_bw at the largest per-peer message" : "MPI_Alltoallv of the same bytes",
+                  CpuModel().c_str());
       std::printf("%8s %-8s %12s %10s %12s %10s %7s\n", "tokens", "phase", "ours us", "ours GB/s", "raw us",
                   "raw GB/s", "ratio");
     }
@@ -111,7 +169,29 @@ Command AddBenchA2aCommand(CLI::App& app) {
       for (const size_t b : back) combine.bytes += b;
       std::vector<uint8_t> send(std::max(dispatch.bytes, combine.bytes), 1), recv;
       std::vector<size_t> recv_bytes;
-      for (int it = 0; it <= f->iters; ++it) {
+      if (perftest) {
+        // The largest message this rank sends to one peer, and ucx_perftest's time for it; the
+        // baseline per rank is that per-message time (one peer, one direction).
+        for (auto [timing, counts] : {std::pair{&dispatch, &to}, std::pair{&combine, &back}}) {
+          size_t largest = 0, remote = 0;
+          for (int r = 0; r < t.world_size(); ++r) {
+            if (r == me) continue;
+            largest = std::max(largest, (*counts)[r]);
+            remote += (*counts)[r];
+          }
+          std::vector<int64_t> m = {static_cast<int64_t>(largest)};
+          (void)(**made).AllReduceSum(m, "largest message");  // sum: the mean below
+          const size_t mean = static_cast<size_t>(m[0] / t.world_size());
+          double micros = -1;
+          if (me == 0 && mean > 0) micros = UcxPerftestMicros(mean, std::max(3, f->iters));
+          std::vector<int64_t> shared = {static_cast<int64_t>(micros)};
+          (void)(**made).AllReduceSum(shared, "perftest");
+          // Scaled to the bytes this rank sends to other ranks (rows for its own experts never
+          // leave it): perftest moves `mean` bytes in `micros`.
+          timing->raw_s = shared[0] > 0 ? shared[0] * 1e-6 * static_cast<double>(remote) / std::max<size_t>(mean, 1) : 1e30;
+        }
+      }
+      for (int it = 0; it <= f->iters && !perftest; ++it) {
         for (auto [timing, counts] : {std::pair{&dispatch, &to}, std::pair{&combine, &back}}) {
           (void)t.Barrier("bench");
           const double t0 = Seconds();
@@ -132,6 +212,7 @@ Command AddBenchA2aCommand(CLI::App& app) {
         }
       }
     }
+    ucx.reset();
     made->reset();
     FinalizeMpi();
     return 0;

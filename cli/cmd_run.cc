@@ -121,6 +121,8 @@ Command AddRunCommand(CLI::App& app) {
       options.transport = &ep->transport();
       options.placements = &ep->placements();
     }
+    auto backend = MakeDeviceBackend(f->engine.Device(), **weights, options);
+    if (!backend.ok()) return Fail(std::string(backend.status().message()));
     Engine engine(**weights, options);
     f->defaults.stop_at_eos = !f->ignore_eos;
 

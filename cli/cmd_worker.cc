@@ -17,6 +17,10 @@
 #include "core/status.h"
 #include "routing/fault_injection.h"
 #include "routing/mpi_transport.h"
+#include "routing/ucx_transport.h"
+#if DAEDALUS_HAVE_NCCL
+#include "routing/nccl_transport.h"
+#endif
 #include "worker/control_client.h"
 #include "worker/serve_loop.h"
 #include "worker/weights.h"
@@ -73,12 +77,19 @@ absl::StatusOr<std::vector<Placement>> FromAssignment(const v1::Placement& p, co
   return placements;
 }
 
-bool SamePlacement(const std::vector<Placement>& a, const std::vector<Placement>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t l = 0; l < a.size(); ++l) {
-    if (a[l].experts_on != b[l].experts_on) return false;
+// The launcher's rank and world size from its environment (Slurm's srun, OpenMPI's mpirun),
+// for workers that do not use MPI for their data plane: -1 and 0 when there is none.
+void LauncherRank(int& rank, int& world) {
+  for (auto [r, w] : {std::pair{"SLURM_PROCID", "SLURM_NTASKS"}, std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                      std::pair{"PMIX_RANK", "PMIX_SIZE"}}) {
+    const char* rv = std::getenv(r);
+    const char* wv = std::getenv(w);
+    if (rv != nullptr && wv != nullptr) {
+      rank = std::atoi(rv);
+      world = std::atoi(wv);
+      return;
+    }
   }
-  return true;
 }
 
 // Fault injection for the tests: with DAEDALUS_FAULT_DROP_ON_SIGUSR1=1, SIGUSR1 makes the
@@ -123,8 +134,9 @@ class DropOnSignal {
 
 Command AddWorkerCommand(CLI::App& app) {
   struct Flags {
-    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, device = "cpu";
+    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, transport, launch_id;
     double register_timeout_s = 600, reconnect_timeout_s = 600, collective_timeout_s = 60;
+    int rank = -2, world_size = -1;
     EngineFlags engine;
   };
   auto f = std::make_shared<Flags>();
@@ -134,7 +146,16 @@ Command AddWorkerCommand(CLI::App& app) {
       ->envname("DAEDALUS_CLUSTER_SECRET");
   app.add_option("--tls-ca", f->tls_ca, "PEM of the CA that signed the coordinator's certificate (TLS)");
   app.add_option("--tls-server-name", f->tls_server_name, "name to verify in the coordinator's certificate");
-  app.add_option("--device", f->device, "cpu");
+  app.add_option("--transport", f->transport,
+                 "data plane between workers: mpi (default under mpirun/srun with MPI), ucx (any launcher; addresses "
+                 "exchanged through the coordinator) or nccl (GPU workers, --device cuda; the NCCL id handed out by "
+                 "the coordinator)")
+      ->check(CLI::IsMember({"mpi", "ucx", "nccl"}));
+  app.add_option("--rank", f->rank, "with ucx or nccl: this worker's rank (default: the launcher's, else assigned)");
+  app.add_option("--world-size", f->world_size, "with ucx or nccl: the number of workers (default: the coordinator's)");
+  app.add_option("--launch-id", f->launch_id,
+                 "with ucx or nccl: the same for every worker of one launch (default: the Slurm job step, else "
+                 "join the launch that is forming)");
   app.add_option("--register-timeout", f->register_timeout_s,
                  "seconds to wait for the coordinator and the other ranks to register");
   app.add_option("--reconnect-timeout", f->reconnect_timeout_s,
@@ -144,25 +165,58 @@ Command AddWorkerCommand(CLI::App& app) {
                  "seconds a rank waits in a collective before it reports the missing peers and exits");
   f->engine.Register(app);
   return [f]() {
-    if (f->device != "cpu") return Fail(absl::StrCat("--device ", f->device, ": this worker runs on the CPU (--device cpu)"));
+    if (auto d = ParseDevice(f->engine.device); !d.ok()) return Fail(std::string(d.status().message()));
     SetThreads(f->engine.threads);
+    const std::string transport_kind = !f->transport.empty() ? f->transport : LaunchedByMpi() ? "mpi" : "none";
     std::unique_ptr<Transport> transport;
-    if (LaunchedByMpi()) {
+    UcxTransport* ucx = nullptr;
+    std::string nccl_id;  // with --transport nccl: this worker's candidate communicator id
+    int rank = 0, world = 1;
+    if (transport_kind == "mpi") {
+      if (!LaunchedByMpi()) return Fail("--transport mpi needs an MPI launcher (mpirun, or srun --mpi=pmix)");
       if (absl::Status s = InitMpi(nullptr, nullptr); !s.ok()) return Fail(std::string(s.message()));
       auto made = MakeMpiTransport();
       if (!made.ok()) return Fail(std::string(made.status().message()));
       transport = std::move(*made);
-      if (const char* stall = std::getenv("DAEDALUS_FAULT_STALL")) {  // fault injection for the tests
-        auto stalled = MaybeStall(std::move(transport), stall);
-        if (!stalled.ok()) return Fail(std::string(stalled.status().message()));
-        transport = std::move(*stalled);
+      rank = transport->rank();
+      world = transport->world_size();
+    } else if (transport_kind == "ucx" || transport_kind == "nccl") {
+      if (transport_kind == "ucx") {
+        auto made = CreateUcxTransport();
+        if (!made.ok()) return Fail(std::string(made.status().message()));
+        ucx = made->get();
+        transport = std::move(*made);
+      } else {
+#if DAEDALUS_HAVE_NCCL
+        // Every worker draws an id; all of them join rank 0's (the assignment hands it out).
+        auto id = NewNcclUniqueId();
+        if (!id.ok()) return Fail(std::string(id.status().message()));
+        nccl_id = *id;
+#else
+        return Fail("--transport nccl: this build has no NCCL (built without CUDA)");
+#endif
+      }
+      rank = -1;
+      world = 0;
+      LauncherRank(rank, world);
+      if (f->rank != -2) rank = f->rank;
+      if (f->world_size != -1) world = f->world_size;
+      if (f->launch_id.empty()) {
+        const char* job = std::getenv("SLURM_JOB_ID");
+        const char* step = std::getenv("SLURM_STEP_ID");
+        if (job != nullptr) f->launch_id = absl::StrCat("slurm-", job, ".", step != nullptr ? step : "0");
       }
     }
-    const int rank = transport ? transport->rank() : 0, world = transport ? transport->world_size() : 1;
+    const bool mpi = transport_kind == "mpi";
+    if (const char* stall = std::getenv("DAEDALUS_FAULT_STALL"); stall != nullptr && transport) {  // for the tests
+      auto stalled = MaybeStall(std::move(transport), stall);
+      if (!stalled.ok()) return Fail(std::string(stalled.status().message()));
+      transport = std::move(*stalled);
+    }
     auto fail = [&](const absl::Status& s) {
       std::fprintf(stderr, "daedalus worker rank %d of %d: error: %s\n", rank, world, std::string(s.message()).c_str());
       std::fflush(stderr);
-      if (transport) AbortMpi(1);  // the other ranks cannot go on without this one
+      if (mpi) AbortMpi(1);  // the other ranks cannot go on without this one
       return 1;
     };
     auto run = [&]() -> absl::Status {
@@ -172,42 +226,78 @@ Command AddWorkerCommand(CLI::App& app) {
       EngineOptions options = f->engine.Options();
       options.keep_results = false;
       v1::RegisterRequest reg;
-      reg.set_rank(rank);
-      reg.set_world_size(world);
       char host[256] = {};
       gethostname(host, sizeof host - 1);
       reg.set_host(host);
       reg.set_pid(getpid());
-      reg.set_device(f->device);
+      reg.set_device(f->engine.device);
       const int64_t pages = (options.kv.max_tokens + options.kv.page_size - 1) / options.kv.page_size;
       reg.set_kv_capacity_tokens(pages * options.kv.page_size);
       reg.set_kv_page_size(options.kv.page_size);
-      reg.set_transport(transport ? "mpi" : "none");
+      reg.set_transport(transport_kind);
+      if (ucx != nullptr) reg.set_data_plane_address(ucx->address());
+      if (!nccl_id.empty()) reg.set_data_plane_address(nccl_id);
       const bool drop_on_signal = std::getenv("DAEDALUS_FAULT_DROP_ON_SIGUSR1") != nullptr;
       if (drop_on_signal) std::signal(SIGUSR1, RequestDrop);
       std::vector<Placement> placements;
       std::unique_ptr<ModelWeights> weights;
-      // One formation per pass: register (a new launch id each time), load what the placement
-      // asks for, serve; when the control stream ends, every rank comes back here together.
+      bool connected = false;  // the data plane (ucx, nccl) is up: later formations keep it
+      // One formation per pass: register, load what the placement asks for, serve; when the
+      // control stream ends, every rank comes back here together and registers again with the
+      // same rank and world (a new launch id, agreed over the data plane).
       for (int formation = 0;; ++formation) {
-        if (transport) transport->set_deadline(formation == 0 ? long_wait : reconnect_wait);
-        ASSIGN_OR_RETURN(std::string launch_id, LaunchId(transport.get()));
-        reg.set_launch_id(launch_id);
-        ASSIGN_OR_RETURN(auto control, ControlClient::Connect({f->coordinator, f->tls_ca, f->tls_server_name}, f->cluster_secret));
-        ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, formation == 0 ? long_wait : reconnect_wait));
-        ASSIGN_OR_RETURN(std::vector<Placement> placed, FromAssignment(assignment.placement(), config, world));
-        // Every rank got the same assignment, so all reload or none does.
-        if (weights == nullptr || !SamePlacement(placed, placements)) {
-          weights.reset();
-          placements = std::move(placed);
-          ExpertFilter mine = [&](int64_t layer, int64_t expert) { return placements[layer].Holds(rank, static_cast<int32_t>(expert)); };
-          ASSIGN_OR_RETURN(weights, LoadModelWeights(f->model, mine));
+        const auto wait = formation == 0 ? long_wait : reconnect_wait;
+        if (transport) transport->set_deadline(wait);
+        std::string launch_id = f->launch_id;
+        if (formation > 0 || transport_kind == "mpi" || transport_kind == "none") {
+          ASSIGN_OR_RETURN(launch_id, LaunchId(transport.get()));
         }
+        reg.set_launch_id(launch_id);
+        reg.set_rank(rank);
+        reg.set_world_size(world);
+        ASSIGN_OR_RETURN(auto control, ControlClient::Connect({f->coordinator, f->tls_ca, f->tls_server_name}, f->cluster_secret));
+        ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, wait));
+        if (connected && (assignment.rank() != rank || assignment.world_size() != world)) {
+          return absl::FailedPreconditionError(absl::StrCat("registered again as rank ", assignment.rank(), " of ",
+                                                            assignment.world_size(), ", not ", rank, " of ", world));
+        }
+        rank = assignment.rank();
+        world = assignment.world_size();
+        if (!connected && ucx != nullptr) {
+          RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()}));
+        }
+#if DAEDALUS_HAVE_NCCL
+        if (!connected && !nccl_id.empty()) {
+          ASSIGN_OR_RETURN(int device, ParseDevice(f->engine.device));
+          if (device < 0) return absl::InvalidArgumentError("--transport nccl needs a GPU: --device cuda[:N]");
+          ASSIGN_OR_RETURN(transport, MakeNcclTransport(assignment.data_plane_addresses(0), rank, world, device, wait));
+        }
+#endif
+        connected = true;
+        if (transport && transport->world_size() != world) {
+          return absl::FailedPreconditionError(absl::StrCat("the launcher started ", transport->world_size(),
+                                                            " workers; the coordinator serves ", world));
+        }
+        if (!transport && world != 1) {
+          return absl::FailedPreconditionError(absl::StrCat("the coordinator serves ", world,
+                                                            " workers: start them under mpirun/srun, or with --transport ucx"));
+        }
+        ASSIGN_OR_RETURN(std::vector<Placement> placed, FromAssignment(assignment.placement(), config, world));
+        ExpertFilter mine = [&](int64_t layer, int64_t expert) { return placed[layer].Holds(rank, static_cast<int32_t>(expert)); };
+        if (weights == nullptr) {
+          ASSIGN_OR_RETURN(weights, LoadModelWeights(f->model, mine));
+        } else {
+          RETURN_IF_ERROR(LoadMissingExperts(*weights, mine));  // every rank got the same placement
+        }
+        placements = std::move(placed);
         if (transport) {
           options.transport = transport.get();
           options.placements = &placements;
         }
-        Engine engine(*weights, options);  // a fresh one per formation: earlier sequences are abandoned
+        // Fresh per formation, the backend before the engine that uses it: earlier sequences are
+        // abandoned with their KV cache.
+        ASSIGN_OR_RETURN(auto backend, MakeDeviceBackend(f->engine.Device(), *weights, options));
+        Engine engine(*weights, options);
         if (transport) {
           RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));
           transport->set_deadline(std::chrono::milliseconds(static_cast<int64_t>(f->collective_timeout_s * 1000)));
@@ -215,6 +305,15 @@ Command AddWorkerCommand(CLI::App& app) {
         RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
         ServeLoopOptions loop;
         loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
+        loop.apply_placement = [&](const v1::Placement& update) -> absl::Status {
+          if (backend) return absl::UnimplementedError("expert placement updates are not supported on GPU workers yet");
+          // The exchanges read `placements` by reference: assigning in place switches them.
+          ASSIGN_OR_RETURN(std::vector<Placement> next, FromAssignment(update, config, world));
+          RETURN_IF_ERROR(LoadMissingExperts(
+              *weights, [&](int64_t layer, int64_t expert) { return next[layer].Holds(rank, static_cast<int32_t>(expert)); }));
+          for (size_t l = 0; l < placements.size(); ++l) placements[l] = std::move(next[l]);
+          return absl::OkStatus();
+        };
         DropOnSignal dropper(drop_on_signal, *control);
         ASSIGN_OR_RETURN(ServeEnd end, ServeLoop(engine, transport.get(), *control, loop));
         if (end == ServeEnd::kShutdown) return absl::OkStatus();
@@ -225,7 +324,7 @@ Command AddWorkerCommand(CLI::App& app) {
     };
     if (absl::Status s = run(); !s.ok()) return fail(s);
     transport.reset();
-    FinalizeMpi();
+    if (mpi) FinalizeMpi();
     return 0;
   };
 }

@@ -12,7 +12,8 @@ namespace daedalus {
 struct CoordinatorFlags {
   std::string listen = "127.0.0.1:50051", metrics_listen, http_listen, tls_cert, tls_key, auth_token, cluster_secret, placement_from;
   int64_t max_queue = 1024;
-  double queue_timeout_s = 30, heartbeat_interval_s = 1, heartbeat_timeout_s = 5, stall_timeout_s = 60;
+  double queue_timeout_s = 30, heartbeat_interval_s = 1, heartbeat_timeout_s = 5, stall_timeout_s = 60,
+         rebalance_interval_s = 0;
   int redundant_experts = 0, ranks_per_node = 0;
 
   void Register(CLI::App& app) {
@@ -36,6 +37,9 @@ struct CoordinatorFlags {
     app.add_option("--redundant-experts", redundant_experts, "extra replicas of hot routed experts over the workers");
     app.add_option("--ranks-per-node", ranks_per_node, "workers per node, for node-level expert placement");
     app.add_option("--placement-from", placement_from, "place experts by the load in this --expert-load-out file");
+    app.add_option("--rebalance-interval", rebalance_interval_s,
+                   "seconds between attempts to place the experts again from the measured load (0: never); a new "
+                   "placement is applied by every worker at one step boundary");
   }
 
   absl::Status Options(const ModelConfig& config, int world_size, CoordinatorOptions& c, ServerOptions& s) const {
@@ -47,6 +51,7 @@ struct CoordinatorFlags {
     c.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(stall_timeout_s * 1000));
     c.redundant_experts = redundant_experts;
     c.ranks_per_node = ranks_per_node;
+    c.rebalance_interval = std::chrono::milliseconds(static_cast<int64_t>(rebalance_interval_s * 1000));
     if (!placement_from.empty()) {
       auto load = ReadExpertLoad(placement_from, config.num_hidden_layers, config.n_routed_experts);
       if (!load.ok()) return load.status();

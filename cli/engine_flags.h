@@ -1,7 +1,8 @@
-// Engine flags shared by `run` and `bench`.
+// Engine flags shared by `run`, `bench` and `worker`.
 #pragma once
 
 #include "CLI/CLI.hpp"
+#include "worker/device_backend.h"
 #include "worker/engine.h"
 
 namespace daedalus {
@@ -10,6 +11,8 @@ struct EngineFlags {
   std::string kv_dtype = "bf16", attention = "auto";
   int64_t kv_tokens = 1 << 16, page_size = 64, max_batch_tokens = 512, prefill_chunk = 512;
   int threads = 0;
+  std::string device = "cpu";
+  double gpu_memory_fraction = 0.9;
 
   void Register(CLI::App& app) {
     app.add_option("--kv-dtype", kv_dtype, "latent KV cache dtype: bf16 | f32")->check(CLI::IsMember({"bf16", "f32"}));
@@ -20,7 +23,12 @@ struct EngineFlags {
     app.add_option("--attention", attention, "MLA form: auto (naive prefill, absorbed decode) | naive | absorbed")
         ->check(CLI::IsMember({"auto", "naive", "absorbed"}));
     app.add_option("--threads", threads, "threads (default: OMP_NUM_THREADS or all cores)");
+    app.add_option("--device", device, "where the forward pass runs: cpu | cuda:N | cuda (GPU = this rank's local rank)");
+    app.add_option("--gpu-memory-fraction", gpu_memory_fraction,
+                   "with --device cuda:N: share of the GPU's memory for weights, scratch and the KV cache "
+                   "(the KV pool gets what is left, capped by --kv-cache-tokens)");
   }
+  DeviceOptions Device() const { return DeviceOptions{device, gpu_memory_fraction}; }
   EngineOptions Options() const {
     EngineOptions o;
     o.kv.dtype = kv_dtype == "f32" ? DType::kF32 : DType::kBF16;

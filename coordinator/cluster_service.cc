@@ -68,9 +68,9 @@ class StreamLink final : public WorkerLink {
 grpc::Status ClusterService::Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                                       v1::Assignment* assignment) {
   if (grpc::Status s = CheckClusterSecret(*context, cluster_secret_); !s.ok()) return s;
-  auto generation = state_.Register(*request, Clock::now());
-  if (!generation.ok()) return ToGrpc(generation.status());
-  auto assigned = state_.WaitAssignment(*generation, Clock::now() + register_timeout_);
+  auto registered = state_.Register(*request, Clock::now());
+  if (!registered.ok()) return ToGrpc(registered.status());
+  auto assigned = state_.WaitAssignment(registered->generation, registered->rank, Clock::now() + register_timeout_);
   if (!assigned.ok()) return ToGrpc(assigned.status());
   *assignment = std::move(*assigned);
   return grpc::Status::OK;

@@ -14,26 +14,34 @@ ClusterState::ClusterState(ModelConfig config, std::string model_name, Coordinat
     if (config_.is_moe_layer(l)) measured_load_[l].assign(config_.n_routed_experts, 0);
 }
 
-absl::StatusOr<int64_t> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
-  const std::string who = absl::StrCat("worker rank ", r.rank(), " (", r.host(), ", pid ", r.pid(), ")");
-  if (r.world_size() != options_.world_size) {
+absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
+  const std::string who = absl::StrCat("worker ", r.rank() < 0 ? std::string("(any rank)") : absl::StrCat("rank ", r.rank()), " (",
+                                       r.host(), ", pid ", r.pid(), ")");
+  if (r.world_size() != 0 && r.world_size() != options_.world_size) {
     return absl::FailedPreconditionError(absl::StrCat(who, " was launched with world size ", r.world_size(),
                                                       "; this coordinator serves ", options_.world_size, " workers"));
   }
-  if (r.rank() < 0 || r.rank() >= options_.world_size) {
+  if (r.rank() < -1 || r.rank() >= options_.world_size) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": rank outside [0, ", options_.world_size, ")"));
   }
   if (r.kv_capacity_tokens() <= 0 || r.kv_page_size() <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": KV capacity and page size must be positive"));
   }
-  if (r.launch_id().empty()) return absl::InvalidArgumentError(absl::StrCat(who, ": launch_id is empty"));
   std::lock_guard<std::mutex> lock(mu_);
-  if (r.launch_id() != launch_id_) {
+  std::string launch = r.launch_id();
+  if (launch.empty()) {
+    // Workers started without a shared launch id (any launcher) form "anonymous" generations:
+    // join the one that is still forming, else start the next.
+    const bool forming = launch_id_.rfind("anon-", 0) == 0 && degraded_.empty() &&
+                         std::any_of(workers_.begin(), workers_.end(), [](const auto& w) { return !w.has_value(); });
+    launch = forming ? launch_id_ : absl::StrCat("anon-", generation_ + 1);
+  }
+  if (launch != launch_id_) {
     // A new launch replaces whatever ran before.
     for (auto& w : workers_) {
       if (w && w->link) {
         v1::CoordinatorMessage m;
-        m.mutable_shutdown()->set_reason(absl::StrCat("superseded by launch ", r.launch_id()));
+        m.mutable_shutdown()->set_reason(absl::StrCat("superseded by launch ", launch));
         w->link->Send(m);
       }
     }
@@ -41,25 +49,37 @@ absl::StatusOr<int64_t> ClusterState::Register(const v1::RegisterRequest& r, Clo
       EndLocked(it++, "", absl::UnavailableError("the cluster's workers were relaunched"));
     }
     ++generation_;
-    launch_id_ = r.launch_id();
+    placement_version_ = 0;
+    launch_id_ = launch;
     workers_.assign(options_.world_size, std::nullopt);
     degraded_.clear();
     ComputePlacementLocked();
   }
-  std::optional<Worker>& slot = workers_[r.rank()];
+  int rank = r.rank();
+  if (rank < 0) {
+    for (int i = 0; i < options_.world_size && rank < 0; ++i)
+      if (!workers_[i]) rank = i;
+    if (rank < 0) {
+      return absl::AlreadyExistsError(absl::StrCat(who, ": all ", options_.world_size, " ranks of launch ", launch,
+                                                   " are registered"));
+    }
+  }
+  std::optional<Worker>& slot = workers_[rank];
   if (slot) {
-    return absl::AlreadyExistsError(absl::StrCat(who, ": rank ", r.rank(), " of launch ", r.launch_id(),
+    return absl::AlreadyExistsError(absl::StrCat(who, ": rank ", rank, " of launch ", launch,
                                                  " is already registered (", slot->info.host(), ", pid ",
                                                  slot->info.pid(), ")"));
   }
   slot.emplace();
   slot->info = r;
+  slot->info.set_rank(rank);
+  slot->info.set_world_size(options_.world_size);
   slot->last_heard = slot->progress_at = now;
   formed_.notify_all();
-  return generation_;
+  return Registration{generation_, rank};
 }
 
-absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, Clock::time_point deadline) {
+absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, int rank, Clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   auto all_registered = [&] {
     return generation != generation_ || std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w.has_value(); });
@@ -75,6 +95,8 @@ absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, 
   *a.mutable_placement() = placement_;
   for (const auto& w : workers_) a.add_data_plane_addresses(w->info.data_plane_address());
   a.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
+  a.set_rank(rank);
+  a.set_world_size(options_.world_size);
   return a;
 }
 
@@ -377,6 +399,55 @@ void ClusterState::ComputePlacementLocked() {
   }
 }
 
+namespace {
+
+Placement FromProto(const v1::LayerExperts& layer, int world_size, int64_t n_experts) {
+  Placement p;
+  p.world_size = world_size;
+  p.replicas.assign(n_experts, {});
+  p.experts_on.assign(world_size, {});
+  for (int r = 0; r < layer.experts_on_size() && r < world_size; ++r) {
+    for (int32_t e : layer.experts_on(r).experts()) {
+      p.experts_on[r].push_back(e);
+      if (e >= 0 && e < n_experts) p.replicas[e].push_back(r);
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+double ClusterState::ImbalanceLocked(const v1::Placement& placement) const {
+  double worst = 1.0;
+  for (int64_t l = 0; l < config_.num_hidden_layers && l < placement.layers_size(); ++l) {
+    if (!config_.is_moe_layer(l)) continue;
+    const Placement p = FromProto(placement.layers(l), options_.world_size, config_.n_routed_experts);
+    std::vector<double> load(measured_load_[l].begin(), measured_load_[l].end());
+    double total = 0;
+    for (double v : load) total += v;
+    if (total > 0) worst = std::max(worst, p.Imbalance(load));
+  }
+  return worst;
+}
+
+bool ClusterState::Rebalance() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!serving_locked()) return false;
+  const v1::Placement current = placement_;
+  const double before = ImbalanceLocked(current);
+  ComputePlacementLocked();  // from the measured load
+  const double after = ImbalanceLocked(placement_);
+  if (!(after < before * options_.rebalance_gain)) {
+    placement_ = current;
+    return false;
+  }
+  v1::CoordinatorMessage m;
+  m.mutable_placement_update()->set_version(++placement_version_);
+  *m.mutable_placement_update()->mutable_placement() = placement_;
+  for (auto& w : workers_) w->link->Send(m);
+  return true;
+}
+
 bool ClusterState::serving() const {
   std::lock_guard<std::mutex> lock(mu_);
   return serving_locked();
@@ -414,6 +485,8 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
   out.set_model(model_name_);
   out.set_vocab_size(config_.vocab_size);
   out.set_max_position_embeddings(config_.max_position_embeddings);
+  out.set_placement_version(placement_version_);
+  out.set_imbalance(ImbalanceLocked(placement_));
   for (const auto& w : workers_) {
     if (!w) continue;
     v1::WorkerStatus* ws = out.add_workers();

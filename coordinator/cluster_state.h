@@ -38,6 +38,10 @@ struct CoordinatorOptions {
   int redundant_experts = 0;                         // extra replicas of hot experts
   int ranks_per_node = 0;                            // > 0: whole routing groups per node
   ExpertLoad placement_load;                         // initial expert load (--placement-from)
+  // Rebalance: a new placement from the measured load is sent to the workers when it lowers
+  // the imbalance below this fraction of the current one (0: never).
+  double rebalance_gain = 0.9;
+  std::chrono::milliseconds rebalance_interval{0};  // how often the server tries (0: never)
 };
 
 // The coordinator's end of one worker's control stream.
@@ -55,12 +59,17 @@ class ClusterState {
   ClusterState(ModelConfig config, std::string model_name, CoordinatorOptions options, Metrics* metrics);
 
   // A worker announces itself. A new launch_id starts a new generation of the cluster: the
-  // previous one's workers are told to shut down and its requests fail UNAVAILABLE.
-  // Returns the generation the worker belongs to.
-  absl::StatusOr<int64_t> Register(const v1::RegisterRequest& request, Clock::time_point now);
-  // The assignment of `generation` once every rank has registered; Unavailable if that has
-  // not happened by `deadline`, Aborted if a newer launch replaced it.
-  absl::StatusOr<v1::Assignment> WaitAssignment(int64_t generation, Clock::time_point deadline);
+  // previous one's workers are told to shut down and its requests fail UNAVAILABLE. An empty
+  // launch_id joins the generation that is forming from such workers, or starts one; rank -1
+  // takes the lowest free rank. Returns the generation and the rank.
+  struct Registration {
+    int64_t generation;
+    int rank;
+  };
+  absl::StatusOr<Registration> Register(const v1::RegisterRequest& request, Clock::time_point now);
+  // The assignment of `generation` for `rank` once every rank has registered; Unavailable if
+  // that has not happened by `deadline`, Aborted if a newer launch replaced it.
+  absl::StatusOr<v1::Assignment> WaitAssignment(int64_t generation, int rank, Clock::time_point deadline);
   // The worker's control stream is open and its weights are loaded; when every rank of the
   // generation is attached the cluster serves.
   absl::Status Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now);
@@ -84,6 +93,9 @@ class ClusterState {
   void Cancel(uint64_t sequence, const std::string& reason = "cancelled");
   // Tells every attached worker to stop (the cluster is shutting down).
   void ShutdownWorkers(const std::string& reason);
+  // Places the experts again from the load measured so far and, when that lowers the
+  // imbalance enough (rebalance_gain), sends the new placement to every worker. True when sent.
+  bool Rebalance();
 
   bool serving() const;
   std::string state() const;  // "forming" | "serving" | "degraded"
@@ -118,6 +130,8 @@ class ClusterState {
   void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
   void LoseLocked(int rank, const std::string& why);
   void ComputePlacementLocked();
+  // Max over MoE layers of the imbalance of `placement` under the measured load.
+  double ImbalanceLocked(const v1::Placement& placement) const;
   bool serving_locked() const;
   std::string state_detail_locked() const;
 
@@ -133,6 +147,7 @@ class ClusterState {
   std::vector<std::optional<Worker>> workers_;  // by rank, of the current generation
   std::string degraded_;                        // why, when a worker of this generation was lost
   v1::Placement placement_;                     // of the current generation
+  int64_t placement_version_ = 0;
   ExpertLoad measured_load_;                    // summed over all reports, since start
   std::map<uint64_t, Sequence> sequences_;      // queued or admitted
   std::deque<uint64_t> queue_;                  // waiting for admission, in arrival order

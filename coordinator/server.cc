@@ -1,5 +1,6 @@
 #include "coordinator/server.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -131,8 +132,14 @@ absl::StatusOr<std::string> CoordinatorServer::StartHttp(const std::string& list
 
 void CoordinatorServer::Monitor() {
   bool was_serving = false;
+  auto next_rebalance = std::chrono::steady_clock::now() + options_.rebalance_interval;
   while (!stopping_) {
-    state_->CheckDeadlines(std::chrono::steady_clock::now());
+    const auto now = std::chrono::steady_clock::now();
+    state_->CheckDeadlines(now);
+    if (options_.rebalance_interval.count() > 0 && now >= next_rebalance) {
+      if (state_->Rebalance()) std::fprintf(stderr, "daedalus: new expert placement sent to the workers\n");
+      next_rebalance = now + options_.rebalance_interval;
+    }
     const bool serving = state_->serving();
     if (serving != was_serving) {
       server_->GetHealthCheckService()->SetServingStatus("daedalus.v1.Serving", serving);

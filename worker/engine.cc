@@ -191,8 +191,9 @@ bool Engine::RunStep() {
   }
   const int64_t vocab = model_.config().vocab_size;
   FloatBuffer logits(batch.logit_rows.size() * vocab);
-  status_ = model_.Forward(batch, cache_, logits.data(),
-                           MoeContext{exchanges_.empty() ? nullptr : &exchanges_, &expert_load_, steps_++});
+  const MoeContext moe{exchanges_.empty() ? nullptr : &exchanges_, &expert_load_, steps_++};
+  status_ = options_.backend != nullptr ? options_.backend->Forward(batch, logits.data(), moe)
+                                        : model_.Forward(batch, cache_, logits.data(), moe);
   if (!status_.ok()) return false;
 
   for (size_t i = 0; i < plans.size(); ++i) {

@@ -64,6 +64,9 @@ struct EngineOptions {
   // steps in lockstep until no rank has work. Both outlive the engine.
   Transport* transport = nullptr;
   const std::vector<Placement>* placements = nullptr;  // by layer
+  // When set, forward steps run there (a GPU) instead of in DeepSeekModel; kv.host_pool should
+  // then be false and kv's page size and capacity those of the backend's cache. Outlives the engine.
+  ForwardBackend* backend = nullptr;
 };
 
 struct StepStats {

@@ -9,7 +9,7 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& opti
   elem_ = DTypeSize(options.dtype);
   page_bytes_ = static_cast<size_t>(layers_ * options.page_size * dim_) * elem_;
   total_pages_ = (options.max_tokens + options.page_size - 1) / options.page_size;
-  pool_.reset(new uint8_t[page_bytes_ * total_pages_]);
+  if (options.host_pool) pool_.reset(new uint8_t[page_bytes_ * total_pages_]);
   for (int64_t p = total_pages_ - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
 }
 

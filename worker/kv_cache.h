@@ -17,6 +17,9 @@ struct KvCacheOptions {
   DType dtype = DType::kBF16;  // kBF16 (default) or kF32
   int64_t page_size = 64;      // tokens per page
   int64_t max_tokens = 1 << 16;  // capacity, rounded up to whole pages
+  // false: page bookkeeping only, the latents live elsewhere (a GPU backend); Write and Read
+  // must not be called.
+  bool host_pool = true;
 };
 
 class PagedKvCache {

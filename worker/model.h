@@ -41,6 +41,15 @@ struct ForwardBatch {
   std::vector<int64_t> logit_rows;     // batch rows whose next-token logits are wanted
 };
 
+// A forward pass that runs elsewhere than DeepSeekModel (a GPU: worker/cuda/gpu_model.h). It
+// keeps the latent cache in its own memory, indexed by the page ids of the engine's
+// PagedKvCache (which then holds page tables only), and has DeepSeekModel::Forward's contract.
+class ForwardBackend {
+ public:
+  virtual ~ForwardBackend() = default;
+  virtual absl::Status Forward(const ForwardBatch& batch, float* logits, const MoeContext& moe) = 0;
+};
+
 class DeepSeekModel {
  public:
   DeepSeekModel(const ModelWeights& weights, AttentionPath path = AttentionPath::kAuto);

@@ -15,6 +15,9 @@ class RopeTable {
   int64_t pairs() const { return static_cast<int64_t>(inv_freq_.size()); }
   // cos and sin [pairs] for absolute position `pos`, YaRN's cos/sin mscale included.
   void Angles(int64_t pos, float* cos, float* sin) const;
+  // The frequencies (YaRN's blend included) and the cos/sin scale, for other devices.
+  const std::vector<double>& inv_freq() const { return inv_freq_; }
+  double mscale() const { return mscale_; }
 
  private:
   std::vector<double> inv_freq_;

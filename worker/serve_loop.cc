@@ -1,10 +1,12 @@
 #include "worker/serve_loop.h"
 
 #include <atomic>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 
 namespace daedalus {
 
@@ -69,6 +71,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   ExpertLoad reported = engine.expert_load();
   auto next_load_report = Clock::now() + options.heartbeat_interval;
   bool stop = false, reregister = false, cluster_idle = false;
+  std::optional<v1::PlacementUpdate> update;  // received, not yet applied
   absl::Status why = absl::OkStatus();
   ServeEnd end = ServeEnd::kShutdown;
   std::vector<TokenOut> tokens;
@@ -93,7 +96,18 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (it != index_of.end()) engine.Cancel(it->second);
     } else if (m.has_shutdown()) {
       (m.shutdown().reregister() ? reregister : stop) = true;
+    } else if (m.has_placement_update()) {
+      if (!update || m.placement_update().version() > update->version()) update = m.placement_update();
     }
+  };
+  // Applies the pending placement update at this step boundary when every rank holds the same
+  // one (`ranks_with` of them, versions summing to `version_sum`).
+  auto maybe_apply = [&](int64_t ranks_with, int64_t version_sum, int world) -> absl::Status {
+    if (!update || ranks_with != world || version_sum != world * update->version()) return absl::OkStatus();
+    if (!options.apply_placement) return absl::UnimplementedError("this worker cannot apply placement updates");
+    RETURN_IF_ERROR(options.apply_placement(update->placement()));
+    update.reset();
+    return absl::OkStatus();
   };
 
   while (true) {
@@ -106,7 +120,8 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     if (control.closed() && !stop) reregister = true;
     bool stepped = false;
     if (transport != nullptr) {
-      std::vector<int64_t> agree = {engine.pending(), stop ? 1 : 0, reregister ? 1 : 0};
+      std::vector<int64_t> agree = {engine.pending(), stop ? 1 : 0, reregister ? 1 : 0, update ? 1 : 0,
+                                    update ? update->version() : 0};
       if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
           !s.ok()) {
         why = s;
@@ -114,6 +129,10 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       }
       if (agree[1] > 0 || agree[2] > 0) {
         end = agree[1] > 0 ? ServeEnd::kShutdown : ServeEnd::kReregister;
+        break;
+      }
+      if (absl::Status s = maybe_apply(agree[3], agree[4], transport->world_size()); !s.ok()) {
+        why = s;
         break;
       }
       cluster_idle = agree[0] == 0;
@@ -124,6 +143,10 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     } else {
       if (stop || reregister) {
         end = stop ? ServeEnd::kShutdown : ServeEnd::kReregister;
+        break;
+      }
+      if (absl::Status s = maybe_apply(update ? 1 : 0, update ? update->version() : 0, 1); !s.ok()) {
+        why = s;
         break;
       }
       cluster_idle = engine.pending() == 0;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 
 #include "absl/status/status.h"
 #include "routing/transport.h"
@@ -16,6 +17,9 @@ struct ServeLoopOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   // While no rank has work, each waits this long for an admission before the ranks check again.
   std::chrono::milliseconds idle_wait{2};
+  // Applies a new expert placement (loads the experts it adds, switches the exchanges to it).
+  // Called between steps, on every rank at the same step. Unset: updates are refused.
+  std::function<absl::Status(const v1::Placement&)> apply_placement;
 };
 
 // How a ServeLoop ended.

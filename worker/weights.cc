@@ -245,3 +245,22 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
 }
 
 }  // namespace daedalus
+
+namespace daedalus {
+
+absl::Status LoadMissingExperts(ModelWeights& model, const ExpertFilter& want) {
+  const ModelConfig& c = model.config;
+  Loader L(*model.checkpoint, model);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights& layer = model.layers[i];
+    if (!layer.moe) continue;
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      if (layer.experts[e].gate_proj.rows > 0 || !want(i, e)) continue;
+      ASSIGN_OR_RETURN(layer.experts[e], L.Mlp(absl::StrCat("model.layers.", i, ".mlp.experts.", e, "."), c.hidden_size,
+                                               c.moe_intermediate_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace daedalus

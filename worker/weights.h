@@ -69,6 +69,11 @@ struct ModelWeights {
 // Which routed experts to load: (layer, expert) → true to load. Empty: all of them.
 using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 
+// Loads the routed experts `want` names that `model` does not hold yet (a new expert
+// placement), from the checkpoint it keeps open. Experts it no longer needs stay loaded (their
+// memory is bounded by the checkpoint's experts) and unused.
+absl::Status LoadMissingExperts(ModelWeights& model, const ExpertFilter& want);
+
 // Loads `dir` (config.json + safetensors). Routed experts the filter rejects are not read at
 // all (their MlpWeights stay empty). The returned weights keep the files mapped.
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string& dir,

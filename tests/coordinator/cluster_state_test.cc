@@ -44,6 +44,11 @@ class ClusterStateTest : public ::testing::Test {
     ASSERT_EQ(state_->state(), "serving");
   }
   absl::StatusOr<int64_t> Register(int rank, int64_t capacity, const std::string& launch) {
+    auto g = RegisterFull(rank, capacity, launch);
+    if (!g.ok()) return g.status();
+    return g->generation;
+  }
+  absl::StatusOr<ClusterState::Registration> RegisterFull(int rank, int64_t capacity, const std::string& launch) {
     v1::RegisterRequest r;
     r.set_rank(rank);
     r.set_world_size(world_);
@@ -53,7 +58,7 @@ class ClusterStateTest : public ::testing::Test {
     r.set_kv_capacity_tokens(capacity);
     r.set_kv_page_size(64);
     auto g = state_->Register(r, now_);
-    if (g.ok()) generation_ = *g;
+    if (g.ok()) generation_ = g->generation;
     return g;
   }
   v1::GenerateRequest Request(int prompt, int max_new, int logprobs = 0) {
@@ -104,9 +109,9 @@ TEST_F(ClusterStateTest, FormsOnceEveryRankRegistersAndAttaches) {
   EXPECT_EQ(state_->state(), "forming");
   ASSERT_TRUE(Register(0, 1024, "a").ok());
   // Not yet formed: the assignment waits for rank 1.
-  EXPECT_TRUE(absl::IsUnavailable(state_->WaitAssignment(generation_, Clock::now()).status()));
+  EXPECT_TRUE(absl::IsUnavailable(state_->WaitAssignment(generation_, 0, Clock::now()).status()));
   ASSERT_TRUE(Register(1, 1024, "a").ok());
-  auto assignment = state_->WaitAssignment(generation_, Clock::now());
+  auto assignment = state_->WaitAssignment(generation_, 0, Clock::now());
   ASSERT_TRUE(assignment.ok()) << assignment.status();
   // Every routed expert of every MoE layer is placed on exactly one of the two ranks.
   ASSERT_EQ(assignment->placement().layers_size(), config_.num_hidden_layers);
@@ -139,6 +144,31 @@ TEST_F(ClusterStateTest, RejectsMismatchedRegistrations) {
   EXPECT_TRUE(absl::IsAlreadyExists(state_->Register(r, now_).status()));  // rank 0 of launch-1 is there
   r.set_rank(2);
   EXPECT_TRUE(absl::IsInvalidArgument(state_->Register(r, now_).status()));
+}
+
+TEST_F(ClusterStateTest, WorkersWithoutLaunchIdOrRankGetRanksInOrder) {
+  config_ = *PresetConfig("tiny");
+  CoordinatorOptions options;
+  options.world_size = world_ = 3;
+  state_ = std::make_unique<ClusterState>(config_, "tiny", options, &metrics_);
+  // Rank 1 asked for explicitly, the others assigned: the lowest free ranks.
+  auto a = RegisterFull(-1, 1024, "");
+  auto b = RegisterFull(1, 1024, "");
+  auto c = RegisterFull(-1, 1024, "");
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(a->rank, 0);
+  EXPECT_EQ(b->rank, 1);
+  EXPECT_EQ(c->rank, 2);
+  EXPECT_EQ(a->generation, c->generation);
+  auto assignment = state_->WaitAssignment(a->generation, 2, Clock::now());
+  ASSERT_TRUE(assignment.ok());
+  EXPECT_EQ(assignment->rank(), 2);
+  EXPECT_EQ(assignment->world_size(), 3);
+  // Once formed, another anonymous worker starts the next generation (a relaunch).
+  auto d = RegisterFull(-1, 1024, "");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->generation, a->generation + 1);
+  EXPECT_EQ(d->rank, 0);
 }
 
 TEST_F(ClusterStateTest, ShardsByFreeKvThenByRunningThenByRank) {
@@ -383,6 +413,30 @@ TEST_F(ClusterStateTest, StallTimeoutZeroIsOff) {
     state_->CheckDeadlines(now_ + std::chrono::seconds(s));
   }
   EXPECT_EQ(state_->state(), "serving");
+}
+
+TEST_F(ClusterStateTest, RebalancesFromMeasuredLoadOnlyWhenItHelps) {
+  CoordinatorOptions options;
+  options.redundant_experts = 2;
+  Form({1024, 1024}, options);
+  EXPECT_FALSE(state_->Rebalance());  // nothing measured: nothing to gain
+  // A skewed load in every MoE layer: expert 11 takes half the tokens.
+  v1::StepEvents e;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    if (!config_.is_moe_layer(l)) continue;
+    for (int64_t x = 0; x < config_.n_routed_experts; ++x) e.add_expert_tokens(x == 11 ? 150 : 10);
+  }
+  state_->OnEvents(0, generation_, e, now_);
+  const double before = state_->Status(now_).imbalance();
+  ASSERT_TRUE(state_->Rebalance());
+  const v1::ClusterStatusResponse after = state_->Status(now_);
+  EXPECT_EQ(after.placement_version(), 1);
+  EXPECT_LT(after.imbalance(), before * 0.9);
+  for (const auto& link : links_) {
+    ASSERT_EQ(link->Count(v1::CoordinatorMessage::kPlacementUpdate), 1);
+    EXPECT_EQ(link->sent.back().placement_update().version(), 1);
+  }
+  EXPECT_FALSE(state_->Rebalance());  // the same load again: no better placement
 }
 
 TEST(ValidateTest, NamesTheFieldAndWhy) {

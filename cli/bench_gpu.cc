@@ -1,0 +1,284 @@
+// daedalus-bench-gpu: the GPU path's figures, printed with the device they ran on.
+//  - MLA decode: bytes of latent KV read per second at batch × context with DeepSeek-V3's
+//    attention shapes (128 heads, kv_lora_rank 512, rope 64), against the device's peak.
+//  - Grouped expert GEMM: TFLOP/s of the routed experts' FFN at DeepSeek-V3's shapes (hidden
+//    7168, moe_intermediate 2048, 256 experts, top-8) for several token counts, in both forms
+//    (one grouped cuBLAS call; a loop of GEMMs), beside dense cuBLAS GEMMs of the same total work.
+//  - End-to-end decode tokens/s of a checkpoint (--model, e.g. the `bench` preset) at several
+//    batch sizes on the GPU, beside the CPU engine.
+// A program, not a test: it prints figures and targets, and asserts nothing.
+#include <cuda_runtime.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/mla_decode.h"
+#include "worker/device_backend.h"
+#include "worker/engine.h"
+
+namespace daedalus {
+namespace {
+
+#define CHECK_OK(expr)                                                                          \
+  do {                                                                                          \
+    const absl::Status s_ = (expr);                                                             \
+    if (!s_.ok()) {                                                                             \
+      std::fprintf(stderr, "daedalus-bench-gpu: %s:%d: %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      std::exit(1);                                                                             \
+    }                                                                                           \
+  } while (0)
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Published peak memory bandwidth by product name (REFERENCE-NUMBERS.md); otherwise from the
+// memory clock and bus width the driver reports.
+double PeakBandwidth(int device) {
+  cudaDeviceProp p{};
+  cudaGetDeviceProperties(&p, device);
+  const std::string name = p.name;
+  if (name.find("H200") != std::string::npos) return 4.8e12;
+  if (name.find("H100") != std::string::npos && name.find("PCIe") != std::string::npos) return 2.0e12;
+  if (name.find("H100") != std::string::npos || name.find("H800") != std::string::npos) return 3.35e12;
+  if (name.find("A100") != std::string::npos) return p.totalGlobalMem > (50ull << 30) ? 2.039e12 : 1.555e12;
+  int clock_khz = 0, bus_bits = 0;
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device);
+  cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
+  return 2.0 * clock_khz * 1e3 * bus_bits / 8;
+}
+
+// Seconds per call of `fn` on `stream` (after warm-up), by CUDA events over `reps` calls.
+template <typename Fn>
+double TimeIt(cudaStream_t stream, int reps, Fn fn) {
+  for (int i = 0; i < 2; ++i) CHECK_OK(fn());
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start, stream);
+  for (int i = 0; i < reps; ++i) CHECK_OK(fn());
+  cudaEventRecord(stop, stream);
+  CHECK_OK(cuda::CudaError(cudaEventSynchronize(stop), "cudaEventSynchronize"));
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / 1e3 / reps;
+}
+
+void BenchMlaDecode(int device, cudaStream_t stream, int64_t batch, int64_t context, double peak, bool tensor_cores) {
+  const int64_t H = 128, rkv = 512, dr = 64, dim = rkv + dr, page = 64;
+  const int64_t pages_per_seq = (context + page - 1) / page, pages = batch * pages_per_seq;
+  cuda::DeviceBuffer pool, q_lat, q_pe, out, table, lens, ws;
+  CHECK_OK(pool.Reserve(static_cast<size_t>(pages * page * dim) * 2));
+  CHECK_OK(q_lat.Reserve(static_cast<size_t>(batch * H * rkv) * 4));
+  CHECK_OK(q_pe.Reserve(static_cast<size_t>(batch * H * dr) * 4));
+  CHECK_OK(out.Reserve(static_cast<size_t>(batch * H * rkv) * 4));
+  cudaMemset(pool.data(), 0x3c, pool.bytes());  // bf16 0x3c3c ≈ 0.0115 everywhere: finite
+  cudaMemset(q_lat.data(), 0, q_lat.bytes());
+  cudaMemset(q_pe.data(), 0, q_pe.bytes());
+  // Each sequence's pages scattered over the pool (a shuffled page table).
+  std::vector<int32_t> ids(pages), len(batch, static_cast<int32_t>(context));
+  for (int64_t i = 0; i < pages; ++i) ids[i] = static_cast<int32_t>(i);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(1));
+  CHECK_OK(table.Reserve(ids.size() * 4));
+  CHECK_OK(lens.Reserve(len.size() * 4));
+  cudaMemcpy(table.data(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(lens.data(), len.data(), len.size() * 4, cudaMemcpyHostToDevice);
+  const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(batch, H, rkv, dr, context, cuda::SmCount(device), tensor_cores);
+  CHECK_OK(ws.Reserve(std::max<size_t>(plan.workspace_bytes, 4)));
+  cuda::MlaDecodeParams p;
+  p.q_latent = q_lat.as<float>(), p.q_pe = q_pe.as<float>(), p.q_pe_row_stride = H * dr, p.q_pe_head_stride = dr;
+  p.pool = pool.as<uint16_t>(), p.layer = 0, p.n_layers = 1, p.page_size = page;
+  p.page_table = table.as<int32_t>(), p.max_pages = pages_per_seq, p.kv_len = lens.as<int32_t>();
+  p.n_rows = batch, p.heads = H, p.kv_lora_rank = rkv, p.rope_dim = dr, p.scale = 0.1f, p.out = out.as<float>();
+  p.workspace = ws.data();
+  const double t = TimeIt(stream, 10, [&] { return cuda::MlaDecode(p, plan, stream); });
+  const double bytes = static_cast<double>(batch * context * dim * 2);
+  const double flops = 2.0 * batch * context * H * (dim + rkv);
+  std::printf("MLA decode %s batch %3lld x context %5lld (V3: 128 heads, rank 512, rope 64): %8.1f us, %7.1f GB/s of latent KV "
+              "= %5.1f%% of peak %.2f TB/s, %6.1f TFLOP/s, %d split%s%s\n",
+              plan.tensor_cores ? "[tensor cores]" : "[CUDA cores]  ", static_cast<long long>(batch),
+              static_cast<long long>(context), t * 1e6, bytes / t / 1e9,
+              100 * bytes / t / peak, peak / 1e12, flops / t / 1e12, plan.n_splits, plan.n_splits > 1 ? "s" : "",
+              batch == 64 && context == 4096 ? (bytes / t >= 0.8 * peak ? "  [target >= 80%: met]" : "  [target >= 80%: NOT met]") : "");
+}
+
+void BenchExperts(cublasHandle_t cublas, cudaStream_t stream, const std::vector<int64_t>& token_counts) {
+  const int64_t D = 7168, I = 2048, E = 256, K = 8;
+  cuda::DeviceBuffer w_gu, w_down;
+  CHECK_OK(w_gu.Reserve(static_cast<size_t>(E * 2 * I * D) * 2));
+  CHECK_OK(w_down.Reserve(static_cast<size_t>(E * D * I) * 2));
+  cudaMemset(w_gu.data(), 0, w_gu.bytes());
+  cudaMemset(w_down.data(), 0, w_down.bytes());
+  std::vector<const uint16_t*> gu(E), down(E);
+  for (int64_t e = 0; e < E; ++e) {
+    gu[e] = w_gu.as<uint16_t>() + e * 2 * I * D;
+    down[e] = w_down.as<uint16_t>() + e * D * I;
+  }
+  double dense_4096 = 0, grouped_4096 = 0;
+  for (int64_t T : token_counts) {
+    // Each token picks K distinct experts uniformly: the group sizes of balanced routing.
+    std::mt19937 rng(T);
+    std::vector<int64_t> count(E, 0);
+    std::vector<int32_t> all(E);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t e = 0; e < E; ++e) all[e] = static_cast<int32_t>(e);
+      for (int64_t k = 0; k < K; ++k) {
+        std::swap(all[k], all[k + rng() % (E - k)]);
+        ++count[all[k]];
+      }
+    }
+    std::vector<int64_t> begin(E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) begin[e + 1] = begin[e] + count[e];
+    const int64_t rows = T * K;
+    cuda::DeviceBuffer x, y;
+    CHECK_OK(x.Reserve(static_cast<size_t>(rows * D) * 2));
+    CHECK_OK(y.Reserve(static_cast<size_t>(rows * D) * 4));
+    cudaMemset(x.data(), 0, x.bytes());
+    cuda::ExpertFfnWorkspace ws;
+    cuda::ExpertFfnParams p;
+    p.x = x.as<uint16_t>(), p.group_begin = begin.data(), p.n_experts = E, p.w_gate_up = gu.data(), p.w_down = down.data();
+    p.hidden = D, p.inter = I, p.y = y.as<float>();
+    const double flops = 6.0 * rows * I * D;
+    p.mode = cuda::GroupedGemmMode::kGrouped;
+    const double t_grouped = TimeIt(stream, 5, [&] { return cuda::ExpertFfn(cublas, p, ws, stream); });
+    if (ws.gemm.grouped_unsupported) std::printf("(cublasGemmGroupedBatchedEx refused bf16→f32 here: the grouped figure is the loop's)\n");
+    p.mode = cuda::GroupedGemmMode::kLoop;
+    const double t_loop = TimeIt(stream, 5, [&] { return cuda::ExpertFfn(cublas, p, ws, stream); });
+    // Dense: the same two products as single GEMMs over all rows with one expert's weights.
+    cuda::DeviceBuffer mid;
+    CHECK_OK(mid.Reserve(static_cast<size_t>(rows * 2 * I) * 4));
+    cuda::DeviceBuffer act;
+    CHECK_OK(act.Reserve(static_cast<size_t>(rows * I) * 2));
+    cudaMemset(act.data(), 0, act.bytes());
+    cublasSetStream(cublas, stream);
+    const float one = 1, zero = 0;
+    const double t_dense = TimeIt(stream, 5, [&] {
+      cublasStatus_t s = cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, rows, D, &one, gu[0], CUDA_R_16BF, D,
+                                      x.data(), CUDA_R_16BF, D, &zero, mid.data(), CUDA_R_32F, 2 * I, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT);
+      if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, D, rows, I, &one, down[0], CUDA_R_16BF, I, act.data(),
+                         CUDA_R_16BF, I, &zero, y.data(), CUDA_R_32F, D, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      return cuda::CublasError(s, "dense cublasGemmEx");
+    });
+    const double best = std::min(t_grouped, t_loop);
+    std::printf("expert FFN %5lld tokens (V3: 7168 x 2048, 256 experts, top-8; %lld rows): grouped call %7.1f TFLOP/s, "
+                "GEMM loop %7.1f TFLOP/s, dense cuBLAS same work %7.1f TFLOP/s -> best %.0f%% of dense\n",
+                static_cast<long long>(T), static_cast<long long>(rows), flops / t_grouped / 1e12, flops / t_loop / 1e12,
+                flops / t_dense / 1e12, 100 * t_dense / best);
+    if (T == 4096) dense_4096 = t_dense, grouped_4096 = best;
+  }
+  if (dense_4096 > 0) {
+    std::printf("target: grouped expert GEMM >= 70%% of dense cuBLAS at 4096 tokens: %s\n",
+                dense_4096 / grouped_4096 >= 0.7 ? "met" : "NOT met");
+  }
+}
+
+std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % vocab);
+  return ids;
+}
+
+double DecodeRate(const ModelWeights& w, const EngineOptions& options, int64_t batch, int64_t context, int64_t steps) {
+  Engine engine(w, options);
+  for (int64_t b = 0; b < batch; ++b) {
+    Request r;
+    r.prompt_ids = RandomPrompt(context, w.config.vocab_size, 100 + b);
+    r.max_new_tokens = steps + 2;
+    r.stop_at_eos = false;
+    (void)engine.Add(r);
+  }
+  while (engine.Step() && engine.last_step().prefill_tokens > 0) {
+  }
+  int64_t tokens = 0;
+  const double t0 = Now();
+  for (int64_t s = 0; s < steps && engine.Step(); ++s) tokens += engine.last_step().decode_tokens;
+  return tokens / (Now() - t0);
+}
+
+void BenchEndToEnd(const std::string& model, const std::string& device, const std::vector<int64_t>& batches, bool cpu) {
+  auto loaded = LoadModelWeights(model);
+  CHECK_OK(loaded.status());
+  const ModelWeights& w = **loaded;
+  EngineOptions options;
+  const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
+  options.max_running = std::max<int64_t>(options.max_running, max_batch);
+  options.kv.max_tokens = max_batch * (64 + 32 + 2 + options.kv.page_size);
+  EngineOptions gpu_options = options;
+  auto backend = MakeDeviceBackend(DeviceOptions{device, 0.9}, w, gpu_options);
+  CHECK_OK(backend.status());
+  for (int64_t b : batches) {
+    const double gpu = DecodeRate(w, gpu_options, b, 64, 32);
+    std::printf("end-to-end decode %s, batch %3lld: GPU %9.1f tok/s", model.c_str(), static_cast<long long>(b), gpu);
+    if (cpu) {
+      const double on_cpu = DecodeRate(w, options, b, 64, b > 8 ? 8 : 16);
+      std::printf(", CPU engine (%d threads) %8.1f tok/s, %.1fx", omp_get_max_threads(), on_cpu, gpu / on_cpu);
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+}
+
+std::vector<int64_t> ParseList(const std::string& s) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int64_t v = 0;
+    if (absl::SimpleAtoi(part, &v) && v > 0) out.push_back(v);
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace daedalus
+
+int main(int argc, char** argv) {
+  using namespace daedalus;
+  CLI::App app{"daedalus-bench-gpu: MLA decode bandwidth, grouped expert GEMM and end-to-end decode on a GPU"};
+  std::string model, device = "cuda:0", tokens = "128,4096", batches = "1,64";
+  bool no_cpu = false, skip_kernels = false;
+  app.add_option("--model", model, "checkpoint for the end-to-end figures (e.g. make-model --preset bench)");
+  app.add_option("--device", device, "cuda:N");
+  app.add_option("--expert-tokens", tokens, "token counts for the expert GEMM figures");
+  app.add_option("--batches", batches, "decode batch sizes for the end-to-end figures");
+  app.add_flag("--no-cpu", no_cpu, "skip the CPU engine's figures");
+  app.add_flag("--skip-kernels", skip_kernels, "only the end-to-end figures");
+  CLI11_PARSE(app, argc, argv);
+  if (absl::Status s = cuda::DevicePresent(); !s.ok()) {
+    std::fprintf(stderr, "daedalus-bench-gpu: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  auto index = ParseDevice(device);
+  if (!index.ok() || *index < 0) {
+    std::fprintf(stderr, "daedalus-bench-gpu: --device %s: expected cuda:N\n", device.c_str());
+    return 1;
+  }
+  cudaSetDevice(*index);
+  const double peak = PeakBandwidth(*index);
+  std::printf("device: %s, peak memory bandwidth %.2f TB/s\n", cuda::DeviceDescription(*index).c_str(), peak / 1e12);
+  if (!skip_kernels) {
+    cudaStream_t stream;
+    cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+    cublasHandle_t cublas;
+    cublasCreate(&cublas);
+    for (bool tc : {true, false})
+      for (auto [b, ctx] : {std::pair<int64_t, int64_t>{64, 4096}, {1, 4096}, {64, 1024}, {1, 32768}})
+        BenchMlaDecode(*index, stream, b, ctx, peak, tc);
+    BenchExperts(cublas, stream, ParseList(tokens));
+    cublasDestroy(cublas);
+    cudaStreamDestroy(stream);
+  }
+  if (!model.empty()) BenchEndToEnd(model, device, ParseList(batches), !no_cpu);
+  return 0;
+}

@@ -1,0 +1,58 @@
+#include "kernels/cuda/device.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace daedalus::cuda {
+
+absl::Status CudaError(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
+}
+
+absl::Status DevicePresent() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no driver" error for later calls
+    return absl::UnavailableError(absl::StrCat("no CUDA device: cudaGetDeviceCount: ", cudaGetErrorString(err)));
+  }
+  if (n == 0) return absl::UnavailableError("no CUDA device: cudaGetDeviceCount returned 0");
+  return absl::OkStatus();
+}
+
+std::string DeviceDescription(int device) {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, device) != cudaSuccess) return absl::StrCat("CUDA device ", device, " (unknown)");
+  return absl::StrFormat("%s (sm_%d%d, %d SMs, %.1f GiB)", p.name, p.major, p.minor, p.multiProcessorCount,
+                         p.totalGlobalMem / 1073741824.0);
+}
+
+int SmCount(int device) {
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 1;
+  return n;
+}
+
+}  // namespace daedalus::cuda
+
+namespace daedalus::cuda {
+
+DeviceBuffer::~DeviceBuffer() {
+  if (data_ != nullptr) (void)cudaFree(data_);
+}
+
+absl::Status DeviceBuffer::Reserve(size_t bytes) {
+  if (bytes <= bytes_) return absl::OkStatus();
+  if (data_ != nullptr) DAEDALUS_CUDA_RETURN(cudaFree(data_));
+  data_ = nullptr;
+  bytes_ = 0;
+  if (const cudaError_t err = cudaMalloc(&data_, bytes); err != cudaSuccess) {
+    data_ = nullptr;
+    return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", bytes, " bytes: ", cudaGetErrorString(err)));
+  }
+  bytes_ = bytes;
+  return absl::OkStatus();
+}
+
+}  // namespace daedalus::cuda

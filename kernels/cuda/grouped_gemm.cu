@@ -1,0 +1,83 @@
+#include "kernels/cuda/grouped_gemm.h"
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/silu_mul.h"
+
+namespace daedalus::cuda {
+
+absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, GroupedGemmWorkspace& ws,
+                         cudaStream_t stream) {
+  if (absl::Status s = CublasError(cublasSetStream(cublas, stream), "cublasSetStream"); !s.ok()) return s;
+  ws.a.clear(), ws.b.clear(), ws.c.clear(), ws.m.clear(), ws.n.clear(), ws.k.clear();
+  for (int64_t g = 0; g < p.n_groups; ++g) {
+    const int64_t rows = p.group_begin[g + 1] - p.group_begin[g];
+    if (rows == 0) continue;
+    if (p.w[g] == nullptr) return absl::InternalError(absl::StrCat("GroupedGemm: rows for group ", g, ", which has no weights"));
+    // Column-major: y'[n, rows] = W'ᵀ [n, k] · x'[k, rows].
+    ws.a.push_back(p.w[g]);
+    ws.b.push_back(p.x + p.group_begin[g] * p.k);
+    ws.c.push_back(p.y + p.group_begin[g] * p.n);
+    ws.m.push_back(static_cast<int>(p.n));
+    ws.n.push_back(static_cast<int>(rows));
+    ws.k.push_back(static_cast<int>(p.k));
+  }
+  const size_t groups = ws.a.size();
+  if (groups == 0) return absl::OkStatus();
+  const float one = 1.0f, zero = 0.0f;
+  if (p.mode == GroupedGemmMode::kLoop || ws.grouped_unsupported) {
+    for (size_t g = 0; g < groups; ++g) {
+      const cublasStatus_t st =
+          cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, ws.m[g], ws.n[g], ws.k[g], &one, ws.a[g], CUDA_R_16BF, ws.k[g],
+                       ws.b[g], CUDA_R_16BF, ws.k[g], &zero, ws.c[g], CUDA_R_32F, ws.m[g], CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT);
+      if (absl::Status s = CublasError(st, "GroupedGemm: cublasGemmEx"); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  // One grouped call: every problem its own group of one; pointer arrays in device memory.
+  ws.ta.assign(groups, CUBLAS_OP_T);
+  ws.tb.assign(groups, CUBLAS_OP_N);
+  ws.lda = ws.k;
+  ws.ldb = ws.k;
+  ws.ldc = ws.m;
+  ws.group_size.assign(groups, 1);
+  ws.alpha.assign(groups, one);
+  ws.beta.assign(groups, zero);
+  if (absl::Status s = ws.pointers.Reserve(3 * groups * sizeof(void*)); !s.ok()) return s;
+  auto** dev = ws.pointers.as<void*>();
+  DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(dev, ws.a.data(), groups * sizeof(void*), cudaMemcpyHostToDevice, stream));
+  DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(dev + groups, ws.b.data(), groups * sizeof(void*), cudaMemcpyHostToDevice, stream));
+  DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(dev + 2 * groups, ws.c.data(), groups * sizeof(void*), cudaMemcpyHostToDevice, stream));
+  const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+      cublas, ws.ta.data(), ws.tb.data(), ws.m.data(), ws.n.data(), ws.k.data(), ws.alpha.data(),
+      reinterpret_cast<const void* const*>(dev), CUDA_R_16BF, ws.lda.data(),
+      reinterpret_cast<const void* const*>(dev + groups), CUDA_R_16BF, ws.ldb.data(), ws.beta.data(), dev + 2 * groups,
+      CUDA_R_32F, ws.ldc.data(), static_cast<int>(groups), ws.group_size.data(), CUBLAS_COMPUTE_32F);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+    ws.grouped_unsupported = true;
+    GroupedGemmParams loop = p;
+    loop.mode = GroupedGemmMode::kLoop;
+    return GroupedGemm(cublas, loop, ws, stream);
+  }
+  return CublasError(st, "GroupedGemm: cublasGemmGroupedBatchedEx");
+}
+
+absl::Status ExpertFfn(cublasHandle_t cublas, const ExpertFfnParams& p, ExpertFfnWorkspace& ws, cudaStream_t stream) {
+  const int64_t rows = p.group_begin[p.n_experts];
+  if (rows == 0) return absl::OkStatus();
+  if (absl::Status s = ws.gate_up.Reserve(static_cast<size_t>(rows * 2 * p.inter) * 4); !s.ok()) return s;
+  if (absl::Status s = ws.act.Reserve(static_cast<size_t>(rows * p.inter) * 2); !s.ok()) return s;
+  GroupedGemmParams gu{p.x, p.group_begin, p.n_experts, p.w_gate_up, 2 * p.inter, p.hidden, ws.gate_up.as<float>(), p.mode};
+  if (absl::Status s = GroupedGemm(cublas, gu, ws.gemm, stream); !s.ok()) return s;
+  SiluMulParams silu;
+  silu.gate_up = ws.gate_up.as<float>();
+  silu.rows = rows;
+  silu.width = p.inter;
+  silu.out_bf16 = ws.act.as<uint16_t>();
+  if (absl::Status s = SiluMul(silu, stream); !s.ok()) return s;
+  GroupedGemmParams down{ws.act.as<uint16_t>(), p.group_begin, p.n_experts, p.w_down, p.hidden, p.inter, p.y, p.mode};
+  return GroupedGemm(cublas, down, ws.gemm, stream);
+}
+
+}  // namespace daedalus::cuda

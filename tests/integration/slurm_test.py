@@ -1,0 +1,158 @@
+"""scripts/slurm/daedalus.sbatch against a real Slurm on this machine: the test starts munge
+with its own key, slurmctld and slurmd with a configuration in a temporary folder (SLURM_CONF,
+MpiDefault=pmix, a partition of this machine's CPUs), submits the script with sbatch, waits for
+its "ready", checks the answers against `daedalus run`, cancels the job with scancel (which
+must leave no worker behind) and stops the daemons by their process ids. Skips, saying why,
+without root or without the Slurm and munge daemons."""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+failures = []
+
+
+def check(ok, what, detail=""):
+    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
+    if not ok:
+        failures.append(what)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, seconds, step=0.3):
+    until = time.time() + seconds
+    while time.time() < until:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--daedalus", required=True)
+    d = os.path.abspath(parser.parse_args().daedalus)
+    missing = [p for p in ["munged", "slurmctld", "slurmd", "sbatch", "scancel", "squeue"]
+               if shutil.which(p) is None and not os.path.exists(f"/usr/sbin/{p}")]
+    if os.geteuid() != 0 or missing:
+        print(f"skipped: needs root and the Slurm daemons ({'missing ' + ', '.join(missing) if missing else 'not root'})")
+        sys.exit(77)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "slurm", "daedalus.sbatch")
+    daemons = {}
+    with tempfile.TemporaryDirectory(prefix="slurm-") as tmp:
+        os.chmod(tmp, 0o700)
+        os.makedirs(os.path.join(tmp, "state"))
+        os.makedirs(os.path.join(tmp, "spool"))
+        key = os.path.join(tmp, "munge.key")
+        with open(key, "wb") as f:
+            f.write(os.urandom(1024))
+        os.chmod(key, 0o400)
+        host = socket.gethostname().split(".")[0]
+        conf = os.path.join(tmp, "slurm.conf")
+        with open(conf, "w") as f:
+            f.write(f"""ClusterName=daedalus-test
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={tmp}/munge.sock
+CredType=cred/munge
+MpiDefault=pmix
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+StateSaveLocation={tmp}/state
+SlurmdSpoolDir={tmp}/spool
+SlurmctldPidFile={tmp}/slurmctld.pid
+SlurmdPidFile={tmp}/slurmd.pid
+SlurmctldLogFile={tmp}/slurmctld.log
+SlurmdLogFile={tmp}/slurmd.log
+ReturnToService=2
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE
+""")
+        env = dict(ENV, SLURM_CONF=conf)
+        try:
+            subprocess.run(["munged", f"--key-file={key}", f"--socket={tmp}/munge.sock", f"--pid-file={tmp}/munged.pid",
+                            f"--log-file={tmp}/munged.log", f"--seed-file={tmp}/munge.seed", "--force"], check=True,
+                           capture_output=True)
+            daemons["munged"] = int(wait_for(lambda: os.path.exists(f"{tmp}/munged.pid") and open(f"{tmp}/munged.pid").read().strip(), 10))
+            daemons["slurmctld"] = subprocess.Popen(["slurmctld", "-D", "-f", conf], stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL, env=env).pid
+            daemons["slurmd"] = subprocess.Popen(["slurmd", "-D", "-f", conf, "-N", host], stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL, env=env).pid
+            idle = wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                                                             env=env).stdout, 60)
+            check(bool(idle), "munge, slurmctld and slurmd up; the node is idle")
+
+            model = os.path.join(tmp, "tiny")
+            subprocess.run([d, "make-model", "--preset", "tiny", "--out", model], check=True, capture_output=True)
+            expected = json.loads(subprocess.run([d, "run", "--model", model, "--prompt-ids", "4,8,15,16,23,42",
+                                                  "--max-new-tokens", "10"], capture_output=True, text=True, env=ENV).stdout)
+            port = free_port()
+            out = os.path.join(tmp, "job.out")
+            job_env = dict(env, DAEDALUS_MODEL=model, DAEDALUS_BIN=d, DAEDALUS_PORT=str(port),
+                           DAEDALUS_METRICS_PORT=str(free_port()), DAEDALUS_WORKER_ARGS="--threads 1")
+            p = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", f"--output={out}", script],
+                               capture_output=True, text=True, env=job_env)
+            check(p.returncode == 0, "sbatch accepts scripts/slurm/daedalus.sbatch", p.stderr)
+            job = p.stdout.strip().split(";")[0]
+            ready = wait_for(lambda: os.path.exists(out) and any(l.startswith("ready ") for l in open(out)), 120)
+            check(bool(ready), "the job prints ready <host:port>", open(out).read()[-500:] if os.path.exists(out) else "no output")
+            server = f"127.0.0.1:{port}"
+            status = json.loads(subprocess.run([d, "status", "--server", server, "--json"], capture_output=True, text=True,
+                                               env=ENV).stdout or "{}")
+            check(status.get("state") == "serving" and len(status.get("workers", [])) == 2,
+                  "the coordinator on the first node serves with 2 workers from srun", status.get("detail"))
+            g = subprocess.run([d, "generate", "--server", server, "--prompt-ids", "4,8,15,16,23,42", "--max-new-tokens", "10",
+                                "--json"], capture_output=True, text=True, env=ENV)
+            got = json.loads(g.stdout) if g.returncode == 0 else {}
+            check(got.get("generated_ids") == expected["generated_ids"], "the Slurm cluster answers like `run`", g.stdout + g.stderr)
+            worker_pids = [int(w["pid"]) for w in status.get("workers", [])]
+            subprocess.run(["scancel", job], env=env)
+            gone = wait_for(lambda: job not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                                                             env=env).stdout, 60)
+            check(bool(gone), "scancel ends the job")
+            time.sleep(1)
+            alive = [p for p in worker_pids if os.path.exists(f"/proc/{p}")]
+            check(not alive, "no worker outlives the job", alive)
+        finally:
+            for name in ["slurmd", "slurmctld", "munged"]:
+                if name in daemons:
+                    try:
+                        os.kill(daemons[name], signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for name in ["slurmd", "slurmctld", "munged"]:
+                if name in daemons:
+                    wait_for(lambda: not os.path.exists(f"/proc/{daemons[name]}"), 10, 0.1)
+            if failures:
+                for log in ["job.out", "slurmctld.log", "slurmd.log"]:
+                    path = os.path.join(tmp, log)
+                    if os.path.exists(path):
+                        print(f"--- {log}\n" + open(path).read()[-1500:])
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
