@@ -89,8 +89,9 @@ class Cluster {
         req.set_kv_page_size(64);
         auto g = state_->Register(req, Clock::now());
         ASSERT_TRUE(g.ok()) << g.status();
-        ASSERT_TRUE(state_->WaitAssignment(*g, Clock::now() + milliseconds(10000)).ok());
-        generation = *g;
+        ASSERT_EQ(g->rank, r);
+        ASSERT_TRUE(state_->WaitAssignment(g->generation, r, Clock::now() + milliseconds(10000)).ok());
+        generation = g->generation;
       });
     }
     for (auto& t : registering) t.join();
