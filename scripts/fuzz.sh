@@ -11,7 +11,7 @@ seconds="${1:-30}"
 shift || true
 build="${FUZZ_BUILD_DIR:-$root/build-fuzz}"
 "$root/scripts/setup.sh"
-CC=clang-14 CXX=clang++-14 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDAEDALUS_FUZZ=ON >/dev/null
+CC=clang-14 CXX=clang++-14 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDAEDALUS_FUZZ=ON -DDAEDALUS_CUDA=OFF >/dev/null
 cmake --build "$build" --target fuzz_targets -j "${FUZZ_BUILD_JOBS:-2}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then

@@ -26,8 +26,9 @@ stage() {  # NAME: reports the previous stage's time, names the next
   echo "test.sh: $(( SECONDS - stage_start )) s; next: $1" >&2
   stage_start=$SECONDS
 }
-# Sanitizer builds: ASan+UBSan (every UBSan finding fatal) or TSan. Suppressions live in
-# scripts/sanitizers/, each with the reason it is not our bug.
+# Sanitizer builds: ASan+UBSan (every UBSan finding fatal) or TSan, of the CPU path (the CUDA
+# code is checked on a GPU by scripts/device-check.sh). Suppressions live in scripts/sanitizers/,
+# each with the reason it is not our bug.
 # TSan: ignore_noninstrumented_modules=1 because Debian's gRPC, protobuf and Abseil are not built
 # with TSan, so their internal synchronisation is invisible and every access they make to their
 # own state looks racy (826 reports in one run of server_concurrency_test, all inside gRPC and
@@ -42,7 +43,7 @@ sanitizer_env() {
 "$root/scripts/setup.sh"
 if [ -n "$sanitize" ]; then
   case "$sanitize" in address) dir=build-asan ;; thread) dir=build-tsan ;; *) echo "unknown sanitizer $sanitize" >&2; exit 2 ;; esac
-  BUILD_DIR="$root/$dir" "$root/scripts/build.sh" -DDAEDALUS_SANITIZE="$sanitize"
+  BUILD_DIR="$root/$dir" "$root/scripts/build.sh" -DDAEDALUS_SANITIZE="$sanitize" -DDAEDALUS_CUDA=OFF
   "$root/scripts/test-venv.sh" "$root/$dir/test-venv"
   sanitizer_env
   ctest --test-dir "$root/$dir" --output-on-failure -j 2
@@ -61,12 +62,12 @@ FUZZ_BUILD_JOBS=$jobs "$root/scripts/fuzz.sh" 20
 stage "unit tests under ASan+UBSan"
 # -O1: quicker to compile than -O3; the unit tests run in under 2 minutes with it.
 cmake -S "$root" -B "$root/build-asan" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE=-O1 \
-    -DDAEDALUS_SANITIZE=address >/dev/null
+    -DDAEDALUS_SANITIZE=address -DDAEDALUS_CUDA=OFF >/dev/null
 cmake --build "$root/build-asan" --target unit_tests -j "$jobs"
 (sanitizer_env && ctest --test-dir "$root/build-asan" -L unit --output-on-failure -j 2)
 stage "the coordinator's concurrency tests under TSan"
 cmake -S "$root" -B "$root/build-tsan" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE=-O1 \
-    -DDAEDALUS_SANITIZE=thread >/dev/null
+    -DDAEDALUS_SANITIZE=thread -DDAEDALUS_CUDA=OFF >/dev/null
 cmake --build "$root/build-tsan" --target cluster_concurrency_test server_concurrency_test -j "$jobs"
 (sanitizer_env && ctest --test-dir "$root/build-tsan" -R '^(cluster|server)_concurrency_test$' --output-on-failure)
 stage "a 20 s soak"
