@@ -9,7 +9,9 @@ with a stated bound on how soon it is detected, and what the clients see:
   the gap, the workers register with the new coordinator within 15 s, and requests succeed;
 - a worker that heartbeats but never finishes a step (stalled 10 s in a collective): its open
   stream ends UNAVAILABLE within --stall-timeout (3 s) + 1.5 s naming the stall, and when the
-  stall ends the workers re-form by themselves.
+  stall ends the workers re-form by themselves;
+- the coordinator restarted under workers with a ucx data plane: they register again with the
+  same ranks over the endpoints they already have, within 15 s.
 
 The measured times are printed ("measured: ..."), for the README's figures."""
 import argparse
@@ -73,14 +75,14 @@ class Cluster:
         self.coordinator.send_signal(signal.SIGKILL)
         self.coordinator.wait(timeout=30)
 
-    def launch_workers(self, fault_env):
+    def launch_workers(self, fault_env, args=()):
         env = dict(ENV, **fault_env)
         with open(self.workers_log_path, "a") as log:
             log.write(f"--- launch with {fault_env}\n")
         self.workers = subprocess.Popen(
             MPIRUN + ["-np", "2"] + sum([["-x", k] for k in fault_env], []) +
             [self.d, "worker", "--coordinator", self.address, "--model", self.model, "--threads", "1",
-             "--kv-cache-tokens", "8192"],
+             "--kv-cache-tokens", "8192"] + list(args),
             stdout=open(self.workers_log_path, "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def stop_workers(self):
@@ -109,6 +111,9 @@ class Cluster:
 
     def pids(self):
         return sorted(int(w["pid"]) for w in self.status()["workers"])
+
+    def pid_of_rank(self):
+        return {int(w["rank"]): int(w["pid"]) for w in self.status()["workers"]}
 
     def generate(self, *args, timeout=120):
         return run([self.d, "generate", "--server", self.address, "--json"] + list(args), timeout=timeout)
@@ -224,6 +229,22 @@ def main():
             check(s["state"] == "serving", "when the stall ends, the workers re-form by themselves", s.get("detail"))
             measured("stall start to serving again (10 s stall)", time.time() - sent, 25)
             answers_like_run("after the stall: the tokens of `run`")
+            cluster.stop_workers()
+
+            # The coordinator restarted under a ucx data plane: the workers keep their endpoints
+            # and their ranks, and register again with them.
+            cluster.launch_workers({}, ["--transport", "ucx"])
+            s = cluster.wait_serving(120)
+            check(s["state"] == "serving", "ucx: 2 workers register; the cluster serves", s.get("detail"))
+            ranks = cluster.pid_of_rank()
+            answers_like_run("ucx: the tokens of `run`")
+            cluster.kill_coordinator()
+            restarted = time.time()
+            cluster.start_coordinator()
+            s = cluster.wait_serving(60)
+            measured("ucx: coordinator restart to serving (workers re-registered)", time.time() - restarted, 15)
+            check(cluster.pid_of_rank() == ranks, "ucx: the same processes serve with the same ranks", (ranks, cluster.pid_of_rank()))
+            answers_like_run("ucx, after the coordinator restart: the tokens of `run`")
         finally:
             cluster.stop()
             if failures:
