@@ -38,6 +38,9 @@ sanitizer_env() {
   export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}"
   export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
   export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1 ignore_noninstrumented_modules=1 suppressions=$root/scripts/sanitizers/tsan.supp}"
+  # UCX's libucm patches mmap and madvise when it loads; TSan's interceptors then crash in the
+  # madvise glibc makes at thread exit. Without the hooks UCX only skips its registration cache.
+  export UCX_MEM_MMAP_HOOK_MODE="${UCX_MEM_MMAP_HOOK_MODE:-none}"
 }
 
 "$root/scripts/setup.sh"
