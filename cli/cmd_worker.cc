@@ -241,15 +241,16 @@ Command AddWorkerCommand(CLI::App& app) {
       if (drop_on_signal) std::signal(SIGUSR1, RequestDrop);
       std::vector<Placement> placements;
       std::unique_ptr<ModelWeights> weights;
-      bool connected = false;  // the data plane (ucx, nccl) is up: later formations keep it
       // One formation per pass: register, load what the placement asks for, serve; when the
       // control stream ends, every rank comes back here together and registers again with the
       // same rank and world (a new launch id, agreed over the data plane).
       for (int formation = 0;; ++formation) {
-        const auto wait = formation == 0 ? long_wait : reconnect_wait;
+        // Registering again: the data plane (ucx, nccl) is up and kept, and so are rank and world.
+        const bool again = formation > 0;
+        const auto wait = again ? reconnect_wait : long_wait;
         if (transport) transport->set_deadline(wait);
         std::string launch_id = f->launch_id;
-        if (formation > 0 || transport_kind == "mpi" || transport_kind == "none") {
+        if (again || transport_kind == "mpi" || transport_kind == "none") {
           ASSIGN_OR_RETURN(launch_id, LaunchId(transport.get()));
         }
         reg.set_launch_id(launch_id);
@@ -257,23 +258,22 @@ Command AddWorkerCommand(CLI::App& app) {
         reg.set_world_size(world);
         ASSIGN_OR_RETURN(auto control, ControlClient::Connect({f->coordinator, f->tls_ca, f->tls_server_name}, f->cluster_secret));
         ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, wait));
-        if (connected && (assignment.rank() != rank || assignment.world_size() != world)) {
+        if (again && (assignment.rank() != rank || assignment.world_size() != world)) {
           return absl::FailedPreconditionError(absl::StrCat("registered again as rank ", assignment.rank(), " of ",
                                                             assignment.world_size(), ", not ", rank, " of ", world));
         }
         rank = assignment.rank();
         world = assignment.world_size();
-        if (!connected && ucx != nullptr) {
+        if (!again && ucx != nullptr) {
           RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()}));
         }
 #if DAEDALUS_HAVE_NCCL
-        if (!connected && !nccl_id.empty()) {
+        if (!again && !nccl_id.empty()) {
           ASSIGN_OR_RETURN(int device, ParseDevice(f->engine.device));
           if (device < 0) return absl::InvalidArgumentError("--transport nccl needs a GPU: --device cuda[:N]");
           ASSIGN_OR_RETURN(transport, MakeNcclTransport(assignment.data_plane_addresses(0), rank, world, device, wait));
         }
 #endif
-        connected = true;
         if (transport && transport->world_size() != world) {
           return absl::FailedPreconditionError(absl::StrCat("the launcher started ", transport->world_size(),
                                                             " workers; the coordinator serves ", world));
