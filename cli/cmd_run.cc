@@ -1,3 +1,5 @@
+#include <omp.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -5,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "kernels/cpu_isa.h"
 #include "cli/engine_flags.h"
 #include "cli/parallel.h"
 #include "routing/mpi_transport.h"
@@ -62,7 +65,7 @@ Command AddRunCommand(CLI::App& app) {
   struct Flags {
     std::string model, prompt_ids, prompts, output, dump_logits;
     Request defaults;
-    bool ignore_eos = false;
+    bool ignore_eos = false, verbose = false;
     EngineFlags engine;
     int redundant_experts = 0;
     double collective_timeout_s = 60;
@@ -93,10 +96,14 @@ Command AddRunCommand(CLI::App& app) {
                  "under mpirun/srun: ranks per node for node-level placement (default: the launcher's local count)");
   app.add_option("--collective-timeout", f->collective_timeout_s,
                  "under mpirun/srun: seconds a rank waits in a collective before it reports and aborts");
+  app.add_flag("--verbose", f->verbose, "print the CPU kernel tier and thread count to standard error");
   f->engine.Register(app);
   return [f, ids, file]() {
     if (ids->count() == 0 && file->count() == 0) return Fail("run needs --prompt-ids or --prompts");
     SetThreads(f->engine.threads);
+    if (f->verbose) {
+      std::fprintf(stderr, "kernel tier: %s; %d threads\n", CpuIsaDescription(ActiveCpuIsa()).c_str(), omp_get_max_threads());
+    }
     // Under mpirun/srun: expert parallel. Each rank holds the dense weights and its share of
     // the routed experts, runs every world_size-th request, and rank 0 writes the results.
     std::unique_ptr<ExpertParallelRun> ep;

@@ -1,6 +1,7 @@
 // `daedalus worker`: one rank of a cluster, started by mpirun/srun (or alone, as a world of
 // one). Registers with the coordinator, loads the dense weights and the experts placed on it,
 // then serves until told to stop.
+#include <omp.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "kernels/cpu_isa.h"
 #include "cli/engine_flags.h"
 #include "core/status.h"
 #include "routing/fault_injection.h"
@@ -264,6 +266,10 @@ Command AddWorkerCommand(CLI::App& app) {
         }
         rank = assignment.rank();
         world = assignment.world_size();
+        if (!again) {
+          std::fprintf(stderr, "daedalus worker rank %d of %d: registered; CPU kernel tier %s, %d threads\n", rank, world,
+                       CpuIsaDescription(ActiveCpuIsa()).c_str(), omp_get_max_threads());
+        }
         if (!again && ucx != nullptr) {
           RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()}));
         }

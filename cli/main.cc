@@ -12,6 +12,7 @@
 #include <map>
 
 #include "cli/commands.h"
+#include "kernels/cpu_isa.h"
 
 namespace daedalus {
 
@@ -81,6 +82,8 @@ int main(int argc, char** argv) {
   add("tokenize", "encode standard input with the checkpoint's tokenizer (or --decode ids)", daedalus::AddTokenizeCommand);
   add("plan", "predict memory, throughput and latency of an expert-parallel deployment", daedalus::AddPlanCommand);
   CLI11_PARSE(app, argc, argv);
+  // DAEDALUS_CPU_ISA names a tier this machine lacks, or none at all: say so before any work.
+  if (absl::Status isa = daedalus::InitCpuIsaFromEnvironment(); !isa.ok()) return daedalus::Fail(std::string(isa.message()));
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();
   return 1;

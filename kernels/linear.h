@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "kernels/panel_layout.h"
 
 namespace daedalus {
 
@@ -23,28 +24,25 @@ struct WeightView {
   float at(int64_t r, int64_t c) const;  // one element as float (slow; tests and tails)
 };
 
-constexpr int64_t kPanelRows = 32;   // output rows per panel
 constexpr int64_t kFp8Block = 128;   // FP8 scale blocks are 128 × 128
 // Scale blocks along a dimension of n elements (the last one may be partial).
 constexpr int64_t Fp8ScaleBlocks(int64_t n) { return (n + kFp8Block - 1) / kFp8Block; }
 
-// Panel layout of a BF16 weight: 32 output rows per panel; within a panel, for each input k,
-// 32 values in one 64-byte line, row i in the low and row 16 + i in the high half of 32-bit
-// lane i, so that `lane << 16` and `lane & 0xffff0000` are rows 0-15 and 16-31 as floats.
-// Rows past the end are zero. PackedElements gives the size of `out` in elements.
-int64_t PackedElements(int64_t rows, int64_t cols);
+// The panel layout (kernels/panel_layout.h) of a BF16 weight, or of FP8 e4m3 codes; `out` holds
+// PackedElements(rows, cols) elements. FP8 decoding assumes finite codes (0x7f/0xff, NaN, do not
+// occur in checkpoints); the float kernels fold 2^120 into each block scale, so scales must stay
+// below 2^7 (FitsFp8Kernel).
 void PackBf16(const WeightView& w, bf16* out);
-// Panel layout of FP8 e4m3 codes: for each input k, the panel's 32 codes in row order.
-// Decoding assumes finite codes (0x7f/0xff, NaN, do not occur in checkpoints), and the
-// kernel folds 2^120 into each block scale, so scales must stay below 2^7 (FitsFp8Kernel).
 void PackFp8(const WeightView& w, uint8_t* out);
 bool FitsFp8Kernel(const float* scale_inv, int64_t n_scales);
 
 // y[m, w.rows] = x[m, w.cols] · wᵀ. x and y are dense row-major and must not overlap.
-// Multithreaded over output features with OpenMP. Packed BF16 and FP8 weights go through our
-// AVX-512 kernels (widened to float in registers, float accumulation); F32 weights through
-// BLAS; unpacked BF16 through a portable loop. Each output element is accumulated over k in the
-// same order whatever m is, so a token's result does not depend on the rest of the batch.
+// Multithreaded over output features with OpenMP. Packed BF16 and FP8 weights go through the
+// kernels of the active CPU tier (kernels/cpu_isa.h): widened to float with float FMA, or, with
+// AVX512_BF16, activations rounded to bf16 and VDPBF16PS; float accumulation either way. F32
+// weights go through BLAS; unpacked BF16 through a portable loop. Each output element is
+// accumulated over k in the same order whatever m is, so a token's result does not depend on
+// the rest of the batch (on a given tier).
 void Linear(const float* x, int64_t m, const WeightView& w, float* y);
 
 // Independent products run together in one parallel region (one barrier for all): the

@@ -23,8 +23,13 @@ void ExpInPlace(float* v, int64_t n);
 // In-place numerically stable softmax over n floats.
 void Softmax(float* v, int64_t n);
 
-// Dot product and y += a·x over n floats (vectorised by the compiler).
+// Dot product and y += a·x over n floats, on the active CPU tier; each result's summation order
+// depends on n alone, so attention over a row does not depend on the batch around it.
 float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float a, const float* x, float* y, int64_t n);
+// out[j] = Dot(q, rows + j·stride, dim) for j < n_rows; y[:dim] += Σ_j w[j]·rows[j·stride:] in
+// order of j. Scores and weighted sums of attention, one call per query row.
+void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
+void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
 
 }  // namespace daedalus

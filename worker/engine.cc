@@ -159,6 +159,7 @@ bool Engine::RunStep() {
   int64_t budget = options_.max_batch_tokens;
   auto add_slice = [&](Sequence& seq, int64_t n) {
     SequenceSlice s{&seq.pages, seq.n_cached, n, static_cast<int64_t>(batch.token_ids.size())};
+    s.decode = seq.n_cached >= static_cast<int64_t>(seq.request.prompt_ids.size());
     batch.token_ids.insert(batch.token_ids.end(), seq.tokens.begin() + seq.n_cached,
                            seq.tokens.begin() + seq.n_cached + n);
     batch.slices.push_back(s);

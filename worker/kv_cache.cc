@@ -43,13 +43,14 @@ void PagedKvCache::Write(const PageTable& pages, int64_t layer, int64_t pos, con
   else F32ToBf16(latent, reinterpret_cast<bf16*>(row), dim_);
 }
 
-void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t n, float* out) const {
-  for (int64_t pos = 0; pos < n;) {
+void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const {
+  for (int64_t pos = begin; pos < begin + n;) {
     const int64_t slot = pos % options_.page_size;
-    const int64_t run = std::min(n - pos, options_.page_size - slot);
+    const int64_t run = std::min(begin + n - pos, options_.page_size - slot);
     const uint8_t* row = Row(pages[pos / options_.page_size], layer, slot);
-    if (options_.dtype == DType::kF32) std::memcpy(out + pos * dim_, row, run * dim_ * 4);
-    else Bf16ToF32(reinterpret_cast<const bf16*>(row), out + pos * dim_, run * dim_);
+    float* dst = out + (pos - begin) * dim_;
+    if (options_.dtype == DType::kF32) std::memcpy(dst, row, run * dim_ * 4);
+    else Bf16ToF32(reinterpret_cast<const bf16*>(row), dst, run * dim_);
     pos += run;
   }
 }

@@ -34,8 +34,9 @@ class PagedKvCache {
 
   // Stores one token's latent (kv_lora_rank + qk_rope_head_dim floats) at `pos`.
   void Write(const PageTable& pages, int64_t layer, int64_t pos, const float* latent);
-  // Reads positions [0, n) of `layer` as float rows into out [n, dim].
-  void Read(const PageTable& pages, int64_t layer, int64_t n, float* out) const;
+  // Reads positions [begin, begin + n) of `layer` as float rows into out [n, dim].
+  void Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const;
+  void Read(const PageTable& pages, int64_t layer, int64_t n, float* out) const { Read(pages, layer, 0, n, out); }
 
   int64_t dim() const { return dim_; }
   int64_t page_size() const { return options_.page_size; }

@@ -1,7 +1,7 @@
 // Multi-head Latent Attention over the paged latent cache, in its two equivalent forms.
-#include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -17,30 +17,17 @@ struct Dims {
   int64_t qk() const { return dn + dr; }
 };
 
-// C[m, n] (+)= A[m, k] · B[n, k]ᵀ with leading dimensions, row-major.
-void GemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
-            float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
-}
-// C[m, n] = A[m, k] · B[k, n].
-void GemmNN(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-            int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
-}
+// Attention is written as per-row dot products and weighted sums (Dot, Axpy) whose summation
+// order depends only on the row and how many keys it sees: a token's attention does not change
+// with the batch, the chunking of its prompt or the number of threads (GEMM libraries choose
+// blockings by shape, and bf16-rounded activations would turn their last-bit differences into
+// visible ones).
 
-// Scales each row of scores [n, ld] and applies the causal softmax: row t sees keys [0, first + t].
-void CausalSoftmax(float* scores, int64_t n, int64_t ld, int64_t first, float scale) {
-  for (int64_t t = 0; t < n; ++t) {
-    float* row = scores + t * ld;
-    const int64_t visible = first + t + 1;
-    for (int64_t s = 0; s < visible; ++s) row[s] *= scale;
-    Softmax(row, visible);
-    for (int64_t s = visible; s < ld; ++s) row[s] = 0.0f;
-  }
-}
+// Rows of the cache widened to float a block at a time (a few KB, in L1), never the context.
+constexpr int64_t kRowBlock = 16;
 
-// Naive form: decompress k_nope and v for every cached position of the slice's sequence.
-// q [T, H, dn + dr] (rotated), o [T, H, dv].
+// Naive form: decompress k_nope and v for every cached position of the slice's sequence (the
+// batched GEMM path of prefill). q [T, H, dn + dr] (rotated), o [T, H, dv].
 void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const SequenceSlice& s, const float* q,
                 const PagedKvCache& cache, float scale, float* o) {
   const int64_t S = s.start_pos + s.n_tokens, n = s.n_tokens;
@@ -49,38 +36,53 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   for (int64_t t = 0; t < S; ++t) std::memcpy(&c_kv[t * d.rkv], &latent[t * d.dim], d.rkv * 4);
   Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
   const int64_t ld_kv = d.H * (d.dn + d.dv), ld_q = d.H * d.qk();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t h = 0; h < d.H; ++h) {
-    FloatBuffer scores(n * S);
-    const float* qh = q + s.offset * ld_q + h * d.qk();
-    GemmNT(n, S, d.dn, qh, ld_q, kv.data() + h * (d.dn + d.dv), ld_kv, 0.0f, scores.data(), S);
-    GemmNT(n, S, d.dr, qh + d.dn, ld_q, latent.data() + d.rkv, d.dim, 1.0f, scores.data(), S);
-    CausalSoftmax(scores.data(), n, S, s.start_pos, scale);
-    GemmNN(n, d.dv, S, scores.data(), S, kv.data() + h * (d.dn + d.dv) + d.dn, ld_kv,
-           o + s.offset * d.H * d.dv + h * d.dv, d.H * d.dv);
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t visible = s.start_pos + t + 1;
+      FloatBuffer scores(visible), rope(visible);
+      const float* qh = q + (s.offset + t) * ld_q + h * d.qk();
+      const float* kh = kv.data() + h * (d.dn + d.dv);
+      DotRows(qh, kh, ld_kv, visible, d.dn, scores.data());
+      DotRows(qh + d.dn, latent.data() + d.rkv, d.dim, visible, d.dr, rope.data());
+      for (int64_t j = 0; j < visible; ++j) scores[j] = (scores[j] + rope[j]) * scale;
+      Softmax(scores.data(), visible);
+      float* oh = o + (s.offset + t) * d.H * d.dv + h * d.dv;
+      std::fill(oh, oh + d.dv, 0.0f);
+      AxpyRows(scores.data(), kh + d.dn, ld_kv, visible, d.dv, oh);
+    }
   }
 }
 
 // Absorbed form, latent part: q_latent [n, H, rkv] and q_pe attend over RMSNorm(c_kv) and k_pe
-// directly; all heads of a token share the cached rows, so scores are one [H, S] GEMM.
-// Writes o_latent [n, H, rkv].
+// directly, reading the cached rows in place a block at a time; all heads of a token share
+// each row. Writes o_latent [n, H, rkv].
 void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const float* q_latent, const float* q,
                    const PagedKvCache& cache, float scale, float* o_latent) {
   const int64_t S = s.start_pos + s.n_tokens;
-  FloatBuffer latent(S * d.dim), scores(d.H * S);
-  cache.Read(*s.pages, layer, S, latent.data());
+  FloatBuffer rows(kRowBlock * d.dim), scores(d.H * S), rope(kRowBlock);
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
     const float* ql = q_latent + row * d.H * d.rkv;
-    GemmNT(d.H, visible, d.rkv, ql, d.rkv, latent.data(), d.dim, 0.0f, scores.data(), S);
-    GemmNT(d.H, visible, d.dr, q + row * d.H * d.qk() + d.dn, d.qk(), latent.data() + d.rkv, d.dim, 1.0f,
-           scores.data(), S);
-    for (int64_t h = 0; h < d.H; ++h) {
-      float* r = scores.data() + h * S;
-      for (int64_t i = 0; i < visible; ++i) r[i] *= scale;
-      Softmax(r, visible);
+    const float* qpe = q + row * d.H * d.qk() + d.dn;
+    for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
+      const int64_t nb = std::min(kRowBlock, visible - j0);
+      cache.Read(*s.pages, layer, j0, nb, rows.data());
+      for (int64_t h = 0; h < d.H; ++h) {
+        float* sh = &scores[h * S + j0];
+        DotRows(ql + h * d.rkv, rows.data(), d.dim, nb, d.rkv, sh);
+        DotRows(qpe + h * d.qk(), rows.data() + d.rkv, d.dim, nb, d.dr, rope.data());
+        for (int64_t j = 0; j < nb; ++j) sh[j] = (sh[j] + rope[j]) * scale;
+      }
     }
-    GemmNN(d.H, d.rkv, visible, scores.data(), S, latent.data(), d.dim, o_latent + row * d.H * d.rkv, d.rkv);
+    for (int64_t h = 0; h < d.H; ++h) Softmax(&scores[h * S], visible);
+    float* ol = o_latent + row * d.H * d.rkv;
+    std::fill(ol, ol + d.H * d.rkv, 0.0f);
+    for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
+      const int64_t nb = std::min(kRowBlock, visible - j0);
+      cache.Read(*s.pages, layer, j0, nb, rows.data());
+      for (int64_t h = 0; h < d.H; ++h) AxpyRows(&scores[h * S + j0], rows.data(), d.dim, nb, d.rkv, ol + h * d.rkv);
+    }
   }
 }
 
@@ -143,7 +145,7 @@ void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, 
   std::vector<const SequenceSlice*> absorbed;
   std::vector<int64_t> absorbed_rows;
   for (const SequenceSlice& s : batch.slices) {
-    const bool use_absorbed = path == AttentionPath::kAbsorbed || (path == AttentionPath::kAuto && s.n_tokens == 1);
+    const bool use_absorbed = path == AttentionPath::kAbsorbed || (path == AttentionPath::kAuto && s.decode);
     if (!use_absorbed) {
       NaiveSlice(d, w, layer, s, q.data(), cache, scale, o.data());
       continue;

@@ -17,7 +17,8 @@ namespace daedalus {
 
 // Which MLA form attends: naive decompresses keys and values from the latent cache (used for
 // prefill), absorbed folds kv_b_proj into query and output and attends in latent space (used
-// for decode). kAuto picks absorbed for one-token slices. Both compute the same sums.
+// for decode). kAuto picks absorbed for decode slices. Both compute the same sums (in float;
+// with bf16 activations, as the avx512bf16 tier rounds them, they differ by that rounding).
 enum class AttentionPath { kAuto, kNaive, kAbsorbed };
 
 // How MoE layers run in one Forward.
@@ -33,6 +34,9 @@ struct SequenceSlice {
   int64_t start_pos = 0;  // absolute position of the slice's first token
   int64_t n_tokens = 0;
   int64_t offset = 0;     // first row of the slice in the batch
+  // Generated tokens (past the prompt), not a prompt chunk: kAuto attends absorbed for these, so
+  // how a prompt is cut into chunks never changes which form computes it.
+  bool decode = false;
 };
 
 struct ForwardBatch {

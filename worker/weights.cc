@@ -212,6 +212,8 @@ size_t LayersSize(const ModelWeights& m, int64_t routed_experts, Measure size) {
 
 size_t ModelWeights::ActiveBytesPerToken() const { return LayersSize(*this, config.num_experts_per_tok, Bytes); }
 
+size_t ModelWeights::DenseBytes() const { return LayersSize(*this, 0, Bytes); }
+
 size_t ModelWeights::ActiveParametersPerToken() const {
   return LayersSize(*this, config.num_experts_per_tok, Elements);
 }

@@ -58,6 +58,7 @@ struct ModelWeights {
   // the routed experts, plus num_experts_per_tok experts per MoE layer.
   size_t ActiveBytesPerToken() const;
   size_t ActiveParametersPerToken() const;  // the same weights counted as multiply-adds
+  size_t DenseBytes() const;  // what every step reads whatever the routing: no routed expert
   size_t TotalBytes() const;
   // The dtype the layer projections are kept in (lm_head and embeddings may differ).
   DType projection_dtype() const { return layers.back().attn.o_proj.dtype; }

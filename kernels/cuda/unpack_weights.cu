@@ -1,11 +1,12 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/unpack_weights.h"
+#include "kernels/panel_layout.h"
 
 namespace daedalus::cuda {
 namespace {
 
-constexpr int64_t kPanel = 32, kBlock = 128;
+constexpr int64_t kBlock = 128;
 
 // e4m3fn code to float (finite codes; 0x7f/0xff do not occur in checkpoints).
 __device__ __forceinline__ float Fp8Value(uint8_t code) {
@@ -19,16 +20,16 @@ __global__ void UnpackKernel(UnpackParams p) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / p.cols, c = i % p.cols;
-    const int64_t panel = ((r / kPanel) * p.cols + c) * kPanel, slot = r % kPanel;
+    const int64_t panel = PanelIndex(r, c, p.cols);
     uint16_t v;
     switch (p.source) {
       case WeightSource::kPanelBf16:
-        v = static_cast<const uint16_t*>(p.in)[panel + (slot % 16) * 2 + slot / 16];
+        v = static_cast<const uint16_t*>(p.in)[panel];
         break;
       case WeightSource::kPanelFp8: {
         const int64_t scale_cols = (p.cols + kBlock - 1) / kBlock;
         const float s = p.scale_inv[(r / kBlock) * scale_cols + c / kBlock];
-        v = ToBf16Bits(Fp8Value(static_cast<const uint8_t*>(p.in)[panel + slot]) * s);
+        v = ToBf16Bits(Fp8Value(static_cast<const uint8_t*>(p.in)[panel]) * s);
         break;
       }
       case WeightSource::kRowMajorF32:
@@ -46,7 +47,7 @@ __global__ void UnpackKernel(UnpackParams p) {
 
 int64_t SourceElements(WeightSource source, int64_t rows, int64_t cols) {
   if (source == WeightSource::kPanelBf16 || source == WeightSource::kPanelFp8)
-    return (rows + kPanel - 1) / kPanel * kPanel * cols;
+    return PackedElements(rows, cols);
   return rows * cols;
 }
 

@@ -119,6 +119,26 @@ def main():
     return 1 if failures else 0
 
 
+def check_cpu_tiers(cli, model):
+    """DAEDALUS_CPU_ISA: an unknown name, or a tier this CPU lacks, is a clear error naming the
+    tier and the missing feature; every tier it has runs (run --verbose names it)."""
+    def with_isa(isa, *args):
+        env = dict(cli.env, DAEDALUS_CPU_ISA=isa)
+        return subprocess.run([cli.exe, *args], cwd=cli.workdir, env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT_S)
+    run_args = ("run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "2", "--verbose")
+    expect_error(with_isa("avx9000", *run_args), "DAEDALUS_CPU_ISA=avx9000", ["avx9000", "unknown tier"])
+    flags = open("/proc/cpuinfo").read().split("\nflags")[1].split("\n")[0].split()
+    needs = {"avx2": "avx2", "avx512": "avx512f", "avx512bf16": "avx512_bf16", "amx": "amx_bf16"}
+    for isa, flag in needs.items():
+        proc = with_isa(isa, *run_args)
+        if flag in flags:
+            expect_ok(proc, f"DAEDALUS_CPU_ISA={isa} on a CPU with {flag}")
+            check(f"kernel tier: {isa}" in proc.stderr, f"run --verbose names tier {isa}", describe(proc))
+        else:
+            expect_error(proc, f"DAEDALUS_CPU_ISA={isa} on a CPU without {flag}", [isa, flag])
+
+
 def run_checks(cli, tmp):
     model = os.path.join(tmp, "model")
     sharded = os.path.join(tmp, "sharded")
@@ -127,6 +147,7 @@ def run_checks(cli, tmp):
               "make-model tiny --shard-mb 1")
     if not os.path.exists(os.path.join(model, "model.safetensors")):
         raise SystemExit("FAIL: make-model wrote no model.safetensors; cannot go on")
+    check_cpu_tiers(cli, model)
     check(os.path.exists(os.path.join(sharded, "model.safetensors.index.json")) and len(shards(sharded)) >= 2,
           "make-model --shard-mb 1 writes an index and several shards", str(os.listdir(sharded)))
 

@@ -1,7 +1,9 @@
 """The engine against the independent NumPy reference (tests/reference/deepseek_ref.py).
 
 For each variant of the tiny preset, `daedalus run --dump-logits` and the reference must give
-logits within a stated tolerance at every prompt position and identical greedy continuations.
+logits within a stated tolerance at every prompt position and identical greedy continuations, except
+where the reference's own top two logits tie within that tolerance (bf16 activations may then choose
+either).
 """
 import argparse
 import json
@@ -60,10 +62,13 @@ def main():
             model = os.path.join(tmp, name)
             run([args.daedalus, "make-model", "--preset", "tiny", "--seed", "7", "--out", model] + make_flags)
             ours_path, ref_path = os.path.join(tmp, name + ".ours.json"), os.path.join(tmp, name + ".ref.json")
-            run([args.daedalus, "run", "--model", model, "--prompt-ids", ids, "--max-new-tokens", str(NEW_TOKENS),
-                 "--temperature", "0", "--ignore-eos", "--dump-logits", ours_path] + run_flags)
+            tier = run([args.daedalus, "run", "--model", model, "--prompt-ids", ids, "--max-new-tokens", str(NEW_TOKENS),
+                        "--temperature", "0", "--ignore-eos", "--dump-logits", ours_path, "--verbose"] + run_flags).stderr
+            # The CPU kernel tier: avx512bf16 and amx round the input of every BF16/FP8 projection
+            # to bf16, and the reference is told to do the same, so both compute the same model.
+            bf16_activations = "kernel tier: avx512bf16" in tier or "kernel tier: amx" in tier
             run(["/usr/bin/python3", REFERENCE, "--model", model, "--prompt-ids", ids, "--max-new-tokens",
-                 str(NEW_TOKENS), "--out", ref_path])
+                 str(NEW_TOKENS), "--out", ref_path, "--all-logits"] + (["--bf16-activations"] if bf16_activations else []))
             ours, ref = json.load(open(ours_path)), json.load(open(ref_path))
             a, b = np.array(ours["logits"]), np.array(ref["logits"])
             if a.shape != b.shape or a.shape != (len(PROMPT), 512):
@@ -72,11 +77,20 @@ def main():
             diff = float(np.abs(a - b).max())
             same = ours["generated_ids"] == ref["generated_ids"]
             print(f"{name:22s} max |logit diff| {diff:.2e} (bound {tol:g}, logits up to {np.abs(b).max():.1f}); "
-                  f"greedy continuation {'identical' if same else 'DIFFERS'}")
+                  f"greedy continuation {'identical' if same else 'DIFFERS'}; "
+                  f"{tier.splitlines()[0] if tier else 'kernel tier: ?'}")
             if not diff < tol:
                 failures.append(f"{name}: logits differ by {diff} > {tol}")
             if not same:
-                failures.append(f"{name}: generated {ours['generated_ids']}, reference {ref['generated_ids']}")
+                # Allowed only where the reference itself nearly ties: at the first differing
+                # token, its logit for our choice within the variant's bound of its own choice.
+                i = next(j for j, (x, y) in enumerate(zip(ours["generated_ids"], ref["generated_ids"])) if x != y)
+                row = np.array(ref["all_logits"][len(PROMPT) - 1 + i])
+                margin = float(row[ref["generated_ids"][i]] - row[ours["generated_ids"][i]])
+                print(f"{name:22s} continuations part at generated token {i}: reference margin {margin:.3g} "
+                      f"({'a near-tie' if margin < tol else 'NOT a near-tie'}, bound {tol:g})")
+                if not margin < tol:
+                    failures.append(f"{name}: generated {ours['generated_ids']}, reference {ref['generated_ids']}")
             if os.path.exists(os.path.join(model, "model.safetensors.index.json")) != (name == "f32-sharded"):
                 failures.append(f"{name}: unexpected checkpoint layout")
     for f in failures:

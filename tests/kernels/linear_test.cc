@@ -1,4 +1,5 @@
-// Linear against the double-precision triple loop, over shapes that hit every tile and tail.
+// Linear on every CPU tier against the double-precision triple loop, over shapes that hit every
+// tile and tail.
 #include "kernels/linear.h"
 
 #include <cmath>
@@ -6,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/kernels/tiers.h"
 
 namespace daedalus {
 namespace {
@@ -13,6 +15,17 @@ namespace {
 struct Shape {
   int64_t m, n, k;
 };
+
+// What the active tier multiplies: the float activations, or, on the bf16 tiers, the same
+// rounded to bf16 (round to nearest even). The reference then sees exactly the kernel's inputs,
+// so the bound is float accumulation alone.
+std::vector<float> AsTierSees(std::vector<float> x) {
+  if (ActiveCpuIsa() >= CpuIsa::kAvx512Bf16)
+    for (float& v : x) v = Bf16ToF32(F32ToBf16(v));
+  return x;
+}
+
+class LinearTier : public testing::EachCpuTier {};
 
 void Check(DType dtype, const Shape& s, bool packed = true) {
   std::mt19937 rng(static_cast<unsigned>(s.m * 1000003 + s.n * 101 + s.k));
@@ -32,26 +45,39 @@ void Check(DType dtype, const Shape& s, bool packed = true) {
   }
   std::vector<float> got(s.m * s.n, NAN), want(s.m * s.n);
   Linear(x.data(), s.m, w, got.data());
-  LinearReference(x.data(), s.m, w, want.data());
+  const bool rounded = dtype == DType::kBF16 && packed;  // only the packed kernels round x
+  LinearReference(rounded ? AsTierSees(x).data() : x.data(), s.m, w, want.data());
   // Float accumulation over k terms of magnitude <= 1: error grows like sqrt(k)·eps.
   const float tol = 1e-5f * std::sqrt(static_cast<float>(s.k)) * 4;
   for (int64_t i = 0; i < s.m * s.n; ++i) {
     ASSERT_NEAR(got[i], want[i], tol) << DTypeName(dtype) << " m=" << s.m << " n=" << s.n << " k=" << s.k << " at " << i;
   }
+  if (rounded && ActiveCpuIsa() >= CpuIsa::kAvx512Bf16) {
+    // Against the unrounded activations: bf16 rounding (2^-9 relative) of k random terms.
+    std::vector<float> exact(s.m * s.n);
+    LinearReference(x.data(), s.m, w, exact.data());
+    const float loose = 4e-3f * std::sqrt(static_cast<float>(s.k)) + tol;
+    for (int64_t i = 0; i < s.m * s.n; ++i) ASSERT_NEAR(got[i], exact[i], loose) << "at " << i;
+  }
 }
 
-// Shapes cover every token count of the kernel (1-12 and more), partial panels (rows not a
-// multiple of 32, fewer than 16), and inputs split into several k passes (> 1024).
+// Shapes cover every token count of the kernels (1-12 and more), partial panels (rows not a
+// multiple of 32, fewer than 16), odd inputs (a padded pair) and inputs split into several k
+// passes (> 1024).
 const Shape kShapes[] = {{1, 1, 32},   {1, 7, 64},   {3, 64, 96},  {4, 5, 128},   {5, 67, 256},  {12, 33, 64},
                          {13, 48, 20}, {17, 33, 64}, {100, 20, 32}, {130, 9, 160}, {2, 6, 40},   {3, 3, 7},
-                         {1, 40, 2500}, {25, 70, 2049}};
+                         {1, 40, 2500}, {25, 70, 2049}, {1, 17, 1}, {7, 40, 1025}};
 
-TEST(Linear, PackedBf16MatchesReference) {
+TEST_P(LinearTier, PackedBf16MatchesReference) {
   for (Shape s : kShapes) Check(DType::kBF16, s);
 }
 
-TEST(Linear, UnpackedBf16MatchesReference) {
+TEST_P(LinearTier, UnpackedBf16MatchesReference) {
   for (Shape s : {Shape{1, 7, 64}, Shape{17, 33, 65}}) Check(DType::kBF16, s, /*packed=*/false);
+}
+
+TEST_P(LinearTier, F32MatchesReference) {
+  for (Shape s : {Shape{1, 1, 32}, Shape{3, 64, 96}, Shape{17, 33, 65}, Shape{100, 20, 7}}) Check(DType::kF32, s);
 }
 
 // FP8 codes with 128 × 128 block scales: the packed kernel against the reference reading the
@@ -63,14 +89,15 @@ void CheckFp8(const Shape& s) {
   std::vector<float> x(s.m * s.k);
   for (auto& v : x) v = dist(rng);
   std::vector<uint8_t> codes(s.n * s.k);
-  for (auto& c : codes) c = static_cast<uint8_t>((code(rng) % 127) | (code(rng) % 2 ? 0x80 : 0));  // magnitude 0x7f is NaN
+  // Every finite code, subnormals (exponent field 0) and both zeros included; 0x7f is NaN.
+  for (auto& c : codes) c = static_cast<uint8_t>((code(rng) % 127) | (code(rng) % 2 ? 0x80 : 0));
   const int64_t sr = (s.n + 127) / 128, sc = (s.k + 127) / 128;
   std::vector<float> scales(sr * sc);
   for (auto& v : scales) v = std::ldexp(1.0f + dist(rng) / 2, -8 - static_cast<int>(code(rng) % 4));
   WeightView w{DType::kF8E4M3, s.n, s.k, codes.data()};
   w.scale_inv = scales.data();
   std::vector<float> want(s.m * s.n), got(s.m * s.n, NAN);
-  LinearReference(x.data(), s.m, w, want.data());
+  LinearReference(AsTierSees(x).data(), s.m, w, want.data());
   std::vector<uint8_t> panels(PackedElements(s.n, s.k));
   PackFp8(w, panels.data());
   w.packed = panels.data();
@@ -89,16 +116,13 @@ void CheckFp8(const Shape& s) {
     }
 }
 
-TEST(Linear, PackedFp8MatchesReference) {
-  for (Shape s : {Shape{1, 40, 300}, Shape{5, 129, 256}, Shape{12, 200, 130}, Shape{30, 33, 1100}}) CheckFp8(s);
+TEST_P(LinearTier, PackedFp8MatchesReference) {
+  for (Shape s : {Shape{1, 40, 300}, Shape{5, 129, 256}, Shape{12, 200, 130}, Shape{30, 33, 1100}, Shape{7, 20, 1301}})
+    CheckFp8(s);
 }
 
-TEST(Linear, F32MatchesReference) {
-  for (Shape s : {Shape{1, 1, 32}, Shape{3, 64, 96}, Shape{17, 33, 65}, Shape{100, 20, 7}}) Check(DType::kF32, s);
-}
-
-TEST(Linear, RowResultsDoNotDependOnBatch) {
-  // A token's output must not change with what else is in the batch (bitwise, for bf16).
+TEST_P(LinearTier, RowResultsDoNotDependOnBatch) {
+  // A token's output must not change with what else is in the batch (bitwise), for bf16 and fp8.
   const int64_t n = 48, k = 1500;
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> dist(-1, 1);
@@ -107,16 +131,41 @@ TEST(Linear, RowResultsDoNotDependOnBatch) {
   for (auto& v : wf) v = dist(rng);
   std::vector<bf16> wb(wf.size());
   F32ToBf16(wf.data(), wb.data(), wf.size());
-  WeightView w{DType::kBF16, n, k, wb.data()};
+  std::vector<uint8_t> codes(wf.size());
+  for (size_t i = 0; i < wf.size(); ++i) codes[i] = F32ToFp8E4M3(wf[i] * 100);
+  std::vector<float> scales(Fp8ScaleBlocks(n) * Fp8ScaleBlocks(k), 0.01f);
   std::vector<bf16> panels(PackedElements(n, k));
-  PackBf16(w, panels.data());
-  w.packed = panels.data();
-  std::vector<float> all(30 * n), one(n);
-  Linear(x.data(), 30, w, all.data());  // blocks of 12, 12 and 6 tokens
-  for (int64_t i = 0; i < 30; ++i) {
-    Linear(x.data() + i * k, 1, w, one.data());
-    for (int64_t j = 0; j < n; ++j) ASSERT_EQ(one[j], all[i * n + j]) << "row " << i;
+  std::vector<uint8_t> fp8_panels(PackedElements(n, k));
+  WeightView bf{DType::kBF16, n, k, wb.data()};
+  PackBf16(bf, panels.data());
+  bf.packed = panels.data();
+  WeightView f8{DType::kF8E4M3, n, k, codes.data(), nullptr, scales.data()};
+  PackFp8(f8, fp8_panels.data());
+  f8.packed = fp8_panels.data();
+  for (const WeightView& w : {bf, f8}) {
+    std::vector<float> all(30 * n), one(n);
+    Linear(x.data(), 30, w, all.data());  // blocks of the tier's token count and a remainder
+    for (int64_t i = 0; i < 30; ++i) {
+      Linear(x.data() + i * k, 1, w, one.data());
+      for (int64_t j = 0; j < n; ++j) ASSERT_EQ(one[j], all[i * n + j]) << DTypeName(w.dtype) << " row " << i;
+    }
   }
+}
+
+DAEDALUS_EACH_CPU_TIER(LinearTier);
+
+TEST(CpuIsa, UnavailableTierIsAClearError) {
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16, CpuIsa::kAmx}) {
+    const std::string missing = MissingCpuFeatures(isa);
+    const absl::Status s = SelectCpuIsa(isa);
+    EXPECT_EQ(s.ok(), missing.empty()) << CpuIsaName(isa);
+    if (!s.ok()) {
+      EXPECT_NE(s.message().find(CpuIsaName(isa)), std::string::npos) << s.message();
+      EXPECT_NE(s.message().find(missing), std::string::npos) << s.message();
+    }
+  }
+  EXPECT_TRUE(SelectCpuIsa(DetectedCpuIsa()).ok());
+  EXPECT_FALSE(ParseCpuIsa("avx9000").ok());
 }
 
 }  // namespace

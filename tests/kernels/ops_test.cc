@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/kernels/tiers.h"
 
 namespace daedalus {
 namespace {
@@ -48,7 +49,9 @@ TEST(Softmax, SumsToOneAndIsStableForLargeInputs) {
   EXPECT_NEAR(v[2], std::exp(-2.0) / z, 1e-6);
 }
 
-TEST(ExpInPlace, MatchesStdExpToTwoUlpsOverTheRange) {
+class OpsTier : public testing::EachCpuTier {};
+
+TEST_P(OpsTier, ExpMatchesStdExpToTwoUlpsOverTheRange) {
   std::vector<float> v;
   for (float x = -87.0f; x <= 88.0f; x += 0.0137f) v.push_back(x);
   std::vector<float> got = v;
@@ -59,18 +62,20 @@ TEST(ExpInPlace, MatchesStdExpToTwoUlpsOverTheRange) {
   }
 }
 
-TEST(SiluMulSeparate, MatchesDefinition) {
-  std::vector<float> gate, up, out(40);
-  for (int i = 0; i < 40; ++i) {
+TEST_P(OpsTier, SiluMulMatchesDefinition) {
+  std::vector<float> gate, up, out(41);
+  for (int i = 0; i < 41; ++i) {
     gate.push_back(-10.0f + 0.5f * i);
     up.push_back(0.25f * i - 3.0f);
   }
-  SiluMulSeparate(gate.data(), up.data(), 2, 20, out.data());
-  for (int i = 0; i < 40; ++i) {
+  SiluMulSeparate(gate.data(), up.data(), 1, 41, out.data());  // 41: a vector tail on every tier
+  for (int i = 0; i < 41; ++i) {
     const double g = gate[i], want = g / (1 + std::exp(-g)) * up[i];
     EXPECT_NEAR(out[i], want, 1e-6 * (1 + std::fabs(want))) << i;
   }
 }
+
+DAEDALUS_EACH_CPU_TIER(OpsTier);
 
 }  // namespace
 }  // namespace daedalus

@@ -110,6 +110,9 @@ class Checkpoint:
     def has(self, name):
         return name in self.where
 
+    def dtype(self, name):
+        return self.where[name].header[name]["dtype"]
+
     def get(self, name):
         if name not in self.cache:
             dt, shape, arr = self.where[name].raw(name)
@@ -135,6 +138,13 @@ class Checkpoint:
 def linear(x, w):
     """W stored [out, in]; y = x @ W^T."""
     return x @ w.T
+
+
+def round_bf16(x):
+    """float64 -> float32 -> bf16 (round to nearest even) -> float64."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
 def rms_norm(x, g, eps):
@@ -208,13 +218,21 @@ def apply_rope(x, positions, inv_freq, mul):
 # ----------------------------------------------------------------------------------------------
 
 class DeepSeekRef:
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, bf16_activations=False):
         self.ck = Checkpoint(model_dir)
+        self.bf16_activations = bf16_activations
         self.cfg = self.ck.cfg
         self.inv_freq, self.rope_mul, self.mscale2 = rope_params(self.cfg)
 
     def w(self, name):
         return self.ck.get(name)
+
+    def lin(self, x, name):
+        """linear() with the checkpoint's weight `name`; with bf16_activations the input of a
+        BF16 or FP8 projection is first rounded to bf16, as the CPU avx512bf16 tier computes."""
+        if self.bf16_activations and self.ck.dtype(name) != "F32":
+            x = round_bf16(x)
+        return linear(x, self.w(name))
 
     def attention(self, i, x, positions):
         """Naive MLA over the whole sequence x [T, D] with a causal mask."""
@@ -224,21 +242,21 @@ class DeepSeekRef:
 
         # Query.
         if c.get("q_lora_rank"):
-            q = linear(rms_norm(linear(x, self.w(p + "q_a_proj.weight")),
+            q = linear(rms_norm(self.lin(x, p + "q_a_proj.weight"),
                                 self.w(p + "q_a_layernorm.weight"), eps),
                        self.w(p + "q_b_proj.weight"))
         else:
-            q = linear(x, self.w(p + "q_proj.weight"))
+            q = self.lin(x, p + "q_proj.weight")
         q = q.reshape(T, H, dn + dr)
         q_nope, q_pe = q[..., :dn], q[..., dn:]
 
         # Latent: c_kv is normalised, the single shared rotary key k_pe is not.
-        a = linear(x, self.w(p + "kv_a_proj_with_mqa.weight"))
+        a = self.lin(x, p + "kv_a_proj_with_mqa.weight")
         c_kv = rms_norm(a[:, :rkv], self.w(p + "kv_a_layernorm.weight"), eps)
         k_pe = a[:, rkv:]                                                    # [T, dr]
 
         # Decompress per-head keys and values.
-        kv = linear(c_kv, self.w(p + "kv_b_proj.weight")).reshape(T, H, dn + dv)
+        kv = self.lin(c_kv, p + "kv_b_proj.weight").reshape(T, H, dn + dv)
         k_nope, v = kv[..., :dn], kv[..., dn:]
 
         q_pe = apply_rope(q_pe, positions, self.inv_freq, self.rope_mul)     # [T, H, dr]
@@ -251,19 +269,19 @@ class DeepSeekRef:
         scores = np.where(causal[None], -np.inf, scores)
         probs = softmax(scores, axis=-1)
         out = np.einsum("hts,shd->thd", probs, v).reshape(T, H * dv)
-        return linear(out, self.w(p + "o_proj.weight"))
+        return self.lin(out, p + "o_proj.weight")
 
     def mlp(self, prefix, x):
-        g = linear(x, self.w(prefix + "gate_proj.weight"))
-        u = linear(x, self.w(prefix + "up_proj.weight"))
-        return linear(silu(g) * u, self.w(prefix + "down_proj.weight"))
+        g = self.lin(x, prefix + "gate_proj.weight")
+        u = self.lin(x, prefix + "up_proj.weight")
+        return self.lin(silu(g) * u, prefix + "down_proj.weight")
 
     def route(self, i, xt):
         """MoE routing for one token xt [D]. Returns (expert indices, weights)."""
         c, p = self.cfg, "model.layers.%d.mlp." % i
         E, k = c["n_routed_experts"], c["num_experts_per_tok"]
         method = c.get("topk_method", "greedy")
-        logits = linear(xt, self.w(p + "gate.weight"))
+        logits = self.lin(xt, p + "gate.weight")
         if c.get("scoring_func", "softmax") == "sigmoid":
             s = sigmoid(logits)
         else:
@@ -320,7 +338,7 @@ class DeepSeekRef:
         head = "lm_head.weight"
         if not self.ck.has(head) and c.get("tie_word_embeddings"):
             head = "model.embed_tokens.weight"
-        return linear(h, self.w(head))
+        return self.lin(h, head)
 
     def generate(self, prompt_ids, max_new_tokens):
         """Greedy decoding with full recomputation each step.
@@ -348,12 +366,14 @@ def main():
     ap.add_argument("--out", required=True, help="output JSON file")
     ap.add_argument("--all-logits", action="store_true",
                     help="also write rows for every fed position under 'all_logits'")
+    ap.add_argument("--bf16-activations", action="store_true",
+                    help="round the input of every BF16/FP8 projection to bf16 (the CPU avx512bf16 and amx tiers)")
     args = ap.parse_args()
 
     prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
     if not prompt:
         ap.error("--prompt-ids must name at least one token")
-    model = DeepSeekRef(args.model)
+    model = DeepSeekRef(args.model, args.bf16_activations)
     prompt_rows, generated, all_rows = model.generate(prompt, args.max_new_tokens)
     out = {"prompt_ids": prompt,
            "logits": prompt_rows.tolist(),

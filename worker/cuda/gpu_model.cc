@@ -252,7 +252,7 @@ absl::Status GpuModel::Forward(const ForwardBatch& batch, float* logits, const M
       kv_slots[s.offset + t] = static_cast<int32_t>(pos % options_.page_size);
     }
     const bool absorbed = options_.attention == AttentionPath::kAbsorbed ||
-                          (options_.attention == AttentionPath::kAuto && s.n_tokens == 1);
+                          (options_.attention == AttentionPath::kAuto && s.decode);
     m.slice_absorbed.push_back(absorbed);
     if (absorbed) {
       m.n_abs += s.n_tokens;

@@ -1,0 +1,61 @@
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+
+#include "kernels/cpu/tier.h"
+#include "kernels/cpu_probes.h"
+
+namespace daedalus {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Best FLOP/s over `reps` runs of `probe` on every thread at once.
+double Peak(double (*probe)(int64_t), int reps) {
+  constexpr int64_t kIters = 20000000;
+  double best = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    double flops = 0;
+    const double t0 = Now();
+#pragma omp parallel reduction(+ : flops)
+    flops += probe(kIters);
+    best = std::max(best, flops / (Now() - t0));
+  }
+  return best;
+}
+
+}  // namespace
+
+double MeasureReadBandwidth() {
+  const cpu::TierKernels& tier = cpu::Kernels();
+  const size_t n = size_t{1} << 28;  // 1 GiB of floats
+  std::unique_ptr<float[]> buf(new float[n]);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) buf[i] = static_cast<float>(i & 1023);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    float total = 0;
+    const double t0 = Now();
+#pragma omp parallel reduction(+ : total)
+    {
+      const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+      const size_t begin = n / threads * t / 64 * 64, end = t + 1 == threads ? n : n / threads * (t + 1) / 64 * 64;
+      total += tier.read_probe(buf.get() + begin, end - begin);
+    }
+    const double dt = Now() - t0;
+    volatile float sink = total;
+    (void)sink;
+    best = std::max(best, n * sizeof(float) / dt);
+  }
+  return best;
+}
+
+double MeasureFp32Peak() { return Peak(cpu::Kernels().fp32_fma_probe, 3); }
+double MeasureBf16Peak() { return Peak(cpu::Kernels().bf16_probe, 3); }
+
+}  // namespace daedalus

@@ -1,0 +1,62 @@
+// The kernels one CPU tier provides (kernels/cpu_isa.h). Each tier lives in its own translation
+// unit whose kernels are compiled for its instructions (a target pragma after the includes, so
+// no inline library code built for AVX-512 can be picked by the linker for a lower tier); the
+// shared driver in linear.cc schedules work and calls them through this table.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cpu_isa.h"
+
+namespace daedalus::cpu {
+
+// One micro-kernel call: y[0..mr, 0..valid) (+)= x[0..mr, k0..k0+kn) · panelᵀ for one 32-row
+// panel (kernels/panel_layout.h). Every output is one accumulation chain over k in order,
+// whatever mr is, so a row's result does not depend on the batch.
+struct PanelCall {
+  // The token block interleaved by input: [kn][mr] floats (float tiers) or [kn / 2][mr] pairs
+  // of bf16 in one 32-bit word, low half first (bf16 tiers). Starts at k0.
+  const void* x;
+  const void* panel;     // the panel's pair k0 / 2: bf16 or fp8 e4m3 codes
+  int64_t k0;            // even
+  int64_t kn;            // even
+  const float* scales;   // fp8: the panel's row of 128 × 128 block scales (indexed by k / 128)
+  float* const* y;       // mr output rows, each at the panel's first column
+  int mr;                // 1..max_mr
+  int valid;             // columns of y to write (1..32)
+  bool accumulate;       // add to y (a later k chunk) instead of overwriting it
+};
+
+struct TierKernels {
+  CpuIsa isa;
+  bool bf16_activations;  // x rounded to bf16 pairs (dot-product unit) instead of float
+  int max_mr;             // token rows per micro-kernel call
+  void (*panel_bf16)(const PanelCall&);
+  void (*panel_fp8)(const PanelCall&);  // fp8 scales below 2^7 (FitsFp8Kernel)
+  void (*exp)(float* v, int64_t n);     // v = e^v, relative error < 2.5e-7, clamped to [-87, 88]
+  void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
+  // Σ a[i]·b[i] and y += alpha·x, each element in a fixed order that depends on n alone (not
+  // on alignment or on what else is computed): attention scores and weighted sums.
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float alpha, const float* x, float* y, int64_t n);
+  // out[j] = dot(q, rows + j·stride, dim), and y += Σ_j w[j]·(rows + j·stride) over j in order
+  // (y[i]'s chain of multiply-adds is axpy's): attention over many keys in one call.
+  void (*dot_rows)(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
+  void (*axpy_rows)(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
+  // Probes for bench: multiply-adds done by `iters` rounds of independent float FMA chains,
+  // and by the unit the bf16 GEMM uses (the float FMA where weights are widened); the sum of
+  // n floats read with the tier's widest loads (n a multiple of 64).
+  double (*fp32_fma_probe)(int64_t iters);
+  double (*bf16_probe)(int64_t iters);
+  float (*read_probe)(const float* v, size_t n);
+};
+
+const TierKernels& GenericKernels();
+const TierKernels& Avx2Kernels();
+const TierKernels& Avx512Kernels();
+const TierKernels& Avx512Bf16Kernels();  // also what the amx tier runs
+// The table of the active tier (ActiveCpuIsa()).
+const TierKernels& Kernels();
+
+}  // namespace daedalus::cpu

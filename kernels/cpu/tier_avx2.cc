@@ -1,0 +1,209 @@
+// The avx2 tier (AVX2 + FMA, e.g. many AMD EPYC): bf16 and fp8 weights widened to float,
+// 8-wide FMA with float accumulation, outer-product form as the avx512 tier.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "kernels/cpu/tier.h"
+#include "kernels/panel_layout.h"
+
+#pragma GCC target("avx2,fma,bmi2")
+
+namespace daedalus::cpu {
+namespace {
+
+constexpr int kMaxMr = 3;  // 12 accumulators of the 16 registers
+constexpr int64_t kPrefetchPairs = 8;
+
+// Lane masks for `valid` columns of each 8-row group g of the panel's 32.
+__m256i GroupMask(int valid, int g) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid - 8 * g), lane);
+}
+
+// The MR × 32 tile as 4 groups of 8 rows. Group g's weights of a pair come from the 32 bytes at
+// lanes (g % 2)·8 of half g / 2.
+template <int MR, typename Widen>
+void Panel(const PanelCall& c, Widen widen) {
+  __m256i mask[4];
+  for (int g = 0; g < 4; ++g) mask[g] = GroupMask(c.valid, g);
+  __m256 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int g = 0; g < 4; ++g) acc[m][g] = c.accumulate ? _mm256_maskload_ps(c.y[m] + 8 * g, mask[g]) : _mm256_setzero_ps();
+  const auto* x = static_cast<const float*>(c.x);
+  for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
+    const float* xk = x + 2 * kp * MR;
+    widen.Prefetch(kp + kPrefetchPairs);
+    for (int g = 0; g < 4; ++g) {
+      __m256 w0, w1;  // rows 8g..8g+7 at inputs 2kp and 2kp + 1
+      widen(kp, g, w0, w1);
+      for (int m = 0; m < MR; ++m) acc[m][g] = _mm256_fmadd_ps(_mm256_broadcast_ss(xk + m), w0, acc[m][g]);
+      for (int m = 0; m < MR; ++m) acc[m][g] = _mm256_fmadd_ps(_mm256_broadcast_ss(xk + MR + m), w1, acc[m][g]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int g = 0; g < 4; ++g) _mm256_maskstore_ps(c.y[m] + 8 * g, mask[g], acc[m][g]);
+}
+
+struct WidenBf16 {
+  const uint16_t* panel;
+  void Prefetch(int64_t kp) const {
+    _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair + 32), _MM_HINT_T0);
+  }
+  __attribute__((always_inline)) void operator()(int64_t kp, int g, __m256& w0, __m256& w1) const {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + kp * kPanelPair + g * 16));
+    w0 = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+    w1 = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+};
+
+// As the avx512 tier: code j of the pair to bits 24-31, arithmetic shift by 4, masked: the
+// value times 2^-120; the scale carries 2^120.
+struct WidenFp8 {
+  const uint8_t* panel;
+  const float* scales;
+  int64_t k0;
+  void Prefetch(int64_t kp) const { _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0); }
+  __attribute__((always_inline)) void operator()(int64_t kp, int g, __m256& w0, __m256& w1) const {
+    const __m256i v = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(panel + kp * kPanelPair + g * 16)));
+    const __m256i keep = _mm256_set1_epi32(static_cast<int>(0x87f00000u));
+    const __m256 scale = _mm256_set1_ps(scales[(k0 + 2 * kp) / 128] * 0x1p120f);
+    w0 = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 4), keep)), scale);
+    w1 = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 4), keep)), scale);
+  }
+};
+
+template <int MR>
+void Bf16Panel(const PanelCall& c) {
+  Panel<MR>(c, WidenBf16{static_cast<const uint16_t*>(c.panel)});
+}
+template <int MR>
+void Fp8Panel(const PanelCall& c) {
+  Panel<MR>(c, WidenFp8{static_cast<const uint8_t*>(c.panel), c.scales, c.k0});
+}
+
+void PanelBf16(const PanelCall& c) {
+  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<1>, &Bf16Panel<2>, &Bf16Panel<3>};
+  table[c.mr - 1](c);
+}
+void PanelFp8(const PanelCall& c) {
+  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<1>, &Fp8Panel<2>, &Fp8Panel<3>};
+  table[c.mr - 1](c);
+}
+
+// e^x for 8 floats, as the AVX-512 version, with 2^n built in the exponent field.
+__m256 Exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  for (float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  // n in [-126, 127]: 2^n is a normal float. Two halves keep 2^n finite when p · 2^n is not.
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i half = _mm256_srai_epi32(ni, 1);
+  const __m256 a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
+  const __m256 b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, a), b);
+}
+
+void Exp(float* v, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, Exp8(_mm256_loadu_ps(v + i)));
+  if (i < n) {
+    float tail[8] = {};
+    std::copy(v + i, v + n, tail);
+    _mm256_storeu_ps(tail, Exp8(_mm256_loadu_ps(tail)));
+    std::copy(tail, tail + (n - i), v + i);
+  }
+}
+
+void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = Exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) {
+    float e = -gate[i];
+    Exp(&e, 1);
+    out[i] = gate[i] / (1.0f + e) * up[i];
+  }
+}
+
+// Four 8-wide accumulators over blocks of 32, the tail masked into the first ones.
+float Dot(const float* a, const float* b, int64_t n) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * j), _mm256_loadu_ps(b + i + 8 * j), acc[j]);
+  for (int j = 0; i < n; i += 8, ++j) {
+    const __m256i mask = GroupMask(static_cast<int>(std::min<int64_t>(n - i, 8)), 0);
+    acc[j] = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, mask), _mm256_maskload_ps(b + i, mask), acc[j]);
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+void Axpy(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
+}
+
+void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out) {
+  for (int64_t j = 0; j < n_rows; ++j) out[j] = Dot(q, rows + j * stride, dim);
+}
+
+void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y) {
+  for (int64_t j = 0; j < n_rows; ++j) Axpy(w[j], rows + j * stride, y, dim);
+}
+
+double FmaProbe(int64_t iters) {
+  __m256 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(0.001f * i);
+  const __m256 b = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(0.0001f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < 12; ++j) a[j] = _mm256_fmadd_ps(a[j], b, c);
+  __m256 sum = a[0];
+  for (int j = 1; j < 12; ++j) sum = _mm256_add_ps(sum, a[j]);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, sum);
+  volatile float sink = lanes[0] + lanes[7];
+  (void)sink;
+  return static_cast<double>(iters) * 12 * 8 * 2;
+}
+
+float ReadProbe(const float* v, size_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i < n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(v + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(v + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(v + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(v + i + 24));
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  float total = 0;
+  for (float l : lanes) total += l;
+  return total;
+}
+
+}  // namespace
+
+const TierKernels& Avx2Kernels() {
+  static const TierKernels k{CpuIsa::kAvx2, false, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, FmaProbe, FmaProbe, ReadProbe};
+  return k;
+}
+
+}  // namespace daedalus::cpu

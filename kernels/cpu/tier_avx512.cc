@@ -1,0 +1,135 @@
+// The avx512 tier: bf16 and fp8 weights widened to float in registers, 16-wide FMA with float
+// accumulation. Activations are broadcast one at a time (outer-product form): no horizontal
+// sums, no shuffles; per input pair, 2 loads and 4 widening ops serve 4 × mr FMAs.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "kernels/cpu/tier.h"
+#include "kernels/panel_layout.h"
+
+// Everything below is compiled for AVX-512; the headers above are not.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2")
+// GCC 12 warns falsely inside its own AVX-512 intrinsics (an undefined pass-through operand
+// the unmasked forms never read).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace daedalus::cpu {
+namespace {
+
+#include "kernels/cpu/avx512_common.inc"
+
+constexpr int kMaxMr = 12;  // 24 accumulators in registers
+
+// The MR × 32 float tile: rows 0-15 in lo, 16-31 in hi.
+template <int MR>
+struct Tile {
+  __m512 lo[MR], hi[MR];
+  __mmask16 mask_lo, mask_hi;
+
+  explicit Tile(const PanelCall& c)
+      : mask_lo(static_cast<__mmask16>(c.valid >= 16 ? 0xffff : (1u << c.valid) - 1)),
+        mask_hi(static_cast<__mmask16>(c.valid <= 16 ? 0 : c.valid >= 32 ? 0xffff : (1u << (c.valid - 16)) - 1)) {
+    for (int m = 0; m < MR; ++m) {
+      lo[m] = c.accumulate ? _mm512_maskz_loadu_ps(mask_lo, c.y[m]) : _mm512_setzero_ps();
+      hi[m] = c.accumulate ? _mm512_maskz_loadu_ps(mask_hi, c.y[m] + 16) : _mm512_setzero_ps();
+    }
+  }
+  // One input k: the tokens' values at k (xk[m]) against the widened weights of rows 0-15, 16-31.
+  __attribute__((always_inline)) void Update(const float* xk, __m512 w_lo, __m512 w_hi) {
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xb = _mm512_set1_ps(xk[m]);
+      lo[m] = _mm512_fmadd_ps(xb, w_lo, lo[m]);
+      hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
+    }
+  }
+  void Store(const PanelCall& c) const {
+    for (int m = 0; m < MR; ++m) {
+      _mm512_mask_storeu_ps(c.y[m], mask_lo, lo[m]);
+      _mm512_mask_storeu_ps(c.y[m] + 16, mask_hi, hi[m]);
+    }
+  }
+};
+
+template <int MR>
+void Bf16Panel(const PanelCall& c) {
+  Tile<MR> t(c);
+  const auto* x = static_cast<const float*>(c.x);
+  const auto* panel = static_cast<const uint16_t*>(c.panel);
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
+    const uint16_t* pair = panel + kp * kPanelPair;
+    _mm_prefetch(reinterpret_cast<const char*>(pair + kPrefetchPairs * kPanelPair), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(pair + kPrefetchPairs * kPanelPair + 32), _MM_HINT_T0);
+    const __m512i raw_lo = _mm512_loadu_si512(pair), raw_hi = _mm512_loadu_si512(pair + 32);
+    const float* xk = x + 2 * kp * MR;
+    t.Update(xk, _mm512_castsi512_ps(_mm512_slli_epi32(raw_lo, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(raw_hi, 16)));
+    t.Update(xk + MR, _mm512_castsi512_ps(_mm512_and_si512(raw_lo, high)),
+             _mm512_castsi512_ps(_mm512_and_si512(raw_hi, high)));
+  }
+  t.Store(c);
+}
+
+// FP8: a half's 32 codes (16 rows × the pair) sign-extended as 16-bit lanes into 32 bits. Code j
+// moved to bits 24-31 and shifted arithmetically by 4 puts its exponent and mantissa in a float's
+// exponent and mantissa fields and its sign in bits 27-31 (masked to bit 31): its value times
+// 2^-120, subnormals included. The block scale times 2^120 restores it (scales < 2^7).
+template <int kShift>
+__attribute__((always_inline)) inline __m512 WidenFp8(__m512i v, __m512i keep, __m512 scale) {
+  const __m512i bits = _mm512_and_si512(_mm512_srai_epi32(_mm512_slli_epi32(v, kShift), 4), keep);
+  return _mm512_mul_ps(_mm512_castsi512_ps(bits), scale);
+}
+
+template <int MR>
+void Fp8Panel(const PanelCall& c) {
+  Tile<MR> t(c);
+  const auto* x = static_cast<const float*>(c.x);
+  const auto* panel = static_cast<const uint8_t*>(c.panel);
+  const __m512i keep = _mm512_set1_epi32(static_cast<int>(0x87f00000u));
+  for (int64_t kp = 0; kp < c.kn / 2;) {
+    const int64_t block = (c.k0 + 2 * kp) / 128;
+    const int64_t end = std::min(c.kn / 2, ((block + 1) * 128 - c.k0) / 2);
+    const __m512 scale = _mm512_set1_ps(c.scales[block] * 0x1p120f);
+    for (; kp < end; ++kp) {
+      const uint8_t* pair = panel + kp * kPanelPair;
+      _mm_prefetch(reinterpret_cast<const char*>(pair + 2 * kPrefetchPairs * kPanelPair), _MM_HINT_T0);
+      const __m512i v_lo = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair)));
+      const __m512i v_hi = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 32)));
+      const float* xk = x + 2 * kp * MR;
+      t.Update(xk, WidenFp8<24>(v_lo, keep, scale), WidenFp8<24>(v_hi, keep, scale));
+      t.Update(xk + MR, WidenFp8<16>(v_lo, keep, scale), WidenFp8<16>(v_hi, keep, scale));
+    }
+  }
+  t.Store(c);
+}
+
+template <template <int> class K, int... MR>
+void Dispatch(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  using Fn = void (*)(const PanelCall&);
+  static constexpr Fn table[] = {&K<MR + 1>::Run...};
+  table[c.mr - 1](c);
+}
+template <int MR>
+struct Bf16Kernel {
+  static void Run(const PanelCall& c) { Bf16Panel<MR>(c); }
+};
+template <int MR>
+struct Fp8Kernel {
+  static void Run(const PanelCall& c) { Fp8Panel<MR>(c); }
+};
+void PanelBf16(const PanelCall& c) { Dispatch<Bf16Kernel>(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelFp8(const PanelCall& c) { Dispatch<Fp8Kernel>(c, std::make_integer_sequence<int, kMaxMr>{}); }
+
+}  // namespace
+
+const TierKernels& Avx512Kernels() {
+  static const TierKernels k{CpuIsa::kAvx512, false,    kMaxMr,   PanelBf16, PanelFp8,
+                             ExpAvx512,       SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, FmaProbeAvx512, FmaProbeAvx512, ReadProbeAvx512};
+  return k;
+}
+
+}  // namespace daedalus::cpu
