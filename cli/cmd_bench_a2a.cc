@@ -160,11 +160,13 @@ Command AddBenchA2aCommand(CLI::App& app) {
         }
       }
       // The same bytes per destination through MPI_Alltoallv: what dispatch sent, then what
-      // combine sent back.
+      // combine sent back. Only bytes that leave the rank: rows for its own experts stay in
+      // place in our exchange, so the baseline does not move them either (nor count them).
       std::vector<size_t> to(t.world_size(), 0), back(t.world_size(), 0);
       for (int64_t slot = 0; slot < int64_t{n} * f->topk; ++slot)
         to[placement->RankFor(ids[slot], slot / f->topk, slot % f->topk)] += row_bytes;
       for (int64_t i = 0; i < rows.rows(); ++i) back[rows.headers[i].source_rank] += row_bytes;
+      to[me] = back[me] = 0;
       for (const size_t b : to) dispatch.bytes += b;
       for (const size_t b : back) combine.bytes += b;
       std::vector<uint8_t> send(std::max(dispatch.bytes, combine.bytes), 1), recv;
