@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Daedalus against llama.cpp on the same weights and the same CPU, in one run.
+#   scripts/bench-peer.sh [ROUNDS]      (default 3; minutes; not part of CI)
+# 1. Installs into build/peer-venv pinned llama-cpp-python (which builds llama.cpp from source
+#    for this CPU) and gguf, from PyPI.
+# 2. Makes the `bench` preset in bf16 (make-model --seed 7) and writes it as a GGUF in
+#    llama.cpp's deepseek2 layout (scripts/peer/make_gguf.py).
+# 3. Checks that llama.cpp's prompt logits agree with `daedalus run --dump-logits` within bf16
+#    tolerance, so that the comparison is of the same model.
+# 4. Times prefill of 512 tokens and batch-1 decode of 128 tokens (after a 64-token prompt) for
+#    both, alternating, ROUNDS rounds, 2 threads each; prints every round, the medians and the
+#    ratios, with the machine and Daedalus' kernel tier.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+rounds="${1:-3}"
+threads="${THREADS:-2}"
+daedalus="${DAEDALUS_BIN:-$root/build/bin/daedalus}"
+venv="$root/build/peer-venv"
+work="${PEER_DIR:-$root/build/peer}"
+[ -x "$daedalus" ] || { echo "bench-peer.sh: build first ($daedalus missing)" >&2; exit 1; }
+if [ ! -x "$venv/bin/python" ]; then /usr/bin/python3 -m venv --system-site-packages "$venv"; fi
+"$venv/bin/python" -c "import llama_cpp, gguf" 2>/dev/null ||
+  CMAKE_ARGS="-DGGML_NATIVE=ON" "$venv/bin/pip" install -q --disable-pip-version-check \
+    "llama-cpp-python==0.3.36" "gguf==0.19.0"
+mkdir -p "$work"
+model="$work/bench-bf16" gguf="$work/bench-bf16.gguf"
+[ -f "$model/config.json" ] || "$daedalus" make-model --preset bench --seed 7 --dtype bf16 --out "$model" >/dev/null
+[ -f "$gguf" ] || "$venv/bin/python" "$root/scripts/peer/make_gguf.py" --model "$model" --out "$gguf" >/dev/null
+
+prompt="$(/usr/bin/python3 -c "print(','.join(str((i * 37 + 11) % 32000) for i in range(32)))")"
+OMP_NUM_THREADS=$threads "$daedalus" run --model "$model" --prompt-ids "$prompt" --max-new-tokens 1 --temperature 0 \
+  --dump-logits "$work/ours.json" >/dev/null 2>&1
+"$venv/bin/python" "$root/scripts/peer/llama_peer.py" check --gguf "$gguf" --ours "$work/ours.json" --threads "$threads"
+
+tier="$(OMP_NUM_THREADS=$threads "$daedalus" run --model "$model" --prompt-ids 1 --max-new-tokens 1 --verbose 2>&1 >/dev/null)"
+tier="${tier%%$'\n'*}"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $threads threads; daedalus $tier"
+results="$work/rounds.jsonl"
+: > "$results"
+for r in $(seq 1 "$rounds"); do
+  ours="$(OMP_NUM_THREADS=$threads "$daedalus" bench --model "$model" --threads "$threads" --prompt-len 512 \
+          --batches 1 --context 64 --steps 128 --reps 2 --json 2>/dev/null)"
+  theirs="$("$venv/bin/python" "$root/scripts/peer/llama_peer.py" time --gguf "$gguf" --prompt-len 512 --context 64 \
+            --steps 128 --threads "$threads")"
+  /usr/bin/python3 - "$r" "$ours" "$theirs" >> "$results" <<'PY'
+import json, sys
+r, ours, theirs = int(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(json.dumps({"round": r, "daedalus_prefill": ours["prefill_tok_s"], "daedalus_decode": ours["decode_tok_s"]["1"],
+                  "llama_prefill": theirs["prefill_tok_s"], "llama_decode": theirs["decode_tok_s"],
+                  "bandwidth_gbs": ours["bandwidth_gbs"], "bf16_peak_gflops": ours["bf16_peak_gflops"],
+                  "prefill_share_of_peak": ours["prefill_share_of_peak"],
+                  "decode_share_of_roofline": ours["decode_share_of_roofline"]["1"]}))
+PY
+  tail -1 "$results" | /usr/bin/python3 -c "
+import json, sys; j = json.load(sys.stdin)
+print(f\"round {j['round']}: prefill 512 daedalus {j['daedalus_prefill']:.0f} / llama.cpp {j['llama_prefill']:.0f} tok/s; \"
+      f\"decode b1 daedalus {j['daedalus_decode']:.1f} / llama.cpp {j['llama_decode']:.1f} tok/s \"
+      f\"(daedalus at {100 * j['prefill_share_of_peak']:.0f}% of the bf16 peak, {100 * j['decode_share_of_roofline']:.0f}% of the DRAM roofline)\")"
+done
+/usr/bin/python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+med = {k: statistics.median(r[k] for r in rows) for k in ("daedalus_prefill", "llama_prefill", "daedalus_decode", "llama_decode")}
+print(f"median of {len(rows)} rounds: prefill 512 tokens: daedalus {med['daedalus_prefill']:.0f} tok/s, llama.cpp "
+      f"{med['llama_prefill']:.0f} tok/s, {med['daedalus_prefill'] / med['llama_prefill']:.2f}x")
+print(f"median of {len(rows)} rounds: decode batch 1: daedalus {med['daedalus_decode']:.1f} tok/s, llama.cpp "
+      f"{med['llama_decode']:.1f} tok/s, {med['daedalus_decode'] / med['llama_decode']:.2f}x")
+PY
