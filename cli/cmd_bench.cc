@@ -97,11 +97,19 @@ DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, in
   return f;
 }
 
+// Peak resident memory since start or the last ResetPeakRss (VmHWM; getrusage's figure cannot
+// be reset, and the bandwidth probe's 1 GiB buffer would count).
 double PeakRssMiB() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss / 1024.0;
 }
+
+void ResetPeakRss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 // NUMA nodes of the CPUs this process may run on, and of the first `threads` of them (those the
 // pinned OpenMP threads use).
@@ -181,13 +189,18 @@ Command AddBenchCommand(CLI::App& app) {
                    "process per socket (mpirun --map-by socket --bind-to socket) or fewer threads.\n", threads, numa_used);
     }
 
+    // The limits are probed before and after the timed runs and the better figure kept: on a
+    // shared machine the bandwidth a neighbour leaves changes from second to second.
+    const double bf16_before = MeasureBf16Peak(), fp32_before = MeasureFp32Peak();
     const double prefill = PrefillRate(w, options, f->prompt_len, f->reps);
+    const double bandwidth_before = MeasureReadBandwidth();
+    ResetPeakRss();
     std::vector<DecodeFigures> decode;
     for (int32_t b : *batches) decode.push_back(DecodeRate(w, options, b, f->context, f->steps));
     const double peak_rss = PeakRssMiB();  // before the probes below allocate their buffers
-    const double bandwidth = MeasureReadBandwidth();
-    const double fp32_peak = MeasureFp32Peak();
-    const double bf16_peak = MeasureBf16Peak();
+    const double bandwidth = std::max(bandwidth_before, MeasureReadBandwidth());
+    const double fp32_peak = std::max(fp32_before, MeasureFp32Peak());
+    const double bf16_peak = std::max(bf16_before, MeasureBf16Peak());
     const DType dtype = w.projection_dtype();
     // The GEMM limit for these weights: float weights run on BLAS's float FMA, bf16 and fp8 on
     // the tier's bf16 unit.

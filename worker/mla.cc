@@ -36,16 +36,25 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   for (int64_t t = 0; t < S; ++t) std::memcpy(&c_kv[t * d.rkv], &latent[t * d.dim], d.rkv * 4);
   Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
   const int64_t ld_kv = d.H * (d.dn + d.dv), ld_q = d.H * d.qk();
+  // Each head's keys as q lays out its query: [S, k_nope | k_pe], one dot product per key.
+  FloatBuffer keys(d.H * S * d.qk());
+#pragma omp parallel for schedule(static)
+  for (int64_t h = 0; h < d.H; ++h) {
+    for (int64_t j = 0; j < S; ++j) {
+      float* k = &keys[(h * S + j) * d.qk()];
+      std::memcpy(k, &kv[j * ld_kv + h * (d.dn + d.dv)], d.dn * 4);
+      std::memcpy(k + d.dn, &latent[j * d.dim + d.rkv], d.dr * 4);
+    }
+  }
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t h = 0; h < d.H; ++h) {
     for (int64_t t = 0; t < n; ++t) {
       const int64_t visible = s.start_pos + t + 1;
-      FloatBuffer scores(visible), rope(visible);
+      FloatBuffer scores(visible);
       const float* qh = q + (s.offset + t) * ld_q + h * d.qk();
       const float* kh = kv.data() + h * (d.dn + d.dv);
-      DotRows(qh, kh, ld_kv, visible, d.dn, scores.data());
-      DotRows(qh + d.dn, latent.data() + d.rkv, d.dim, visible, d.dr, rope.data());
-      for (int64_t j = 0; j < visible; ++j) scores[j] = (scores[j] + rope[j]) * scale;
+      DotRows(qh, &keys[h * S * d.qk()], d.qk(), visible, d.qk(), scores.data());
+      for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
       Softmax(scores.data(), visible);
       float* oh = o + (s.offset + t) * d.H * d.dv + h * d.dv;
       std::fill(oh, oh + d.dv, 0.0f);

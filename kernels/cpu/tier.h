@@ -31,6 +31,9 @@ struct PanelCall {
 struct TierKernels {
   CpuIsa isa;
   bool bf16_activations;  // x rounded to bf16 pairs (dot-product unit) instead of float
+  // bf16 tiers: rows[0..mr) of K floats to out[K' / 2][mr] pairs of bf16 (round to nearest
+  // even; K' = K padded to even with 0), as PanelCall::x reads them.
+  void (*pack_bf16_pairs)(const float* const* rows, int mr, int64_t K, uint32_t* out);
   int max_mr;             // token rows per micro-kernel call
   void (*panel_bf16)(const PanelCall&);
   void (*panel_fp8)(const PanelCall&);  // fp8 scales below 2^7 (FitsFp8Kernel)

@@ -202,7 +202,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& Avx2Kernels() {
-  static const TierKernels k{CpuIsa::kAvx2, false, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 

@@ -133,6 +133,24 @@ void PanelFp8Dispatch(const PanelCall& c, std::integer_sequence<int, MR...>) {
 }
 void PanelFp8(const PanelCall& c) { PanelFp8Dispatch(c, std::make_integer_sequence<int, kFp8SubMr>{}); }
 
+// Each row rounded 32 floats at a time (VCVTNE2PS2BF16, round to nearest even), then its pairs
+// stored mr words apart.
+void PackBf16Pairs(const float* const* rows, int mr, int64_t K, uint32_t* out) {
+  alignas(64) uint32_t pairs[16];
+  for (int i = 0; i < mr; ++i) {
+    const float* row = rows[i];
+    for (int64_t k = 0; k < K; k += 32) {
+      const int64_t left = K - k;
+      const __mmask16 m0 = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
+      const __mmask16 m1 = static_cast<__mmask16>(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
+      const __m512bh bf = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + k + 16), _mm512_maskz_loadu_ps(m0, row + k));
+      _mm512_store_si512(pairs, (__m512i)bf);
+      const int64_t n = std::min<int64_t>(16, (left + 1) / 2);
+      for (int64_t p = 0; p < n; ++p) out[(k / 2 + p) * mr + i] = pairs[p];
+    }
+  }
+}
+
 // 12 independent VDPBF16PS chains: 32 multiply-adds each.
 double DotProbe(int64_t iters) {
   __m512 a[12];
@@ -150,7 +168,7 @@ double DotProbe(int64_t iters) {
 }  // namespace
 
 const TierKernels& Avx512Bf16Kernels() {
-  static const TierKernels k{CpuIsa::kAvx512Bf16, true,          kMaxMr,         PanelBf16, PanelFp8,
+  static const TierKernels k{CpuIsa::kAvx512Bf16, true, PackBf16Pairs, kMaxMr,         PanelBf16, PanelFp8,
                              ExpAvx512,           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, FmaProbeAvx512, DotProbe,  ReadProbeAvx512};
   return k;
 }

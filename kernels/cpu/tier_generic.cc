@@ -93,7 +93,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& GenericKernels() {
-  static const TierKernels k{CpuIsa::kGeneric, false, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kGeneric, false, nullptr, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 
