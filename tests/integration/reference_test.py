@@ -1,6 +1,7 @@
 """The engine against the independent NumPy reference (tests/reference/deepseek_ref.py).
 
-For each variant of the tiny preset, `daedalus run --dump-logits` and the reference must give
+For each variant of the tiny preset and each CPU kernel tier this machine has (DAEDALUS_CPU_ISA),
+`daedalus run --dump-logits` and the reference must give
 logits within a stated tolerance at every prompt position and identical greedy continuations, except
 where the reference's own top two logits tie within that tolerance (bf16 activations may then choose
 either).
@@ -44,11 +45,28 @@ VARIANTS = [
 ]
 
 
-def run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def run(cmd, env=None):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
     return proc
+
+
+def tier_env(tier):
+    return dict(os.environ, DAEDALUS_CPU_ISA=tier)
+
+
+def available_tiers(daedalus, model):
+    """The CPU kernel tiers this machine runs (a tier it lacks is a clean error)."""
+    tiers = []
+    for tier in ("generic", "avx2", "avx512", "avx512bf16", "amx"):
+        proc = subprocess.run([daedalus, "run", "--model", model, "--prompt-ids", "1", "--max-new-tokens", "1"],
+                              capture_output=True, text=True, timeout=120, env=tier_env(tier))
+        if proc.returncode == 0:
+            tiers.append(tier)
+        else:
+            print(f"tier {tier} skipped: {proc.stderr.strip()}")
+    return tiers
 
 
 def main():
@@ -58,41 +76,49 @@ def main():
     failures = []
     ids = ",".join(map(str, PROMPT))
     with tempfile.TemporaryDirectory() as tmp:
-        for name, make_flags, run_flags, tol in VARIANTS:
+        for name, make_flags, _, _ in VARIANTS:
             model = os.path.join(tmp, name)
             run([args.daedalus, "make-model", "--preset", "tiny", "--seed", "7", "--out", model] + make_flags)
-            ours_path, ref_path = os.path.join(tmp, name + ".ours.json"), os.path.join(tmp, name + ".ref.json")
-            tier = run([args.daedalus, "run", "--model", model, "--prompt-ids", ids, "--max-new-tokens", str(NEW_TOKENS),
-                        "--temperature", "0", "--ignore-eos", "--dump-logits", ours_path, "--verbose"] + run_flags).stderr
-            # The CPU kernel tier: avx512bf16 and amx round the input of every BF16/FP8 projection
-            # to bf16, and the reference is told to do the same, so both compute the same model.
-            bf16_activations = "kernel tier: avx512bf16" in tier or "kernel tier: amx" in tier
-            run(["/usr/bin/python3", REFERENCE, "--model", model, "--prompt-ids", ids, "--max-new-tokens",
-                 str(NEW_TOKENS), "--out", ref_path, "--all-logits"] + (["--bf16-activations"] if bf16_activations else []))
-            ours, ref = json.load(open(ours_path)), json.load(open(ref_path))
-            a, b = np.array(ours["logits"]), np.array(ref["logits"])
-            if a.shape != b.shape or a.shape != (len(PROMPT), 512):
-                failures.append(f"{name}: logits shape {a.shape}, reference {b.shape}")
-                continue
-            diff = float(np.abs(a - b).max())
-            same = ours["generated_ids"] == ref["generated_ids"]
-            print(f"{name:22s} max |logit diff| {diff:.2e} (bound {tol:g}, logits up to {np.abs(b).max():.1f}); "
-                  f"greedy continuation {'identical' if same else 'DIFFERS'}; "
-                  f"{tier.splitlines()[0] if tier else 'kernel tier: ?'}")
-            if not diff < tol:
-                failures.append(f"{name}: logits differ by {diff} > {tol}")
-            if not same:
-                # Allowed only where the reference itself nearly ties: at the first differing
-                # token, its logit for our choice within the variant's bound of its own choice.
-                i = next(j for j, (x, y) in enumerate(zip(ours["generated_ids"], ref["generated_ids"])) if x != y)
-                row = np.array(ref["all_logits"][len(PROMPT) - 1 + i])
-                margin = float(row[ref["generated_ids"][i]] - row[ours["generated_ids"][i]])
-                print(f"{name:22s} continuations part at generated token {i}: reference margin {margin:.3g} "
-                      f"({'a near-tie' if margin < tol else 'NOT a near-tie'}, bound {tol:g})")
-                if not margin < tol:
-                    failures.append(f"{name}: generated {ours['generated_ids']}, reference {ref['generated_ids']}")
             if os.path.exists(os.path.join(model, "model.safetensors.index.json")) != (name == "f32-sharded"):
                 failures.append(f"{name}: unexpected checkpoint layout")
+        refs = {}  # (variant, bf16 activations) -> reference output
+        for tier in available_tiers(args.daedalus, os.path.join(tmp, "f32")):
+            # avx512bf16 and amx round the input of every BF16/FP8 projection to bf16; the
+            # reference is told to do the same, so that both compute the same model.
+            bf16_activations = tier in ("avx512bf16", "amx")
+            for name, make_flags, run_flags, tol in VARIANTS:
+                model = os.path.join(tmp, name)
+                ours_path = os.path.join(tmp, f"{name}.{tier}.ours.json")
+                run([args.daedalus, "run", "--model", model, "--prompt-ids", ids, "--max-new-tokens", str(NEW_TOKENS),
+                     "--temperature", "0", "--ignore-eos", "--dump-logits", ours_path] + run_flags, env=tier_env(tier))
+                if (name, bf16_activations) not in refs:
+                    ref_path = os.path.join(tmp, f"{name}.{bf16_activations}.ref.json")
+                    run(["/usr/bin/python3", REFERENCE, "--model", model, "--prompt-ids", ids, "--max-new-tokens",
+                         str(NEW_TOKENS), "--out", ref_path, "--all-logits"]
+                        + (["--bf16-activations"] if bf16_activations else []))
+                    refs[(name, bf16_activations)] = json.load(open(ref_path))
+                ours, ref = json.load(open(ours_path)), refs[(name, bf16_activations)]
+                what = f"{tier:10s} {name:22s}"
+                a, b = np.array(ours["logits"]), np.array(ref["logits"])
+                if a.shape != b.shape or a.shape != (len(PROMPT), 512):
+                    failures.append(f"{what}: logits shape {a.shape}, reference {b.shape}")
+                    continue
+                diff = float(np.abs(a - b).max())
+                same = ours["generated_ids"] == ref["generated_ids"]
+                print(f"{what} max |logit diff| {diff:.2e} (bound {tol:g}, logits up to {np.abs(b).max():.1f}); "
+                      f"greedy continuation {'identical' if same else 'DIFFERS'}")
+                if not diff < tol:
+                    failures.append(f"{what}: logits differ by {diff} > {tol}")
+                if not same:
+                    # Allowed only where the reference itself nearly ties: at the first differing
+                    # token, its logit for our choice within the variant's bound of its own choice.
+                    i = next(j for j, (x, y) in enumerate(zip(ours["generated_ids"], ref["generated_ids"])) if x != y)
+                    row = np.array(ref["all_logits"][len(PROMPT) - 1 + i])
+                    margin = float(row[ref["generated_ids"][i]] - row[ours["generated_ids"][i]])
+                    print(f"{what} continuations part at generated token {i}: reference margin {margin:.3g} "
+                          f"({'a near-tie' if margin < tol else 'NOT a near-tie'}, bound {tol:g})")
+                    if not margin < tol:
+                        failures.append(f"{what}: generated {ours['generated_ids']}, reference {ref['generated_ids']}")
     for f in failures:
         print("FAIL", f)
     sys.exit(1 if failures else 0)
