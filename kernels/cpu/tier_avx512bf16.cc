@@ -21,8 +21,10 @@ namespace {
 
 #include "kernels/cpu/avx512_common.inc"
 
-constexpr int kMaxMr = 12;     // bf16: 24 accumulators in registers
-constexpr int kFp8SubMr = 6;   // fp8: 12 accumulators, the rest hold the decoding constants
+constexpr int kMaxMr = 12;     // 24 accumulators in registers
+// fp8 tokens per pass over the panel: all of them, each weight decoded once (the decoding
+// constants then live in L1; passes of 6 decoded twice and measured ~15% slower prefill).
+constexpr int kFp8SubMr = kMaxMr;
 
 __mmask16 MaskLo(int valid) { return static_cast<__mmask16>(valid >= 16 ? 0xffff : (1u << valid) - 1); }
 __mmask16 MaskHi(int valid) {
