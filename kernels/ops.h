@@ -32,4 +32,12 @@ void Axpy(float a, const float* x, float* y, int64_t n);
 void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
 void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
 
+// Keys for DotKeys16: key j of n (dim floats at rows + j·stride) to out[j / 16][d][j % 16], the
+// last block padded with zeros; out holds KeysElements(n, dim) floats.
+constexpr int64_t KeysElements(int64_t n, int64_t dim) { return (n + 15) / 16 * 16 * dim; }
+void PackKeys16(const float* rows, int64_t stride, int64_t n, int64_t dim, float* out);
+// out[j] = q · key_j for j < n: one multiply-add chain per key in order of d, so a key's score
+// does not depend on n or on the keys beside it. Attention scores without horizontal sums.
+void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, float* out);
+
 }  // namespace daedalus

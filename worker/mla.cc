@@ -36,15 +36,18 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   for (int64_t t = 0; t < S; ++t) std::memcpy(&c_kv[t * d.rkv], &latent[t * d.dim], d.rkv * 4);
   Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
   const int64_t ld_kv = d.H * (d.dn + d.dv), ld_q = d.H * d.qk();
-  // Each head's keys as q lays out its query: [S, k_nope | k_pe], one dot product per key.
-  FloatBuffer keys(d.H * S * d.qk());
+  // Each head's keys as q lays out its query ([k_nope | k_pe]), then 16 keys to a lane block
+  // (PackKeys16): a score is one multiply-add chain, with no horizontal sum.
+  const int64_t per_head = KeysElements(S, d.qk());
+  FloatBuffer keys(d.H * per_head);
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < d.H; ++h) {
+    FloatBuffer rows(S * d.qk());
     for (int64_t j = 0; j < S; ++j) {
-      float* k = &keys[(h * S + j) * d.qk()];
-      std::memcpy(k, &kv[j * ld_kv + h * (d.dn + d.dv)], d.dn * 4);
-      std::memcpy(k + d.dn, &latent[j * d.dim + d.rkv], d.dr * 4);
+      std::memcpy(&rows[j * d.qk()], &kv[j * ld_kv + h * (d.dn + d.dv)], d.dn * 4);
+      std::memcpy(&rows[j * d.qk() + d.dn], &latent[j * d.dim + d.rkv], d.dr * 4);
     }
+    PackKeys16(rows.data(), d.qk(), S, d.qk(), &keys[h * per_head]);
   }
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t h = 0; h < d.H; ++h) {
@@ -53,7 +56,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
       FloatBuffer scores(visible);
       const float* qh = q + (s.offset + t) * ld_q + h * d.qk();
       const float* kh = kv.data() + h * (d.dn + d.dv);
-      DotRows(qh, &keys[h * S * d.qk()], d.qk(), visible, d.qk(), scores.data());
+      DotKeys16(qh, &keys[h * per_head], visible, d.qk(), scores.data());
       for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
       Softmax(scores.data(), visible);
       float* oh = o + (s.offset + t) * d.H * d.dv + h * d.dv;

@@ -57,4 +57,17 @@ void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows,
   cpu::Kernels().axpy_rows(w, rows, stride, n_rows, dim, y);
 }
 
+void PackKeys16(const float* rows, int64_t stride, int64_t n, int64_t dim, float* out) {
+  for (int64_t b = 0; b < (n + 15) / 16; ++b)
+    for (int64_t d = 0; d < dim; ++d)
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t j = b * 16 + l;
+        out[(b * dim + d) * 16 + l] = j < n ? rows[j * stride + d] : 0.0f;
+      }
+}
+
+void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, float* out) {
+  cpu::Kernels().dot_keys16(q, keys16, n, dim, out);
+}
+
 }  // namespace daedalus

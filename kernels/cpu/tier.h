@@ -47,6 +47,9 @@ struct TierKernels {
   // (y[i]'s chain of multiply-adds is axpy's): attention over many keys in one call.
   void (*dot_rows)(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
   void (*axpy_rows)(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
+  // out[j] = Σ_d q[d]·key_j[d] for j < n, one multiply-add chain per key in order of d, over
+  // keys laid out as PackKeys16 writes them ([ceil(n/16)][dim][16]): no horizontal sums.
+  void (*dot_keys16)(const float* q, const float* keys16, int64_t n, int64_t dim, float* out);
   // Probes for bench: multiply-adds done by `iters` rounds of independent float FMA chains,
   // and by the unit the bf16 GEMM uses (the float FMA where weights are widened); the sum of
   // n floats read with the tier's widest loads (n a multiple of 64).

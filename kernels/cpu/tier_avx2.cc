@@ -169,6 +169,27 @@ void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows,
   for (int64_t j = 0; j < n_rows; ++j) Axpy(w[j], rows + j * stride, y, dim);
 }
 
+// Two 8-lane halves of up to two 16-key blocks at a time: four independent chains over d.
+void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, float* out) {
+  const int64_t blocks = (n + 15) / 16;
+  for (int64_t b0 = 0; b0 < blocks; b0 += 2) {
+    const int nb = static_cast<int>(std::min<int64_t>(2, blocks - b0));
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t d = 0; d < dim; ++d) {
+      const __m256 qd = _mm256_broadcast_ss(q + d);
+      for (int i = 0; i < nb; ++i) {
+        const float* k = keys16 + ((b0 + i) * dim + d) * 16;
+        acc[2 * i] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k), acc[2 * i]);
+        acc[2 * i + 1] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + 8), acc[2 * i + 1]);
+      }
+    }
+    alignas(32) float lanes[32];
+    for (int i = 0; i < 2 * nb; ++i) _mm256_store_ps(lanes + 8 * i, acc[i]);
+    const int64_t j0 = b0 * 16, count = std::min<int64_t>(16 * nb, n - j0);
+    std::copy(lanes, lanes + count, out + j0);
+  }
+}
+
 double FmaProbe(int64_t iters) {
   __m256 a[12];
   for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(0.001f * i);
@@ -202,7 +223,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& Avx2Kernels() {
-  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 

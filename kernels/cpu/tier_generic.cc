@@ -71,6 +71,15 @@ void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows,
   for (int64_t j = 0; j < n_rows; ++j) Axpy(w[j], rows + j * stride, y, dim);
 }
 
+void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* k = keys16 + (j / 16) * dim * 16 + j % 16;
+    float s = 0;
+    for (int64_t d = 0; d < dim; ++d) s += q[d] * k[d * 16];
+    out[j] = s;
+  }
+}
+
 double FmaProbe(int64_t iters) {
   float a[32];
   for (int i = 0; i < 32; ++i) a[i] = 0.001f * i;
@@ -93,7 +102,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& GenericKernels() {
-  static const TierKernels k{CpuIsa::kGeneric, false, nullptr, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kGeneric, false, nullptr, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 

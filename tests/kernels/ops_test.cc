@@ -75,6 +75,39 @@ TEST_P(OpsTier, SiluMulMatchesDefinition) {
   }
 }
 
+// Attention scores three ways: one key at a time (Dot), eight keys at a time over rows (DotRows)
+// and sixteen keys to a lane block (DotKeys16), against double sums; and a key's score must not
+// depend on how many keys are scored with it (bitwise), as a row of a prefill chunk sees a
+// different number of keys than its neighbours.
+TEST_P(OpsTier, AttentionScoresMatchReferenceAndDoNotDependOnKeyCount) {
+  for (int64_t dim : {7, 32, 96, 288}) {
+    const int64_t n = 53, stride = dim + 3;
+    std::vector<float> q(dim), rows(n * stride), keys(KeysElements(n, dim)), by_rows(n), by_keys(n);
+    for (int64_t i = 0; i < dim; ++i) q[i] = std::sin(0.37 * i + dim);
+    for (int64_t i = 0; i < n * stride; ++i) rows[i] = std::cos(0.11 * i);
+    PackKeys16(rows.data(), stride, n, dim, keys.data());
+    DotRows(q.data(), rows.data(), stride, n, dim, by_rows.data());
+    DotKeys16(q.data(), keys.data(), n, dim, by_keys.data());
+    for (int64_t j = 0; j < n; ++j) {
+      double want = 0;
+      for (int64_t i = 0; i < dim; ++i) want += static_cast<double>(q[i]) * rows[j * stride + i];
+      const double tol = 1e-6 * dim;
+      ASSERT_NEAR(by_rows[j], want, tol) << "DotRows dim " << dim << " key " << j;
+      ASSERT_NEAR(by_keys[j], want, tol) << "DotKeys16 dim " << dim << " key " << j;
+      ASSERT_NEAR(Dot(q.data(), &rows[j * stride], dim), want, tol) << "Dot dim " << dim << " key " << j;
+    }
+    for (int64_t visible : {1, 9, 16, 17, 40}) {
+      std::vector<float> a(visible), b(visible);
+      DotRows(q.data(), rows.data(), stride, visible, dim, a.data());
+      DotKeys16(q.data(), keys.data(), visible, dim, b.data());
+      for (int64_t j = 0; j < visible; ++j) {
+        ASSERT_EQ(a[j], by_rows[j]) << "DotRows: key " << j << " scored with " << visible << " keys";
+        ASSERT_EQ(b[j], by_keys[j]) << "DotKeys16: key " << j << " scored with " << visible << " keys";
+      }
+    }
+  }
+}
+
 DAEDALUS_EACH_CPU_TIER(OpsTier);
 
 }  // namespace
