@@ -99,10 +99,13 @@ absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float
   }
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
   problems.clear();
-  for (Active& a : active) {
+  const int64_t n_active = static_cast<int64_t>(active.size());
+#pragma omp parallel for schedule(dynamic) if (n_tokens > 1)
+  for (int64_t i = 0; i < n_active; ++i) {
+    Active& a = active[i];
     SiluMulSeparate(a.gate.data(), a.up.data(), a.n, a.w->gate_proj.rows, a.gate.data());
-    problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y, nullptr, a.y_rows});
   }
+  for (Active& a : active) problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y, nullptr, a.y_rows});
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
 
   // Combine: one output row per (token, slot), summed in slot order, which is ascending expert

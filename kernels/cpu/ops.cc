@@ -8,6 +8,7 @@ namespace daedalus {
 
 void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float eps, float* y, int64_t x_stride,
              int64_t y_stride) {
+#pragma omp parallel for schedule(static) if (rows * n >= 65536)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * x_stride;
     float* yr = y + r * y_stride;
@@ -22,8 +23,14 @@ void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float 
 
 void ExpInPlace(float* v, int64_t n) { cpu::Kernels().exp(v, n); }
 
+// Elementwise, so any split gives the same bits; prefill-sized inputs are shared over the threads
+// (inside a parallel region this runs on the calling thread).
 void SiluMulSeparate(const float* gate, const float* up, int64_t rows, int64_t width, float* out) {
-  cpu::Kernels().silu_mul(gate, up, rows * width, out);
+  constexpr int64_t kChunk = 16384;
+  const int64_t n = rows * width;
+  const auto silu_mul = cpu::Kernels().silu_mul;
+#pragma omp parallel for schedule(static) if (n >= 4 * kChunk)
+  for (int64_t i = 0; i < n; i += kChunk) silu_mul(gate + i, up + i, std::min(kChunk, n - i), out + i);
 }
 
 void RotateInterleaved(float* v, int64_t dim, const float* cos, const float* sin) {
