@@ -17,8 +17,8 @@ struct Dims {
   int64_t qk() const { return dn + dr; }
 };
 
-// Attention is written as per-row dot products and weighted sums (Dot, Axpy) whose summation
-// order depends only on the row and how many keys it sees: a token's attention does not change
+// Attention is written as per-row scores and weighted sums (DotKeys16, DotRows, AxpyRows) whose
+// summation order depends only on the row and how many keys it sees: a token's attention does not change
 // with the batch, the chunking of its prompt or the number of threads (GEMM libraries choose
 // blockings by shape, and bf16-rounded activations would turn their last-bit differences into
 // visible ones).
