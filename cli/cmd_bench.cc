@@ -192,9 +192,9 @@ Command AddBenchCommand(CLI::App& app) {
     // The limits are probed before and after the timed runs and the better figure kept: on a
     // shared machine the bandwidth a neighbour leaves changes from second to second.
     const double bf16_before = MeasureBf16Peak(), fp32_before = MeasureFp32Peak();
-    const double prefill = PrefillRate(w, options, f->prompt_len, f->reps);
     const double bandwidth_before = MeasureReadBandwidth();
-    ResetPeakRss();
+    ResetPeakRss();  // the probe's 1 GiB buffer is not the engine's
+    const double prefill = PrefillRate(w, options, f->prompt_len, f->reps);
     std::vector<DecodeFigures> decode;
     for (int32_t b : *batches) decode.push_back(DecodeRate(w, options, b, f->context, f->steps));
     const double peak_rss = PeakRssMiB();  // before the probes below allocate their buffers

@@ -206,7 +206,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       const LinearProblem& pr = *problems[u.problem];
       const int64_t K = pr.w.cols, Kp = PaddedCols(K), N = pr.w.rows, n0 = u.panel * kPanelRows;
       const bool fp8 = pr.w.dtype == DType::kF8E4M3;
-      const size_t elem = fp8 ? 1 : 2;
+      const size_t elem = DTypeSize(pr.w.dtype);
       const auto* panel = static_cast<const uint8_t*>(pr.w.packed) + u.panel * Kp * kPanelRows * elem;
       cpu::PanelCall call{};
       call.scales = fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * Fp8ScaleBlocks(K) : nullptr;

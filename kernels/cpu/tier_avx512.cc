@@ -107,22 +107,19 @@ void Fp8Panel(const PanelCall& c) {
   t.Store(c);
 }
 
-template <template <int> class K, int... MR>
-void Dispatch(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  using Fn = void (*)(const PanelCall&);
-  static constexpr Fn table[] = {&K<MR + 1>::Run...};
+// The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.
+template <int... MR>
+void PanelBf16For(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<MR + 1>...};
   table[c.mr - 1](c);
 }
-template <int MR>
-struct Bf16Kernel {
-  static void Run(const PanelCall& c) { Bf16Panel<MR>(c); }
-};
-template <int MR>
-struct Fp8Kernel {
-  static void Run(const PanelCall& c) { Fp8Panel<MR>(c); }
-};
-void PanelBf16(const PanelCall& c) { Dispatch<Bf16Kernel>(c, std::make_integer_sequence<int, kMaxMr>{}); }
-void PanelFp8(const PanelCall& c) { Dispatch<Fp8Kernel>(c, std::make_integer_sequence<int, kMaxMr>{}); }
+template <int... MR>
+void PanelFp8For(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<MR + 1>...};
+  table[c.mr - 1](c);
+}
+void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
 
 }  // namespace
 

@@ -21,10 +21,9 @@ namespace {
 
 #include "kernels/cpu/avx512_common.inc"
 
-constexpr int kMaxMr = 12;     // 24 accumulators in registers
-// fp8 tokens per pass over the panel: all of them, each weight decoded once (the decoding
-// constants then live in L1; passes of 6 decoded twice and measured ~15% slower prefill).
-constexpr int kFp8SubMr = kMaxMr;
+// 24 accumulators in registers. FP8 too: all tokens in one pass, each weight decoded once (its
+// decoding constants then spill to L1; passes of 6 tokens decoded twice, ~15% slower prefill).
+constexpr int kMaxMr = 12;
 
 __mmask16 MaskLo(int valid) { return static_cast<__mmask16>(valid >= 16 ? 0xffff : (1u << valid) - 1); }
 __mmask16 MaskHi(int valid) {
@@ -84,11 +83,11 @@ struct Fp8ToBf16 {
 };
 
 // FP8: per 128-input scale block, a block sum in registers (exact bf16 weights), then
-// y = block sum · scale + y in memory. Tokens in groups of kFp8SubMr.
+// y = block sum · scale + y in memory.
 template <int MR>
-void Fp8Panel(const PanelCall& c, int m0) {
+void Fp8Panel(const PanelCall& c) {
   const __mmask16 mask_lo = MaskLo(c.valid), mask_hi = MaskHi(c.valid);
-  const auto* x = static_cast<const int32_t*>(c.x) + m0;
+  const auto* x = static_cast<const int32_t*>(c.x);
   const auto* panel = static_cast<const uint8_t*>(c.panel);
   const Fp8ToBf16 decode;
   for (int64_t kp = 0; kp < c.kn / 2;) {
@@ -100,7 +99,7 @@ void Fp8Panel(const PanelCall& c, int m0) {
       const uint8_t* pair = panel + kp * kPanelPair;
       _mm_prefetch(reinterpret_cast<const char*>(pair + 2 * kPrefetchPairs * kPanelPair), _MM_HINT_T0);
       const __m512bh w_lo = decode(pair), w_hi = decode(pair + 32);
-      const int32_t* xk = x + kp * c.mr;
+      const int32_t* xk = x + kp * MR;
       for (int m = 0; m < MR; ++m) {
         const __m512bh xb = (__m512bh)_mm512_set1_epi32(xk[m]);
         lo[m] = _mm512_dpbf16_ps(lo[m], w_lo, xb);
@@ -110,7 +109,7 @@ void Fp8Panel(const PanelCall& c, int m0) {
     const __m512 scale = _mm512_set1_ps(c.scales[block]);
     const bool add = c.accumulate || block * 128 > c.k0;
     for (int m = 0; m < MR; ++m) {
-      float* y = c.y[m0 + m];
+      float* y = c.y[m];
       const __m512 y_lo = add ? _mm512_maskz_loadu_ps(mask_lo, y) : _mm512_setzero_ps();
       const __m512 y_hi = add ? _mm512_maskz_loadu_ps(mask_hi, y + 16) : _mm512_setzero_ps();
       _mm512_mask_storeu_ps(y, mask_lo, _mm512_fmadd_ps(lo[m], scale, y_lo));
@@ -119,21 +118,19 @@ void Fp8Panel(const PanelCall& c, int m0) {
   }
 }
 
+// The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.
 template <int... MR>
-void PanelBf16Dispatch(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  using Fn = void (*)(const PanelCall&);
-  static constexpr Fn table[] = {&Bf16Panel<MR + 1>...};
+void PanelBf16For(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<MR + 1>...};
   table[c.mr - 1](c);
 }
-void PanelBf16(const PanelCall& c) { PanelBf16Dispatch(c, std::make_integer_sequence<int, kMaxMr>{}); }
-
 template <int... MR>
-void PanelFp8Dispatch(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  using Fn = void (*)(const PanelCall&, int);
-  static constexpr Fn table[] = {&Fp8Panel<MR + 1>...};
-  for (int m0 = 0; m0 < c.mr; m0 += kFp8SubMr) table[std::min(kFp8SubMr, c.mr - m0) - 1](c, m0);
+void PanelFp8For(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<MR + 1>...};
+  table[c.mr - 1](c);
 }
-void PanelFp8(const PanelCall& c) { PanelFp8Dispatch(c, std::make_integer_sequence<int, kFp8SubMr>{}); }
+void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
 
 // Each row rounded 32 floats at a time (VCVTNE2PS2BF16, round to nearest even), then its pairs
 // stored mr words apart.
