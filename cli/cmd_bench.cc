@@ -19,6 +19,7 @@
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
 #include "cli/request_io.h"
+#include "core/kv_row.h"
 #include "kernels/cpu_isa.h"
 #include "kernels/cpu_probes.h"
 #include "nlohmann/json.hpp"
@@ -172,7 +173,7 @@ Command AddBenchCommand(CLI::App& app) {
     if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
     const ModelWeights& w = **loaded;
     const ModelConfig& c = w.config;
-    EngineOptions options = f->engine.Options();
+    EngineOptions options = f->engine.Options(c);
     const int64_t max_batch = *std::max_element(batches->begin(), batches->end());
     options.max_running = std::max<int64_t>(options.max_running, max_batch);
     options.kv.max_tokens = std::max<int64_t>(options.kv.max_tokens,
@@ -215,6 +216,18 @@ Command AddBenchCommand(CLI::App& app) {
     const double active = static_cast<double>(w.ActiveBytesPerToken()), dense = static_cast<double>(w.DenseBytes());
     const double one_expert_all_layers = k > 0 ? (active - dense) / static_cast<double>(k) : 0;
 
+    const double kv_bytes_per_token = static_cast<double>(KvRowBytes(c, options.kv.dtype) * c.num_hidden_layers);
+    // Tokens a KV pool of 1 GiB holds in each cache dtype, as the engine sizes it (--kv-cache-mib).
+    nlohmann::ordered_json kv_capacity;
+    for (const char* kv_dtype : {"bf16", "fp8", "f32"}) {
+      EngineFlags sized = f->engine;
+      sized.kv_dtype = kv_dtype;
+      sized.kv_mib = 1024;
+      KvCacheOptions pool = sized.Options(c).kv;
+      pool.host_pool = false;
+      kv_capacity[kv_dtype] = PagedKvCache(c, pool).total_pages() * pool.page_size;
+    }
+
     nlohmann::ordered_json out;
     const std::string tier = CpuIsaName(ActiveCpuIsa());
     out["machine"] = {{"cpu", CpuModel()}, {"isa", tier}, {"threads", threads}, {"numa_nodes", numa_nodes}};
@@ -234,9 +247,15 @@ Command AddBenchCommand(CLI::App& app) {
       const int32_t b = (*batches)[i];
       const std::string key = std::to_string(b);
       // Roofline: the DRAM time of the bytes the step touched, or the compute time of its
-      // multiply-adds on the GEMM unit, whichever is longer.
-      const double step_bytes = dense + decode[i].experts_per_layer * one_expert_all_layers;
-      const double limit = std::min(bandwidth * b / step_bytes, gemm_peak / decode_flops);
+      // multiply-adds, whichever is longer. Each sequence attends over its latent cache (the
+      // mean context of the timed steps): those bytes count, and so do absorbed attention's
+      // products (q·[c_kv | k_pe] and p·c_kv per head), which run on the float FMA.
+      const double context = f->context + f->steps / 2.0;
+      const double kv_read = b * context * kv_bytes_per_token;
+      const double attention_flops = 2.0 * c.num_hidden_layers * c.num_attention_heads * context *
+                                     (2.0 * c.kv_lora_rank + c.qk_rope_head_dim);
+      const double step_bytes = dense + decode[i].experts_per_layer * one_expert_all_layers + kv_read;
+      const double limit = std::min(bandwidth * b / step_bytes, 1.0 / (decode_flops / gemm_peak + attention_flops / fp32_peak));
       tok_s[key] = decode[i].tok_s;
       roofline[key] = limit;
       share[key] = decode[i].tok_s / limit;
@@ -247,7 +266,9 @@ Command AddBenchCommand(CLI::App& app) {
     out["decode_share_of_roofline"] = share;
     out["decode_experts_per_layer"] = experts;
     Engine probe(w, options);
+    out["kv_dtype"] = f->engine.kv_dtype;
     out["kv_bytes_per_token"] = probe.cache().BytesPerToken();
+    out["kv_capacity_tokens_per_gib"] = kv_capacity;
     out["peak_rss_mib"] = peak_rss;
     if (f->json) {
       std::printf("%s\n", out.dump(2).c_str());
@@ -275,10 +296,12 @@ Command AddBenchCommand(CLI::App& app) {
       if (i > 0 && decode1 > 0) std::printf(", %.1fx batch %d", decode[i].tok_s / decode1, (*batches)[0]);
       std::printf("\n");
     }
-    const double formula = static_cast<double>(c.kv_cache_dim() * c.num_hidden_layers * DTypeSize(options.kv.dtype));
-    std::printf("KV cache: %.1f bytes/token (latent formula %.0f, paging overhead %.2f%%, page %lld tokens)\n",
-                probe.cache().BytesPerToken(), formula, 100 * (probe.cache().BytesPerToken() / formula - 1),
-                static_cast<long long>(options.kv.page_size));
+    std::printf("KV cache (%s): %.1f bytes/token (latent formula %.0f, paging overhead %.2f%%, page %lld tokens)\n",
+                f->engine.kv_dtype.c_str(), probe.cache().BytesPerToken(), kv_bytes_per_token,
+                100 * (probe.cache().BytesPerToken() / kv_bytes_per_token - 1), static_cast<long long>(options.kv.page_size));
+    std::printf("KV capacity in 1 GiB: bf16 %lld tokens, fp8 %lld tokens (%.2fx bf16), f32 %lld tokens\n",
+                kv_capacity["bf16"].get<long long>(), kv_capacity["fp8"].get<long long>(),
+                kv_capacity["fp8"].get<double>() / kv_capacity["bf16"].get<double>(), kv_capacity["f32"].get<long long>());
     std::printf("peak resident memory: %.1f MiB\n", peak_rss);
     return 0;
   };

@@ -72,11 +72,15 @@ Command AddCoordinatorCommand(CLI::App& app) {
   struct Flags {
     std::string model;
     int world_size = 1;
+    std::string kv_dtype;
     CoordinatorFlags coordinator;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "checkpoint directory (only config.json is read)")->required();
   app.add_option("--world-size", f->world_size, "workers (MPI ranks) the cluster needs")->required();
+  app.add_option("--kv-dtype", f->kv_dtype,
+                 "latent cache format every worker must use: bf16 | f32 | fp8 (default: any, as the workers say)")
+      ->check(CLI::IsMember({"bf16", "f32", "fp8"}));
   f->coordinator.Register(app);
   return [f]() {
     LimitMallocArenas();
@@ -86,6 +90,7 @@ Command AddCoordinatorCommand(CLI::App& app) {
     CoordinatorOptions options;
     ServerOptions server;
     if (absl::Status s = f->coordinator.Options(*config, f->world_size, options, server); !s.ok()) return Fail(std::string(s.message()));
+    options.kv_dtype = f->kv_dtype;
     auto started = CoordinatorServer::Start(f->model, options, server);
     if (!started.ok()) return Fail(std::string(started.status().message()));
     std::printf("listening %s\n", (*started)->address().c_str());
@@ -139,6 +144,7 @@ Command AddServeCommand(CLI::App& app) {
     if (absl::Status s = f->coordinator.Options(*config, f->workers, options, server); !s.ok()) {
       return cleanup(), Fail(std::string(s.message()));
     }
+    options.kv_dtype = f->engine.kv_dtype;
     auto started = CoordinatorServer::Start(model, options, server);
     if (!started.ok()) return cleanup(), Fail(std::string(started.status().message()));
     CoordinatorServer& coordinator = **started;
@@ -151,7 +157,8 @@ Command AddServeCommand(CLI::App& app) {
     const EngineFlags& e = f->engine;
     std::vector<std::string> worker_args = {
         "--coordinator", coordinator.address(), "--model", model, "--collective-timeout", absl::StrCat(f->collective_timeout_s),
-        "--kv-dtype", e.kv_dtype, "--kv-cache-tokens", absl::StrCat(e.kv_tokens), "--page-size", absl::StrCat(e.page_size),
+        "--kv-dtype", e.kv_dtype, "--kv-cache-tokens", absl::StrCat(e.kv_tokens), "--kv-cache-mib", absl::StrCat(e.kv_mib),
+        "--page-size", absl::StrCat(e.page_size),
         "--max-batch-tokens", absl::StrCat(e.max_batch_tokens), "--prefill-chunk", absl::StrCat(e.prefill_chunk),
         "--attention", e.attention,
         // The coordinator lives in this process: workers that lost it for this long have lost

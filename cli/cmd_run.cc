@@ -123,7 +123,7 @@ Command AddRunCommand(CLI::App& app) {
     }
     auto weights = LoadModelWeights(f->model, mine);
     if (!weights.ok()) return Fail(std::string(weights.status().message()));
-    EngineOptions options = f->engine.Options();
+    EngineOptions options = f->engine.Options((*weights)->config);
     if (ep) {
       options.transport = &ep->transport();
       options.placements = &ep->placements();

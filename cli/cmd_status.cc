@@ -17,11 +17,11 @@ void PrintTable(const v1::ClusterStatusResponse& s) {
               static_cast<long long>(s.queued()), static_cast<long long>(s.generated_tokens()));
   std::printf("requests:");
   for (const auto& [outcome, n] : s.requests_by_outcome()) std::printf(" %s=%lld", outcome.c_str(), static_cast<long long>(n));
-  std::printf("\n\n%-5s %-8s %-20s %-8s %-6s %18s %8s %10s\n", "rank", "state", "host", "pid", "device", "kv used/capacity",
-              "running", "heartbeat");
+  std::printf("\n\n%-5s %-8s %-20s %-8s %-6s %-4s %18s %8s %10s\n", "rank", "state", "host", "pid", "device", "kv",
+              "kv used/capacity", "running", "heartbeat");
   for (const auto& w : s.workers()) {
-    std::printf("%-5d %-8s %-20s %-8lld %-6s %8lld/%-9lld %8lld %9.1fs\n", w.rank(), w.state().c_str(), w.host().c_str(),
-                static_cast<long long>(w.pid()), w.device().c_str(), static_cast<long long>(w.kv_used_tokens()),
+    std::printf("%-5d %-8s %-20s %-8lld %-6s %-4s %8lld/%-9lld %8lld %9.1fs\n", w.rank(), w.state().c_str(), w.host().c_str(),
+                static_cast<long long>(w.pid()), w.device().c_str(), w.kv_dtype().c_str(), static_cast<long long>(w.kv_used_tokens()),
                 static_cast<long long>(w.kv_capacity_tokens()), static_cast<long long>(w.running()), w.last_heartbeat_age_s());
   }
   if (s.layers_size() == 0) return;

@@ -225,7 +225,7 @@ Command AddWorkerCommand(CLI::App& app) {
       const auto long_wait = std::chrono::milliseconds(static_cast<int64_t>(f->register_timeout_s * 1000));
       const auto reconnect_wait = std::chrono::milliseconds(static_cast<int64_t>(f->reconnect_timeout_s * 1000));
       ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(f->model + "/config.json"));
-      EngineOptions options = f->engine.Options();
+      EngineOptions options = f->engine.Options(config);
       options.keep_results = false;
       v1::RegisterRequest reg;
       char host[256] = {};
@@ -236,6 +236,7 @@ Command AddWorkerCommand(CLI::App& app) {
       const int64_t pages = (options.kv.max_tokens + options.kv.page_size - 1) / options.kv.page_size;
       reg.set_kv_capacity_tokens(pages * options.kv.page_size);
       reg.set_kv_page_size(options.kv.page_size);
+      reg.set_kv_dtype(f->engine.kv_dtype);
       reg.set_transport(transport_kind);
       if (ucx != nullptr) reg.set_data_plane_address(ucx->address());
       if (!nccl_id.empty()) reg.set_data_plane_address(nccl_id);

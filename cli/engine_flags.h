@@ -1,7 +1,10 @@
 // Engine flags shared by `run`, `bench` and `worker`.
 #pragma once
 
+#include <algorithm>
+
 #include "CLI/CLI.hpp"
+#include "core/kv_row.h"
 #include "worker/device_backend.h"
 #include "worker/engine.h"
 
@@ -9,14 +12,18 @@ namespace daedalus {
 
 struct EngineFlags {
   std::string kv_dtype = "bf16", attention = "auto";
-  int64_t kv_tokens = 1 << 16, page_size = 64, max_batch_tokens = 512, prefill_chunk = 512;
+  int64_t kv_tokens = 1 << 16, kv_mib = 0, page_size = 64, max_batch_tokens = 512, prefill_chunk = 512;
   int threads = 0;
   std::string device = "cpu";
   double gpu_memory_fraction = 0.9;
 
   void Register(CLI::App& app) {
-    app.add_option("--kv-dtype", kv_dtype, "latent KV cache dtype: bf16 | f32")->check(CLI::IsMember({"bf16", "f32"}));
+    app.add_option("--kv-dtype", kv_dtype,
+                   "latent KV cache dtype: bf16 | f32 | fp8 (e4m3 latent with one scale per 128 values, bf16 k_pe)")
+        ->check(CLI::IsMember({"bf16", "f32", "fp8"}));
     app.add_option("--kv-cache-tokens", kv_tokens, "KV cache capacity in tokens");
+    app.add_option("--kv-cache-mib", kv_mib,
+                   "KV cache capacity as memory instead: as many tokens as fit in this many MiB in --kv-dtype's format");
     app.add_option("--page-size", page_size, "KV cache page size in tokens");
     app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per forward step");
     app.add_option("--prefill-chunk", prefill_chunk, "longest prefill slice of one sequence per step");
@@ -29,10 +36,16 @@ struct EngineFlags {
                    "(the KV pool gets what is left, capped by --kv-cache-tokens)");
   }
   DeviceOptions Device() const { return DeviceOptions{device, gpu_memory_fraction}; }
-  EngineOptions Options() const {
+  DType KvDType() const { return kv_dtype == "f32" ? DType::kF32 : kv_dtype == "fp8" ? DType::kF8E4M3 : DType::kBF16; }
+  // The engine's options; --kv-cache-mib needs the model's shape to become tokens.
+  EngineOptions Options(const ModelConfig& config) const {
     EngineOptions o;
-    o.kv.dtype = kv_dtype == "f32" ? DType::kF32 : DType::kBF16;
+    o.kv.dtype = KvDType();
     o.kv.max_tokens = kv_tokens;
+    if (kv_mib > 0) {
+      const int64_t per_page = KvRowBytes(config, o.kv.dtype) * config.num_hidden_layers * page_size;
+      o.kv.max_tokens = std::max<int64_t>(1, (kv_mib << 20) / per_page) * page_size;
+    }
     o.kv.page_size = page_size;
     o.max_batch_tokens = max_batch_tokens;
     o.prefill_chunk = prefill_chunk;

@@ -27,6 +27,11 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
   if (r.kv_capacity_tokens() <= 0 || r.kv_page_size() <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": KV capacity and page size must be positive"));
   }
+  const std::string kv_dtype = r.kv_dtype().empty() ? "bf16" : r.kv_dtype();
+  if (!options_.kv_dtype.empty() && kv_dtype != options_.kv_dtype) {
+    return absl::FailedPreconditionError(absl::StrCat(who, " keeps its latent cache as --kv-dtype ", kv_dtype,
+                                                      "; this coordinator serves --kv-dtype ", options_.kv_dtype));
+  }
   std::lock_guard<std::mutex> lock(mu_);
   std::string launch = r.launch_id();
   if (launch.empty()) {
@@ -496,6 +501,7 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
     ws->set_device(w->info.device());
     ws->set_state(w->state == WorkerState::kLoading ? "loading" : w->state == WorkerState::kReady ? "ready" : "lost");
     ws->set_kv_capacity_tokens(w->info.kv_capacity_tokens());
+    ws->set_kv_dtype(w->info.kv_dtype().empty() ? "bf16" : w->info.kv_dtype());
     ws->set_kv_used_tokens(w->kv_reserved);
     ws->set_running(w->running);
     ws->set_last_heartbeat_age_s(std::chrono::duration<double>(now - w->last_heard).count());

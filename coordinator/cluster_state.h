@@ -42,6 +42,8 @@ struct CoordinatorOptions {
   // the imbalance below this fraction of the current one (0: never).
   double rebalance_gain = 0.9;
   std::chrono::milliseconds rebalance_interval{0};  // how often the server tries (0: never)
+  // Latent cache format every worker must use ("bf16" | "f32" | "fp8"); empty: any.
+  std::string kv_dtype;
 };
 
 // The coordinator's end of one worker's control stream.

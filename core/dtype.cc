@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -60,23 +61,19 @@ float Fp8E4M3ToF32(uint8_t code) { return E4M3Table()[code]; }
 
 uint8_t F32ToFp8E4M3(float f) {
   if (std::isnan(f)) return 0x7f;
-  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  float a = std::fabs(f);
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const auto sign = static_cast<uint8_t>(bits >> 24 & 0x80);
+  bits &= 0x7fffffffu;
+  float a;
+  std::memcpy(&a, &bits, 4);
   if (a >= 448.0f) return sign | 0x7e;
-  // Candidates are the 127 non-negative finite codes, ordered by value: pick the nearest,
-  // ties to the even code (an even mantissa bit pattern).
-  const auto& table = E4M3Table();
-  int lo = 0, hi = 0x7e;
-  while (lo < hi) {  // first code with value >= a
-    int mid = (lo + hi) / 2;
-    if (table[mid] < a) lo = mid + 1; else hi = mid;
-  }
-  int best = lo;
-  if (lo > 0) {
-    float up = table[lo] - a, down = a - table[lo - 1];
-    if (down < up || (down == up && ((lo - 1) & 1) == 0)) best = lo - 1;
-  }
-  return sign | static_cast<uint8_t>(best);
+  // Subnormal range: multiples of 2^-9, ties to even (8 is the smallest normal's code).
+  if (a < 0x1p-6f) return sign | static_cast<uint8_t>(std::nearbyint(a * 512.0f));
+  // Normal: the float's mantissa rounded to 3 bits (ties to even), its exponent rebiased from
+  // 127 to 7. Below 448 the result is at most 448 (0x7e).
+  bits += 0x7ffffu + (bits >> 20 & 1u);
+  return sign | static_cast<uint8_t>(((bits >> 23) - 120) << 3 | (bits >> 20 & 7));
 }
 
 void Bf16ToF32(const bf16* in, float* out, size_t n) {

@@ -40,4 +40,7 @@ void PackKeys16(const float* rows, int64_t stride, int64_t n, int64_t dim, float
 // does not depend on n or on the keys beside it. Attention scores without horizontal sums.
 void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, float* out);
 
+// out[i] = Fp8E4M3ToF32(codes[i]) · scale, bitwise the same on every tier (the FP8 latent cache).
+void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out);
+
 }  // namespace daedalus

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/kv_row.h"
+
 namespace daedalus {
 
 double ModelShape::total_params(int64_t n_routed_experts, int64_t n_shared_experts) const {
@@ -40,17 +42,7 @@ double WeightBytes(DType dtype) {
   return 2.0;
 }
 
-int64_t KvBytesPerToken(const ModelConfig& c, DType kv_dtype) {
-  int64_t per_layer = 0;
-  switch (kv_dtype) {
-    case DType::kF32: per_layer = c.kv_cache_dim() * 4; break;
-    case DType::kBF16: per_layer = c.kv_cache_dim() * 2; break;
-    case DType::kF8E4M3:
-      per_layer = c.kv_lora_rank + (c.kv_lora_rank + 127) / 128 * 4 + c.qk_rope_head_dim * 2;
-      break;
-  }
-  return per_layer * c.num_hidden_layers;
-}
+int64_t KvBytesPerToken(const ModelConfig& c, DType kv_dtype) { return KvRowBytes(c, kv_dtype) * c.num_hidden_layers; }
 
 int64_t MhaKvBytesPerToken(const ModelConfig& c, double bytes_per_element) {
   return GqaKvBytesPerToken(c.num_hidden_layers, c.num_attention_heads, c.qk_nope_head_dim, bytes_per_element);

@@ -33,9 +33,8 @@ ModelShape ShapeOf(const ModelConfig& config);
 // 128x128 block.
 double WeightBytes(DType dtype);
 
-// Latent KV cache bytes per token over all layers: (kv_lora_rank + qk_rope_head_dim) x layers
-// x 2 in BF16 (V3: 70,272; V2: 69,120). FP8 is FlashMLA's format: the latent in FP8 with one
-// float32 scale per 128 elements, the RoPE part in BF16 (656 B per layer for V3).
+// Latent KV cache bytes per token over all layers: KvRowBytes (core/kv_row.h, the cache's own
+// row format) x layers. BF16: V3 70,272, V2 69,120; FP8 (FlashMLA's format): V3 40,016.
 int64_t KvBytesPerToken(const ModelConfig& config, DType kv_dtype);
 // The same model with multi-head attention: 2 x n_h x d_h x layers elements (DeepSeek-V2
 // report, Table 1), d_h = qk_nope_head_dim.

@@ -35,7 +35,8 @@ absl::StatusOr<std::unique_ptr<ForwardBackend>> MakeDeviceBackend(const DeviceOp
   }
 #if DAEDALUS_HAVE_CUDA
   if (options.kv.dtype != DType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrCat("--device ", device.device, ": the GPU latent cache is bf16 (--kv-dtype bf16)"));
+    return absl::InvalidArgumentError(absl::StrCat("--device ", device.device, ": --kv-dtype ", DTypeName(options.kv.dtype),
+                                                   ": the GPU MLA kernels read a bf16 latent cache only (--kv-dtype bf16)"));
   }
   GpuModelOptions o;
   o.device = *index;

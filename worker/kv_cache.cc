@@ -1,13 +1,18 @@
 #include "worker/kv_cache.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
+#include "core/kv_row.h"
+#include "kernels/ops.h"
 
 namespace daedalus {
 
 PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& options)
-    : options_(options), layers_(config.num_hidden_layers), dim_(config.kv_cache_dim()) {
-  elem_ = DTypeSize(options.dtype);
-  page_bytes_ = static_cast<size_t>(layers_ * options.page_size * dim_) * elem_;
+    : options_(options), layers_(config.num_hidden_layers), dim_(config.kv_cache_dim()), kv_lora_rank_(config.kv_lora_rank) {
+  row_bytes_ = static_cast<size_t>(KvRowBytes(config, options.dtype));
+  page_bytes_ = static_cast<size_t>(layers_ * options.page_size) * row_bytes_;
   total_pages_ = (options.max_tokens + options.page_size - 1) / options.page_size;
   if (options.host_pool) pool_.reset(new uint8_t[page_bytes_ * total_pages_]);
   for (int64_t p = total_pages_ - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
@@ -32,15 +37,55 @@ void PagedKvCache::Release(PageTable& pages) {
 }
 
 uint8_t* PagedKvCache::Row(int32_t page, int64_t layer, int64_t slot) const {
-  // Page layout: [layer][slot][dim].
-  return pool_.get() + page * page_bytes_ +
-         static_cast<size_t>((layer * options_.page_size + slot) * dim_) * elem_;
+  // Page layout: [layer][slot][row].
+  return pool_.get() + page * page_bytes_ + static_cast<size_t>(layer * options_.page_size + slot) * row_bytes_;
 }
+
+namespace {
+
+// FP8 row (core/kv_row.h): per block of 128 latent values, scale = max |v| / 448 and codes
+// e4m3(v / scale); then k_pe in bf16.
+void WriteFp8Row(const float* latent, int64_t rkv, int64_t dr, uint8_t* row) {
+  uint8_t* scales = row + rkv;
+  for (int64_t b = 0; b * kKvFp8Block < rkv; ++b) {
+    const int64_t begin = b * kKvFp8Block, end = std::min(rkv, begin + kKvFp8Block);
+    float amax = 0;
+    for (int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(latent[i]));
+    const float scale = amax / 448.0f;
+    for (int64_t i = begin; i < end; ++i) row[i] = scale > 0 ? F32ToFp8E4M3(latent[i] / scale) : 0;
+    std::memcpy(scales + 4 * b, &scale, 4);
+  }
+  for (int64_t i = 0; i < dr; ++i) {  // k_pe may sit unaligned after the scales
+    const bf16 v = F32ToBf16(latent[rkv + i]);
+    std::memcpy(scales + 4 * KvFp8Scales(rkv) + 2 * i, &v, 2);
+  }
+}
+
+void ReadFp8Row(const uint8_t* row, int64_t rkv, int64_t dr, float* out) {
+  const uint8_t* scales = row + rkv;
+  for (int64_t b = 0; b * kKvFp8Block < rkv; ++b) {
+    const int64_t begin = b * kKvFp8Block;
+    float scale;
+    std::memcpy(&scale, scales + 4 * b, 4);
+    Fp8ToF32(row + begin, std::min(kKvFp8Block, rkv - begin), scale, out + begin);
+  }
+  bf16 pe[64];  // k_pe may sit unaligned after the scales: copied out, then widened
+  for (int64_t i = 0; i < dr; i += 64) {
+    const int64_t n = std::min<int64_t>(64, dr - i);
+    std::memcpy(pe, scales + 4 * KvFp8Scales(rkv) + 2 * i, 2 * n);
+    Bf16ToF32(pe, out + rkv + i, static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
 
 void PagedKvCache::Write(const PageTable& pages, int64_t layer, int64_t pos, const float* latent) {
   uint8_t* row = Row(pages[pos / options_.page_size], layer, pos % options_.page_size);
-  if (options_.dtype == DType::kF32) std::memcpy(row, latent, dim_ * 4);
-  else F32ToBf16(latent, reinterpret_cast<bf16*>(row), dim_);
+  switch (options_.dtype) {
+    case DType::kF32: std::memcpy(row, latent, dim_ * 4); break;
+    case DType::kBF16: F32ToBf16(latent, reinterpret_cast<bf16*>(row), dim_); break;
+    case DType::kF8E4M3: WriteFp8Row(latent, kv_lora_rank_, dim_ - kv_lora_rank_, row); break;
+  }
 }
 
 void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const {
@@ -49,8 +94,13 @@ void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, in
     const int64_t run = std::min(begin + n - pos, options_.page_size - slot);
     const uint8_t* row = Row(pages[pos / options_.page_size], layer, slot);
     float* dst = out + (pos - begin) * dim_;
-    if (options_.dtype == DType::kF32) std::memcpy(dst, row, run * dim_ * 4);
-    else Bf16ToF32(reinterpret_cast<const bf16*>(row), dst, run * dim_);
+    switch (options_.dtype) {
+      case DType::kF32: std::memcpy(dst, row, run * dim_ * 4); break;
+      case DType::kBF16: Bf16ToF32(reinterpret_cast<const bf16*>(row), dst, run * dim_); break;
+      case DType::kF8E4M3:
+        for (int64_t i = 0; i < run; ++i) ReadFp8Row(row + i * row_bytes_, kv_lora_rank_, dim_ - kv_lora_rank_, dst + i * dim_);
+        break;
+    }
     pos += run;
   }
 }

@@ -77,4 +77,6 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
   cpu::Kernels().dot_keys16(q, keys16, n, dim, out);
 }
 
+void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) { cpu::Kernels().fp8_to_f32(codes, n, scale, out); }
+
 }  // namespace daedalus

@@ -50,6 +50,9 @@ struct TierKernels {
   // out[j] = Σ_d q[d]·key_j[d] for j < n, one multiply-add chain per key in order of d, over
   // keys laid out as PackKeys16 writes them ([ceil(n/16)][dim][16]): no horizontal sums.
   void (*dot_keys16)(const float* q, const float* keys16, int64_t n, int64_t dim, float* out);
+  // out[i] = value(codes[i]) · scale for e4m3 codes: the code's value is exact in float, then one
+  // rounding, so every tier gives the same bits (the FP8 latent cache).
+  void (*fp8_to_f32)(const uint8_t* codes, int64_t n, float scale, float* out);
   // Probes for bench: multiply-adds done by `iters` rounds of independent float FMA chains,
   // and by the unit the bf16 GEMM uses (the float FMA where weights are widened); the sum of
   // n floats read with the tier's widest loads (n a multiple of 64).

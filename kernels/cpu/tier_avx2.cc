@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -190,6 +191,27 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
   }
 }
 
+// e4m3 to float without a table: the code's magnitude bits moved to a float's exponent and
+// mantissa fields (subnormal codes become float subnormals) times 2^120 restores the bias,
+// exactly; then the scale, the one rounding.
+void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) {
+  const __m256i mag = _mm256_set1_epi32(0x7f), sign = _mm256_set1_epi32(0x80);
+  const __m256 bias = _mm256_set1_ps(0x1p120f), s = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
+    const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(c, mag), 20),
+                                         _mm256_slli_epi32(_mm256_and_si256(c, sign), 24));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_castsi256_ps(bits), bias), s));
+  }
+  for (; i < n; ++i) {
+    const uint32_t bits = (codes[i] & 0x7fu) << 20 | (codes[i] & 0x80u) << 24;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    out[i] = v * 0x1p120f * scale;
+  }
+}
+
 double FmaProbe(int64_t iters) {
   __m256 a[12];
   for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(0.001f * i);
@@ -223,7 +245,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& Avx2Kernels() {
-  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, Fp8ToF32, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 

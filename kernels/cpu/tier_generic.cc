@@ -1,6 +1,7 @@
 // The generic tier: plain C++ over the panel layout, for x86-64 machines without AVX2 (and the
 // meaning every faster tier must match within its bound).
 #include <cmath>
+#include <cstring>
 
 #include "core/dtype.h"
 #include "kernels/cpu/tier.h"
@@ -80,6 +81,18 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
   }
 }
 
+// e4m3 to float without a table: the code's magnitude bits moved to a float's exponent and
+// mantissa fields (subnormal codes become float subnormals) times 2^120 restores the bias,
+// exactly; then the scale, the one rounding.
+void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = (codes[i] & 0x7fu) << 20 | (codes[i] & 0x80u) << 24;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    out[i] = v * 0x1p120f * scale;
+  }
+}
+
 double FmaProbe(int64_t iters) {
   float a[32];
   for (int i = 0; i < 32; ++i) a[i] = 0.001f * i;
@@ -102,7 +115,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& GenericKernels() {
-  static const TierKernels k{CpuIsa::kGeneric, false, nullptr, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kGeneric, false, nullptr, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, Fp8ToF32, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 

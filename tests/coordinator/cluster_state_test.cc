@@ -146,6 +146,27 @@ TEST_F(ClusterStateTest, RejectsMismatchedRegistrations) {
   EXPECT_TRUE(absl::IsInvalidArgument(state_->Register(r, now_).status()));
 }
 
+TEST_F(ClusterStateTest, RefusesAWorkerWhoseCacheFormatIsNotTheClusters) {
+  config_ = *PresetConfig("tiny");
+  CoordinatorOptions options;
+  options.world_size = world_ = 1;
+  options.kv_dtype = "fp8";
+  state_ = std::make_unique<ClusterState>(config_, "tiny", options, &metrics_);
+  auto bf16 = RegisterFull(0, 1024, "launch-1");  // an unset kv_dtype is bf16
+  ASSERT_TRUE(absl::IsFailedPrecondition(bf16.status())) << bf16.status();
+  EXPECT_NE(bf16.status().message().find("--kv-dtype bf16"), std::string::npos) << bf16.status();
+  EXPECT_NE(bf16.status().message().find("--kv-dtype fp8"), std::string::npos) << bf16.status();
+  v1::RegisterRequest r;
+  r.set_rank(0);
+  r.set_world_size(1);
+  r.set_launch_id("launch-1");
+  r.set_kv_capacity_tokens(1024);
+  r.set_kv_page_size(64);
+  r.set_kv_dtype("fp8");
+  ASSERT_TRUE(state_->Register(r, now_).ok());
+  EXPECT_EQ(state_->Status(now_).workers(0).kv_dtype(), "fp8");
+}
+
 TEST_F(ClusterStateTest, WorkersWithoutLaunchIdOrRankGetRanksInOrder) {
   config_ = *PresetConfig("tiny");
   CoordinatorOptions options;

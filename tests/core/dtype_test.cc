@@ -1,6 +1,8 @@
 #include "core/dtype.h"
 
 #include <cmath>
+#include <random>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -42,6 +44,34 @@ TEST(Fp8E4M3, EncodeInvertsDecodeAndRoundsToNearest) {
   EXPECT_EQ(F32ToFp8E4M3(1.05f), 0x38);
   EXPECT_EQ(F32ToFp8E4M3(1.1f), 0x39);
   EXPECT_EQ(F32ToFp8E4M3(1.0625f), 0x38);
+}
+
+// Against the definition: the nearest of the 127 non-negative finite codes by value, ties to the
+// even code, saturating at 448; over random magnitudes across the whole range and every midpoint.
+uint8_t NearestCode(float f) {
+  if (std::fabs(f) >= 448.0f) return (std::signbit(f) ? 0x80 : 0) | 0x7e;
+  int best = 0;
+  for (int c = 1; c <= 0x7e; ++c) {
+    const double d = std::fabs(std::fabs(static_cast<double>(f)) - Fp8E4M3ToF32(static_cast<uint8_t>(c)));
+    const double b = std::fabs(std::fabs(static_cast<double>(f)) - Fp8E4M3ToF32(static_cast<uint8_t>(best)));
+    if (d < b || (d == b && (c & 1) == 0)) best = c;
+  }
+  return (std::signbit(f) ? 0x80 : 0) | best;
+}
+
+TEST(Fp8E4M3, EncodeIsTheNearestCodeTiesToEven) {
+  std::vector<float> values;
+  for (int c = 0; c < 0x7e; ++c) {
+    const float lo = Fp8E4M3ToF32(static_cast<uint8_t>(c)), hi = Fp8E4M3ToF32(static_cast<uint8_t>(c + 1));
+    values.insert(values.end(), {(lo + hi) / 2, std::nextafter((lo + hi) / 2, 0.0f), std::nextafter((lo + hi) / 2, 1e9f)});
+  }
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> exponent(-14.0f, 9.5f);
+  for (int i = 0; i < 20000; ++i) values.push_back(std::exp2(exponent(rng)));
+  for (float v : values) {
+    ASSERT_EQ(F32ToFp8E4M3(v), NearestCode(v)) << v;
+    ASSERT_EQ(F32ToFp8E4M3(-v), NearestCode(-v)) << -v;
+  }
 }
 
 }  // namespace

@@ -180,6 +180,9 @@ def run_checks(cli, tmp):
     expect_error(p, "fractional token id", ["1.5", "token id"])
     p = cli("run", "--model", model, "--prompt-ids", "99999999999", "--max-new-tokens", "1")
     expect_error(p, "token id beyond int32", ["99999999999"])
+    p = cli("run", "--model", model, "--prompt-ids", "1", "--kv-dtype", "int4")
+    check(p.returncode > 0 and "int4" in p.stderr and "bf16,f32,fp8" in p.stderr,
+          "--kv-dtype int4 is refused with the allowed list", describe(p))
     missing = os.path.join(tmp, "no_such_model")
     p = cli("run", "--model", missing, "--prompt-ids", "1", "--max-new-tokens", "1")
     expect_error(p, "missing model directory", [missing])

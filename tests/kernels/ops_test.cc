@@ -1,9 +1,12 @@
 #include "kernels/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <complex>
+#include <cstdint>
 #include <vector>
 
+#include "core/dtype.h"
 #include "gtest/gtest.h"
 #include "tests/kernels/tiers.h"
 
@@ -103,6 +106,28 @@ TEST_P(OpsTier, AttentionScoresMatchReferenceAndDoNotDependOnKeyCount) {
       for (int64_t j = 0; j < visible; ++j) {
         ASSERT_EQ(a[j], by_rows[j]) << "DotRows: key " << j << " scored with " << visible << " keys";
         ASSERT_EQ(b[j], by_keys[j]) << "DotKeys16: key " << j << " scored with " << visible << " keys";
+      }
+    }
+  }
+}
+
+// The FP8 latent cache's dequantization: the exact value of every finite code times the scale,
+// one float rounding, whatever the length (vector bodies and tails) or the scale's range.
+TEST_P(OpsTier, Fp8ToF32IsTheCodesValueTimesTheScaleBitwise) {
+  std::vector<uint8_t> codes;
+  for (int c = 0; c < 256; ++c)
+    if ((c & 0x7f) != 0x7f) codes.push_back(static_cast<uint8_t>(c));  // 0x7f, 0xff: NaN
+  for (const float scale : {1.0f, 0.3713f, 2.5e-3f, 7.9e4f, 1e-30f}) {
+    for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{16}, int64_t{33}, static_cast<int64_t>(codes.size())}) {
+      for (int64_t offset : {int64_t{0}, int64_t{5}}) {
+        const int64_t len = std::min<int64_t>(n, static_cast<int64_t>(codes.size()) - offset);
+        std::vector<float> out(len + 1, -7.0f);
+        Fp8ToF32(codes.data() + offset, len, scale, out.data());
+        for (int64_t i = 0; i < len; ++i) {
+          const float want = Fp8E4M3ToF32(codes[offset + i]) * scale;
+          ASSERT_EQ(out[i], want) << "code 0x" << std::hex << int{codes[offset + i]} << std::dec << " scale " << scale;
+        }
+        EXPECT_EQ(out[len], -7.0f) << "wrote past n = " << len;
       }
     }
   }

@@ -147,6 +147,36 @@ def round_bf16(x):
     return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
+E4M3_POSITIVE = E4M3FN[:0x7f]                # codes 0..0x7e: every finite value >= 0, ascending
+
+
+def round_e4m3(x):
+    """Nearest e4m3fn value, ties to the even code, saturating at +-448."""
+    a = np.minimum(np.abs(x), 448.0)
+    hi = np.minimum(np.searchsorted(E4M3_POSITIVE, a), 0x7e)    # first code whose value >= a
+    lo = np.maximum(hi - 1, 0)
+    d_lo, d_hi = a - E4M3_POSITIVE[lo], E4M3_POSITIVE[hi] - a
+    code = np.where((d_lo < d_hi) | ((d_lo == d_hi) & (lo % 2 == 0)), lo, hi)
+    return np.sign(x) * E4M3_POSITIVE[code]
+
+
+def cache_latent(c_kv, k_pe, kv_dtype):
+    """What the latent cache gives back for rows of c_kv and rotated k_pe. f32: exact. bf16:
+    both rounded to bf16. fp8 (FlashMLA's format): per token and block of 128 values,
+    scale = max|v| / 448 in float32 and each value rounded to e4m3 times it; k_pe in bf16."""
+    if kv_dtype == "f32":
+        return c_kv, k_pe
+    if kv_dtype == "bf16":
+        return round_bf16(c_kv), round_bf16(k_pe)
+    out = np.zeros_like(c_kv)
+    for b in range(0, c_kv.shape[1], 128):
+        block = c_kv[:, b:b + 128].astype(np.float32)
+        scale = np.abs(block).max(axis=1, keepdims=True) / np.float32(448)
+        ratio = (block / np.where(scale > 0, scale, np.float32(1))).astype(np.float64)
+        out[:, b:b + 128] = np.where(scale > 0, round_e4m3(ratio) * scale.astype(np.float64), 0.0)
+    return out, round_bf16(k_pe)
+
+
 def rms_norm(x, g, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
 
@@ -218,9 +248,10 @@ def apply_rope(x, positions, inv_freq, mul):
 # ----------------------------------------------------------------------------------------------
 
 class DeepSeekRef:
-    def __init__(self, model_dir, bf16_activations=False):
+    def __init__(self, model_dir, bf16_activations=False, kv_dtype="f32"):
         self.ck = Checkpoint(model_dir)
         self.bf16_activations = bf16_activations
+        self.kv_dtype = kv_dtype
         self.cfg = self.ck.cfg
         self.inv_freq, self.rope_mul, self.mscale2 = rope_params(self.cfg)
 
@@ -254,13 +285,14 @@ class DeepSeekRef:
         a = self.lin(x, p + "kv_a_proj_with_mqa.weight")
         c_kv = rms_norm(a[:, :rkv], self.w(p + "kv_a_layernorm.weight"), eps)
         k_pe = a[:, rkv:]                                                    # [T, dr]
+        q_pe = apply_rope(q_pe, positions, self.inv_freq, self.rope_mul)     # [T, H, dr]
+        k_pe = apply_rope(k_pe, positions, self.inv_freq, self.rope_mul)     # [T, dr]
+        # Attention sees the latent as the cache stores it.
+        c_kv, k_pe = cache_latent(c_kv, k_pe, self.kv_dtype)
 
         # Decompress per-head keys and values.
         kv = self.lin(c_kv, p + "kv_b_proj.weight").reshape(T, H, dn + dv)
         k_nope, v = kv[..., :dn], kv[..., dn:]
-
-        q_pe = apply_rope(q_pe, positions, self.inv_freq, self.rope_mul)     # [T, H, dr]
-        k_pe = apply_rope(k_pe, positions, self.inv_freq, self.rope_mul)     # [T, dr]
 
         scale = (dn + dr) ** -0.5 * self.mscale2
         scores = (np.einsum("thd,shd->hts", q_nope, k_nope)
@@ -368,12 +400,14 @@ def main():
                     help="also write rows for every fed position under 'all_logits'")
     ap.add_argument("--bf16-activations", action="store_true",
                     help="round the input of every BF16/FP8 projection to bf16 (the CPU avx512bf16 and amx tiers)")
+    ap.add_argument("--kv-dtype", choices=["f32", "bf16", "fp8"], default="f32",
+                    help="round the cached latent as the engine's --kv-dtype does (default: exact)")
     args = ap.parse_args()
 
     prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
     if not prompt:
         ap.error("--prompt-ids must name at least one token")
-    model = DeepSeekRef(args.model, args.bf16_activations)
+    model = DeepSeekRef(args.model, args.bf16_activations, args.kv_dtype)
     prompt_rows, generated, all_rows = model.generate(prompt, args.max_new_tokens)
     out = {"prompt_ids": prompt,
            "logits": prompt_rows.tolist(),

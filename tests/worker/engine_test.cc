@@ -92,32 +92,45 @@ TEST(Engine, IncrementalDecodeEqualsFullPrefill) {
   EXPECT_LT(MaxAbsDiff(stepwise.prompt_logits, pre.prompt_logits), kTol);
 }
 
-TEST(Engine, ChunkedPrefillEqualsUnchunked) {
+// Per latent cache format: chunking, batching and paging must not change a sequence's result.
+class EngineCache : public ::testing::TestWithParam<DType> {
+ protected:
+  EngineOptions Options() const {
+    EngineOptions o;
+    o.kv.dtype = GetParam();
+    return o;
+  }
+};
+
+TEST_P(EngineCache, ChunkedPrefillEqualsUnchunked) {
   const ModelWeights& w = TinyModel(DType::kBF16);
-  EngineOptions chunked;
+  EngineOptions chunked = Options();
   chunked.prefill_chunk = 7;
   chunked.kv.page_size = 8;  // chunks straddle pages
-  const auto a = RunAll(w, EngineOptions{}, {Greedy(Prompt(50, 3), 8)});
+  const auto a = RunAll(w, Options(), {Greedy(Prompt(50, 3), 8)});
   const auto b = RunAll(w, chunked, {Greedy(Prompt(50, 3), 8)});
   EXPECT_LT(MaxAbsDiff(a[0].prompt_logits, b[0].prompt_logits), kTol);
   EXPECT_EQ(a[0].generated_ids, b[0].generated_ids);
 }
 
-TEST(Engine, BatchEqualsEachAlone) {
+TEST_P(EngineCache, BatchEqualsEachAlone) {
   const ModelWeights& w = TinyModel(DType::kBF16);
   std::vector<Request> requests = {Greedy(Prompt(3, 4), 9), Greedy(Prompt(29, 5), 4), Greedy(Prompt(64, 6), 12),
                                    Greedy(Prompt(1, 7), 6)};
-  EngineOptions small_steps;
+  EngineOptions small_steps = Options();
   small_steps.max_batch_tokens = 40;  // prefill of one overlaps decode of the others
   small_steps.prefill_chunk = 16;
   const auto together = RunAll(w, small_steps, requests);
   for (size_t i = 0; i < requests.size(); ++i) {
-    const auto alone = RunAll(w, EngineOptions{}, {requests[i]});
+    const auto alone = RunAll(w, Options(), {requests[i]});
     EXPECT_LT(MaxAbsDiff(together[i].prompt_logits, alone[0].prompt_logits), kTol) << "request " << i;
     EXPECT_EQ(together[i].generated_ids, alone[0].generated_ids) << "request " << i;
     EXPECT_EQ(together[i].generated_ids.size(), static_cast<size_t>(requests[i].max_new_tokens));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(KvDtypes, EngineCache, ::testing::Values(DType::kBF16, DType::kF8E4M3),
+                         [](const ::testing::TestParamInfo<DType>& info) { return std::string(DTypeName(info.param)); });
 
 // Relative RMS difference of two logits rows.
 double RelRms(const std::vector<float>& a, const std::vector<float>& b) {
