@@ -56,6 +56,37 @@ double PrefillRate(const ModelWeights& w, const EngineOptions& options, int64_t 
   return best;
 }
 
+// Time to first token of a prompt_len-token prompt whose first `cached` tokens another request
+// left in the prefix cache, against the same prompt computed whole (best of `reps` each).
+struct CachedPrefix {
+  double cached_s = 0, uncached_s = 0;
+  int64_t cached_tokens = 0;  // whole pages of the shared prefix, as the engine served them
+};
+CachedPrefix CachedPrefixTtft(const ModelWeights& w, EngineOptions options, int64_t prompt_len, int64_t cached, int reps) {
+  options.kv.prefix_caching = true;
+  CachedPrefix out{1e30, 1e30, 0};
+  for (int rep = 0; rep < reps; ++rep) {
+    Engine engine(w, options);
+    auto first_token = [&](uint64_t suffix_seed) {
+      Request r;
+      r.prompt_ids = RandomPrompt(prompt_len, w.config.vocab_size, 1000 + rep);
+      const auto suffix = RandomPrompt(prompt_len - cached, w.config.vocab_size, suffix_seed);
+      std::copy(suffix.begin(), suffix.end(), r.prompt_ids.begin() + cached);
+      r.max_new_tokens = 1;
+      r.stop_at_eos = false;
+      (void)engine.Add(r);
+      const double t0 = Now();
+      engine.RunToCompletion();
+      return Now() - t0;
+    };
+    out.uncached_s = std::min(out.uncached_s, first_token(1));
+    const int64_t before = engine.prompt_tokens_cached();
+    out.cached_s = std::min(out.cached_s, first_token(2));
+    out.cached_tokens = engine.prompt_tokens_cached() - before;
+  }
+  return out;
+}
+
 struct DecodeFigures {
   double tok_s = 0;
   double experts_per_layer = 0;  // distinct routed experts a step reads, per MoE layer (mean)
@@ -151,7 +182,7 @@ std::string CpuModel() {
 Command AddBenchCommand(CLI::App& app) {
   struct Flags {
     std::string model, batches = "1,8,64";
-    int64_t prompt_len = 512, context = 64, steps = 32;
+    int64_t prompt_len = 512, context = 64, steps = 32, cached_prefix = 0;
     int reps = 3;
     bool json = false;
     EngineFlags engine;
@@ -163,6 +194,9 @@ Command AddBenchCommand(CLI::App& app) {
   app.add_option("--context", f->context, "prompt length before decode is timed");
   app.add_option("--steps", f->steps, "decode steps timed per batch size");
   app.add_option("--reps", f->reps, "prefill repetitions (best is reported)");
+  app.add_option("--cached-prefix", f->cached_prefix,
+                 "also time the first token of a --prompt-len prompt whose first N tokens are in the prefix cache, "
+                 "against the same prompt uncached");
   f->engine.Register(app);
   app.add_flag("--json", f->json, "print one JSON object (the figures below) instead of text");
   return [f]() {
@@ -174,6 +208,7 @@ Command AddBenchCommand(CLI::App& app) {
     const ModelWeights& w = **loaded;
     const ModelConfig& c = w.config;
     EngineOptions options = f->engine.Options(c);
+    options.kv.prefix_caching = false;  // every figure computes its prompts (prefill repeats one)
     const int64_t max_batch = *std::max_element(batches->begin(), batches->end());
     options.max_running = std::max<int64_t>(options.max_running, max_batch);
     options.kv.max_tokens = std::max<int64_t>(options.kv.max_tokens,
@@ -196,6 +231,8 @@ Command AddBenchCommand(CLI::App& app) {
     const double bandwidth_before = MeasureReadBandwidth();
     ResetPeakRss();  // the probe's 1 GiB buffer is not the engine's
     const double prefill = PrefillRate(w, options, f->prompt_len, f->reps);
+    CachedPrefix cached;
+    if (f->cached_prefix > 0) cached = CachedPrefixTtft(w, options, f->prompt_len, std::min(f->cached_prefix, f->prompt_len), f->reps);
     std::vector<DecodeFigures> decode;
     for (int32_t b : *batches) decode.push_back(DecodeRate(w, options, b, f->context, f->steps));
     const double peak_rss = PeakRssMiB();  // before the probes below allocate their buffers
@@ -242,6 +279,11 @@ Command AddBenchCommand(CLI::App& app) {
     out["prefill_tok_s"] = prefill;
     out["prefill_gflops"] = prefill * prefill_flops / 1e9;
     out["prefill_share_of_peak"] = prefill * prefill_flops / gemm_peak;
+    if (f->cached_prefix > 0) {
+      out["prefill_cached_prefix"] = {{"prompt_tokens", f->prompt_len}, {"cached_tokens", cached.cached_tokens},
+                                      {"ttft_s", cached.cached_s}, {"uncached_ttft_s", cached.uncached_s},
+                                      {"ratio", cached.cached_s / cached.uncached_s}};
+    }
     nlohmann::ordered_json tok_s, roofline, share, experts;
     for (size_t i = 0; i < batches->size(); ++i) {
       const int32_t b = (*batches)[i];
@@ -287,6 +329,11 @@ Command AddBenchCommand(CLI::App& app) {
     std::printf("prefill %lld tokens: %.1f tok/s, %.1f GFLOP/s in projections (%.0f%% of the %s peak)\n",
                 static_cast<long long>(f->prompt_len), prefill, prefill * prefill_flops / 1e9,
                 100 * prefill * prefill_flops / gemm_peak, dtype == DType::kF32 ? "float FMA" : "bf16 unit");
+    if (f->cached_prefix > 0) {
+      std::printf("prefix cache: first token of a %lld-token prompt with %lld tokens cached in %.3f s, %.3fx its uncached %.3f s\n",
+                  static_cast<long long>(f->prompt_len), static_cast<long long>(cached.cached_tokens), cached.cached_s,
+                  cached.cached_s / cached.uncached_s, cached.uncached_s);
+    }
     const double decode1 = decode.empty() ? 0 : decode[0].tok_s;
     for (size_t i = 0; i < batches->size(); ++i) {
       const std::string key = std::to_string((*batches)[i]);

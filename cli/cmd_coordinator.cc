@@ -158,7 +158,7 @@ Command AddServeCommand(CLI::App& app) {
     std::vector<std::string> worker_args = {
         "--coordinator", coordinator.address(), "--model", model, "--collective-timeout", absl::StrCat(f->collective_timeout_s),
         "--kv-dtype", e.kv_dtype, "--kv-cache-tokens", absl::StrCat(e.kv_tokens), "--kv-cache-mib", absl::StrCat(e.kv_mib),
-        "--page-size", absl::StrCat(e.page_size),
+        "--page-size", absl::StrCat(e.page_size), "--prefix-caching", e.prefix_caching,
         "--max-batch-tokens", absl::StrCat(e.max_batch_tokens), "--prefill-chunk", absl::StrCat(e.prefill_chunk),
         "--attention", e.attention,
         // The coordinator lives in this process: workers that lost it for this long have lost

@@ -208,6 +208,11 @@ Command AddRunCommand(CLI::App& app) {
     }
     std::fprintf(stderr, "generated %lld tokens for %zu requests in %.3f s: %.1f tokens/s (%d rank%s)\n",
                  static_cast<long long>(generated), requests.size(), seconds, generated / seconds, world, world > 1 ? "s" : "");
+    if (f->verbose && options.kv.prefix_caching) {
+      std::fprintf(stderr, "prefix cache: %lld of %lld prompt tokens served from cache, %lld pages cached, %lld evicted\n",
+                   static_cast<long long>(engine.prompt_tokens_cached()), static_cast<long long>(engine.prompt_tokens()),
+                   static_cast<long long>(engine.cache().cached_pages()), static_cast<long long>(engine.cache().evictions()));
+    }
     if (out != stdout && std::fclose(out) != 0) return Fail(absl::StrCat(f->output, ": write failed"));
     return failures == 0 ? 0 : 1;
   };

@@ -11,7 +11,7 @@
 namespace daedalus {
 
 struct EngineFlags {
-  std::string kv_dtype = "bf16", attention = "auto";
+  std::string kv_dtype = "bf16", attention = "auto", prefix_caching = "on";
   int64_t kv_tokens = 1 << 16, kv_mib = 0, page_size = 64, max_batch_tokens = 512, prefill_chunk = 512;
   int threads = 0;
   std::string device = "cpu";
@@ -25,6 +25,10 @@ struct EngineFlags {
     app.add_option("--kv-cache-mib", kv_mib,
                    "KV cache capacity as memory instead: as many tokens as fit in this many MiB in --kv-dtype's format");
     app.add_option("--page-size", page_size, "KV cache page size in tokens");
+    app.add_option("--prefix-caching", prefix_caching,
+                   "keep full KV pages after a request, named by their tokens, and reuse them for later prompts "
+                   "with the same prefix: on | off")
+        ->check(CLI::IsMember({"on", "off"}));
     app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per forward step");
     app.add_option("--prefill-chunk", prefill_chunk, "longest prefill slice of one sequence per step");
     app.add_option("--attention", attention, "MLA form: auto (naive prefill, absorbed decode) | naive | absorbed")
@@ -42,6 +46,7 @@ struct EngineFlags {
     EngineOptions o;
     o.kv.dtype = KvDType();
     o.kv.max_tokens = kv_tokens;
+    o.kv.prefix_caching = prefix_caching == "on";
     if (kv_mib > 0) {
       const int64_t per_page = KvRowBytes(config, o.kv.dtype) * config.num_hidden_layers * page_size;
       o.kv.max_tokens = std::max<int64_t>(1, (kv_mib << 20) / per_page) * page_size;

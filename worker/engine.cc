@@ -84,10 +84,22 @@ void Engine::TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& f
 
 void Engine::Admit() {
   // A sequence reserves its whole length up front, so a running sequence never waits for pages.
+  // With prefix caching it first takes the cached pages of its prompt's longest cached prefix
+  // of whole pages, leaving at least the last prompt token to compute (its logits sample the
+  // first new token); a request for every prompt position's logits computes them all.
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
     Sequence& seq = *waiting_.front();
+    const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());
     const int64_t length = static_cast<int64_t>(seq.tokens.size()) + seq.request.max_new_tokens;
-    if (!cache_.Reserve(seq.pages, length).ok()) break;
+    const int64_t hit = seq.request.want_prompt_logits ? 0 : cache_.MatchPrefix(seq.tokens, prompt - 1, seq.pages, seq.chain);
+    if (!cache_.Reserve(seq.pages, length).ok()) {
+      cache_.Release(seq.pages);
+      seq.chain = {};
+      break;
+    }
+    seq.n_cached = hit;
+    prompt_tokens_ += prompt;
+    prompt_tokens_cached_ += hit;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -209,6 +221,7 @@ bool Engine::RunStep() {
       }
     }
     seq.n_cached += s.n_tokens;
+    cache_.Publish(seq.pages, seq.tokens, seq.n_cached, seq.chain);
     if (seq.n_cached < prompt) continue;
     if (plans[i].samples) {
       const int64_t last = plans[i].first_logit + (seq.request.want_prompt_logits && s.start_pos < prompt ? s.n_tokens - 1 : 0);

@@ -105,6 +105,9 @@ class Engine {
   // Routed (token, slot) pairs of this rank's tokens, per layer and expert, since start.
   const ExpertLoad& expert_load() const { return expert_load_; }
   const PagedKvCache& cache() const { return cache_; }
+  // Prompt tokens admitted, and those of them whose latents came from cached pages (prefix caching).
+  int64_t prompt_tokens() const { return prompt_tokens_; }
+  int64_t prompt_tokens_cached() const { return prompt_tokens_cached_; }
   const DeepSeekModel& model() const { return model_; }
 
  private:
@@ -114,6 +117,7 @@ class Engine {
     std::vector<int32_t> tokens;  // prompt, then generated
     int64_t n_cached = 0;         // tokens whose latents are in the cache
     PagedKvCache::PageTable pages;
+    PagedKvCache::PrefixChain chain;  // pages named for prefix caching
     std::unique_ptr<Sampler> sampler;
     bool done = false;
   };
@@ -127,6 +131,7 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   int64_t next_index_ = 0;
+  int64_t prompt_tokens_ = 0, prompt_tokens_cached_ = 0;
   std::vector<Result> results_;  // by index, when options_.keep_results
   std::vector<TokenOut> token_events_;
   std::vector<FinishOut> finish_events_;

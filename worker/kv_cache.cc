@@ -16,6 +16,33 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& opti
   total_pages_ = (options.max_tokens + options.page_size - 1) / options.page_size;
   if (options.host_pool) pool_.reset(new uint8_t[page_bytes_ * total_pages_]);
   for (int64_t p = total_pages_ - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
+  info_.resize(total_pages_);
+  if (options.prefix_caching) page_tokens_.resize(static_cast<size_t>(total_pages_ * options.page_size));
+}
+
+int32_t PagedKvCache::TakePage() {
+  int32_t page;
+  if (!free_.empty()) {
+    page = free_.back();
+    free_.pop_back();
+  } else {  // the least recently used cached page
+    page = lru_.front();
+    Unname(page);
+    free_.pop_back();
+    ++evictions_;
+  }
+  info_[page].refs = 1;
+  return page;
+}
+
+void PagedKvCache::Unname(int32_t page) {
+  PageInfo& info = info_[page];
+  if (const auto it = index_.find(info.hash); it != index_.end() && it->second == page) index_.erase(it);
+  info.name = 0;
+  if (info.refs == 0) {
+    lru_.erase(info.lru);
+    free_.push_back(page);
+  }
 }
 
 absl::Status PagedKvCache::Reserve(PageTable& pages, int64_t n_tokens) {
@@ -24,16 +51,72 @@ absl::Status PagedKvCache::Reserve(PageTable& pages, int64_t n_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache full: ", n_tokens, " tokens need ", needed,
                                                      " pages, ", free_pages(), " free of ", total_pages_));
   }
-  while (static_cast<int64_t>(pages.size()) < needed) {
-    pages.push_back(free_.back());
-    free_.pop_back();
-  }
+  while (static_cast<int64_t>(pages.size()) < needed) pages.push_back(TakePage());
   return absl::OkStatus();
 }
 
 void PagedKvCache::Release(PageTable& pages) {
-  for (auto it = pages.rbegin(); it != pages.rend(); ++it) free_.push_back(*it);
+  for (auto it = pages.rbegin(); it != pages.rend(); ++it) {
+    PageInfo& info = info_[*it];
+    if (--info.refs > 0) continue;
+    if (info.name != 0) info.lru = lru_.insert(lru_.end(), *it);
+    else free_.push_back(*it);
+  }
   pages.clear();
+}
+
+int64_t PagedKvCache::MatchPrefix(const std::vector<int32_t>& tokens, int64_t max_tokens, PageTable& pages,
+                                  PrefixChain& chain) {
+  const int64_t ps = options_.page_size;
+  chain = PrefixChain{};
+  if (!options_.prefix_caching) return 0;
+  uint64_t parent_name = 0;
+  while ((chain.pages + 1) * ps <= std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size()))) {
+    const int32_t* page_tokens = tokens.data() + chain.pages * ps;
+    const uint64_t hash = options_.page_hash(chain.hash, page_tokens, ps);
+    const auto it = index_.find(hash);
+    if (it == index_.end()) break;
+    PageInfo& info = info_[it->second];
+    if (info.parent_name != parent_name ||
+        !std::equal(page_tokens, page_tokens + ps, page_tokens_.begin() + it->second * ps)) {
+      break;
+    }
+    if (info.refs++ == 0) lru_.erase(info.lru);
+    pages.push_back(it->second);
+    parent_name = info.name;
+    chain = PrefixChain{chain.pages + 1, hash};
+  }
+  return chain.pages * ps;
+}
+
+void PagedKvCache::Publish(const PageTable& pages, const std::vector<int32_t>& tokens, int64_t n_tokens,
+                           PrefixChain& chain) {
+  if (!options_.prefix_caching) return;
+  const int64_t ps = options_.page_size;
+  for (; (chain.pages + 1) * ps <= n_tokens; ++chain.pages) {
+    const int32_t page = pages[chain.pages];
+    const int32_t* page_tokens = tokens.data() + chain.pages * ps;
+    const uint64_t hash = options_.page_hash(chain.hash, page_tokens, ps);
+    const uint64_t parent_name = chain.pages == 0 ? 0 : info_[pages[chain.pages - 1]].name;
+    chain.hash = hash;
+    PageInfo& info = info_[page];
+    // Named already (matched from the cache), or the page before is unnamed (no lookup could
+    // reach this one).
+    if (info.name != 0 || (chain.pages > 0 && parent_name == 0)) continue;
+    if (const auto it = index_.find(hash); it != index_.end()) {
+      const int32_t other = it->second;
+      if (info_[other].parent_name == parent_name &&
+          std::equal(page_tokens, page_tokens + ps, page_tokens_.begin() + other * ps)) {
+        continue;  // the same content is cached already: this copy goes with its sequence
+      }
+      Unname(other);  // a stale entry (its parent was evicted) or a collision: the newer wins
+    }
+    info.name = next_name_++;
+    info.hash = hash;
+    info.parent_name = parent_name;
+    std::copy(page_tokens, page_tokens + ps, page_tokens_.begin() + page * ps);
+    index_[hash] = page;
+  }
 }
 
 uint8_t* PagedKvCache::Row(int32_t page, int64_t layer, int64_t slot) const {

@@ -5,12 +5,15 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "core/dtype.h"
 #include "core/model_config.h"
+#include "core/prefix_hash.h"
 
 namespace daedalus {
 
@@ -21,6 +24,12 @@ struct KvCacheOptions {
   // false: page bookkeeping only, the latents live elsewhere (a GPU backend); Write and Read
   // must not be called.
   bool host_pool = true;
+  // Full pages stay cached after their sequence ends, named by content (core/prefix_hash.h),
+  // for later sequences with the same prefix; evicted least recently used when the pool needs
+  // room.
+  bool prefix_caching = false;
+  // The page-naming function (tests give a colliding one).
+  uint64_t (*page_hash)(uint64_t parent, const int32_t* tokens, int64_t n) = PageHash;
 };
 
 class PagedKvCache {
@@ -29,9 +38,27 @@ class PagedKvCache {
 
   using PageTable = std::vector<int32_t>;
 
-  // Grows `pages` so that it covers `n_tokens` positions; ResourceExhausted when the pool is empty.
+  // Grows `pages` so that it covers `n_tokens` positions, taking free pages first, then evicting
+  // unreferenced cached ones; ResourceExhausted when that is not enough.
   absl::Status Reserve(PageTable& pages, int64_t n_tokens);
+  // Drops this table's reference to each of its pages: a page nobody references returns to the
+  // free list, or, when it is named, stays cached until evicted.
   void Release(PageTable& pages);
+
+  // Prefix caching. A sequence's chain: how many of its whole pages are named, and the last name.
+  struct PrefixChain {
+    int64_t pages = 0;
+    uint64_t hash = kRootPageHash;
+  };
+  // Fills the empty `pages` with referenced cached pages holding the longest prefix of `tokens`
+  // made of whole pages, at most `max_tokens` tokens; returns the tokens they hold (0 when
+  // prefix caching is off). A hit is confirmed by the page's token ids and by its parent being
+  // the page matched before it, so a hash collision cannot serve another prefix's latents.
+  int64_t MatchPrefix(const std::vector<int32_t>& tokens, int64_t max_tokens, PageTable& pages, PrefixChain& chain);
+  // Names the whole pages among the first `n_tokens` of `tokens` (their latents written) that
+  // the chain has not named yet, so later sequences can share them. A page whose content is
+  // already cached under another page stays unnamed (freed with its sequence).
+  void Publish(const PageTable& pages, const std::vector<int32_t>& tokens, int64_t n_tokens, PrefixChain& chain);
 
   // Stores one token's latent (kv_lora_rank + qk_rope_head_dim floats) at `pos`, rounded to the
   // cache's dtype (FP8: each block of 128 latent values scaled so that its largest maps to 448).
@@ -44,8 +71,11 @@ class PagedKvCache {
   int64_t dim() const { return dim_; }
   DType dtype() const { return options_.dtype; }
   int64_t page_size() const { return options_.page_size; }
-  int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
+  // Pages Reserve can hand out: free ones plus unreferenced cached ones.
+  int64_t free_pages() const { return static_cast<int64_t>(free_.size() + lru_.size()); }
   int64_t total_pages() const { return total_pages_; }
+  int64_t cached_pages() const { return static_cast<int64_t>(index_.size()); }  // named pages
+  int64_t evictions() const { return evictions_; }  // cached pages reclaimed for new content
   // Bytes of cache one token occupies in a full page, over all layers (the page table's
   // 4 bytes per page included).
   double BytesPerToken() const;
@@ -53,11 +83,27 @@ class PagedKvCache {
  private:
   uint8_t* Row(int32_t page, int64_t layer, int64_t slot) const;
 
+  struct PageInfo {
+    int32_t refs = 0;
+    uint64_t name = 0;         // 0: unnamed; else unique over the cache's life (never reused)
+    uint64_t hash = 0;         // content name, when named
+    uint64_t parent_name = 0;  // `name` of the page before it when it was named (0: first page)
+    std::list<int32_t>::iterator lru;  // when named and unreferenced
+  };
+  int32_t TakePage();
+  void Unname(int32_t page);  // drops the page's name; unreferenced, it becomes free
+
   KvCacheOptions options_;
   int64_t layers_, dim_, kv_lora_rank_, total_pages_;
   size_t row_bytes_, page_bytes_;
   std::unique_ptr<uint8_t[]> pool_;  // uninitialised: pages are committed when first written
   std::vector<int32_t> free_;
+  std::vector<PageInfo> info_;              // by page
+  std::vector<int32_t> page_tokens_;        // [page][page_size] token ids of named pages
+  std::unordered_map<uint64_t, int32_t> index_;  // content name -> named page
+  std::list<int32_t> lru_;                  // named, unreferenced pages, least recently used first
+  uint64_t next_name_ = 1;
+  int64_t evictions_ = 0;
 };
 
 }  // namespace daedalus

@@ -159,6 +159,65 @@ TEST(Engine, F32Bf16AndFp8CheckpointsAgree) {
   }
 }
 
+// Requests run in two waves on one engine (the first wave's pages are cached by the time the
+// second is admitted); returns every result, in order of Add.
+std::vector<Result> TwoWaves(const ModelWeights& w, EngineOptions options, const std::vector<Request>& first,
+                             const std::vector<Request>& second, Engine** out = nullptr) {
+  static std::unique_ptr<Engine> engine;
+  engine = std::make_unique<Engine>(w, options);
+  for (const Request& r : first) EXPECT_TRUE(engine->Add(r).ok());
+  engine->RunToCompletion();
+  for (const Request& r : second) EXPECT_TRUE(engine->Add(r).ok());
+  auto results = engine->RunToCompletion();
+  EXPECT_EQ(engine->cache().free_pages(), engine->cache().total_pages());  // cached pages count as free
+  if (out != nullptr) *out = engine.get();
+  return results;
+}
+
+TEST_P(EngineCache, PrefixCachingChangesNoTokenBitwise) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  std::vector<int32_t> system = Prompt(45, 11);  // 5 whole pages of 8, and 5 tokens more
+  auto with = [&](std::vector<int32_t> suffix, int32_t seed) {
+    std::vector<int32_t> p = system;
+    p.insert(p.end(), suffix.begin(), suffix.end());
+    Request r = Greedy(p, 10, false);
+    if (seed >= 0) {
+      r.sampling.temperature = 0.9f;
+      r.sampling.seed = static_cast<uint64_t>(seed);
+    }
+    return r;
+  };
+  const std::vector<Request> first = {with({7, 8, 9}, -1)};
+  const std::vector<Request> second = {with({7, 8, 9}, -1), with({100, 200}, -1), with({7, 8, 9, 10, 11}, 5),
+                                       with({}, 6), Greedy(Prompt(16, 12), 6, false)};
+  EngineOptions off = Options(), on = Options();
+  off.kv.page_size = on.kv.page_size = 8;
+  on.kv.prefix_caching = true;
+  off.max_batch_tokens = on.max_batch_tokens = 24;  // chunked prefill, decode beside it
+  Engine* engine = nullptr;
+  const auto a = TwoWaves(w, off, first, second);
+  const auto b = TwoWaves(w, on, first, second, &engine);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].generated_ids, b[i].generated_ids) << "request " << i;
+  // Whole pages only, and never a prompt's last token (its logits are needed). The repeated
+  // 48-token prompt: 5 pages (its sixth would hold the last token). The 47- and 45-token ones: 5.
+  // The 50-token one: 6, its sixth page (system[40, 45) + 7, 8, 9) being the first wave's. The
+  // unrelated prompt: none.
+  EXPECT_EQ(engine->prompt_tokens_cached(), 40 + 40 + 48 + 40);
+  EXPECT_GT(engine->cache().cached_pages(), 6);
+}
+
+TEST(Engine, PrefixCachingLeavesPromptLogitRequestsWhole) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  EngineOptions on;
+  on.kv.page_size = 8;
+  on.kv.prefix_caching = true;
+  Engine* engine = nullptr;
+  const auto out = TwoWaves(w, on, {Greedy(Prompt(30, 13), 2, false)}, {Greedy(Prompt(30, 13), 2, true)}, &engine);
+  EXPECT_EQ(engine->prompt_tokens_cached(), 0);
+  EXPECT_EQ(out[1].prompt_logits.size(), 30u);
+}
+
 TEST(Engine, SamplingIsSeededAndTopKOneIsGreedy) {
   const ModelWeights& w = TinyModel(DType::kBF16);
   Request r = Greedy(Prompt(5, 9), 16, false);

@@ -3,7 +3,9 @@
 #include "worker/kv_cache.h"
 
 #include <cmath>
+#include <memory>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "core/kv_row.h"
@@ -124,6 +126,120 @@ TEST(KvCache, RowBytesAreThePlannersAndFlashMlasFigures) {
           << DTypeName(dtype) << " kv_lora_rank " << c.kv_lora_rank;
     }
   }
+}
+
+// Prefix caching against a model of the pool: random prompts over a 3-token alphabet (so
+// prefixes are shared often) start and finish in random order in a pool too small to keep
+// everything. Each position's latent encodes the whole prefix up to it, so a page served to the
+// wrong prefix, or overwritten while a sequence still uses it, shows up as a wrong value.
+class PrefixPool {
+ public:
+  explicit PrefixPool(uint64_t (*hash)(uint64_t, const int32_t*, int64_t)) : config_(Preset("tiny")) {
+    KvCacheOptions o = Options(DType::kF32, 4, 64);
+    o.prefix_caching = true;
+    o.page_hash = hash;
+    cache_ = std::make_unique<PagedKvCache>(config_, o);
+  }
+
+  void Run(uint32_t seed, int ops) {
+    std::mt19937 rng(seed);
+    for (int op = 0; op < ops; ++op) {
+      if (live_.empty() || (rng() % 3 != 0 && live_.size() < 6)) Start(rng);
+      else Finish(rng() % live_.size());
+      CheckConservation();
+    }
+    while (!live_.empty()) Finish(0);
+    EXPECT_EQ(cache_->free_pages(), cache_->total_pages());
+    EXPECT_GT(hits_, 0) << "no prefix was ever served from the cache";
+  }
+
+  int64_t hits_ = 0, starts_ = 0;
+
+ private:
+  struct Seq {
+    std::vector<int32_t> tokens;
+    PagedKvCache::PageTable pages;
+    PagedKvCache::PrefixChain chain;
+  };
+  // Exact in float: a polynomial code of tokens[0, pos] below 2^20, plus the element index.
+  static float Code(const std::vector<int32_t>& tokens, int64_t pos, int64_t element) {
+    uint32_t h = 7;
+    for (int64_t i = 0; i <= pos; ++i) h = (h * 31 + static_cast<uint32_t>(tokens[i]) + 1) % (1u << 20);
+    return static_cast<float>(h) + static_cast<float>(element) * 0x1p21f;
+  }
+  void CheckContent(const Seq& s, int64_t n, const char* when) {
+    const int64_t dim = config_.kv_cache_dim();
+    std::vector<float> row(dim);
+    for (int64_t pos = 0; pos < n; ++pos) {
+      cache_->Read(s.pages, 0, pos, 1, row.data());
+      for (int64_t e = 0; e < dim; e += 17) ASSERT_EQ(row[e], Code(s.tokens, pos, e)) << when << ": position " << pos;
+    }
+  }
+  void Start(std::mt19937& rng) {
+    Seq s;
+    const int64_t len = 1 + rng() % 14;
+    for (int64_t i = 0; i < len; ++i) s.tokens.push_back(static_cast<int32_t>(rng() % 3));
+    const int64_t hit = cache_->MatchPrefix(s.tokens, len - 1, s.pages, s.chain);
+    ASSERT_EQ(hit % 4, 0);
+    ASSERT_LE(hit, len - 1);
+    CheckContent(s, hit, "served prefix");
+    if (!cache_->Reserve(s.pages, len).ok()) {
+      cache_->Release(s.pages);
+      return;
+    }
+    ++starts_;
+    hits_ += hit;
+    const int64_t dim = config_.kv_cache_dim();
+    std::vector<float> row(dim);
+    for (int64_t pos = hit; pos < len; ++pos) {
+      for (int64_t e = 0; e < dim; ++e) row[e] = Code(s.tokens, pos, e);
+      cache_->Write(s.pages, 0, pos, row.data());
+    }
+    cache_->Publish(s.pages, s.tokens, len, s.chain);
+    live_.push_back(std::move(s));
+  }
+  void Finish(size_t i) {
+    CheckContent(live_[i], static_cast<int64_t>(live_[i].tokens.size()), "a running sequence's pages at its end");
+    cache_->Release(live_[i].pages);
+    live_.erase(live_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+  // Every page is referenced by a running sequence, or reclaimable (free or cached), never both.
+  void CheckConservation() {
+    std::set<int32_t> used;
+    for (const Seq& s : live_) used.insert(s.pages.begin(), s.pages.end());
+    ASSERT_EQ(static_cast<int64_t>(used.size()) + cache_->free_pages(), cache_->total_pages());
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<PagedKvCache> cache_;
+  std::vector<Seq> live_;
+};
+
+TEST(KvCache, PrefixCachingServesOnlyExactPrefixesAndNeverEvictsPagesInUse) {
+  PrefixPool pool(PageHash);
+  pool.Run(1, 3000);
+  EXPECT_GT(pool.starts_, 500);
+}
+
+uint64_t CollidingHash(uint64_t, const int32_t*, int64_t) { return 42; }
+
+TEST(KvCache, PrefixCachingStaysExactWhenEveryPageNameCollides) {
+  PrefixPool pool(CollidingHash);  // lookups find some page; the token and parent checks decide
+  pool.Run(2, 3000);
+}
+
+TEST(KvCache, PrefixCachingOffMatchesNothing) {
+  const ModelConfig c = Preset("tiny");
+  PagedKvCache cache(c, Options(DType::kBF16, 4, 64));
+  PagedKvCache::PageTable a, b;
+  PagedKvCache::PrefixChain ca, cb;
+  const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  ASSERT_TRUE(cache.Reserve(a, 9).ok());
+  cache.Publish(a, tokens, 9, ca);
+  cache.Release(a);
+  EXPECT_EQ(cache.MatchPrefix(tokens, 8, b, cb), 0);
+  EXPECT_TRUE(b.empty());
+  EXPECT_EQ(cache.cached_pages(), 0);
 }
 
 }  // namespace
