@@ -70,21 +70,19 @@ int64_t PagedKvCache::MatchPrefix(const std::vector<int32_t>& tokens, int64_t ma
   const int64_t ps = options_.page_size;
   chain = PrefixChain{};
   if (!options_.prefix_caching) return 0;
-  uint64_t parent_name = 0;
   while ((chain.pages + 1) * ps <= std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size()))) {
     const int32_t* page_tokens = tokens.data() + chain.pages * ps;
     const uint64_t hash = options_.page_hash(chain.hash, page_tokens, ps);
     const auto it = index_.find(hash);
     if (it == index_.end()) break;
     PageInfo& info = info_[it->second];
-    if (info.parent_name != parent_name ||
+    if (info.parent_name != chain.name ||
         !std::equal(page_tokens, page_tokens + ps, page_tokens_.begin() + it->second * ps)) {
       break;
     }
     if (info.refs++ == 0) lru_.erase(info.lru);
     pages.push_back(it->second);
-    parent_name = info.name;
-    chain = PrefixChain{chain.pages + 1, hash};
+    chain = PrefixChain{chain.pages + 1, hash, info.name};
   }
   return chain.pages * ps;
 }
@@ -97,17 +95,23 @@ void PagedKvCache::Publish(const PageTable& pages, const std::vector<int32_t>& t
     const int32_t page = pages[chain.pages];
     const int32_t* page_tokens = tokens.data() + chain.pages * ps;
     const uint64_t hash = options_.page_hash(chain.hash, page_tokens, ps);
-    const uint64_t parent_name = chain.pages == 0 ? 0 : info_[pages[chain.pages - 1]].name;
+    const uint64_t parent_name = chain.name;
     chain.hash = hash;
     PageInfo& info = info_[page];
-    // Named already (matched from the cache), or the page before is unnamed (no lookup could
-    // reach this one).
-    if (info.name != 0 || (chain.pages > 0 && parent_name == 0)) continue;
+    if (info.name != 0) {  // matched from the cache
+      chain.name = info.name;
+      continue;
+    }
+    chain.name = 0;
+    if (chain.pages > 0 && parent_name == 0) continue;  // no lookup could reach this page
     if (const auto it = index_.find(hash); it != index_.end()) {
       const int32_t other = it->second;
       if (info_[other].parent_name == parent_name &&
           std::equal(page_tokens, page_tokens + ps, page_tokens_.begin() + other * ps)) {
-        continue;  // the same content is cached already: this copy goes with its sequence
+        // The same content is cached already: this copy goes with its sequence, and the pages
+        // after it are named as that one's successors (their latents are the same bits).
+        chain.name = info_[other].name;
+        continue;
       }
       Unname(other);  // a stale entry (its parent was evicted) or a collision: the newer wins
     }
@@ -116,6 +120,7 @@ void PagedKvCache::Publish(const PageTable& pages, const std::vector<int32_t>& t
     info.parent_name = parent_name;
     std::copy(page_tokens, page_tokens + ps, page_tokens_.begin() + page * ps);
     index_[hash] = page;
+    chain.name = info.name;
   }
 }
 

@@ -45,10 +45,13 @@ class PagedKvCache {
   // free list, or, when it is named, stays cached until evicted.
   void Release(PageTable& pages);
 
-  // Prefix caching. A sequence's chain: how many of its whole pages are named, and the last name.
+  // Prefix caching. A sequence's chain: how many of its whole pages were offered for naming,
+  // the content name of the last, and the name of the cached page holding that content (its
+  // own or an identical one; 0: none).
   struct PrefixChain {
     int64_t pages = 0;
     uint64_t hash = kRootPageHash;
+    uint64_t name = 0;
   };
   // Fills the empty `pages` with referenced cached pages holding the longest prefix of `tokens`
   // made of whole pages, at most `max_tokens` tokens; returns the tokens they hold (0 when

@@ -228,6 +228,30 @@ TEST(KvCache, PrefixCachingStaysExactWhenEveryPageNameCollides) {
   pool.Run(2, 3000);
 }
 
+TEST(KvCache, PagesAfterADuplicatePrefixAreStillCached) {
+  // Two sequences with the same first page computed at once: the second's copy of it stays
+  // unnamed, but its own second page is cached as the successor of the first's copy.
+  const ModelConfig c = Preset("tiny");
+  KvCacheOptions o = Options(DType::kBF16, 4, 64);
+  o.prefix_caching = true;
+  PagedKvCache cache(c, o);
+  const std::vector<int32_t> a = {1, 2, 3, 4, 5, 5, 5, 5}, b = {1, 2, 3, 4, 6, 6, 6, 6};
+  PagedKvCache::PageTable pa, pb, pc;
+  PagedKvCache::PrefixChain ca, cb, cc;
+  ASSERT_TRUE(cache.Reserve(pa, 8).ok());
+  ASSERT_TRUE(cache.Reserve(pb, 8).ok());
+  cache.Publish(pa, a, 8, ca);
+  cache.Publish(pb, b, 8, cb);
+  EXPECT_EQ(cache.cached_pages(), 3);
+  cache.Release(pa);
+  cache.Release(pb);
+  std::vector<int32_t> again = b;
+  again.push_back(9);
+  EXPECT_EQ(cache.MatchPrefix(again, 8, pc, cc), 8);
+  cache.Release(pc);
+  EXPECT_EQ(cache.free_pages(), cache.total_pages());
+}
+
 TEST(KvCache, PrefixCachingOffMatchesNothing) {
   const ModelConfig c = Preset("tiny");
   PagedKvCache cache(c, Options(DType::kBF16, 4, 64));
