@@ -21,16 +21,12 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& opti
 }
 
 int32_t PagedKvCache::TakePage() {
-  int32_t page;
-  if (!free_.empty()) {
-    page = free_.back();
-    free_.pop_back();
-  } else {  // the least recently used cached page
-    page = lru_.front();
-    Unname(page);
-    free_.pop_back();
+  if (free_.empty()) {  // the least recently used cached page becomes free
+    Unname(lru_.front());
     ++evictions_;
   }
+  const int32_t page = free_.back();
+  free_.pop_back();
   info_[page].refs = 1;
   return page;
 }
@@ -70,7 +66,8 @@ int64_t PagedKvCache::MatchPrefix(const std::vector<int32_t>& tokens, int64_t ma
   const int64_t ps = options_.page_size;
   chain = PrefixChain{};
   if (!options_.prefix_caching) return 0;
-  while ((chain.pages + 1) * ps <= std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size()))) {
+  const int64_t limit = std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size()));
+  while ((chain.pages + 1) * ps <= limit) {
     const int32_t* page_tokens = tokens.data() + chain.pages * ps;
     const uint64_t hash = options_.page_hash(chain.hash, page_tokens, ps);
     const auto it = index_.find(hash);

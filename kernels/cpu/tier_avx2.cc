@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -204,12 +203,7 @@ void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) {
                                          _mm256_slli_epi32(_mm256_and_si256(c, sign), 24));
     _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_castsi256_ps(bits), bias), s));
   }
-  for (; i < n; ++i) {
-    const uint32_t bits = (codes[i] & 0x7fu) << 20 | (codes[i] & 0x80u) << 24;
-    float v;
-    std::memcpy(&v, &bits, 4);
-    out[i] = v * 0x1p120f * scale;
-  }
+  if (i < n) GenericKernels().fp8_to_f32(codes + i, n - i, scale, out + i);  // the same formula, scalar
 }
 
 double FmaProbe(int64_t iters) {
