@@ -26,7 +26,7 @@ struct Outcome {
   std::string text;
   nlohmann::json logprobs = nlohmann::json::array();
   std::string finish_reason;
-  int64_t prompt_tokens = 0, completion_tokens = 0;
+  int64_t prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
   double ttft_ms = -1;
   int worker_rank = -1;
   grpc::Status status;
@@ -61,6 +61,7 @@ Outcome Call(v1::Serving::Stub& stub, const ClientFlags& client, const v1::Gener
       out.finish_reason = response.finish_reason();
       out.prompt_tokens = response.usage().prompt_tokens();
       out.completion_tokens = response.usage().completion_tokens();
+      out.cached_tokens = response.usage().cached_tokens();
     }
   }
   out.status = reader->Finish();
@@ -78,7 +79,7 @@ nlohmann::ordered_json OutcomeJson(const Outcome& o, bool logprobs, bool text) {
   j["generated_ids"] = o.generated_ids;
   if (text) j["text"] = o.text;
   j["finish_reason"] = o.finish_reason;
-  j["usage"] = {{"prompt_tokens", o.prompt_tokens}, {"completion_tokens", o.completion_tokens}};
+  j["usage"] = {{"prompt_tokens", o.prompt_tokens}, {"completion_tokens", o.completion_tokens}, {"cached_tokens", o.cached_tokens}};
   j["ttft_ms"] = o.ttft_ms;
   j["worker_rank"] = o.worker_rank;
   if (logprobs) j["logprobs"] = o.logprobs;

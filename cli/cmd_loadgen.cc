@@ -35,6 +35,7 @@ double Percentile(std::vector<double> v, double p) {
 struct Level {
   int concurrency = 0;
   int64_t sent = 0, ok = 0, tokens = 0;
+  int64_t prompt_tokens = 0, cached_tokens = 0;  // of the requests that succeeded, as usage says
   std::map<std::string, int64_t> failed;  // by status code
   // With --mix: outcomes by request kind and status code; those a correct server would not
   // give; and calls that got no answer (no final message, or only the client's safety timeout).
@@ -63,10 +64,12 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::fu
       double ttft = -1;
       int64_t tokens = 0;
       bool finished = false;
+      v1::Usage usage;
       auto reader = stub.Generate(&context, planned.request);
       v1::GenerateResponse response;
       while (reader->Read(&response)) {
         finished |= !response.finish_reason().empty();
+        if (!response.finish_reason().empty()) usage = response.usage();
         if (response.tokens_size() == 0) continue;
         const auto now = Clock::now();
         if (ttft < 0) {
@@ -96,6 +99,8 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::fu
       }
       ++level.ok;
       level.tokens += tokens;
+      level.prompt_tokens += usage.prompt_tokens();
+      level.cached_tokens += usage.cached_tokens();
       level.latency_ms.push_back(latency);
       if (ttft >= 0) level.ttft_ms.push_back(ttft);
       level.itl_ms.insert(level.itl_ms.end(), itl.begin(), itl.end());
@@ -114,7 +119,7 @@ Command AddLoadgenCommand(CLI::App& app) {
   struct Flags {
     ClientFlags client;
     std::string concurrency = "1,16,64", write_prompts, mix;
-    int64_t prompt_len = 128, max_new_tokens = 64, requests = 0;
+    int64_t prompt_len = 128, max_new_tokens = 64, requests = 0, shared_prefix_len = 0, shared_prefixes = 0;
     uint64_t seed = 1;
     bool stop_at_eos = false, json = false;
     double timeout_s = 600, duration_s = 0;
@@ -122,7 +127,12 @@ Command AddLoadgenCommand(CLI::App& app) {
   auto f = std::make_shared<Flags>();
   f->client.Register(app);
   app.add_option("--concurrency", f->concurrency, "comma-separated numbers of requests in flight");
-  app.add_option("--prompt-len", f->prompt_len, "prompt tokens per request (random ids)");
+  app.add_option("--prompt-len", f->prompt_len,
+                 "prompt tokens per request (random ids); with --shared-prefixes, the random suffix after the shared prompt");
+  app.add_option("--shared-prefix-len", f->shared_prefix_len, "tokens of each shared system prompt (with --shared-prefixes)");
+  app.add_option("--shared-prefixes", f->shared_prefixes,
+                 "distinct system prompts (random ids, fixed by --seed); each request starts with one of them, drawn "
+                 "uniformly, then --prompt-len random tokens");
   app.add_option("--max-new-tokens", f->max_new_tokens, "tokens generated per request");
   app.add_option("--requests", f->requests, "requests per level (default: 4 x concurrency, at least 16)");
   app.add_option("--seed", f->seed, "seed of the random prompts");
@@ -143,6 +153,9 @@ Command AddLoadgenCommand(CLI::App& app) {
       if (!absl::SimpleAtoi(part, &c) || c < 1) return Fail(absl::StrCat("--concurrency: \"", std::string(part), "\" is not a positive number"));
       levels.push_back(c);
     }
+    if (f->shared_prefixes < 0 || f->shared_prefix_len < 0 || (f->shared_prefixes > 0) != (f->shared_prefix_len > 0)) {
+      return Fail("--shared-prefixes K and --shared-prefix-len N go together, both positive");
+    }
     auto mix = ParseLoadMix(f->mix);
     if (!mix.ok()) return Fail(std::string(mix.status().message()));
     const bool mixed = !f->mix.empty();
@@ -156,16 +169,20 @@ Command AddLoadgenCommand(CLI::App& app) {
       if (!s.ok()) return Fail(absl::StrCat("asking the cluster for its model: ", s.error_message()));
     }
     if (status.state() != "serving") return Fail(absl::StrCat("the cluster is ", status.state(), ": ", status.detail()));
-    std::printf("loadgen: %s, model %s with %d workers, prompt %lld tokens, %lld new tokens; client on %s\n",
-                f->client.server.c_str(), status.model().c_str(), status.world_size(), static_cast<long long>(f->prompt_len),
-                static_cast<long long>(f->max_new_tokens), CpuModel().c_str());
+    const std::string shared = f->shared_prefixes > 0 ? absl::StrCat(f->shared_prefixes, " shared prefixes of ",
+                                                                     f->shared_prefix_len, " tokens + ")
+                                                      : "";
+    std::printf("loadgen: %s, model %s with %d workers, prompt %s%lld tokens, %lld new tokens; client on %s\n",
+                f->client.server.c_str(), status.model().c_str(), status.world_size(), shared.c_str(),
+                static_cast<long long>(f->prompt_len), static_cast<long long>(f->max_new_tokens), CpuModel().c_str());
     if (!f->json) {
       std::printf("%11s %8s %6s %8s %9s %12s %9s %9s %8s %8s\n", "concurrency", "requests", "failed", "seconds", "req/s",
                   "output tok/s", "ttft p50", "ttft p99", "itl p50", "itl p99");
     }
     std::mt19937_64 rng(f->seed);
     const LoadShape shape{status.vocab_size(), status.max_position_embeddings(), f->prompt_len, f->max_new_tokens,
-                          f->stop_at_eos};
+                          f->stop_at_eos,
+                          SharedPrefixes(f->shared_prefixes, f->shared_prefix_len, status.vocab_size(), f->seed)};
     for (size_t li = 0; li < levels.size(); ++li) {
       const int c = levels[li];
       const int64_t n = f->requests > 0 ? f->requests : std::max<int64_t>(16, 4 * c);
@@ -212,7 +229,8 @@ Command AddLoadgenCommand(CLI::App& app) {
         nlohmann::ordered_json j = {{"concurrency", c}, {"requests", l.sent}, {"ok", l.ok}, {"failed", l.failed},
                                     {"seconds", l.seconds}, {"requests_per_s", rps}, {"output_tokens_per_s", tps},
                                     {"ttft_ms_p50", Percentile(l.ttft_ms, 0.5)}, {"ttft_ms_p99", Percentile(l.ttft_ms, 0.99)},
-                                    {"itl_ms_p50", Percentile(l.itl_ms, 0.5)}, {"itl_ms_p99", Percentile(l.itl_ms, 0.99)}};
+                                    {"itl_ms_p50", Percentile(l.itl_ms, 0.5)}, {"itl_ms_p99", Percentile(l.itl_ms, 0.99)},
+                                    {"prompt_tokens", l.prompt_tokens}, {"cached_tokens", l.cached_tokens}};
         if (mixed) {
           j["by_kind"] = l.by_kind;
           j["unexpected"] = l.unexpected;
@@ -224,6 +242,10 @@ Command AddLoadgenCommand(CLI::App& app) {
         std::printf("%11d %8lld %6lld %8.2f %9.2f %12.1f %7.1fms %7.1fms %6.1fms %6.1fms%s\n", c, static_cast<long long>(l.sent),
                     static_cast<long long>(failed), l.seconds, rps, tps, Percentile(l.ttft_ms, 0.5), Percentile(l.ttft_ms, 0.99),
                     Percentile(l.itl_ms, 0.5), Percentile(l.itl_ms, 0.99), failures.empty() ? "" : ("  (" + failures + ")").c_str());
+        if (l.cached_tokens > 0) {
+          std::printf("%11s prefix cache: %lld of %lld prompt tokens (%.1f%%)\n", "", static_cast<long long>(l.cached_tokens),
+                      static_cast<long long>(l.prompt_tokens), 100.0 * l.cached_tokens / l.prompt_tokens);
+        }
         if (mixed) {
           for (const auto& [kind, codes] : l.by_kind) {
             std::string line;

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cli/client.h"
 #include "cli/commands.h"
 #include "google/protobuf/util/json_util.h"
@@ -17,12 +18,20 @@ void PrintTable(const v1::ClusterStatusResponse& s) {
               static_cast<long long>(s.queued()), static_cast<long long>(s.generated_tokens()));
   std::printf("requests:");
   for (const auto& [outcome, n] : s.requests_by_outcome()) std::printf(" %s=%lld", outcome.c_str(), static_cast<long long>(n));
-  std::printf("\n\n%-5s %-8s %-20s %-8s %-6s %-4s %18s %8s %10s\n", "rank", "state", "host", "pid", "device", "kv",
-              "kv used/capacity", "running", "heartbeat");
+  std::printf("\n\n%-5s %-8s %-20s %-8s %-6s %-4s %18s %8s %10s %8s %7s %7s\n", "rank", "state", "host", "pid", "device",
+              "kv", "kv used/capacity", "running", "heartbeat", "hit", "cached", "routed");
   for (const auto& w : s.workers()) {
-    std::printf("%-5d %-8s %-20s %-8lld %-6s %-4s %8lld/%-9lld %8lld %9.1fs\n", w.rank(), w.state().c_str(), w.host().c_str(),
-                static_cast<long long>(w.pid()), w.device().c_str(), w.kv_dtype().c_str(), static_cast<long long>(w.kv_used_tokens()),
-                static_cast<long long>(w.kv_capacity_tokens()), static_cast<long long>(w.running()), w.last_heartbeat_age_s());
+    // Prefix cache: the share of prompt tokens read from cached pages, the full pages held, and
+    // requests sent here for the prefix it held.
+    const std::string hit = !w.prefix_caching() ? "off"
+                            : w.prompt_tokens() == 0
+                                ? "-"
+                                : absl::StrFormat("%.1f%%", 100.0 * w.prompt_tokens_cached() / w.prompt_tokens());
+    std::printf("%-5d %-8s %-20s %-8lld %-6s %-4s %8lld/%-9lld %8lld %9.1fs %8s %7lld %7lld\n", w.rank(), w.state().c_str(),
+                w.host().c_str(), static_cast<long long>(w.pid()), w.device().c_str(), w.kv_dtype().c_str(),
+                static_cast<long long>(w.kv_used_tokens()), static_cast<long long>(w.kv_capacity_tokens()),
+                static_cast<long long>(w.running()), w.last_heartbeat_age_s(), hit.c_str(),
+                static_cast<long long>(w.cached_pages()), static_cast<long long>(w.prefix_routed()));
   }
   if (s.layers_size() == 0) return;
   // Expert load: per MoE layer, the routed tokens each rank served (load split evenly over

@@ -227,6 +227,7 @@ Command AddWorkerCommand(CLI::App& app) {
       ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(f->model + "/config.json"));
       EngineOptions options = f->engine.Options(config);
       options.keep_results = false;
+      options.kv.log_names = true;  // reported for prefix-aware routing
       v1::RegisterRequest reg;
       char host[256] = {};
       gethostname(host, sizeof host - 1);
@@ -237,6 +238,7 @@ Command AddWorkerCommand(CLI::App& app) {
       reg.set_kv_capacity_tokens(pages * options.kv.page_size);
       reg.set_kv_page_size(options.kv.page_size);
       reg.set_kv_dtype(f->engine.kv_dtype);
+      reg.set_prefix_caching(options.kv.prefix_caching && *ParseDevice(f->engine.device) < 0);  // CPU pools only
       reg.set_transport(transport_kind);
       if (ucx != nullptr) reg.set_data_plane_address(ucx->address());
       if (!nccl_id.empty()) reg.set_data_plane_address(nccl_id);

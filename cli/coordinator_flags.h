@@ -15,6 +15,7 @@ struct CoordinatorFlags {
   double queue_timeout_s = 30, heartbeat_interval_s = 1, heartbeat_timeout_s = 5, stall_timeout_s = 60,
          rebalance_interval_s = 0;
   int redundant_experts = 0, ranks_per_node = 0;
+  int64_t prefix_route_slack = 8;
 
   void Register(CLI::App& app) {
     app.add_option("--listen", listen, "gRPC address (host:port; port 0 picks one)");
@@ -36,6 +37,9 @@ struct CoordinatorFlags {
                    "heartbeats or not (longer than the longest step; 0: off)");
     app.add_option("--redundant-experts", redundant_experts, "extra replicas of hot routed experts over the workers");
     app.add_option("--ranks-per-node", ranks_per_node, "workers per node, for node-level expert placement");
+    app.add_option("--prefix-route-slack", prefix_route_slack,
+                   "a request goes to the worker holding the longest cached prefix of its prompt unless that worker "
+                   "runs this many sequences more than the least busy one (then: the most free KV)");
     app.add_option("--placement-from", placement_from, "place experts by the load in this --expert-load-out file");
     app.add_option("--rebalance-interval", rebalance_interval_s,
                    "seconds between attempts to place the experts again from the measured load (0: never); a new "
@@ -51,12 +55,14 @@ struct CoordinatorFlags {
     c.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(stall_timeout_s * 1000));
     c.redundant_experts = redundant_experts;
     c.ranks_per_node = ranks_per_node;
+    c.prefix_route_slack = prefix_route_slack;
     c.rebalance_interval = std::chrono::milliseconds(static_cast<int64_t>(rebalance_interval_s * 1000));
     if (!placement_from.empty()) {
       auto load = ReadExpertLoad(placement_from, config.num_hidden_layers, config.n_routed_experts);
       if (!load.ok()) return load.status();
       c.placement_load = std::move(*load);
     }
+    if (prefix_route_slack < 1) return absl::InvalidArgumentError("--prefix-route-slack must be at least 1");
     if (c.heartbeat_timeout <= c.heartbeat_interval) {
       return absl::InvalidArgumentError("--heartbeat-timeout must be longer than --heartbeat-interval");
     }

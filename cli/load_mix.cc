@@ -38,6 +38,15 @@ absl::StatusOr<LoadMix> ParseLoadMix(const std::string& spec) {
   return mix;
 }
 
+std::vector<std::vector<int32_t>> SharedPrefixes(int64_t count, int64_t length, int64_t vocab_size, uint64_t seed) {
+  std::mt19937_64 rng(seed ^ 0x5bd1e995u);  // apart from the stream that draws the requests
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab_size - 1));
+  std::vector<std::vector<int32_t>> prefixes(count);
+  for (auto& prefix : prefixes)
+    for (int64_t t = 0; t < length; ++t) prefix.push_back(token(rng));
+  return prefixes;
+}
+
 PlannedRequest PlanRequest(const LoadMix& mix, const LoadShape& shape, std::mt19937_64& rng, const std::string& id) {
   PlannedRequest p;
   std::uniform_real_distribution<double> unit(0, 1);
@@ -55,6 +64,11 @@ PlannedRequest PlanRequest(const LoadMix& mix, const LoadShape& shape, std::mt19
                                  // Past the context; one in eight far past it (a ~400 KB message).
                                  ? shape.context + 1 + static_cast<int64_t>(unit(rng) < 0.125 ? 100000 : unit(rng) * 1000)
                                  : shape.prompt_len;
+  if (p.kind != LoadKind::kOversized && !shape.shared_prefixes.empty()) {
+    std::uniform_int_distribution<size_t> pick(0, shape.shared_prefixes.size() - 1);
+    const std::vector<int32_t>& prefix = shape.shared_prefixes[pick(rng)];
+    r.mutable_prompt_ids()->Add(prefix.begin(), prefix.end());
+  }
   for (int64_t t = 0; t < prompt_len; ++t) r.add_prompt_ids(token(rng));
   r.set_max_new_tokens(shape.max_new_tokens);
   r.set_ignore_eos(!shape.stop_at_eos);

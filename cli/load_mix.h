@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/support/status.h"
@@ -36,7 +37,13 @@ struct LoadShape {
   int64_t vocab_size = 0, context = 0;  // the model's (from ClusterStatus)
   int64_t prompt_len = 128, max_new_tokens = 64;
   bool stop_at_eos = false;
+  // Shared system prompts: each request's prompt is one of these, drawn uniformly, followed by
+  // prompt_len random tokens (none: prompt_len random tokens).
+  std::vector<std::vector<int32_t>> shared_prefixes;
 };
+
+// `count` distinct random prompts of `length` tokens, the same for the same seed.
+std::vector<std::vector<int32_t>> SharedPrefixes(int64_t count, int64_t length, int64_t vocab_size, uint64_t seed);
 
 // Draws one request of the mix.
 PlannedRequest PlanRequest(const LoadMix& mix, const LoadShape& shape, std::mt19937_64& rng, const std::string& id);

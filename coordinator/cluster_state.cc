@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/outcome.h"
+#include "core/prefix_hash.h"
 
 namespace daedalus {
 
@@ -162,11 +163,21 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
   Worker& w = *workers_[rank];
   w.last_heard = now;
   if (events.tokens_size() > 0 || events.finished_size() > 0) w.progress_at = now;  // events come from steps
+  // Names first: a sequence's first token below ends its pending names, which these replace.
+  for (uint64_t name : events.prefix_pages_removed()) w.prefix_pages.erase(name);
+  for (uint64_t name : events.prefix_pages_added()) w.prefix_pages.insert(name);
+  w.prompt_tokens = std::max(w.prompt_tokens, events.prompt_tokens());
+  w.prompt_tokens_cached = std::max(w.prompt_tokens_cached, events.prompt_tokens_cached());
+  w.kv_evictions = std::max(w.kv_evictions, events.kv_evictions());
   int64_t delivered = 0;
   for (const v1::TokenEvent& t : events.tokens()) {
     auto it = sequences_.find(t.sequence());
     if (it == sequences_.end() || it->second.rank != rank) continue;  // cancelled meanwhile
     Sequence& s = it->second;
+    if (!s.got_token) {
+      ClearPendingNamesLocked(s);
+      s.channel->SetCachedTokens(t.cached_tokens());
+    }
     v1::GeneratedToken g;
     g.set_token_id(t.token_id());
     if (s.request.logprobs() > 0) {
@@ -283,6 +294,14 @@ absl::StatusOr<std::shared_ptr<RequestChannel>> ClusterState::Submit(const v1::G
   s.channel = std::make_shared<RequestChannel>(id);
   s.submitted = now;
   s.admission_deadline = admission_deadline;
+  if (std::any_of(workers_.begin(), workers_.end(), [](const auto& w) { return w->info.prefix_caching(); })) {
+    const int64_t page = workers_[0]->info.kv_page_size();  // the same on every worker of a launch
+    uint64_t name = kRootPageHash;
+    for (int64_t p = 0; (p + 1) * page <= request.prompt_ids_size(); ++p) {
+      name = PageHash(name, request.prompt_ids().data() + p * page, page);
+      s.page_names.push_back(name);
+    }
+  }
   auto channel = s.channel;
   sequences_.emplace(id, std::move(s));
   queue_.push_back(id);
@@ -340,19 +359,7 @@ void ClusterState::TryAdmitLocked() {
     }
     Sequence& s = it->second;
     const int64_t need = Reservation(s.request);
-    // Attention sharding: the worker with the most free KV capacity, ties by fewest running
-    // sequences, then by rank.
-    int best = -1;
-    int64_t best_free = -1;
-    for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
-      const Worker& w = *workers_[r];
-      const int64_t free = w.info.kv_capacity_tokens() - w.kv_reserved;
-      if (free < need) continue;
-      if (best < 0 || free > best_free || (free == best_free && w.running < workers_[best]->running)) {
-        best = r;
-        best_free = free;
-      }
-    }
+    const int best = ChooseWorkerLocked(s, need);
     if (best < 0) return;
     Worker& w = *workers_[best];
     v1::CoordinatorMessage m;
@@ -371,14 +378,71 @@ void ClusterState::TryAdmitLocked() {
     s.reserved = need;
     w.kv_reserved += need;
     ++w.running;
+    if (w.info.prefix_caching()) {  // its pages are being computed there from now on
+      for (uint64_t name : s.page_names) ++w.prefix_pending[name];
+      s.names_pending = true;
+    }
     s.channel->Admitted(best);
     w.link->Send(m);  // a closed stream is noticed by its reader, which loses the worker
+  }
+}
+
+int64_t ClusterState::CachedPrefixPagesLocked(const Worker& w, const Sequence& s) const {
+  if (!w.info.prefix_caching() || s.page_names.empty()) return 0;
+  // The last prompt token is always computed, so the pages usable are those before it.
+  const int64_t usable = std::min<int64_t>(s.page_names.size(), (s.request.prompt_ids_size() - 1) / w.info.kv_page_size());
+  int64_t n = 0;
+  while (n < usable && (w.prefix_pages.contains(s.page_names[n]) || w.prefix_pending.contains(s.page_names[n]))) ++n;
+  return n;
+}
+
+int ClusterState::ChooseWorkerLocked(const Sequence& s, int64_t need) {
+  // Attention sharding: the worker with the most free KV capacity, ties by fewest running
+  // sequences, then by fewest cached pages (so that distinct prefixes spread), then by rank;
+  // with prefix caching, first the worker holding the longest cached prefix (ties the same way)
+  // unless it is busier than the least busy by the slack.
+  int most_free = -1, holder = -1;
+  int64_t longest = 0, least_running = 0;
+  auto free_of = [&](int r) { return workers_[r]->info.kv_capacity_tokens() - workers_[r]->kv_reserved; };
+  auto roomier = [&](int r, int than) {
+    if (than < 0) return true;
+    const Worker &a = *workers_[r], &b = *workers_[than];
+    if (free_of(r) != free_of(than)) return free_of(r) > free_of(than);
+    if (a.running != b.running) return a.running < b.running;
+    return a.prefix_pages.size() < b.prefix_pages.size();
+  };
+  for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
+    if (free_of(r) < need) continue;
+    least_running = most_free < 0 ? workers_[r]->running : std::min(least_running, workers_[r]->running);
+    if (roomier(r, most_free)) most_free = r;
+    const int64_t held = CachedPrefixPagesLocked(*workers_[r], s);
+    if (held > longest || (held == longest && held > 0 && roomier(r, holder))) {
+      holder = r;
+      longest = held;
+    }
+  }
+  if (holder >= 0 && workers_[holder]->running < least_running + options_.prefix_route_slack) {
+    ++workers_[holder]->prefix_routed;
+    return holder;
+  }
+  return most_free;
+}
+
+void ClusterState::ClearPendingNamesLocked(Sequence& s) {
+  if (!s.names_pending) return;
+  s.names_pending = false;
+  if (s.rank < 0 || static_cast<size_t>(s.rank) >= workers_.size() || !workers_[s.rank]) return;
+  auto& pending = workers_[s.rank]->prefix_pending;
+  for (uint64_t name : s.page_names) {
+    const auto it = pending.find(name);
+    if (it != pending.end() && --it->second == 0) pending.erase(it);
   }
 }
 
 void ClusterState::EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason,
                              const absl::Status& status) {
   Sequence& s = it->second;
+  ClearPendingNamesLocked(s);
   if (s.rank >= 0 && workers_.size() > static_cast<size_t>(s.rank) && workers_[s.rank]) {
     workers_[s.rank]->kv_reserved -= s.reserved;
     --workers_[s.rank]->running;
@@ -505,6 +569,12 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
     ws->set_kv_used_tokens(w->kv_reserved);
     ws->set_running(w->running);
     ws->set_last_heartbeat_age_s(std::chrono::duration<double>(now - w->last_heard).count());
+    ws->set_prefix_caching(w->info.prefix_caching());
+    ws->set_prompt_tokens(w->prompt_tokens);
+    ws->set_prompt_tokens_cached(w->prompt_tokens_cached);
+    ws->set_cached_pages(static_cast<int64_t>(w->prefix_pages.size()));
+    ws->set_kv_evictions(w->kv_evictions);
+    ws->set_prefix_routed(w->prefix_routed);
   }
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     if (!config_.is_moe_layer(l)) continue;

@@ -13,6 +13,8 @@
 #include <condition_variable>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,6 +46,10 @@ struct CoordinatorOptions {
   std::chrono::milliseconds rebalance_interval{0};  // how often the server tries (0: never)
   // Latent cache format every worker must use ("bf16" | "f32" | "fp8"); empty: any.
   std::string kv_dtype;
+  // Prefix-aware routing: a request goes to the worker holding the longest cached prefix of its
+  // prompt unless that worker runs this many sequences more than the least busy worker that
+  // could take it (then, as without a cached prefix: the most free KV).
+  int64_t prefix_route_slack = 8;
 };
 
 // The coordinator's end of one worker's control stream.
@@ -115,6 +121,13 @@ class ClusterState {
     int64_t step = -1;              // the step count of its last heartbeat
     int64_t reported_running = 0;   // sequences its last heartbeat said it runs
     Clock::time_point progress_at;  // its last step, or when it was last seen idle
+    // Prefix caching: the content names of the full pages it holds cached (as reported), and
+    // those of prompts admitted here whose first token has not come back yet (their pages are
+    // being computed), counted by sequence.
+    std::unordered_set<uint64_t> prefix_pages;
+    std::unordered_map<uint64_t, int> prefix_pending;
+    int64_t prompt_tokens = 0, prompt_tokens_cached = 0, kv_evictions = 0;  // as reported
+    int64_t prefix_routed = 0;  // requests sent here for the prefix it held
   };
   struct Sequence {
     uint64_t id = 0;
@@ -124,10 +137,18 @@ class ClusterState {
     int64_t reserved = 0;
     Clock::time_point submitted, admission_deadline, last_token;
     bool got_token = false;
+    std::vector<uint64_t> page_names;  // of the prompt's full pages (core/prefix_hash.h)
+    bool names_pending = false;        // page_names count in its worker's prefix_pending
   };
 
   int64_t Reservation(const v1::GenerateRequest& request) const;  // KV tokens, page-rounded
   void TryAdmitLocked();
+  // The worker for a request needing `need` KV tokens (-1: none has room): the one holding the
+  // longest cached prefix of its prompt, else the one with the most free KV.
+  int ChooseWorkerLocked(const Sequence& s, int64_t need);
+  // Leading pages of the prompt that worker `w` holds or is computing.
+  int64_t CachedPrefixPagesLocked(const Worker& w, const Sequence& s) const;
+  void ClearPendingNamesLocked(Sequence& s);
   // Ends a sequence and forgets it; frees its reservation.
   void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
   void LoseLocked(int rank, const std::string& why);

@@ -47,6 +47,7 @@ class Generation {
   const v1::GenerateRequest& request() const { return request_; }
   int64_t prompt_tokens() const { return request_.prompt_ids_size(); }
   int64_t completion_tokens() const { return completion_tokens_; }
+  int64_t cached_tokens() const { return channel_->cached_tokens(); }  // prompt tokens from the prefix cache
   // The decoded text of one token alone (for logprobs), lossy.
   std::string TokenText(int32_t id) const;
 

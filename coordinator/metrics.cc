@@ -87,6 +87,23 @@ std::string Metrics::Render(const v1::ClusterStatusResponse& status) const {
   out += "# HELP daedalus_worker_up 1 while a worker is registered and heard from.\n# TYPE daedalus_worker_up gauge\n";
   for (const auto& w : status.workers())
     absl::StrAppend(&out, "daedalus_worker_up{rank=\"", w.rank(), "\"} ", w.state() == "ready" ? 1 : 0, "\n");
+  auto per_worker = [&](const char* name, const char* type, const char* help, auto value) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+    for (const auto& w : status.workers()) absl::StrAppend(&out, name, "{rank=\"", w.rank(), "\"} ", value(w), "\n");
+  };
+  per_worker("daedalus_prompt_tokens_total", "counter", "Prompt tokens admitted, per worker.",
+             [](const v1::WorkerStatus& w) { return w.prompt_tokens(); });
+  per_worker("daedalus_prompt_tokens_cached_total", "counter",
+             "Prompt tokens whose latents came from the worker's prefix cache, per worker.",
+             [](const v1::WorkerStatus& w) { return w.prompt_tokens_cached(); });
+  per_worker("daedalus_kv_cached_pages", "gauge", "Full KV pages held by the prefix cache, per worker.",
+             [](const v1::WorkerStatus& w) { return w.cached_pages(); });
+  per_worker("daedalus_kv_evictions_total", "counter", "Cached KV pages reclaimed for new content, per worker.",
+             [](const v1::WorkerStatus& w) { return w.kv_evictions(); });
+  per_worker("daedalus_prefix_routed_total", "counter", "Requests sent to a worker because it held their longest cached prefix.",
+             [](const v1::WorkerStatus& w) { return w.prefix_routed(); });
+  per_worker("daedalus_running_sequences", "gauge", "Sequences admitted to a worker and not finished.",
+             [](const v1::WorkerStatus& w) { return w.running(); });
   out += "# HELP daedalus_expert_tokens_total Routed (token, slot) pairs per MoE layer and expert.\n"
          "# TYPE daedalus_expert_tokens_total counter\n";
   for (const auto& layer : status.layers())

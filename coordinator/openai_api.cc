@@ -75,7 +75,8 @@ int64_t Now() {
 json Usage(const Generation& g) {
   return {{"prompt_tokens", g.prompt_tokens()},
           {"completion_tokens", g.completion_tokens()},
-          {"total_tokens", g.prompt_tokens() + g.completion_tokens()}};
+          {"total_tokens", g.prompt_tokens() + g.completion_tokens()},
+          {"prompt_tokens_details", {{"cached_tokens", g.cached_tokens()}}}};
 }
 
 json ByteList(const std::string& s) {

@@ -19,6 +19,16 @@ void RequestChannel::Push(v1::GeneratedToken token) {
   cv_.notify_all();
 }
 
+void RequestChannel::SetCachedTokens(int64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cached_tokens_ = n;
+}
+
+int64_t RequestChannel::cached_tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cached_tokens_;
+}
+
 void RequestChannel::Finish(std::string reason, absl::Status status) {
   std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return;

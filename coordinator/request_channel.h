@@ -32,6 +32,9 @@ class RequestChannel {
 
   void Admitted(int rank);
   void Push(v1::GeneratedToken token);
+  // Prompt tokens the worker read from its prefix cache (known with the first token).
+  void SetCachedTokens(int64_t n);
+  int64_t cached_tokens() const;
   // The first Finish wins; later ones are ignored.
   void Finish(std::string reason, absl::Status status);
 
@@ -45,11 +48,12 @@ class RequestChannel {
 
  private:
   const uint64_t sequence_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   News news_;
   bool fresh_ = false;  // news_ holds something not yet taken
   bool finished_ = false;
+  int64_t cached_tokens_ = 0;
 };
 
 }  // namespace daedalus

@@ -64,6 +64,7 @@ grpc::Status ServingService::Generate(grpc::ServerContext* context, const v1::Ge
       response.set_finish_reason(delta.finish_reason);
       response.mutable_usage()->set_prompt_tokens(generation.prompt_tokens());
       response.mutable_usage()->set_completion_tokens(generation.completion_tokens());
+      response.mutable_usage()->set_cached_tokens(generation.cached_tokens());
       response.set_ttft_ms(std::max(ttft_ms, 0.0));
     }
     if (!writer->Write(response)) {  // the client went away

@@ -97,7 +97,7 @@ void Engine::Admit() {
       seq.chain = {};
       break;
     }
-    seq.n_cached = hit;
+    seq.n_cached = seq.prefix_hit = hit;
     prompt_tokens_ += prompt;
     prompt_tokens_cached_ += hit;
     running_.push_back(std::move(waiting_.front()));
@@ -230,6 +230,7 @@ bool Engine::RunStep() {
       TokenOut out;
       out.index = seq.index;
       out.token = token;
+      if (static_cast<int64_t>(seq.tokens.size()) == prompt + 1) out.cached_tokens = seq.prefix_hit;
       if (seq.request.logprobs > 0) AddLogprobs(&logits[last * vocab], vocab, seq.request.logprobs, out);
       token_events_.push_back(std::move(out));
       const std::optional<int64_t> eos = options_.eos_token_id ? options_.eos_token_id : model_.config().eos_token_id;

@@ -42,6 +42,7 @@ struct TokenOut {
   float logprob = 0;  // log-softmax of the raw logits, when the request asked for logprobs
   std::vector<int32_t> top_ids;
   std::vector<float> top_logprobs;
+  int64_t cached_tokens = -1;  // on a sequence's first token: prompt tokens read from cached pages
 };
 struct FinishOut {
   int64_t index;
@@ -105,6 +106,7 @@ class Engine {
   // Routed (token, slot) pairs of this rank's tokens, per layer and expert, since start.
   const ExpertLoad& expert_load() const { return expert_load_; }
   const PagedKvCache& cache() const { return cache_; }
+  PagedKvCache& cache() { return cache_; }
   // Prompt tokens admitted, and those of them whose latents came from cached pages (prefix caching).
   int64_t prompt_tokens() const { return prompt_tokens_; }
   int64_t prompt_tokens_cached() const { return prompt_tokens_cached_; }
@@ -116,6 +118,7 @@ class Engine {
     Request request;
     std::vector<int32_t> tokens;  // prompt, then generated
     int64_t n_cached = 0;         // tokens whose latents are in the cache
+    int64_t prefix_hit = 0;       // prompt tokens whose latents came from cached pages
     PagedKvCache::PageTable pages;
     PagedKvCache::PrefixChain chain;  // pages named for prefix caching
     std::unique_ptr<Sampler> sampler;

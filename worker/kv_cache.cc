@@ -33,7 +33,10 @@ int32_t PagedKvCache::TakePage() {
 
 void PagedKvCache::Unname(int32_t page) {
   PageInfo& info = info_[page];
-  if (const auto it = index_.find(info.hash); it != index_.end() && it->second == page) index_.erase(it);
+  if (const auto it = index_.find(info.hash); it != index_.end() && it->second == page) {
+    index_.erase(it);
+    NoteName(info.hash, false);
+  }
   info.name = 0;
   if (info.refs == 0) {
     lru_.erase(info.lru);
@@ -117,8 +120,16 @@ void PagedKvCache::Publish(const PageTable& pages, const std::vector<int32_t>& t
     info.parent_name = parent_name;
     std::copy(page_tokens, page_tokens + ps, page_tokens_.begin() + page * ps);
     index_[hash] = page;
+    NoteName(hash, true);
     chain.name = info.name;
   }
+}
+
+void PagedKvCache::TakeNameChanges(std::vector<uint64_t>& removed, std::vector<uint64_t>& added) {
+  removed.clear();
+  added.clear();
+  for (const auto& [hash, held] : name_changes_) (held ? added : removed).push_back(hash);
+  name_changes_.clear();
 }
 
 uint8_t* PagedKvCache::Row(int32_t page, int64_t layer, int64_t slot) const {

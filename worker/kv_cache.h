@@ -28,6 +28,9 @@ struct KvCacheOptions {
   // for later sequences with the same prefix; evicted least recently used when the pool needs
   // room.
   bool prefix_caching = false;
+  // Records the content names the cache begins or stops holding, for TakeNameChanges (a worker
+  // reports them to the coordinator, which routes by prefix).
+  bool log_names = false;
   // The page-naming function (tests give a colliding one).
   uint64_t (*page_hash)(uint64_t parent, const int32_t* tokens, int64_t n) = PageHash;
 };
@@ -79,6 +82,9 @@ class PagedKvCache {
   int64_t total_pages() const { return total_pages_; }
   int64_t cached_pages() const { return static_cast<int64_t>(index_.size()); }  // named pages
   int64_t evictions() const { return evictions_; }  // cached pages reclaimed for new content
+  // With log_names: the content names dropped and those taken since the previous call (a name
+  // dropped and taken again appears once, as it stands now).
+  void TakeNameChanges(std::vector<uint64_t>& removed, std::vector<uint64_t>& added);
   // Bytes of cache one token occupies in a full page, over all layers (the page table's
   // 4 bytes per page included).
   double BytesPerToken() const;
@@ -95,6 +101,9 @@ class PagedKvCache {
   };
   int32_t TakePage();
   void Unname(int32_t page);  // drops the page's name; unreferenced, it becomes free
+  void NoteName(uint64_t hash, bool held) {
+    if (options_.log_names) name_changes_[hash] = held;
+  }
 
   KvCacheOptions options_;
   int64_t layers_, dim_, kv_lora_rank_, total_pages_;
@@ -105,6 +114,7 @@ class PagedKvCache {
   std::vector<int32_t> page_tokens_;        // [page][page_size] token ids of named pages
   std::unordered_map<uint64_t, int32_t> index_;  // content name -> named page
   std::list<int32_t> lru_;                  // named, unreferenced pages, least recently used first
+  std::unordered_map<uint64_t, bool> name_changes_;  // content name -> held now (log_names)
   uint64_t next_name_ = 1;
   int64_t evictions_ = 0;
 };

@@ -76,6 +76,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   ServeEnd end = ServeEnd::kShutdown;
   std::vector<TokenOut> tokens;
   std::vector<FinishOut> finished;
+  std::vector<uint64_t> removed_names, added_names;
 
   auto handle = [&](const v1::CoordinatorMessage& m) {
     if (m.has_admit()) {
@@ -166,6 +167,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       e->set_logprob(t.logprob);
       *e->mutable_top_ids() = {t.top_ids.begin(), t.top_ids.end()};
       *e->mutable_top_logprobs() = {t.top_logprobs.begin(), t.top_logprobs.end()};
+      if (t.cached_tokens >= 0) e->set_cached_tokens(t.cached_tokens);
     }
     for (const FinishOut& f : finished) {
       v1::FinishEvent* e = events->add_finished();
@@ -185,8 +187,17 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       reported = engine.expert_load();
       next_load_report = Clock::now() + options.heartbeat_interval;
     }
-    if (events->tokens_size() > 0 || events->finished_size() > 0 || events->expert_tokens_size() > 0) {
+    // The cache's named pages changed in this step: reported in the same message as the tokens
+    // whose prefill named them, so the coordinator's copy never lags its routing decisions.
+    engine.cache().TakeNameChanges(removed_names, added_names);
+    *events->mutable_prefix_pages_removed() = {removed_names.begin(), removed_names.end()};
+    *events->mutable_prefix_pages_added() = {added_names.begin(), added_names.end()};
+    if (events->tokens_size() > 0 || events->finished_size() > 0 || events->expert_tokens_size() > 0 ||
+        !removed_names.empty() || !added_names.empty()) {
       events->set_kv_used_tokens(heartbeats.kv_used);
+      events->set_prompt_tokens(engine.prompt_tokens());
+      events->set_prompt_tokens_cached(engine.prompt_tokens_cached());
+      events->set_kv_evictions(engine.cache().evictions());
       control.Send(out);
     }
   }

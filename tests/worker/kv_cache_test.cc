@@ -138,6 +138,8 @@ class PrefixPool {
     KvCacheOptions o = Options(DType::kF32, 4, 64);
     o.prefix_caching = true;
     o.page_hash = hash;
+    o.log_names = true;
+    hash_ = hash;
     cache_ = std::make_unique<PagedKvCache>(config_, o);
   }
 
@@ -181,6 +183,12 @@ class PrefixPool {
     for (int64_t i = 0; i < len; ++i) s.tokens.push_back(static_cast<int32_t>(rng() % 3));
     const int64_t hit = cache_->MatchPrefix(s.tokens, len - 1, s.pages, s.chain);
     ASSERT_EQ(hit % 4, 0);
+    // A coordinator holding the reported names would have predicted at least this hit.
+    uint64_t name = kRootPageHash;
+    for (int64_t p = 0; p < hit / 4; ++p) {
+      name = hash_(name, s.tokens.data() + 4 * p, 4);
+      ASSERT_TRUE(reported_.contains(name)) << "page " << p << " of a hit was never reported";
+    }
     ASSERT_LE(hit, len - 1);
     CheckContent(s, hit, "served prefix");
     if (!cache_->Reserve(s.pages, len).ok()) {
@@ -205,6 +213,12 @@ class PrefixPool {
   }
   // Every page is referenced by a running sequence, or reclaimable (free or cached), never both.
   void CheckConservation() {
+    // The reported names, applied in order, are the cache's named pages.
+    std::vector<uint64_t> removed, added;
+    cache_->TakeNameChanges(removed, added);
+    for (uint64_t n : removed) ASSERT_EQ(reported_.erase(n), 1u) << "a name dropped that was never reported";
+    for (uint64_t n : added) reported_.insert(n);
+    ASSERT_EQ(static_cast<int64_t>(reported_.size()), cache_->cached_pages());
     std::set<int32_t> used;
     for (const Seq& s : live_) used.insert(s.pages.begin(), s.pages.end());
     ASSERT_EQ(static_cast<int64_t>(used.size()) + cache_->free_pages(), cache_->total_pages());
@@ -213,6 +227,8 @@ class PrefixPool {
   ModelConfig config_;
   std::unique_ptr<PagedKvCache> cache_;
   std::vector<Seq> live_;
+  uint64_t (*hash_)(uint64_t, const int32_t*, int64_t);
+  std::set<uint64_t> reported_;  // the names a coordinator would hold
 };
 
 TEST(KvCache, PrefixCachingServesOnlyExactPrefixesAndNeverEvictsPagesInUse) {
