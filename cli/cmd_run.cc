@@ -213,6 +213,10 @@ Command AddRunCommand(CLI::App& app) {
                    static_cast<long long>(engine.prompt_tokens_cached()), static_cast<long long>(engine.prompt_tokens()),
                    static_cast<long long>(engine.cache().cached_pages()), static_cast<long long>(engine.cache().evictions()));
     }
+    if (f->verbose && engine.preemptions() > 0) {
+      std::fprintf(stderr, "KV pool ran out: %lld preemptions (each sequence computed again from its tokens so far)\n",
+                   static_cast<long long>(engine.preemptions()));
+    }
     if (out != stdout && std::fclose(out) != 0) return Fail(absl::StrCat(f->output, ": write failed"));
     return failures == 0 ? 0 : 1;
   };

@@ -169,6 +169,7 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
   w.prompt_tokens = std::max(w.prompt_tokens, events.prompt_tokens());
   w.prompt_tokens_cached = std::max(w.prompt_tokens_cached, events.prompt_tokens_cached());
   w.kv_evictions = std::max(w.kv_evictions, events.kv_evictions());
+  w.preemptions = std::max(w.preemptions, events.preemptions());
   int64_t delivered = 0;
   for (const v1::TokenEvent& t : events.tokens()) {
     auto it = sequences_.find(t.sequence());
@@ -574,6 +575,7 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
     ws->set_prompt_tokens_cached(w->prompt_tokens_cached);
     ws->set_cached_pages(static_cast<int64_t>(w->prefix_pages.size()));
     ws->set_kv_evictions(w->kv_evictions);
+    ws->set_preemptions(w->preemptions);
     ws->set_prefix_routed(w->prefix_routed);
   }
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {

@@ -126,7 +126,7 @@ class ClusterState {
     // being computed), counted by sequence.
     std::unordered_set<uint64_t> prefix_pages;
     std::unordered_map<uint64_t, int> prefix_pending;
-    int64_t prompt_tokens = 0, prompt_tokens_cached = 0, kv_evictions = 0;  // as reported
+    int64_t prompt_tokens = 0, prompt_tokens_cached = 0, kv_evictions = 0, preemptions = 0;  // as reported
     int64_t prefix_routed = 0;  // requests sent here for the prefix it held
   };
   struct Sequence {

@@ -102,6 +102,8 @@ std::string Metrics::Render(const v1::ClusterStatusResponse& status) const {
              [](const v1::WorkerStatus& w) { return w.kv_evictions(); });
   per_worker("daedalus_prefix_routed_total", "counter", "Requests sent to a worker because it held their longest cached prefix.",
              [](const v1::WorkerStatus& w) { return w.prefix_routed(); });
+  per_worker("daedalus_preemptions_total", "counter", "Sequences preempted when a worker's KV pool ran out.",
+             [](const v1::WorkerStatus& w) { return w.preemptions(); });
   per_worker("daedalus_running_sequences", "gauge", "Sequences admitted to a worker and not finished.",
              [](const v1::WorkerStatus& w) { return w.running(); });
   out += "# HELP daedalus_expert_tokens_total Routed (token, slot) pairs per MoE layer and expert.\n"

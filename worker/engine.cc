@@ -10,7 +10,10 @@
 namespace daedalus {
 
 Engine::Engine(const ModelWeights& weights, const EngineOptions& options)
-    : options_(options), model_(weights, options.attention), cache_(weights.config, options.kv) {
+    : options_(options),
+      model_(weights, options.attention),
+      cache_(weights.config, options.kv),
+      scheduler_(cache_, SchedulerOptions{options.max_batch_tokens, options.prefill_chunk, options.max_running}) {
   const ModelConfig& c = weights.config;
   expert_load_.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
@@ -55,24 +58,15 @@ absl::StatusOr<int64_t> Engine::Add(Request request) {
   seq->sampler = std::make_unique<Sampler>(request.sampling);
   if (options_.keep_results) results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}});
   seq->request = std::move(request);
-  waiting_.push_back(std::move(seq));
+  scheduler_.Add(std::move(seq));
   return next_index_ - 1;
 }
 
 bool Engine::Cancel(int64_t index) {
-  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
-    if ((*it)->index != index) continue;
-    Finish(**it, "cancelled");
-    waiting_.erase(it);
-    return true;
-  }
-  for (auto it = running_.begin(); it != running_.end(); ++it) {
-    if ((*it)->index != index) continue;
-    Finish(**it, "cancelled");
-    running_.erase(it);
-    return true;
-  }
-  return false;
+  std::unique_ptr<Sequence> seq = scheduler_.Remove(index);
+  if (seq == nullptr) return false;
+  Finish(*seq, "cancelled");
+  return true;
 }
 
 void Engine::TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& finished) {
@@ -80,29 +74,6 @@ void Engine::TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& f
   finished.swap(finish_events_);
   token_events_.clear();
   finish_events_.clear();
-}
-
-void Engine::Admit() {
-  // A sequence reserves its whole length up front, so a running sequence never waits for pages.
-  // With prefix caching it first takes the cached pages of its prompt's longest cached prefix
-  // of whole pages, leaving at least the last prompt token to compute (its logits sample the
-  // first new token); a request for every prompt position's logits computes them all.
-  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
-    Sequence& seq = *waiting_.front();
-    const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());
-    const int64_t length = static_cast<int64_t>(seq.tokens.size()) + seq.request.max_new_tokens;
-    const int64_t hit = seq.request.want_prompt_logits ? 0 : cache_.MatchPrefix(seq.tokens, prompt - 1, seq.pages, seq.chain);
-    if (!cache_.Reserve(seq.pages, length).ok()) {
-      cache_.Release(seq.pages);
-      seq.chain = {};
-      break;
-    }
-    seq.n_cached = seq.prefix_hit = hit;
-    prompt_tokens_ += prompt;
-    prompt_tokens_cached_ += hit;
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
-  }
 }
 
 void Engine::Finish(Sequence& seq, const std::string& reason, absl::Status status) {
@@ -114,7 +85,6 @@ void Engine::Finish(Sequence& seq, const std::string& reason, absl::Status statu
     r.generated_ids.assign(seq.tokens.begin() + seq.request.prompt_ids.size(), seq.tokens.end());
   }
   finish_events_.push_back(FinishOut{seq.index, reason, std::move(status)});
-  cache_.Release(seq.pages);
 }
 
 namespace {
@@ -141,66 +111,42 @@ void AddLogprobs(const float* logits, int64_t vocab, int32_t n, TokenOut& out) {
 
 bool Engine::Step() {
   if (!status_.ok()) return false;
-  Admit();
+  const std::vector<ScheduledSlice> slices = scheduler_.Schedule();
   if (!exchanges_.empty()) {
     // Lockstep: all ranks agree whether anyone has work; a rank with none still steps, with an
     // empty batch, to serve its experts.
-    std::vector<int64_t> work = {static_cast<int64_t>(running_.size() + waiting_.size())};
+    std::vector<int64_t> work = {scheduler_.pending()};
     status_ = options_.transport->AllReduceSum(work, absl::StrCat("work check, step ", steps_));
     if (!status_.ok() || work[0] == 0) return false;
-  } else if (running_.empty()) {
+  } else if (slices.empty()) {
     return false;
   }
-  return RunStep();
+  return RunStep(slices);
 }
 
 bool Engine::StepAgreed() {
   if (!status_.ok()) return false;
-  Admit();
-  return RunStep();
+  return RunStep(scheduler_.Schedule());
 }
 
-bool Engine::RunStep() {
+bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
   ForwardBatch batch;
-  struct Plan {
-    Sequence* seq;
-    int64_t first_logit;  // index into batch.logit_rows, or -1
-    bool samples;         // the last logits row yields the next token
-  };
-  std::vector<Plan> plans;
-  int64_t budget = options_.max_batch_tokens;
-  auto add_slice = [&](Sequence& seq, int64_t n) {
-    SequenceSlice s{&seq.pages, seq.n_cached, n, static_cast<int64_t>(batch.token_ids.size())};
-    s.decode = seq.n_cached >= static_cast<int64_t>(seq.request.prompt_ids.size());
-    batch.token_ids.insert(batch.token_ids.end(), seq.tokens.begin() + seq.n_cached,
-                           seq.tokens.begin() + seq.n_cached + n);
-    batch.slices.push_back(s);
-    const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());
-    const bool prompt_done = seq.n_cached + n >= prompt;
-    Plan plan{&seq, -1, prompt_done && seq.request.max_new_tokens > 0};
-    if (seq.request.want_prompt_logits && seq.n_cached < prompt) {
-      plan.first_logit = static_cast<int64_t>(batch.logit_rows.size());
-      for (int64_t t = 0; t < n; ++t) batch.logit_rows.push_back(s.offset + t);
-    } else if (plan.samples) {
-      plan.first_logit = static_cast<int64_t>(batch.logit_rows.size());
-      batch.logit_rows.push_back(s.offset + n - 1);
-    }
-    plans.push_back(plan);
-    budget -= n;
-  };
-  // Decode tokens first (one each), then prefill chunks in admission order.
-  for (auto& seq : running_)
-    if (seq->n_cached >= static_cast<int64_t>(seq->request.prompt_ids.size()) && budget > 0) add_slice(*seq, 1);
-  for (auto& seq : running_) {
-    const int64_t prompt = static_cast<int64_t>(seq->request.prompt_ids.size());
-    if (seq->n_cached >= prompt || budget <= 0) continue;
-    add_slice(*seq, std::min({prompt - seq->n_cached, options_.prefill_chunk, budget}));
-  }
-
+  std::vector<int64_t> first_logit(slices.size(), -1);  // into batch.logit_rows
   last_step_ = StepStats{};
-  for (size_t i = 0; i < plans.size(); ++i) {
-    const bool decode = batch.slices[i].start_pos >= static_cast<int64_t>(plans[i].seq->request.prompt_ids.size());
-    (decode ? last_step_.decode_tokens : last_step_.prefill_tokens) += batch.slices[i].n_tokens;
+  for (size_t i = 0; i < slices.size(); ++i) {
+    const ScheduledSlice& s = slices[i];
+    Sequence& seq = *s.seq;
+    SequenceSlice slice{&seq.pages, s.start, s.n, static_cast<int64_t>(batch.token_ids.size()), s.decode};
+    batch.token_ids.insert(batch.token_ids.end(), seq.tokens.begin() + s.start, seq.tokens.begin() + s.start + s.n);
+    batch.slices.push_back(slice);
+    if (seq.request.want_prompt_logits && !s.decode) {
+      first_logit[i] = static_cast<int64_t>(batch.logit_rows.size());
+      for (int64_t t = 0; t < s.n; ++t) batch.logit_rows.push_back(slice.offset + t);
+    } else if (s.samples) {
+      first_logit[i] = static_cast<int64_t>(batch.logit_rows.size());
+      batch.logit_rows.push_back(slice.offset + s.n - 1);
+    }
+    (s.decode ? last_step_.decode_tokens : last_step_.prefill_tokens) += s.n;
   }
   const int64_t vocab = model_.config().vocab_size;
   FloatBuffer logits(batch.logit_rows.size() * vocab);
@@ -208,30 +154,30 @@ bool Engine::RunStep() {
   status_ = options_.backend != nullptr ? options_.backend->Forward(batch, logits.data(), moe)
                                         : model_.Forward(batch, cache_, logits.data(), moe);
   if (!status_.ok()) return false;
+  scheduler_.Computed(slices);
 
-  for (size_t i = 0; i < plans.size(); ++i) {
-    Sequence& seq = *plans[i].seq;
-    const SequenceSlice& s = batch.slices[i];
-    const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());
-    if (seq.request.want_prompt_logits && s.start_pos < prompt) {
+  for (size_t i = 0; i < slices.size(); ++i) {
+    const ScheduledSlice& s = slices[i];
+    Sequence& seq = *s.seq;
+    const bool prompt_rows = seq.request.want_prompt_logits && !s.decode;
+    if (prompt_rows) {  // positions computed again after a preemption are kept once
       Result& r = results_[seq.index];
-      for (int64_t t = 0; t < s.n_tokens; ++t) {
-        const float* row = &logits[(plans[i].first_logit + t) * vocab];
+      for (int64_t t = 0; t < s.n; ++t) {
+        if (s.start + t < static_cast<int64_t>(r.prompt_logits.size())) continue;
+        const float* row = &logits[(first_logit[i] + t) * vocab];
         r.prompt_logits.emplace_back(row, row + vocab);
       }
     }
-    seq.n_cached += s.n_tokens;
-    cache_.Publish(seq.pages, seq.tokens, seq.n_cached, seq.chain);
-    if (seq.n_cached < prompt) continue;
-    if (plans[i].samples) {
-      const int64_t last = plans[i].first_logit + (seq.request.want_prompt_logits && s.start_pos < prompt ? s.n_tokens - 1 : 0);
-      const int32_t token = seq.sampler->Sample(&logits[last * vocab], vocab);
+    if (seq.to_compute() > 0) continue;  // a prefill chunk short of the end
+    if (s.samples) {
+      const float* row = &logits[(first_logit[i] + (prompt_rows ? s.n - 1 : 0)) * vocab];
+      const int32_t token = seq.sampler->Sample(row, vocab);
       seq.tokens.push_back(token);
       TokenOut out;
       out.index = seq.index;
       out.token = token;
-      if (static_cast<int64_t>(seq.tokens.size()) == prompt + 1) out.cached_tokens = seq.prefix_hit;
-      if (seq.request.logprobs > 0) AddLogprobs(&logits[last * vocab], vocab, seq.request.logprobs, out);
+      if (seq.generated() == 1) out.cached_tokens = seq.prefix_hit;
+      if (seq.request.logprobs > 0) AddLogprobs(row, vocab, seq.request.logprobs, out);
       token_events_.push_back(std::move(out));
       const std::optional<int64_t> eos = options_.eos_token_id ? options_.eos_token_id : model_.config().eos_token_id;
       if (seq.request.stop_at_eos && eos && token == *eos) {
@@ -239,9 +185,9 @@ bool Engine::RunStep() {
         continue;
       }
     }
-    if (static_cast<int64_t>(seq.tokens.size()) - prompt >= seq.request.max_new_tokens) Finish(seq, "length");
+    if (seq.generated() >= seq.request.max_new_tokens) Finish(seq, "length");
   }
-  std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->done; });
+  scheduler_.Retire();
   return true;
 }
 
@@ -253,10 +199,7 @@ std::vector<Result> Engine::RunToCompletion() {
   auto fail = [&](Sequence& seq) {
     Finish(seq, "error", status_.ok() ? absl::ResourceExhaustedError("KV cache cannot hold the request") : status_);
   };
-  for (auto& seq : running_) fail(*seq);
-  for (auto& seq : waiting_) fail(*seq);
-  running_.clear();
-  waiting_.clear();
+  for (auto& seq : scheduler_.RemoveAll()) fail(*seq);
   return results_;
 }
 

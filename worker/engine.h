@@ -1,5 +1,6 @@
 // A single-process serving engine: continuous batching over many requests, long prompts
-// cut into prefill chunks, decode tokens of all running sequences batched into one step.
+// cut into prefill chunks, decode tokens of all running sequences batched into one step
+// (worker/scheduler.h decides which), sampling, and the events a server streams.
 // Not thread-safe; one thread drives Step().
 #pragma once
 
@@ -13,19 +14,11 @@
 #include "absl/status/statusor.h"
 #include "routing/dispatch.h"
 #include "worker/model.h"
+#include "worker/request.h"
 #include "worker/sampler.h"
+#include "worker/scheduler.h"
 
 namespace daedalus {
-
-struct Request {
-  std::string id;
-  std::vector<int32_t> prompt_ids;
-  int64_t max_new_tokens = 16;
-  SamplingParams sampling;
-  bool stop_at_eos = true;          // finish when the config's eos_token_id is sampled
-  bool want_prompt_logits = false;  // keep a logits row for every prompt position
-  int32_t logprobs = 0;             // report the sampled token's log-probability and the top N
-};
 
 struct Result {
   std::string id;
@@ -94,7 +87,7 @@ class Engine {
   // False after an error.
   bool StepAgreed();
   // Requests queued or running here.
-  int64_t pending() const { return static_cast<int64_t>(running_.size() + waiting_.size()); }
+  int64_t pending() const { return scheduler_.pending(); }
   // Tokens sampled and requests finished since the last call.
   void TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& finished);
   // Steps until every queued request has finished; results in the order of Add.
@@ -108,33 +101,21 @@ class Engine {
   const PagedKvCache& cache() const { return cache_; }
   PagedKvCache& cache() { return cache_; }
   // Prompt tokens admitted, and those of them whose latents came from cached pages (prefix caching).
-  int64_t prompt_tokens() const { return prompt_tokens_; }
-  int64_t prompt_tokens_cached() const { return prompt_tokens_cached_; }
+  int64_t prompt_tokens() const { return scheduler_.prompt_tokens(); }
+  int64_t prompt_tokens_cached() const { return scheduler_.prompt_tokens_cached(); }
+  // Sequences whose pages were taken back when the pool ran out (each computed again).
+  int64_t preemptions() const { return scheduler_.preemptions(); }
   const DeepSeekModel& model() const { return model_; }
 
  private:
-  struct Sequence {
-    int64_t index;
-    Request request;
-    std::vector<int32_t> tokens;  // prompt, then generated
-    int64_t n_cached = 0;         // tokens whose latents are in the cache
-    int64_t prefix_hit = 0;       // prompt tokens whose latents came from cached pages
-    PagedKvCache::PageTable pages;
-    PagedKvCache::PrefixChain chain;  // pages named for prefix caching
-    std::unique_ptr<Sampler> sampler;
-    bool done = false;
-  };
-  void Admit();
-  bool RunStep();
+  bool RunStep(const std::vector<ScheduledSlice>& slices);
   void Finish(Sequence& seq, const std::string& reason, absl::Status status = absl::OkStatus());
 
   EngineOptions options_;
   DeepSeekModel model_;
   PagedKvCache cache_;
-  std::deque<std::unique_ptr<Sequence>> waiting_;
-  std::vector<std::unique_ptr<Sequence>> running_;
+  Scheduler scheduler_;
   int64_t next_index_ = 0;
-  int64_t prompt_tokens_ = 0, prompt_tokens_cached_ = 0;
   std::vector<Result> results_;  // by index, when options_.keep_results
   std::vector<TokenOut> token_events_;
   std::vector<FinishOut> finish_events_;

@@ -74,6 +74,12 @@ class PagedKvCache {
   void Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const;
   void Read(const PageTable& pages, int64_t layer, int64_t n, float* out) const { Read(pages, layer, 0, n, out); }
 
+  bool prefix_caching() const { return options_.prefix_caching; }
+  // The content name of a full page holding tokens[0, page_size) after the page named `parent`.
+  uint64_t PageName(uint64_t parent, const int32_t* tokens) const {
+    return options_.page_hash(parent, tokens, options_.page_size);
+  }
+
   int64_t dim() const { return dim_; }
   DType dtype() const { return options_.dtype; }
   int64_t page_size() const { return options_.page_size; }

@@ -198,6 +198,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       events->set_prompt_tokens(engine.prompt_tokens());
       events->set_prompt_tokens_cached(engine.prompt_tokens_cached());
       events->set_kv_evictions(engine.cache().evictions());
+      events->set_preemptions(engine.preemptions());
       control.Send(out);
     }
   }

@@ -207,6 +207,77 @@ TEST_P(EngineCache, PrefixCachingChangesNoTokenBitwise) {
   EXPECT_GT(engine->cache().cached_pages(), 6);
 }
 
+TEST_P(EngineCache, ChunkedPrefillOnAPrefixHitEqualsUnchunked) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  std::vector<int32_t> prompt = Prompt(70, 14);
+  std::vector<int32_t> longer = prompt;
+  for (int32_t t : Prompt(30, 15)) longer.push_back(t);
+  EngineOptions whole = Options(), chunked = Options();
+  whole.kv.page_size = chunked.kv.page_size = 8;
+  chunked.kv.prefix_caching = true;
+  chunked.prefill_chunk = 5;  // the uncached 36 tokens in chunks of 5, straddling pages
+  Engine* engine = nullptr;
+  const auto a = TwoWaves(w, whole, {Greedy(prompt, 3, false)}, {Greedy(longer, 12, false)});
+  const auto b = TwoWaves(w, chunked, {Greedy(prompt, 3, false)}, {Greedy(longer, 12, false)}, &engine);
+  EXPECT_EQ(engine->prompt_tokens_cached(), 64);
+  EXPECT_EQ(a[1].generated_ids, b[1].generated_ids);
+}
+
+TEST_P(EngineCache, SequencesSharingAPrefixComputeItOnce) {
+  // Admitted together: the followers wait for the first one's pages instead of computing them.
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  std::vector<Request> requests;
+  for (int32_t i = 0; i < 4; ++i) {
+    std::vector<int32_t> p = Prompt(45, 16);
+    p.push_back(100 + i);
+    requests.push_back(Greedy(p, 4, false));
+  }
+  requests.push_back(Greedy(Prompt(20, 17), 4, false));  // unrelated: passes the waiting ones
+  EngineOptions off = Options(), on = Options();
+  off.kv.page_size = on.kv.page_size = 8;
+  on.kv.prefix_caching = true;
+  on.prefill_chunk = off.prefill_chunk = 16;
+  Engine engine(w, on);
+  for (const Request& r : requests) ASSERT_TRUE(engine.Add(r).ok());
+  const auto b = engine.RunToCompletion();
+  const auto a = RunAll(w, off, requests);
+  EXPECT_EQ(engine.prompt_tokens_cached(), 3 * 40);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].generated_ids, b[i].generated_ids) << "request " << i;
+}
+
+TEST_P(EngineCache, PreemptionChangesNoTokenBitwise) {
+  // A pool too small for every sequence's growth: the newest running ones are preempted, wait,
+  // and are computed again from their tokens so far (prompt in prefill form, generated tokens in
+  // decode form), greedy and sampled alike, with and without prefix caching.
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  std::vector<Request> requests;
+  for (int32_t i = 0; i < 6; ++i) {
+    Request r = Greedy(Prompt(10 + 7 * i, 20 + i), 30, false);
+    if (i % 2 == 1) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.seed = static_cast<uint64_t>(i);
+    }
+    requests.push_back(r);
+  }
+  EngineOptions roomy = Options();
+  roomy.kv.page_size = 8;
+  const auto a = RunAll(w, roomy, requests);
+  for (bool prefix : {false, true}) {
+    EngineOptions tight = roomy;
+    tight.kv.max_tokens = 96;  // 12 pages; the longest request needs 9
+    tight.kv.prefix_caching = prefix;
+    Engine engine(w, tight);
+    for (const Request& r : requests) ASSERT_TRUE(engine.Add(r).ok());
+    const auto b = engine.RunToCompletion();
+    EXPECT_GT(engine.preemptions(), 0) << "the pool never ran out: the test shows nothing";
+    EXPECT_EQ(engine.cache().free_pages(), engine.cache().total_pages());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].generated_ids, b[i].generated_ids) << "request " << i << (prefix ? " with prefix caching" : "");
+      EXPECT_EQ(b[i].finish_reason, "length");
+    }
+  }
+}
+
 TEST(Engine, PrefixCachingLeavesPromptLogitRequestsWhole) {
   const ModelWeights& w = TinyModel(DType::kBF16);
   EngineOptions on;
