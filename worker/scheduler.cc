@@ -27,7 +27,10 @@ void Scheduler::Admit() {
       continue;
     }
     const int64_t need = (len + ps - 1) / ps - static_cast<int64_t>(seq.pages.size());
-    const int64_t headroom = static_cast<int64_t>(running_.size());  // a page for each running sequence to grow
+    // A spare page for each running sequence that will still grow.
+    const int64_t headroom = std::count_if(running_.begin(), running_.end(), [&](const auto& r) {
+      return (r->prompt() + r->request.max_new_tokens + ps - 1) / ps > static_cast<int64_t>(r->pages.size());
+    });
     if (need + headroom > cache_.free_pages() || !cache_.Reserve(seq.pages, len).ok()) {
       put_back();
       return;  // first come, first served: the rest wait behind it

@@ -6,8 +6,8 @@
 // The policy:
 // - Admission, in arrival order while fewer than max_running run: a sequence takes the cached
 //   pages of its longest cached prefix (prefix caching; at least its last token is computed) and
-//   pages for the rest of its tokens, leaving one free page per running sequence so that they
-//   can grow; otherwise it and everything after it wait. One exception: a sequence whose next
+//   pages for the rest of its tokens, leaving one free page for each running sequence that will
+//   still grow; otherwise it and everything after it wait. One exception: a sequence whose next
 //   page another running sequence is computing right now waits for that page to be cached
 //   instead of computing it twice, and lets later sequences pass meanwhile.
 // - The step's tokens (max_batch_tokens): one for each decoding sequence first, then prefill

@@ -95,17 +95,30 @@ TEST_F(SchedulerTest, DecodeFirstThenPrefillChunksWithinTheBudget) {
 }
 
 TEST_F(SchedulerTest, AdmissionIsFirstComeFirstServedAndLeavesRoomToGrow) {
-  // 6 pages of 4. A takes 3 pages (10 tokens); B needs 2 and a spare page for A: it fits. C
-  // needs 2 and spares for A and B: it waits, and so does D behind it though D would fit.
+  // 6 pages of 4. A (8 tokens, 13 at the end) takes 2 pages and will grow; B (12 tokens, 13 at
+  // the end) takes 3 with one spare for A. C needs 1 page but spares for A and B: it waits, and
+  // so does D behind it. Once B ends, C and D come in; A takes its third page as it decodes.
   Make(24, SchedulerOptions{64, 64, 16});
-  Add(Tokens(10, 0), 1);   // A
-  Add(Tokens(8, 20), 1);   // B
-  Add(Tokens(5, 40), 1);   // C
+  Add(Tokens(8, 0), 5);    // A
+  Add(Tokens(12, 20), 1);  // B
+  Add(Tokens(1, 40), 1);   // C
   Add(Tokens(1, 60), 1);   // D
   ExpectSteps({
-      "+A +B A[0,10)* B[0,8)*",  // both end after one token
-      "+C +D C[0,5)* D[0,1)*",
+      "+A +B A[0,8)* B[0,12)*",
+      "+C +D A[8,9)d* C[0,1)* D[0,1)*",
+      "A[9,10)d*",
+      "A[10,11)d*",
+      "A[11,12)d*",
   });
+}
+
+TEST_F(SchedulerTest, ASequenceThatWillNotGrowNeedsNoSparePage) {
+  // 4 pages. A (7 tokens, 8 at the end) holds both pages it will ever need, so B may take the
+  // last two.
+  Make(16, SchedulerOptions{64, 64, 16});
+  Add(Tokens(7, 0), 1);
+  Add(Tokens(8, 20), 1);
+  ExpectSteps({"+A +B A[0,7)* B[0,8)*"});
 }
 
 TEST_F(SchedulerTest, MaxRunningCapsTheBatch) {
