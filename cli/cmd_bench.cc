@@ -267,7 +267,10 @@ Command AddBenchCommand(CLI::App& app) {
 
     nlohmann::ordered_json out;
     const std::string tier = CpuIsaName(ActiveCpuIsa());
-    out["machine"] = {{"cpu", CpuModel()}, {"isa", tier}, {"threads", threads}, {"numa_nodes", numa_nodes}};
+    out["bench"] = "engine";
+    out["machine"] = {{"cpu", CpuModel()},     {"isa", tier},          {"threads", threads},
+                      {"numa_nodes", numa_nodes}, {"memory_gib", static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                                                                     static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 30)}};
     out["kernel_tier"] = CpuIsaDescription(ActiveCpuIsa());
     out["model"] = {{"path", f->model}, {"weights", DTypeName(dtype)}, {"hidden_size", c.hidden_size},
                     {"num_hidden_layers", c.num_hidden_layers}, {"n_routed_experts", c.n_routed_experts},

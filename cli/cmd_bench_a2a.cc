@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <set>
 
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include "cli/commands.h"
 #include "cli/request_io.h"
 #include "core/status.h"
+#include "nlohmann/json.hpp"
 #include "routing/dispatch.h"
 #include "routing/mpi_raw.h"
 #include "routing/mpi_transport.h"
@@ -79,6 +81,25 @@ double UcxPerftestMicros(size_t bytes, int iters) {
   return mb_per_s > 0 ? bytes / (mb_per_s * 1048576.0) * 1e6 : -1;
 }
 
+// Distinct hosts among the ranks (hostnames exchanged over MPI).
+int CountHosts(Transport& mpi) {
+  char name[256] = {};
+  gethostname(name, sizeof name - 1);
+  const std::string mine(name);
+  std::string send;
+  for (int r = 0; r < mpi.world_size(); ++r) send += mine;
+  std::vector<size_t> send_bytes(mpi.world_size(), mine.size()), recv_bytes;
+  std::vector<uint8_t> recv;
+  if (!mpi.AllToAllV(send.data(), send_bytes, recv, recv_bytes, "hostnames").ok()) AbortMpi(1);
+  std::set<std::string> hosts;
+  size_t at = 0;
+  for (size_t n : recv_bytes) {
+    hosts.emplace(reinterpret_cast<const char*>(recv.data() + at), n);
+    at += n;
+  }
+  return static_cast<int>(hosts.size());
+}
+
 }  // namespace
 
 Command AddBenchA2aCommand(CLI::App& app) {
@@ -87,6 +108,7 @@ Command AddBenchA2aCommand(CLI::App& app) {
     std::string tokens = "128,4096";
     int iters = 3, redundant = 0;
     std::string transport = "mpi";
+    bool json = false;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--hidden", f->hidden, "activation width (floats)");
@@ -97,6 +119,9 @@ Command AddBenchA2aCommand(CLI::App& app) {
   app.add_option("--redundant-experts", f->redundant, "extra expert replicas");
   app.add_option("--transport", f->transport, "mpi (baseline: MPI_Alltoallv) or ucx (baseline: ucx_perftest -t tag_bw)")
       ->check(CLI::IsMember({"mpi", "ucx"}));
+  app.add_flag("--json", f->json,
+               "one JSON object (rank 0): the machine, the transport, ranks and hosts, and per token count and phase "
+               "the bytes each rank sent and the times and bandwidths of ours and the baseline (for plan --calibrate)");
   return [f]() {
     auto token_counts = ParseIdList(f->tokens);
     if (!token_counts.ok() || token_counts->empty()) return Fail("--tokens: expected comma-separated counts");
@@ -114,7 +139,9 @@ Command AddBenchA2aCommand(CLI::App& app) {
     auto placement = ComputePlacement(static_cast<int>(f->experts), t.world_size(), f->redundant, {});
     if (!placement.ok()) return Fail(std::string(placement.status().message()));
     const int me = t.rank();
-    if (me == 0) {
+    const int hosts = CountHosts(**made);
+    nlohmann::ordered_json results = nlohmann::ordered_json::array();
+    if (me == 0 && !f->json) {
       std::printf("bench-a2a: %d ranks over %s, hidden %lld floats, top-%lld of %lld experts, best of %d; baseline %s; %s\n",
                   t.world_size(), f->transport.c_str(), static_cast<long long>(f->hidden), static_cast<long long>(f->topk),
                   static_cast<long long>(f->experts), f->iters,
@@ -208,11 +235,28 @@ Command AddBenchA2aCommand(CLI::App& app) {
         std::vector<int64_t> bytes = {static_cast<int64_t>(timing->bytes)};
         (void)t.AllReduceSum(bytes, "bench bytes");
         const double per_rank = static_cast<double>(bytes[0]) / t.world_size();
-        if (me == 0) {
+        if (me == 0 && f->json) {
+          results.push_back({{"tokens", n}, {"phase", name}, {"bytes_per_rank", per_rank}, {"ours_us", ours},
+                             {"ours_gb_s", per_rank / ours / 1e3}, {"raw_us", raw}, {"raw_gb_s", per_rank / raw / 1e3}});
+        } else if (me == 0) {
           std::printf("%8d %-8s %12.0f %10.2f %12.0f %10.2f %6.0f%%\n", n, name, ours, per_rank / ours / 1e3, raw,
                       per_rank / raw / 1e3, 100 * raw / ours);
         }
       }
+    }
+    if (me == 0 && f->json) {
+      nlohmann::ordered_json out;
+      out["bench"] = "a2a";
+      out["machine"] = {{"cpu", CpuModel()}};
+      out["transport"] = f->transport;
+      out["baseline"] = perftest ? "ucx_perftest -t tag_bw" : "MPI_Alltoallv";
+      out["world_size"] = t.world_size();
+      out["hosts"] = hosts;
+      out["hidden"] = f->hidden;
+      out["topk"] = f->topk;
+      out["experts"] = f->experts;
+      out["results"] = results;
+      std::printf("%s\n", out.dump(2).c_str());
     }
     ucx.reset();
     made->reset();

@@ -6,11 +6,13 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "core/cluster_config.h"
 #include "core/model_config.h"
+#include "planner/calibrate.h"
 #include "planner/plan.h"
 #include "planner/report.h"
 #include "planner/svg_plot.h"
@@ -26,7 +28,31 @@ struct PlanFlags {
   double cache_hit_rate = 0, synthetic_skew = 0;
   std::vector<std::string> sweeps;
   std::map<std::string, CLI::Option*> given;  // setting name → its flag
+  std::vector<std::string> calibrate;         // bench / bench-a2a --json outputs
+  std::string out;
 };
+
+// plan --calibrate FILE... --out HARDWARE.yaml
+int RunCalibrate(const PlanFlags& f) {
+  if (f.out.empty()) return Fail("--calibrate needs --out HARDWARE.yaml");
+  std::vector<CalibrationFile> files;
+  for (const std::string& path : f.calibrate) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return Fail(absl::StrCat(path, ": cannot open"));
+    std::stringstream text;
+    text << in.rdbuf();
+    files.push_back({path, text.str()});
+  }
+  auto yaml = CalibrateHardware(files);
+  if (!yaml.ok()) return Fail(std::string(yaml.status().message()));
+  // What was written must load as a hardware file.
+  if (auto parsed = ParseHardwareSpec(*yaml, f.out); !parsed.ok()) return Fail(std::string(parsed.status().message()));
+  std::ofstream out(f.out);
+  out << *yaml;
+  if (!out) return Fail(absl::StrCat(f.out, ": cannot write"));
+  std::printf("%s", yaml->c_str());
+  return 0;
+}
 
 std::string ConfigPath(const std::string& model) {
   return std::filesystem::is_directory(model) ? (std::filesystem::path(model) / "config.json").string() : model;
@@ -155,8 +181,13 @@ int RunPlan(const PlanFlags& f) {
 
 Command AddPlanCommand(CLI::App& app) {
   auto f = std::make_shared<PlanFlags>();
-  app.add_option("--model", f->model, "model directory holding config.json (or the config.json itself)")->required();
-  app.add_option("--cluster", f->cluster, "cluster YAML (cluster-configs/clusters/)")->required();
+  app.add_option("--model", f->model, "model directory holding config.json (or the config.json itself)");
+  app.add_option("--cluster", f->cluster, "cluster YAML (cluster-configs/clusters/)");
+  app.add_option("--calibrate", f->calibrate,
+                 "instead of planning: write a hardware file (--out) from `bench --json` and `bench-a2a --json` outputs "
+                 "of this machine, a source comment on every number")
+      ->expected(1, -1);
+  app.add_option("--out", f->out, "with --calibrate: the hardware YAML to write");
   f->given["phase"] = app.add_option("--phase", f->phase, "prefill or decode");
   f->given["nodes"] = app.add_option("--nodes", f->nodes, "use this many of the cluster's nodes (default: all)");
   f->given["ep"] = app.add_option("--ep", f->ep, "expert-parallel degree (default: every device used)");
@@ -179,7 +210,11 @@ Command AddPlanCommand(CLI::App& app) {
   app.add_option("--format", f->format, "table, json (one object per plan per line) or csv");
   app.add_option("--sweep", f->sweeps, "NAME=V1,V2,... (repeatable: every combination), e.g. ep=8,16,32");
   app.add_option("--plot", f->plot, "write an SVG of throughput against latency with its frontier");
-  return [f]() { return RunPlan(*f); };
+  return [f]() {
+    if (!f->calibrate.empty()) return RunCalibrate(*f);
+    if (f->model.empty() || f->cluster.empty()) return Fail("--model and --cluster are required (or --calibrate FILE...)");
+    return RunPlan(*f);
+  };
 }
 
 }  // namespace daedalus

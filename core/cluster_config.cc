@@ -82,7 +82,8 @@ absl::Status ReadOptional(const YAML::Node& node, const std::string& source, con
 absl::StatusOr<HardwareSpec> ParseHardware(const YAML::Node& node, const std::string& source) {
   RETURN_IF_ERROR(CheckKeys(node, source, "",
                             {"name", "kind", "memory_gib", "memory_gb", "memory_bandwidth_gb_s", "bf16_tflops", "fp8_tflops",
-                             "intra_node_gb_s", "nic_gb_s", "nic_latency_us"}));
+                             "intra_node_gb_s", "nic_gb_s", "nic_latency_us", "kernel_tier", "threads", "fp32_tflops",
+                             "prefill_gflops", "decode_share_of_roofline", "intra_node_latency_us"}));
   HardwareSpec h;
   double bandwidth_gb_s = 0, bf16_tflops = 0, intra_gb_s = 0, nic_gb_s = 0, nic_latency_us = 0;
   std::optional<double> fp8_tflops, memory_gib, memory_gb;
@@ -117,6 +118,33 @@ absl::StatusOr<HardwareSpec> ParseHardware(const YAML::Node& node, const std::st
   h.intra_node_bandwidth = intra_gb_s * 1e9;
   h.nic_bandwidth = nic_gb_s * 1e9;
   h.nic_latency_s = nic_latency_us * 1e-6;
+  // Measured figures.
+  double fp32_tflops = 0, prefill_gflops = 0, intra_latency_us = 0;
+  RETURN_IF_ERROR(Read(node, source, "kernel_tier", h.kernel_tier, false));
+  RETURN_IF_ERROR(Read(node, source, "threads", h.threads, false));
+  RETURN_IF_ERROR(Read(node, source, "fp32_tflops", fp32_tflops, false));
+  RETURN_IF_ERROR(Read(node, source, "prefill_gflops", prefill_gflops, false));
+  RETURN_IF_ERROR(Read(node, source, "intra_node_latency_us", intra_latency_us, false));
+  if (fp32_tflops < 0 || prefill_gflops < 0 || intra_latency_us < 0 || h.threads < 0) {
+    return KeyError(source, fp32_tflops < 0 ? "fp32_tflops" : prefill_gflops < 0 ? "prefill_gflops"
+                            : intra_latency_us < 0 ? "intra_node_latency_us" : "threads", "must not be negative");
+  }
+  h.fp32_flops = fp32_tflops * 1e12;
+  h.prefill_flops_achieved = prefill_gflops * 1e9;
+  h.intra_node_latency_s = intra_latency_us * 1e-6;
+  if (const YAML::Node shares = node["decode_share_of_roofline"]; shares && !shares.IsNull()) {
+    if (!shares.IsMap()) return KeyError(source, "decode_share_of_roofline", "must map decode batch to a share");
+    for (const auto& kv : shares) {
+      try {
+        const int64_t batch = kv.first.as<int64_t>();
+        const double share = kv.second.as<double>();
+        if (batch < 1 || !(share > 0)) throw YAML::Exception(YAML::Mark(), "range");
+        h.decode_share_of_roofline[batch] = share;
+      } catch (const YAML::Exception&) {
+        return KeyError(source, "decode_share_of_roofline", "must map batch sizes (>= 1) to positive shares");
+      }
+    }
+  }
   return h;
 }
 

@@ -6,6 +6,12 @@
 //   bf16_tflops: 989           fp8_tflops: 1979      (dense; fp8 optional: absent means no FP8
 //                                                     units, FP8 weights are widened to bf16)
 //   intra_node_gb_s: 200       (one direction)       nic_gb_s: 50     nic_latency_us: 2
+// Measured figures, as `daedalus plan --calibrate` writes them from `bench` and `bench-a2a`
+// (all optional):
+//   kernel_tier: avx512bf16    threads: 2            fp32_tflops: 0.2 (the tier's float FMA peak)
+//   prefill_gflops: 150        (the engine's prefill projections, achieved)
+//   decode_share_of_roofline: {1: 0.62, 8: 0.41}     (achieved decode tokens/s over the roofline, by batch)
+//   intra_node_latency_us: 12  (the expert all-to-all's fixed cost within a node)
 //
 // Cluster file (cluster-configs/clusters/NAME.yaml):
 //   name: ...  nodes: 18  devices_per_node: 8
@@ -18,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,6 +43,13 @@ struct HardwareSpec {
   double intra_node_bandwidth = 0;     // bytes/s per device, one direction (NVLink, or UPI / shared memory)
   double nic_bandwidth = 0;            // bytes/s per device, one direction
   double nic_latency_s = 0;            // one message across the network
+  // Measured (plan --calibrate); zero or empty when the file does not give them.
+  std::string kernel_tier;             // the CPU kernel tier the figures were measured with
+  int64_t threads = 0;
+  double fp32_flops = 0;               // float FMA peak, FLOP/s
+  double prefill_flops_achieved = 0;   // the engine's prefill projections, FLOP/s
+  std::map<int64_t, double> decode_share_of_roofline;  // by decode batch
+  double intra_node_latency_s = 0;
 };
 
 // Plan settings a cluster preset may carry (a published deployment's own settings); each is

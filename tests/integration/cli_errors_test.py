@@ -183,6 +183,13 @@ def run_checks(cli, tmp):
     p = cli("run", "--model", model, "--prompt-ids", "1", "--kv-dtype", "int4")
     check(p.returncode > 0 and "int4" in p.stderr and "bf16,f32,fp8" in p.stderr,
           "--kv-dtype int4 is refused with the allowed list", describe(p))
+    notjson = os.path.join(tmp, "bench.txt")
+    with open(notjson, "w") as f:
+        f.write("prefill 512 tokens: 1000 tok/s\n")
+    p = cli("plan", "--calibrate", notjson, "--out", os.path.join(tmp, "hw.yaml"))
+    expect_error(p, "plan --calibrate on text that is not JSON", [notjson, "not JSON"])
+    p = cli("plan", "--calibrate", notjson)
+    expect_error(p, "plan --calibrate without --out", ["--out"])
     missing = os.path.join(tmp, "no_such_model")
     p = cli("run", "--model", missing, "--prompt-ids", "1", "--max-new-tokens", "1")
     expect_error(p, "missing model directory", [missing])
