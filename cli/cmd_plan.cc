@@ -25,7 +25,7 @@ namespace {
 struct PlanFlags {
   std::string model, cluster, phase, weight_dtype, kv_dtype, expert_load, format = "table", plot;
   int64_t nodes = 0, ep = 0, redundant = 0, batch = 0, avg_context = 0, prompt_len = 0, micro_batches = 2;
-  double cache_hit_rate = 0, synthetic_skew = 0;
+  double cache_hit_rate = 0, synthetic_skew = 0, overlap = Efficiency{}.overlap;
   std::vector<std::string> sweeps;
   std::map<std::string, CLI::Option*> given;  // setting name → its flag
   std::vector<std::string> calibrate;         // bench / bench-a2a --json outputs
@@ -119,7 +119,8 @@ int RunPlan(const PlanFlags& f) {
   }
 
   const std::string model_name = ModelName(f.model);
-  const Efficiency efficiency;
+  Efficiency efficiency;
+  efficiency.overlap = f.overlap;
   std::vector<PlanResult> results;
   for (const std::vector<Setting>& combination : ExpandSweep(axes)) {
     Workload w = base;
@@ -206,6 +207,10 @@ Command AddPlanCommand(CLI::App& app) {
       app.add_option("--cache-hit-rate", f->cache_hit_rate, "prefill: fraction of prompt tokens already cached");
   f->given["synthetic-skew"] = app.add_option(
       "--synthetic-skew", f->synthetic_skew, "expert popularity ~ 1/rank^skew when no --expert-load (default 0: even)");
+  app.add_option("--overlap", f->overlap,
+                 "fraction of the shorter of computation and communication hidden under the longer with two "
+                 "micro-batches (default 0.5, from SGLang's two-batch-overlap ablation; planner/README.md)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--expert-load", f->expert_load, "expert-load histogram from `run --expert-load-out`");
   app.add_option("--format", f->format, "table, json (one object per plan per line) or csv");
   app.add_option("--sweep", f->sweeps, "NAME=V1,V2,... (repeatable: every combination), e.g. ep=8,16,32");

@@ -1,5 +1,7 @@
 // The three published deployments, each preset with its own settings as published, planned
-// with one shared set of efficiency factors (Efficiency{}): within 15% of the published figure.
+// with one shared set of efficiency factors (Efficiency{}): within 10% of the published figure;
+// and how each prediction moves when the one factor taken from a deployment-level measurement,
+// the micro-batch overlap, is varied by ±50%.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,7 +20,7 @@ struct Case {
 
 class PublishedDeployment : public ::testing::TestWithParam<Case> {};
 
-TEST_P(PublishedDeployment, WithinFifteenPercent) {
+TEST_P(PublishedDeployment, WithinTenPercent) {
   const Case& c = GetParam();
   const ModelConfig v3 = PresetModel("deepseek-v3");
   const ClusterConfig cluster = PresetCluster(c.cluster);
@@ -31,7 +33,27 @@ TEST_P(PublishedDeployment, WithinFifteenPercent) {
   ASSERT_TRUE(planned.has_value());
   std::printf("%s: planned %.0f, published %.0f (%+.1f%%)\n", c.cluster, *planned, c.published,
               100 * (*planned / c.published - 1));
-  EXPECT_NEAR(*planned / c.published, 1.0, 0.15);
+  EXPECT_NEAR(*planned / c.published, 1.0, 0.10);
+}
+
+TEST_P(PublishedDeployment, OverlapSensitivity) {
+  const Case& c = GetParam();
+  const ModelConfig v3 = PresetModel("deepseek-v3");
+  const ClusterConfig cluster = PresetCluster(c.cluster);
+  std::vector<double> planned;
+  for (double overlap : {0.25, 0.5, 0.75}) {
+    Efficiency e;
+    e.overlap = overlap;
+    auto plan = MakePlan(v3, cluster, PresetWorkload(v3, cluster), e, {});
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    planned.push_back(*MetricValue(*plan, c.metric));
+  }
+  std::printf("%s, overlap 0.25 / 0.5 / 0.75: %.0f / %.0f / %.0f (%+.1f%% / %+.1f%% / %+.1f%% of published)\n", c.cluster,
+              planned[0], planned[1], planned[2], 100 * (planned[0] / c.published - 1), 100 * (planned[1] / c.published - 1),
+              100 * (planned[2] / c.published - 1));
+  // More of the communication hidden never slows a step.
+  EXPECT_LE(planned[0], planned[1]);
+  EXPECT_LE(planned[1], planned[2]);
 }
 
 INSTANTIATE_TEST_SUITE_P(

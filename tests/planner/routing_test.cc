@@ -74,7 +74,9 @@ TEST(LoadBalance, NodeLimitedRoutingUnderHierarchicalPlacement) {
 }
 
 // DeepEP README (v1, legacy.md): low-latency kernels on H800 with CX7 400 Gb/s, 128 tokens per
-// rank, hidden 7168, top-8 of 256 experts, FP8 dispatch and BF16 combine.
+// rank, hidden 7168, top-8 of 256 experts, FP8 dispatch and BF16 combine. This table is the
+// source the NIC factor (0.80) and the fixed cost (18 us) were fitted to, so the test below
+// guards the fit against regressions of the communication model; it is not a validation.
 struct DeepEpRow {
   int ep;
   double dispatch_us, combine_us;
@@ -82,7 +84,7 @@ struct DeepEpRow {
 constexpr DeepEpRow kDeepEpLowLatency[] = {
     {16, 118, 195}, {32, 155, 273}, {64, 173, 314}, {128, 192, 369}, {256, 194, 360}};
 
-TEST(Communication, LowLatencyModelReproducesDeepEpWithin15Percent) {
+TEST(Communication, LowLatencyModelKeepsItsFitToDeepEpsTable) {
   const ModelConfig v3 = PresetModel("deepseek-v3");
   const HardwareSpec h800 = PresetCluster("h800-18node").hardware;
   const Efficiency e;
