@@ -25,7 +25,7 @@ namespace {
 struct PlanFlags {
   std::string model, cluster, phase, weight_dtype, kv_dtype, expert_load, format = "table", plot;
   int64_t nodes = 0, ep = 0, redundant = 0, batch = 0, avg_context = 0, prompt_len = 0, micro_batches = 2;
-  double cache_hit_rate = 0, synthetic_skew = 0, overlap = Efficiency{}.overlap;
+  double cache_hit_rate = 0, synthetic_skew = 0, mtp_acceptance = 0, overlap = Efficiency{}.overlap;
   std::vector<std::string> sweeps;
   std::map<std::string, CLI::Option*> given;  // setting name → its flag
   std::vector<std::string> calibrate;         // bench / bench-a2a --json outputs
@@ -83,6 +83,7 @@ std::vector<Setting> FlagSettings(const PlanFlags& f) {
   add("kv-dtype", f.kv_dtype);
   add("cache-hit-rate", absl::StrCat(f.cache_hit_rate));
   add("synthetic-skew", absl::StrCat(f.synthetic_skew));
+  add("mtp-acceptance", absl::StrCat(f.mtp_acceptance));
   return s;
 }
 
@@ -205,6 +206,10 @@ Command AddPlanCommand(CLI::App& app) {
   f->given["kv-dtype"] = app.add_option("--kv-dtype", f->kv_dtype, "bf16 or fp8 (default bf16)");
   f->given["cache-hit-rate"] =
       app.add_option("--cache-hit-rate", f->cache_hit_rate, "prefill: fraction of prompt tokens already cached");
+  f->given["mtp-acceptance"] = app.add_option(
+      "--mtp-acceptance", f->mtp_acceptance,
+      "decode with multi-token prediction: the draft token's acceptance rate A in [0, 1] (a step yields 1 + A tokens "
+      "per sequence, feeds the main model two, and runs one more MoE layer)");
   f->given["synthetic-skew"] = app.add_option(
       "--synthetic-skew", f->synthetic_skew, "expert popularity ~ 1/rank^skew when no --expert-load (default 0: even)");
   app.add_option("--overlap", f->overlap,

@@ -42,6 +42,11 @@ struct Workload {
   int64_t avg_context = 4096;      // decode: mean KV length per sequence
   int64_t prompt_len = 0;          // prefill: tokens per prompt; 0 = avg_context
   double cache_hit_rate = 0;       // prefill: fraction of prompt tokens whose KV is already cached
+  // Decode with multi-token prediction (one draft token per step, DeepSeek-V3's MTP module):
+  // each sequence feeds the main model its sampled token and the draft, the MTP module (one
+  // more MoE layer) drafts the next, and the draft is accepted with this probability, so a step
+  // yields 1 + A tokens per sequence. Negative: no MTP.
+  double mtp_acceptance = -1;
   DType weight_dtype = DType::kF8E4M3;  // layer projections; embeddings, lm_head and gates stay BF16
   DType kv_dtype = DType::kBF16;
   int64_t micro_batches = 2;       // 2 overlaps one micro-batch's all-to-all with the other's compute

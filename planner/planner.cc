@@ -38,6 +38,8 @@ absl::Status CheckWorkload(const ModelConfig& config, const ClusterConfig& clust
   }
   if (w.weight_dtype != DType::kBF16 && w.weight_dtype != DType::kF8E4M3) return Invalid("weight dtype must be bf16 or fp8");
   if (w.kv_dtype != DType::kBF16 && w.kv_dtype != DType::kF8E4M3) return Invalid("KV dtype must be bf16 or fp8");
+  if (w.mtp_acceptance >= 0 && w.phase != Phase::kDecode) return Invalid("MTP acceptance applies to decode only");
+  if (!(w.mtp_acceptance <= 1)) return Invalid(absl::StrCat("MTP acceptance must be in [0, 1], found ", w.mtp_acceptance));
   if (!(w.synthetic_skew >= 0)) return Invalid(absl::StrCat("synthetic skew must be >= 0, found ", w.synthetic_skew));
   if (w.redundant_experts < 0) return Invalid(absl::StrCat("redundant experts must be >= 0, found ", w.redundant_experts));
   if (config.n_routed_experts < 1) return Invalid("the model has no routed experts: nothing to plan for expert parallelism");
@@ -122,7 +124,10 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
   const double prompt = static_cast<double>(w.prompt_tokens());
   const double cached = decode ? 0.0 : std::floor(prompt * w.cache_hit_rate);
   const double computed_per_prompt = prompt - cached;
-  const double step_tokens = decode ? static_cast<double>(w.batch_per_device) : w.batch_per_device * computed_per_prompt;
+  const bool mtp = decode && w.mtp_acceptance >= 0;
+  // With MTP each sequence feeds the main model two tokens a step: the sampled one and the draft.
+  const double step_tokens = decode ? static_cast<double>(w.batch_per_device) * (mtp ? 2 : 1)
+                                    : w.batch_per_device * computed_per_prompt;
   MicroBatch mb;
   mb.decode = decode;
   mb.tokens = step_tokens / mbs;
@@ -170,13 +175,16 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
   const AllToAllVolume dispatch = AllToAllBytes(kind, plan.routing, mb.tokens, DispatchRowBytes(config, w.weight_dtype));
   const AllToAllVolume combine = AllToAllBytes(kind, plan.routing, mb.tokens, CombineRowBytes(config));
   PartSums parts;
-  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+  // One layer over micro-batches of `mb_tokens` tokens (the MTP module: the last MoE layer's
+  // shape, over one token per sequence).
+  auto add_layer = [&](int64_t l, double mb_tokens, bool counted) {
     const bool moe = config.is_moe_layer(l);
     const double imbalance = moe ? plan.routing.layer_imbalance[l] : 1.0;
     MicroBatch layer_mb = mb;
-    layer_mb.routed_pairs = mb.tokens * config.num_experts_per_tok * imbalance;
+    layer_mb.tokens = mb_tokens;
+    layer_mb.routed_pairs = mb_tokens * config.num_experts_per_tok * imbalance;
     double compute = 0;
-    const bool first_moe = moe && plan.moe_layer.empty();
+    const bool first_moe = counted && moe && plan.moe_layer.empty();
     for (const OpCost& op : LayerOps(config, shape, l, layer_mb, hw)) {
       const double s = RooflineSeconds(op, hw, e);
       compute += s * mbs;
@@ -188,19 +196,22 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
     parts.Add(OpCost{"other kernels"}, e.layer_overhead_s, mbs, false);
     double comm = 0;
     if (moe && ep > 1) {
-      const double dispatch_s = AllToAllSeconds(kind, dispatch, imbalance, spans_nodes, hw, e);
-      const double combine_s = AllToAllSeconds(kind, combine, imbalance, spans_nodes, hw, e);
+      const AllToAllVolume d = mb_tokens == mb.tokens ? dispatch
+                               : AllToAllBytes(kind, plan.routing, mb_tokens, DispatchRowBytes(config, w.weight_dtype));
+      const AllToAllVolume c = mb_tokens == mb.tokens ? combine : AllToAllBytes(kind, plan.routing, mb_tokens, CombineRowBytes(config));
+      const double dispatch_s = AllToAllSeconds(kind, d, imbalance, spans_nodes, hw, e);
+      const double combine_s = AllToAllSeconds(kind, c, imbalance, spans_nodes, hw, e);
       comm = mbs * (dispatch_s + combine_s);
       if (first_moe) {
         plan.layer_dispatch_s = dispatch_s;
         plan.layer_combine_s = combine_s;
-        plan.layer_dispatch_bytes = dispatch.nic_bytes + dispatch.intra_node_bytes;
-        plan.layer_combine_bytes = combine.nic_bytes + combine.intra_node_bytes;
+        plan.layer_dispatch_bytes = d.nic_bytes + d.intra_node_bytes;
+        plan.layer_combine_bytes = c.nic_bytes + c.intra_node_bytes;
       }
-      plan.dispatch_nic_bytes += mbs * dispatch.nic_bytes;
-      plan.dispatch_intra_bytes += mbs * dispatch.intra_node_bytes;
-      plan.combine_nic_bytes += mbs * combine.nic_bytes;
-      plan.combine_intra_bytes += mbs * combine.intra_node_bytes;
+      plan.dispatch_nic_bytes += mbs * d.nic_bytes;
+      plan.dispatch_intra_bytes += mbs * d.intra_node_bytes;
+      plan.combine_nic_bytes += mbs * c.nic_bytes;
+      plan.combine_intra_bytes += mbs * c.intra_node_bytes;
     }
     const double layer_s =
         w.micro_batches >= 2 ? std::max(compute, comm) + (1.0 - e.overlap) * std::min(compute, comm) : compute + comm;
@@ -208,9 +219,12 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
     plan.communication_s += comm;
     plan.hidden_s += compute + comm - layer_s;
     plan.step_s += layer_s;
-  }
-  // lm_head: every decoded token; in prefill only each prompt's last position.
-  const OpCost head = LmHeadOp(config, shape, decode ? mb.tokens : w.batch_per_device / mbs, hw);
+  };
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) add_layer(l, mb.tokens, true);
+  if (mtp) add_layer(config.num_hidden_layers - 1, mb.tokens / 2, false);
+  // lm_head: every decoded token (with MTP also the draft's position, and the module's own
+  // draft: three rows per sequence); in prefill only each prompt's last position.
+  const OpCost head = LmHeadOp(config, shape, decode ? mb.tokens * (mtp ? 1.5 : 1.0) : w.batch_per_device / mbs, hw);
   const double head_s = RooflineSeconds(head, hw, e);
   parts.Add(head, head_s, mbs, MemoryBound(head, hw, e));
   plan.flops_per_step += head.flops * mbs;
@@ -219,13 +233,15 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
   for (const std::string& name : parts.order) plan.compute.push_back(parts.parts[name]);
 
   if (decode) {
-    plan.output_tokens_per_s_per_device = w.batch_per_device / plan.step_s;
-    plan.itl_s = plan.step_s;
+    const double per_step = mtp ? 1.0 + w.mtp_acceptance : 1.0;  // tokens each sequence gains a step
+    plan.output_tokens_per_s_per_device = w.batch_per_device * per_step / plan.step_s;
+    plan.itl_s = plan.step_s / per_step;
     // Time to first token: prefilling one prompt per device on the same cluster (queueing
     // and the KV transfer of a disaggregated deployment are not modelled).
     Workload prefill = w;
     prefill.phase = Phase::kPrefill;
     prefill.batch_per_device = 1;
+    prefill.mtp_acceptance = -1;
     prefill.prompt_len = w.prompt_tokens();
     ASSIGN_OR_RETURN(Plan first, MakePlan(config, cluster, prefill, e, histogram));
     plan.ttft_s = first.step_s;

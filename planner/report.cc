@@ -29,6 +29,8 @@ nlohmann::ordered_json FlatResults(const std::string& model_name, const Plan& p)
   j["avg_context"] = decode ? nlohmann::ordered_json(p.workload.avg_context) : nlohmann::ordered_json();
   j["prompt_len"] = decode ? nlohmann::ordered_json() : nlohmann::ordered_json(p.workload.prompt_tokens());
   j["cache_hit_rate"] = p.workload.cache_hit_rate;
+  j["mtp_acceptance"] = p.workload.mtp_acceptance >= 0 ? nlohmann::ordered_json(p.workload.mtp_acceptance)
+                                                       : nlohmann::ordered_json();
   j["weight_dtype"] = PlanDTypeName(p.workload.weight_dtype);
   j["kv_dtype"] = PlanDTypeName(p.workload.kv_dtype);
   j["micro_batches"] = p.workload.micro_batches;
@@ -177,8 +179,10 @@ std::string PlanReport(const std::string& model_name, const Plan& p, const Effic
                         w.redundant_experts, p.routing.hierarchical ? "hierarchical (whole groups per node)" : "flat",
                         w.micro_batches);
   if (decode) {
-    absl::StrAppendFormat(&out, "  %lld sequences per device, average context %lld; weights %s, KV %s\n",
-                          w.batch_per_device, w.avg_context, PlanDTypeName(w.weight_dtype), PlanDTypeName(w.kv_dtype));
+    absl::StrAppendFormat(&out, "  %lld sequences per device, average context %lld; weights %s, KV %s%s\n",
+                          w.batch_per_device, w.avg_context, PlanDTypeName(w.weight_dtype), PlanDTypeName(w.kv_dtype),
+                          w.mtp_acceptance >= 0 ? absl::StrFormat("; MTP, draft accepted %.0f%%", 100 * w.mtp_acceptance)
+                                                : std::string());
   } else {
     absl::StrAppendFormat(&out, "  %lld prompts of %lld tokens per device (cache hits %.1f%%); weights %s, KV %s\n",
                           w.batch_per_device, w.prompt_tokens(), 100 * w.cache_hit_rate, PlanDTypeName(w.weight_dtype),

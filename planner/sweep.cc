@@ -35,7 +35,8 @@ const std::vector<std::string>& SettingNames() {
   static const std::vector<std::string> names = {"phase",         "nodes",        "ep",
                                                  "redundant-experts", "batch-per-gpu", "avg-context",
                                                  "prompt-len",    "micro-batches", "weight-dtype",
-                                                 "kv-dtype",      "cache-hit-rate", "synthetic-skew"};
+                                                 "kv-dtype",      "cache-hit-rate", "synthetic-skew",
+                                                 "mtp-acceptance"};
   return names;
 }
 
@@ -83,6 +84,10 @@ absl::Status ApplySetting(const Setting& s, Workload& w) {
   if (name == "cache-hit-rate") {
     RETURN_IF_ERROR(Real(s, w.cache_hit_rate));
     return w.cache_hit_rate >= 0 && w.cache_hit_rate < 1 ? absl::OkStatus() : Bad(s, "a number in [0, 1)");
+  }
+  if (name == "mtp-acceptance") {
+    RETURN_IF_ERROR(Real(s, w.mtp_acceptance));
+    return w.mtp_acceptance >= 0 && w.mtp_acceptance <= 1 ? absl::OkStatus() : Bad(s, "a number in [0, 1]");
   }
   if (name == "synthetic-skew") {
     RETURN_IF_ERROR(Real(s, w.synthetic_skew));

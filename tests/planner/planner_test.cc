@@ -117,6 +117,39 @@ TEST(Planner, CacheHitsSkipPrefillCompute) {
   EXPECT_GT(warm->input_tokens_per_s_per_node(), 1.3 * cold->input_tokens_per_s_per_node());
 }
 
+TEST(Planner, MtpTradesAnExtraLayerAndADoubledBatchForAcceptedDrafts) {
+  const ModelConfig v3 = PresetModel("deepseek-v3");
+  const ClusterConfig cluster = PresetCluster("deepseek-decode-h800");
+  Workload w = PresetWorkload(v3, cluster);
+  auto plan_with = [&](double acceptance, int64_t batch) {
+    Workload x = w;
+    x.mtp_acceptance = acceptance;
+    x.batch_per_device = batch;
+    auto p = MakePlan(v3, cluster, x, Efficiency{}, {});
+    EXPECT_TRUE(p.ok()) << p.status();
+    return *p;
+  };
+  for (int64_t batch : {4, 128}) {
+    const Plan off = plan_with(-1, batch), none = plan_with(0, batch), half = plan_with(0.5, batch), all = plan_with(1, batch);
+    // The step is the same whatever the acceptance: two tokens per sequence plus the module.
+    EXPECT_EQ(none.step_s, all.step_s);
+    EXPECT_GT(none.step_s, off.step_s);
+    EXPECT_NEAR(all.output_tokens_per_s_per_device / none.output_tokens_per_s_per_device, 2.0, 1e-9);
+    EXPECT_NEAR(half.output_tokens_per_s_per_device / none.output_tokens_per_s_per_device, 1.5, 1e-9);
+    EXPECT_NEAR(half.itl_s, half.step_s / 1.5, 1e-12);
+    EXPECT_LT(none.output_tokens_per_s_per_device, off.output_tokens_per_s_per_device);  // cost, no gain
+    EXPECT_EQ(none.tokens_per_micro_batch, 2 * off.tokens_per_micro_batch);
+    if (batch == 4) {
+      // Memory-bound: the second token and the module cost little, so accepted drafts pay.
+      EXPECT_GT(plan_with(0.85, batch).output_tokens_per_s_per_device, 1.4 * off.output_tokens_per_s_per_device);
+    }
+  }
+  w.phase = Phase::kPrefill;
+  w.mtp_acceptance = 0.8;
+  auto prefill = MakePlan(v3, cluster, w, Efficiency{}, {});
+  EXPECT_FALSE(prefill.ok());
+}
+
 void ExpectInvalid(const absl::StatusOr<Plan>& plan, const std::string& part) {
   ASSERT_FALSE(plan.ok());
   EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument) << plan.status();
