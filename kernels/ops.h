@@ -31,6 +31,13 @@ void Axpy(float a, const float* x, float* y, int64_t n);
 // order of j. Scores and weighted sums of attention, one call per query row.
 void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
 void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
+// The same for `heads` queries over the same rows (all heads of a token over a block of cached
+// latents): DotRows(q + h·q_stride, ...) into out + h·out_stride and AxpyRows(w + h·w_stride,
+// ...) into y + h·y_stride, bitwise, with each row loaded once for several heads.
+void DotRowsMany(const float* q, int64_t q_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                 int64_t dim, float* out, int64_t out_stride);
+void AxpyRowsMany(const float* w, int64_t w_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                  int64_t dim, float* y, int64_t y_stride);
 
 // Keys for DotKeys16: key j of n (dim floats at rows + j·stride) to out[j / 16][d][j % 16], the
 // last block padded with zeros; out holds KeysElements(n, dim) floats.
@@ -42,5 +49,7 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
 
 // out[i] = Fp8E4M3ToF32(codes[i]) · scale, bitwise the same on every tier (the FP8 latent cache).
 void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out);
+// bf16 to float, exact, with the tier's widest loads (the bf16 latent cache's rows).
+void WidenBf16(const uint16_t* in, int64_t n, float* out);
 
 }  // namespace daedalus

@@ -169,7 +169,7 @@ void ReadFp8Row(const uint8_t* row, int64_t rkv, int64_t dr, float* out) {
   for (int64_t i = 0; i < dr; i += 64) {
     const int64_t n = std::min<int64_t>(64, dr - i);
     std::memcpy(pe, scales + 4 * KvFp8Scales(rkv) + 2 * i, 2 * n);
-    Bf16ToF32(pe, out + rkv + i, static_cast<size_t>(n));
+    WidenBf16(pe, n, out + rkv + i);
   }
 }
 
@@ -192,7 +192,7 @@ void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, in
     float* dst = out + (pos - begin) * dim_;
     switch (options_.dtype) {
       case DType::kF32: std::memcpy(dst, row, run * dim_ * 4); break;
-      case DType::kBF16: Bf16ToF32(reinterpret_cast<const bf16*>(row), dst, run * dim_); break;
+      case DType::kBF16: WidenBf16(reinterpret_cast<const bf16*>(row), run * dim_, dst); break;
       case DType::kF8E4M3:
         for (int64_t i = 0; i < run; ++i) ReadFp8Row(row + i * row_bytes_, kv_lora_rank_, dim_ - kv_lora_rank_, dst + i * dim_);
         break;

@@ -17,7 +17,7 @@ struct Dims {
   int64_t qk() const { return dn + dr; }
 };
 
-// Attention is written as per-row scores and weighted sums (DotKeys16, DotRows, AxpyRows) whose
+// Attention is written as per-row scores and weighted sums (DotKeys16, DotRows[Many], AxpyRows[Many]) whose
 // summation order depends only on the row and how many keys it sees: a token's attention does not change
 // with the batch, the chunking of its prompt or the number of threads (GEMM libraries choose
 // blockings by shape, and bf16-rounded activations would turn their last-bit differences into
@@ -72,7 +72,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
 void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const float* q_latent, const float* q,
                    const PagedKvCache& cache, float scale, float* o_latent) {
   const int64_t S = s.start_pos + s.n_tokens;
-  FloatBuffer rows(kRowBlock * d.dim), scores(d.H * S), rope(kRowBlock);
+  FloatBuffer rows(kRowBlock * d.dim), scores(d.H * S), rope(d.H * kRowBlock);
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
     const float* ql = q_latent + row * d.H * d.rkv;
@@ -80,11 +80,11 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const f
     for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
       const int64_t nb = std::min(kRowBlock, visible - j0);
       cache.Read(*s.pages, layer, j0, nb, rows.data());
+      DotRowsMany(ql, d.rkv, d.H, rows.data(), d.dim, nb, d.rkv, &scores[j0], S);
+      DotRowsMany(qpe, d.qk(), d.H, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
       for (int64_t h = 0; h < d.H; ++h) {
         float* sh = &scores[h * S + j0];
-        DotRows(ql + h * d.rkv, rows.data(), d.dim, nb, d.rkv, sh);
-        DotRows(qpe + h * d.qk(), rows.data() + d.rkv, d.dim, nb, d.dr, rope.data());
-        for (int64_t j = 0; j < nb; ++j) sh[j] = (sh[j] + rope[j]) * scale;
+        for (int64_t j = 0; j < nb; ++j) sh[j] = (sh[j] + rope[h * kRowBlock + j]) * scale;
       }
     }
     for (int64_t h = 0; h < d.H; ++h) Softmax(&scores[h * S], visible);
@@ -93,7 +93,7 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const f
     for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
       const int64_t nb = std::min(kRowBlock, visible - j0);
       cache.Read(*s.pages, layer, j0, nb, rows.data());
-      for (int64_t h = 0; h < d.H; ++h) AxpyRows(&scores[h * S + j0], rows.data(), d.dim, nb, d.rkv, ol + h * d.rkv);
+      AxpyRowsMany(&scores[j0], S, d.H, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
     }
   }
 }

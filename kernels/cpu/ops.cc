@@ -64,6 +64,20 @@ void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows,
   cpu::Kernels().axpy_rows(w, rows, stride, n_rows, dim, y);
 }
 
+void DotRowsMany(const float* q, int64_t q_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                 int64_t dim, float* out, int64_t out_stride) {
+  const cpu::TierKernels& k = cpu::Kernels();
+  if (k.dot_rows_many != nullptr) return k.dot_rows_many(q, q_stride, heads, rows, stride, n_rows, dim, out, out_stride);
+  for (int64_t h = 0; h < heads; ++h) k.dot_rows(q + h * q_stride, rows, stride, n_rows, dim, out + h * out_stride);
+}
+
+void AxpyRowsMany(const float* w, int64_t w_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                  int64_t dim, float* y, int64_t y_stride) {
+  const cpu::TierKernels& k = cpu::Kernels();
+  if (k.axpy_rows_many != nullptr) return k.axpy_rows_many(w, w_stride, heads, rows, stride, n_rows, dim, y, y_stride);
+  for (int64_t h = 0; h < heads; ++h) k.axpy_rows(w + h * w_stride, rows, stride, n_rows, dim, y + h * y_stride);
+}
+
 void PackKeys16(const float* rows, int64_t stride, int64_t n, int64_t dim, float* out) {
   for (int64_t b = 0; b < (n + 15) / 16; ++b)
     for (int64_t d = 0; d < dim; ++d)
@@ -78,5 +92,6 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
 }
 
 void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) { cpu::Kernels().fp8_to_f32(codes, n, scale, out); }
+void WidenBf16(const uint16_t* in, int64_t n, float* out) { cpu::Kernels().bf16_to_f32(in, n, out); }
 
 }  // namespace daedalus

@@ -47,12 +47,21 @@ struct TierKernels {
   // (y[i]'s chain of multiply-adds is axpy's): attention over many keys in one call.
   void (*dot_rows)(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
   void (*axpy_rows)(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
+  // dot_rows and axpy_rows for `heads` queries (q + h·q_stride → out + h·out_stride; weights
+  // w + h·w_stride → y + h·y_stride) sharing the rows, each bitwise what the one-query kernel
+  // gives; null: the one-query kernel per head.
+  void (*dot_rows_many)(const float* q, int64_t q_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                        int64_t dim, float* out, int64_t out_stride);
+  void (*axpy_rows_many)(const float* w, int64_t w_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                         int64_t dim, float* y, int64_t y_stride);
   // out[j] = Σ_d q[d]·key_j[d] for j < n, one multiply-add chain per key in order of d, over
   // keys laid out as PackKeys16 writes them ([ceil(n/16)][dim][16]): no horizontal sums.
   void (*dot_keys16)(const float* q, const float* keys16, int64_t n, int64_t dim, float* out);
   // out[i] = value(codes[i]) · scale for e4m3 codes: the code's value is exact in float, then one
   // rounding, so every tier gives the same bits (the FP8 latent cache).
   void (*fp8_to_f32)(const uint8_t* codes, int64_t n, float scale, float* out);
+  // out[i] = the float whose upper 16 bits are in[i] (exact): the bf16 latent cache's rows.
+  void (*bf16_to_f32)(const uint16_t* in, int64_t n, float* out);
   // Probes for bench: multiply-adds done by `iters` rounds of independent float FMA chains,
   // and by the unit the bf16 GEMM uses (the float FMA where weights are widened); the sum of
   // n floats read with the tier's widest loads (n a multiple of 64).

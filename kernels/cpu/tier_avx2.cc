@@ -206,6 +206,15 @@ void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) {
   if (i < n) GenericKernels().fp8_to_f32(codes + i, n - i, scale, out + i);  // the same formula, scalar
 }
 
+void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
+    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+  if (i < n) GenericKernels().bf16_to_f32(in + i, n - i, out + i);
+}
+
 double FmaProbe(int64_t iters) {
   __m256 a[12];
   for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(0.001f * i);
@@ -239,7 +248,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& Avx2Kernels() {
-  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, Fp8ToF32, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, nullptr, nullptr, DotKeys16, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 

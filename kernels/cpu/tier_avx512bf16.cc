@@ -168,7 +168,7 @@ double DotProbe(int64_t iters) {
 
 const TierKernels& Avx512Bf16Kernels() {
   static const TierKernels k{CpuIsa::kAvx512Bf16, true, PackBf16Pairs, kMaxMr,         PanelBf16, PanelFp8,
-                             ExpAvx512,           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotKeys16Avx512, Fp8ToF32Avx512, FmaProbeAvx512, DotProbe,  ReadProbeAvx512};
+                             ExpAvx512,           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512, DotKeys16Avx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe,  ReadProbeAvx512};
   return k;
 }
 

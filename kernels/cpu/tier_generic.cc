@@ -93,6 +93,13 @@ void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) {
   }
 }
 
+void Bf16ToF32(const uint16_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(in[i]) << 16;
+    std::memcpy(&out[i], &bits, 4);
+  }
+}
+
 double FmaProbe(int64_t iters) {
   float a[32];
   for (int i = 0; i < 32; ++i) a[i] = 0.001f * i;
@@ -115,7 +122,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& GenericKernels() {
-  static const TierKernels k{CpuIsa::kGeneric, false, nullptr, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotKeys16, Fp8ToF32, FmaProbe, FmaProbe, ReadProbe};
+  static const TierKernels k{CpuIsa::kGeneric, false, nullptr, 4, PanelBf16, PanelFp8, Exp, SiluMul, Dot, Axpy, DotRows, AxpyRows, nullptr, nullptr, DotKeys16, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe};
   return k;
 }
 

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <complex>
 #include <cstdint>
+#include <cstring>
+#include <random>
 #include <vector>
 
 #include "core/dtype.h"
@@ -130,6 +132,48 @@ TEST_P(OpsTier, Fp8ToF32IsTheCodesValueTimesTheScaleBitwise) {
         EXPECT_EQ(out[len], -7.0f) << "wrote past n = " << len;
       }
     }
+  }
+}
+
+// All heads of a token over one block of rows: each head's scores and weighted sum are bitwise
+// what the one-query kernels give, for head counts that exercise the blocked and leftover paths.
+TEST_P(OpsTier, ManyHeadKernelsEqualOneHeadAtATimeBitwise) {
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (const int64_t dim : {int64_t{32}, int64_t{256}, int64_t{45}}) {
+    for (const int64_t heads : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{12}}) {
+      const int64_t n = 13, stride = dim + 7, q_stride = dim + 3, out_stride = n + 2;
+      std::vector<float> rows(n * stride), q(heads * q_stride), w(heads * out_stride), y0(heads * dim), y1;
+      for (auto* v : {&rows, &q, &w, &y0})
+        for (float& x : *v) x = u(rng);
+      y1 = y0;
+      std::vector<float> many(heads * out_stride, 0.0f), one(n);
+      DotRowsMany(q.data(), q_stride, heads, rows.data(), stride, n, dim, many.data(), out_stride);
+      AxpyRowsMany(w.data(), out_stride, heads, rows.data(), stride, n, dim, y0.data(), dim);
+      for (int64_t h = 0; h < heads; ++h) {
+        DotRows(q.data() + h * q_stride, rows.data(), stride, n, dim, one.data());
+        for (int64_t j = 0; j < n; ++j) ASSERT_EQ(many[h * out_stride + j], one[j]) << "dim " << dim << " head " << h << " key " << j;
+        AxpyRows(w.data() + h * out_stride, rows.data(), stride, n, dim, y1.data() + h * dim);
+      }
+      for (size_t i = 0; i < y0.size(); ++i) ASSERT_EQ(y0[i], y1[i]) << "dim " << dim << " heads " << heads << " element " << i;
+    }
+  }
+}
+
+// The bf16 latent cache's rows: every 16-bit pattern widens to the float with those upper bits.
+TEST_P(OpsTier, WidenBf16IsExactForEveryPattern) {
+  std::vector<uint16_t> in(65536 + 5);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint16_t>(i * 40503u);  // odd: every value once
+  for (const int64_t offset : {int64_t{0}, int64_t{3}}) {
+    const int64_t n = static_cast<int64_t>(in.size()) - offset - 1;
+    std::vector<float> out(n + 1, -7.0f);
+    WidenBf16(in.data() + offset, n, out.data());
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &out[i], 4);
+      ASSERT_EQ(bits, static_cast<uint32_t>(in[offset + i]) << 16) << "pattern " << in[offset + i];
+    }
+    EXPECT_EQ(out[n], -7.0f) << "wrote past n";
   }
 }
 
