@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "core/buffer.h"
@@ -67,33 +68,51 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
 }
 
 // Absorbed form, latent part: q_latent [n, H, rkv] and q_pe attend over RMSNorm(c_kv) and k_pe
-// directly, reading the cached rows in place a block at a time; all heads of a token share
-// each row. Writes o_latent [n, H, rkv].
+// directly, reading the cached rows in place a block at a time, once: all heads of a token
+// score each block together, then fold it into their outputs with a running maximum and sum
+// (the softmax rescaled as the maximum grows), so the context is read once per token and
+// layer. A row's result depends only on how many keys it sees. Writes o_latent [n, H, rkv].
 void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const float* q_latent, const float* q,
                    const PagedKvCache& cache, float scale, float* o_latent) {
-  const int64_t S = s.start_pos + s.n_tokens;
-  FloatBuffer rows(kRowBlock * d.dim), scores(d.H * S), rope(d.H * kRowBlock);
+  FloatBuffer rows(kRowBlock * d.dim), scores(d.H * kRowBlock), rope(d.H * kRowBlock);
+  std::vector<float> running_max(d.H), running_sum(d.H);
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
     const float* ql = q_latent + row * d.H * d.rkv;
     const float* qpe = q + row * d.H * d.qk() + d.dn;
-    for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
-      const int64_t nb = std::min(kRowBlock, visible - j0);
-      cache.Read(*s.pages, layer, j0, nb, rows.data());
-      DotRowsMany(ql, d.rkv, d.H, rows.data(), d.dim, nb, d.rkv, &scores[j0], S);
-      DotRowsMany(qpe, d.qk(), d.H, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
-      for (int64_t h = 0; h < d.H; ++h) {
-        float* sh = &scores[h * S + j0];
-        for (int64_t j = 0; j < nb; ++j) sh[j] = (sh[j] + rope[h * kRowBlock + j]) * scale;
-      }
-    }
-    for (int64_t h = 0; h < d.H; ++h) Softmax(&scores[h * S], visible);
     float* ol = o_latent + row * d.H * d.rkv;
     std::fill(ol, ol + d.H * d.rkv, 0.0f);
+    std::fill(running_max.begin(), running_max.end(), -std::numeric_limits<float>::infinity());
+    std::fill(running_sum.begin(), running_sum.end(), 0.0f);
     for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
       const int64_t nb = std::min(kRowBlock, visible - j0);
       cache.Read(*s.pages, layer, j0, nb, rows.data());
-      AxpyRowsMany(&scores[j0], S, d.H, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
+      DotRowsMany(ql, d.rkv, d.H, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
+      DotRowsMany(qpe, d.qk(), d.H, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
+      for (int64_t h = 0; h < d.H; ++h) {
+        float* sh = &scores[h * kRowBlock];
+        float block_max = running_max[h];
+        for (int64_t j = 0; j < nb; ++j) {
+          sh[j] = (sh[j] + rope[h * kRowBlock + j]) * scale;
+          block_max = std::max(block_max, sh[j]);
+        }
+        if (block_max > running_max[h]) {  // earlier weights shrink by e^(old max - new max)
+          const float shrink = std::exp(running_max[h] - block_max);
+          running_sum[h] *= shrink;
+          float* oh = ol + h * d.rkv;
+          for (int64_t i = 0; i < d.rkv; ++i) oh[i] *= shrink;
+          running_max[h] = block_max;
+        }
+        for (int64_t j = 0; j < nb; ++j) sh[j] -= block_max;
+        ExpInPlace(sh, nb);
+        for (int64_t j = 0; j < nb; ++j) running_sum[h] += sh[j];
+      }
+      AxpyRowsMany(scores.data(), kRowBlock, d.H, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
+    }
+    for (int64_t h = 0; h < d.H; ++h) {
+      const float inv = 1.0f / running_sum[h];
+      float* oh = ol + h * d.rkv;
+      for (int64_t i = 0; i < d.rkv; ++i) oh[i] *= inv;
     }
   }
 }
