@@ -10,10 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/request_io.h"
 #include "core/cluster_config.h"
 #include "core/model_config.h"
 #include "planner/calibrate.h"
 #include "planner/plan.h"
+#include "planner/serving.h"
 #include "planner/report.h"
 #include "planner/svg_plot.h"
 #include "planner/sweep.h"
@@ -30,6 +32,8 @@ struct PlanFlags {
   std::map<std::string, CLI::Option*> given;  // setting name → its flag
   std::vector<std::string> calibrate;         // bench / bench-a2a --json outputs
   std::string out;
+  std::string serve_concurrency;              // "1,16,64": closed-loop serving predictions
+  int64_t max_new_tokens = 64;
 };
 
 // plan --calibrate FILE... --out HARDWARE.yaml
@@ -87,6 +91,38 @@ std::vector<Setting> FlagSettings(const PlanFlags& f) {
   return s;
 }
 
+// plan --serve-concurrency 1,16,64: closed-loop serving on a calibrated cluster.
+int RunServing(const PlanFlags& f, const ModelConfig& config, const ClusterConfig& cluster, const Workload& base,
+               const std::string& model_name) {
+  auto levels = ParseIdList(f.serve_concurrency);
+  if (!levels.ok() || levels->empty()) return Fail("--serve-concurrency: expected comma-separated client counts");
+  const int64_t prompt = f.given.at("prompt-len")->count() > 0 ? f.prompt_len : 128;
+  if (f.format == "table") {
+    std::printf("%s on %s (%s, kernel tier %s): closed-loop clients, prompt %lld tokens, %lld new tokens\n",
+                model_name.c_str(), cluster.name.c_str(), cluster.hardware.name.c_str(),
+                cluster.hardware.kernel_tier.empty() ? "-" : cluster.hardware.kernel_tier.c_str(),
+                static_cast<long long>(prompt), static_cast<long long>(f.max_new_tokens));
+    std::printf("%11s %8s %9s %12s %11s %12s %9s %9s\n", "concurrency", "workers", "seqs/wkr", "decode step", "prefill",
+                "output tok/s", "ttft", "itl");
+  }
+  for (int32_t c : *levels) {
+    auto p = PredictServing(config, cluster, base, ServingLoad{c, prompt, f.max_new_tokens});
+    if (!p.ok()) return Fail(std::string(p.status().message()));
+    if (f.format == "json") {
+      nlohmann::ordered_json j = {{"concurrency", c}, {"workers", p->workers}, {"busy_workers", p->busy_workers},
+                                  {"sequences_per_worker", p->batch_per_worker}, {"decode_step_ms", p->decode_step_s * 1e3},
+                                  {"prefill_ms", p->prefill_s * 1e3}, {"output_tokens_per_s", p->output_tokens_per_s},
+                                  {"ttft_ms", p->ttft_s * 1e3}, {"itl_ms", p->itl_s * 1e3}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("%11d %8lld %9lld %10.2fms %9.1fms %12.1f %7.1fms %7.2fms\n", c, static_cast<long long>(p->busy_workers),
+                  static_cast<long long>(p->batch_per_worker), p->decode_step_s * 1e3, p->prefill_s * 1e3,
+                  p->output_tokens_per_s, p->ttft_s * 1e3, p->itl_s * 1e3);
+    }
+  }
+  return 0;
+}
+
 int RunPlan(const PlanFlags& f) {
   if (f.format != "table" && f.format != "json" && f.format != "csv") {
     return Fail(absl::StrCat("--format ", f.format, ": expected table, json or csv"));
@@ -120,6 +156,7 @@ int RunPlan(const PlanFlags& f) {
   }
 
   const std::string model_name = ModelName(f.model);
+  if (!f.serve_concurrency.empty()) return RunServing(f, *config, *cluster, base, model_name);
   Efficiency efficiency;
   efficiency.overlap = f.overlap;
   std::vector<PlanResult> results;
@@ -190,6 +227,10 @@ Command AddPlanCommand(CLI::App& app) {
                  "of this machine, a source comment on every number")
       ->expected(1, -1);
   app.add_option("--out", f->out, "with --calibrate: the hardware YAML to write");
+  app.add_option("--serve-concurrency", f->serve_concurrency,
+                 "instead of one step: closed-loop serving at these client counts (e.g. 1,16,64) on a cluster with "
+                 "calibrated hardware, as loadgen measures it: output tokens/s, TTFT, ITL");
+  app.add_option("--max-new-tokens", f->max_new_tokens, "with --serve-concurrency: tokens generated per request");
   f->given["phase"] = app.add_option("--phase", f->phase, "prefill or decode");
   f->given["nodes"] = app.add_option("--nodes", f->nodes, "use this many of the cluster's nodes (default: all)");
   f->given["ep"] = app.add_option("--ep", f->ep, "expert-parallel degree (default: every device used)");

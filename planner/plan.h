@@ -47,6 +47,9 @@ struct Workload {
   // more MoE layer) drafts the next, and the draft is accepted with this probability, so a step
   // yields 1 + A tokens per sequence. Negative: no MTP.
   double mtp_acceptance = -1;
+  // Devices of the EP group that hold sequences (0: all). The others only serve experts, so each
+  // device's routed pairs shrink to this share (fewer clients than workers).
+  int64_t busy_devices = 0;
   DType weight_dtype = DType::kF8E4M3;  // layer projections; embeddings, lm_head and gates stay BF16
   DType kv_dtype = DType::kBF16;
   int64_t micro_batches = 2;       // 2 overlaps one micro-batch's all-to-all with the other's compute

@@ -41,6 +41,7 @@ absl::Status CheckWorkload(const ModelConfig& config, const ClusterConfig& clust
   if (w.mtp_acceptance >= 0 && w.phase != Phase::kDecode) return Invalid("MTP acceptance applies to decode only");
   if (!(w.mtp_acceptance <= 1)) return Invalid(absl::StrCat("MTP acceptance must be in [0, 1], found ", w.mtp_acceptance));
   if (!(w.synthetic_skew >= 0)) return Invalid(absl::StrCat("synthetic skew must be >= 0, found ", w.synthetic_skew));
+  if (w.busy_devices < 0) return Invalid(absl::StrCat("busy devices must be >= 0, found ", w.busy_devices));
   if (w.redundant_experts < 0) return Invalid(absl::StrCat("redundant experts must be >= 0, found ", w.redundant_experts));
   if (config.n_routed_experts < 1) return Invalid("the model has no routed experts: nothing to plan for expert parallelism");
   return absl::OkStatus();
@@ -174,6 +175,7 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
   const AllToAllKind kind = decode ? AllToAllKind::kLowLatency : AllToAllKind::kNormal;
   const AllToAllVolume dispatch = AllToAllBytes(kind, plan.routing, mb.tokens, DispatchRowBytes(config, w.weight_dtype));
   const AllToAllVolume combine = AllToAllBytes(kind, plan.routing, mb.tokens, CombineRowBytes(config));
+  const double busy_share = w.busy_devices > 0 ? std::min(1.0, static_cast<double>(w.busy_devices) / ep) : 1.0;
   PartSums parts;
   // One layer over micro-batches of `mb_tokens` tokens (the MTP module: the last MoE layer's
   // shape, over one token per sequence).
@@ -182,7 +184,7 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
     const double imbalance = moe ? plan.routing.layer_imbalance[l] : 1.0;
     MicroBatch layer_mb = mb;
     layer_mb.tokens = mb_tokens;
-    layer_mb.routed_pairs = mb_tokens * config.num_experts_per_tok * imbalance;
+    layer_mb.routed_pairs = mb_tokens * config.num_experts_per_tok * imbalance * busy_share;
     double compute = 0;
     const bool first_moe = counted && moe && plan.moe_layer.empty();
     for (const OpCost& op : LayerOps(config, shape, l, layer_mb, hw)) {

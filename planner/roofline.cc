@@ -30,7 +30,9 @@ std::vector<OpCost> LayerOps(const ModelConfig& c, const ModelShape& s, int64_t 
   proj.flops += 2.0 * mb.cached_prefix * kv_b;
   ops.push_back(proj);
 
-  OpCost core{"core attention", 0, 0, hw.bf16_flops, true};
+  // Attention's products run on the float unit of a CPU kernel tier (fp32_flops, when a
+  // calibrated hardware file gives it), on bf16 tensor cores on a GPU.
+  OpCost core{"core attention", 0, 0, hw.fp32_flops > 0 ? hw.fp32_flops : hw.bf16_flops, true};
   if (mb.decode) {
     // Scores over [kv_lora_rank + qk_rope_head_dim], output over kv_lora_rank, per head and
     // cached token; the cache is read once per sequence.
