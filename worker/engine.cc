@@ -171,7 +171,7 @@ bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
     if (seq.to_compute() > 0) continue;  // a prefill chunk short of the end
     if (s.samples) {
       const float* row = &logits[(first_logit[i] + (prompt_rows ? s.n - 1 : 0)) * vocab];
-      const int32_t token = seq.sampler->Sample(row, vocab);
+      const int32_t token = seq.sampler->Sample(row, vocab, static_cast<int64_t>(seq.tokens.size()));
       seq.tokens.push_back(token);
       TokenOut out;
       out.index = seq.index;

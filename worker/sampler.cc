@@ -5,6 +5,8 @@
 #include <numeric>
 #include <vector>
 
+#include "core/philox.h"
+
 namespace daedalus {
 
 int32_t Argmax(const float* v, int64_t n) {
@@ -14,7 +16,7 @@ int32_t Argmax(const float* v, int64_t n) {
   return static_cast<int32_t>(best);
 }
 
-int32_t Sampler::Sample(const float* logits, int64_t vocab) {
+int32_t Sampler::Sample(const float* logits, int64_t vocab, int64_t position) const {
   if (params_.temperature <= 0.0f) return Argmax(logits, vocab);
   std::vector<int32_t> ids(vocab);
   std::iota(ids.begin(), ids.end(), 0);
@@ -33,7 +35,7 @@ int32_t Sampler::Sample(const float* logits, int64_t vocab) {
     keep = std::max<int64_t>(n, 1);
     sum = mass;
   }
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * sum;  // uniform in [0, sum)
+  const double u = PhiloxUniform(params_.seed, static_cast<uint64_t>(position)) * sum;  // uniform in [0, sum)
   double acc = 0;
   for (int64_t i = 0; i < keep; ++i) {
     acc += p[i];

@@ -1,9 +1,10 @@
-// Next-token sampling: greedy, temperature, top-k, top-p, with a per-request seed.
-// The same seed and logits give the same token on every machine (our own uniform draw).
+// Next-token sampling: greedy, temperature, top-k, top-p, with a per-request seed. The draw for
+// the token at position p depends on (seed, p) alone (core/philox.h), not on the draws before
+// it: the same seed and logits give the same token on every machine, and a sequence computed
+// again from its tokens (preempted, or moved to another worker) continues exactly as it would have.
 #pragma once
 
 #include <cstdint>
-#include <random>
 
 namespace daedalus {
 
@@ -16,12 +17,12 @@ struct SamplingParams {
 
 class Sampler {
  public:
-  explicit Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
-  int32_t Sample(const float* logits, int64_t vocab_size);
+  explicit Sampler(const SamplingParams& params) : params_(params) {}
+  // The token at `position` (the sequence's length before it) from that position's logits.
+  int32_t Sample(const float* logits, int64_t vocab_size, int64_t position) const;
 
  private:
   SamplingParams params_;
-  std::mt19937_64 rng_;
 };
 
 int32_t Argmax(const float* v, int64_t n);

@@ -16,8 +16,8 @@
 //   same (decode) form as when they were first computed.
 // - A decoding sequence takes a page when its next token starts one. When none is free, the
 //   newest running sequence is preempted: its pages go back (full ones stay cached by name),
-//   and it waits at the head of the queue to be computed again from its tokens so far, with its
-//   sampler's state kept — so its output is what it would have been.
+//   and it waits at the head of the queue to be computed again from its tokens so far (sampling
+//   draws depend on the position alone) — so its output is what it would have been.
 #pragma once
 
 #include <cstdint>
