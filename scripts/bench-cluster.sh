@@ -7,28 +7,25 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 d="$root/build/bin/daedalus"
 workers="${1:-2}" preset="${2:-tiny}"
+source "$root/scripts/lib/serve.sh"
 tmp="$(mktemp -d)"
-serve_pid=""
 cleanup() {
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  stop_serve
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 "$d" make-model --preset "$preset" --out "$tmp/model" >/dev/null
 threads=$(( $(nproc) / workers )); [ "$threads" -ge 1 ] || threads=1
 
-"$d" serve --model "$tmp/model" --workers "$workers" --listen 127.0.0.1:0 >"$tmp/serve.out" 2>"$tmp/serve.err" &
-serve_pid=$!
-for _ in $(seq 1 600); do grep -q '^ready' "$tmp/serve.out" && break; sleep 0.2; done
-addr="$(awk '/^ready/{print $2}' "$tmp/serve.out")"
-[ -n "$addr" ] || { cat "$tmp/serve.err"; exit 1; }
+start_serve "$tmp" --model "$tmp/model" --workers "$workers" --listen 127.0.0.1:0
+addr="$serve_addr"
 
 echo "== loadgen sweep: $preset, $workers workers, $threads thread(s) each"
 "$d" loadgen --server "$addr" --concurrency 1,16,64 --prompt-len 128 --max-new-tokens 64
 echo "== concurrency 64, the comparison: 64 requests through the cluster"
 "$d" loadgen --server "$addr" --concurrency 64 --requests 64 --prompt-len 128 --max-new-tokens 64 \
   --seed 2 --write-prompts "$tmp/prompts.jsonl" --json | tee "$tmp/cluster.json"
-kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=""
+stop_serve
 
 echo "== the same 64 prompts under mpirun -np $workers daedalus run"
 root_flag=""; [ "$(id -u)" = 0 ] && root_flag="--allow-run-as-root"

@@ -8,27 +8,23 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 d="$root/build/bin/daedalus"
 preset="${1:-small}" requests="${2:-256}" prompts="${3:-8}" length="${4:-1024}" workers=2
+source "$root/scripts/lib/serve.sh"
 tmp="$(mktemp -d)"
-serve_pid=""
 cleanup() {
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  stop_serve
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 "$d" make-model --preset "$preset" --out "$tmp/model" >/dev/null
 
 for mode in on off; do
-  "$d" serve --model "$tmp/model" --workers "$workers" --listen 127.0.0.1:0 --prefix-caching "$mode" \
-    >"$tmp/serve.out" 2>"$tmp/serve.err" &
-  serve_pid=$!
-  for _ in $(seq 1 600); do grep -q '^ready' "$tmp/serve.out" && break; sleep 0.2; done
-  addr="$(awk '/^ready/{print $2}' "$tmp/serve.out")"
-  [ -n "$addr" ] || { cat "$tmp/serve.err"; exit 1; }
+  start_serve "$tmp" --model "$tmp/model" --workers "$workers" --listen 127.0.0.1:0 --prefix-caching "$mode"
+  addr="$serve_addr"
   echo "== prefix caching $mode: $requests requests, $prompts system prompts of $length tokens, $preset, $workers workers"
   "$d" loadgen --server "$addr" --shared-prefixes "$prompts" --shared-prefix-len "$length" --prompt-len 32 \
     --max-new-tokens 32 --concurrency 16 --requests "$requests" --json | tee "$tmp/$mode.json"
   "$d" status --server "$addr" | sed -n '4,$p' | sed '/^$/q'
-  kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=""
+  stop_serve
 done
 python3 - "$tmp/on.json" "$tmp/off.json" <<'PY'
 import json, sys

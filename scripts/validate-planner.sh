@@ -18,10 +18,10 @@ d="${DAEDALUS:-$root/build/bin/daedalus}"
 levels="1,16,64" bound=15 gate=all attempts=1
 [ "${1:-}" = "--short" ] && levels="16" bound=20 gate=run attempts=3
 prompt=128 new=64
+source "$root/scripts/lib/serve.sh"
 tmp="$(mktemp -d)"
-serve_pid=""
 cleanup() {
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
+  stop_serve
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -39,14 +39,11 @@ attempt() {
   sed "s|^hardware:.*|hardware: $tmp/hardware.yaml|" "$root/cluster-configs/clusters/local.yaml" >"$tmp/local.yaml"
 
   echo "== measuring: serve --workers 2, loadgen at concurrency $levels (prompt $prompt, $new new tokens)"
-  "$d" serve --model "$tmp/model" --workers 2 --listen 127.0.0.1:0 >"$tmp/serve.out" 2>"$tmp/serve.err" &
-  serve_pid=$!
-  for _ in $(seq 1 600); do grep -q '^ready' "$tmp/serve.out" && break; sleep 0.2; done
-  addr="$(awk '/^ready/{print $2}' "$tmp/serve.out")"
-  [ -n "$addr" ] || { cat "$tmp/serve.err"; exit 1; }
+  start_serve "$tmp" --model "$tmp/model" --workers 2 --listen 127.0.0.1:0
+  addr="$serve_addr"
   "$d" loadgen --server "$addr" --concurrency "$levels" --prompt-len "$prompt" --max-new-tokens "$new" --json \
     --write-prompts "$tmp/prompts.jsonl" >"$tmp/measured.jsonl"
-  kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=""
+  stop_serve
   requests=$(wc -l <"$tmp/prompts.jsonl")
   echo "== the last level's $requests prompts under mpirun -np 2 daedalus run --prompts"
   OMP_NUM_THREADS=1 mpirun $root_flag --oversubscribe -np 2 "$d" run --model "$tmp/model" --prompts "$tmp/prompts.jsonl" \
