@@ -55,7 +55,6 @@ absl::StatusOr<int64_t> Engine::Add(Request request) {
   auto seq = std::make_unique<Sequence>();
   seq->index = next_index_++;
   seq->tokens = request.prompt_ids;
-  seq->sampler = std::make_unique<Sampler>(request.sampling);
   if (options_.keep_results) results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}});
   seq->request = std::move(request);
   scheduler_.Add(std::move(seq));
@@ -171,7 +170,7 @@ bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
     if (seq.to_compute() > 0) continue;  // a prefill chunk short of the end
     if (s.samples) {
       const float* row = &logits[(first_logit[i] + (prompt_rows ? s.n - 1 : 0)) * vocab];
-      const int32_t token = seq.sampler->Sample(row, vocab, static_cast<int64_t>(seq.tokens.size()));
+      const int32_t token = Sampler(seq.request.sampling).Sample(row, vocab, static_cast<int64_t>(seq.tokens.size()));
       seq.tokens.push_back(token);
       TokenOut out;
       out.index = seq.index;

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,7 +30,6 @@ struct Sequence {
   int64_t preemptions = 0;      // times its pages were taken back (it is then computed again)
   PagedKvCache::PageTable pages;
   PagedKvCache::PrefixChain chain;  // pages named for prefix caching
-  std::unique_ptr<Sampler> sampler;
   bool done = false;
 
   int64_t prompt() const { return static_cast<int64_t>(request.prompt_ids.size()); }
