@@ -16,6 +16,7 @@ struct EngineFlags {
   int threads = 0;
   std::string device = "cpu";
   double gpu_memory_fraction = 0.9;
+  std::string gpu_precision = "fast";
 
   void Register(CLI::App& app) {
     app.add_option("--kv-dtype", kv_dtype,
@@ -38,8 +39,13 @@ struct EngineFlags {
     app.add_option("--gpu-memory-fraction", gpu_memory_fraction,
                    "with --device cuda:N: share of the GPU's memory for weights, scratch and the KV cache "
                    "(the KV pool gets what is left, capped by --kv-cache-tokens)");
+    app.add_option("--gpu-precision", gpu_precision,
+                   "with --device cuda:N: fast (the routed experts' activations in bf16, tensor-core MLA decode) or "
+                   "float (every product at float precision, as the CPU's float tiers: bf16 hi + lo activations, "
+                   "twice the expert GEMM work, CUDA-core decode)")
+        ->check(CLI::IsMember({"fast", "float"}));
   }
-  DeviceOptions Device() const { return DeviceOptions{device, gpu_memory_fraction}; }
+  DeviceOptions Device() const { return DeviceOptions{device, gpu_memory_fraction, gpu_precision == "float"}; }
   DType KvDType() const { return kv_dtype == "f32" ? DType::kF32 : kv_dtype == "fp8" ? DType::kF8E4M3 : DType::kBF16; }
   // The engine's options; --kv-cache-mib needs the model's shape to become tokens.
   EngineOptions Options(const ModelConfig& config) const {

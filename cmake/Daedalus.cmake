@@ -49,6 +49,21 @@ function(daedalus_test name)
   set_property(GLOBAL APPEND PROPERTY DAEDALUS_UNIT_TESTS ${name})
 endfunction()
 
+# daedalus_gpu_test(NAME SRCS a_test.cc DEPS x y): a GoogleTest binary of GPU tests. Its main
+# (tests/kernels/cuda_test_main.cc) exits 77 without a GPU, which ctest reports as Skipped.
+function(daedalus_gpu_test name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SRCS} ${PROJECT_SOURCE_DIR}/tests/kernels/cuda_test_main.cc)
+  target_compile_options(${name} PRIVATE ${DAEDALUS_CXX_FLAGS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} daedalus_cuda_kernels GTest::gtest)
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 ENVIRONMENT "OMP_NUM_THREADS=${DAEDALUS_TEST_OMP_THREADS}"
+                       LABELS "unit;gpu")
+  set_property(GLOBAL APPEND PROPERTY DAEDALUS_UNIT_TESTS ${name})
+  set_property(GLOBAL APPEND PROPERTY DAEDALUS_GPU_TESTS ${name})
+endfunction()
+
 # daedalus_py_test(NAME SCRIPT path ARGS ...): an integration test driven by Debian's python3.
 function(daedalus_py_test name)
   cmake_parse_arguments(ARG "" "SCRIPT" "ARGS" ${ARGN})

@@ -44,6 +44,7 @@ absl::StatusOr<std::unique_ptr<ForwardBackend>> MakeDeviceBackend(const DeviceOp
   o.page_size = options.kv.page_size;
   o.max_kv_tokens = options.kv.max_tokens;
   o.attention = options.attention;
+  o.float_precision = device.gpu_float_precision;
   auto model = GpuModel::Create(weights, o);
   if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("--device ", device.device, ": ", model.status().message()));
   options.kv.max_tokens = (*model)->kv_capacity_tokens();

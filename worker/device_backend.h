@@ -14,6 +14,9 @@ namespace daedalus {
 struct DeviceOptions {
   std::string device = "cpu";        // "cpu" or "cuda:N"
   double gpu_memory_fraction = 0.9;  // of the GPU's memory for weights, scratch and the KV pool
+  // GpuModelOptions::float_precision: every product at float precision, as the CPU's float
+  // tiers, rather than bf16 expert activations and tensor-core decode.
+  bool gpu_float_precision = false;
 };
 
 // -1 for "cpu", N for "cuda:N", the launcher's local rank (or 0) for "cuda"; InvalidArgument

@@ -27,19 +27,26 @@ __global__ void CopyRowsKernel(CopyRowsParams p) {
   for (int64_t j = threadIdx.x; j < p.width; j += blockDim.x) dst[j] = src[j];
 }
 
-__global__ void ToBf16Kernel(const float* in, uint16_t* out, int64_t n) {
+__global__ void ToBf16Kernel(const float* in, uint16_t* out, uint16_t* lo, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = ToBf16Bits(in[i]);
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint16_t hi = ToBf16Bits(in[i]);
+    out[i] = hi;
+    if (lo != nullptr) lo[i] = ToBf16Bits(in[i] - Bf16Bits(hi));
+  }
 }
 
 }  // namespace
 
-absl::Status ToBf16(const float* in, uint16_t* out, int64_t n, cudaStream_t stream) {
+absl::Status ToBf16Split(const float* in, uint16_t* out, uint16_t* lo, int64_t n, cudaStream_t stream) {
   if (n == 0) return absl::OkStatus();
   const int blocks = static_cast<int>(n / 256 + 1 < 65536 ? n / 256 + 1 : 65536);
-  ToBf16Kernel<<<blocks, 256, 0, stream>>>(in, out, n);
+  ToBf16Kernel<<<blocks, 256, 0, stream>>>(in, out, lo, n);
   return DAEDALUS_CUDA_LAUNCH_STATUS("ToBf16");
+}
+
+absl::Status ToBf16(const float* in, uint16_t* out, int64_t n, cudaStream_t stream) {
+  return ToBf16Split(in, out, nullptr, n, stream);
 }
 
 absl::Status CopyRows(const CopyRowsParams& p, cudaStream_t stream) {

@@ -35,6 +35,8 @@ absl::Status CopyRows(const CopyRowsParams& p, cudaStream_t stream);
 
 // out[i] = bf16(in[i]) (round to nearest even) for n floats.
 absl::Status ToBf16(const float* in, uint16_t* out, int64_t n, cudaStream_t stream);
+// out = bf16(in) and lo = bf16(in − out): in ≈ out + lo to about 2^-16 relative.
+absl::Status ToBf16Split(const float* in, uint16_t* out, uint16_t* lo, int64_t n, cudaStream_t stream);
 
 // y[i] += x[i] for n floats.
 absl::Status AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream);

@@ -1,5 +1,7 @@
 #include "kernels/cuda/grouped_gemm.h"
 
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/silu_mul.h"
@@ -24,12 +26,12 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
   }
   const size_t groups = ws.a.size();
   if (groups == 0) return absl::OkStatus();
-  const float one = 1.0f, zero = 0.0f;
+  const float one = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   if (p.mode == GroupedGemmMode::kLoop || ws.grouped_unsupported) {
     for (size_t g = 0; g < groups; ++g) {
       const cublasStatus_t st =
           cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, ws.m[g], ws.n[g], ws.k[g], &one, ws.a[g], CUDA_R_16BF, ws.k[g],
-                       ws.b[g], CUDA_R_16BF, ws.k[g], &zero, ws.c[g], CUDA_R_32F, ws.m[g], CUBLAS_COMPUTE_32F,
+                       ws.b[g], CUDA_R_16BF, ws.k[g], &beta, ws.c[g], CUDA_R_32F, ws.m[g], CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT);
       if (absl::Status s = CublasError(st, "GroupedGemm: cublasGemmEx"); !s.ok()) return s;
     }
@@ -43,7 +45,7 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
   ws.ldc = ws.m;
   ws.group_size.assign(groups, 1);
   ws.alpha.assign(groups, one);
-  ws.beta.assign(groups, zero);
+  ws.beta.assign(groups, beta);
   if (absl::Status s = ws.pointers.Reserve(3 * groups * sizeof(void*)); !s.ok()) return s;
   auto** dev = ws.pointers.as<void*>();
   DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(dev, ws.a.data(), groups * sizeof(void*), cudaMemcpyHostToDevice, stream));
@@ -54,13 +56,17 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
       reinterpret_cast<const void* const*>(dev), CUDA_R_16BF, ws.lda.data(),
       reinterpret_cast<const void* const*>(dev + groups), CUDA_R_16BF, ws.ldb.data(), ws.beta.data(), dev + 2 * groups,
       CUDA_R_32F, ws.ldc.data(), static_cast<int>(groups), ws.group_size.data(), CUBLAS_COMPUTE_32F);
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    // cuBLAS may refuse bf16 inputs with fp32 output as NOT_SUPPORTED or INVALID_VALUE: the
+    // loop of GEMMs serves from then on, said once.
+    std::fprintf(stderr, "daedalus: cublasGemmGroupedBatchedEx refused bf16 -> fp32 (%s); expert GEMMs run as a loop\n",
+                 cublasGetStatusName(st));
     ws.grouped_unsupported = true;
     GroupedGemmParams loop = p;
     loop.mode = GroupedGemmMode::kLoop;
     return GroupedGemm(cublas, loop, ws, stream);
   }
-  return CublasError(st, "GroupedGemm: cublasGemmGroupedBatchedEx");
+  return absl::OkStatus();
 }
 
 absl::Status ExpertFfn(cublasHandle_t cublas, const ExpertFfnParams& p, ExpertFfnWorkspace& ws, cudaStream_t stream) {
@@ -68,15 +74,26 @@ absl::Status ExpertFfn(cublasHandle_t cublas, const ExpertFfnParams& p, ExpertFf
   if (rows == 0) return absl::OkStatus();
   if (absl::Status s = ws.gate_up.Reserve(static_cast<size_t>(rows * 2 * p.inter) * 4); !s.ok()) return s;
   if (absl::Status s = ws.act.Reserve(static_cast<size_t>(rows * p.inter) * 2); !s.ok()) return s;
+  const bool split = p.x_lo != nullptr;
+  if (split) {
+    if (absl::Status s = ws.act_lo.Reserve(static_cast<size_t>(rows * p.inter) * 2); !s.ok()) return s;
+  }
   GroupedGemmParams gu{p.x, p.group_begin, p.n_experts, p.w_gate_up, 2 * p.inter, p.hidden, ws.gate_up.as<float>(), p.mode};
   if (absl::Status s = GroupedGemm(cublas, gu, ws.gemm, stream); !s.ok()) return s;
+  if (split) {
+    gu.x = p.x_lo, gu.accumulate = true;
+    if (absl::Status s = GroupedGemm(cublas, gu, ws.gemm, stream); !s.ok()) return s;
+  }
   SiluMulParams silu;
   silu.gate_up = ws.gate_up.as<float>();
   silu.rows = rows;
   silu.width = p.inter;
   silu.out_bf16 = ws.act.as<uint16_t>();
+  silu.out_bf16_lo = split ? ws.act_lo.as<uint16_t>() : nullptr;
   if (absl::Status s = SiluMul(silu, stream); !s.ok()) return s;
   GroupedGemmParams down{ws.act.as<uint16_t>(), p.group_begin, p.n_experts, p.w_down, p.hidden, p.inter, p.y, p.mode};
+  if (absl::Status s = GroupedGemm(cublas, down, ws.gemm, stream); !s.ok() || !split) return s;
+  down.x = ws.act_lo.as<uint16_t>(), down.accumulate = true;
   return GroupedGemm(cublas, down, ws.gemm, stream);
 }
 

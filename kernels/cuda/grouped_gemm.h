@@ -29,6 +29,7 @@ struct GroupedGemmParams {
   int64_t k = 0;
   float* y = nullptr;                        // [rows, n]
   GroupedGemmMode mode = GroupedGemmMode::kGrouped;
+  bool accumulate = false;                   // y += instead of y =
 };
 
 struct GroupedGemmWorkspace {
@@ -56,10 +57,13 @@ struct ExpertFfnParams {
   int64_t inter = 0;
   float* y = nullptr;                        // [rows, hidden]
   GroupedGemmMode mode = GroupedGemmMode::kGrouped;
+  // Or null. With it, x is x_hi + x_lo (both bf16, as Permute's split output) and the SiLU
+  // output is split the same way: float precision (~2^-16) for twice the GEMM work.
+  const uint16_t* x_lo = nullptr;
 };
 
 struct ExpertFfnWorkspace {
-  DeviceBuffer gate_up, act;
+  DeviceBuffer gate_up, act, act_lo;
   GroupedGemmWorkspace gemm;
 };
 

@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kThreads) MlaDecodeKernel(MlaDecodeParams p, i
   uint32_t* k_s = reinterpret_cast<uint32_t*>(a_s + 2 * kHeads);  // [kTile][row_words] bf16 pairs
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int64_t head0 = static_cast<int64_t>(blockIdx.x) * kHeads, row = blockIdx.z;
+  const int64_t head0 = static_cast<int64_t>(blockIdx.z) * kHeads, row = blockIdx.x;
   const int split = blockIdx.y;
   const int heads_here = static_cast<int>(p.heads - head0 < kHeads ? p.heads - head0 : kHeads);
   const int64_t kv_len = p.kv_len[row];
@@ -178,7 +178,8 @@ absl::Status Launch(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStr
   const size_t shared = SharedBytes(p.kv_lora_rank + p.rope_dim);
   DAEDALUS_CUDA_RETURN(cudaFuncSetAttribute(MlaDecodeKernel<DJ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(shared)));
-  const dim3 grid(CeilDiv(p.heads, kHeads), plan.n_splits, static_cast<unsigned>(p.n_rows));
+  // Rows on x, which allows 2^31 - 1 blocks (y and z stop at 65,535).
+  const dim3 grid(static_cast<unsigned>(p.n_rows), plan.n_splits, CeilDiv(p.heads, kHeads));
   MlaDecodeKernel<DJ><<<grid, kThreads, shared, stream>>>(p, plan.n_splits, plan.split_len);
   return DAEDALUS_CUDA_LAUNCH_STATUS("MlaDecode");
 }

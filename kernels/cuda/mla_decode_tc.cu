@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeTcKernel(MlaDecodeParams
   float* a_s = l_s + kHeads;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int64_t head0 = static_cast<int64_t>(blockIdx.x) * kHeads, row = blockIdx.z;
+  const int64_t head0 = static_cast<int64_t>(blockIdx.z) * kHeads, row = blockIdx.x;
   const int split = blockIdx.y;
   const int64_t kv_len = p.kv_len[row];
   const int64_t begin = split * split_len, end = begin + split_len < kv_len ? begin + split_len : kv_len;
@@ -203,7 +203,8 @@ absl::Status Launch(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStr
   const size_t shared = MakeLayout(p.kv_lora_rank + p.rope_dim).total;
   DAEDALUS_CUDA_RETURN(cudaFuncSetAttribute(MlaDecodeTcKernel<CB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(shared)));
-  const dim3 grid(static_cast<unsigned>(p.heads / kHeads), plan.n_splits, static_cast<unsigned>(p.n_rows));
+  // Rows on x, which allows 2^31 - 1 blocks (y and z stop at 65,535).
+  const dim3 grid(static_cast<unsigned>(p.n_rows), plan.n_splits, static_cast<unsigned>(p.heads / kHeads));
   MlaDecodeTcKernel<CB><<<grid, kThreads, shared, stream>>>(p, plan.n_splits, plan.split_len);
   return DAEDALUS_CUDA_LAUNCH_STATUS("MlaDecode (tensor cores)");
 }

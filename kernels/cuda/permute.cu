@@ -48,8 +48,12 @@ __global__ void ScatterKernel(PermuteParams p, const int32_t* rank) {
   const int64_t slot = blockIdx.x, t = slot / p.topk;
   const int64_t row = p.group_begin[p.expert_ids[slot]] + rank[slot];
   if (threadIdx.x == 0) p.row_of_slot[slot] = static_cast<int32_t>(row);
-  for (int64_t i = threadIdx.x; i < p.hidden; i += blockDim.x)
-    p.x_grouped[row * p.hidden + i] = ToBf16Bits(p.x[t * p.hidden + i]);
+  for (int64_t i = threadIdx.x; i < p.hidden; i += blockDim.x) {
+    const float v = p.x[t * p.hidden + i];
+    const uint16_t hi = ToBf16Bits(v);
+    p.x_grouped[row * p.hidden + i] = hi;
+    if (p.x_grouped_lo != nullptr) p.x_grouped_lo[row * p.hidden + i] = ToBf16Bits(v - Bf16Bits(hi));
+  }
 }
 
 __global__ void UnpermuteKernel(UnpermuteParams p) {

@@ -25,6 +25,7 @@ struct PermuteParams {
   int64_t* group_begin = nullptr;       // [n_experts + 1]: rows of expert e are [begin[e], begin[e+1])
   int32_t* row_of_slot = nullptr;       // [n_tokens · topk]
   uint16_t* x_grouped = nullptr;        // [n_tokens · topk, hidden] bf16 bits
+  uint16_t* x_grouped_lo = nullptr;     // or null: the same rows' rounding remainders, bf16 (split)
   int32_t* scratch = nullptr;           // [n_tokens · topk + n_experts] ints of device memory
 };
 

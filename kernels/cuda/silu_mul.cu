@@ -13,7 +13,11 @@ __global__ void SiluMulKernel(SiluMulParams p) {
     const float g = p.gate_up[r * 2 * p.width + j], u = p.gate_up[r * 2 * p.width + p.width + j];
     const float v = g / (1.0f + expf(-g)) * u;
     if (p.out_f32 != nullptr) p.out_f32[i] = v;
-    if (p.out_bf16 != nullptr) p.out_bf16[i] = ToBf16Bits(v);
+    if (p.out_bf16 != nullptr) {
+      const uint16_t hi = ToBf16Bits(v);
+      p.out_bf16[i] = hi;
+      if (p.out_bf16_lo != nullptr) p.out_bf16_lo[i] = ToBf16Bits(v - Bf16Bits(hi));
+    }
   }
 }
 

@@ -16,6 +16,7 @@ struct SiluMulParams {
   int64_t width = 0;
   float* out_f32 = nullptr;        // [rows, width], or null
   uint16_t* out_bf16 = nullptr;    // [rows, width] bf16 bits, or null
+  uint16_t* out_bf16_lo = nullptr; // with out_bf16: each value's rounding remainder, bf16, or null
 };
 
 absl::Status SiluMul(const SiluMulParams& p, cudaStream_t stream);

@@ -251,12 +251,14 @@ TEST(CudaPermute, GroupsByExpertInTokenOrderAndCombinesInSlotOrder) {
   DeviceArray<int32_t> dids(ids), drow(T * K), dscratch(T * K + E);
   DeviceArray<float> dx(x), dw(w), dshared(shared), dout(T * D);
   DeviceArray<int64_t> dbegin(E + 1);
-  DeviceArray<uint16_t> dgrouped(T * K * D);
+  DeviceArray<uint16_t> dgrouped(T * K * D), dgrouped_lo(T * K * D);
   cuda::PermuteParams p;
   p.expert_ids = dids.get(), p.n_tokens = T, p.topk = K, p.n_experts = E, p.x = dx.get(), p.hidden = D;
   p.group_begin = dbegin.get(), p.row_of_slot = drow.get(), p.x_grouped = dgrouped.get(), p.scratch = dscratch.get();
+  p.x_grouped_lo = dgrouped_lo.get();  // the split form: the rounding remainders beside
   ASSERT_TRUE(cuda::Permute(p, nullptr).ok());
   const auto begin = dbegin.Download();
+  const auto grouped_lo = dgrouped_lo.Download();
   const auto row = drow.Download();
   const auto grouped = dgrouped.Download();
   // Expected: rows of expert e are its slots in token order.
@@ -267,7 +269,11 @@ TEST(CudaPermute, GroupsByExpertInTokenOrderAndCombinesInSlotOrder) {
   for (int64_t slot = 0; slot < T * K; ++slot) {
     const int64_t r = next[ids[slot]]++;
     ASSERT_EQ(row[slot], r) << "slot " << slot;
-    for (int64_t i = 0; i < D; ++i) ASSERT_EQ(grouped[r * D + i], F32ToBf16(x[(slot / K) * D + i]));
+    for (int64_t i = 0; i < D; ++i) {
+      const float v = x[(slot / K) * D + i];
+      ASSERT_EQ(grouped[r * D + i], F32ToBf16(v));
+      ASSERT_EQ(grouped_lo[r * D + i], F32ToBf16(v - Bf16ToF32(F32ToBf16(v))));
+    }
   }
   // Combine: expert outputs y[row] = a function of the row; out = Σ_k w·y + shared.
   std::vector<float> y(T * K * D);

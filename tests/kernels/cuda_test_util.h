@@ -78,4 +78,16 @@ inline double MaxRelError(const std::vector<float>& a, const std::vector<float>&
   return err / scale;
 }
 
+// The largest MaxRelError over consecutive blocks of `block` values (one row and head of an
+// attention output each), so that a small block is not measured against a large one's scale.
+inline double MaxRelErrorPerBlock(const std::vector<float>& a, const std::vector<float>& b, size_t block) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); i += block) {
+    const size_t n = std::min({block, a.size() - i, b.size() - i});
+    worst = std::max(worst, MaxRelError(std::vector<float>(a.begin() + i, a.begin() + i + n),
+                                        std::vector<float>(b.begin() + i, b.begin() + i + n)));
+  }
+  return worst;
+}
+
 }  // namespace daedalus::testing

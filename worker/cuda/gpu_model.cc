@@ -69,7 +69,7 @@ absl::StatusOr<void*> GpuModel::Allocate(size_t bytes) {
 
 absl::StatusOr<const float*> GpuModel::UploadFloats(const std::vector<float>& v) {
   ASSIGN_OR_RETURN(void* p, Allocate(v.size() * 4));
-  DAEDALUS_CUDA_RETURN(cudaMemcpy(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(p, v.data(), v.size() * 4, cudaMemcpyHostToDevice, stream_));
   return static_cast<const float*>(p);
 }
 
@@ -92,11 +92,11 @@ absl::Status GpuModel::UploadInto(const WeightView& w, uint16_t* out) {
   if (src == nullptr) return absl::InternalError("GpuModel: a weight without data");
   cuda::DeviceBuffer staging, scales;
   RETURN_IF_ERROR(staging.Reserve(src_bytes));
-  DAEDALUS_CUDA_RETURN(cudaMemcpy(staging.data(), src, src_bytes, cudaMemcpyHostToDevice));
+  DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(staging.data(), src, src_bytes, cudaMemcpyHostToDevice, stream_));
   if (w.dtype == DType::kF8E4M3) {
     const size_t n = static_cast<size_t>(Fp8ScaleBlocks(w.rows) * Fp8ScaleBlocks(w.cols)) * 4;
     RETURN_IF_ERROR(scales.Reserve(n));
-    DAEDALUS_CUDA_RETURN(cudaMemcpy(scales.data(), w.scale_inv, n, cudaMemcpyHostToDevice));
+    DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(scales.data(), w.scale_inv, n, cudaMemcpyHostToDevice, stream_));
     u.scale_inv = scales.as<float>();
   }
   u.in = staging.data();
@@ -130,7 +130,7 @@ absl::Status GpuModel::Upload() {
   }
   const size_t embed_bytes = static_cast<size_t>(e.rows * e.cols) * DTypeSize(e.dtype);
   ASSIGN_OR_RETURN(void* embed, Allocate(embed_bytes));
-  DAEDALUS_CUDA_RETURN(cudaMemcpy(embed, e.data, embed_bytes, cudaMemcpyHostToDevice));
+  DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(embed, e.data, embed_bytes, cudaMemcpyHostToDevice, stream_));
   embed_ = embed;
   embed_bf16_ = e.dtype == DType::kBF16;
   ASSIGN_OR_RETURN(norm_, UploadFloats(weights_.norm));
@@ -388,7 +388,7 @@ absl::Status GpuModel::Attention(const Layer& L, int64_t layer, const ForwardBat
     uk.w = L.kv_b.w, uk.w_in_out = true, uk.n = rkv, uk.ldw = rkv, uk.w_batch_stride = (dn + dv) * rkv;
     uk.y = q_lat_.as<float>(), uk.ldy = H * rkv, uk.y_batch_stride = rkv, uk.batch = H;
     RETURN_IF_ERROR(cuda::Linear(cublas_, uk, linear_ws_, stream_));
-    const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(n, H, rkv, dr, m.max_kv_len, sm_count_);
+    const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(n, H, rkv, dr, m.max_kv_len, sm_count_, !options_.float_precision);
     RETURN_IF_ERROR(mla_ws_.Reserve(std::max<size_t>(plan.workspace_bytes, 4)));
     cuda::MlaDecodeParams d;
     d.q_latent = q_lat_.as<float>(), d.q_pe = q_abs_.as<float>() + dn, d.q_pe_row_stride = H * qk, d.q_pe_head_stride = qk;
@@ -445,18 +445,21 @@ absl::Status GpuModel::Moe(const Layer& L, int64_t layer, int64_t T, const MoeCo
   cuda::ExpertFfnParams f;
   f.n_experts = E, f.w_gate_up = L.expert_gate_up.data(), f.w_down = L.expert_down.data();
   f.hidden = D, f.inter = c.moe_intermediate_size, f.mode = options_.expert_gemm;
+  const bool split = options_.float_precision;
 
   if (exchange == nullptr) {
     if (T == 0) return absl::OkStatus();
     RETURN_IF_ERROR(Grow<int64_t>(group_begin_, E + 1));
     RETURN_IF_ERROR(Grow<int32_t>(row_of_slot_, T * K));
     RETURN_IF_ERROR(Grow<uint16_t>(x_grouped_, T * K * D));
+    if (split) RETURN_IF_ERROR(Grow<uint16_t>(x_grouped_lo_, T * K * D));
     RETURN_IF_ERROR(Grow<float>(y_grouped_, T * K * D));
     RETURN_IF_ERROR(Grow<int32_t>(permute_scratch_, T * K + E));
     cuda::PermuteParams p;
     p.expert_ids = expert_ids_.as<int32_t>(), p.n_tokens = T, p.topk = K, p.n_experts = E, p.x = x_.as<float>();
     p.hidden = D, p.group_begin = group_begin_.as<int64_t>(), p.row_of_slot = row_of_slot_.as<int32_t>();
     p.x_grouped = x_grouped_.as<uint16_t>(), p.scratch = permute_scratch_.as<int32_t>();
+    p.x_grouped_lo = split ? x_grouped_lo_.as<uint16_t>() : nullptr;
     RETURN_IF_ERROR(cuda::Permute(p, stream_));
     host_group_begin_.resize(E + 1);
     DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(host_group_begin_.data(), group_begin_.data(), (E + 1) * sizeof(int64_t),
@@ -467,6 +470,7 @@ absl::Status GpuModel::Moe(const Layer& L, int64_t layer, int64_t T, const MoeCo
       for (int64_t x = 0; x < E; ++x) (*load)[x] += host_group_begin_[x + 1] - host_group_begin_[x];
     }
     f.x = x_grouped_.as<uint16_t>(), f.group_begin = host_group_begin_.data(), f.y = y_grouped_.as<float>();
+    f.x_lo = split ? x_grouped_lo_.as<uint16_t>() : nullptr;
     RETURN_IF_ERROR(cuda::ExpertFfn(cublas_, f, ffn_ws_, stream_));
     cuda::UnpermuteParams u;
     u.y_grouped = y_grouped_.as<float>(), u.row_of_slot = row_of_slot_.as<int32_t>();
@@ -500,9 +504,12 @@ absl::Status GpuModel::Moe(const Layer& L, int64_t layer, int64_t T, const MoeCo
   if (R > 0) {
     RETURN_IF_ERROR(Grow<float>(y_grouped_, R * D));
     RETURN_IF_ERROR(Grow<uint16_t>(x_grouped_, R * D));
+    if (split) RETURN_IF_ERROR(Grow<uint16_t>(x_grouped_lo_, R * D));
     DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(y_grouped_.data(), packed.data(), R * D * 4, cudaMemcpyHostToDevice, stream_));
-    RETURN_IF_ERROR(cuda::ToBf16(y_grouped_.as<float>(), x_grouped_.as<uint16_t>(), R * D, stream_));
+    RETURN_IF_ERROR(cuda::ToBf16Split(y_grouped_.as<float>(), x_grouped_.as<uint16_t>(),
+                                      split ? x_grouped_lo_.as<uint16_t>() : nullptr, R * D, stream_));
     f.x = x_grouped_.as<uint16_t>(), f.group_begin = rows.expert_begin.data(), f.y = y_grouped_.as<float>();
+    f.x_lo = split ? x_grouped_lo_.as<uint16_t>() : nullptr;
     RETURN_IF_ERROR(cuda::ExpertFfn(cublas_, f, ffn_ws_, stream_));
     DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(out.data(), y_grouped_.data(), R * D * 4, cudaMemcpyDeviceToHost, stream_));
     DAEDALUS_CUDA_RETURN(cudaStreamSynchronize(stream_));

@@ -36,6 +36,10 @@ struct GpuModelOptions {
   int64_t max_kv_tokens = 0;     // cap on the KV pool (0: as much as the fraction allows)
   AttentionPath attention = AttentionPath::kAuto;
   cuda::GroupedGemmMode expert_gemm = cuda::GroupedGemmMode::kGrouped;
+  // Every product at float precision (~2^-16), as the CPU's float tiers: the routed experts'
+  // inputs and SiLU outputs split into bf16 hi + lo (twice the expert GEMM work) and MLA decode
+  // on CUDA cores. Otherwise those are bf16 (2^-9) and decode uses tensor cores where it can.
+  bool float_precision = false;
 };
 
 class GpuModel final : public ForwardBackend {
@@ -101,7 +105,7 @@ class GpuModel final : public ForwardBackend {
 
   // Activations and scratch, grown to the largest batch seen.
   cuda::DeviceBuffer h_, x_, y_, q_, qa_, kva_, o_, meta_, q_abs_, q_lat_, o_lat_, o_abs_, mla_ws_;
-  cuda::DeviceBuffer gate_logits_, expert_ids_, expert_weights_, group_begin_, row_of_slot_, x_grouped_, y_grouped_,
+  cuda::DeviceBuffer gate_logits_, expert_ids_, expert_weights_, group_begin_, row_of_slot_, x_grouped_, x_grouped_lo_, y_grouped_,
       permute_scratch_, shared_out_, mlp_gu_, mlp_act_, final_x_, logits_;
   cuda::LinearWorkspace linear_ws_;
   cuda::MlaPrefillWorkspace prefill_ws_;

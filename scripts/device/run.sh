@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The GPU device check, run from a bundle that scripts/device-bundle.sh made. It needs only the
+# NVIDIA driver, the CUDA toolkit under /usr/local/cuda and Python with the nvidia-nccl-cu13
+# wheel. Within BUDGET_SECONDS (default 480) it:
+#   1. runs every GPU test with CUDA_LAUNCH_BLOCKING=1 (skips, e.g. of tests that need two GPUs,
+#      are listed),
+#   2. compares `run --device cuda:0 --gpu-precision float` with `--device cpu` on a float tier
+#      (the same greedy tokens) on the tiny and bench presets, and shows the fast numerics' tokens,
+#   3. runs each benchmark part in its own process (one failure loses no other figure),
+#   4. prints a summary table.
+# Logs go to LOG_DIR (default: a new temporary folder). Exit status: the number of failed steps.
+# Usage: build/device-bundle/run.sh
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+start=$(date +%s)
+budget=${BUDGET_SECONDS:-480}
+log_dir="${LOG_DIR:-$(mktemp -d)}"
+mkdir -p "$log_dir"
+elapsed() { echo $(( $(date +%s) - start )); }
+left() { echo $(( budget - $(elapsed) )); }
+summary=()
+failures=0
+
+# step NAME SECONDS COMMAND...: runs COMMAND with a time limit (and the budget's), its output
+# into LOG_DIR/NAME.log and on screen; records a row for the summary.
+step() {
+  local name=$1 limit=$2 t0 rc status
+  shift 2
+  (( limit > $(left) )) && limit=$(left)
+  echo
+  echo "=== [$(elapsed)s] $name"
+  if (( limit < 5 )); then
+    summary+=("$(printf '%-34s %-8s %5s  %s' "$name" "NOT RUN" - "out of time")")
+    failures=$((failures + 1))
+    return
+  fi
+  t0=$(date +%s)
+  # Through bash, so that COMMAND may be one of this script's functions.
+  timeout -k 5 "$limit" bash -c "$(declare -f compare)"$'\n''"$@"' step "$@" >"$log_dir/$name.log" 2>&1
+  rc=$?
+  cat "$log_dir/$name.log"
+  case $rc in
+    0) status=ok ;;
+    124 | 137) status=TIMEOUT ;;
+    *) status="FAILED($rc)" ;;
+  esac
+  [ "$rc" -eq 0 ] || failures=$((failures + 1))
+  summary+=("$(printf '%-34s %-8s %5ss  %s' "$name" "$status" $(( $(date +%s) - t0 )) "${NOTE:-}")")
+}
+
+echo "=== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader || {
+  echo "device check: no GPU (nvidia-smi failed)"
+  exit 2
+}
+echo "bundle commit $(cat "$here/commit" 2>/dev/null || echo unknown), $(nproc) CPUs, $(ldd --version | head -1)"
+
+# Libraries: the bundle's own (unpacked once), NCCL from Python's nvidia-nccl wheel, the
+# toolkit's runtime and cuBLAS.
+lib="$here/lib"
+if [ ! -d "$lib" ]; then
+  tar -C "$here" -xJf "$here/lib.tar.xz" 2>/dev/null || { lib=$(mktemp -d)/lib && tar -C "${lib%/lib}" -xJf "$here/lib.tar.xz"; } || {
+    echo "device check: cannot unpack $here/lib.tar.xz"
+    exit 2
+  }
+fi
+nccl_dir=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site, sys
+dirs = site.getsitepackages() + [site.getusersitepackages()] + sys.path
+for d in dirs:
+    hits = glob.glob(os.path.join(d, "nvidia", "nccl", "lib", "libnccl.so*"))
+    if hits:
+        print(os.path.dirname(hits[0]))
+        break
+PY
+)
+cuda_lib=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib; do
+  if ls "$d"/libcublas.so* >/dev/null 2>&1; then cuda_lib=$d; break; fi
+done
+echo "NCCL from: ${nccl_dir:-NOT FOUND}; CUDA runtime and cuBLAS from: ${cuda_lib:-NOT FOUND}"
+export LD_LIBRARY_PATH="$lib${nccl_dir:+:$nccl_dir}${cuda_lib:+:$cuda_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+missing=$(for f in "$here"/bin/* "$here"/tests/*; do ldd "$f" | grep "not found"; done | sort -u)
+[ -z "$missing" ] || echo "device check: libraries not found: $missing"
+
+# 1. GPU tests, one process each.
+for t in "$here"/tests/*; do
+  name=$(basename "$t")
+  NOTE="" CUDA_LAUNCH_BLOCKING=1 step "$name" 150 "$t" --gtest_color=no
+  log="$log_dir/$name.log"
+  pass=$(grep -c '^\[       OK \]' "$log")
+  fail=$(grep -c '^\[  FAILED  \] [A-Za-z]' "$log")
+  skip=$(grep -c '^\[  SKIPPED \] [A-Za-z]' "$log")
+  summary[-1]="${summary[-1]}$pass passed, $fail failed, $skip skipped"
+  (( skip > 0 )) && summary[-1]="${summary[-1]} ($(grep '^\[  SKIPPED \] [A-Za-z]' "$log" | awk '{print $4}' | sort -u | tr '\n' ' '))"
+done
+
+# 2. The command line: at float precision the same greedy tokens on the GPU as on the CPU's
+# float tier (avx512, or avx2 where the CPU lacks it); the GPU's fast numerics may pick another
+# expert at a routing near-tie, and are shown beside.
+export here work=$(mktemp -d)
+compare() {
+  local preset=$1 isa=avx512 d
+  grep -q avx512f /proc/cpuinfo || isa=avx2
+  "$here/bin/daedalus" make-model --preset "$preset" --seed 7 --dtype bf16 --out "$work/$preset" >/dev/null || return 1
+  for d in "cpu --device cpu" "float --device cuda:0 --gpu-precision float" "fast --device cuda:0"; do
+    DAEDALUS_CPU_ISA=$isa "$here/bin/daedalus" run --model "$work/$preset" --prompt-ids 5,17,99,3,42,7,11 --max-new-tokens 16 \
+      --temperature 0 --ignore-eos --kv-cache-tokens 4096 ${d#* } >"$work/$preset.${d%% *}.jsonl" || return 1
+    echo "${d#* } (CPU tier $isa): $(cat "$work/$preset.${d%% *}.jsonl")"
+  done
+  cmp -s "$work/$preset.fast.jsonl" "$work/$preset.cpu.jsonl" || echo "(fast numerics: other tokens after a routing near-tie)"
+  cmp -s "$work/$preset.cpu.jsonl" "$work/$preset.float.jsonl" && echo "same tokens at float precision" && return 0
+  echo "tokens DIFFER at float precision"
+  return 1
+}
+for preset in tiny bench; do NOTE="same greedy tokens as the CPU (float)" step "run-$preset-cuda-vs-cpu" 90 compare "$preset"; done
+
+# 3. Benchmarks, one part per process.
+bench="$here/bin/daedalus-bench-gpu"
+NOTE="" step bench-peak 60 "$bench" --only peak
+summary[-1]="${summary[-1]}$(grep -o 'matrix product.*' "$log_dir/bench-peak.log" | head -1)"
+NOTE="" step bench-mla 90 "$bench" --only mla
+summary[-1]="${summary[-1]}$(grep -o '[0-9.]* TFLOP/s = *[0-9.]*% of the tensor peak' "$log_dir/bench-mla.log" | head -1) (tensor cores, 64 x 4K)"
+NOTE="" step bench-experts 90 "$bench" --only experts
+summary[-1]="${summary[-1]}$(grep -o 'best [0-9]*% of dense' "$log_dir/bench-experts.log" | tail -1) at 4096 tokens"
+NOTE="" step bench-e2e 120 "$bench" --only e2e --model "$work/bench" --batches 1,64
+summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e.log" | head -1)"
+rm -rf "$work"
+
+echo
+echo "=== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(date -u +%Y-%m-%d), $(elapsed)s, logs in $log_dir)"
+printf '%-34s %-8s %6s  %s\n' step status time notes
+printf '%s\n' "${summary[@]}"
+echo "$failures failure(s)"
+exit "$failures"
