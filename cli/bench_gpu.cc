@@ -24,7 +24,9 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/kernel_counter.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/linear.h"
@@ -149,7 +151,7 @@ void BenchMlaDecode(int device, cudaStream_t stream, int64_t batch, int64_t cont
   std::fflush(stdout);
 }
 
-void BenchExperts(cublasHandle_t cublas, cudaStream_t stream, const std::vector<int64_t>& token_counts) {
+void BenchExperts(cublasHandle_t cublas, cudaStream_t stream, const std::vector<int64_t>& token_counts, const Limits& limits) {
   const int64_t D = 7168, I = 2048, E = 256, K = 8;
   cuda::DeviceBuffer w_gu, w_down;
   CHECK_OK(w_gu.Reserve(static_cast<size_t>(E * 2 * I * D) * 2));
@@ -208,11 +210,32 @@ void BenchExperts(cublasHandle_t cublas, cudaStream_t stream, const std::vector<
                          CUDA_R_16BF, I, &zero, y.data(), CUDA_R_32F, D, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
       return cuda::CublasError(s, "dense cublasGemmEx");
     });
-    const double best = std::min(t_grouped, t_loop);
+    // One grouped call per stage with bf16 outputs (the types cuBLAS's grouped GEMM takes).
+    cuda::DeviceBuffer gu16, y16;
+    CHECK_OK(gu16.Reserve(static_cast<size_t>(rows * 2 * I) * 2));
+    CHECK_OK(y16.Reserve(static_cast<size_t>(rows * D) * 2));
+    cuda::GroupedGemmWorkspace ws16;
+    cuda::GroupedGemmParams g1{x.as<uint16_t>(), begin.data(), E, gu.data(), 2 * I, D, nullptr, cuda::GroupedGemmMode::kGrouped};
+    g1.y_bf16 = gu16.as<uint16_t>();
+    cuda::GroupedGemmParams g2{act.as<uint16_t>(), begin.data(), E, down.data(), D, I, nullptr, cuda::GroupedGemmMode::kGrouped};
+    g2.y_bf16 = y16.as<uint16_t>();
+    const double t_bf16 = TimeIt(stream, 5, [&] {
+      absl::Status st = cuda::GroupedGemm(cublas, g1, ws16, stream);
+      return st.ok() ? cuda::GroupedGemm(cublas, g2, ws16, stream) : st;
+    });
+    // The roofline: the routed experts' weights (those with rows), the activations in and out,
+    // at the copy bandwidth; the FLOPs at the tensor peak.
+    int64_t used = 0;
+    for (int64_t e = 0; e < E; ++e) used += count[e] > 0;
+    const double bytes = 2.0 * used * 3 * I * D + 2.0 * rows * D + 4.0 * rows * D;
+    const double t_roof = std::max(flops / limits.tensor_flops, bytes / limits.copy_bytes);
+    const double best = std::min({t_grouped, t_loop, t_bf16});
     std::printf("expert FFN %5lld tokens (V3: 7168 x 2048, 256 experts, top-8; %lld rows): grouped call %7.1f TFLOP/s, "
-                "GEMM loop %7.1f TFLOP/s, dense cuBLAS same work %7.1f TFLOP/s -> best %.0f%% of dense\n",
+                "GEMM loop %7.1f TFLOP/s, grouped with bf16 outputs%s %7.1f TFLOP/s, dense cuBLAS same work %7.1f "
+                "TFLOP/s -> best %.0f%% of dense, %.0f%% of the roofline (%.1f us)\n",
                 static_cast<long long>(T), static_cast<long long>(rows), flops / t_grouped / 1e12, flops / t_loop / 1e12,
-                flops / t_dense / 1e12, 100 * t_dense / best);
+                ws16.grouped_unsupported ? " (refused: loop)" : "", flops / t_bf16 / 1e12, flops / t_dense / 1e12,
+                100 * t_dense / best, 100 * t_roof / best, t_roof * 1e6);
     std::fflush(stdout);
     if (T == 4096) dense_4096 = t_dense, grouped_4096 = best;
   }
@@ -229,7 +252,10 @@ std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-double DecodeRate(const ModelWeights& w, const EngineOptions& options, int64_t batch, int64_t context, int64_t steps) {
+// Decode tokens per second at `batch` after prompts of `context` tokens; with `count`, also the
+// kernels and copies of one decode step (CUPTI), or why they could not be counted.
+double DecodeRate(const ModelWeights& w, const EngineOptions& options, int64_t batch, int64_t context, int64_t steps,
+                  std::string* count = nullptr) {
   Engine engine(w, options);
   for (int64_t b = 0; b < batch; ++b) {
     Request r;
@@ -239,6 +265,17 @@ double DecodeRate(const ModelWeights& w, const EngineOptions& options, int64_t b
     (void)engine.Add(r);
   }
   while (engine.Step() && engine.last_step().prefill_tokens > 0) {
+  }
+  if (count != nullptr) {
+    KernelCounter counter;
+    if (absl::Status s = counter.Start(); !s.ok()) {
+      *count = absl::StrCat("launches not counted: ", s.message());
+    } else {
+      engine.Step();
+      const KernelCount n = counter.Stop();
+      *count = absl::StrCat(n.kernels, " kernels and ", n.copies, " copies per decode step (",
+                            w.config.num_hidden_layers, " layers)");
+    }
   }
   int64_t tokens = 0;
   const double t0 = Now();
@@ -258,13 +295,14 @@ void BenchEndToEnd(const std::string& model, const std::string& device, const st
   auto backend = MakeDeviceBackend(DeviceOptions{device, 0.9}, w, gpu_options);
   CHECK_OK(backend.status());
   for (int64_t b : batches) {
-    const double gpu = DecodeRate(w, gpu_options, b, 64, 32);
+    std::string launches;
+    const double gpu = DecodeRate(w, gpu_options, b, 64, 32, &launches);
     std::printf("end-to-end decode %s, batch %3lld: GPU %9.1f tok/s", model.c_str(), static_cast<long long>(b), gpu);
     if (cpu) {
       const double on_cpu = DecodeRate(w, options, b, 64, b > 8 ? 8 : 16);
       std::printf(", CPU engine (%d threads) %8.1f tok/s, %.1fx", omp_get_max_threads(), on_cpu, gpu / on_cpu);
     }
-    std::printf("\n");
+    std::printf("; %s\n", launches.c_str());
     std::fflush(stdout);
   }
 }
@@ -323,7 +361,7 @@ int main(int argc, char** argv) {
       for (bool tc : {true, false})
         for (auto [b, ctx] : {std::pair<int64_t, int64_t>{64, 4096}, {1, 4096}, {64, 1024}, {1, 32768}})
           BenchMlaDecode(*index, stream, b, ctx, limits, tc);
-    if (parts.count("experts")) BenchExperts(cublas, stream, ParseList(tokens));
+    if (parts.count("experts")) BenchExperts(cublas, stream, ParseList(tokens), limits);
     cublasDestroy(cublas);
     cudaStreamDestroy(stream);
   }

@@ -1,5 +1,6 @@
 #include "kernels/cuda/grouped_gemm.h"
 
+#include <atomic>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -19,7 +20,8 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
     // Column-major: y'[n, rows] = W'ᵀ [n, k] · x'[k, rows].
     ws.a.push_back(p.w[g]);
     ws.b.push_back(p.x + p.group_begin[g] * p.k);
-    ws.c.push_back(p.y + p.group_begin[g] * p.n);
+    ws.c.push_back(p.y_bf16 != nullptr ? static_cast<void*>(p.y_bf16 + p.group_begin[g] * p.n)
+                                       : static_cast<void*>(p.y + p.group_begin[g] * p.n));
     ws.m.push_back(static_cast<int>(p.n));
     ws.n.push_back(static_cast<int>(rows));
     ws.k.push_back(static_cast<int>(p.k));
@@ -27,11 +29,12 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
   const size_t groups = ws.a.size();
   if (groups == 0) return absl::OkStatus();
   const float one = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+  const cudaDataType_t c_type = p.y_bf16 != nullptr ? CUDA_R_16BF : CUDA_R_32F;
   if (p.mode == GroupedGemmMode::kLoop || ws.grouped_unsupported) {
     for (size_t g = 0; g < groups; ++g) {
       const cublasStatus_t st =
           cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, ws.m[g], ws.n[g], ws.k[g], &one, ws.a[g], CUDA_R_16BF, ws.k[g],
-                       ws.b[g], CUDA_R_16BF, ws.k[g], &beta, ws.c[g], CUDA_R_32F, ws.m[g], CUBLAS_COMPUTE_32F,
+                       ws.b[g], CUDA_R_16BF, ws.k[g], &beta, ws.c[g], c_type, ws.m[g], CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT);
       if (absl::Status s = CublasError(st, "GroupedGemm: cublasGemmEx"); !s.ok()) return s;
     }
@@ -55,12 +58,15 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
       cublas, ws.ta.data(), ws.tb.data(), ws.m.data(), ws.n.data(), ws.k.data(), ws.alpha.data(),
       reinterpret_cast<const void* const*>(dev), CUDA_R_16BF, ws.lda.data(),
       reinterpret_cast<const void* const*>(dev + groups), CUDA_R_16BF, ws.ldb.data(), ws.beta.data(), dev + 2 * groups,
-      CUDA_R_32F, ws.ldc.data(), static_cast<int>(groups), ws.group_size.data(), CUBLAS_COMPUTE_32F);
+      c_type, ws.ldc.data(), static_cast<int>(groups), ws.group_size.data(), CUBLAS_COMPUTE_32F);
   if (st != CUBLAS_STATUS_SUCCESS) {
-    // cuBLAS may refuse bf16 inputs with fp32 output as NOT_SUPPORTED or INVALID_VALUE: the
-    // loop of GEMMs serves from then on, said once.
-    std::fprintf(stderr, "daedalus: cublasGemmGroupedBatchedEx refused bf16 -> fp32 (%s); expert GEMMs run as a loop\n",
-                 cublasGetStatusName(st));
+    // cuBLAS may refuse these types (bf16 inputs, fp32 output) as NOT_SUPPORTED or
+    // INVALID_VALUE: the loop of GEMMs serves from then on, said once per process.
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true)) {
+      std::fprintf(stderr, "daedalus: cublasGemmGroupedBatchedEx refused bf16 -> %s (%s); expert GEMMs run as a loop\n",
+                   p.y_bf16 != nullptr ? "bf16" : "fp32", cublasGetStatusName(st));
+    }
     ws.grouped_unsupported = true;
     GroupedGemmParams loop = p;
     loop.mode = GroupedGemmMode::kLoop;

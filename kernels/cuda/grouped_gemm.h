@@ -30,6 +30,7 @@ struct GroupedGemmParams {
   float* y = nullptr;                        // [rows, n]
   GroupedGemmMode mode = GroupedGemmMode::kGrouped;
   bool accumulate = false;                   // y += instead of y =
+  uint16_t* y_bf16 = nullptr;                // or, instead of y, [rows, n] bf16 (rounded once)
 };
 
 struct GroupedGemmWorkspace {

@@ -123,7 +123,7 @@ summary[-1]="${summary[-1]}$(grep -o 'matrix product.*' "$log_dir/bench-peak.log
 NOTE="" step bench-mla 90 "$bench" --only mla
 summary[-1]="${summary[-1]}$(grep -o '[0-9.]* TFLOP/s = *[0-9.]*% of the tensor peak' "$log_dir/bench-mla.log" | head -1) (tensor cores, 64 x 4K)"
 NOTE="" step bench-experts 90 "$bench" --only experts
-summary[-1]="${summary[-1]}$(grep -o 'best [0-9]*% of dense' "$log_dir/bench-experts.log" | tail -1) at 4096 tokens"
+summary[-1]="${summary[-1]}$(grep -o 'best [0-9]*% of dense, [0-9]*% of the roofline' "$log_dir/bench-experts.log" | tail -1) at 4096 tokens"
 NOTE="" step bench-e2e 120 "$bench" --only e2e --model "$work/bench" --batches 1,64
 summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e.log" | head -1)"
 rm -rf "$work"
