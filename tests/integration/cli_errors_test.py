@@ -16,27 +16,13 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 
+from harness import check, describe, expect_error, finish
+
 TIMEOUT_S = 60
 VOCAB = 512  # the tiny preset's vocabulary
-
-failures = []
-passed = 0
-
-
-def check(condition, what, detail=""):
-    global passed
-    if condition:
-        passed += 1
-    else:
-        failures.append(f"{what}\n    {detail}".rstrip())
-        print(f"FAIL: {what}", file=sys.stderr)
-        if detail:
-            print(f"    {detail}", file=sys.stderr)
-
 
 class Cli:
     def __init__(self, exe, workdir):
@@ -51,20 +37,6 @@ class Cli:
                                   text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired as e:
             raise SystemExit(f"FAIL: daedalus {' '.join(args)} ran past {TIMEOUT_S} s") from e
-
-
-def describe(proc):
-    return f"rc={proc.returncode} stderr={proc.stderr.strip()!r} stdout={proc.stdout.strip()[:300]!r}"
-
-
-def expect_error(proc, what, parts):
-    """A clean failure: exit code > 0 (a signal gives < 0), one error message holding every part."""
-    check(proc.returncode > 0, f"{what}: exits non-zero without a signal", describe(proc))
-    check("daedalus: error:" in proc.stderr, f"{what}: prints a 'daedalus: error:' message", describe(proc))
-    for bad in ("terminate called", "Aborted", "Segmentation", "Sanitizer", "runtime error", "check failed"):
-        check(bad not in proc.stderr, f"{what}: does not crash ({bad})", describe(proc))
-    for part in parts:
-        check(part in proc.stderr, f"{what}: message names {part!r}", describe(proc))
 
 
 def expect_ok(proc, what):
@@ -112,11 +84,8 @@ def main():
         run_checks(Cli(exe, tmp), tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    elapsed = time.monotonic() - start
-    print(f"cli_errors_test: {passed} checks passed, {len(failures)} failed ({elapsed:.1f} s)")
-    for f in failures:
-        print(f"  FAILED: {f}")
-    return 1 if failures else 0
+    print(f"cli_errors_test: {time.monotonic() - start:.1f} s")
+    finish()
 
 
 def check_cpu_tiers(cli, model):
@@ -311,4 +280,4 @@ def run_checks(cli, tmp):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -3,24 +3,9 @@ stalled rank makes the others report it within the collective deadline instead o
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-
-MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def run(cmd, timeout=180, env=ENV):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+from harness import ENV, MPIRUN, check, finish, run
 
 
 def main():
@@ -91,7 +76,7 @@ def main():
               and elapsed < 30,
               f"stalled rank reported in {elapsed:.1f} s: "
               + next((line for line in p.stderr.splitlines() if "timed out" in line), "(no diagnostic)"))
-    sys.exit(1 if failures else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -19,41 +19,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
+from harness import ENV, MPIRUN, check, dump_logs, failures, finish, free_port, lines, measured, run
 
-MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 COORDINATOR_FLAGS = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "3", "--stall-timeout", "3"]
-failures = []
-
-
-def check(ok, what, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def measured(what, seconds, bound):
-    print(f"measured: {what}: {seconds:.2f} s (bound {bound} s)", flush=True)
-    check(seconds <= bound, f"{what} within {bound} s", f"{seconds:.2f} s")
-
-
-def run(cmd, timeout=120):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def lines(text):
-    return [json.loads(l) for l in text.splitlines() if l.strip().startswith("{")]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
@@ -248,13 +219,8 @@ def main():
         finally:
             cluster.stop()
             if failures:
-                for name in ["coordinator.log", "workers.log"]:
-                    path = os.path.join(tmp, name)
-                    if os.path.exists(path):
-                        print(f"--- {name} (tail)\n" + open(path).read()[-4000:])
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        sys.exit(1)
+                dump_logs(tmp, ["coordinator.log", "workers.log"])
+    finish()
 
 
 if __name__ == "__main__":

@@ -9,19 +9,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import urllib.request
+from harness import ENV, check, failures, finish
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 DASHBOARD = os.path.join(os.path.dirname(__file__), "..", "..", "cluster-configs", "grafana", "daedalus.json")
-failures = []
-
-
-def check(ok, what, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def queries(dashboard):
@@ -86,9 +78,7 @@ def main():
             if failures:
                 err.seek(0)
                 print("--- serve stderr\n" + err.read()[-3000:])
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        sys.exit(1)
+    finish()
 
 
 if __name__ == "__main__":

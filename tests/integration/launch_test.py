@@ -4,26 +4,10 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-failures = []
-
-
-def check(ok, what, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from harness import ENV, check, dump_logs, failures, finish, free_port
 
 
 def main():
@@ -72,9 +56,8 @@ def main():
             if launch.poll() is None:
                 os.killpg(launch.pid, signal.SIGKILL)
             if failures:
-                print("--- launch.log\n" + open(os.path.join(tmp, "launch.log")).read()[-3000:])
-    if failures:
-        sys.exit(1)
+                dump_logs(tmp, ["launch.log"])
+    finish()
 
 
 if __name__ == "__main__":

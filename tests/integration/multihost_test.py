@@ -18,20 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from harness import ENV, check, dump_logs, failures, finish
 
 TAG = f"dd{os.getpid() % 100000}"
 BRIDGE = f"{TAG}br"
 HOSTS = [f"{TAG}h{i}" for i in range(4)]  # h0: coordinator; h1..h3: workers
 SUBNET = "10.213.7"
 PORT = 50051
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-failures = []
-
-
-def check(ok, what, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def sh(*cmd, ns=None, check_rc=True):
@@ -201,13 +194,10 @@ def main():
                     subprocess.run(["kill", "-9", pid], capture_output=True)
             delete_hosts()
             if failures:
-                for name in sorted(os.listdir(tmp)):
-                    if name.endswith(".log"):
-                        print(f"--- {name}\n" + open(os.path.join(tmp, name)).read()[-1500:])
+                dump_logs(tmp, sorted(n for n in os.listdir(tmp) if n.endswith(".log")))
     left = [ns for ns in HOSTS + [BRIDGE] if ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout]
     check(not left, "the namespaces are gone", left)
-    if failures:
-        sys.exit(1)
+    finish()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+from harness import ENV, check, failures, finish
 
 try:
     import openai
@@ -24,15 +24,7 @@ except ImportError as e:
     print(f"skipped: the openai client is not installed ({e}); scripts/test-venv.sh installs it")
     sys.exit(77)
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 TOKEN = "sk-test"
-failures = []
-
-
-def check(ok, what, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def main():
@@ -81,9 +73,9 @@ def main():
             chunks = list(client.completions.create(model="daedalus", prompt=prompt, max_tokens=12, temperature=0, stream=True,
                                                     stream_options={"include_usage": True}))
             streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
-            finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
-            check(streamed == expected and finish == [c.choices[0].finish_reason], "streamed completion: same text, one finish_reason",
-                  (streamed, finish))
+            reasons = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+            check(streamed == expected and reasons == [c.choices[0].finish_reason], "streamed completion: same text, one finish_reason",
+                  (streamed, reasons))
             check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == c.usage.completion_tokens,
                   "stream_options.include_usage: usage in the last chunk")
 
@@ -185,8 +177,7 @@ def main():
             if failures:
                 err.seek(0)
                 print("--- serve stderr\n" + err.read()[-3000:])
-    if failures:
-        sys.exit(1)
+    finish()
 
 
 if __name__ == "__main__":

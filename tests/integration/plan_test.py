@@ -13,9 +13,10 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import xml.etree.ElementTree as ET
+
+from harness import check, describe, expect_error, finish
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 V3 = os.path.join(ROOT, "cluster-configs", "models", "deepseek-v3")
@@ -24,21 +25,6 @@ TIMEOUT_S = 120
 CONTRACT_KEYS = ["kv_bytes_per_token", "kv_capacity_tokens_per_device", "memory_per_device_bytes",
                  "input_tokens_per_s_per_node", "output_tokens_per_s_per_node", "ttft_ms", "itl_ms", "imbalance"]
 
-failures = []
-passed = 0
-
-
-def check(condition, what, detail=""):
-    global passed
-    if condition:
-        passed += 1
-    else:
-        failures.append(what)
-        print(f"FAIL: {what}", file=sys.stderr)
-        if detail:
-            print(f"    {detail}", file=sys.stderr)
-
-
 def plan(exe, *args):
     try:
         return subprocess.run([exe, "plan", *args], capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -46,17 +32,8 @@ def plan(exe, *args):
         raise SystemExit(f"FAIL: daedalus plan {' '.join(args)} ran past {TIMEOUT_S} s") from e
 
 
-def describe(proc):
-    return f"rc={proc.returncode} stderr={proc.stderr.strip()[:400]!r} stdout={proc.stdout.strip()[:300]!r}"
-
-
 def cluster(name):
     return os.path.join(CLUSTERS, name + ".yaml")
-
-
-def expect_error(proc, what, parts):
-    ok = proc.returncode > 0 and proc.stderr.startswith("daedalus: error:") and all(p in proc.stderr for p in parts)
-    check(ok, f"{what}: non-zero exit and a message naming {parts}", describe(proc))
 
 
 def test_json(exe):
@@ -203,8 +180,7 @@ def main():
         test_sweep_and_plot(args.daedalus, tmp)
         test_expert_load(args.daedalus, tmp)
         test_errors(args.daedalus, tmp)
-    print(f"{passed} checks passed, {len(failures)} failed")
-    sys.exit(1 if failures else 0)
+    finish()
 
 
 if __name__ == "__main__":

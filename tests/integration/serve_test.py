@@ -6,26 +6,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-failures = []
-
-
-def check(ok, what, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def run(cmd, timeout=120):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def lines(text):
-    return [json.loads(l) for l in text.splitlines() if l.strip().startswith("{")]
+from harness import ENV, check, dump_logs, failures, finish, lines, run
 
 
 def alive(pid):
@@ -94,10 +77,8 @@ def main():
             if serve.poll() is None:
                 serve.kill()
             if failures:
-                print("--- serve.log\n" + open(os.path.join(tmp, "serve.log")).read()[-3000:])
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        sys.exit(1)
+                dump_logs(tmp, ["serve.log"])
+    finish()
 
 
 if __name__ == "__main__":

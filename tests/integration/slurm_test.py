@@ -14,31 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-failures = []
-
-
-def check(ok, what, detail=""):
-    print(("ok   " if ok else "FAIL ") + what + ("" if ok or not detail else f" ({detail})"), flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, seconds, step=0.3):
-    until = time.time() + seconds
-    while time.time() < until:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
+from harness import ENV, check, dump_logs, failures, finish, free_port, wait_for
 
 
 def main():
@@ -146,12 +122,8 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscr
                 if name in daemons:
                     wait_for(lambda: not os.path.exists(f"/proc/{daemons[name]}"), 10, 0.1)
             if failures:
-                for log in ["job.out", "slurmctld.log", "slurmd.log"]:
-                    path = os.path.join(tmp, log)
-                    if os.path.exists(path):
-                        print(f"--- {log}\n" + open(path).read()[-1500:])
-    if failures:
-        sys.exit(1)
+                dump_logs(tmp, ["job.out", "slurmctld.log", "slurmd.log"])
+    finish()
 
 
 if __name__ == "__main__":
