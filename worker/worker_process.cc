@@ -1,0 +1,309 @@
+#include "worker/worker_process.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/cpu_isa.h"
+#include "routing/fault_injection.h"
+#include "routing/mpi_transport.h"
+#include "routing/ucx_transport.h"
+#if DAEDALUS_HAVE_NCCL
+#include "routing/nccl_transport.h"
+#endif
+#include "worker/control_client.h"
+#include "worker/serve_loop.h"
+#include "worker/weights.h"
+
+namespace daedalus {
+
+namespace {
+
+// The same id on every rank of one launch: rank 0 draws it and sends it to the others.
+absl::StatusOr<std::string> LaunchId(Transport* transport) {
+  std::string id;
+  if (transport == nullptr || transport->rank() == 0) {
+    std::random_device rd;
+    id = absl::StrCat(absl::Hex(static_cast<uint64_t>(rd()) << 32 | rd(), absl::kZeroPad16));
+  }
+  if (transport == nullptr) return id;
+  std::vector<size_t> send_bytes(transport->world_size(), transport->rank() == 0 ? id.size() : 0);
+  std::string send;
+  for (int r = 0; r < transport->world_size(); ++r) send += id;
+  std::vector<uint8_t> recv;
+  std::vector<size_t> recv_bytes;
+  RETURN_IF_ERROR(transport->AllToAllV(send.data(), send_bytes, recv, recv_bytes, "sharing the launch id"));
+  return std::string(recv.begin(), recv.end());
+}
+
+// The coordinator's placement, checked against the model.
+absl::StatusOr<std::vector<Placement>> FromAssignment(const v1::Placement& p, const ModelConfig& c, int world_size) {
+  if (p.layers_size() != c.num_hidden_layers) {
+    return absl::FailedPreconditionError(absl::StrCat("the coordinator placed ", p.layers_size(), " layers; the model has ",
+                                                      c.num_hidden_layers, " (is it serving another model?)"));
+  }
+  std::vector<Placement> placements(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    Placement& out = placements[l];
+    out.world_size = world_size;
+    out.replicas.assign(c.n_routed_experts, {});
+    out.experts_on.assign(world_size, {});
+    if (!c.is_moe_layer(l)) continue;
+    const auto& layer = p.layers(l);
+    if (layer.experts_on_size() != world_size) {
+      return absl::FailedPreconditionError(absl::StrCat("layer ", l, ": the placement has ", layer.experts_on_size(), " ranks, not ", world_size));
+    }
+    for (int r = 0; r < world_size; ++r) {
+      for (int32_t e : layer.experts_on(r).experts()) {
+        if (e < 0 || e >= c.n_routed_experts) return absl::FailedPreconditionError(absl::StrCat("layer ", l, ": expert ", e, " out of range"));
+        out.experts_on[r].push_back(e);
+        out.replicas[e].push_back(r);
+      }
+    }
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      if (out.replicas[e].empty()) return absl::FailedPreconditionError(absl::StrCat("layer ", l, ": expert ", e, " is placed nowhere"));
+    }
+  }
+  return placements;
+}
+
+// The launcher's rank and world size from its environment (Slurm's srun, OpenMPI's mpirun),
+// for workers that do not use MPI for their data plane: -1 and 0 when there is none.
+void LauncherRank(int& rank, int& world) {
+  for (auto [r, w] : {std::pair{"SLURM_PROCID", "SLURM_NTASKS"}, std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                      std::pair{"PMIX_RANK", "PMIX_SIZE"}}) {
+    const char* rv = std::getenv(r);
+    const char* wv = std::getenv(w);
+    if (rv != nullptr && wv != nullptr) {
+      rank = std::atoi(rv);
+      world = std::atoi(wv);
+      return;
+    }
+  }
+}
+
+// Fault injection for the tests: with DAEDALUS_FAULT_DROP_ON_SIGUSR1=1, SIGUSR1 makes the
+// worker cut its control stream as a broken connection would, the process running on.
+std::atomic<bool> drop_requested{false};
+
+void RequestDrop(int) { drop_requested = true; }
+
+// Watches for the signal while `control` serves; stops watching when destroyed.
+class DropOnSignal {
+ public:
+  DropOnSignal(bool enabled, ControlClient& control) {
+    if (!enabled) return;
+    thread_ = std::thread([this, &control] {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!cv_.wait_for(lock, std::chrono::milliseconds(10), [&] { return done_; })) {
+        if (!drop_requested.exchange(false)) continue;
+        const double at = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+        std::fprintf(stderr, "daedalus worker: fault injection: dropping the control stream at %.3f\n", at);
+        std::fflush(stderr);
+        control.Drop();
+      }
+    });
+  }
+  ~DropOnSignal() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// Before the rank is known: the error as every command prints one.
+int Failed(const std::string& message) {
+  std::fprintf(stderr, "daedalus: error: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int RunWorkerProcess(WorkerProcessOptions o) {
+  const std::string transport_kind = !o.transport.empty() ? o.transport : LaunchedByMpi() ? "mpi" : "none";
+  std::unique_ptr<Transport> transport;
+  UcxTransport* ucx = nullptr;
+  std::string nccl_id;  // with --transport nccl: this worker's candidate communicator id
+  int rank = 0, world = 1;
+  if (transport_kind == "mpi") {
+    if (!LaunchedByMpi()) return Failed("--transport mpi needs an MPI launcher (mpirun, or srun --mpi=pmix)");
+    if (absl::Status s = InitMpi(nullptr, nullptr); !s.ok()) return Failed(std::string(s.message()));
+    auto made = MakeMpiTransport();
+    if (!made.ok()) return Failed(std::string(made.status().message()));
+    transport = std::move(*made);
+    rank = transport->rank();
+    world = transport->world_size();
+  } else if (transport_kind == "ucx" || transport_kind == "nccl") {
+    if (transport_kind == "ucx") {
+      auto made = CreateUcxTransport();
+      if (!made.ok()) return Failed(std::string(made.status().message()));
+      ucx = made->get();
+      transport = std::move(*made);
+    } else {
+#if DAEDALUS_HAVE_NCCL
+      // Every worker draws an id; all of them join rank 0's (the assignment hands it out).
+      auto id = NewNcclUniqueId();
+      if (!id.ok()) return Failed(std::string(id.status().message()));
+      nccl_id = *id;
+#else
+      return Failed("--transport nccl: this build has no NCCL (built without CUDA)");
+#endif
+    }
+    rank = -1;
+    world = 0;
+    LauncherRank(rank, world);
+    if (o.rank != -2) rank = o.rank;
+    if (o.world_size != -1) world = o.world_size;
+    if (o.launch_id.empty()) {
+      const char* job = std::getenv("SLURM_JOB_ID");
+      const char* step = std::getenv("SLURM_STEP_ID");
+      if (job != nullptr) o.launch_id = absl::StrCat("slurm-", job, ".", step != nullptr ? step : "0");
+    }
+  }
+  const bool mpi = transport_kind == "mpi";
+  if (const char* stall = std::getenv("DAEDALUS_FAULT_STALL"); stall != nullptr && transport) {  // for the tests
+    auto stalled = MaybeStall(std::move(transport), stall);
+    if (!stalled.ok()) return Failed(std::string(stalled.status().message()));
+    transport = std::move(*stalled);
+  }
+  auto fail = [&](const absl::Status& s) {
+    std::fprintf(stderr, "daedalus worker rank %d of %d: error: %s\n", rank, world, std::string(s.message()).c_str());
+    std::fflush(stderr);
+    if (mpi) AbortMpi(1);  // the other ranks cannot go on without this one
+    return 1;
+  };
+  auto run = [&]() -> absl::Status {
+    const auto long_wait = o.register_timeout, reconnect_wait = o.reconnect_timeout;
+    ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(o.model + "/config.json"));
+    EngineOptions options = o.engine_options(config);
+    options.keep_results = false;
+    options.kv.log_names = true;  // reported for prefix-aware routing
+    v1::RegisterRequest reg;
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    reg.set_host(host);
+    reg.set_pid(getpid());
+    reg.set_device(o.device.device);
+    const int64_t pages = (options.kv.max_tokens + options.kv.page_size - 1) / options.kv.page_size;
+    reg.set_kv_capacity_tokens(pages * options.kv.page_size);
+    reg.set_kv_page_size(options.kv.page_size);
+    reg.set_kv_dtype(o.kv_dtype);
+    reg.set_prefix_caching(options.kv.prefix_caching && *ParseDevice(o.device.device) < 0);  // CPU pools only
+    reg.set_transport(transport_kind);
+    if (ucx != nullptr) reg.set_data_plane_address(ucx->address());
+    if (!nccl_id.empty()) reg.set_data_plane_address(nccl_id);
+    const bool drop_on_signal = std::getenv("DAEDALUS_FAULT_DROP_ON_SIGUSR1") != nullptr;
+    if (drop_on_signal) std::signal(SIGUSR1, RequestDrop);
+    std::vector<Placement> placements;
+    std::unique_ptr<ModelWeights> weights;
+    // One formation per pass: register, load what the placement asks for, serve; when the
+    // control stream ends, every rank comes back here together and registers again with the
+    // same rank and world (a new launch id, agreed over the data plane).
+    for (int formation = 0;; ++formation) {
+      // Registering again: the data plane (ucx, nccl) is up and kept, and so are rank and world.
+      const bool again = formation > 0;
+      const auto wait = again ? reconnect_wait : long_wait;
+      if (transport) transport->set_deadline(wait);
+      std::string launch_id = o.launch_id;
+      if (again || transport_kind == "mpi" || transport_kind == "none") {
+        ASSIGN_OR_RETURN(launch_id, LaunchId(transport.get()));
+      }
+      reg.set_launch_id(launch_id);
+      reg.set_rank(rank);
+      reg.set_world_size(world);
+      ASSIGN_OR_RETURN(auto control, ControlClient::Connect({o.coordinator, o.tls_ca, o.tls_server_name}, o.cluster_secret));
+      ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, wait));
+      if (again && (assignment.rank() != rank || assignment.world_size() != world)) {
+        return absl::FailedPreconditionError(absl::StrCat("registered again as rank ", assignment.rank(), " of ",
+                                                          assignment.world_size(), ", not ", rank, " of ", world));
+      }
+      rank = assignment.rank();
+      world = assignment.world_size();
+      if (!again) {
+        std::fprintf(stderr, "daedalus worker rank %d of %d: registered; CPU kernel tier %s, %d threads\n", rank, world,
+                     CpuIsaDescription(ActiveCpuIsa()).c_str(), omp_get_max_threads());
+      }
+      if (!again && ucx != nullptr) {
+        RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()}));
+      }
+#if DAEDALUS_HAVE_NCCL
+      if (!again && !nccl_id.empty()) {
+        ASSIGN_OR_RETURN(int device, ParseDevice(o.device.device));
+        if (device < 0) return absl::InvalidArgumentError("--transport nccl needs a GPU: --device cuda[:N]");
+        ASSIGN_OR_RETURN(transport, MakeNcclTransport(assignment.data_plane_addresses(0), rank, world, device, wait));
+      }
+#endif
+      if (transport && transport->world_size() != world) {
+        return absl::FailedPreconditionError(absl::StrCat("the launcher started ", transport->world_size(),
+                                                          " workers; the coordinator serves ", world));
+      }
+      if (!transport && world != 1) {
+        return absl::FailedPreconditionError(absl::StrCat("the coordinator serves ", world,
+                                                          " workers: start them under mpirun/srun, or with --transport ucx"));
+      }
+      ASSIGN_OR_RETURN(std::vector<Placement> placed, FromAssignment(assignment.placement(), config, world));
+      ExpertFilter mine = [&](int64_t layer, int64_t expert) { return placed[layer].Holds(rank, static_cast<int32_t>(expert)); };
+      if (weights == nullptr) {
+        ASSIGN_OR_RETURN(weights, LoadModelWeights(o.model, mine));
+      } else {
+        RETURN_IF_ERROR(LoadMissingExperts(*weights, mine));  // every rank got the same placement
+      }
+      placements = std::move(placed);
+      if (transport) {
+        options.transport = transport.get();
+        options.placements = &placements;
+      }
+      // Fresh per formation, the backend before the engine that uses it: earlier sequences are
+      // abandoned with their KV cache.
+      ASSIGN_OR_RETURN(auto backend, MakeDeviceBackend(o.device, *weights, options));
+      Engine engine(*weights, options);
+      if (transport) {
+        RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));
+        transport->set_deadline(o.collective_timeout);
+      }
+      RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
+      ServeLoopOptions loop;
+      loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
+      loop.apply_placement = [&](const v1::Placement& update) -> absl::Status {
+        if (backend) return absl::UnimplementedError("expert placement updates are not supported on GPU workers yet");
+        // The exchanges read `placements` by reference: assigning in place switches them.
+        ASSIGN_OR_RETURN(std::vector<Placement> next, FromAssignment(update, config, world));
+        RETURN_IF_ERROR(LoadMissingExperts(
+            *weights, [&](int64_t layer, int64_t expert) { return next[layer].Holds(rank, static_cast<int32_t>(expert)); }));
+        for (size_t l = 0; l < placements.size(); ++l) placements[l] = std::move(next[l]);
+        return absl::OkStatus();
+      };
+      DropOnSignal dropper(drop_on_signal, *control);
+      ASSIGN_OR_RETURN(ServeEnd end, ServeLoop(engine, transport.get(), *control, loop));
+      if (end == ServeEnd::kShutdown) return absl::OkStatus();
+      std::fprintf(stderr, "daedalus worker rank %d of %d: %s; registering again\n", rank, world,
+                   control->closed() ? control->close_reason().c_str() : "the coordinator asked the cluster to re-form");
+      std::fflush(stderr);
+    }
+  };
+  if (absl::Status s = run(); !s.ok()) return fail(s);
+  transport.reset();
+  if (mpi) FinalizeMpi();
+  return 0;
+}
+
+}  // namespace daedalus
