@@ -54,16 +54,9 @@ absl::Status ControlClient::Open(int rank, int64_t generation) {
 
 void ControlClient::ReadLoop() {
   v1::CoordinatorMessage message;
-  while (stream_->Read(&message)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    inbox_.push_back(std::move(message));
-    cv_.notify_all();
-  }
+  while (stream_->Read(&message)) inbox_.Push(std::move(message));
   // Finish() may not run beside a Write of another thread, so the reason stays general.
-  std::lock_guard<std::mutex> lock(mu_);
-  closed_ = true;
-  close_reason_ = "the coordinator closed the control stream (it stopped, or the connection broke)";
-  cv_.notify_all();
+  inbox_.Close("the coordinator closed the control stream (it stopped, or the connection broke)");
 }
 
 bool ControlClient::Send(const v1::WorkerMessage& message) {
@@ -71,27 +64,14 @@ bool ControlClient::Send(const v1::WorkerMessage& message) {
   return stream_ && stream_->Write(message);
 }
 
-std::optional<v1::CoordinatorMessage> ControlClient::Next(std::chrono::milliseconds wait) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, wait, [&] { return !inbox_.empty() || closed_; });
-  if (inbox_.empty()) return std::nullopt;
-  v1::CoordinatorMessage m = std::move(inbox_.front());
-  inbox_.pop_front();
-  return m;
-}
+std::optional<v1::CoordinatorMessage> ControlClient::Next(std::chrono::milliseconds wait) { return inbox_.Pop(wait); }
 
 void ControlClient::Drop() {
   if (context_) context_->TryCancel();
 }
 
-bool ControlClient::closed() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return closed_;
-}
+bool ControlClient::closed() const { return inbox_.closed(); }
 
-std::string ControlClient::close_reason() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return close_reason_;
-}
+std::string ControlClient::close_reason() const { return inbox_.close_reason(); }
 
 }  // namespace daedalus

@@ -4,8 +4,6 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -13,6 +11,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "core/message_queue.h"
 #include "proto/channel.h"
 #include "proto/cluster.grpc.pb.h"
 #include "worker/control_stream.h"
@@ -48,11 +47,7 @@ class ControlClient final : public ControlStream {
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>> stream_;
   std::mutex write_mu_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<v1::CoordinatorMessage> inbox_;
-  bool closed_ = false;
-  std::string close_reason_;
+  MessageQueue<v1::CoordinatorMessage> inbox_;  // filled by the reader thread
   std::thread reader_;
 };
 

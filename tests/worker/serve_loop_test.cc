@@ -6,12 +6,11 @@
 
 #include <gtest/gtest.h>
 
-#include <condition_variable>
-#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
 
+#include "core/message_queue.h"
 #include "routing/expert_load.h"
 #include "routing/fault_injection.h"
 #include "tests/worker/test_models.h"
@@ -26,46 +25,26 @@ using std::chrono::milliseconds;
 class FakeControl final : public ControlStream {
  public:
   bool Send(const v1::WorkerMessage& m) override {
+    if (inbox_.closed()) return false;
     std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) return false;
     sent_.push_back({Clock::now(), m});
     return true;
   }
-  std::optional<v1::CoordinatorMessage> Next(milliseconds wait) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, wait, [&] { return !inbox_.empty() || closed_; });
-    if (inbox_.empty()) return std::nullopt;
-    v1::CoordinatorMessage m = std::move(inbox_.front());
-    inbox_.pop_front();
-    return m;
-  }
-  bool closed() const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return closed_;
-  }
-  std::string close_reason() const override { return "the test dropped the control stream"; }
+  std::optional<v1::CoordinatorMessage> Next(milliseconds wait) override { return inbox_.Pop(wait); }
+  bool closed() const override { return inbox_.closed(); }
+  std::string close_reason() const override { return inbox_.close_reason(); }
 
-  void Push(const v1::CoordinatorMessage& m) {
-    std::lock_guard<std::mutex> lock(mu_);
-    inbox_.push_back(m);
-    cv_.notify_all();
-  }
-  void Close() {
-    std::lock_guard<std::mutex> lock(mu_);
-    closed_ = true;
-    cv_.notify_all();
-  }
+  void Push(const v1::CoordinatorMessage& m) { inbox_.Push(m); }
+  void Close() { inbox_.Close("the test dropped the control stream"); }
   std::vector<std::pair<Clock::time_point, v1::WorkerMessage>> Sent() const {
     std::lock_guard<std::mutex> lock(mu_);
     return sent_;
   }
 
  private:
+  MessageQueue<v1::CoordinatorMessage> inbox_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<v1::CoordinatorMessage> inbox_;
   std::vector<std::pair<Clock::time_point, v1::WorkerMessage>> sent_;
-  bool closed_ = false;
 };
 
 v1::CoordinatorMessage Admit(uint64_t sequence, std::vector<int32_t> prompt, int64_t max_new) {
