@@ -79,11 +79,30 @@ absl::Status ReadOptional(const YAML::Node& node, const std::string& source, con
   return absl::OkStatus();
 }
 
+// An optional map of decode batch (>= 1) to a positive share.
+absl::Status ReadShares(const YAML::Node& node, const std::string& source, const char* key, std::map<int64_t, double>& out) {
+  const YAML::Node shares = node[key];
+  if (!shares || shares.IsNull()) return absl::OkStatus();
+  if (!shares.IsMap()) return KeyError(source, key, "must map decode batch to a share");
+  for (const auto& kv : shares) {
+    try {
+      const int64_t batch = kv.first.as<int64_t>();
+      const double share = kv.second.as<double>();
+      if (batch < 1 || !(share > 0)) throw YAML::Exception(YAML::Mark(), "range");
+      out[batch] = share;
+    } catch (const YAML::Exception&) {
+      return KeyError(source, key, "must map batch sizes (>= 1) to positive shares");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<HardwareSpec> ParseHardware(const YAML::Node& node, const std::string& source) {
   RETURN_IF_ERROR(CheckKeys(node, source, "",
                             {"name", "kind", "memory_gib", "memory_gb", "memory_bandwidth_gb_s", "bf16_tflops", "fp8_tflops",
                              "intra_node_gb_s", "nic_gb_s", "nic_latency_us", "kernel_tier", "threads", "fp32_tflops",
-                             "prefill_gflops", "decode_share_of_roofline", "intra_node_latency_us"}));
+                             "prefill_gflops", "decode_share_of_roofline", "intra_node_latency_us", "node_threads",
+                             "node_memory_bandwidth_gb_s", "node_decode_share_of_roofline"}));
   HardwareSpec h;
   double bandwidth_gb_s = 0, bf16_tflops = 0, intra_gb_s = 0, nic_gb_s = 0, nic_latency_us = 0;
   std::optional<double> fp8_tflops, memory_gib, memory_gb;
@@ -132,19 +151,15 @@ absl::StatusOr<HardwareSpec> ParseHardware(const YAML::Node& node, const std::st
   h.fp32_flops = fp32_tflops * 1e12;
   h.prefill_flops_achieved = prefill_gflops * 1e9;
   h.intra_node_latency_s = intra_latency_us * 1e-6;
-  if (const YAML::Node shares = node["decode_share_of_roofline"]; shares && !shares.IsNull()) {
-    if (!shares.IsMap()) return KeyError(source, "decode_share_of_roofline", "must map decode batch to a share");
-    for (const auto& kv : shares) {
-      try {
-        const int64_t batch = kv.first.as<int64_t>();
-        const double share = kv.second.as<double>();
-        if (batch < 1 || !(share > 0)) throw YAML::Exception(YAML::Mark(), "range");
-        h.decode_share_of_roofline[batch] = share;
-      } catch (const YAML::Exception&) {
-        return KeyError(source, "decode_share_of_roofline", "must map batch sizes (>= 1) to positive shares");
-      }
-    }
+  RETURN_IF_ERROR(ReadShares(node, source, "decode_share_of_roofline", h.decode_share_of_roofline));
+  double node_gb_s = 0;
+  RETURN_IF_ERROR(Read(node, source, "node_threads", h.node_threads, false));
+  RETURN_IF_ERROR(Read(node, source, "node_memory_bandwidth_gb_s", node_gb_s, false));
+  if (h.node_threads < 0 || node_gb_s < 0) {
+    return KeyError(source, h.node_threads < 0 ? "node_threads" : "node_memory_bandwidth_gb_s", "must not be negative");
   }
+  h.node_memory_bandwidth = node_gb_s * 1e9;
+  RETURN_IF_ERROR(ReadShares(node, source, "node_decode_share_of_roofline", h.node_decode_share_of_roofline));
   return h;
 }
 

@@ -12,6 +12,9 @@
 //   prefill_gflops: 150        (the engine's prefill projections, achieved)
 //   decode_share_of_roofline: {1: 0.62, 8: 0.41}     (achieved decode tokens/s over the roofline, by batch)
 //   intra_node_latency_us: 12  (the expert all-to-all's fixed cost within a node)
+//   node_threads: 8            node_memory_bandwidth_gb_s: 60   node_decode_share_of_roofline: {1: 0.7}
+//                              (the same, measured with every core of the node busy: CPU devices of
+//                               one node share its memory bandwidth)
 //
 // Cluster file (cluster-configs/clusters/NAME.yaml):
 //   name: ...  nodes: 18  devices_per_node: 8
@@ -50,6 +53,11 @@ struct HardwareSpec {
   double prefill_flops_achieved = 0;   // the engine's prefill projections, FLOP/s
   std::map<int64_t, double> decode_share_of_roofline;  // by decode batch
   double intra_node_latency_s = 0;
+  // With every core of the node busy (node_threads of them): the memory bandwidth all of them
+  // together reach, and the decode share of that roofline.
+  int64_t node_threads = 0;
+  double node_memory_bandwidth = 0;
+  std::map<int64_t, double> node_decode_share_of_roofline;
 };
 
 // Plan settings a cluster preset may carry (a published deployment's own settings); each is

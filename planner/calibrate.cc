@@ -187,6 +187,17 @@ absl::StatusOr<std::string> CalibrateHardware(const std::vector<CalibrationFile>
         "`mpirun -np 2 daedalus bench-a2a --tokens 1,4096 --json` on one machine");
   }
 
+  // The device is the fewest threads measured; runs with more threads measure the node with
+  // every core busy (its devices share the memory bandwidth), kept apart.
+  double device_threads = engine[0].threads, node_threads = engine[0].threads;
+  for (const auto& r : engine) {
+    device_threads = std::min(device_threads, r.threads);
+    node_threads = std::max(node_threads, r.threads);
+  }
+  std::vector<EngineRun> node;
+  for (const auto& r : engine)
+    if (r.threads == node_threads && node_threads > device_threads) node.push_back(r);
+  std::erase_if(engine, [&](const EngineRun& r) { return r.threads != device_threads; });
   std::vector<std::string> engine_names;
   for (const auto& r : engine) engine_names.push_back(r.name);
   auto median = [&](auto field) {
@@ -214,15 +225,30 @@ absl::StatusOr<std::string> CalibrateHardware(const std::vector<CalibrationFile>
   absl::StrAppend(&out, "prefill_gflops: ", Num(median([](const EngineRun& r) { return r.prefill_gflops; })),
                   "  # bench prefill_gflops: the engine's prefill projections, ", Num(first.prefill_tokens),
                   "-token prompt (", src, ")\n");
-  std::vector<std::string> shares;
-  for (const auto& [batch, _] : first.decode_share) {
-    std::vector<double> v;
-    for (const auto& r : engine)
-      if (r.decode_share.contains(batch)) v.push_back(r.decode_share.at(batch));
-    shares.push_back(absl::StrCat(batch, ": ", Num(Median(v))));
+  auto shares = [](const std::vector<EngineRun>& runs) {
+    std::vector<std::string> out;
+    for (const auto& [batch, _] : runs[0].decode_share) {
+      std::vector<double> v;
+      for (const auto& r : runs)
+        if (r.decode_share.contains(batch)) v.push_back(r.decode_share.at(batch));
+      out.push_back(absl::StrCat(batch, ": ", Num(Median(v))));
+    }
+    return absl::StrCat("{", absl::StrJoin(out, ", "), "}");
+  };
+  absl::StrAppend(&out, "decode_share_of_roofline: ", shares(engine),
+                  "  # bench decode_share_of_roofline: decode tok/s over its roofline, by batch (", src, ")\n");
+  if (!node.empty()) {
+    std::vector<std::string> names;
+    std::vector<double> bw;
+    for (const auto& r : node) names.push_back(r.name), bw.push_back(r.bandwidth_gbs);
+    const std::string node_src = From(names);
+    absl::StrAppend(&out, "node_threads: ", Num(node_threads), "  # bench machine.threads with every core busy (", node_src,
+                    ")\n");
+    absl::StrAppend(&out, "node_memory_bandwidth_gb_s: ", Num(Median(bw)),
+                    "  # bench bandwidth_gbs with every core busy: what the node's devices share (", node_src, ")\n");
+    absl::StrAppend(&out, "node_decode_share_of_roofline: ", shares(node),
+                    "  # bench decode_share_of_roofline with every core busy (", node_src, ")\n");
   }
-  absl::StrAppend(&out, "decode_share_of_roofline: {", absl::StrJoin(shares, ", "),
-                  "}  # bench decode_share_of_roofline: decode tok/s over its roofline, by batch (", src, ")\n");
 
   auto exchange = [&](const std::vector<ExchangeRun>& runs, const char* bandwidth_key, const char* latency_key,
                       const std::string& note) {

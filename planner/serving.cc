@@ -8,6 +8,16 @@
 
 namespace daedalus {
 
+double ShareAt(const std::map<int64_t, double>& shares, int64_t batch) {
+  auto hi = shares.lower_bound(batch);
+  if (hi == shares.begin()) return hi->second;
+  if (hi == shares.end()) return std::prev(hi)->second;
+  if (hi->first == batch) return hi->second;
+  const auto lo = std::prev(hi);
+  const double t = std::log(static_cast<double>(batch) / lo->first) / std::log(static_cast<double>(hi->first) / lo->first);
+  return lo->second + t * (hi->second - lo->second);
+}
+
 absl::StatusOr<Efficiency> CalibratedEfficiency(const HardwareSpec& hw, int64_t batch) {
   if (hw.prefill_flops_achieved <= 0 || hw.decode_share_of_roofline.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("hardware \"", hw.name,
@@ -27,26 +37,22 @@ absl::StatusOr<Efficiency> CalibratedEfficiency(const HardwareSpec& hw, int64_t 
     return e;
   }
   // Decode: the share of the roofline measured at the nearest batches, interpolated in log batch.
-  const auto& shares = hw.decode_share_of_roofline;
-  auto hi = shares.lower_bound(batch);
-  double share;
-  if (hi == shares.begin()) {
-    share = hi->second;
-  } else if (hi == shares.end()) {
-    share = std::prev(hi)->second;
-  } else if (hi->first == batch) {
-    share = hi->second;
-  } else {
-    const auto lo = std::prev(hi);
-    const double t = std::log(static_cast<double>(batch) / lo->first) / std::log(static_cast<double>(hi->first) / lo->first);
-    share = lo->second + t * (hi->second - lo->second);
-  }
+  const double share = ShareAt(hw.decode_share_of_roofline, batch);
   e.gemm = e.attention = e.memory_bandwidth = share;  // the roofline divided by the share
   return e;
 }
 
-absl::StatusOr<ServingPrediction> PredictServing(const ModelConfig& config, const ClusterConfig& cluster,
+absl::StatusOr<ServingPrediction> PredictServing(const ModelConfig& config, const ClusterConfig& given,
                                                  const Workload& base, const ServingLoad& load) {
+  // A node's devices step together and share its memory: where the hardware file has the
+  // node's figures (every core busy), each device's memory-bound work gets its part of the
+  // node's bandwidth at the share measured that way; its compute keeps the device's own figures.
+  ClusterConfig cluster = given;
+  HardwareSpec& hw = cluster.hardware;
+  const bool shared = hw.node_memory_bandwidth > 0 && cluster.devices_per_node > 1;
+  const auto& memory_shares =
+      shared && !hw.node_decode_share_of_roofline.empty() ? hw.node_decode_share_of_roofline : hw.decode_share_of_roofline;
+  if (shared) hw.memory_bandwidth = std::min(hw.memory_bandwidth, hw.node_memory_bandwidth / cluster.devices_per_node);
   if (load.concurrency < 1 || load.prompt_len < 1 || load.max_new_tokens < 1) {
     return absl::InvalidArgumentError("serving: concurrency, prompt length and new tokens must be >= 1");
   }
@@ -64,12 +70,14 @@ absl::StatusOr<ServingPrediction> PredictServing(const ModelConfig& config, cons
   decode.mtp_acceptance = -1;
   decode.busy_devices = p.busy_workers;
   ASSIGN_OR_RETURN(Efficiency de, CalibratedEfficiency(cluster.hardware, p.batch_per_worker));
+  if (shared) de.memory_bandwidth = ShareAt(memory_shares, p.batch_per_worker);
   ASSIGN_OR_RETURN(Plan d, MakePlan(config, cluster, decode, de, {}));
   Workload prefill = decode;
   prefill.phase = Phase::kPrefill;
   prefill.batch_per_device = 1;
   prefill.prompt_len = load.prompt_len;
   ASSIGN_OR_RETURN(Efficiency pe, CalibratedEfficiency(cluster.hardware, 0));
+  if (shared) pe.memory_bandwidth = memory_shares.begin()->second;
   ASSIGN_OR_RETURN(Plan f, MakePlan(config, cluster, prefill, pe, {}));
   p.decode_step_s = d.step_s;
   p.prefill_s = f.step_s;

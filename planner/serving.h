@@ -13,9 +13,13 @@
 // decode steps run at the calibrated share of the roofline for their batch (interpolated in
 // log batch between the measured ones), prefill GEMMs at the calibrated prefill GFLOP/s.
 // ITL = decode_step(b); TTFT = prefill(P) plus half a decode step (the wait for a step to start).
+// A CPU node's devices share its memory: with the node's figures in the hardware file (`bench`
+// with every core busy), each device's memory traffic runs at 1 / devices_per_node of the node's
+// bandwidth, at the decode share measured that way; its compute at its own measured figures.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -38,6 +42,9 @@ struct ServingPrediction {
   double output_tokens_per_s = 0, ttft_s = 0, itl_s = 0;
 };
 
+// The share measured at `batch`, interpolated in log batch between the nearest measured ones
+// (the end values beyond them).
+double ShareAt(const std::map<int64_t, double>& shares, int64_t batch);
 // The efficiencies of a calibrated hardware file for a decode step of `batch` or for prefill
 // (batch 0); InvalidArgument when the file has no measured figures.
 absl::StatusOr<Efficiency> CalibratedEfficiency(const HardwareSpec& hw, int64_t batch);

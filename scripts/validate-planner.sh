@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The planner against this machine: calibrate (bench --threads 1, bench-a2a at the model's
-# shapes), predict closed-loop serving of the `small` preset on `serve --workers 2` with
+# The planner against this machine: calibrate (bench --threads 1 for a worker, bench with every
+# core busy for the memory the workers share, bench-a2a at the model's shapes), predict
+# closed-loop serving of the `small` preset on `serve --workers 2` with
 # `plan --cluster cluster-configs/clusters/local.yaml --serve-concurrency`, measure it with
 # loadgen, and the same work under `mpirun -np 2 daedalus run --prompts` (no coordinator).
 # Prints predicted beside measured with the relative error: output tokens/s (the target), TTFT
 # p50 and ITL p50. Exits 1 when a throughput is off by more than the bound.
 #   scripts/validate-planner.sh            concurrency 1, 16, 64; every throughput within 15%
 #   scripts/validate-planner.sh --short    concurrency 16; `run --prompts` within 20% (CI); the
-#                                          serve figure is printed, not checked: on a 2-CPU
-#                                          machine the coordinator and the client share the
-#                                          workers' CPUs, which the planner does not model.
-#                                          Up to 3 attempts (this machine's speed drifts by
-#                                          ±20% between runs); each one is printed.
+#                                          serve figure is printed, not checked. Up to 3
+#                                          attempts (this machine's speed drifts by ±20%
+#                                          between runs); each one is printed.
+# CALIBRATED_OUT=FILE keeps the calibrated hardware file.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 d="${DAEDALUS:-$root/build/bin/daedalus}"
@@ -29,13 +29,16 @@ root_flag=""; [ "$(id -u)" = 0 ] && root_flag="--allow-run-as-root"
 "$d" make-model --preset small --out "$tmp/model" >/dev/null
 
 attempt() {
-  echo "== calibrating: bench --threads 1 (one worker = one thread), bench-a2a over 2 ranks"
+  echo "== calibrating: bench --threads 1 (one worker = one thread), bench --threads $(nproc) (every core busy:"
+  echo "   the workers share the memory bandwidth), bench-a2a over 2 ranks"
   OMP_NUM_THREADS=1 "$d" bench --model "$tmp/model" --threads 1 --json >"$tmp/bench.json" 2>"$tmp/bench.err"
+  OMP_NUM_THREADS=$(nproc) "$d" bench --model "$tmp/model" --threads "$(nproc)" --json >"$tmp/bench-node.json" 2>>"$tmp/bench.err"
   read -r hidden topk experts < <(python3 -c "import json; c=json.load(open('$tmp/model/config.json')); \
   print(c['hidden_size'], c['num_experts_per_tok'], c['n_routed_experts'])")
   OMP_NUM_THREADS=1 mpirun $root_flag --oversubscribe -np 2 "$d" bench-a2a --hidden "$hidden" --topk "$topk" \
     --experts "$experts" --tokens 1,64,1024 --json >"$tmp/a2a.json" 2>"$tmp/a2a.err"
-  "$d" plan --calibrate "$tmp/bench.json" "$tmp/a2a.json" --out "$tmp/hardware.yaml" >/dev/null
+  "$d" plan --calibrate "$tmp/bench.json" "$tmp/bench-node.json" "$tmp/a2a.json" --out "$tmp/hardware.yaml" >/dev/null
+  cp "$tmp/hardware.yaml" "${CALIBRATED_OUT:-/dev/null}"
   sed "s|^hardware:.*|hardware: $tmp/hardware.yaml|" "$root/cluster-configs/clusters/local.yaml" >"$tmp/local.yaml"
 
   echo "== measuring: serve --workers 2, loadgen at concurrency $levels (prompt $prompt, $new new tokens)"

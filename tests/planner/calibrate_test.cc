@@ -1,8 +1,8 @@
 // plan --calibrate on recorded `bench --json` outputs of three kernel tiers (avx2, avx512,
 // avx512bf16: one Zen 4 machine with DAEDALUS_CPU_ISA forcing each tier, the tiers users' CPUs
-// have) and `bench-a2a --json` over MPI and UCX on one host: the hardware files are the golden
-// ones, they load, and every number equals the measurement it names. Bad input is refused with
-// the file and the key named.
+// have), of one and of every thread of a machine, and `bench-a2a --json` over MPI and UCX on
+// one host: the hardware files are the golden ones, they load, and every number equals the
+// measurement it names. Bad input is refused with the file and the key named.
 #include "planner/calibrate.h"
 
 #include <gtest/gtest.h>
@@ -66,6 +66,35 @@ TEST_P(CalibrateTiers, WritesTheGoldenFileWhoseNumbersAreTheMeasurements) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiers, CalibrateTiers, ::testing::Values("avx2", "avx512", "avx512bf16"));
+
+// One machine's `bench` with one thread (a worker) and with two (every core busy): the device's
+// figures come from the first, the node's shared bandwidth and decode shares from the second.
+TEST(Calibrate, ARunWithEveryCoreBusyGivesTheNodeFigures) {
+  auto yaml = CalibrateHardware(
+      {File("bench-small-2threads.json"), File("bench-small-1thread.json"), File("a2a-mpi-1host.json")});
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_EQ(*yaml, Read(kData + "hardware-node.yaml"));
+  auto hw = ParseHardwareSpec(*yaml, "calibrated");
+  ASSERT_TRUE(hw.ok()) << hw.status();
+  const auto one = nlohmann::json::parse(Read(kData + "bench-small-1thread.json"));
+  const auto node = nlohmann::json::parse(Read(kData + "bench-small-2threads.json"));
+  auto near = [](double got, double want) { return std::abs(got - want) <= 5e-4 * std::abs(want); };
+  EXPECT_EQ(hw->threads, 1);
+  EXPECT_TRUE(near(hw->memory_bandwidth / 1e9, one["bandwidth_gbs"].get<double>()));
+  EXPECT_TRUE(near(hw->prefill_flops_achieved / 1e9, one["prefill_gflops"].get<double>()));
+  EXPECT_EQ(hw->node_threads, 2);
+  EXPECT_TRUE(near(hw->node_memory_bandwidth / 1e9, node["bandwidth_gbs"].get<double>()));
+  ASSERT_EQ(hw->node_decode_share_of_roofline.size(), node["decode_share_of_roofline"].size());
+  for (const auto& [batch, share] : node["decode_share_of_roofline"].items()) {
+    EXPECT_TRUE(near(hw->node_decode_share_of_roofline.at(std::stoll(batch)), share.get<double>())) << batch;
+    EXPECT_TRUE(near(hw->decode_share_of_roofline.at(std::stoll(batch)),
+                     one["decode_share_of_roofline"][batch].get<double>())) << batch;
+  }
+  // One thread count only: no node figures.
+  auto single = CalibrateHardware({File("bench-small-1thread.json"), File("a2a-mpi-1host.json")});
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ(single->find("node_threads"), std::string::npos);
+}
 
 TEST(Calibrate, SeveralRunsGiveTheMedianAndCrossHostRunsTheNic) {
   nlohmann::json a = nlohmann::json::parse(Read(kData + "bench-avx512bf16.json")), b = a, c = a;
