@@ -503,6 +503,9 @@ double ClusterState::ImbalanceLocked(const v1::Placement& placement) const {
 bool ClusterState::Rebalance() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!serving_locked()) return false;
+  // GPU workers place their experts once, at formation: they are never sent an update.
+  for (const auto& w : workers_)
+    if (w->info.device() != "cpu" && !w->info.device().empty()) return false;
   const v1::Placement current = placement_;
   const double before = ImbalanceLocked(current);
   ComputePlacementLocked();  // from the measured load

@@ -72,6 +72,8 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   auto next_load_report = Clock::now() + options.heartbeat_interval;
   bool stop = false, reregister = false, cluster_idle = false;
   std::optional<v1::PlacementUpdate> update;  // received, not yet applied
+  int64_t preparing = 0;                      // the version whose experts are being read (0: none)
+  bool prepared = false;                      // ... and they are ready
   absl::Status why = absl::OkStatus();
   ServeEnd end = ServeEnd::kShutdown;
   std::vector<TokenOut> tokens;
@@ -101,13 +103,34 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (!update || m.placement_update().version() > update->version()) update = m.placement_update();
     }
   };
-  // Applies the pending placement update at this step boundary when every rank holds the same
-  // one (`ranks_with` of them, versions summing to `version_sum`).
-  auto maybe_apply = [&](int64_t ranks_with, int64_t version_sum, int world) -> absl::Status {
-    if (!update || ranks_with != world || version_sum != world * update->version()) return absl::OkStatus();
-    if (!options.apply_placement) return absl::UnimplementedError("this worker cannot apply placement updates");
-    RETURN_IF_ERROR(options.apply_placement(update->placement()));
+  // Reads the newest update's experts in the background: starts when none is being read, and
+  // notes when that reading is done.
+  auto prepare = [&]() -> absl::Status {
+    if (!update) return absl::OkStatus();
+    if (!options.placement.prepare) return absl::UnimplementedError("this worker cannot apply placement updates");
+    if (preparing != 0 && !prepared) {
+      ASSIGN_OR_RETURN(prepared, options.placement.prepared());
+    }
+    if (preparing != update->version() && (preparing == 0 || prepared)) {
+      RETURN_IF_ERROR(options.placement.prepare(update->placement()));
+      preparing = update->version();
+      prepared = false;
+      ASSIGN_OR_RETURN(prepared, options.placement.prepared());
+    }
+    return absl::OkStatus();
+  };
+  auto ready = [&] { return update && preparing == update->version() && prepared; };
+  // Switches to the pending placement at this step boundary when every rank holds the same one
+  // (`ranks_with` of them, versions summing to `version_sum`) and has read its experts
+  // (`ranks_ready`).
+  auto maybe_apply = [&](int64_t ranks_with, int64_t version_sum, int64_t ranks_ready, int world) -> absl::Status {
+    if (!update || ranks_with != world || version_sum != world * update->version() || ranks_ready != world) {
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(options.placement.apply());
     update.reset();
+    preparing = 0;
+    prepared = false;
     return absl::OkStatus();
   };
 
@@ -117,12 +140,16 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (auto m = control.Next(transport ? options.idle_wait : std::chrono::milliseconds(50))) handle(*m);
     }
     while (auto m = control.Next(std::chrono::milliseconds(0))) handle(*m);
+    if (absl::Status s = prepare(); !s.ok()) {
+      why = s;
+      break;
+    }
     heartbeats.running = engine.pending();  // admitted sequences count before their first step
     if (control.closed() && !stop) reregister = true;
     bool stepped = false;
     if (transport != nullptr) {
       std::vector<int64_t> agree = {engine.pending(), stop ? 1 : 0, reregister ? 1 : 0, update ? 1 : 0,
-                                    update ? update->version() : 0};
+                                    update ? update->version() : 0, ready() ? 1 : 0};
       if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
           !s.ok()) {
         why = s;
@@ -132,7 +159,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         end = agree[1] > 0 ? ServeEnd::kShutdown : ServeEnd::kReregister;
         break;
       }
-      if (absl::Status s = maybe_apply(agree[3], agree[4], transport->world_size()); !s.ok()) {
+      if (absl::Status s = maybe_apply(agree[3], agree[4], agree[5], transport->world_size()); !s.ok()) {
         why = s;
         break;
       }
@@ -146,7 +173,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         end = stop ? ServeEnd::kShutdown : ServeEnd::kReregister;
         break;
       }
-      if (absl::Status s = maybe_apply(update ? 1 : 0, update ? update->version() : 0, 1); !s.ok()) {
+      if (absl::Status s = maybe_apply(update ? 1 : 0, update ? update->version() : 0, ready() ? 1 : 0, 1); !s.ok()) {
         why = s;
         break;
       }

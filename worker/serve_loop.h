@@ -17,9 +17,20 @@ struct ServeLoopOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   // While no rank has work, each waits this long for an admission before the ranks check again.
   std::chrono::milliseconds idle_wait{2};
-  // Applies a new expert placement (loads the experts it adds, switches the exchanges to it).
-  // Called between steps, on every rank at the same step. Unset: updates are refused.
-  std::function<absl::Status(const v1::Placement&)> apply_placement;
+  // Expert placement updates, in two halves so that no step waits for the checkpoint:
+  //  - prepare(placement): starts reading the experts it adds, off the step loop; returns at
+  //    once. Called when an update arrives and no earlier preparation is still running.
+  //  - prepared(): whether that reading is done (an error ends the worker).
+  //  - apply(): switches to the prepared placement (installs the experts, frees the ones no
+  //    longer placed here). Called between steps, on every rank at the same step, once every
+  //    rank has prepared the same version.
+  // Unset: updates are refused.
+  struct PlacementHooks {
+    std::function<absl::Status(const v1::Placement&)> prepare;
+    std::function<absl::StatusOr<bool>()> prepared;
+    std::function<absl::Status()> apply;
+  };
+  PlacementHooks placement;
 };
 
 // How a ServeLoop ended.

@@ -10,7 +10,8 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, ModelWeights& model) : ckpt_(ckpt), model_(model) {}
+  // Copies it makes (packed weights, scales) go to `owned`.
+  Loader(const Checkpoint& ckpt, std::vector<std::vector<uint8_t>>& owned) : ckpt_(ckpt), owned_(owned) {}
 
   absl::StatusOr<const TensorInfo*> Tensor(const std::string& name, const std::vector<int64_t>& shape) {
     ASSIGN_OR_RETURN(const TensorInfo* t, ckpt_.Get(name));
@@ -66,7 +67,7 @@ class Loader {
 
   // The panel-layout copy of a BF16 or FP8 weight; `data` no longer points anywhere.
   WeightView Pack(WeightView w) {
-    std::vector<uint8_t>& buf = model_.owned.emplace_back(PackedElements(w.rows, w.cols) * DTypeSize(w.dtype));
+    std::vector<uint8_t>& buf = owned_.emplace_back(PackedElements(w.rows, w.cols) * DTypeSize(w.dtype));
     if (w.dtype == DType::kBF16) PackBf16(w, reinterpret_cast<bf16*>(buf.data()));
     else PackFp8(w, buf.data());
     w.packed = buf.data();
@@ -87,7 +88,7 @@ class Loader {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", scale_name, " in ", s->file, ": expected dtype F32, found ",
                                                      DTypeName(s->dtype), " (block scales of ", name, ")"));
     }
-    std::vector<uint8_t>& buf = model_.owned.emplace_back(s->nbytes);
+    std::vector<uint8_t>& buf = owned_.emplace_back(s->nbytes);
     std::memcpy(buf.data(), s->data, s->nbytes);
     return reinterpret_cast<const float*>(buf.data());
   }
@@ -115,7 +116,7 @@ class Loader {
   template <typename Element>
   WeightView Copy(DType dtype, int64_t rows, int64_t cols, Element element) {
     if (dtype == DType::kF32) {
-      std::vector<uint8_t>& buf = model_.owned.emplace_back(static_cast<size_t>(rows * cols) * 4);
+      std::vector<uint8_t>& buf = owned_.emplace_back(static_cast<size_t>(rows * cols) * 4);
       auto* out = reinterpret_cast<float*>(buf.data());
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(i, j);
@@ -130,11 +131,19 @@ class Loader {
 
  private:
   const Checkpoint& ckpt_;
-  ModelWeights& model_;
+  std::vector<std::vector<uint8_t>>& owned_;
 };
 
-absl::Status LoadLayer(Loader& L, const ModelConfig& c, int64_t i, const ExpertFilter& want_expert,
+// Routed expert `e` of layer `i`, with the buffers it owns.
+absl::StatusOr<MlpWeights> ReadExpert(const Checkpoint& ckpt, const ModelConfig& c, int64_t i, int64_t e,
+                                      std::vector<std::vector<uint8_t>>& owned) {
+  Loader L(ckpt, owned);
+  return L.Mlp(absl::StrCat("model.layers.", i, ".mlp.experts.", e, "."), c.hidden_size, c.moe_intermediate_size);
+}
+
+absl::Status LoadLayer(Loader& L, ModelWeights& model, int64_t i, const ExpertFilter& want_expert,
                        LayerWeights& layer) {
+  const ModelConfig& c = model.config;
   const std::string p = absl::StrCat("model.layers.", i, ".");
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   ASSIGN_OR_RETURN(layer.input_layernorm, L.Vector(p + "input_layernorm.weight", D));
@@ -167,7 +176,7 @@ absl::Status LoadLayer(Loader& L, const ModelConfig& c, int64_t i, const ExpertF
   layer.experts.resize(c.n_routed_experts);
   for (int64_t e = 0; e < c.n_routed_experts; ++e) {
     if (want_expert && !want_expert(i, e)) continue;
-    ASSIGN_OR_RETURN(layer.experts[e], L.Mlp(absl::StrCat(m, "experts.", e, "."), D, c.moe_intermediate_size));
+    ASSIGN_OR_RETURN(layer.experts[e], ReadExpert(*model.checkpoint, c, i, e, model.expert_owned[{i, e}]));
   }
   if (c.n_shared_experts > 0) {
     ASSIGN_OR_RETURN(layer.shared_experts, L.Mlp(m + "shared_experts.", D, c.n_shared_experts * c.moe_intermediate_size));
@@ -226,7 +235,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
   ASSIGN_OR_RETURN(model->config, ModelConfig::Load((std::filesystem::path(dir) / "config.json").string()));
   ASSIGN_OR_RETURN(model->checkpoint, Checkpoint::Open(dir));
   const ModelConfig& c = model->config;
-  Loader L(*model->checkpoint, *model);
+  Loader L(*model->checkpoint, model->owned);
   // Rows of the embedding are looked up, not multiplied: it stays as stored (F32 or BF16).
   ASSIGN_OR_RETURN(model->embed_tokens, L.Raw("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
   if (model->embed_tokens.dtype == DType::kF8E4M3) {
@@ -240,7 +249,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
   // first missing tensor instead of allocating num_hidden_layers entries up front.
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights layer;
-    RETURN_IF_ERROR(LoadLayer(L, c, i, want_expert, layer));
+    RETURN_IF_ERROR(LoadLayer(L, *model, i, want_expert, layer));
     model->layers.push_back(std::move(layer));
   }
   return model;
@@ -250,18 +259,40 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
 
 namespace daedalus {
 
-absl::Status LoadMissingExperts(ModelWeights& model, const ExpertFilter& want) {
+absl::StatusOr<StagedExperts> ReadMissingExperts(const ModelWeights& model, const ExpertFilter& want) {
   const ModelConfig& c = model.config;
-  Loader L(*model.checkpoint, model);
+  StagedExperts staged;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    LayerWeights& layer = model.layers[i];
+    const LayerWeights& layer = model.layers[i];
     if (!layer.moe) continue;
     for (int64_t e = 0; e < c.n_routed_experts; ++e) {
       if (layer.experts[e].gate_proj.rows > 0 || !want(i, e)) continue;
-      ASSIGN_OR_RETURN(layer.experts[e], L.Mlp(absl::StrCat("model.layers.", i, ".mlp.experts.", e, "."), c.hidden_size,
-                                               c.moe_intermediate_size));
+      StagedExperts::Expert& x = staged.experts.emplace_back();
+      x.layer = i, x.expert = e;
+      ASSIGN_OR_RETURN(x.weights, ReadExpert(*model.checkpoint, c, i, e, x.owned));
     }
   }
+  return staged;
+}
+
+void InstallExperts(ModelWeights& model, StagedExperts staged, const ExpertFilter& keep) {
+  for (StagedExperts::Expert& x : staged.experts) {
+    model.layers[x.layer].experts[x.expert] = x.weights;
+    model.expert_owned[{x.layer, x.expert}] = std::move(x.owned);
+  }
+  for (int64_t i = 0; i < model.config.num_hidden_layers; ++i) {
+    LayerWeights& layer = model.layers[i];
+    for (int64_t e = 0; e < static_cast<int64_t>(layer.experts.size()); ++e) {
+      if (layer.experts[e].gate_proj.rows == 0 || keep(i, e)) continue;
+      layer.experts[e] = MlpWeights{};
+      model.expert_owned.erase({i, e});
+    }
+  }
+}
+
+absl::Status LoadMissingExperts(ModelWeights& model, const ExpertFilter& want) {
+  ASSIGN_OR_RETURN(StagedExperts staged, ReadMissingExperts(model, want));
+  InstallExperts(model, std::move(staged), want);
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -65,14 +66,29 @@ struct ModelWeights {
 
   std::unique_ptr<Checkpoint> checkpoint;      // owns the mmapped files
   std::vector<std::vector<uint8_t>> owned;     // dequantized and transposed tensors
+  // The routed experts' own packed copies, by (layer, expert): freed with the expert.
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::vector<uint8_t>>> expert_owned;
 };
 
 // Which routed experts to load: (layer, expert) → true to load. Empty: all of them.
 using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 
-// Loads the routed experts `want` names that `model` does not hold yet (a new expert
-// placement), from the checkpoint it keeps open. Experts it no longer needs stay loaded (their
-// memory is bounded by the checkpoint's experts) and unused.
+// Routed experts read for a new placement, held apart from the model until installed.
+struct StagedExperts {
+  struct Expert {
+    int64_t layer = 0, expert = 0;
+    MlpWeights weights;
+    std::vector<std::vector<uint8_t>> owned;
+  };
+  std::vector<Expert> experts;
+};
+
+// Reads the routed experts `want` names that `model` does not hold, from the checkpoint it keeps
+// open, without changing `model`: safe on a thread of its own beside steps that use `model`.
+absl::StatusOr<StagedExperts> ReadMissingExperts(const ModelWeights& model, const ExpertFilter& want);
+// Installs `staged` (between steps) and frees every routed expert `keep` does not name.
+void InstallExperts(ModelWeights& model, StagedExperts staged, const ExpertFilter& keep);
+// Both at once: the model then holds exactly the routed experts `want` names.
 absl::Status LoadMissingExperts(ModelWeights& model, const ExpertFilter& want);
 
 // Loads `dir` (config.json + safetensors). Routed experts the filter rejects are not read at

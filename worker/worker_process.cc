@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -283,13 +284,37 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
       ServeLoopOptions loop;
       loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
-      loop.apply_placement = [&](const v1::Placement& update) -> absl::Status {
+      // Placement updates: the experts a new placement adds are read on a thread of their own
+      // while steps go on; the switch installs them and frees the ones no longer placed here.
+      // GPU workers are never sent one (the coordinator rebalances CPU clusters only).
+      struct Pending {
+        std::vector<Placement> next;
+        std::future<absl::StatusOr<StagedExperts>> staged;
+      };
+      std::optional<Pending> pending;
+      loop.placement.prepare = [&](const v1::Placement& update) -> absl::Status {
         if (backend) return absl::UnimplementedError("expert placement updates are not supported on GPU workers yet");
-        // The exchanges read `placements` by reference: assigning in place switches them.
         ASSIGN_OR_RETURN(std::vector<Placement> next, FromAssignment(update, config, world));
-        RETURN_IF_ERROR(LoadMissingExperts(
-            *weights, [&](int64_t layer, int64_t expert) { return next[layer].Holds(rank, static_cast<int32_t>(expert)); }));
-        for (size_t l = 0; l < placements.size(); ++l) placements[l] = std::move(next[l]);
+        ExpertFilter mine = [next, rank](int64_t layer, int64_t expert) {
+          return next[layer].Holds(rank, static_cast<int32_t>(expert));
+        };
+        pending = Pending{std::move(next), std::async(std::launch::async, [&weights, mine] {
+                            return ReadMissingExperts(*weights, mine);
+                          })};
+        return absl::OkStatus();
+      };
+      loop.placement.prepared = [&]() -> absl::StatusOr<bool> {
+        return pending && pending->staged.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+      };
+      loop.placement.apply = [&]() -> absl::Status {
+        if (!pending) return absl::InternalError("no prepared placement to apply");
+        ASSIGN_OR_RETURN(StagedExperts staged, pending->staged.get());
+        const std::vector<Placement>& next = pending->next;
+        InstallExperts(*weights, std::move(staged),
+                       [&](int64_t layer, int64_t expert) { return next[layer].Holds(rank, static_cast<int32_t>(expert)); });
+        // The exchanges read `placements` by reference: assigning in place switches them.
+        for (size_t l = 0; l < placements.size(); ++l) placements[l] = next[l];
+        pending.reset();
         return absl::OkStatus();
       };
       DropOnSignal dropper(drop_on_signal, *control);

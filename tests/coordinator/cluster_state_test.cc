@@ -372,6 +372,23 @@ TEST_F(ClusterStateTest, RebalancesFromMeasuredLoadOnlyWhenItHelps) {
   EXPECT_FALSE(state_->Rebalance());  // the same load again: no better placement
 }
 
+// GPU workers place their experts at formation only: the same skew sends them nothing.
+TEST_F(ClusterStateTest, NeverSendsAPlacementUpdateToGpuWorkers) {
+  CoordinatorOptions options;
+  options.redundant_experts = 2;
+  device_ = "cuda:0";
+  Form({1024, 1024}, options);
+  v1::StepEvents e;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    if (!config_.is_moe_layer(l)) continue;
+    for (int64_t x = 0; x < config_.n_routed_experts; ++x) e.add_expert_tokens(x == 11 ? 150 : 10);
+  }
+  state_->OnEvents(0, generation_, e, now_);
+  EXPECT_FALSE(state_->Rebalance());
+  for (const auto& link : links_) EXPECT_EQ(link->Count(v1::CoordinatorMessage::kPlacementUpdate), 0);
+  EXPECT_EQ(state_->Status(now_).placement_version(), 0);
+}
+
 TEST(ValidateTest, NamesTheFieldAndWhy) {
   ModelConfig c = *PresetConfig("tiny");
   auto check = [&](auto edit, const std::string& field) {

@@ -59,6 +59,7 @@ class ClusterStateTest : public ::testing::Test {
     r.set_kv_capacity_tokens(capacity);
     r.set_kv_page_size(64);
     r.set_prefix_caching(prefix_caching_);
+    r.set_device(device_);
     auto g = state_->Register(r, now_);
     if (g.ok()) generation_ = g->generation;
     return g;
@@ -101,6 +102,7 @@ class ClusterStateTest : public ::testing::Test {
 
   int world_ = 2;
   bool prefix_caching_ = false;  // what the workers register with
+  std::string device_ = "cpu";
   ModelConfig config_;
   Metrics metrics_;
   std::unique_ptr<ClusterState> state_;

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <future>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -92,15 +94,16 @@ class TwoRanks {
       o.placements = &placements_;
       engines_[r] = std::make_unique<Engine>(w, o);
     }
-    options_.heartbeat_interval = heartbeat;
+    for (auto& o : options_) o.heartbeat_interval = heartbeat;
   }
   ~TwoRanks() { Join(); }
 
   FakeControl& control(int r) { return control_[r]; }
+  ServeLoopOptions& options(int r) { return options_[r]; }  // before Start
   void Start() {
     for (int r = 0; r < 2; ++r) {
       threads_[r] = std::thread([this, r] {
-        end_[r] = ServeLoop(*engines_[r], transports_[r].get(), control_[r], options_);
+        end_[r] = ServeLoop(*engines_[r], transports_[r].get(), control_[r], options_[r]);
         ended_at_[r] = Clock::now();
       });
     }
@@ -141,7 +144,7 @@ class TwoRanks {
   std::unique_ptr<Transport> transports_[2];
   std::unique_ptr<Engine> engines_[2];
   FakeControl control_[2];
-  ServeLoopOptions options_;
+  ServeLoopOptions options_[2];
   std::thread threads_[2];
   absl::StatusOr<ServeEnd> end_[2];
   Clock::time_point ended_at_[2];
@@ -166,6 +169,83 @@ std::vector<std::vector<int32_t>> Reference(int n, int64_t max_new) {
   std::vector<std::vector<int32_t>> out;
   for (const Result& r : engine.RunToCompletion()) out.push_back(r.generated_ids);
   return out;
+}
+
+// A placement update whose experts take a while to read (rank 0: 600 ms, rank 1: 50 ms): steps
+// go on meanwhile (no gap between token events near the read's length) and every rank switches
+// in the same iteration once both have read. A newer version that arrives during the read is
+// read next, and only it is applied. The tokens are unchanged.
+TEST(ServeLoopPlacement, ExpertsAreReadOffTheStepLoopAndEveryRankSwitchesTogether) {
+  constexpr int kRequests = 2;
+  constexpr int64_t kNew = 200;
+  TwoRanks ranks(milliseconds(10000));
+  struct Rank {
+    std::future<void> reading;  // this rank's loop thread only
+    std::atomic<int> prepares{0}, applies{0};
+    std::atomic<int64_t> applied_ns{0};
+  };
+  Rank state[2];
+  auto ns = [] { return Clock::now().time_since_epoch().count(); };
+  for (int r = 0; r < 2; ++r) {
+    ServeLoopOptions& o = ranks.options(r);
+    Rank& me = state[r];
+    const milliseconds read_time(r == 0 ? 600 : 50);
+    o.placement.prepare = [&me, read_time](const v1::Placement&) -> absl::Status {
+      me.reading = std::async(std::launch::async, [read_time] { std::this_thread::sleep_for(read_time); });
+      ++me.prepares;
+      return absl::OkStatus();
+    };
+    o.placement.prepared = [&me]() -> absl::StatusOr<bool> {
+      return me.reading.valid() && me.reading.wait_for(milliseconds(0)) == std::future_status::ready;
+    };
+    o.placement.apply = [&me, ns]() -> absl::Status {
+      ++me.applies;
+      me.applied_ns = ns();
+      return absl::OkStatus();
+    };
+  }
+  // The update first, then the requests: they decode while rank 0 reads.
+  auto update = [](int64_t version) {
+    v1::CoordinatorMessage m;
+    m.mutable_placement_update()->set_version(version);
+    return m;
+  };
+  const int64_t sent_ns = ns();
+  for (int r = 0; r < 2; ++r) ranks.control(r).Push(update(1));
+  for (int i = 0; i < kRequests; ++i) ranks.control(i % 2).Push(Admit(100 + i, Prompt(i), kNew));
+  ranks.Start();
+  std::this_thread::sleep_for(milliseconds(200));  // rank 0 is still reading version 1
+  for (int r = 0; r < 2; ++r) ranks.control(r).Push(update(2));
+  ASSERT_TRUE(ranks.WaitFinished(kRequests, milliseconds(60000)));
+  const auto until = Clock::now() + milliseconds(10000);
+  while (Clock::now() < until && (state[0].applies == 0 || state[1].applies == 0)) std::this_thread::sleep_for(milliseconds(10));
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(state[r].applies, 1) << r;
+    EXPECT_EQ(state[r].prepares, 2) << r;  // version 1, then version 2
+    // Version 2's read on rank 0 starts after version 1's (600 ms) and takes 600 ms.
+    EXPECT_GE(state[r].applied_ns - sent_ns, std::chrono::nanoseconds(milliseconds(1200)).count()) << r;
+  }
+  EXPECT_LT(std::abs(state[0].applied_ns - state[1].applied_ns), std::chrono::nanoseconds(milliseconds(200)).count())
+      << "the same agreed iteration";
+  // Steps while rank 0 was reading: token events kept coming on its control stream.
+  const Clock::time_point sent_at{Clock::duration(sent_ns)};
+  Clock::time_point last = sent_at;
+  milliseconds widest(0);
+  int during = 0;
+  for (const auto& [at, m] : ranks.control(0).Sent()) {
+    if (m.events().tokens_size() == 0 || at < sent_at) continue;
+    widest = std::max(widest, std::chrono::duration_cast<milliseconds>(at - last));
+    last = at;
+    ++during;
+  }
+  EXPECT_GT(during, 10) << "steps during the read";
+  EXPECT_LT(widest, milliseconds(300)) << "a step waited for the read";
+  const auto tokens = ranks.Tokens();
+  const auto expected = Reference(kRequests, kNew);
+  for (int i = 0; i < kRequests; ++i) EXPECT_EQ(tokens.at(100 + i), expected[i]) << "request " << i;
+  ranks.control(0).Push(Shutdown(false));
+  ranks.Join();
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
 }
 
 // A slow rank that stays within the collective deadline only slows the cluster down: the
