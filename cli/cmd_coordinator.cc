@@ -105,7 +105,7 @@ Command AddCoordinatorCommand(CLI::App& app) {
 
 Command AddServeCommand(CLI::App& app) {
   struct Flags {
-    std::string model;
+    std::string model, transport = "mpi";
     int workers = 2, max_restarts = 10;
     double collective_timeout_s = 60;
     CoordinatorFlags coordinator;
@@ -116,6 +116,10 @@ Command AddServeCommand(CLI::App& app) {
   app.add_option("--workers", f->workers, "worker processes (MPI ranks)");
   app.add_option("--max-restarts", f->max_restarts, "times the workers are started again after they exit");
   app.add_option("--collective-timeout", f->collective_timeout_s, "workers: seconds a rank waits in a collective");
+  app.add_option("--transport", f->transport,
+                 "the workers' data plane: mpi (the world mpirun forms) or ucx (addresses exchanged through the "
+                 "coordinator)")
+      ->check(CLI::IsMember({"mpi", "ucx"}));
   f->coordinator.Register(app);
   f->engine.Register(app);
   return [f]() {
@@ -160,7 +164,8 @@ Command AddServeCommand(CLI::App& app) {
         "--kv-dtype", e.kv_dtype, "--kv-cache-tokens", absl::StrCat(e.kv_tokens), "--kv-cache-mib", absl::StrCat(e.kv_mib),
         "--page-size", absl::StrCat(e.page_size), "--prefix-caching", e.prefix_caching,
         "--max-batch-tokens", absl::StrCat(e.max_batch_tokens), "--prefill-chunk", absl::StrCat(e.prefill_chunk),
-        "--attention", e.attention,
+        "--attention", e.attention, "--transport", f->transport, "--device", e.device,
+        "--gpu-memory-fraction", absl::StrCat(e.gpu_memory_fraction), "--gpu-precision", e.gpu_precision,
         // The coordinator lives in this process: workers that lost it for this long have lost
         // their launcher too, and exit.
         "--reconnect-timeout", "30"};

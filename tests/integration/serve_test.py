@@ -78,6 +78,26 @@ def main():
                 serve.kill()
             if failures:
                 dump_logs(tmp, ["serve.log"])
+
+        # The UCX data plane in one command: the same tokens.
+        log = open(os.path.join(tmp, "serve-ucx.log"), "w")
+        serve = subprocess.Popen([d, "serve", "--model", model, "--workers", "2", "--transport", "ucx",
+                                  "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=log, text=True, env=ENV)
+        try:
+            line = serve.stdout.readline()
+            check(line.startswith("ready 127.0.0.1:"), "serve --transport ucx prints ready <address>", line)
+            address = line.split()[1] if line.startswith("ready") else ""
+            p = run([d, "generate", "--server", address, "--prompt-ids", "9,8,7,6", "--max-new-tokens", "12", "--json"])
+            got = lines(p.stdout)
+            check(p.returncode == 0 and got and got[0]["generated_ids"] == reference["generated_ids"],
+                  "serve --transport ucx: the tokens of `run`", p.stdout + p.stderr)
+            serve.send_signal(signal.SIGTERM)
+            check(serve.wait(timeout=30) == 0, "SIGTERM stops serve --transport ucx cleanly")
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+            if failures:
+                dump_logs(tmp, ["serve-ucx.log"])
     finish()
 
 
