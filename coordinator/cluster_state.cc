@@ -9,11 +9,12 @@
 namespace daedalus {
 
 ClusterState::ClusterState(ModelConfig config, std::string model_name, CoordinatorOptions options, Metrics* metrics)
-    : config_(std::move(config)), model_name_(std::move(model_name)), options_(std::move(options)), metrics_(metrics) {
-  measured_load_.resize(config_.num_hidden_layers);
-  for (int64_t l = 0; l < config_.num_hidden_layers; ++l)
-    if (config_.is_moe_layer(l)) measured_load_[l].assign(config_.n_routed_experts, 0);
-}
+    : config_(std::move(config)),
+      model_name_(std::move(model_name)),
+      options_(std::move(options)),
+      metrics_(metrics),
+      placement_(config_, PlacementOptions{options_.world_size, options_.ranks_per_node, options_.redundant_experts,
+                                           options_.placement_load, options_.rebalance_gain}) {}
 
 absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
   const std::string who = absl::StrCat("worker ", r.rank() < 0 ? std::string("(any rank)") : absl::StrCat("rank ", r.rank()), " (",
@@ -55,11 +56,10 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
       EndLocked(it++, "", absl::UnavailableError("the cluster's workers were relaunched"));
     }
     ++generation_;
-    placement_version_ = 0;
     launch_id_ = launch;
     workers_.assign(options_.world_size, std::nullopt);
     degraded_.clear();
-    ComputePlacementLocked();
+    placement_.Reset();
   }
   int rank = r.rank();
   if (rank < 0) {
@@ -98,7 +98,7 @@ absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, 
   if (generation != generation_) return absl::AbortedError("a newer launch replaced this one");
   v1::Assignment a;
   a.set_generation(generation_);
-  *a.mutable_placement() = placement_;
+  *a.mutable_placement() = placement_.placement();
   for (const auto& w : workers_) a.add_data_plane_addresses(w->info.data_plane_address());
   a.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
   a.set_rank(rank);
@@ -205,14 +205,7 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
     EndLocked(it, f.reason(),
               f.reason() == "error" ? absl::InternalError(absl::StrCat("worker rank ", rank, ": ", f.error())) : absl::OkStatus());
   }
-  // Expert load: [moe layer in order][expert].
-  int64_t at = 0;
-  for (auto& layer : measured_load_) {
-    for (auto& count : layer) {
-      if (at >= events.expert_tokens_size()) break;
-      count += events.expert_tokens(at++);
-    }
-  }
+  placement_.AddLoad(events.expert_tokens());  // [moe layer in order][expert]
   TryAdmitLocked();
 }
 
@@ -454,69 +447,16 @@ void ClusterState::EndLocked(std::map<uint64_t, Sequence>::iterator it, const st
   sequences_.erase(it);
 }
 
-void ClusterState::ComputePlacementLocked() {
-  bool measured = false;
-  for (const auto& layer : measured_load_)
-    for (int64_t c : layer) measured |= c > 0;
-  const ExpertLoad& load = measured ? measured_load_ : options_.placement_load;
-  placement_.Clear();
-  auto placed = PlaceLayers(load, config_.num_hidden_layers, config_.n_routed_experts, config_.n_group,
-                            options_.world_size, options_.ranks_per_node, options_.redundant_experts);
-  if (!placed.ok()) return;  // the coordinator checks the placement at start-up
-  for (const Placement& p : *placed) {
-    v1::LayerExperts* layer = placement_.add_layers();
-    for (const auto& experts : p.experts_on) *layer->add_experts_on()->mutable_experts() = {experts.begin(), experts.end()};
-  }
-}
-
-namespace {
-
-Placement FromProto(const v1::LayerExperts& layer, int world_size, int64_t n_experts) {
-  Placement p;
-  p.world_size = world_size;
-  p.replicas.assign(n_experts, {});
-  p.experts_on.assign(world_size, {});
-  for (int r = 0; r < layer.experts_on_size() && r < world_size; ++r) {
-    for (int32_t e : layer.experts_on(r).experts()) {
-      p.experts_on[r].push_back(e);
-      if (e >= 0 && e < n_experts) p.replicas[e].push_back(r);
-    }
-  }
-  return p;
-}
-
-}  // namespace
-
-double ClusterState::ImbalanceLocked(const v1::Placement& placement) const {
-  double worst = 1.0;
-  for (int64_t l = 0; l < config_.num_hidden_layers && l < placement.layers_size(); ++l) {
-    if (!config_.is_moe_layer(l)) continue;
-    const Placement p = FromProto(placement.layers(l), options_.world_size, config_.n_routed_experts);
-    std::vector<double> load(measured_load_[l].begin(), measured_load_[l].end());
-    double total = 0;
-    for (double v : load) total += v;
-    if (total > 0) worst = std::max(worst, p.Imbalance(load));
-  }
-  return worst;
-}
-
 bool ClusterState::Rebalance() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!serving_locked()) return false;
   // GPU workers place their experts once, at formation: they are never sent an update.
   for (const auto& w : workers_)
     if (w->info.device() != "cpu" && !w->info.device().empty()) return false;
-  const v1::Placement current = placement_;
-  const double before = ImbalanceLocked(current);
-  ComputePlacementLocked();  // from the measured load
-  const double after = ImbalanceLocked(placement_);
-  if (!(after < before * options_.rebalance_gain)) {
-    placement_ = current;
-    return false;
-  }
+  std::optional<v1::PlacementUpdate> update = placement_.Rebalance();
+  if (!update) return false;
   v1::CoordinatorMessage m;
-  m.mutable_placement_update()->set_version(++placement_version_);
-  *m.mutable_placement_update()->mutable_placement() = placement_;
+  *m.mutable_placement_update() = std::move(*update);
   for (auto& w : workers_) w->link->Send(m);
   return true;
 }
@@ -558,8 +498,8 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
   out.set_model(model_name_);
   out.set_vocab_size(config_.vocab_size);
   out.set_max_position_embeddings(config_.max_position_embeddings);
-  out.set_placement_version(placement_version_);
-  out.set_imbalance(ImbalanceLocked(placement_));
+  out.set_placement_version(placement_.version());
+  out.set_imbalance(placement_.Imbalance());
   for (const auto& w : workers_) {
     if (!w) continue;
     v1::WorkerStatus* ws = out.add_workers();
@@ -585,10 +525,11 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
     if (!config_.is_moe_layer(l)) continue;
     v1::LayerPlacement* lp = out.add_layers();
     lp->set_layer(static_cast<int32_t>(l));
-    if (l < placement_.layers_size()) {
-      for (const auto& on : placement_.layers(l).experts_on()) *lp->add_experts_on()->mutable_experts() = on.experts();
+    const v1::Placement& placed = placement_.placement();
+    if (l < placed.layers_size()) {
+      for (const auto& on : placed.layers(l).experts_on()) *lp->add_experts_on()->mutable_experts() = on.experts();
     }
-    *lp->mutable_expert_tokens() = {measured_load_[l].begin(), measured_load_[l].end()};
+    *lp->mutable_expert_tokens() = {placement_.measured()[l].begin(), placement_.measured()[l].end()};
   }
   out.set_queued(static_cast<int64_t>(queue_.size()));
   if (metrics_) {

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/metrics.h"
+#include "coordinator/placement_manager.h"
 #include "coordinator/request_channel.h"
 #include "core/model_config.h"
 #include "proto/cluster.pb.h"
@@ -152,9 +153,6 @@ class ClusterState {
   // Ends a sequence and forgets it; frees its reservation.
   void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
   void LoseLocked(int rank, const std::string& why);
-  void ComputePlacementLocked();
-  // Max over MoE layers of the imbalance of `placement` under the measured load.
-  double ImbalanceLocked(const v1::Placement& placement) const;
   bool serving_locked() const;
   std::string state_detail_locked() const;
 
@@ -169,9 +167,7 @@ class ClusterState {
   std::string launch_id_;
   std::vector<std::optional<Worker>> workers_;  // by rank, of the current generation
   std::string degraded_;                        // why, when a worker of this generation was lost
-  v1::Placement placement_;                     // of the current generation
-  int64_t placement_version_ = 0;
-  ExpertLoad measured_load_;                    // summed over all reports, since start
+  PlacementManager placement_;                  // of the current generation, and the measured load
   std::map<uint64_t, Sequence> sequences_;      // queued or admitted
   std::deque<uint64_t> queue_;                  // waiting for admission, in arrival order
   uint64_t next_sequence_ = 1;

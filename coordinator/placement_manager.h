@@ -1,0 +1,55 @@
+// The coordinator's expert placement: which ranks hold which routed experts, computed from the
+// expert load the workers report (or, before any report, the --placement-from load), versioned
+// within a generation of the cluster, and replaced only when a new one lowers the imbalance
+// enough. Not thread-safe: ClusterState holds it under its mutex.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "core/model_config.h"
+#include "proto/cluster.pb.h"
+#include "routing/expert_load.h"
+
+namespace daedalus {
+
+struct PlacementOptions {
+  int world_size = 1;
+  int ranks_per_node = 0;     // > 0: whole routing groups per node
+  int redundant_experts = 0;  // extra replicas of hot experts
+  ExpertLoad initial_load;    // --placement-from; empty: uniform
+  // A new placement is adopted when its imbalance is below this fraction of the current one's.
+  double rebalance_gain = 0.9;
+};
+
+class PlacementManager {
+ public:
+  PlacementManager(const ModelConfig& config, PlacementOptions options);
+
+  // A new generation: version 0, placed from the measured load if any was reported, else from
+  // the initial load.
+  void Reset();
+  // Adds a step's expert token counts: for each MoE layer in order, one count per expert.
+  void AddLoad(const google::protobuf::RepeatedField<int64_t>& expert_tokens);
+  // Places again from the measured load; when that lowers the imbalance below rebalance_gain
+  // of the current one, adopts it and returns the update to send (the next version).
+  std::optional<v1::PlacementUpdate> Rebalance();
+
+  const v1::Placement& placement() const { return placement_; }
+  int64_t version() const { return version_; }
+  const ExpertLoad& measured() const { return measured_; }
+  // Max over MoE layers of the current placement's imbalance under the measured load (1: even).
+  double Imbalance() const { return ImbalanceOf(placement_); }
+
+ private:
+  v1::Placement Compute() const;
+  double ImbalanceOf(const v1::Placement& placement) const;
+
+  const ModelConfig& config_;
+  const PlacementOptions options_;
+  v1::Placement placement_;
+  int64_t version_ = 0;
+  ExpertLoad measured_;  // summed over every report since start
+};
+
+}  // namespace daedalus
