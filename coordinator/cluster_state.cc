@@ -80,7 +80,7 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
   slot->info = r;
   slot->info.set_rank(rank);
   slot->info.set_world_size(options_.world_size);
-  slot->last_heard = slot->progress_at = now;
+  slot->health.Restart(now);
   formed_.notify_all();
   return Registration{generation_, rank};
 }
@@ -117,7 +117,7 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
   if (w.state != WorkerState::kLoading) return absl::AlreadyExistsError(absl::StrCat("worker rank ", rank, " is already attached"));
   w.state = WorkerState::kReady;
   w.link = std::move(link);
-  w.last_heard = w.progress_at = now;
+  w.health.Restart(now);
   if (!degraded_.empty()) {  // a peer was lost meanwhile: this one must go too
     v1::CoordinatorMessage m;
     m.mutable_shutdown()->set_reason(degraded_);
@@ -161,8 +161,7 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
   std::lock_guard<std::mutex> lock(mu_);
   if (generation != generation_ || !workers_[rank]) return;
   Worker& w = *workers_[rank];
-  w.last_heard = now;
-  if (events.tokens_size() > 0 || events.finished_size() > 0) w.progress_at = now;  // events come from steps
+  w.health.Heard(now, events.tokens_size() > 0 || events.finished_size() > 0);  // events come from steps
   // Names first: a sequence's first token below ends its pending names, which these replace.
   for (uint64_t name : events.prefix_pages_removed()) w.prefix_pages.erase(name);
   for (uint64_t name : events.prefix_pages_added()) w.prefix_pages.insert(name);
@@ -212,38 +211,16 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
 void ClusterState::OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) return;
-  Worker& w = *workers_[rank];
-  w.last_heard = now;
-  if (heartbeat.step() != w.step) {
-    w.step = heartbeat.step();
-    w.progress_at = now;
-  }
-  w.reported_running = heartbeat.running();
+  workers_[rank]->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
 }
 
 void ClusterState::CheckDeadlines(Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
+  const WorkerHealth::Limits limits{options_.heartbeat_timeout, options_.stall_timeout};
   for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
     auto& w = workers_[r];
     if (!w || w->state != WorkerState::kReady) continue;
-    const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - w->last_heard);
-    if (silent > options_.heartbeat_timeout) {
-      LoseLocked(r, absl::StrCat("no heartbeat for ", silent.count(), " ms (limit ", options_.heartbeat_timeout.count(), " ms)"));
-      continue;
-    }
-    // Stalled: sequences to run, heartbeats arriving, but no step finished. An idle worker is
-    // not stalled, so its clock restarts whenever it is seen idle.
-    const int64_t busy = std::max(w->running, w->reported_running);
-    if (busy == 0 || options_.stall_timeout.count() <= 0) {
-      w->progress_at = now;
-      continue;
-    }
-    const auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(now - w->progress_at);
-    if (stalled > options_.stall_timeout) {
-      LoseLocked(r, absl::StrCat("heartbeats arrive but no step has finished for ", stalled.count(), " ms with ", busy,
-                                 " sequences to run (step ", w->step, "; limit ", options_.stall_timeout.count(),
-                                 " ms, --stall-timeout)"));
-    }
+    if (std::string why = w->health.Check(w->running, now, limits); !why.empty()) LoseLocked(r, why);
   }
   std::vector<uint64_t> expired;
   for (uint64_t id : queue_) {
@@ -512,7 +489,7 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
     ws->set_kv_dtype(w->info.kv_dtype().empty() ? "bf16" : w->info.kv_dtype());
     ws->set_kv_used_tokens(w->kv_reserved);
     ws->set_running(w->running);
-    ws->set_last_heartbeat_age_s(std::chrono::duration<double>(now - w->last_heard).count());
+    ws->set_last_heartbeat_age_s(std::chrono::duration<double>(now - w->health.last_heard()).count());
     ws->set_prefix_caching(w->info.prefix_caching());
     ws->set_prompt_tokens(w->prompt_tokens);
     ws->set_prompt_tokens_cached(w->prompt_tokens_cached);

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/metrics.h"
 #include "coordinator/placement_manager.h"
+#include "coordinator/worker_health.h"
 #include "coordinator/request_channel.h"
 #include "core/model_config.h"
 #include "proto/cluster.pb.h"
@@ -116,12 +117,9 @@ class ClusterState {
     v1::RegisterRequest info;
     WorkerState state = WorkerState::kLoading;
     std::shared_ptr<WorkerLink> link;
-    Clock::time_point last_heard;
+    WorkerHealth health;
     int64_t kv_reserved = 0;  // tokens, page-rounded, of sequences admitted here
     int64_t running = 0;
-    int64_t step = -1;              // the step count of its last heartbeat
-    int64_t reported_running = 0;   // sequences its last heartbeat said it runs
-    Clock::time_point progress_at;  // its last step, or when it was last seen idle
     // Prefix caching: the content names of the full pages it holds cached (as reported), and
     // those of prompts admitted here whose first token has not come back yet (their pages are
     // being computed), counted by sequence.
