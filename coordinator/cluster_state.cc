@@ -368,35 +368,15 @@ int64_t ClusterState::CachedPrefixPagesLocked(const Worker& w, const Sequence& s
 }
 
 int ClusterState::ChooseWorkerLocked(const Sequence& s, int64_t need) {
-  // Attention sharding: the worker with the most free KV capacity, ties by fewest running
-  // sequences, then by fewest cached pages (so that distinct prefixes spread), then by rank;
-  // with prefix caching, first the worker holding the longest cached prefix (ties the same way)
-  // unless it is busier than the least busy by the slack.
-  int most_free = -1, holder = -1;
-  int64_t longest = 0, least_running = 0;
-  auto free_of = [&](int r) { return workers_[r]->info.kv_capacity_tokens() - workers_[r]->kv_reserved; };
-  auto roomier = [&](int r, int than) {
-    if (than < 0) return true;
-    const Worker &a = *workers_[r], &b = *workers_[than];
-    if (free_of(r) != free_of(than)) return free_of(r) > free_of(than);
-    if (a.running != b.running) return a.running < b.running;
-    return a.prefix_pages.size() < b.prefix_pages.size();
-  };
-  for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
-    if (free_of(r) < need) continue;
-    least_running = most_free < 0 ? workers_[r]->running : std::min(least_running, workers_[r]->running);
-    if (roomier(r, most_free)) most_free = r;
-    const int64_t held = CachedPrefixPagesLocked(*workers_[r], s);
-    if (held > longest || (held == longest && held > 0 && roomier(r, holder))) {
-      holder = r;
-      longest = held;
-    }
+  std::vector<ShardCandidate> candidates(workers_.size());
+  for (size_t r = 0; r < workers_.size(); ++r) {
+    const Worker& w = *workers_[r];
+    candidates[r] = {w.info.kv_capacity_tokens() - w.kv_reserved, w.running, static_cast<int64_t>(w.prefix_pages.size()),
+                     CachedPrefixPagesLocked(w, s)};
   }
-  if (holder >= 0 && workers_[holder]->running < least_running + options_.prefix_route_slack) {
-    ++workers_[holder]->prefix_routed;
-    return holder;
-  }
-  return most_free;
+  const ShardChoice choice = ChooseWorker(candidates, need, options_.prefix_route_slack);
+  if (choice.by_prefix) ++workers_[choice.rank]->prefix_routed;
+  return choice.rank;
 }
 
 void ClusterState::ClearPendingNamesLocked(Sequence& s) {

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/metrics.h"
 #include "coordinator/placement_manager.h"
+#include "coordinator/sharding.h"
 #include "coordinator/worker_health.h"
 #include "coordinator/request_channel.h"
 #include "core/model_config.h"
@@ -142,8 +143,8 @@ class ClusterState {
 
   int64_t Reservation(const v1::GenerateRequest& request) const;  // KV tokens, page-rounded
   void TryAdmitLocked();
-  // The worker for a request needing `need` KV tokens (-1: none has room): the one holding the
-  // longest cached prefix of its prompt, else the one with the most free KV.
+  // The worker for a request needing `need` KV tokens (-1: none has room), by ChooseWorker
+  // (coordinator/sharding.h) over the workers as they are now.
   int ChooseWorkerLocked(const Sequence& s, int64_t need);
   // Leading pages of the prompt that worker `w` holds or is computing.
   int64_t CachedPrefixPagesLocked(const Worker& w, const Sequence& s) const;
