@@ -2,7 +2,7 @@
 # Installs the Debian packages Daedalus builds with. Idempotent; silent when all are present.
 set -euo pipefail
 packages=(
-  build-essential cmake ninja-build pkg-config
+  build-essential cmake ninja-build pkg-config xz-utils
   libabsl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
   libopenblas-openmp-dev libopenmpi-dev openmpi-bin libyaml-cpp-dev libucx-dev ucx-utils iproute2
   slurmctld slurmd slurm-client munge
