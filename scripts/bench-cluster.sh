@@ -10,12 +10,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 d="$root/build/bin/daedalus"
 workers="${1:-2}" preset="${2:-tiny}" requests="${3:-512}"
 source "$root/scripts/lib/serve.sh"
-tmp="$(mktemp -d)"
-cleanup() {
-  stop_serve
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+serve_workdir
 "$d" make-model --preset "$preset" --out "$tmp/model" >/dev/null
 threads=$(( $(nproc) / workers )); [ "$threads" -ge 1 ] || threads=1
 

@@ -9,12 +9,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 d="$root/build/bin/daedalus"
 preset="${1:-small}" requests="${2:-256}" prompts="${3:-8}" length="${4:-1024}" workers=2
 source "$root/scripts/lib/serve.sh"
-tmp="$(mktemp -d)"
-cleanup() {
-  stop_serve
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+serve_workdir
 "$d" make-model --preset "$preset" --out "$tmp/model" >/dev/null
 
 for mode in on off; do

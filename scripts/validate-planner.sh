@@ -19,12 +19,7 @@ levels="1,16,64" bound=15 gate=all attempts=1
 [ "${1:-}" = "--short" ] && levels="16" bound=20 gate=run attempts=3
 prompt=128 new=64
 source "$root/scripts/lib/serve.sh"
-tmp="$(mktemp -d)"
-cleanup() {
-  stop_serve
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+serve_workdir
 root_flag=""; [ "$(id -u)" = 0 ] && root_flag="--allow-run-as-root"
 "$d" make-model --preset small --out "$tmp/model" >/dev/null
 

@@ -4,6 +4,8 @@
 #                            its "ready ADDRESS" line and sets serve_pid and serve_addr; when it
 #                            never comes, prints serve's stderr and exits 1.
 #   stop_serve               stops it and waits for it (nothing when none runs).
+#   serve_workdir            sets `tmp` to a new temporary folder; on exit, serve is stopped and
+#                            the folder removed.
 serve_pid="" serve_addr=""
 
 start_serve() {
@@ -21,4 +23,9 @@ stop_serve() {
   kill "$serve_pid" 2>/dev/null || true
   wait "$serve_pid" 2>/dev/null || true
   serve_pid=""
+}
+
+serve_workdir() {
+  tmp="$(mktemp -d)"
+  trap 'stop_serve; rm -rf "$tmp"' EXIT
 }

@@ -7,11 +7,10 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import tempfile
 import urllib.request
-from harness import ENV, check, failures, finish
+from harness import ENV, check, dump_logs, failures, finish, stop
 
 DASHBOARD = os.path.join(os.path.dirname(__file__), "..", "..", "cluster-configs", "grafana", "daedalus.json")
 
@@ -70,14 +69,9 @@ def main():
             hit = [s for s in series if s.startswith('daedalus_prompt_tokens_cached_total{')]
             check(any(int(s.split()[-1]) > 0 for s in hit), "the hit-rate panel has something to show", hit)
         finally:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
+            stop(serve)
             if failures:
-                err.seek(0)
-                print("--- serve stderr\n" + err.read()[-3000:])
+                dump_logs(tmp, ["serve.err"], 3000)
     finish()
 
 

@@ -3,6 +3,7 @@ runs, JSON lines, free loopback ports, polling with a deadline, and the tails of
 failure. Each test imports it from its own folder (the script's folder is on sys.path)."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,6 +75,16 @@ def wait_for(predicate, seconds, step=0.3):
             return value
         time.sleep(step)
     return predicate()
+
+
+def stop(proc, timeout=30):
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; its exit status."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def dump_logs(folder, names, chars=4000):

@@ -6,11 +6,10 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-from harness import ENV, check, failures, finish
+from harness import ENV, check, dump_logs, failures, finish, stop
 
 try:
     import openai
@@ -86,10 +85,10 @@ def main():
 
             # Stop strings: cut before the first occurrence; the sequence ends early.
             long = client.completions.create(model="daedalus", prompt=prompt, max_tokens=24, temperature=0).choices[0].text
-            stop = long[6:8]
-            cut = client.completions.create(model="daedalus", prompt=prompt, max_tokens=24, temperature=0, stop=[stop])
-            check(cut.choices[0].text == long[:long.index(stop)] and cut.choices[0].finish_reason == "stop",
-                  f"stop string {stop!r}: text up to it, finish_reason stop", (cut.choices[0].text, long))
+            stop_string = long[6:8]
+            cut = client.completions.create(model="daedalus", prompt=prompt, max_tokens=24, temperature=0, stop=[stop_string])
+            check(cut.choices[0].text == long[:long.index(stop_string)] and cut.choices[0].finish_reason == "stop",
+                  f"stop string {stop_string!r}: text up to it, finish_reason stop", (cut.choices[0].text, long))
 
             # Chat, with DeepSeek-V3's format.
             messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
@@ -169,14 +168,9 @@ def main():
                   16 * 128 >= level.get("cached_tokens", 0) >= 8 * 128,
                   "loadgen counts the cached prompt tokens: at least half the shared ones", lg.stdout + lg.stderr)
         finally:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
+            stop(serve)
             if failures:
-                err.seek(0)
-                print("--- serve stderr\n" + err.read()[-3000:])
+                dump_logs(tmp, ["serve.err"], 3000)
     finish()
 
 
