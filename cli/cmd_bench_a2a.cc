@@ -56,7 +56,7 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> ConnectUcx(Transport& mpi) {
     addresses.emplace_back(reinterpret_cast<const char*>(recv.data() + at), n);
     at += n;
   }
-  RETURN_IF_ERROR(ucx->Connect(mpi.rank(), addresses));
+  RETURN_IF_ERROR(ucx->Connect(mpi.rank(), addresses, 0));
   return ucx;
 }
 

@@ -107,7 +107,7 @@ Command AddServeCommand(CLI::App& app) {
   struct Flags {
     std::string model, transport = "mpi";
     int workers = 2, max_restarts = 10;
-    double collective_timeout_s = 60;
+    double collective_timeout_s = 60, relaunch_delay_s = 0.5;
     CoordinatorFlags coordinator;
     EngineFlags engine;
   };
@@ -115,10 +115,13 @@ Command AddServeCommand(CLI::App& app) {
   app.add_option("--model", f->model, "checkpoint directory (default: a generated tiny model)");
   app.add_option("--workers", f->workers, "worker processes (MPI ranks)");
   app.add_option("--max-restarts", f->max_restarts, "times the workers are started again after they exit");
+  app.add_option("--relaunch-delay", f->relaunch_delay_s,
+                 "seconds before a worker that exited is started again (ucx: it joins the running cluster)");
   app.add_option("--collective-timeout", f->collective_timeout_s, "workers: seconds a rank waits in a collective");
   app.add_option("--transport", f->transport,
-                 "the workers' data plane: mpi (the world mpirun forms) or ucx (addresses exchanged through the "
-                 "coordinator)")
+                 "the workers' data plane: mpi (the world mpirun forms; a lost worker restarts them all) or ucx "
+                 "(one process per worker, addresses exchanged through the coordinator; elastic: a lost worker's "
+                 "requests continue on the others, and it joins again when restarted)")
       ->check(CLI::IsMember({"mpi", "ucx"}));
   f->coordinator.Register(app);
   f->engine.Register(app);
@@ -175,7 +178,9 @@ Command AddServeCommand(CLI::App& app) {
     if (!f->coordinator.tls_cert.empty()) worker_args.insert(worker_args.end(), {"--tls-ca", f->coordinator.tls_cert});
     const int cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
     const int threads = e.threads > 0 ? e.threads : std::max(1, cores / f->workers);
-    WorkerLauncher launcher(f->workers, threads, worker_args, f->max_restarts);
+    WorkerLauncher launcher(WorkerLaunchOptions{
+        f->workers, threads, worker_args, f->max_restarts, f->transport == "ucx",
+        std::chrono::milliseconds(static_cast<int64_t>(f->relaunch_delay_s * 1000))});
     launcher.Start();
     WaitForStop(signals, coordinator, [&] { return launcher.gave_up(); }, true);
     const bool failed = launcher.gave_up();

@@ -45,10 +45,39 @@ struct Level {
   std::vector<double> ttft_ms, itl_ms, latency_ms;
 };
 
+// With --trace: one JSON line per request when it ends (the request, its status, its tokens
+// and when each arrived, in seconds since the Unix epoch), for scripts that cut a run into
+// windows (scripts/bench-elastic.sh).
+class Trace {
+ public:
+  explicit Trace(const std::string& path) {
+    if (!path.empty()) out_.open(path);
+  }
+  bool open() const { return out_.is_open(); }
+  bool ok() const { return !out_.is_open() || out_.good(); }
+  void Write(const v1::GenerateRequest& r, const grpc::Status& s, double sent, const std::vector<int32_t>& ids,
+             const std::vector<double>& at) {
+    if (!out_.is_open()) return;
+    nlohmann::ordered_json j = {{"id", r.id()}, {"prompt_ids", r.prompt_ids()}, {"max_new_tokens", r.max_new_tokens()},
+                                {"ignore_eos", r.ignore_eos()}, {"status", StatusCodeName(s.error_code())},
+                                {"error", s.error_message()}, {"sent", sent}, {"generated_ids", ids}, {"token_times", at}};
+    std::lock_guard<std::mutex> lock(mu_);
+    out_ << j.dump() << "\n";
+  }
+
+ private:
+  std::mutex mu_;
+  std::ofstream out_;
+};
+
+double EpochSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
 // Runs `concurrency` closed-loop clients; each takes the next request from `next` until it
 // returns false.
 Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::function<bool(PlannedRequest&)>& next,
-               int concurrency, double timeout_s) {
+               int concurrency, double timeout_s, Trace& trace) {
   Level level;
   level.concurrency = concurrency;
   std::mutex mu;
@@ -64,6 +93,9 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::fu
       double ttft = -1;
       int64_t tokens = 0;
       bool finished = false;
+      const double sent_epoch = EpochSeconds();
+      std::vector<int32_t> ids;
+      std::vector<double> times;
       v1::Usage usage;
       auto reader = stub.Generate(&context, planned.request);
       v1::GenerateResponse response;
@@ -80,9 +112,17 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::fu
         }
         last = now;
         tokens += response.tokens_size();
+        if (trace.open()) {
+          const double at = EpochSeconds();
+          for (const auto& t : response.tokens()) {
+            ids.push_back(t.token_id());
+            times.push_back(at);
+          }
+        }
         if (planned.cancel_after_tokens > 0 && tokens >= planned.cancel_after_tokens) context.TryCancel();
       }
       grpc::Status s = reader->Finish();
+      trace.Write(planned.request, s, sent_epoch, ids, times);
       const double latency = std::chrono::duration<double, std::milli>(Clock::now() - sent).count();
       // No answer: a stream that ended OK without its last message, or one only our own safety
       // timeout ended (a request without a deadline of its own).
@@ -118,7 +158,7 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::fu
 Command AddLoadgenCommand(CLI::App& app) {
   struct Flags {
     ClientFlags client;
-    std::string concurrency = "1,16,64", write_prompts, mix;
+    std::string concurrency = "1,16,64", write_prompts, mix, trace;
     int64_t prompt_len = 128, max_new_tokens = 64, requests = 0, shared_prefix_len = 0, shared_prefixes = 0;
     uint64_t seed = 1;
     bool stop_at_eos = false, json = false;
@@ -140,6 +180,9 @@ Command AddLoadgenCommand(CLI::App& app) {
   app.add_option("--write-prompts", f->write_prompts,
                  "write the largest level's requests as a prompts file, to run the same work with `run --prompts`");
   app.add_flag("--json", f->json, "one JSON object per level");
+  app.add_option("--trace", f->trace,
+                 "write one JSON line per request as it ends: the request, its status, its generated ids and when each "
+                 "token arrived (seconds since the Unix epoch)");
   app.add_option("--timeout", f->timeout_s, "seconds before a call is abandoned");
   app.add_option("--duration", f->duration_s, "run each level for this many seconds instead of a number of requests");
   app.add_option("--mix", f->mix,
@@ -169,6 +212,8 @@ Command AddLoadgenCommand(CLI::App& app) {
       if (!s.ok()) return Fail(absl::StrCat("asking the cluster for its model: ", s.error_message()));
     }
     if (status.state() != "serving") return Fail(absl::StrCat("the cluster is ", status.state(), ": ", status.detail()));
+    Trace trace(f->trace);
+    if (!f->trace.empty() && !trace.open()) return Fail(absl::StrCat(f->trace, ": cannot write"));
     const std::string shared = f->shared_prefixes > 0 ? absl::StrCat(f->shared_prefixes, " shared prefixes of ",
                                                                      f->shared_prefix_len, " tokens + ")
                                                       : "";
@@ -217,7 +262,8 @@ Command AddLoadgenCommand(CLI::App& app) {
         }
         if (!out) return Fail(absl::StrCat(f->write_prompts, ": write failed"));
       }
-      Level l = RunLevel(**stub, f->client, next, c, f->timeout_s);
+      Level l = RunLevel(**stub, f->client, next, c, f->timeout_s, trace);
+      if (!trace.ok()) return Fail(absl::StrCat(f->trace, ": write failed"));
       int64_t failed = 0;
       std::string failures;
       for (const auto& [code, k] : l.failed) {

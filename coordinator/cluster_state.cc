@@ -1,6 +1,7 @@
 #include "coordinator/cluster_state.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/outcome.h"
@@ -35,6 +36,20 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
                                                       "; this coordinator serves --kv-dtype ", options_.kv_dtype));
   }
   std::lock_guard<std::mutex> lock(mu_);
+  if (elastic_locked() && serving_locked() && static_cast<int>(workers_.size()) < options_.world_size &&
+      r.transport() == "ucx" && (r.launch_id().empty() || r.launch_id() == launch_id_)) {
+    if (joining_) {
+      return absl::UnavailableError(absl::StrCat(who, ": worker ", joining_->info.host(), " pid ", joining_->info.pid(),
+                                                 " is joining the cluster; register again once it serves"));
+    }
+    const int rank = static_cast<int>(workers_.size());
+    joining_.emplace();
+    joining_->info = r;
+    joining_->info.set_rank(rank);
+    joining_->info.set_world_size(rank + 1);
+    joining_->health.Restart(now);
+    return Registration{generation_ + 1, rank};
+  }
   std::string launch = r.launch_id();
   if (launch.empty()) {
     // Workers started without a shared launch id (any launcher) form "anonymous" generations:
@@ -59,7 +74,12 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
     launch_id_ = launch;
     workers_.assign(options_.world_size, std::nullopt);
     degraded_.clear();
+    joining_.reset();
     placement_.Reset();
+  }
+  if (static_cast<int>(workers_.size()) != options_.world_size) {  // shrunk, and not serving just now
+    return absl::UnavailableError(absl::StrCat(who, ": launch ", launch, " serves with ", workers_.size(), " of ",
+                                               options_.world_size, " workers and is re-forming; register again"));
   }
   int rank = r.rank();
   if (rank < 0) {
@@ -87,6 +107,21 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
 
 absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, int rank, Clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (joining_ && generation == generation_ + 1 && rank == joining_->info.rank()) {
+    v1::Assignment a;
+    a.set_generation(generation);
+    *a.mutable_placement() = placement_.placement();
+    for (int64_t l = 0; l < a.placement().layers_size(); ++l) {  // it holds no expert yet
+      if (config_.is_moe_layer(l)) a.mutable_placement()->mutable_layers(static_cast<int>(l))->add_experts_on();
+    }
+    for (const auto& w : workers_) a.add_data_plane_addresses(w->info.data_plane_address());
+    a.add_data_plane_addresses(joining_->info.data_plane_address());
+    a.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
+    a.set_rank(rank);
+    a.set_world_size(rank + 1);
+    a.set_join(true);
+    return a;
+  }
   auto all_registered = [&] {
     return generation != generation_ || std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w.has_value(); });
   };
@@ -108,7 +143,34 @@ absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, 
 
 absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) {
+  if (joining_ && generation == generation_ + 1 && rank == joining_->info.rank() && rank == static_cast<int>(workers_.size())) {
+    // The joiner has its weights: the world grows by it at once, and experts move onto it next.
+    Worker w = std::move(*joining_);
+    joining_.reset();
+    w.state = WorkerState::kReady;
+    w.link = std::move(link);
+    w.hello_rank = rank;
+    w.hello_generation = generation;
+    w.health.Restart(now);
+    ++generation_;
+    placement_.AddRank();
+    const std::string what =
+        absl::StrCat("worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
+    workers_.push_back(std::move(w));
+    for (auto& peer : workers_) peer->info.set_world_size(rank + 1);
+    SendReformLocked(rank, what);
+    std::optional<v1::PlacementUpdate> update = placement_.Rebalance(/*force=*/true);
+    if (update) {
+      v1::CoordinatorMessage m;
+      *m.mutable_placement_update() = std::move(*update);
+      for (auto& peer : workers_) peer->link->Send(m);
+    }
+    std::fprintf(stderr, "daedalus: %s; the cluster serves with %d workers (generation %lld)%s\n", what.c_str(), rank + 1,
+                 static_cast<long long>(generation_), update ? "; experts move onto it in the background" : "");
+    TryAdmitLocked();
+    return absl::OkStatus();
+  }
+  if (generation != generation_ || rank < 0 || rank >= static_cast<int>(workers_.size()) || !workers_[rank]) {
     return absl::FailedPreconditionError(
         absl::StrCat("worker rank ", rank, " of generation ", generation, " is not registered in the current generation ",
                      generation_));
@@ -117,6 +179,8 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
   if (w.state != WorkerState::kLoading) return absl::AlreadyExistsError(absl::StrCat("worker rank ", rank, " is already attached"));
   w.state = WorkerState::kReady;
   w.link = std::move(link);
+  w.hello_rank = rank;
+  w.hello_generation = generation;
   w.health.Restart(now);
   if (!degraded_.empty()) {  // a peer was lost meanwhile: this one must go too
     v1::CoordinatorMessage m;
@@ -127,20 +191,57 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
   return absl::OkStatus();
 }
 
-void ClusterState::Lose(int rank, int64_t generation, const std::string& why) {
+void ClusterState::Lose(int hello_rank, int64_t generation, const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) return;
-  if (workers_[rank]->state == WorkerState::kLost) return;
+  int rank = -1;
+  Worker* w = FindLocked(hello_rank, generation, &rank);
+  if (w == nullptr || w->state == WorkerState::kLost) return;
   LoseLocked(rank, why);
+}
+
+ClusterState::Worker* ClusterState::FindLocked(int hello_rank, int64_t generation, int* rank) {
+  for (size_t r = 0; r < workers_.size(); ++r) {
+    auto& w = workers_[r];
+    if (!w || w->hello_rank != hello_rank || w->hello_generation != generation) continue;
+    if (rank != nullptr) *rank = static_cast<int>(r);
+    return &*w;
+  }
+  return nullptr;
+}
+
+bool ClusterState::elastic_locked() const {
+  return !workers_.empty() && std::all_of(workers_.begin(), workers_.end(), [](const auto& w) {
+    return w && w->info.transport() == "ucx" && (w->info.device().empty() || w->info.device() == "cpu");
+  });
 }
 
 void ClusterState::LoseLocked(int rank, const std::string& why) {
   Worker& lost = *workers_[rank];
-  lost.state = WorkerState::kLost;
-  lost.link.reset();
   const std::string what =
       absl::StrCat("worker rank ", rank, " (", lost.info.host(), ", pid ", lost.info.pid(), ") lost: ", why);
-  if (degraded_.empty()) degraded_ = what;
+  if (serving_locked() && elastic_locked() && workers_.size() > 1 && !shutting_down_) {
+    if (lost.link) {  // alive after all (silent, stalled): it must not come back into this world
+      v1::CoordinatorMessage m;
+      m.mutable_shutdown()->set_reason(absl::StrCat("removed from the cluster: ", what));
+      lost.link->Send(m);
+    }
+    ShrinkLocked(rank, what);
+    return;
+  }
+  lost.state = WorkerState::kLost;
+  lost.link.reset();
+  if (degraded_.empty()) {
+    degraded_ = what;
+    if (!shutting_down_) {
+    const std::string plane = lost.info.transport().empty() ? "mpi" : lost.info.transport();
+    const std::string hint = plane != "ucx" ? absl::StrCat(" (the ", plane, " data plane is a fixed world: elasticity needs --transport ucx)")
+                             : !elastic_locked() ? " (GPU workers do not re-form a running cluster yet)"
+                             : workers_.size() == 1 ? " (no other worker to serve on)"
+                                                    : "";
+    std::fprintf(stderr, "daedalus: %s; every request fails and the workers re-form from a relaunch%s\n", what.c_str(),
+                 hint.c_str());
+    }
+  }
   // The data plane spans every worker, so no sequence can go on: end them all, and stop the
   // survivors so the launcher can start the whole set again.
   for (auto it = sequences_.begin(); it != sequences_.end();) {
@@ -157,10 +258,78 @@ void ClusterState::LoseLocked(int rank, const std::string& why) {
   }
 }
 
-void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now) {
+void ClusterState::ShrinkLocked(int rank, const std::string& what) {
+  const int64_t orphaned = placement_.RemoveRank(rank);
+  int64_t largest = 0;
+  for (int r = 0; r < static_cast<int>(workers_.size()); ++r)
+    if (r != rank) largest = std::max(largest, workers_[r]->info.kv_capacity_tokens());
+  // The lost worker's sequences go back to the head of the queue; the others stay where they
+  // are, under their worker's new rank.
+  std::vector<uint64_t> requeued;
+  for (auto it = sequences_.begin(); it != sequences_.end();) {
+    auto here = it++;
+    Sequence& s = here->second;
+    if (s.rank != rank) {
+      if (s.rank > rank) s.channel->Admitted(--s.rank);  // its worker's new rank
+      continue;
+    }
+    const int32_t last = s.streamed.empty() ? -1 : s.streamed.back();
+    if (static_cast<int64_t>(s.streamed.size()) >= s.request.max_new_tokens()) {
+      EndLocked(here, "length", absl::OkStatus());  // its last token was streamed, its end was not
+    } else if (!s.request.ignore_eos() && config_.eos_token_id && last == *config_.eos_token_id) {
+      EndLocked(here, "stop", absl::OkStatus());
+    } else if (Reservation(s.request) > largest) {
+      EndLocked(here, "", absl::UnavailableError(absl::StrCat(what, "; no surviving worker's KV cache holds its ",
+                                                                Reservation(s.request), " tokens")));
+    } else {
+      ClearPendingNamesLocked(s);
+      workers_[rank]->kv_reserved -= s.reserved;
+      --workers_[rank]->running;
+      s.rank = -1;
+      s.reserved = 0;
+      s.admission_deadline = std::max(s.admission_deadline, Clock::now() + options_.queue_timeout);
+      requeued.push_back(s.id);
+    }
+  }
+  queue_.insert(queue_.begin(), requeued.begin(), requeued.end());
+  workers_.erase(workers_.begin() + rank);
+  ++generation_;
+  joining_.reset();  // planned for the old world: it must register again
+  const int world = static_cast<int>(workers_.size());
+  for (int r = 0; r < world; ++r) {
+    workers_[r]->info.set_rank(r);
+    workers_[r]->info.set_world_size(world);
+  }
+  SendReformLocked(-1, what);
+  std::fprintf(stderr, "daedalus: %s; the cluster serves on with %d workers (generation %lld), %zu of its sequences continue on them%s\n",
+               what.c_str(), world, static_cast<long long>(generation_), requeued.size(),
+               orphaned == 0 ? "; every expert it held has a replica"
+                             : absl::StrCat("; ", orphaned, " experts lost their only copy and are read from the checkpoint by survivors"
+                                            " (--redundant-experts keeps replicas)").c_str());
+  TryAdmitLocked();
+}
+
+void ClusterState::SendReformLocked(int except, const std::string& reason) {
+  v1::CoordinatorMessage m;
+  v1::Reform* reform = m.mutable_reform();
+  reform->set_generation(generation_);
+  reform->set_world_size(static_cast<int32_t>(workers_.size()));
+  *reform->mutable_placement() = placement_.placement();
+  for (const auto& w : workers_) reform->add_data_plane_addresses(w->info.data_plane_address());
+  reform->set_reason(reason);
+  for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
+    if (r == except || !workers_[r]->link) continue;
+    reform->set_rank(r);
+    workers_[r]->link->Send(m);
+  }
+}
+
+void ClusterState::OnEvents(int hello_rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (generation != generation_ || !workers_[rank]) return;
-  Worker& w = *workers_[rank];
+  int rank = -1;
+  Worker* found = FindLocked(hello_rank, generation, &rank);
+  if (found == nullptr) return;
+  Worker& w = *found;
   w.health.Heard(now, events.tokens_size() > 0 || events.finished_size() > 0);  // events come from steps
   // Names first: a sequence's first token below ends its pending names, which these replace.
   for (uint64_t name : events.prefix_pages_removed()) w.prefix_pages.erase(name);
@@ -188,6 +357,7 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
         top->set_logprob(t.top_logprobs(i));
       }
     }
+    s.streamed.push_back(t.token_id());
     s.channel->Push(std::move(g));
     if (metrics_) {
       const double since = std::chrono::duration<double>(now - (s.got_token ? s.last_token : s.submitted)).count();
@@ -208,19 +378,31 @@ void ClusterState::OnEvents(int rank, int64_t generation, const v1::StepEvents& 
   TryAdmitLocked();
 }
 
-void ClusterState::OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now) {
+void ClusterState::OnHeartbeat(int hello_rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (generation != generation_ || rank < 0 || rank >= options_.world_size || !workers_[rank]) return;
-  workers_[rank]->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
+  if (Worker* w = FindLocked(hello_rank, generation)) w->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
 }
 
 void ClusterState::CheckDeadlines(Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   const WorkerHealth::Limits limits{options_.heartbeat_timeout, options_.stall_timeout};
-  for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
-    auto& w = workers_[r];
+  std::vector<std::tuple<int, int64_t, std::string>> lost;  // by Hello: losing one renumbers the others
+  for (auto& w : workers_) {
     if (!w || w->state != WorkerState::kReady) continue;
-    if (std::string why = w->health.Check(w->running, now, limits); !why.empty()) LoseLocked(r, why);
+    if (std::string why = w->health.Check(w->running, now, limits); !why.empty()) {
+      lost.emplace_back(w->hello_rank, w->hello_generation, why);
+    }
+  }
+  for (const auto& [hello_rank, hello_generation, why] : lost) {
+    int rank = -1;
+    Worker* w = FindLocked(hello_rank, hello_generation, &rank);
+    if (w != nullptr && w->state == WorkerState::kReady) LoseLocked(rank, why);
+  }
+  if (joining_ && now - joining_->health.last_heard() > options_.join_timeout) {
+    std::fprintf(stderr, "daedalus: worker %s pid %lld registered to join but did not attach within %lld s; forgotten\n",
+                 joining_->info.host().c_str(), static_cast<long long>(joining_->info.pid()),
+                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.join_timeout).count()));
+    joining_.reset();
   }
   std::vector<uint64_t> expired;
   for (uint64_t id : queue_) {
@@ -301,6 +483,7 @@ void ClusterState::Cancel(uint64_t sequence, const std::string& reason) {
 
 void ClusterState::ShutdownWorkers(const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
+  shutting_down_ = true;
   for (auto& w : workers_) {
     if (w && w->link) {
       v1::CoordinatorMessage m;
@@ -344,6 +527,7 @@ void ClusterState::TryAdmitLocked() {
     admit->set_seed(s.request.sampling().seed());
     admit->set_ignore_eos(s.request.ignore_eos());
     admit->set_logprobs(s.request.logprobs());
+    *admit->mutable_generated_ids() = {s.streamed.begin(), s.streamed.end()};
     queue_.pop_front();
     s.rank = best;
     s.reserved = need;
@@ -423,6 +607,11 @@ bool ClusterState::serving() const {
   return serving_locked();
 }
 
+int64_t ClusterState::generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return generation_;
+}
+
 std::string ClusterState::state() const {
   std::lock_guard<std::mutex> lock(mu_);
   return !degraded_.empty() ? "degraded" : serving_locked() ? "serving" : "forming";
@@ -451,7 +640,9 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
   v1::ClusterStatusResponse out;
   out.set_state(!degraded_.empty() ? "degraded" : serving_locked() ? "serving" : "forming");
   if (!serving_locked()) out.set_detail(state_detail_locked());
-  out.set_world_size(options_.world_size);
+  out.set_world_size(static_cast<int32_t>(workers_.size()));
+  out.set_generation(generation_);
+  out.set_elastic(elastic_locked());
   out.set_model(model_name_);
   out.set_vocab_size(config_.vocab_size);
   out.set_max_position_embeddings(config_.max_position_embeddings);

@@ -53,6 +53,9 @@ struct CoordinatorOptions {
   // prompt unless that worker runs this many sequences more than the least busy worker that
   // could take it (then, as without a cached prefix: the most free KV).
   int64_t prefix_route_slack = 8;
+  // Elastic: a worker registered to join that has not attached (loaded its weights) by then is
+  // forgotten, so that another may join.
+  std::chrono::milliseconds join_timeout{600000};
 };
 
 // The coordinator's end of one worker's control stream.
@@ -73,6 +76,12 @@ class ClusterState {
   // previous one's workers are told to shut down and its requests fail UNAVAILABLE. An empty
   // launch_id joins the generation that is forming from such workers, or starts one; rank -1
   // takes the lowest free rank. Returns the generation and the rank.
+  //
+  // Elastic clusters (every worker on the ucx data plane, on the CPU): while fewer than
+  // world_size serve, a ucx worker of the same launch (or of none) joins instead, with the next
+  // rank, in the generation after the current one; it loads its weights, and when it attaches
+  // the others are sent a Reform that takes it in, then a placement that moves experts onto it.
+  // One joins at a time: another gets UNAVAILABLE until then.
   struct Registration {
     int64_t generation;
     int rank;
@@ -82,11 +91,16 @@ class ClusterState {
   // that has not happened by `deadline`, Aborted if a newer launch replaced it.
   absl::StatusOr<v1::Assignment> WaitAssignment(int64_t generation, int rank, Clock::time_point deadline);
   // The worker's control stream is open and its weights are loaded; when every rank of the
-  // generation is attached the cluster serves.
+  // generation is attached the cluster serves. `rank` and `generation` are those its Hello
+  // named; the calls below take them too, and they keep naming the worker across re-formations.
   absl::Status Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now);
-  // The worker is gone (stream closed, heartbeats missed, steps stalled, reported failure):
-  // the cluster is degraded until a new launch registers; every request fails UNAVAILABLE
-  // naming the rank, and the other workers are told to register again (Shutdown.reregister).
+  // The worker is gone (stream closed, heartbeats missed, steps stalled, reported failure).
+  // Elastic clusters shrink: a new generation of the survivors, renumbered in order, is sent a
+  // Reform; the experts it alone held are placed on survivors; its sequences go back to the
+  // head of the queue and continue on survivors after the tokens already streamed (Admit.
+  // generated_ids), so their clients see no error. Otherwise the cluster is degraded until a
+  // new launch registers; every request fails UNAVAILABLE naming the rank, and the other
+  // workers are told to register again (Shutdown.reregister).
   void Lose(int rank, int64_t generation, const std::string& why);
   void OnEvents(int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now);
   void OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now);
@@ -102,7 +116,8 @@ class ClusterState {
   // The client is gone ("cancelled"), or has what it wanted ("stop": a stop string): dequeue,
   // or abort on the worker and free its KV reservation.
   void Cancel(uint64_t sequence, const std::string& reason = "cancelled");
-  // Tells every attached worker to stop (the cluster is shutting down).
+  // Tells every attached worker to stop (the cluster is shutting down; an elastic one no longer
+  // shrinks as they leave).
   void ShutdownWorkers(const std::string& reason);
   // Places the experts again from the load measured so far and, when that lowers the
   // imbalance enough (rebalance_gain), sends the new placement to every worker. True when sent.
@@ -110,12 +125,15 @@ class ClusterState {
 
   bool serving() const;
   std::string state() const;  // "forming" | "serving" | "degraded"
+  int64_t generation() const;
   v1::ClusterStatusResponse Status(Clock::time_point now) const;
 
  private:
   enum class WorkerState { kLoading, kReady, kLost };
   struct Worker {
-    v1::RegisterRequest info;
+    v1::RegisterRequest info;  // rank and world_size: the current ones
+    int hello_rank = -1;       // as its Hello named it (Attach), for the calls that follow
+    int64_t hello_generation = -1;
     WorkerState state = WorkerState::kLoading;
     std::shared_ptr<WorkerLink> link;
     WorkerHealth health;
@@ -137,6 +155,7 @@ class ClusterState {
     int64_t reserved = 0;
     Clock::time_point submitted, admission_deadline, last_token;
     bool got_token = false;
+    std::vector<int32_t> streamed;     // token ids delivered to the client so far
     std::vector<uint64_t> page_names;  // of the prompt's full pages (core/prefix_hash.h)
     bool names_pending = false;        // page_names count in its worker's prefix_pending
   };
@@ -152,6 +171,17 @@ class ClusterState {
   // Ends a sequence and forgets it; frees its reservation.
   void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
   void LoseLocked(int rank, const std::string& why);
+  // The worker whose Hello named (rank, generation), and its current rank; null when none.
+  Worker* FindLocked(int hello_rank, int64_t generation, int* rank = nullptr);
+  // Every worker on the ucx data plane and the CPU: the world can shrink and grow while serving.
+  bool elastic_locked() const;
+  // Elastic loss of `rank` (described by `what`): see Lose.
+  void ShrinkLocked(int rank, const std::string& what);
+  // Sends every worker but `except` (-1: all) a Reform to the current generation and placement.
+  void SendReformLocked(int except, const std::string& reason);
+  // Puts an admitted sequence back at the head of the queue, to continue elsewhere after its
+  // streamed tokens; ends it instead when those already finish it.
+  void RequeueLocked(std::map<uint64_t, Sequence>::iterator it, std::vector<uint64_t>& requeued);
   bool serving_locked() const;
   std::string state_detail_locked() const;
 
@@ -166,6 +196,9 @@ class ClusterState {
   std::string launch_id_;
   std::vector<std::optional<Worker>> workers_;  // by rank, of the current generation
   std::string degraded_;                        // why, when a worker of this generation was lost
+  // Elastic: the worker registered to join as rank workers_.size() in generation_ + 1.
+  std::optional<Worker> joining_;
+  bool shutting_down_ = false;  // ShutdownWorkers was called: workers leaving are not a loss to recover from
   PlacementManager placement_;                  // of the current generation, and the measured load
   std::map<uint64_t, Sequence> sequences_;      // queued or admitted
   std::deque<uint64_t> queue_;                  // waiting for admission, in arrival order

@@ -22,7 +22,7 @@ Placement FromProto(const v1::LayerExperts& layer, int world_size, int64_t n_exp
 }  // namespace
 
 PlacementManager::PlacementManager(const ModelConfig& config, PlacementOptions options)
-    : config_(config), options_(std::move(options)) {
+    : config_(config), options_(std::move(options)), world_size_(options_.world_size) {
   measured_.resize(config_.num_hidden_layers);
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l)
     if (config_.is_moe_layer(l)) measured_[l].assign(config_.n_routed_experts, 0);
@@ -31,7 +31,51 @@ PlacementManager::PlacementManager(const ModelConfig& config, PlacementOptions o
 
 void PlacementManager::Reset() {
   version_ = 0;
+  world_size_ = options_.world_size;
   placement_ = Compute();
+}
+
+int64_t PlacementManager::RemoveRank(int rank) {
+  int64_t orphaned = 0;
+  for (int64_t l = 0; l < config_.num_hidden_layers && l < placement_.layers_size(); ++l) {
+    auto* on = placement_.mutable_layers(static_cast<int>(l))->mutable_experts_on();
+    if (!config_.is_moe_layer(l) || rank >= on->size()) continue;
+    const google::protobuf::RepeatedField<int32_t> gone = on->Get(rank).experts();
+    on->DeleteSubrange(rank, 1);
+    if (on->empty()) continue;
+    std::vector<int> replicas(config_.n_routed_experts, 0);
+    std::vector<double> load(on->size(), 0.0);
+    for (int r = 0; r < on->size(); ++r) {
+      for (int32_t e : on->Get(r).experts()) {
+        ++replicas[e];
+        load[r] += static_cast<double>(measured_[l][e]);
+      }
+    }
+    for (int32_t e : gone) {
+      if (replicas[e] > 0) continue;
+      int best = 0;
+      for (int r = 1; r < on->size(); ++r) {
+        if (load[r] < load[best] || (load[r] == load[best] && on->Get(r).experts_size() < on->Get(best).experts_size())) best = r;
+      }
+      auto* experts = on->Mutable(best)->mutable_experts();
+      experts->Add(e);
+      std::sort(experts->begin(), experts->end());
+      load[best] += static_cast<double>(measured_[l][e]);
+      ++replicas[e];
+      ++orphaned;
+    }
+  }
+  --world_size_;
+  ++version_;
+  return orphaned;
+}
+
+void PlacementManager::AddRank() {
+  for (int64_t l = 0; l < config_.num_hidden_layers && l < placement_.layers_size(); ++l) {
+    if (config_.is_moe_layer(l)) placement_.mutable_layers(static_cast<int>(l))->add_experts_on();
+  }
+  ++world_size_;
+  ++version_;
 }
 
 void PlacementManager::AddLoad(const google::protobuf::RepeatedField<int64_t>& expert_tokens) {
@@ -44,9 +88,11 @@ void PlacementManager::AddLoad(const google::protobuf::RepeatedField<int64_t>& e
   }
 }
 
-std::optional<v1::PlacementUpdate> PlacementManager::Rebalance() {
+std::optional<v1::PlacementUpdate> PlacementManager::Rebalance(bool force) {
   v1::Placement next = Compute();
-  if (!(ImbalanceOf(next) < ImbalanceOf(placement_) * options_.rebalance_gain)) return std::nullopt;
+  if (next.layers_size() != config_.num_hidden_layers) return std::nullopt;  // not placeable over this world
+  const bool better = ImbalanceOf(next) < ImbalanceOf(placement_) * options_.rebalance_gain;
+  if (!better && !(force && next.SerializeAsString() != placement_.SerializeAsString())) return std::nullopt;
   placement_ = std::move(next);
   v1::PlacementUpdate update;
   update.set_version(++version_);
@@ -60,7 +106,7 @@ v1::Placement PlacementManager::Compute() const {
     for (int64_t c : layer) measured |= c > 0;
   v1::Placement out;
   auto placed = PlaceLayers(measured ? measured_ : options_.initial_load, config_.num_hidden_layers,
-                            config_.n_routed_experts, config_.n_group, options_.world_size, options_.ranks_per_node,
+                            config_.n_routed_experts, config_.n_group, world_size_, options_.ranks_per_node,
                             options_.redundant_experts);
   if (!placed.ok()) return out;  // the coordinator checks the placement at start-up
   for (const Placement& p : *placed) {
@@ -74,7 +120,7 @@ double PlacementManager::ImbalanceOf(const v1::Placement& placement) const {
   double worst = 1.0;
   for (int64_t l = 0; l < config_.num_hidden_layers && l < placement.layers_size(); ++l) {
     if (!config_.is_moe_layer(l)) continue;
-    const Placement p = FromProto(placement.layers(l), options_.world_size, config_.n_routed_experts);
+    const Placement p = FromProto(placement.layers(l), world_size_, config_.n_routed_experts);
     std::vector<double> load(measured_[l].begin(), measured_[l].end());
     double total = 0;
     for (double v : load) total += v;

@@ -26,17 +26,28 @@ class PlacementManager {
  public:
   PlacementManager(const ModelConfig& config, PlacementOptions options);
 
-  // A new generation: version 0, placed from the measured load if any was reported, else from
-  // the initial load.
+  // A new launch: world_size ranks, version 0, placed from the measured load if any was
+  // reported, else from the initial load.
   void Reset();
+  // The cluster shrank (elastic): rank `rank` is gone and the ranks above it move down by one.
+  // Its experts that keep a replica elsewhere are served there; each that lost its only copy
+  // goes to the survivor with the least measured load in that layer (fewest experts on a tie).
+  // Returns how many (layer, expert) pairs lost their only copy: survivors read them from the
+  // checkpoint. A new version.
+  int64_t RemoveRank(int rank);
+  // The cluster grew (elastic): a new last rank holding no expert yet, until a Rebalance moves
+  // some onto it. A new version.
+  void AddRank();
   // Adds a step's expert token counts: for each MoE layer in order, one count per expert.
   void AddLoad(const google::protobuf::RepeatedField<int64_t>& expert_tokens);
   // Places again from the measured load; when that lowers the imbalance below rebalance_gain
-  // of the current one, adopts it and returns the update to send (the next version).
-  std::optional<v1::PlacementUpdate> Rebalance();
+  // of the current one (`force`: whenever it differs, e.g. a rank joined that holds nothing),
+  // adopts it and returns the update to send (the next version).
+  std::optional<v1::PlacementUpdate> Rebalance(bool force = false);
 
   const v1::Placement& placement() const { return placement_; }
   int64_t version() const { return version_; }
+  int world_size() const { return world_size_; }
   const ExpertLoad& measured() const { return measured_; }
   // Max over MoE layers of the current placement's imbalance under the measured load (1: even).
   double Imbalance() const { return ImbalanceOf(placement_); }
@@ -47,6 +58,7 @@ class PlacementManager {
 
   const ModelConfig& config_;
   const PlacementOptions options_;
+  int world_size_;
   v1::Placement placement_;
   int64_t version_ = 0;
   ExpertLoad measured_;  // summed over every report since start

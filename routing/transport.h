@@ -32,6 +32,10 @@ class Transport {
   // Element-wise sum over ranks of a few integers, in place.
   virtual absl::Status AllReduceSum(std::vector<int64_t>& values, const std::string& what) = 0;
   virtual absl::Status Barrier(const std::string& what) = 0;
+  // Elastic transports (ucx): thread-safe, from any thread. The collective in progress, and any
+  // later one, returns Aborted until the transport has been re-formed for a world numbered
+  // `epoch` or later (UcxTransport::Reform). Others ignore it.
+  virtual void Interrupt(int64_t epoch) { (void)epoch; }
 
   std::chrono::milliseconds deadline() const { return deadline_; }
   void set_deadline(std::chrono::milliseconds d) { deadline_ = d; }

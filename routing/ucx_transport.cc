@@ -2,6 +2,8 @@
 
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <set>
@@ -19,9 +21,11 @@ using Clock = std::chrono::steady_clock;
 
 enum Stage : uint64_t { kCounts = 1, kPayload = 2 };
 
-// tag = [sequence: 40 bits][sender rank: 16 bits][stage: 8 bits]
-uint64_t Tag(uint64_t sequence, int sender, Stage stage) {
-  return (sequence << 24) | (static_cast<uint64_t>(sender) << 8) | stage;
+// tag = [epoch: 16 bits][sequence: 24 bits][sender rank: 16 bits][stage: 8 bits]. Sequence
+// numbers wrap, harmlessly: every rank's collectives pair in order.
+uint64_t Tag(int64_t epoch, uint64_t sequence, int sender, Stage stage) {
+  return (static_cast<uint64_t>(epoch & 0xffff) << 48) | ((sequence & 0xffffff) << 24) |
+         (static_cast<uint64_t>(sender) << 8) | stage;
 }
 
 class Ucx final : public UcxTransport {
@@ -33,7 +37,13 @@ class Ucx final : public UcxTransport {
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   const std::string& address() const override { return address_; }
-  absl::Status Connect(int rank, const std::vector<std::string>& addresses) override;
+  absl::Status Connect(int rank, const std::vector<std::string>& addresses, int64_t epoch) override;
+  absl::Status Reform(int rank, const std::vector<std::string>& addresses, int64_t epoch) override;
+  void Interrupt(int64_t epoch) override {
+    int64_t was = interrupt_below_.load();
+    while (was < epoch && !interrupt_below_.compare_exchange_weak(was, epoch)) {
+    }
+  }
 
   absl::Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, std::vector<uint8_t>& recv,
                          std::vector<size_t>& recv_bytes, const std::string& what) override {
@@ -58,12 +68,19 @@ class Ucx final : public UcxTransport {
   absl::Status Wait(std::vector<Pending>& pending, const char* kind, const std::string& what, Clock::time_point expiry);
   absl::Status Expired(const std::vector<Pending>& pending, const char* kind, const std::string& what);
   void CancelAll(std::vector<Pending>& pending);
+  // An endpoint to `address` that reports errors as `peer`'s.
+  absl::Status Open(int peer, const std::string& address, ucp_ep_h& endpoint);
+  void Close(ucp_ep_h endpoint);
+  absl::Status Interrupted(const char* kind, const std::string& what) const;
 
   int rank_ = 0, world_ = 1;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::vector<ucp_ep_h> endpoints_;
+  std::vector<std::string> addresses_;  // by rank
   std::string address_;
+  int64_t epoch_ = 0;
+  std::atomic<int64_t> interrupt_below_{0};
   uint64_t sequence_ = 0;
   absl::Status broken_;  // after a failure, the reason every later call reports
   // Peers whose endpoint reported an error (UCX calls back from ucp_worker_progress).
@@ -73,9 +90,10 @@ class Ucx final : public UcxTransport {
   };
   static void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t) {
     auto* h = static_cast<PeerHandle*>(arg);
-    h->self->failed_peers_.push_back(h->peer);
+    if (h->peer >= 0) h->self->failed_peers_.push_back(h->peer);
   }
-  std::vector<std::unique_ptr<PeerHandle>> handles_;
+  std::vector<std::unique_ptr<PeerHandle>> handles_;  // by rank (null for this one); peer -1: closed
+  std::vector<std::unique_ptr<PeerHandle>> retired_;
   std::vector<int> failed_peers_;
 };
 
@@ -106,46 +124,100 @@ absl::Status Ucx::Init() {
   return absl::OkStatus();
 }
 
-absl::Status Ucx::Connect(int rank, const std::vector<std::string>& addresses) {
+absl::Status Ucx::Connect(int rank, const std::vector<std::string>& addresses, int64_t epoch) {
   if (!endpoints_.empty()) return absl::FailedPreconditionError("UCX: already connected");
   if (rank < 0 || rank >= static_cast<int>(addresses.size())) {
     return absl::InvalidArgumentError(absl::StrCat("UCX: rank ", rank, " outside a world of ", addresses.size()));
   }
   rank_ = rank;
   world_ = static_cast<int>(addresses.size());
+  epoch_ = epoch;
+  addresses_ = addresses;
   endpoints_.assign(world_, nullptr);
+  handles_.resize(world_);
   for (int peer = 0; peer < world_; ++peer) {
-    if (peer == rank_) continue;
-    if (addresses[peer].empty()) return absl::InvalidArgumentError(absl::StrCat("UCX: rank ", peer, " published no address"));
-    handles_.push_back(std::make_unique<PeerHandle>(PeerHandle{this, peer}));
-    ucp_ep_params_t ep{};
-    // No peer-failure mode: UCX's shared-memory transports (posix, cma) do not offer it and
-    // would be left out, so ranks on one host would talk over TCP. A lost peer is found by
-    // the collective deadline instead (and by the error handler where a transport reports it).
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.address = reinterpret_cast<const ucp_address_t*>(addresses[peer].data());
-    ep.err_handler.cb = OnEndpointError;
-    ep.err_handler.arg = handles_.back().get();
-    if (ucs_status_t s = ucp_ep_create(worker_, &ep, &endpoints_[peer]); s != UCS_OK) {
-      return absl::UnavailableError(absl::StrCat("UCX: rank ", rank_, " cannot reach rank ", peer, ": ", ucs_status_string(s)));
-    }
+    if (peer != rank_) RETURN_IF_ERROR(Open(peer, addresses[peer], endpoints_[peer]));
   }
   return absl::OkStatus();
 }
 
-Ucx::~Ucx() {
-  for (ucp_ep_h ep : endpoints_) {
-    if (ep == nullptr) continue;
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    void* request = ucp_ep_close_nbx(ep, &p);
-    if (UCS_PTR_IS_PTR(request)) {
-      const auto until = Clock::now() + std::chrono::seconds(2);
-      while (ucp_request_check_status(request) == UCS_INPROGRESS && Clock::now() < until) ucp_worker_progress(worker_);
-      ucp_request_free(request);
-    }
+absl::Status Ucx::Open(int peer, const std::string& address, ucp_ep_h& endpoint) {
+  if (address.empty()) return absl::InvalidArgumentError(absl::StrCat("UCX: rank ", peer, " published no address"));
+  handles_[peer] = std::make_unique<PeerHandle>(PeerHandle{this, peer});
+  ucp_ep_params_t ep{};
+  // No peer-failure mode: UCX's shared-memory transports (posix, cma) do not offer it and
+  // would be left out, so ranks on one host would talk over TCP. A lost peer is found by the
+  // coordinator (its control stream, its heartbeats) or the collective deadline instead, and by
+  // the error handler where a transport reports it.
+  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
+  ep.err_handler.cb = OnEndpointError;
+  ep.err_handler.arg = handles_[peer].get();
+  if (ucs_status_t s = ucp_ep_create(worker_, &ep, &endpoint); s != UCS_OK) {
+    return absl::UnavailableError(absl::StrCat("UCX: rank ", rank_, " cannot reach rank ", peer, ": ", ucs_status_string(s)));
   }
+  return absl::OkStatus();
+}
+
+void Ucx::Close(ucp_ep_h endpoint) {
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  void* request = ucp_ep_close_nbx(endpoint, &p);
+  if (UCS_PTR_IS_PTR(request)) {
+    const auto until = Clock::now() + std::chrono::seconds(2);
+    while (ucp_request_check_status(request) == UCS_INPROGRESS && Clock::now() < until) ucp_worker_progress(worker_);
+    ucp_request_free(request);
+  }
+}
+
+absl::Status Ucx::Reform(int rank, const std::vector<std::string>& addresses, int64_t epoch) {
+  if (rank < 0 || rank >= static_cast<int>(addresses.size()) || addresses[rank] != address_) {
+    return absl::InvalidArgumentError(absl::StrCat("UCX: re-formed as rank ", rank, " of ", addresses.size(),
+                                                   ", but that rank's address is not this process's"));
+  }
+  if (epoch <= epoch_) return absl::InvalidArgumentError(absl::StrCat("UCX: world ", epoch, " is not newer than ", epoch_));
+  const int world = static_cast<int>(addresses.size());
+  std::vector<ucp_ep_h> endpoints(world, nullptr);
+  std::vector<std::unique_ptr<PeerHandle>> handles(world);
+  // Keep the endpoint of every address still in the world; its handle now reports the new rank.
+  for (int old = 0; old < world_; ++old) {
+    if (old == rank_ || endpoints_[old] == nullptr) continue;
+    const auto at = std::find(addresses.begin(), addresses.end(), addresses_[old]);
+    if (at == addresses.end()) {
+      handles_[old]->peer = -1;  // errors of a closing endpoint concern no one
+      Close(endpoints_[old]);
+      continue;
+    }
+    const int peer = static_cast<int>(at - addresses.begin());
+    endpoints[peer] = endpoints_[old];
+    handles[peer] = std::move(handles_[old]);
+    handles[peer]->peer = peer;
+  }
+  for (auto& h : handles_)
+    if (h != nullptr) retired_.push_back(std::move(h));  // a late callback may still name them
+  rank_ = rank;
+  world_ = world;
+  addresses_ = addresses;
+  endpoints_ = std::move(endpoints);
+  handles_ = std::move(handles);
+  for (int peer = 0; peer < world_; ++peer) {
+    if (peer != rank_ && endpoints_[peer] == nullptr) RETURN_IF_ERROR(Open(peer, addresses[peer], endpoints_[peer]));
+  }
+  epoch_ = epoch;
+  sequence_ = 0;
+  failed_peers_.clear();
+  broken_ = absl::OkStatus();
+  return absl::OkStatus();
+}
+
+absl::Status Ucx::Interrupted(const char* kind, const std::string& what) const {
+  return absl::AbortedError(absl::StrCat("rank ", rank_, ": ", kind, " (", what, ") interrupted: the cluster re-forms"));
+}
+
+Ucx::~Ucx() {
+  for (ucp_ep_h ep : endpoints_)
+    if (ep != nullptr) Close(ep);
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
 }
@@ -156,9 +228,9 @@ absl::Status Ucx::Post(std::vector<Pending>& pending, bool send, int peer, Stage
   p.datatype = ucp_dt_make_contig(1);
   void* request;
   if (send) {
-    request = ucp_tag_send_nbx(endpoints_[peer], buffer, bytes, Tag(sequence_, rank_, stage), &p);
+    request = ucp_tag_send_nbx(endpoints_[peer], buffer, bytes, Tag(epoch_, sequence_, rank_, stage), &p);
   } else {
-    request = ucp_tag_recv_nbx(worker_, buffer, bytes, Tag(sequence_, peer, stage), ~uint64_t{0}, &p);
+    request = ucp_tag_recv_nbx(worker_, buffer, bytes, Tag(epoch_, sequence_, peer, stage), ~uint64_t{0}, &p);
   }
   if (UCS_PTR_IS_ERR(request)) {
     return absl::UnavailableError(absl::StrCat("rank ", rank_, ": UCX ", send ? "send to" : "receive from", " rank ", peer,
@@ -220,6 +292,10 @@ absl::Status Ucx::Wait(std::vector<Pending>& pending, const char* kind, const st
                                                  failed_peers_.size() > 1 ? "s " : " ", absl::StrJoin(failed_peers_, ", "),
                                                  " (UCX)"));
     }
+    if (interrupt_below_.load() > epoch_) {
+      CancelAll(pending);
+      return Interrupted(kind, what);
+    }
     const auto now = Clock::now();
     if (now >= expiry) {
       absl::Status s = Expired(pending, kind, what);
@@ -239,6 +315,7 @@ absl::Status Ucx::Wait(std::vector<Pending>& pending, const char* kind, const st
 absl::Status Ucx::Exchange(const char* kind, const void* send, const std::vector<size_t>& send_bytes,
                            std::vector<uint8_t>& recv, std::vector<size_t>& recv_bytes, const std::string& what) {
   if (!broken_.ok()) return broken_;
+  if (interrupt_below_.load() > epoch_) return Interrupted(kind, what);
   if (static_cast<int>(send_bytes.size()) != world_) return absl::InvalidArgumentError("AllToAllV: one byte count per rank");
   const auto expiry = Clock::now() + deadline();
   ++sequence_;

@@ -54,7 +54,11 @@ absl::Status ControlClient::Open(int rank, int64_t generation) {
 
 void ControlClient::ReadLoop() {
   v1::CoordinatorMessage message;
-  while (stream_->Read(&message)) inbox_.Push(std::move(message));
+  while (stream_->Read(&message)) {
+    const int64_t reform = message.has_reform() ? message.reform().generation() : 0;
+    inbox_.Push(std::move(message));
+    if (reform > 0 && on_reform_) on_reform_(reform);  // after queueing: the step loop finds it
+  }
   // Finish() may not run beside a Write of another thread, so the reason stays general.
   inbox_.Close("the coordinator closed the control stream (it stopped, or the connection broke)");
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -27,6 +28,9 @@ class ControlClient final : public ControlStream {
   // Registers and waits (up to `timeout`, also for the coordinator to come up) for the
   // assignment, which arrives once every rank of the launch has registered.
   absl::StatusOr<v1::Assignment> Register(const v1::RegisterRequest& request, std::chrono::milliseconds timeout);
+  // Called on the reader thread for every Reform, once it is queued, with its generation: the
+  // worker interrupts the collective its step loop may be stuck in. Set before Open.
+  void OnReform(std::function<void(int64_t generation)> callback) { on_reform_ = std::move(callback); }
   // Opens the control stream and says Hello.
   absl::Status Open(int rank, int64_t generation);
   bool Send(const v1::WorkerMessage& message) override;
@@ -48,6 +52,7 @@ class ControlClient final : public ControlStream {
   std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>> stream_;
   std::mutex write_mu_;
   MessageQueue<v1::CoordinatorMessage> inbox_;  // filled by the reader thread
+  std::function<void(int64_t)> on_reform_;
   std::thread reader_;
 };
 

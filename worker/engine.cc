@@ -38,6 +38,16 @@ absl::Status Engine::Validate(const Request& r) const {
     }
   }
   if (r.max_new_tokens < 0) return absl::InvalidArgumentError(absl::StrCat(who, ": max_new_tokens is negative"));
+  if (static_cast<int64_t>(r.generated_ids.size()) >= std::max<int64_t>(r.max_new_tokens, 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": ", r.generated_ids.size(), " tokens already generated leave none of max_new_tokens (",
+                                                   r.max_new_tokens, ") to generate"));
+  }
+  for (size_t i = 0; i < r.generated_ids.size(); ++i) {
+    if (r.generated_ids[i] < 0 || r.generated_ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": generated token ", i, " is ", r.generated_ids[i],
+                                                     ", outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
   const int64_t capacity = cache_.total_pages() * cache_.page_size();
   if (r.max_new_tokens > capacity - static_cast<int64_t>(r.prompt_ids.size())) {  // no sum: it could wrap
     return absl::ResourceExhaustedError(absl::StrCat(who, ": prompt (", r.prompt_ids.size(), " tokens) plus max_new_tokens (",
@@ -55,6 +65,7 @@ absl::StatusOr<int64_t> Engine::Add(Request request) {
   auto seq = std::make_unique<Sequence>();
   seq->index = next_index_++;
   seq->tokens = request.prompt_ids;
+  seq->tokens.insert(seq->tokens.end(), request.generated_ids.begin(), request.generated_ids.end());
   if (options_.keep_results) results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}});
   seq->request = std::move(request);
   scheduler_.Add(std::move(seq));

@@ -93,6 +93,11 @@ class Engine {
   std::vector<Result> RunToCompletion();
   // The first error of a collective step (a peer lost, a deadline passed); the engine stops.
   const absl::Status& status() const { return status_; }
+  // The cluster re-formed around this rank (a peer lost or joined; the transport and the
+  // placements were switched in place): forgets the error of the step that was cut short. That
+  // step changed no sequence (only latents it will write again), so the next one computes it
+  // again. Sequences, KV cache and pending events are kept.
+  void Resume() { status_ = absl::OkStatus(); }
 
   const StepStats& last_step() const { return last_step_; }
   // Routed (token, slot) pairs of this rank's tokens, per layer and expert, since start.

@@ -18,6 +18,9 @@ struct Request {
   bool stop_at_eos = true;          // finish when the config's eos_token_id is sampled
   bool want_prompt_logits = false;  // keep a logits row for every prompt position
   int32_t logprobs = 0;             // report the sampled token's log-probability and the top N
+  // Tokens already generated (and delivered) elsewhere, e.g. on a worker that was lost: the
+  // sequence continues after them, as a preempted one does, and max_new_tokens counts them.
+  std::vector<int32_t> generated_ids;
 };
 
 // One request in the engine, from Add to its end.

@@ -25,6 +25,7 @@ Request ToRequest(const v1::Admit& a) {
   r.sampling.seed = a.seed();
   r.stop_at_eos = !a.ignore_eos();
   r.logprobs = a.logprobs();
+  r.generated_ids.assign(a.generated_ids().begin(), a.generated_ids().end());
   return r;
 }
 
@@ -72,6 +73,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   auto next_load_report = Clock::now() + options.heartbeat_interval;
   bool stop = false, reregister = false, cluster_idle = false;
   std::optional<v1::PlacementUpdate> update;  // received, not yet applied
+  std::optional<v1::Reform> reform;           // the newest received, not yet applied
   int64_t preparing = 0;                      // the version whose experts are being read (0: none)
   bool prepared = false;                      // ... and they are ready
   absl::Status why = absl::OkStatus();
@@ -101,7 +103,32 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       (m.shutdown().reregister() ? reregister : stop) = true;
     } else if (m.has_placement_update()) {
       if (!update || m.placement_update().version() > update->version()) update = m.placement_update();
+    } else if (m.has_reform()) {
+      if (!reform || m.reform().generation() > reform->generation()) reform = m.reform();
     }
+  };
+  // A collective failed: in an elastic cluster that is a peer lost (or a Reform's interrupt);
+  // the coordinator's Reform comes, or has come. True when one is here to apply.
+  auto await_reform = [&] {
+    if (!options.reform) return false;
+    const auto until = Clock::now() + options.reform_wait;
+    while (!reform && !stop && !control.closed() && Clock::now() < until) {
+      if (auto m = control.Next(std::chrono::milliseconds(50))) handle(*m);
+    }
+    return reform.has_value();
+  };
+  // Switches to the newest Reform. A placement update of the old world is dropped (the
+  // coordinator sends any new one for the new world).
+  auto apply_reform = [&]() -> absl::Status {
+    if (!options.reform) return absl::UnimplementedError("this worker cannot join a re-formed cluster");
+    RETURN_IF_ERROR(options.reform(*reform));
+    reform.reset();
+    update.reset();
+    preparing = 0;
+    prepared = false;
+    engine.Resume();
+    cluster_idle = false;
+    return absl::OkStatus();
   };
   // Reads the newest update's experts in the background: starts when none is being read, and
   // notes when that reading is done.
@@ -140,6 +167,12 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (auto m = control.Next(transport ? options.idle_wait : std::chrono::milliseconds(50))) handle(*m);
     }
     while (auto m = control.Next(std::chrono::milliseconds(0))) handle(*m);
+    if (reform) {
+      if (absl::Status s = apply_reform(); !s.ok()) {
+        why = s;
+        break;
+      }
+    }
     if (absl::Status s = prepare(); !s.ok()) {
       why = s;
       break;
@@ -152,6 +185,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
                                     update ? update->version() : 0, ready() ? 1 : 0};
       if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
           !s.ok()) {
+        if (await_reform()) continue;
         why = s;
         break;
       }
@@ -165,7 +199,10 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       }
       cluster_idle = agree[0] == 0;
       if (!cluster_idle) {
-        if (!engine.StepAgreed()) break;
+        if (!engine.StepAgreed()) {
+          if (await_reform()) continue;
+          break;
+        }
         stepped = true;
       }
     } else {

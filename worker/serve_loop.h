@@ -31,6 +31,13 @@ struct ServeLoopOptions {
     std::function<absl::Status()> apply;
   };
   PlacementHooks placement;
+  // Elastic clusters (ucx): switches this rank to a re-formed world — transport, placement,
+  // experts (see v1::Reform) — between steps; sequences and KV cache are kept and the step a
+  // Reform cut short is computed again. Unset: a Reform ends the worker with an error.
+  std::function<absl::Status(const v1::Reform&)> reform;
+  // With `reform` set, how long a rank whose collective failed waits for the coordinator's
+  // Reform (the peer it waited for may be lost) before it reports the failure and exits.
+  std::chrono::milliseconds reform_wait{15000};
 };
 
 // How a ServeLoop ended.
@@ -40,7 +47,8 @@ enum class ServeEnd {
                 // connection broke) or Shutdown.reregister: abandon the sequences, register again
 };
 
-// Runs until the coordinator says Shutdown or the stream ends. Every rank leaves at the same
+// Runs until the coordinator says Shutdown or the stream ends (or, elastic, re-forms the
+// world around it as often as it says). Every rank leaves at the same
 // step with the same ServeEnd: what each rank saw is agreed by the same all-reduce that agrees
 // on work (Shutdown wins over re-registering). `transport` is null for a world of one. An error
 // when something failed (a collective, the engine), which is also reported to the coordinator.

@@ -244,7 +244,8 @@ int RunWorkerProcess(WorkerProcessOptions o) {
                      CpuIsaDescription(ActiveCpuIsa()).c_str(), omp_get_max_threads());
       }
       if (!again && ucx != nullptr) {
-        RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()}));
+        RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()},
+                                     assignment.generation()));
       }
 #if DAEDALUS_HAVE_NCCL
       if (!again && !nccl_id.empty()) {
@@ -278,9 +279,10 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       ASSIGN_OR_RETURN(auto backend, MakeDeviceBackend(o.device, *weights, options));
       Engine engine(*weights, options);
       if (transport) {
-        RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));
+        if (!assignment.join()) RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));
         transport->set_deadline(o.collective_timeout);
       }
+      if (ucx != nullptr) control->OnReform([ucx](int64_t generation) { ucx->Interrupt(generation); });
       RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
       ServeLoopOptions loop;
       loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
@@ -315,6 +317,34 @@ int RunWorkerProcess(WorkerProcessOptions o) {
         // The exchanges read `placements` by reference: assigning in place switches them.
         for (size_t l = 0; l < placements.size(); ++l) placements[l] = next[l];
         pending.reset();
+        return absl::OkStatus();
+      };
+      // Elastic (ucx): the world re-forms around a lost or joining worker while this one serves.
+      loop.reform = [&](const v1::Reform& r) -> absl::Status {
+        if (ucx == nullptr) return absl::FailedPreconditionError("only the ucx data plane re-forms a running cluster");
+        if (backend) return absl::UnimplementedError("GPU workers do not re-form a running cluster yet");
+        if (pending) {  // a placement of the old world: read, then dropped
+          pending->staged.wait();
+          pending.reset();
+        }
+        ASSIGN_OR_RETURN(std::vector<Placement> next, FromAssignment(r.placement(), config, r.world_size()));
+        RETURN_IF_ERROR(ucx->Reform(r.rank(), {r.data_plane_addresses().begin(), r.data_plane_addresses().end()},
+                                    r.generation()));
+        const int was = rank;
+        rank = r.rank();
+        world = r.world_size();
+        ExpertFilter mine = [&next, this_rank = rank](int64_t layer, int64_t expert) {
+          return next[layer].Holds(this_rank, static_cast<int32_t>(expert));
+        };
+        ASSIGN_OR_RETURN(StagedExperts staged, ReadMissingExperts(*weights, mine));
+        std::fprintf(stderr, "daedalus worker rank %d: re-formed as rank %d of %d (generation %lld: %s)%s\n", was, rank, world,
+                     static_cast<long long>(r.generation()), r.reason().c_str(),
+                     staged.experts.empty() ? ""
+                                            : absl::StrCat("; read ", staged.experts.size(),
+                                                           " experts it now serves from the checkpoint").c_str());
+        std::fflush(stderr);
+        InstallExperts(*weights, std::move(staged), mine);
+        for (size_t l = 0; l < placements.size(); ++l) placements[l] = next[l];  // the exchanges read them in place
         return absl::OkStatus();
       };
       DropOnSignal dropper(drop_on_signal, *control);

@@ -60,6 +60,8 @@ class ClusterStateTest : public ::testing::Test {
     r.set_kv_page_size(64);
     r.set_prefix_caching(prefix_caching_);
     r.set_device(device_);
+    r.set_transport(transport_);
+    r.set_data_plane_address("addr-" + std::to_string(rank) + launch);
     auto g = state_->Register(r, now_);
     if (g.ok()) generation_ = g->generation;
     return g;
@@ -103,6 +105,7 @@ class ClusterStateTest : public ::testing::Test {
   int world_ = 2;
   bool prefix_caching_ = false;  // what the workers register with
   std::string device_ = "cpu";
+  std::string transport_;  // "ucx": an elastic cluster
   ModelConfig config_;
   Metrics metrics_;
   std::unique_ptr<ClusterState> state_;

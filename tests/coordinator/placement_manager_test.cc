@@ -122,5 +122,53 @@ TEST(PlacementManager, PlacesFromTheInitialLoadUntilSomethingIsMeasured) {
   EXPECT_LT(b.Imbalance(), 1.1);
 }
 
+TEST(PlacementManager, ShrinksAroundALostRankAndGrowsByAnEmptyOne) {
+  // 3 ranks, 2 redundant replicas per layer: removing rank 1 keeps every expert that had a
+  // replica where it was and moves only those rank 1 alone held, counting them; a new rank
+  // starts empty, and a forced rebalance spreads experts onto it.
+  const ModelConfig c = *PresetConfig("tiny");
+  PlacementOptions o;
+  o.world_size = 3;
+  o.redundant_experts = 2;
+  PlacementManager m(c, o);
+  m.AddLoad(Report(c, 5, 900, 10));
+  ASSERT_TRUE(m.Rebalance(/*force=*/true).has_value());
+  const v1::Placement before = m.placement();
+  int64_t alone = 0;  // experts only rank 1 held, over the MoE layers
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    for (int32_t e : before.layers(l).experts_on(1).experts()) {
+      alone += std::none_of(before.layers(l).experts_on().begin(), before.layers(l).experts_on().end(), [&](const auto& on) {
+        return &on != &before.layers(l).experts_on(1) && std::count(on.experts().begin(), on.experts().end(), e) > 0;
+      });
+    }
+  }
+  const int64_t version = m.version();
+  EXPECT_EQ(m.RemoveRank(1), alone);
+  EXPECT_GT(alone, 0);
+  EXPECT_EQ(m.world_size(), 2);
+  EXPECT_EQ(m.version(), version + 1);
+  ExpectCovers(m.placement(), c, 2);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {  // what ranks 0 and 2 held, they still hold
+    if (!c.is_moe_layer(l)) continue;
+    for (int old : {0, 2}) {
+      const auto& now = m.placement().layers(l).experts_on(old == 0 ? 0 : 1).experts();
+      for (int32_t e : before.layers(l).experts_on(old).experts()) EXPECT_GT(std::count(now.begin(), now.end(), e), 0) << l;
+    }
+  }
+  m.AddRank();
+  EXPECT_EQ(m.world_size(), 3);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.is_moe_layer(l)) EXPECT_EQ(m.placement().layers(l).experts_on(2).experts_size(), 0) << l;
+  }
+  auto update = m.Rebalance(/*force=*/true);
+  ASSERT_TRUE(update.has_value());
+  ExpectCovers(update->placement(), c, 3);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.is_moe_layer(l)) EXPECT_GT(update->placement().layers(l).experts_on(2).experts_size(), 0) << l;
+  }
+  EXPECT_FALSE(m.Rebalance(/*force=*/true).has_value()) << "the same placement again is not an update";
+}
+
 }  // namespace
 }  // namespace daedalus

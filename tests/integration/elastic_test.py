@@ -1,0 +1,164 @@
+"""Elastic expert parallelism with real processes: a coordinator and 3 workers, each its own
+process on the ucx data plane (tiny preset, no redundant experts, so the lost worker's experts
+must be read from the checkpoint by the survivors).
+
+Under 24 concurrent streams (greedy and sampled), one worker is killed (SIGKILL) mid-stream:
+- no request fails, and every request's tokens equal `run` on the same prompts, greedy and
+  sampled alike (sampling depends on (seed, position) only, so a stream that continues on a
+  survivor draws what it would have drawn);
+- the survivors serve on as a new generation of 2, their processes unchanged, with a placement
+  that covers every expert, and say which experts they read from the checkpoint.
+Then a new worker process joins the running cluster as rank 2: the survivors are not re-formed
+from scratch (same processes, no re-registration), experts move onto it, and the same prompts
+give the same tokens again. Detection and recovery times are printed ("measured: ...")."""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from harness import ENV, check, dump_logs, failures, finish, free_port, lines, measured, run, wait_for
+
+REQUESTS = 24
+
+
+class Cluster:
+    def __init__(self, d, model, tmp):
+        self.d, self.model, self.tmp = d, model, tmp
+        self.address = f"127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(tmp, "coordinator.log"), "a")
+        self.coordinator = subprocess.Popen(
+            [d, "coordinator", "--model", model, "--world-size", "3", "--listen", self.address,
+             "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=ENV)
+        line = self.coordinator.stdout.readline()
+        check(line.startswith("listening"), "the coordinator listens", line)
+        self.workers = []
+
+    def start_worker(self):
+        n = len(self.workers)
+        log = open(os.path.join(self.tmp, f"worker{n}.log"), "w")
+        self.workers.append(subprocess.Popen(
+            [self.d, "worker", "--coordinator", self.address, "--model", self.model, "--transport", "ucx", "--threads", "1",
+             "--kv-cache-tokens", "8192"], stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True))
+        return self.workers[-1]
+
+    def status(self):
+        p = run([self.d, "status", "--server", self.address, "--json"], timeout=30)
+        return json.loads(p.stdout) if p.returncode == 0 else {"state": "unreachable", "workers": [], "detail": p.stderr}
+
+    def generate_bg(self, prompts):
+        return subprocess.Popen([self.d, "generate", "--server", self.address, "--json", "--prompts", prompts,
+                                 "--concurrency", str(REQUESTS), "--timeout", "240"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+    def stop(self):
+        for w in self.workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+        if self.coordinator.poll() is None:
+            self.coordinator.send_signal(signal.SIGTERM)
+            self.coordinator.wait(timeout=30)
+
+
+def covers_every_expert(status, n_experts, world):
+    """Every MoE layer places each expert on at least one of `world` ranks, and names no other rank."""
+    for layer in status.get("layers", []):
+        on = layer.get("experts_on", [])
+        placed = {e for ranks in on for e in ranks.get("experts", [])}
+        if len(on) != world or placed != set(range(n_experts)):
+            return False
+    return bool(status.get("layers"))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--daedalus", required=True)
+    d = parser.parse_args().daedalus
+    with tempfile.TemporaryDirectory() as tmp:
+        model = os.path.join(tmp, "tiny")
+        run([d, "make-model", "--preset", "tiny", "--out", model])
+        n_experts = json.load(open(os.path.join(model, "config.json")))["n_routed_experts"]
+        prompts = os.path.join(tmp, "prompts.jsonl")
+        with open(prompts, "w") as f:
+            for i in range(REQUESTS):
+                r = {"id": f"r{i}", "prompt_ids": [(7 * i + k) % 500 + 1 for k in range(8 + i % 5)], "max_new_tokens": 96,
+                     "ignore_eos": True}
+                if i % 2:
+                    r.update(temperature=0.8, top_p=0.95, seed=1000 + i)
+                f.write(json.dumps(r) + "\n")
+        reference = {r["id"]: r["generated_ids"] for r in lines(run([d, "run", "--model", model, "--prompts", prompts]).stdout)}
+        check(len(reference) == REQUESTS, "run answers every prompt", len(reference))
+
+        def answers(p, what):
+            out, err = p.communicate(timeout=300)
+            got = {r["id"]: r for r in lines(out)}
+            errors = [r for r in got.values() if "error" in r]
+            check(p.returncode == 0 and not errors and len(got) == REQUESTS, f"{what}: every request succeeds",
+                  f"rc={p.returncode} {len(got)} answers, errors: {errors[:2]} {err[-300:]}")
+            same = [i for i, r in got.items() if r.get("generated_ids") == reference.get(i)]
+            check(len(same) == REQUESTS, f"{what}: tokens equal `run`, greedy and sampled",
+                  f"{len(same)} of {REQUESTS} equal; first other: "
+                  f"{next(((i, r.get('generated_ids'), reference.get(i)) for i, r in got.items() if i not in same), None)}")
+
+        cluster = Cluster(d, model, tmp)
+        try:
+            for _ in range(3):
+                cluster.start_worker()
+            s = wait_for(lambda: cluster.status().get("state") == "serving" and cluster.status(), 120)
+            check(s and s.get("elastic") is True and len(s["workers"]) == 3, "3 ucx workers form an elastic cluster", s)
+            generation = int(s.get("generation", 0))
+
+            # A worker killed under 24 concurrent streams.
+            stream = cluster.generate_bg(prompts)
+            busy = wait_for(lambda: all(int(w.get("running", 0)) > 0 for w in cluster.status()["workers"]), 60, 0.05)
+            check(busy, "every worker runs sequences")
+            pid_of_rank = {int(w["rank"]): int(w["pid"]) for w in cluster.status()["workers"]}
+            victim = pid_of_rank[1]
+            os.kill(victim, signal.SIGKILL)
+            killed = time.time()
+            s = wait_for(lambda: len(cluster.status()["workers"]) == 2 and cluster.status(), 30, 0.05)
+            measured("worker killed to the cluster serving as 2 (detection and re-formation)", time.time() - killed, 5)
+            answers(stream, "one worker killed mid-stream")
+            s = cluster.status()
+            survivors = sorted(int(w["pid"]) for w in s["workers"])
+            check(survivors == sorted(p for r, p in pid_of_rank.items() if r != 1), "the survivors' processes serve on",
+                  (survivors, pid_of_rank))
+            check(s["state"] == "serving" and int(s["generation"]) == generation + 1, "a new generation of 2 serves",
+                  (s["state"], s.get("generation")))
+            check(covers_every_expert(s, n_experts, 2), "the placement over the survivors covers every expert")
+            continued = re.search(r"lost: .*, (\d+) of its sequences continue on them", open(os.path.join(tmp, "coordinator.log")).read())
+            check(continued and int(continued.group(1)) > 0, "the lost worker's sequences continued on the survivors",
+                  continued and continued.group(0))
+            logs = "".join(open(os.path.join(tmp, f"worker{i}.log")).read() for i in range(3))
+            check(re.search(r"re-formed as rank [01] of 2 .*read \d+ experts it now serves from the checkpoint", logs),
+                  "survivors read the experts that lost their only copy from the checkpoint", logs[-600:])
+
+            # A new process joins the running cluster.
+            joined_at = time.time()
+            cluster.start_worker()
+            s = wait_for(lambda: len(cluster.status()["workers"]) == 3 and cluster.status(), 60, 0.1)
+            measured("a new worker's start to serving as rank 2", time.time() - joined_at, 30)
+            check(s and s["state"] == "serving" and int(s["generation"]) == generation + 2, "the joiner makes one more generation",
+                  s and s.get("generation"))
+            check(sorted(int(w["pid"]) for w in s["workers"] if int(w["rank"]) < 2) == survivors,
+                  "the survivors keep their processes and ranks across the join")
+            coordinator_log = open(os.path.join(tmp, "coordinator.log")).read()
+            check("joined; the cluster serves with 3 workers" in coordinator_log, "the coordinator logs the join",
+                  coordinator_log[-600:])
+            moved = wait_for(lambda: covers_every_expert(cluster.status(), n_experts, 3) and any(
+                layer["experts_on"][2].get("experts") for layer in cluster.status()["layers"]), 30)
+            check(moved, "experts move onto the joiner, and every expert stays placed")
+            answers(cluster.generate_bg(prompts), "after the join")
+        finally:
+            cluster.stop()
+            if failures:
+                dump_logs(tmp, ["coordinator.log", "worker0.log", "worker1.log", "worker2.log", "worker3.log"])
+    finish()
+
+
+if __name__ == "__main__":
+    main()
