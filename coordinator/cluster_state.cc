@@ -380,7 +380,11 @@ void ClusterState::OnEvents(int hello_rank, int64_t generation, const v1::StepEv
 
 void ClusterState::OnHeartbeat(int hello_rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (Worker* w = FindLocked(hello_rank, generation)) w->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
+  if (Worker* w = FindLocked(hello_rank, generation)) {
+    w->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
+    w->step_ms_median = heartbeat.step_ms_median();
+    w->step_ms_max = heartbeat.step_ms_max();
+  }
 }
 
 void ClusterState::CheckDeadlines(Clock::time_point now) {
@@ -668,6 +672,8 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
     ws->set_kv_evictions(w->kv_evictions);
     ws->set_preemptions(w->preemptions);
     ws->set_prefix_routed(w->prefix_routed);
+    ws->set_step_ms_median(w->step_ms_median);
+    ws->set_step_ms_max(w->step_ms_max);
   }
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     if (!config_.is_moe_layer(l)) continue;

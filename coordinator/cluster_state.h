@@ -146,6 +146,7 @@ class ClusterState {
     std::unordered_map<uint64_t, int> prefix_pending;
     int64_t prompt_tokens = 0, prompt_tokens_cached = 0, kv_evictions = 0, preemptions = 0;  // as reported
     int64_t prefix_routed = 0;  // requests sent here for the prefix it held
+    double step_ms_median = 0, step_ms_max = 0;  // over its last heartbeat interval, as reported
   };
   struct Sequence {
     uint64_t id = 0;

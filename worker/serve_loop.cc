@@ -1,6 +1,8 @@
 #include "worker/serve_loop.h"
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -40,6 +42,10 @@ class Heartbeats {
     thread_.join();
   }
   std::atomic<int64_t> step{0}, running{0}, kv_used{0};
+  void AddStep(double ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    step_ms_.push_back(ms);
+  }
 
  private:
   void Run() {
@@ -50,6 +56,15 @@ class Heartbeats {
         m.mutable_heartbeat()->set_step(step);
         m.mutable_heartbeat()->set_running(running);
         m.mutable_heartbeat()->set_kv_used_tokens(kv_used);
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (!step_ms_.empty()) {
+            std::nth_element(step_ms_.begin(), step_ms_.begin() + step_ms_.size() / 2, step_ms_.end());
+            m.mutable_heartbeat()->set_step_ms_median(step_ms_[step_ms_.size() / 2]);
+            m.mutable_heartbeat()->set_step_ms_max(*std::max_element(step_ms_.begin(), step_ms_.end()));
+            step_ms_.clear();
+          }
+        }
         control_.Send(m);
         next += interval_;
       }
@@ -59,6 +74,8 @@ class Heartbeats {
   ControlStream& control_;
   const std::chrono::milliseconds interval_;
   std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<double> step_ms_;  // since the last heartbeat
   std::thread thread_;
 };
 
@@ -199,10 +216,12 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       }
       cluster_idle = agree[0] == 0;
       if (!cluster_idle) {
+        const auto began = Clock::now();
         if (!engine.StepAgreed()) {
           if (await_reform()) continue;
           break;
         }
+        heartbeats.AddStep(std::chrono::duration<double, std::milli>(Clock::now() - began).count());
         stepped = true;
       }
     } else {
@@ -215,7 +234,9 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         break;
       }
       cluster_idle = engine.pending() == 0;
+      const auto began = Clock::now();
       stepped = !cluster_idle && engine.Step();
+      if (stepped) heartbeats.AddStep(std::chrono::duration<double, std::milli>(Clock::now() - began).count());
       if (!engine.status().ok()) break;
     }
     if (stepped) ++heartbeats.step;

@@ -1,7 +1,9 @@
 """The figures of scripts/bench-elastic.sh from loadgen's --trace (one JSON line per request,
-with each token's arrival time in seconds since the epoch).
+with each token's arrival time in seconds since the epoch) and from samples of `status --json`
+(the workers' step times over their last heartbeat interval).
+  elastic_report.py sample TIME < STATUS_JSON          one sample line: generation, workers' step times
   elastic_report.py prompts TRACE                      the completed requests as `run --prompts` lines
-  elastic_report.py report TRACE RUN START KILLED JOINED"""
+  elastic_report.py report TRACE SAMPLES RUN START KILLED"""
 import json
 import statistics
 import sys
@@ -18,12 +20,16 @@ def rate(trace, a, b):
     return sum(1 for r in trace for t in r["token_times"] if a <= t < b) / (b - a)
 
 
-def gaps(trace, a, b):
-    """(gap, when it ended) for the inter-token gaps of every stream whose later token arrived in [a, b)."""
-    out = []
-    for r in trace:
-        ts = r["token_times"]
-        out += [(y - x, y) for x, y in zip(ts, ts[1:]) if a <= y < b]
+def sample(at):
+    s = json.load(sys.stdin)
+    print(json.dumps({"t": at, "generation": int(s.get("generation", 0)), "workers": [
+        {"pid": int(w["pid"]), "median": w.get("step_ms_median", 0), "max": w.get("step_ms_max", 0)}
+        for w in s.get("workers", [])]}))
+
+
+def steps(samples, a, b):
+    """(median, max) step milliseconds the workers reported in the samples taken in [a, b)."""
+    out = [(w["median"], w["max"]) for s in samples if a <= s["t"] < b for w in s["workers"] if w["max"] > 0]
     return out
 
 
@@ -33,8 +39,19 @@ def prompts(trace_path):
             print(json.dumps({k: r[k] for k in ("id", "prompt_ids", "max_new_tokens", "ignore_eos")}))
 
 
-def report(trace_path, run_path, start, killed, joined):
+def report(trace_path, samples_path, run_path, start, killed):
     trace = load(trace_path)
+    samples = load(samples_path)
+    # The join: the first sample after the kill with 3 workers again, in a later generation.
+    after_kill = [s for s in samples if s["t"] > killed]
+    shrunk = next((s for s in after_kill if len(s["workers"]) == 2), None)
+    grown = next((s for s in after_kill if shrunk and s["t"] > shrunk["t"] and len(s["workers"]) == 3), None)
+    joined = grown["t"] if grown else 0
+    if shrunk:
+        print(f"serving with 2 workers (generation {shrunk['generation']}) at the first sample, {shrunk['t'] - killed:.2f} s "
+              f"after the kill")
+    if grown:
+        print(f"the relaunched worker serves (generation {grown['generation']}) {joined - start:.1f} s into the run")
     ok = [r for r in trace if r["status"] == "OK"]
     failed = [r for r in trace if r["status"] != "OK"]
     end = max(t for r in trace for t in r["token_times"])
@@ -70,22 +87,20 @@ def report(trace_path, run_path, start, killed, joined):
         print(f"after the join: {tail:.1f} tokens/s from 5 s after it to the end ({100 * tail / before:.0f}%)"
               + (f"; >= 90% of before within {back[0]} s of the join ({back[1]:.1f} tokens/s)" if back
                  else "; not back to 90% within 15 s of the join (target)"))
-        # Inter-token gaps stand for step times. The join itself cuts one step short on every
-        # rank (it is computed again in the new world); then experts move onto the joiner, read
-        # in the background, and the switch comes at an agreed step.
-        steady = gaps(trace, warm, killed)
-        if steady:
-            median = statistics.median(g for g, _ in steady)
-            calm, _ = max(steady)
-            print(f"largest inter-token gap before the kill (steady state: prefills join decode steps): {1000 * calm:.1f} ms = "
-                  f"{calm / median:.1f}x the median ({1000 * median:.1f} ms)")
-            for what, a, b, target in (("at the join (its first 2 s)", joined - 1, joined + 2, ""),
-                                       ("while experts move onto it (2-15 s after)", joined + 2, joined + 15, "; target <= 2x")):
-                window = gaps(trace, a, min(b, end))
-                if window:
-                    worst, at = max(window)
-                    print(f"largest inter-token gap {what}: {1000 * worst:.1f} ms, ending {at - joined:+.1f} s from it = "
-                          f"{worst / median:.1f}x the median before the kill ({1000 * median:.1f} ms{target})")
+        # Step times as the workers report them (median and longest over each heartbeat
+        # interval). The join cuts one step short on every rank (computed again in the new
+        # world); then experts move onto the joiner, read in the background, and switch at an
+        # agreed step.
+        steady = steps(samples, warm, killed)
+        moving = steps(samples, joined, min(joined + 15, end))
+        if steady and moving:
+            median = statistics.median(m for m, _ in steady)
+            calm = max(x for _, x in steady)
+            worst = max(x for _, x in moving)
+            print(f"steps before the kill: median {median:.1f} ms, longest {calm:.1f} ms ({calm / median:.1f}x; prefill "
+                  f"chunks join decode steps)")
+            print(f"longest step in the 15 s after the join, experts moving onto it: {worst:.1f} ms = {worst / median:.1f}x "
+                  f"the median before the kill (target <= 2x), {worst / calm:.2f}x the longest before it")
     else:
         print("the relaunched worker did not join before the end")
     ran = {r["id"]: r["generated_ids"] for r in load(run_path)}
@@ -94,7 +109,9 @@ def report(trace_path, run_path, start, killed, joined):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "prompts":
+    if sys.argv[1] == "sample":
+        sample(float(sys.argv[2]))
+    elif sys.argv[1] == "prompts":
         prompts(sys.argv[2])
     else:
-        report(sys.argv[2], sys.argv[3], *(float(x) for x in sys.argv[4:7]))
+        report(sys.argv[2], sys.argv[3], sys.argv[4], *(float(x) for x in sys.argv[5:7]))
