@@ -97,6 +97,8 @@ grpc::Status ClusterService::Control(grpc::ServerContext* context,
       state_.OnEvents(rank, generation, message.events(), now);
     } else if (message.has_heartbeat()) {
       state_.OnHeartbeat(rank, generation, message.heartbeat(), now);
+    } else if (message.has_peers_lost()) {
+      state_.OnPeersLost(rank, generation, message.peers_lost());
     } else if (message.has_failure()) {
       why = absl::StrCat("it reported: ", message.failure().message());
       break;

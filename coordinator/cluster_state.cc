@@ -153,6 +153,7 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
     w.hello_generation = generation;
     w.health.Restart(now);
     ++generation_;
+    peers_lost_.clear();
     placement_.AddRank();
     const std::string what =
         absl::StrCat("worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
@@ -295,6 +296,7 @@ void ClusterState::ShrinkLocked(int rank, const std::string& what) {
   workers_.erase(workers_.begin() + rank);
   ++generation_;
   joining_.reset();  // planned for the old world: it must register again
+  peers_lost_.clear();
   const int world = static_cast<int>(workers_.size());
   for (int r = 0; r < world; ++r) {
     workers_[r]->info.set_rank(r);
@@ -384,6 +386,22 @@ void ClusterState::OnHeartbeat(int hello_rank, int64_t generation, const v1::Hea
     w->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
     w->step_ms_median = heartbeat.step_ms_median();
     w->step_ms_max = heartbeat.step_ms_max();
+  }
+}
+
+void ClusterState::OnPeersLost(int hello_rank, int64_t generation, const v1::PeersLost& lost) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int reporter = -1;
+  if (FindLocked(hello_rank, generation, &reporter) == nullptr || lost.generation() != generation_) return;
+  const int world = static_cast<int>(workers_.size());
+  for (int r : lost.ranks())
+    if (r >= 0 && r < world && r != reporter) peers_lost_[r].insert(reporter);
+  for (const auto& [r, by] : peers_lost_) {
+    if (static_cast<int>(by.size()) < world - 1) continue;
+    const std::string why = absl::StrCat("every other worker's collective timed out waiting for it (rank ", reporter, ": ",
+                                         lost.message(), ")");
+    LoseLocked(r, why);  // a new generation: the other reports, of the old world, no longer count
+    return;
   }
 }
 

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <condition_variable>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -104,6 +105,9 @@ class ClusterState {
   void Lose(int rank, int64_t generation, const std::string& why);
   void OnEvents(int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now);
   void OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now);
+  // Elastic: the worker's collective failed waiting for `lost.ranks` (of world lost.generation).
+  // A rank named by every other worker of the current world is lost.
+  void OnPeersLost(int rank, int64_t generation, const v1::PeersLost& lost);
   // Loses workers silent for longer than heartbeat_timeout, and busy workers whose step count
   // has not advanced for stall_timeout; fails queued requests whose admission deadline has
   // passed. Called about every 100 ms by the server.
@@ -199,6 +203,8 @@ class ClusterState {
   std::string degraded_;                        // why, when a worker of this generation was lost
   // Elastic: the worker registered to join as rank workers_.size() in generation_ + 1.
   std::optional<Worker> joining_;
+  // Elastic: rank → the ranks that reported it lost, in the current generation.
+  std::map<int, std::set<int>> peers_lost_;
   bool shutting_down_ = false;  // ShutdownWorkers was called: workers leaving are not a loss to recover from
   PlacementManager placement_;                  // of the current generation, and the measured load
   std::map<uint64_t, Sequence> sequences_;      // queued or admitted

@@ -1,5 +1,7 @@
 #include "routing/fault_injection.h"
 
+#include <atomic>
+#include <csignal>
 #include <thread>
 #include <vector>
 
@@ -10,12 +12,21 @@
 namespace daedalus {
 namespace {
 
+std::atomic<bool> stall_requested{false};  // by SIGUSR2
+
+void RequestStall(int) { stall_requested = true; }
+
 class Stalling : public Transport {
  public:
-  Stalling(std::unique_ptr<Transport> inner, int64_t at, std::chrono::milliseconds stall, bool alltoall_only)
-      : inner_(std::move(inner)), at_(at), stall_(stall), alltoall_only_(alltoall_only) {}
+  // Stalls at call `at` (-1: never), and at the next all-to-all after SIGUSR2 when `on_signal`.
+  Stalling(std::unique_ptr<Transport> inner, int64_t at, std::chrono::milliseconds stall, bool alltoall_only,
+           bool on_signal = false)
+      : inner_(std::move(inner)), at_(at), stall_(stall), alltoall_only_(alltoall_only), on_signal_(on_signal) {}
   int rank() const override { return inner_->rank(); }
   int world_size() const override { return inner_->world_size(); }
+  void Interrupt(int64_t epoch) override { inner_->Interrupt(epoch); }
+  int64_t epoch() const override { return inner_->epoch(); }
+  std::vector<int> waited_for() const override { return inner_->waited_for(); }
   absl::Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, std::vector<uint8_t>& recv,
                          std::vector<size_t>& recv_bytes, const std::string& what) override {
     Tick(true);
@@ -33,12 +44,13 @@ class Stalling : public Transport {
  private:
   void Tick(bool alltoall) {
     if ((alltoall || !alltoall_only_) && calls_++ == at_) std::this_thread::sleep_for(stall_);
+    if (alltoall && on_signal_ && stall_requested.exchange(false)) std::this_thread::sleep_for(stall_);
     inner_->set_deadline(deadline());
   }
   std::unique_ptr<Transport> inner_;
   int64_t at_, calls_ = 0;
   std::chrono::milliseconds stall_;
-  bool alltoall_only_;
+  bool alltoall_only_, on_signal_;
 };
 
 }  // namespace
@@ -60,6 +72,16 @@ absl::StatusOr<std::unique_ptr<Transport>> MaybeStall(std::unique_ptr<Transport>
   if (rank != inner->rank()) return inner;
   auto stalling = StallingTransport(std::move(inner), call, std::chrono::milliseconds(ms), parts.size() == 4);
   return stalling;
+}
+
+absl::StatusOr<std::unique_ptr<Transport>> MaybeStallOnSignal(std::unique_ptr<Transport> inner, const std::string& ms) {
+  int64_t stall = 0;
+  if (!absl::SimpleAtoi(ms, &stall) || stall <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("DAEDALUS_FAULT_STALL_ON_SIGUSR2=\"", ms, "\": expected MILLISECONDS"));
+  }
+  std::signal(SIGUSR2, RequestStall);
+  return std::unique_ptr<Transport>(
+      std::make_unique<Stalling>(std::move(inner), -1, std::chrono::milliseconds(stall), true, /*on_signal=*/true));
 }
 
 }  // namespace daedalus

@@ -21,4 +21,8 @@ std::unique_ptr<Transport> StallingTransport(std::unique_ptr<Transport> inner, i
 // the integration tests) and wraps `inner` if RANK is its rank; otherwise returns it unchanged.
 absl::StatusOr<std::unique_ptr<Transport>> MaybeStall(std::unique_ptr<Transport> inner, const std::string& spec);
 
+// DAEDALUS_FAULT_STALL_ON_SIGUSR2=MILLISECONDS: after SIGUSR2, the next all-to-all first sleeps
+// that long (a rank that hangs mid-step while its heartbeats go on). Installs the handler.
+absl::StatusOr<std::unique_ptr<Transport>> MaybeStallOnSignal(std::unique_ptr<Transport> inner, const std::string& ms);
+
 }  // namespace daedalus

@@ -36,6 +36,10 @@ class Transport {
   // later one, returns Aborted until the transport has been re-formed for a world numbered
   // `epoch` or later (UcxTransport::Reform). Others ignore it.
   virtual void Interrupt(int64_t epoch) { (void)epoch; }
+  // Elastic transports: the world's epoch, and after a collective failed on a deadline or a
+  // broken connection, the ranks it was still waiting for (what the rank reports as lost).
+  virtual int64_t epoch() const { return 0; }
+  virtual std::vector<int> waited_for() const { return {}; }
 
   std::chrono::milliseconds deadline() const { return deadline_; }
   void set_deadline(std::chrono::milliseconds d) { deadline_ = d; }

@@ -39,6 +39,8 @@ class Ucx final : public UcxTransport {
   const std::string& address() const override { return address_; }
   absl::Status Connect(int rank, const std::vector<std::string>& addresses, int64_t epoch) override;
   absl::Status Reform(int rank, const std::vector<std::string>& addresses, int64_t epoch) override;
+  int64_t epoch() const override { return epoch_; }
+  std::vector<int> waited_for() const override { return waited_for_; }
   void Interrupt(int64_t epoch) override {
     int64_t was = interrupt_below_.load();
     while (was < epoch && !interrupt_below_.compare_exchange_weak(was, epoch)) {
@@ -95,6 +97,7 @@ class Ucx final : public UcxTransport {
   std::vector<std::unique_ptr<PeerHandle>> handles_;  // by rank (null for this one); peer -1: closed
   std::vector<std::unique_ptr<PeerHandle>> retired_;
   std::vector<int> failed_peers_;
+  std::vector<int> waited_for_;  // by the last collective that failed
 };
 
 absl::Status Ucx::Init() {
@@ -207,6 +210,7 @@ absl::Status Ucx::Reform(int rank, const std::vector<std::string>& addresses, in
   epoch_ = epoch;
   sequence_ = 0;
   failed_peers_.clear();
+  waited_for_.clear();
   broken_ = absl::OkStatus();
   return absl::OkStatus();
 }
@@ -260,6 +264,7 @@ absl::Status Ucx::Expired(const std::vector<Pending>& pending, const char* kind,
     if (p.request != nullptr) (p.send ? to : from).insert(p.peer);
   }
   const std::set<int>& missing = from.empty() ? to : from;
+  waited_for_.assign(missing.begin(), missing.end());
   return absl::DeadlineExceededError(absl::StrCat("rank ", rank_, ": ", kind, " (", what, ") timed out after ", deadline().count(),
                                                   " ms waiting for rank", missing.size() > 1 ? "s " : " ",
                                                   absl::StrJoin(missing, ", "), " (UCX)"));
@@ -287,6 +292,7 @@ absl::Status Ucx::Wait(std::vector<Pending>& pending, const char* kind, const st
     }
     if (all_done) return absl::OkStatus();
     if (!failed_peers_.empty()) {
+      waited_for_ = failed_peers_;
       CancelAll(pending);
       return absl::UnavailableError(absl::StrCat("rank ", rank_, ": ", kind, " (", what, "): lost the connection to rank",
                                                  failed_peers_.size() > 1 ? "s " : " ", absl::StrJoin(failed_peers_, ", "),

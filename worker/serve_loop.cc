@@ -125,11 +125,20 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     }
   };
   // A collective failed: in an elastic cluster that is a peer lost (or a Reform's interrupt);
-  // the coordinator's Reform comes, or has come. True when one is here to apply.
-  auto await_reform = [&] {
+  // the peers it waited for are reported, and the coordinator's Reform comes, or has come.
+  // True when one is here to apply.
+  auto await_reform = [&](const absl::Status& failure) {
     if (!options.reform) return false;
+    if (transport != nullptr && !absl::IsAborted(failure) && !transport->waited_for().empty()) {
+      v1::WorkerMessage m;
+      v1::PeersLost* lost = m.mutable_peers_lost();
+      lost->set_generation(transport->epoch());
+      for (int r : transport->waited_for()) lost->add_ranks(r);
+      lost->set_message(std::string(failure.message()));
+      control.Send(m);
+    }
     const auto until = Clock::now() + options.reform_wait;
-    while (!reform && !stop && !control.closed() && Clock::now() < until) {
+    while (!reform && !stop && !reregister && !control.closed() && Clock::now() < until) {
       if (auto m = control.Next(std::chrono::milliseconds(50))) handle(*m);
     }
     return reform.has_value();
@@ -202,7 +211,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
                                     update ? update->version() : 0, ready() ? 1 : 0};
       if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
           !s.ok()) {
-        if (await_reform()) continue;
+        if (await_reform(s)) continue;
         why = s;
         break;
       }
@@ -218,7 +227,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (!cluster_idle) {
         const auto began = Clock::now();
         if (!engine.StepAgreed()) {
-          if (await_reform()) continue;
+          if (await_reform(engine.status())) continue;
           break;
         }
         heartbeats.AddStep(std::chrono::duration<double, std::milli>(Clock::now() - began).count());

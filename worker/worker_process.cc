@@ -186,6 +186,11 @@ int RunWorkerProcess(WorkerProcessOptions o) {
     if (!stalled.ok()) return Failed(std::string(stalled.status().message()));
     transport = std::move(*stalled);
   }
+  if (const char* ms = std::getenv("DAEDALUS_FAULT_STALL_ON_SIGUSR2"); ms != nullptr && transport) {
+    auto stalled = MaybeStallOnSignal(std::move(transport), ms);
+    if (!stalled.ok()) return Failed(std::string(stalled.status().message()));
+    transport = std::move(*stalled);
+  }
   auto fail = [&](const absl::Status& s) {
     std::fprintf(stderr, "daedalus worker rank %d of %d: error: %s\n", rank, world, std::string(s.message()).c_str());
     std::fflush(stderr);
@@ -320,8 +325,7 @@ int RunWorkerProcess(WorkerProcessOptions o) {
         return absl::OkStatus();
       };
       // Elastic (ucx): the world re-forms around a lost or joining worker while this one serves.
-      loop.reform = [&](const v1::Reform& r) -> absl::Status {
-        if (ucx == nullptr) return absl::FailedPreconditionError("only the ucx data plane re-forms a running cluster");
+      if (ucx != nullptr) loop.reform = [&](const v1::Reform& r) -> absl::Status {
         if (backend) return absl::UnimplementedError("GPU workers do not re-form a running cluster yet");
         if (pending) {  // a placement of the old world: read, then dropped
           pending->staged.wait();

@@ -2,6 +2,9 @@
 # A cluster over a hostfile: the coordinator on this host (the hostfile's first), the workers
 # on every slot of the hostfile via mpirun. Started again when they exit (a worker died and
 # mpirun ended the job), up to DAEDALUS_MAX_RESTARTS times. Ctrl-C / SIGTERM stops everything.
+# With `--transport ucx` among the worker flags the cluster is elastic: each slot's worker is
+# its own `mpirun -np 1`, and only a dead one is started again; it joins the running cluster
+# while the others serve on (DAEDALUS_MAX_RESTARTS then counts per slot).
 #
 #   scripts/launch/mpirun.sh HOSTFILE MODEL_DIR [extra worker flags...]
 #
@@ -33,6 +36,8 @@ if [ -n "${DAEDALUS_TLS_CERT:-}" ]; then
 fi
 root_flag=()
 [ "$(id -u)" = 0 ] && root_flag=(--allow-run-as-root)
+elastic=""
+for flag in "$@"; do [ "$flag" = ucx ] && [ "${previous:-}" = --transport ] && elastic=1; previous="$flag"; done
 
 "$bin" coordinator --model "$model" --world-size "$workers" --listen "0.0.0.0:$port" \
   --metrics-listen "0.0.0.0:${DAEDALUS_METRICS_PORT:-9400}" "${tls[@]}" &
@@ -45,6 +50,43 @@ stop() {
   exit 0
 }
 trap stop INT TERM
+
+if [ -n "$elastic" ]; then
+  # One supervised `mpirun -np 1` per slot, in the hostfile's order.
+  slots=$(awk '!/^#/ && NF { n = 1; for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { sub("slots=", "", $i); n = $i }
+                             for (k = 0; k < n; k++) print $1 }' "$hostfile" | head -n "$workers")
+  pids=()
+  stop_elastic() {
+    for pid in "${pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || true; kill -TERM "$pid" 2>/dev/null || true; done
+    kill -TERM "$coordinator" 2>/dev/null || true
+    wait 2>/dev/null || true
+    exit 0
+  }
+  trap stop_elastic INT TERM
+  for slot_host in $slots; do
+    (
+      trap 'kill -TERM "$child" 2>/dev/null; wait; exit 0' TERM
+      restarts=0
+      while true; do
+        # shellcheck disable=SC2086
+        mpirun "${root_flag[@]}" --host "$slot_host" -np 1 -x DAEDALUS_CLUSTER_SECRET ${MPIRUN_ARGS:-} \
+          "$bin" worker --coordinator "$host:$port" --model "$model" --rank -1 --world-size 0 "${worker_tls[@]}" "$@" &
+        child=$!
+        rc=0
+        wait "$child" || rc=$?
+        kill -0 "$coordinator" 2>/dev/null || exit 1
+        restarts=$((restarts + 1))
+        [ "$restarts" -le "${DAEDALUS_MAX_RESTARTS:-10}" ] || { echo "mpirun.sh: the worker on $slot_host exited $restarts times; giving up" >&2; exit 1; }
+        echo "mpirun.sh: the worker on $slot_host exited (status $rc); starting it again: it joins the running cluster" >&2
+        sleep 1
+      done
+    ) &
+    pids+=($!)
+  done
+  wait "$coordinator" || true
+  echo "mpirun.sh: the coordinator exited" >&2
+  stop_elastic
+fi
 
 restarts=0
 while true; do

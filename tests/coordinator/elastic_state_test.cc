@@ -167,6 +167,32 @@ TEST_F(ElasticStateTest, AJoinerPlannedForAWorldThatShrankMustRegisterAgain) {
   EXPECT_TRUE(absl::IsFailedPrecondition(state_->Attach(2, joiner->generation, std::make_shared<FakeLink>(), now_)));
 }
 
+TEST_F(ElasticStateTest, ARankIsLostOnceEveryOtherRankReportsItsCollectiveWaitedForIt) {
+  FormThree();
+  const int64_t formed = generation_;
+  auto report = [&](int rank, std::vector<int32_t> ranks, int64_t generation) {
+    v1::PeersLost lost;
+    lost.set_generation(generation);
+    *lost.mutable_ranks() = {ranks.begin(), ranks.end()};
+    lost.set_message("all-to-all timed out");
+    state_->OnPeersLost(rank, formed, lost);
+  };
+  // Rank 0 is a step ahead, in an all-reduce: it waits for both others.
+  report(0, {1, 2}, formed);
+  EXPECT_EQ(state_->Status(now_).world_size(), 3) << "one report loses no one";
+  report(2, {1}, formed - 1);  // of an older world: ignored
+  EXPECT_EQ(state_->Status(now_).world_size(), 3);
+  report(2, {1}, formed);
+  const v1::ClusterStatusResponse s = state_->Status(now_);
+  ASSERT_EQ(s.world_size(), 2) << "rank 1, named by both others, is lost";
+  EXPECT_EQ(s.workers(0).pid(), 1000);
+  EXPECT_EQ(s.workers(1).pid(), 1002) << "rank 2, named by one, is not";
+  const v1::CoordinatorMessage* bye = Last(*links_[1], v1::CoordinatorMessage::kShutdown);
+  ASSERT_NE(bye, nullptr);
+  EXPECT_NE(bye->shutdown().reason().find("every other worker's collective timed out waiting for it"), std::string::npos)
+      << bye->shutdown().reason();
+}
+
 TEST_F(ElasticStateTest, MpiAndGpuClustersFailTheirRequestsInstead) {
   for (const auto& [transport, device] : {std::pair{"mpi", "cpu"}, std::pair{"ucx", "cuda:0"}}) {
     transport_ = transport;

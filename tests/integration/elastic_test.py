@@ -10,7 +10,9 @@ Under 24 concurrent streams (greedy and sampled), one worker is killed (SIGKILL)
   that covers every expert, and say which experts they read from the checkpoint.
 Then a new worker process joins the running cluster as rank 2: the survivors are not re-formed
 from scratch (same processes, no re-registration), experts move onto it, and the same prompts
-give the same tokens again. Detection and recovery times are printed ("measured: ...")."""
+give the same tokens again. Last, that worker hangs mid-step while its heartbeats go on: the
+others' collectives time out, both name it, and the cluster goes on without it, again with no
+failed request. Detection and recovery times are printed ("measured: ...")."""
 import argparse
 import json
 import os
@@ -37,12 +39,13 @@ class Cluster:
         check(line.startswith("listening"), "the coordinator listens", line)
         self.workers = []
 
-    def start_worker(self):
+    def start_worker(self, env=None):
         n = len(self.workers)
         log = open(os.path.join(self.tmp, f"worker{n}.log"), "w")
         self.workers.append(subprocess.Popen(
             [self.d, "worker", "--coordinator", self.address, "--model", self.model, "--transport", "ucx", "--threads", "1",
-             "--kv-cache-tokens", "8192"], stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True))
+             "--kv-cache-tokens", "8192", "--collective-timeout", "3"], stdout=log, stderr=subprocess.STDOUT,
+            env=dict(ENV, **(env or {})), start_new_session=True))
         return self.workers[-1]
 
     def status(self):
@@ -137,9 +140,9 @@ def main():
             check(re.search(r"re-formed as rank [01] of 2 .*read \d+ experts it now serves from the checkpoint", logs),
                   "survivors read the experts that lost their only copy from the checkpoint", logs[-600:])
 
-            # A new process joins the running cluster.
+            # A new process joins the running cluster. (It can be made to hang mid-step, below.)
             joined_at = time.time()
-            cluster.start_worker()
+            joiner = cluster.start_worker({"DAEDALUS_FAULT_STALL_ON_SIGUSR2": "20000"})
             s = wait_for(lambda: len(cluster.status()["workers"]) == 3 and cluster.status(), 60, 0.1)
             measured("a new worker's start to serving as rank 2", time.time() - joined_at, 30)
             check(s and s["state"] == "serving" and int(s["generation"]) == generation + 2, "the joiner makes one more generation",
@@ -153,6 +156,24 @@ def main():
                 layer["experts_on"][2].get("experts") for layer in cluster.status()["layers"]), 30)
             check(moved, "experts move onto the joiner, and every expert stays placed")
             answers(cluster.generate_bg(prompts), "after the join")
+
+            # The joiner hangs mid-step (20 s), its heartbeats going on: the others' collectives
+            # time out (--collective-timeout 3), they both name it, and the cluster goes on without it.
+            generation = int(cluster.status()["generation"])
+            stream = cluster.generate_bg(prompts)
+            check(wait_for(lambda: all(int(w.get("running", 0)) > 0 for w in cluster.status()["workers"]), 60, 0.05),
+                  "every worker runs sequences again")
+            os.kill(joiner.pid, signal.SIGUSR2)
+            hung = time.time()
+            s = wait_for(lambda: len(cluster.status()["workers"]) == 2 and cluster.status(), 30, 0.1)
+            measured("a worker hung mid-step to the cluster serving without it (collective timeout 3 s)", time.time() - hung, 8)
+            answers(stream, "a worker hung mid-step")
+            s = cluster.status()
+            check(int(s["generation"]) == generation + 1 and joiner.pid not in [int(w["pid"]) for w in s["workers"]],
+                  "a new generation without the hung worker", (s.get("generation"), [w["pid"] for w in s["workers"]]))
+            coordinator_log = open(os.path.join(tmp, "coordinator.log")).read()
+            check("lost: every other worker's collective timed out waiting for it" in coordinator_log,
+                  "the coordinator says why: every other worker waited for it", coordinator_log[-400:])
         finally:
             cluster.stop()
             if failures:

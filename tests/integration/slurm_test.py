@@ -2,8 +2,10 @@
 with its own key, slurmctld and slurmd with a configuration in a temporary folder (SLURM_CONF,
 MpiDefault=pmix, a partition of this machine's CPUs), submits the script with sbatch, waits for
 its "ready", checks the answers against `daedalus run`, cancels the job with scancel (which
-must leave no worker behind) and stops the daemons by their process ids. Skips, saying why,
-without root or without the Slurm and munge daemons."""
+must leave no worker behind) and stops the daemons by their process ids. Then the same with
+`--transport ucx` (elastic): a worker killed by SIGKILL leaves the other serving, and a new step
+starts it again into the running cluster. Skips, saying why, without root or without the Slurm
+and munge daemons."""
 import argparse
 import json
 import os
@@ -84,33 +86,51 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscr
             subprocess.run([d, "make-model", "--preset", "tiny", "--out", model], check=True, capture_output=True)
             expected = json.loads(subprocess.run([d, "run", "--model", model, "--prompt-ids", "4,8,15,16,23,42",
                                                   "--max-new-tokens", "10"], capture_output=True, text=True, env=ENV).stdout)
-            port = free_port()
-            out = os.path.join(tmp, "job.out")
-            job_env = dict(env, DAEDALUS_MODEL=model, DAEDALUS_BIN=d, DAEDALUS_PORT=str(port),
-                           DAEDALUS_METRICS_PORT=str(free_port()), DAEDALUS_WORKER_ARGS="--threads 1")
-            p = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", f"--output={out}", script],
-                               capture_output=True, text=True, env=job_env)
-            check(p.returncode == 0, "sbatch accepts scripts/slurm/daedalus.sbatch", p.stderr)
-            job = p.stdout.strip().split(";")[0]
-            ready = wait_for(lambda: os.path.exists(out) and any(l.startswith("ready ") for l in open(out)), 120)
-            check(bool(ready), "the job prints ready <host:port>", open(out).read()[-500:] if os.path.exists(out) else "no output")
-            server = f"127.0.0.1:{port}"
-            status = json.loads(subprocess.run([d, "status", "--server", server, "--json"], capture_output=True, text=True,
-                                               env=ENV).stdout or "{}")
-            check(status.get("state") == "serving" and len(status.get("workers", [])) == 2,
-                  "the coordinator on the first node serves with 2 workers from srun", status.get("detail"))
-            g = subprocess.run([d, "generate", "--server", server, "--prompt-ids", "4,8,15,16,23,42", "--max-new-tokens", "10",
-                                "--json"], capture_output=True, text=True, env=ENV)
-            got = json.loads(g.stdout) if g.returncode == 0 else {}
-            check(got.get("generated_ids") == expected["generated_ids"], "the Slurm cluster answers like `run`", g.stdout + g.stderr)
-            worker_pids = [int(w["pid"]) for w in status.get("workers", [])]
-            subprocess.run(["scancel", job], env=env)
-            gone = wait_for(lambda: job not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
-                                                             env=env).stdout, 60)
-            check(bool(gone), "scancel ends the job")
-            time.sleep(1)
-            alive = [p for p in worker_pids if os.path.exists(f"/proc/{p}")]
-            check(not alive, "no worker outlives the job", alive)
+            for mode, worker_args in (("srun", "--threads 1"), ("ucx", "--threads 1 --transport ucx")):
+                port = free_port()
+                out = os.path.join(tmp, f"job-{mode}.out")
+                job_env = dict(env, DAEDALUS_MODEL=model, DAEDALUS_BIN=d, DAEDALUS_PORT=str(port),
+                               DAEDALUS_METRICS_PORT=str(free_port()), DAEDALUS_WORKER_ARGS=worker_args)
+                p = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", f"--output={out}", script],
+                                   capture_output=True, text=True, env=job_env)
+                check(p.returncode == 0, f"{mode}: sbatch accepts scripts/slurm/daedalus.sbatch", p.stderr)
+                job = p.stdout.strip().split(";")[0]
+                ready = wait_for(lambda: os.path.exists(out) and any(l.startswith("ready ") for l in open(out)), 120)
+                check(bool(ready), f"{mode}: the job prints ready <host:port>",
+                      open(out).read()[-500:] if os.path.exists(out) else "no output")
+                server = f"127.0.0.1:{port}"
+
+                def status():
+                    p = subprocess.run([d, "status", "--server", server, "--json"], capture_output=True, text=True, env=ENV)
+                    return json.loads(p.stdout) if p.returncode == 0 else {}
+
+                def answers_like_run(what):
+                    g = subprocess.run([d, "generate", "--server", server, "--prompt-ids", "4,8,15,16,23,42",
+                                        "--max-new-tokens", "10", "--json"], capture_output=True, text=True, env=ENV)
+                    got = json.loads(g.stdout) if g.returncode == 0 else {}
+                    check(got.get("generated_ids") == expected["generated_ids"], what, g.stdout + g.stderr)
+
+                first = wait_for(lambda: len(status().get("workers", [])) == 2 and status().get("state") == "serving" and status(), 60)
+                check(bool(first), f"{mode}: the coordinator on the first node serves with 2 workers from srun",
+                      status().get("detail"))
+                answers_like_run(f"{mode}: the Slurm cluster answers like `run`")
+                worker_pids = [int(w["pid"]) for w in (first or {}).get("workers", [])]
+                if mode == "ucx" and first:
+                    os.kill(worker_pids[1], signal.SIGKILL)
+                    alone = wait_for(lambda: len(status().get("workers", [])) == 1 and status(), 30, 0.1)
+                    check(bool(alone) and alone["state"] == "serving", "ucx: a worker killed, the other serves on alone")
+                    again = wait_for(lambda: len(status().get("workers", [])) == 2 and status(), 90)
+                    check(bool(again) and int(again["generation"]) == int(first["generation"]) + 2,
+                          "ucx: a new step starts it again and it joins the running cluster", again)
+                    answers_like_run("ucx: after the join, like `run`")
+                    worker_pids += [int(w["pid"]) for w in (again or {}).get("workers", [])]
+                subprocess.run(["scancel", job], env=env)
+                gone = wait_for(lambda: job not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                                                                 env=env).stdout, 60)
+                check(bool(gone), f"{mode}: scancel ends the job")
+                time.sleep(1)
+                alive = [p for p in worker_pids if os.path.exists(f"/proc/{p}")]
+                check(not alive, f"{mode}: no worker outlives the job", alive)
         finally:
             for name in ["slurmd", "slurmctld", "munged"]:
                 if name in daemons:
@@ -122,7 +142,7 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscr
                 if name in daemons:
                     wait_for(lambda: not os.path.exists(f"/proc/{daemons[name]}"), 10, 0.1)
             if failures:
-                dump_logs(tmp, ["job.out", "slurmctld.log", "slurmd.log"])
+                dump_logs(tmp, ["job-srun.out", "job-ucx.out", "slurmctld.log", "slurmd.log"])
     finish()
 
 
