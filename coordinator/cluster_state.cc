@@ -15,12 +15,17 @@ ClusterState::ClusterState(ModelConfig config, std::string model_name, Coordinat
       options_(std::move(options)),
       metrics_(metrics),
       placement_(config_, PlacementOptions{options_.world_size, options_.ranks_per_node, options_.redundant_experts,
-                                           options_.placement_load, options_.rebalance_gain}) {}
+                                           options_.placement_load, options_.rebalance_gain}) {
+  launch_world_ = options_.world_size;
+}
 
 absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
   const std::string who = absl::StrCat("worker ", r.rank() < 0 ? std::string("(any rank)") : absl::StrCat("rank ", r.rank()), " (",
                                        r.host(), ", pid ", r.pid(), ")");
-  if (r.world_size() != 0 && r.world_size() != options_.world_size) {
+  // Elastic workers that shrank (a peer lost) register again, with a restarted coordinator, as
+  // the smaller world they are; joiners bring it back to world_size.
+  const bool shrunk = r.transport() == "ucx" && r.world_size() > 0 && r.world_size() < options_.world_size;
+  if (r.world_size() != 0 && r.world_size() != options_.world_size && !shrunk) {
     return absl::FailedPreconditionError(absl::StrCat(who, " was launched with world size ", r.world_size(),
                                                       "; this coordinator serves ", options_.world_size, " workers"));
   }
@@ -70,23 +75,33 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
     for (auto it = sequences_.begin(); it != sequences_.end();) {
       EndLocked(it++, "", absl::UnavailableError("the cluster's workers were relaunched"));
     }
-    ++generation_;
+    // Numbered above any world the workers' data plane has been in (a restarted coordinator).
+    generation_ = std::max(generation_ + 1, r.data_plane_epoch() + 1);
     launch_id_ = launch;
-    workers_.assign(options_.world_size, std::nullopt);
+    launch_world_ = shrunk ? r.world_size() : options_.world_size;
+    workers_.assign(launch_world_, std::nullopt);
     degraded_.clear();
     joining_.reset();
-    placement_.Reset();
+    peers_lost_.clear();
+    placement_.Reset(launch_world_);
   }
-  if (static_cast<int>(workers_.size()) != options_.world_size) {  // shrunk, and not serving just now
+  if (r.world_size() != 0 && r.world_size() != launch_world_) {
+    return absl::FailedPreconditionError(absl::StrCat(who, " was launched with world size ", r.world_size(), "; launch ", launch,
+                                                      " forms with ", launch_world_, " workers"));
+  }
+  if (static_cast<int>(workers_.size()) != launch_world_) {  // shrunk, and not serving just now
     return absl::UnavailableError(absl::StrCat(who, ": launch ", launch, " serves with ", workers_.size(), " of ",
-                                               options_.world_size, " workers and is re-forming; register again"));
+                                               launch_world_, " workers and is re-forming; register again"));
   }
   int rank = r.rank();
+  if (rank >= launch_world_) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": rank outside [0, ", launch_world_, ")"));
+  }
   if (rank < 0) {
-    for (int i = 0; i < options_.world_size && rank < 0; ++i)
+    for (int i = 0; i < launch_world_ && rank < 0; ++i)
       if (!workers_[i]) rank = i;
     if (rank < 0) {
-      return absl::AlreadyExistsError(absl::StrCat(who, ": all ", options_.world_size, " ranks of launch ", launch,
+      return absl::AlreadyExistsError(absl::StrCat(who, ": all ", launch_world_, " ranks of launch ", launch,
                                                    " are registered"));
     }
   }
@@ -99,7 +114,7 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
   slot.emplace();
   slot->info = r;
   slot->info.set_rank(rank);
-  slot->info.set_world_size(options_.world_size);
+  slot->info.set_world_size(launch_world_);
   slot->health.Restart(now);
   formed_.notify_all();
   return Registration{generation_, rank};
@@ -128,7 +143,7 @@ absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, 
   if (!formed_.wait_until(lock, deadline, all_registered)) {
     int n = 0;
     for (const auto& w : workers_) n += w.has_value();
-    return absl::UnavailableError(absl::StrCat("only ", n, " of ", options_.world_size, " workers registered in time"));
+    return absl::UnavailableError(absl::StrCat("only ", n, " of ", launch_world_, " workers registered in time"));
   }
   if (generation != generation_) return absl::AbortedError("a newer launch replaced this one");
   v1::Assignment a;
@@ -137,7 +152,7 @@ absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, 
   for (const auto& w : workers_) a.add_data_plane_addresses(w->info.data_plane_address());
   a.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
   a.set_rank(rank);
-  a.set_world_size(options_.world_size);
+  a.set_world_size(launch_world_);
   return a;
 }
 
@@ -653,7 +668,7 @@ std::string ClusterState::state_detail_locked() const {
     registered += w.has_value();
     ready += w && w->state == WorkerState::kReady;
   }
-  return absl::StrCat("cluster forming: ", registered, " of ", options_.world_size, " workers registered, ", ready,
+  return absl::StrCat("cluster forming: ", registered, " of ", launch_world_, " workers registered, ", ready,
                       " ready");
 }
 

@@ -199,6 +199,7 @@ class ClusterState {
   std::condition_variable formed_;
   int64_t generation_ = 0;
   std::string launch_id_;
+  int launch_world_ = 0;  // workers the current launch forms with: world_size, or fewer (elastic, shrunk)
   std::vector<std::optional<Worker>> workers_;  // by rank, of the current generation
   std::string degraded_;                        // why, when a worker of this generation was lost
   // Elastic: the worker registered to join as rank workers_.size() in generation_ + 1.

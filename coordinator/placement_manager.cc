@@ -29,9 +29,9 @@ PlacementManager::PlacementManager(const ModelConfig& config, PlacementOptions o
   Reset();
 }
 
-void PlacementManager::Reset() {
+void PlacementManager::Reset(int world_size) {
   version_ = 0;
-  world_size_ = options_.world_size;
+  world_size_ = world_size > 0 ? world_size : options_.world_size;
   placement_ = Compute();
 }
 

@@ -26,9 +26,9 @@ class PlacementManager {
  public:
   PlacementManager(const ModelConfig& config, PlacementOptions options);
 
-  // A new launch: world_size ranks, version 0, placed from the measured load if any was
-  // reported, else from the initial load.
-  void Reset();
+  // A new launch of `world_size` ranks (0: the options'), version 0, placed from the measured
+  // load if any was reported, else from the initial load.
+  void Reset(int world_size = 0);
   // The cluster shrank (elastic): rank `rank` is gone and the ranks above it move down by one.
   // Its experts that keep a replica elsewhere are served there; each that lost its only copy
   // goes to the survivor with the least measured load in that layer (fewest experts on a tie).

@@ -236,6 +236,7 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       reg.set_launch_id(launch_id);
       reg.set_rank(rank);
       reg.set_world_size(world);
+      if (transport) reg.set_data_plane_epoch(transport->epoch());
       ASSIGN_OR_RETURN(auto control, ControlClient::Connect({o.coordinator, o.tls_ca, o.tls_server_name}, o.cluster_secret));
       ASSIGN_OR_RETURN(v1::Assignment assignment, control->Register(reg, wait));
       if (again && (assignment.rank() != rank || assignment.world_size() != world)) {
@@ -248,9 +249,12 @@ int RunWorkerProcess(WorkerProcessOptions o) {
         std::fprintf(stderr, "daedalus worker rank %d of %d: registered; CPU kernel tier %s, %d threads\n", rank, world,
                      CpuIsaDescription(ActiveCpuIsa()).c_str(), omp_get_max_threads());
       }
-      if (!again && ucx != nullptr) {
-        RETURN_IF_ERROR(ucx->Connect(rank, {assignment.data_plane_addresses().begin(), assignment.data_plane_addresses().end()},
-                                     assignment.generation()));
+      if (ucx != nullptr) {
+        const std::vector<std::string> addresses(assignment.data_plane_addresses().begin(),
+                                                 assignment.data_plane_addresses().end());
+        // Again: the same world on the same endpoints, numbered as the coordinator numbers it now.
+        RETURN_IF_ERROR(again ? ucx->Reform(rank, addresses, assignment.generation())
+                              : ucx->Connect(rank, addresses, assignment.generation()));
       }
 #if DAEDALUS_HAVE_NCCL
       if (!again && !nccl_id.empty()) {

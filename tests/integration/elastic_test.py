@@ -8,7 +8,8 @@ Under 24 concurrent streams (greedy and sampled), one worker is killed (SIGKILL)
   survivor draws what it would have drawn);
 - the survivors serve on as a new generation of 2, their processes unchanged, with a placement
   that covers every expert, and say which experts they read from the checkpoint.
-Then a new worker process joins the running cluster as rank 2: the survivors are not re-formed
+The coordinator is then killed and restarted: the two survivors register with it as a world
+of two, keeping their processes. Then a new worker process joins the running cluster as rank 2: the survivors are not re-formed
 from scratch (same processes, no re-registration), experts move onto it, and the same prompts
 give the same tokens again. Last, that worker hangs mid-step while its heartbeats go on: the
 others' collectives time out, both name it, and the cluster goes on without it, again with no
@@ -31,13 +32,16 @@ class Cluster:
         self.d, self.model, self.tmp = d, model, tmp
         self.address = f"127.0.0.1:{free_port()}"
         self.log = open(os.path.join(tmp, "coordinator.log"), "a")
+        self.start_coordinator()
+        self.workers = []
+
+    def start_coordinator(self):
         self.coordinator = subprocess.Popen(
-            [d, "coordinator", "--model", model, "--world-size", "3", "--listen", self.address,
+            [self.d, "coordinator", "--model", self.model, "--world-size", "3", "--listen", self.address,
              "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3"],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=ENV)
         line = self.coordinator.stdout.readline()
         check(line.startswith("listening"), "the coordinator listens", line)
-        self.workers = []
 
     def start_worker(self, env=None):
         n = len(self.workers)
@@ -140,12 +144,26 @@ def main():
             check(re.search(r"re-formed as rank [01] of 2 .*read \d+ experts it now serves from the checkpoint", logs),
                   "survivors read the experts that lost their only copy from the checkpoint", logs[-600:])
 
+            # The coordinator restarted after the shrink: the two survivors register with it as the
+            # world of two they are, keeping their processes, endpoints and ranks.
+            cluster.coordinator.send_signal(signal.SIGKILL)
+            cluster.coordinator.wait(timeout=30)
+            restarted = time.time()
+            cluster.start_coordinator()
+            s = wait_for(lambda: cluster.status().get("state") == "serving" and cluster.status(), 60, 0.1)
+            measured("coordinator restarted after the shrink to serving again with the 2 survivors", time.time() - restarted, 15)
+            check(s and sorted(int(w["pid"]) for w in s["workers"]) == survivors and int(s["generation"]) > generation + 1,
+                  "the survivors form a world of two with the new coordinator, numbered above the old one",
+                  s and (s.get("generation"), [w["pid"] for w in s["workers"]]))
+            generation = int(s["generation"]) if s else 0
+            answers(cluster.generate_bg(prompts), "after the coordinator restart")
+
             # A new process joins the running cluster. (It can be made to hang mid-step, below.)
             joined_at = time.time()
             joiner = cluster.start_worker({"DAEDALUS_FAULT_STALL_ON_SIGUSR2": "20000"})
             s = wait_for(lambda: len(cluster.status()["workers"]) == 3 and cluster.status(), 60, 0.1)
             measured("a new worker's start to serving as rank 2", time.time() - joined_at, 30)
-            check(s and s["state"] == "serving" and int(s["generation"]) == generation + 2, "the joiner makes one more generation",
+            check(s and s["state"] == "serving" and int(s["generation"]) == generation + 1, "the joiner makes one more generation",
                   s and s.get("generation"))
             check(sorted(int(w["pid"]) for w in s["workers"] if int(w["rank"]) < 2) == survivors,
                   "the survivors keep their processes and ranks across the join")
