@@ -42,7 +42,7 @@ absl::Status ReadRequests(const std::string& path, const Request& defaults, cons
                    std::string(s.message()).c_str());
     }
     requests.emplace_back();  // no prompt: never run
-    results.push_back(Result{r.id, {}, "error", s, {}});
+    results.push_back(Result{r.id, {}, "error", s, {}, {}});
     ++failures;
   }
   return absl::OkStatus();

@@ -62,6 +62,17 @@ nlohmann::ordered_json ResultJson(const Result& r) {
   }
   j["generated_ids"] = r.generated_ids;
   j["finish_reason"] = r.finish_reason;
+  if (!r.logprobs.empty()) {  // as `generate --json` prints them
+    nlohmann::ordered_json logprobs = nlohmann::ordered_json::array();
+    for (const TokenOut& t : r.logprobs) {
+      nlohmann::ordered_json top = nlohmann::ordered_json::array();
+      for (size_t i = 0; i < t.top_ids.size() && i < t.top_logprobs.size(); ++i) {
+        top.push_back({{"token_id", t.top_ids[i]}, {"logprob", t.top_logprobs[i]}});
+      }
+      logprobs.push_back({{"token_id", t.token}, {"logprob", t.logprob}, {"top_logprobs", top}});
+    }
+    j["logprobs"] = logprobs;
+  }
   return j;
 }
 

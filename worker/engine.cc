@@ -66,7 +66,7 @@ absl::StatusOr<int64_t> Engine::Add(Request request) {
   seq->index = next_index_++;
   seq->tokens = request.prompt_ids;
   seq->tokens.insert(seq->tokens.end(), request.generated_ids.begin(), request.generated_ids.end());
-  if (options_.keep_results) results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}});
+  if (options_.keep_results) results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}, {}});
   seq->request = std::move(request);
   scheduler_.Add(std::move(seq));
   return next_index_ - 1;
@@ -188,6 +188,7 @@ bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
       out.token = token;
       if (seq.generated() == 1) out.cached_tokens = seq.prefix_hit;
       if (seq.request.logprobs > 0) AddLogprobs(row, vocab, seq.request.logprobs, out);
+      if (options_.keep_results && seq.request.logprobs > 0) results_[seq.index].logprobs.push_back(out);
       token_events_.push_back(std::move(out));
       const std::optional<int64_t> eos = options_.eos_token_id ? options_.eos_token_id : model_.config().eos_token_id;
       if (seq.request.stop_at_eos && eos && token == *eos) {

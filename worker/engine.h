@@ -19,14 +19,6 @@
 
 namespace daedalus {
 
-struct Result {
-  std::string id;
-  std::vector<int32_t> generated_ids;
-  std::string finish_reason;  // "length" | "stop" | "error"
-  absl::Status status;
-  std::vector<std::vector<float>> prompt_logits;  // when asked for
-};
-
 // Produced by a step, for a server that streams them (see Engine::TakeEvents).
 struct TokenOut {
   int64_t index = 0;  // from Add
@@ -35,6 +27,15 @@ struct TokenOut {
   std::vector<int32_t> top_ids;
   std::vector<float> top_logprobs;
   int64_t cached_tokens = -1;  // on a sequence's first token: prompt tokens read from cached pages
+};
+
+struct Result {
+  std::string id;
+  std::vector<int32_t> generated_ids;
+  std::string finish_reason;  // "length" | "stop" | "error"
+  absl::Status status;
+  std::vector<std::vector<float>> prompt_logits;  // when asked for
+  std::vector<TokenOut> logprobs;                 // per generated token, when the request asked for logprobs
 };
 struct FinishOut {
   int64_t index;

@@ -3,9 +3,10 @@ process on the ucx data plane (tiny preset, no redundant experts, so the lost wo
 must be read from the checkpoint by the survivors).
 
 Under 24 concurrent streams (greedy and sampled), one worker is killed (SIGKILL) mid-stream:
-- no request fails, and every request's tokens equal `run` on the same prompts, greedy and
-  sampled alike (sampling depends on (seed, position) only, so a stream that continues on a
-  survivor draws what it would have drawn);
+- no request fails, and every request's tokens — and, for a third of them, the top-3
+  log-probabilities, compared exactly — equal `run` on the same prompts, greedy and sampled
+  alike (sampling depends on (seed, position) only, so a stream that continues on a survivor
+  draws what it would have drawn);
 - the survivors serve on as a new generation of 2, their processes unchanged, with a placement
   that covers every expert, and say which experts they read from the checkpoint.
 The coordinator is then killed and restarted: the two survivors register with it as a world
@@ -96,8 +97,11 @@ def main():
                      "ignore_eos": True}
                 if i % 2:
                     r.update(temperature=0.8, top_p=0.95, seed=1000 + i)
+                if i % 3 == 0:
+                    r.update(logprobs=3)
                 f.write(json.dumps(r) + "\n")
-        reference = {r["id"]: r["generated_ids"] for r in lines(run([d, "run", "--model", model, "--prompts", prompts]).stdout)}
+        reference = {r["id"]: (r["generated_ids"], r.get("logprobs"))
+                     for r in lines(run([d, "run", "--model", model, "--prompts", prompts]).stdout)}
         check(len(reference) == REQUESTS, "run answers every prompt", len(reference))
 
         def answers(p, what):
@@ -106,10 +110,10 @@ def main():
             errors = [r for r in got.values() if "error" in r]
             check(p.returncode == 0 and not errors and len(got) == REQUESTS, f"{what}: every request succeeds",
                   f"rc={p.returncode} {len(got)} answers, errors: {errors[:2]} {err[-300:]}")
-            same = [i for i, r in got.items() if r.get("generated_ids") == reference.get(i)]
-            check(len(same) == REQUESTS, f"{what}: tokens equal `run`, greedy and sampled",
+            same = [i for i, r in got.items() if (r.get("generated_ids"), r.get("logprobs")) == reference.get(i)]
+            check(len(same) == REQUESTS, f"{what}: tokens and log-probabilities equal `run` exactly, greedy and sampled",
                   f"{len(same)} of {REQUESTS} equal; first other: "
-                  f"{next(((i, r.get('generated_ids'), reference.get(i)) for i, r in got.items() if i not in same), None)}")
+                  f"{next(((i, r.get('generated_ids'), reference.get(i)[0]) for i, r in got.items() if i not in same), None)}")
 
         cluster = Cluster(d, model, tmp)
         try:
