@@ -122,6 +122,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (!update || m.placement_update().version() > update->version()) update = m.placement_update();
     } else if (m.has_reform()) {
       if (!reform || m.reform().generation() > reform->generation()) reform = m.reform();
+      update.reset();  // of the old world; one sent after the Reform is for the new one
     }
   };
   // A collective failed: in an elastic cluster that is a peer lost (or a Reform's interrupt);
@@ -143,13 +144,11 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     }
     return reform.has_value();
   };
-  // Switches to the newest Reform. A placement update of the old world is dropped (the
-  // coordinator sends any new one for the new world).
+  // Switches to the newest Reform (the hook drops the old world's placement being read).
   auto apply_reform = [&]() -> absl::Status {
     if (!options.reform) return absl::UnimplementedError("this worker cannot join a re-formed cluster");
     RETURN_IF_ERROR(options.reform(*reform));
     reform.reset();
-    update.reset();
     preparing = 0;
     prepared = false;
     engine.Resume();

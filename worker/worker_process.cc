@@ -321,10 +321,18 @@ int RunWorkerProcess(WorkerProcessOptions o) {
         if (!pending) return absl::InternalError("no prepared placement to apply");
         ASSIGN_OR_RETURN(StagedExperts staged, pending->staged.get());
         const std::vector<Placement>& next = pending->next;
+        const size_t read = staged.experts.size();
         InstallExperts(*weights, std::move(staged),
                        [&](int64_t layer, int64_t expert) { return next[layer].Holds(rank, static_cast<int32_t>(expert)); });
         // The exchanges read `placements` by reference: assigning in place switches them.
-        for (size_t l = 0; l < placements.size(); ++l) placements[l] = next[l];
+        size_t held = 0;
+        for (size_t l = 0; l < placements.size(); ++l) {
+          placements[l] = next[l];
+          if (rank < static_cast<int>(next[l].experts_on.size())) held += next[l].experts_on[rank].size();
+        }
+        std::fprintf(stderr, "daedalus worker rank %d: switched to a new expert placement: %zu experts read, %zu held\n", rank,
+                     read, held);
+        std::fflush(stderr);
         pending.reset();
         return absl::OkStatus();
       };

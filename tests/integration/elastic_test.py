@@ -129,6 +129,7 @@ def main():
             check(busy, "every worker runs sequences")
             pid_of_rank = {int(w["rank"]): int(w["pid"]) for w in cluster.status()["workers"]}
             victim = pid_of_rank[1]
+            victim_index = [w.pid for w in cluster.workers].index(victim)
             os.kill(victim, signal.SIGKILL)
             killed = time.time()
             s = wait_for(lambda: len(cluster.status()["workers"]) == 2 and cluster.status(), 30, 0.05)
@@ -177,6 +178,10 @@ def main():
             moved = wait_for(lambda: covers_every_expert(cluster.status(), n_experts, 3) and any(
                 layer["experts_on"][2].get("experts") for layer in cluster.status()["layers"]), 30)
             check(moved, "experts move onto the joiner, and every expert stays placed")
+            switched = wait_for(lambda: all(re.search(r"switched to a new expert placement: \d+ experts read, [1-9]\d* held",
+                                                      open(os.path.join(tmp, f"worker{i}.log")).read())
+                                            for i in range(4) if i != victim_index), 30)
+            check(switched, "every worker, the joiner too, switches to the placement that moves experts onto it")
             answers(cluster.generate_bg(prompts), "after the join")
 
             # The joiner hangs mid-step (20 s), its heartbeats going on: the others' collectives
