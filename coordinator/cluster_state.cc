@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/outcome.h"
+#include "core/status.h"
 #include "core/prefix_hash.h"
 
 namespace daedalus {
@@ -14,166 +15,63 @@ ClusterState::ClusterState(ModelConfig config, std::string model_name, Coordinat
       model_name_(std::move(model_name)),
       options_(std::move(options)),
       metrics_(metrics),
+      registry_(options_.world_size, options_.kv_dtype),
+      workers_(registry_.workers()),
       placement_(config_, PlacementOptions{options_.world_size, options_.ranks_per_node, options_.redundant_experts,
-                                           options_.placement_load, options_.rebalance_gain}) {
-  launch_world_ = options_.world_size;
-}
+                                           options_.placement_load, options_.rebalance_gain}) {}
 
 absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
-  const std::string who = absl::StrCat("worker ", r.rank() < 0 ? std::string("(any rank)") : absl::StrCat("rank ", r.rank()), " (",
-                                       r.host(), ", pid ", r.pid(), ")");
-  // Elastic workers that shrank (a peer lost) register again, with a restarted coordinator, as
-  // the smaller world they are; joiners bring it back to world_size.
-  const bool shrunk = r.transport() == "ucx" && r.world_size() > 0 && r.world_size() < options_.world_size;
-  if (r.world_size() != 0 && r.world_size() != options_.world_size && !shrunk) {
-    return absl::FailedPreconditionError(absl::StrCat(who, " was launched with world size ", r.world_size(),
-                                                      "; this coordinator serves ", options_.world_size, " workers"));
-  }
-  if (r.rank() < -1 || r.rank() >= options_.world_size) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": rank outside [0, ", options_.world_size, ")"));
-  }
-  if (r.kv_capacity_tokens() <= 0 || r.kv_page_size() <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": KV capacity and page size must be positive"));
-  }
-  const std::string kv_dtype = r.kv_dtype().empty() ? "bf16" : r.kv_dtype();
-  if (!options_.kv_dtype.empty() && kv_dtype != options_.kv_dtype) {
-    return absl::FailedPreconditionError(absl::StrCat(who, " keeps its latent cache as --kv-dtype ", kv_dtype,
-                                                      "; this coordinator serves --kv-dtype ", options_.kv_dtype));
-  }
   std::lock_guard<std::mutex> lock(mu_);
-  if (elastic_locked() && serving_locked() && static_cast<int>(workers_.size()) < options_.world_size &&
-      r.transport() == "ucx" && (r.launch_id().empty() || r.launch_id() == launch_id_)) {
-    if (joining_) {
-      return absl::UnavailableError(absl::StrCat(who, ": worker ", joining_->info.host(), " pid ", joining_->info.pid(),
-                                                 " is joining the cluster; register again once it serves"));
-    }
-    const int rank = static_cast<int>(workers_.size());
-    joining_.emplace();
-    joining_->info = r;
-    joining_->info.set_rank(rank);
-    joining_->info.set_world_size(rank + 1);
-    joining_->health.Restart(now);
-    return Registration{generation_ + 1, rank};
-  }
-  std::string launch = r.launch_id();
-  if (launch.empty()) {
-    // Workers started without a shared launch id (any launcher) form "anonymous" generations:
-    // join the one that is still forming, else start the next.
-    const bool forming = launch_id_.rfind("anon-", 0) == 0 && degraded_.empty() &&
-                         std::any_of(workers_.begin(), workers_.end(), [](const auto& w) { return !w.has_value(); });
-    launch = forming ? launch_id_ : absl::StrCat("anon-", generation_ + 1);
-  }
-  if (launch != launch_id_) {
-    // A new launch replaces whatever ran before.
-    for (auto& w : workers_) {
-      if (w && w->link) {
-        v1::CoordinatorMessage m;
-        m.mutable_shutdown()->set_reason(absl::StrCat("superseded by launch ", launch));
-        w->link->Send(m);
-      }
+  const bool can_join = serving_locked() && registry_.elastic();
+  ASSIGN_OR_RETURN(Registry::Registered registered, registry_.Register(r, can_join, degraded_.empty(), now));
+  if (registered.new_launch) {  // it replaces whatever ran before
+    for (auto& link : registered.superseded) {
+      v1::CoordinatorMessage m;
+      m.mutable_shutdown()->set_reason(absl::StrCat("superseded by launch ", registry_.launch_id()));
+      link->Send(m);
     }
     for (auto it = sequences_.begin(); it != sequences_.end();) {
       EndLocked(it++, "", absl::UnavailableError("the cluster's workers were relaunched"));
     }
-    // Numbered above any world the workers' data plane has been in (a restarted coordinator).
-    generation_ = std::max(generation_ + 1, r.data_plane_epoch() + 1);
-    launch_id_ = launch;
-    launch_world_ = shrunk ? r.world_size() : options_.world_size;
-    workers_.assign(launch_world_, std::nullopt);
     degraded_.clear();
-    joining_.reset();
     peers_lost_.clear();
-    placement_.Reset(launch_world_);
+    placement_.Reset(registry_.launch_world());
   }
-  if (r.world_size() != 0 && r.world_size() != launch_world_) {
-    return absl::FailedPreconditionError(absl::StrCat(who, " was launched with world size ", r.world_size(), "; launch ", launch,
-                                                      " forms with ", launch_world_, " workers"));
-  }
-  if (static_cast<int>(workers_.size()) != launch_world_) {  // shrunk, and not serving just now
-    return absl::UnavailableError(absl::StrCat(who, ": launch ", launch, " serves with ", workers_.size(), " of ",
-                                               launch_world_, " workers and is re-forming; register again"));
-  }
-  int rank = r.rank();
-  if (rank >= launch_world_) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": rank outside [0, ", launch_world_, ")"));
-  }
-  if (rank < 0) {
-    for (int i = 0; i < launch_world_ && rank < 0; ++i)
-      if (!workers_[i]) rank = i;
-    if (rank < 0) {
-      return absl::AlreadyExistsError(absl::StrCat(who, ": all ", launch_world_, " ranks of launch ", launch,
-                                                   " are registered"));
-    }
-  }
-  std::optional<Worker>& slot = workers_[rank];
-  if (slot) {
-    return absl::AlreadyExistsError(absl::StrCat(who, ": rank ", rank, " of launch ", launch,
-                                                 " is already registered (", slot->info.host(), ", pid ",
-                                                 slot->info.pid(), ")"));
-  }
-  slot.emplace();
-  slot->info = r;
-  slot->info.set_rank(rank);
-  slot->info.set_world_size(launch_world_);
-  slot->health.Restart(now);
   formed_.notify_all();
-  return Registration{generation_, rank};
+  return Registration{registered.generation, registered.rank};
 }
 
 absl::StatusOr<v1::Assignment> ClusterState::WaitAssignment(int64_t generation, int rank, Clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (joining_ && generation == generation_ + 1 && rank == joining_->info.rank()) {
-    v1::Assignment a;
-    a.set_generation(generation);
-    *a.mutable_placement() = placement_.placement();
-    for (int64_t l = 0; l < a.placement().layers_size(); ++l) {  // it holds no expert yet
-      if (config_.is_moe_layer(l)) a.mutable_placement()->mutable_layers(static_cast<int>(l))->add_experts_on();
-    }
-    for (const auto& w : workers_) a.add_data_plane_addresses(w->info.data_plane_address());
-    a.add_data_plane_addresses(joining_->info.data_plane_address());
-    a.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
-    a.set_rank(rank);
-    a.set_world_size(rank + 1);
-    a.set_join(true);
-    return a;
-  }
-  auto all_registered = [&] {
-    return generation != generation_ || std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w.has_value(); });
-  };
-  if (!formed_.wait_until(lock, deadline, all_registered)) {
+  const bool formed = formed_.wait_until(lock, deadline, [&] {
+    return registry_.Formed(generation) || generation != registry_.generation();
+  });
+  if (!registry_.Formed(generation)) {
+    if (formed) return absl::AbortedError("a newer launch replaced this one");
     int n = 0;
     for (const auto& w : workers_) n += w.has_value();
-    return absl::UnavailableError(absl::StrCat("only ", n, " of ", launch_world_, " workers registered in time"));
+    return absl::UnavailableError(absl::StrCat("only ", n, " of ", registry_.launch_world(), " workers registered in time"));
   }
-  if (generation != generation_) return absl::AbortedError("a newer launch replaced this one");
-  v1::Assignment a;
-  a.set_generation(generation_);
+  v1::Assignment a = registry_.Assignment(generation, rank);
   *a.mutable_placement() = placement_.placement();
-  for (const auto& w : workers_) a.add_data_plane_addresses(w->info.data_plane_address());
+  if (a.join()) {  // it holds no expert yet
+    for (int64_t l = 0; l < a.placement().layers_size(); ++l) {
+      if (config_.is_moe_layer(l)) a.mutable_placement()->mutable_layers(static_cast<int>(l))->add_experts_on();
+    }
+  }
   a.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
-  a.set_rank(rank);
-  a.set_world_size(launch_world_);
   return a;
 }
 
 absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<WorkerLink> link, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (joining_ && generation == generation_ + 1 && rank == joining_->info.rank() && rank == static_cast<int>(workers_.size())) {
-    // The joiner has its weights: the world grows by it at once, and experts move onto it next.
-    Worker w = std::move(*joining_);
-    joining_.reset();
-    w.state = WorkerState::kReady;
-    w.link = std::move(link);
-    w.hello_rank = rank;
-    w.hello_generation = generation;
-    w.health.Restart(now);
-    ++generation_;
+  ASSIGN_OR_RETURN(Registry::Attached attached, registry_.Attach(rank, generation, std::move(link), now));
+  Worker& w = *workers_[rank];
+  if (attached == Registry::Attached::kJoined) {
+    // The joiner has its weights: the world grew by it, and experts move onto it next.
     peers_lost_.clear();
     placement_.AddRank();
-    const std::string what =
-        absl::StrCat("worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
-    workers_.push_back(std::move(w));
-    for (auto& peer : workers_) peer->info.set_world_size(rank + 1);
+    const std::string what = absl::StrCat("worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
     SendReformLocked(rank, what);
     std::optional<v1::PlacementUpdate> update = placement_.Rebalance(/*force=*/true);
     if (update) {
@@ -182,23 +80,8 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
       for (auto& peer : workers_) peer->link->Send(m);
     }
     std::fprintf(stderr, "daedalus: %s; the cluster serves with %d workers (generation %lld)%s\n", what.c_str(), rank + 1,
-                 static_cast<long long>(generation_), update ? "; experts move onto it in the background" : "");
-    TryAdmitLocked();
-    return absl::OkStatus();
-  }
-  if (generation != generation_ || rank < 0 || rank >= static_cast<int>(workers_.size()) || !workers_[rank]) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("worker rank ", rank, " of generation ", generation, " is not registered in the current generation ",
-                     generation_));
-  }
-  Worker& w = *workers_[rank];
-  if (w.state != WorkerState::kLoading) return absl::AlreadyExistsError(absl::StrCat("worker rank ", rank, " is already attached"));
-  w.state = WorkerState::kReady;
-  w.link = std::move(link);
-  w.hello_rank = rank;
-  w.hello_generation = generation;
-  w.health.Restart(now);
-  if (!degraded_.empty()) {  // a peer was lost meanwhile: this one must go too
+                 static_cast<long long>(registry_.generation()), update ? "; experts move onto it in the background" : "");
+  } else if (!degraded_.empty()) {  // a peer was lost meanwhile: this one must go too
     v1::CoordinatorMessage m;
     m.mutable_shutdown()->set_reason(degraded_);
     w.link->Send(m);
@@ -210,32 +93,16 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
 void ClusterState::Lose(int hello_rank, int64_t generation, const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   int rank = -1;
-  Worker* w = FindLocked(hello_rank, generation, &rank);
+  Worker* w = registry_.Find(hello_rank, generation, &rank);
   if (w == nullptr || w->state == WorkerState::kLost) return;
   LoseLocked(rank, why);
-}
-
-ClusterState::Worker* ClusterState::FindLocked(int hello_rank, int64_t generation, int* rank) {
-  for (size_t r = 0; r < workers_.size(); ++r) {
-    auto& w = workers_[r];
-    if (!w || w->hello_rank != hello_rank || w->hello_generation != generation) continue;
-    if (rank != nullptr) *rank = static_cast<int>(r);
-    return &*w;
-  }
-  return nullptr;
-}
-
-bool ClusterState::elastic_locked() const {
-  return !workers_.empty() && std::all_of(workers_.begin(), workers_.end(), [](const auto& w) {
-    return w && w->info.transport() == "ucx" && (w->info.device().empty() || w->info.device() == "cpu");
-  });
 }
 
 void ClusterState::LoseLocked(int rank, const std::string& why) {
   Worker& lost = *workers_[rank];
   const std::string what =
       absl::StrCat("worker rank ", rank, " (", lost.info.host(), ", pid ", lost.info.pid(), ") lost: ", why);
-  if (serving_locked() && elastic_locked() && workers_.size() > 1 && !shutting_down_) {
+  if (serving_locked() && registry_.elastic() && workers_.size() > 1 && !shutting_down_) {
     if (lost.link) {  // alive after all (silent, stalled): it must not come back into this world
       v1::CoordinatorMessage m;
       m.mutable_shutdown()->set_reason(absl::StrCat("removed from the cluster: ", what));
@@ -246,18 +113,16 @@ void ClusterState::LoseLocked(int rank, const std::string& why) {
   }
   lost.state = WorkerState::kLost;
   lost.link.reset();
-  if (degraded_.empty()) {
-    degraded_ = what;
-    if (!shutting_down_) {
+  if (degraded_.empty() && !shutting_down_) {
     const std::string plane = lost.info.transport().empty() ? "mpi" : lost.info.transport();
     const std::string hint = plane != "ucx" ? absl::StrCat(" (the ", plane, " data plane is a fixed world: elasticity needs --transport ucx)")
-                             : !elastic_locked() ? " (GPU workers do not re-form a running cluster yet)"
+                             : !registry_.elastic()    ? " (GPU workers do not re-form a running cluster yet)"
                              : workers_.size() == 1 ? " (no other worker to serve on)"
                                                     : "";
     std::fprintf(stderr, "daedalus: %s; every request fails and the workers re-form from a relaunch%s\n", what.c_str(),
                  hint.c_str());
-    }
   }
+  if (degraded_.empty()) degraded_ = what;
   // The data plane spans every worker, so no sequence can go on: end them all, and stop the
   // survivors so the launcher can start the whole set again.
   for (auto it = sequences_.begin(); it != sequences_.end();) {
@@ -308,18 +173,12 @@ void ClusterState::ShrinkLocked(int rank, const std::string& what) {
     }
   }
   queue_.insert(queue_.begin(), requeued.begin(), requeued.end());
-  workers_.erase(workers_.begin() + rank);
-  ++generation_;
-  joining_.reset();  // planned for the old world: it must register again
+  registry_.Remove(rank);
   peers_lost_.clear();
   const int world = static_cast<int>(workers_.size());
-  for (int r = 0; r < world; ++r) {
-    workers_[r]->info.set_rank(r);
-    workers_[r]->info.set_world_size(world);
-  }
   SendReformLocked(-1, what);
   std::fprintf(stderr, "daedalus: %s; the cluster serves on with %d workers (generation %lld), %zu of its sequences continue on them%s\n",
-               what.c_str(), world, static_cast<long long>(generation_), requeued.size(),
+               what.c_str(), world, static_cast<long long>(registry_.generation()), requeued.size(),
                orphaned == 0 ? "; every expert it held has a replica"
                              : absl::StrCat("; ", orphaned, " experts lost their only copy and are read from the checkpoint by survivors"
                                             " (--redundant-experts keeps replicas)").c_str());
@@ -329,7 +188,7 @@ void ClusterState::ShrinkLocked(int rank, const std::string& what) {
 void ClusterState::SendReformLocked(int except, const std::string& reason) {
   v1::CoordinatorMessage m;
   v1::Reform* reform = m.mutable_reform();
-  reform->set_generation(generation_);
+  reform->set_generation(registry_.generation());
   reform->set_world_size(static_cast<int32_t>(workers_.size()));
   *reform->mutable_placement() = placement_.placement();
   for (const auto& w : workers_) reform->add_data_plane_addresses(w->info.data_plane_address());
@@ -344,7 +203,7 @@ void ClusterState::SendReformLocked(int except, const std::string& reason) {
 void ClusterState::OnEvents(int hello_rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   int rank = -1;
-  Worker* found = FindLocked(hello_rank, generation, &rank);
+  Worker* found = registry_.Find(hello_rank, generation, &rank);
   if (found == nullptr) return;
   Worker& w = *found;
   w.health.Heard(now, events.tokens_size() > 0 || events.finished_size() > 0);  // events come from steps
@@ -397,7 +256,7 @@ void ClusterState::OnEvents(int hello_rank, int64_t generation, const v1::StepEv
 
 void ClusterState::OnHeartbeat(int hello_rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (Worker* w = FindLocked(hello_rank, generation)) {
+  if (Worker* w = registry_.Find(hello_rank, generation)) {
     w->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
     w->step_ms_median = heartbeat.step_ms_median();
     w->step_ms_max = heartbeat.step_ms_max();
@@ -407,7 +266,7 @@ void ClusterState::OnHeartbeat(int hello_rank, int64_t generation, const v1::Hea
 void ClusterState::OnPeersLost(int hello_rank, int64_t generation, const v1::PeersLost& lost) {
   std::lock_guard<std::mutex> lock(mu_);
   int reporter = -1;
-  if (FindLocked(hello_rank, generation, &reporter) == nullptr || lost.generation() != generation_) return;
+  if (registry_.Find(hello_rank, generation, &reporter) == nullptr || lost.generation() != registry_.generation()) return;
   const int world = static_cast<int>(workers_.size());
   for (int r : lost.ranks())
     if (r >= 0 && r < world && r != reporter) peers_lost_[r].insert(reporter);
@@ -432,15 +291,10 @@ void ClusterState::CheckDeadlines(Clock::time_point now) {
   }
   for (const auto& [hello_rank, hello_generation, why] : lost) {
     int rank = -1;
-    Worker* w = FindLocked(hello_rank, hello_generation, &rank);
+    Worker* w = registry_.Find(hello_rank, hello_generation, &rank);
     if (w != nullptr && w->state == WorkerState::kReady) LoseLocked(rank, why);
   }
-  if (joining_ && now - joining_->health.last_heard() > options_.join_timeout) {
-    std::fprintf(stderr, "daedalus: worker %s pid %lld registered to join but did not attach within %lld s; forgotten\n",
-                 joining_->info.host().c_str(), static_cast<long long>(joining_->info.pid()),
-                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.join_timeout).count()));
-    joining_.reset();
-  }
+  registry_.ForgetStaleJoiner(now, options_.join_timeout);
   std::vector<uint64_t> expired;
   for (uint64_t id : queue_) {
     auto it = sequences_.find(id);
@@ -646,7 +500,7 @@ bool ClusterState::serving() const {
 
 int64_t ClusterState::generation() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return generation_;
+  return registry_.generation();
 }
 
 std::string ClusterState::state() const {
@@ -654,10 +508,7 @@ std::string ClusterState::state() const {
   return !degraded_.empty() ? "degraded" : serving_locked() ? "serving" : "forming";
 }
 
-bool ClusterState::serving_locked() const {
-  if (!degraded_.empty() || workers_.empty()) return false;
-  return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w && w->state == WorkerState::kReady; });
-}
+bool ClusterState::serving_locked() const { return degraded_.empty() && registry_.all_ready(); }
 
 std::string ClusterState::state_detail_locked() const {
   if (!degraded_.empty()) {
@@ -668,7 +519,7 @@ std::string ClusterState::state_detail_locked() const {
     registered += w.has_value();
     ready += w && w->state == WorkerState::kReady;
   }
-  return absl::StrCat("cluster forming: ", registered, " of ", launch_world_, " workers registered, ", ready,
+  return absl::StrCat("cluster forming: ", registered, " of ", registry_.launch_world(), " workers registered, ", ready,
                       " ready");
 }
 
@@ -678,8 +529,8 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
   out.set_state(!degraded_.empty() ? "degraded" : serving_locked() ? "serving" : "forming");
   if (!serving_locked()) out.set_detail(state_detail_locked());
   out.set_world_size(static_cast<int32_t>(workers_.size()));
-  out.set_generation(generation_);
-  out.set_elastic(elastic_locked());
+  out.set_generation(registry_.generation());
+  out.set_elastic(registry_.elastic());
   out.set_model(model_name_);
   out.set_vocab_size(config_.vocab_size);
   out.set_max_position_embeddings(config_.max_position_embeddings);

@@ -1,7 +1,9 @@
-// The coordinator's bookkeeping, without any gRPC: the workers of the current launch, whether
-// the cluster serves, where each sequence lives (attention sharding), what waits for admission,
-// and the KV capacity each worker has left. The gRPC services are thin shells around it, and
-// tests drive it with fake workers. Thread-safe: one mutex, never held while blocking.
+// The coordinator's bookkeeping, without any gRPC: whether the cluster serves, where each
+// sequence lives (attention sharding), what waits for admission, the KV capacity each worker
+// has left, and what a lost or joining worker changes (elastic clusters). The workers
+// themselves are the registry's (coordinator/registry.h). The gRPC services are thin shells
+// around it, and tests drive it with fake workers. Thread-safe: one mutex, never held while
+// blocking.
 #pragma once
 
 #include <chrono>
@@ -21,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/metrics.h"
 #include "coordinator/placement_manager.h"
+#include "coordinator/registry.h"
 #include "coordinator/sharding.h"
 #include "coordinator/worker_health.h"
 #include "coordinator/request_channel.h"
@@ -57,14 +60,6 @@ struct CoordinatorOptions {
   // Elastic: a worker registered to join that has not attached (loaded its weights) by then is
   // forgotten, so that another may join.
   std::chrono::milliseconds join_timeout{600000};
-};
-
-// The coordinator's end of one worker's control stream.
-class WorkerLink {
- public:
-  virtual ~WorkerLink() = default;
-  // Queues a message for the worker without blocking; false when the stream is gone.
-  virtual bool Send(const v1::CoordinatorMessage& message) = 0;
 };
 
 class ClusterState {
@@ -133,25 +128,8 @@ class ClusterState {
   v1::ClusterStatusResponse Status(Clock::time_point now) const;
 
  private:
-  enum class WorkerState { kLoading, kReady, kLost };
-  struct Worker {
-    v1::RegisterRequest info;  // rank and world_size: the current ones
-    int hello_rank = -1;       // as its Hello named it (Attach), for the calls that follow
-    int64_t hello_generation = -1;
-    WorkerState state = WorkerState::kLoading;
-    std::shared_ptr<WorkerLink> link;
-    WorkerHealth health;
-    int64_t kv_reserved = 0;  // tokens, page-rounded, of sequences admitted here
-    int64_t running = 0;
-    // Prefix caching: the content names of the full pages it holds cached (as reported), and
-    // those of prompts admitted here whose first token has not come back yet (their pages are
-    // being computed), counted by sequence.
-    std::unordered_set<uint64_t> prefix_pages;
-    std::unordered_map<uint64_t, int> prefix_pending;
-    int64_t prompt_tokens = 0, prompt_tokens_cached = 0, kv_evictions = 0, preemptions = 0;  // as reported
-    int64_t prefix_routed = 0;  // requests sent here for the prefix it held
-    double step_ms_median = 0, step_ms_max = 0;  // over its last heartbeat interval, as reported
-  };
+  using Worker = Registry::Worker;
+  using WorkerState = Registry::WorkerState;
   struct Sequence {
     uint64_t id = 0;
     v1::GenerateRequest request;
@@ -176,10 +154,6 @@ class ClusterState {
   // Ends a sequence and forgets it; frees its reservation.
   void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
   void LoseLocked(int rank, const std::string& why);
-  // The worker whose Hello named (rank, generation), and its current rank; null when none.
-  Worker* FindLocked(int hello_rank, int64_t generation, int* rank = nullptr);
-  // Every worker on the ucx data plane and the CPU: the world can shrink and grow while serving.
-  bool elastic_locked() const;
   // Elastic loss of `rank` (described by `what`): see Lose.
   void ShrinkLocked(int rank, const std::string& what);
   // Sends every worker but `except` (-1: all) a Reform to the current generation and placement.
@@ -197,13 +171,9 @@ class ClusterState {
 
   mutable std::mutex mu_;
   std::condition_variable formed_;
-  int64_t generation_ = 0;
-  std::string launch_id_;
-  int launch_world_ = 0;  // workers the current launch forms with: world_size, or fewer (elastic, shrunk)
-  std::vector<std::optional<Worker>> workers_;  // by rank, of the current generation
+  Registry registry_;                            // the workers, by rank, of the current generation
+  std::vector<std::optional<Worker>>& workers_;  // registry_'s
   std::string degraded_;                        // why, when a worker of this generation was lost
-  // Elastic: the worker registered to join as rank workers_.size() in generation_ + 1.
-  std::optional<Worker> joining_;
   // Elastic: rank → the ranks that reported it lost, in the current generation.
   std::map<int, std::set<int>> peers_lost_;
   bool shutting_down_ = false;  // ShutdownWorkers was called: workers leaving are not a loss to recover from
