@@ -72,6 +72,8 @@ def report(trace_path, samples_path, run_path, start, killed):
     warm = start + 2.0
     before = rate(trace, warm, killed)
     two = rate(trace, killed + 1.0, joined if joined else end)
+    timeline = " ".join(f"{rate(trace, t, t + 2):.0f}" for t in [start + 2 * k for k in range(int((end - start) / 2))])
+    print(f"output tokens/s per 2 s from the start: {timeline}")
     print(f"output tokens/s: {before:.1f} before the kill (from 2 s), {two:.1f} with 2 workers "
           f"({100 * two / before:.0f}%, target >= 60%)")
     if joined:
