@@ -73,7 +73,7 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
     placement_.AddRank();
     const std::string what = absl::StrCat("worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
     SendReformLocked(rank, what);
-    std::optional<v1::PlacementUpdate> update = placement_.Rebalance(/*force=*/true);
+    std::optional<v1::PlacementUpdate> update = placement_.FillRank();
     if (update) {
       v1::CoordinatorMessage m;
       *m.mutable_placement_update() = std::move(*update);

@@ -1,6 +1,7 @@
 #include "coordinator/placement_manager.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace daedalus {
 namespace {
@@ -86,6 +87,64 @@ void PlacementManager::AddLoad(const google::protobuf::RepeatedField<int64_t>& e
       count += expert_tokens.Get(at++);
     }
   }
+}
+
+std::optional<v1::PlacementUpdate> PlacementManager::FillRank() {
+  const int last = world_size_ - 1;
+  bool moved = false;
+  for (int64_t l = 0; l < config_.num_hidden_layers && l < placement_.layers_size() && last > 0; ++l) {
+    auto* on = placement_.mutable_layers(static_cast<int>(l))->mutable_experts_on();
+    if (!config_.is_moe_layer(l) || on->size() != world_size_) continue;
+    std::vector<int> replicas(config_.n_routed_experts, 0);
+    int64_t slots = 0;
+    for (const auto& r : *on) {
+      for (int32_t e : r.experts()) ++replicas[e];
+      slots += r.experts_size();
+    }
+    bool measured = false;
+    for (int64_t c : measured_[l]) measured |= c > 0;
+    // An expert's load, split evenly over its replicas.
+    auto load = [&](int32_t e) { return (measured ? static_cast<double>(measured_[l][e]) : 1.0) / replicas[e]; };
+    std::vector<double> rank_load(world_size_, 0.0);
+    for (int r = 0; r < world_size_; ++r)
+      for (int32_t e : on->Get(r).experts()) rank_load[r] += load(e);
+    auto holds = [&](int r, int32_t e) {
+      const auto& x = on->Get(r).experts();
+      return std::find(x.begin(), x.end(), e) != x.end();
+    };
+    while (on->Get(last).experts_size() < slots / world_size_) {
+      int donor = -1;
+      for (int r = 0; r < last; ++r) {
+        if (on->Get(r).experts_size() <= 1) continue;
+        if (donor < 0 || rank_load[r] > rank_load[donor] ||
+            (rank_load[r] == rank_load[donor] && on->Get(r).experts_size() > on->Get(donor).experts_size())) {
+          donor = r;
+        }
+      }
+      if (donor < 0) break;
+      int32_t best = -1;
+      double gap = 0;
+      for (int32_t e : on->Get(donor).experts()) {
+        if (holds(last, e)) continue;
+        const double g = std::abs((rank_load[donor] - load(e)) - (rank_load[last] + load(e)));
+        if (best < 0 || g < gap) best = e, gap = g;
+      }
+      if (best < 0) break;
+      auto* from = on->Mutable(donor)->mutable_experts();
+      from->erase(std::find(from->begin(), from->end(), best));
+      auto* to = on->Mutable(last)->mutable_experts();
+      to->Add(best);
+      std::sort(to->begin(), to->end());
+      rank_load[donor] -= load(best);
+      rank_load[last] += load(best);
+      moved = true;
+    }
+  }
+  if (!moved) return std::nullopt;
+  v1::PlacementUpdate update;
+  update.set_version(++version_);
+  *update.mutable_placement() = placement_;
+  return update;
 }
 
 std::optional<v1::PlacementUpdate> PlacementManager::Rebalance(bool force) {

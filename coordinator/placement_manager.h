@@ -35,9 +35,15 @@ class PlacementManager {
   // Returns how many (layer, expert) pairs lost their only copy: survivors read them from the
   // checkpoint. A new version.
   int64_t RemoveRank(int rank);
-  // The cluster grew (elastic): a new last rank holding no expert yet, until a Rebalance moves
-  // some onto it. A new version.
+  // The cluster grew (elastic): a new last rank holding no expert yet, until FillRank or a
+  // Rebalance moves some onto it. A new version.
   void AddRank();
+  // Moves experts onto the last rank (just added, empty) until it holds its share of each MoE
+  // layer's expert slots: each move takes, from the rank serving the most measured load (uniform
+  // when none was measured), the expert that best evens the two. Every other rank only gives
+  // experts up, so only the new rank reads any from the checkpoint. Returns the update to send
+  // (the next version), or nothing when no expert could move.
+  std::optional<v1::PlacementUpdate> FillRank();
   // Adds a step's expert token counts: for each MoE layer in order, one count per expert.
   void AddLoad(const google::protobuf::RepeatedField<int64_t>& expert_tokens);
   // Places again from the measured load; when that lowers the imbalance below rebalance_gain

@@ -124,7 +124,9 @@ TEST_F(ElasticStateTest, AWorkerJoinsWithTheNextRankOneAtATime) {
   ASSERT_EQ(a->data_plane_addresses_size(), 3);
   EXPECT_EQ(a->data_plane_addresses(2), "addr--1launch-1");
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
-    if (config_.is_moe_layer(l)) EXPECT_EQ(a->placement().layers(l).experts_on(2).experts_size(), 0);
+    if (config_.is_moe_layer(l)) {
+      EXPECT_EQ(a->placement().layers(l).experts_on(2).experts_size(), 0);
+    }
   }
   EXPECT_EQ(state_->Status(now_).world_size(), 2) << "not in the world before it attaches";
   auto link = std::make_shared<FakeLink>();
@@ -149,7 +151,9 @@ TEST_F(ElasticStateTest, AWorkerJoinsWithTheNextRankOneAtATime) {
     EXPECT_EQ(m->SerializeAsString(), update->SerializeAsString());
   }
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
-    if (config_.is_moe_layer(l)) EXPECT_GT(update->placement_update().placement().layers(l).experts_on(2).experts_size(), 0);
+    if (config_.is_moe_layer(l)) {
+      EXPECT_GT(update->placement_update().placement().layers(l).experts_on(2).experts_size(), 0);
+    }
   }
   // New sequences go to it (the most free KV).
   auto next = Submit(4, 8);

@@ -159,15 +159,53 @@ TEST(PlacementManager, ShrinksAroundALostRankAndGrowsByAnEmptyOne) {
   m.AddRank();
   EXPECT_EQ(m.world_size(), 3);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (c.is_moe_layer(l)) EXPECT_EQ(m.placement().layers(l).experts_on(2).experts_size(), 0) << l;
+    if (c.is_moe_layer(l)) {
+      EXPECT_EQ(m.placement().layers(l).experts_on(2).experts_size(), 0) << l;
+    }
   }
   auto update = m.Rebalance(/*force=*/true);
   ASSERT_TRUE(update.has_value());
   ExpectCovers(update->placement(), c, 3);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (c.is_moe_layer(l)) EXPECT_GT(update->placement().layers(l).experts_on(2).experts_size(), 0) << l;
+    if (c.is_moe_layer(l)) {
+      EXPECT_GT(update->placement().layers(l).experts_on(2).experts_size(), 0) << l;
+    }
   }
   EXPECT_FALSE(m.Rebalance(/*force=*/true).has_value()) << "the same placement again is not an update";
+}
+
+TEST(PlacementManager, FillRankMovesExpertsOntoTheNewRankOnlyFromTheOthers) {
+  // A joiner's share comes from the ranks that serve the most load; the others only give
+  // experts up (they read nothing from the checkpoint), and every expert stays placed.
+  const ModelConfig c = *PresetConfig("tiny");
+  for (bool measured : {false, true}) {
+    PlacementOptions o;
+    o.world_size = 2;
+    o.redundant_experts = 2;
+    PlacementManager m(c, o);
+    if (measured) m.AddLoad(Report(c, 3, 5000, 10));
+    const v1::Placement before = m.placement();
+    m.AddRank();
+    const int64_t version = m.version();
+    auto update = m.FillRank();
+    ASSERT_TRUE(update.has_value()) << measured;
+    EXPECT_EQ(update->version(), version + 1);
+    ExpectCovers(update->placement(), c, 3);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      if (!c.is_moe_layer(l)) continue;
+      const auto& now = update->placement().layers(l);
+      int64_t slots = 0;
+      for (const auto& on : now.experts_on()) slots += on.experts_size();
+      EXPECT_EQ(now.experts_on(2).experts_size(), slots / 3) << "layer " << l;
+      for (int r : {0, 1}) {
+        const auto& had = before.layers(l).experts_on(r).experts();
+        for (int32_t e : now.experts_on(r).experts()) {
+          EXPECT_GT(std::count(had.begin(), had.end(), e), 0) << "layer " << l << ": rank " << r << " gained expert " << e;
+        }
+      }
+    }
+    EXPECT_FALSE(m.FillRank().has_value()) << "it holds its share already";
+  }
 }
 
 }  // namespace
