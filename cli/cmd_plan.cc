@@ -59,12 +59,14 @@ int RunCalibrate(const PlanFlags& f) {
 }
 
 std::string ConfigPath(const std::string& model) {
-  return std::filesystem::is_directory(model) ? (std::filesystem::path(model) / "config.json").string() : model;
+  std::error_code ec;  // a name the file system refuses is not a folder; loading it says why
+  return std::filesystem::is_directory(model, ec) ? (std::filesystem::path(model) / "config.json").string() : model;
 }
 
 std::string ModelName(const std::string& model) {
   std::filesystem::path p(model);
-  if (!std::filesystem::is_directory(p)) p = p.parent_path();
+  std::error_code ec;
+  if (!std::filesystem::is_directory(p, ec)) p = p.parent_path();
   const std::string name = p.lexically_normal().filename().string();
   return name.empty() ? p.lexically_normal().parent_path().filename().string() : name;
 }

@@ -31,7 +31,8 @@ absl::StatusOr<YAML::Node> ParseText(std::string_view text, const std::string& s
 }
 
 absl::StatusOr<std::string> ReadText(const std::string& path) {
-  if (!fs::is_regular_file(path)) return absl::NotFoundError(absl::StrCat(path, ": cannot open (no such file)"));
+  std::error_code ec;  // a name the file system refuses (too long) is no such file, not an exception
+  if (!fs::is_regular_file(path, ec)) return absl::NotFoundError(absl::StrCat(path, ": cannot open (no such file)"));
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::stringstream text;
@@ -224,7 +225,8 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(std::string_view yaml, const st
     const fs::path dir = fs::path(path).parent_path();
     const bool is_path = ref.size() > 5 && ref.substr(ref.size() - 5) == ".yaml";
     const fs::path file = is_path ? dir / ref : dir / ".." / "hardware" / (ref + ".yaml");
-    if (!fs::is_regular_file(file)) {
+    std::error_code ec;  // a name the file system refuses (too long) is unknown hardware, not an exception
+    if (!fs::is_regular_file(file, ec)) {
       return KeyError(path, "hardware", absl::StrCat("names unknown hardware \"", ref, "\": no file ", file.lexically_normal().string()));
     }
     ASSIGN_OR_RETURN(c.hardware, LoadHardwareSpec(file.lexically_normal().string()));

@@ -3,7 +3,6 @@ the tiny preset; 16 concurrent streaming clients get exactly the single-process 
 authentication, invalid arguments, cancellation, admission deadline and queue limit each get
 their status code and the cluster serves the next request; killing a worker ends every open
 stream with UNAVAILABLE within 10 s, and a new launch of the workers serves again."""
-import argparse
 import json
 import os
 import signal
@@ -11,7 +10,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from harness import MPIRUN, check, dump_logs, failures, finish, lines, run
+from harness import MPIRUN, check, daedalus, dump_logs, failures, finish, lines, make_model, run
 
 # The generic CPU tier, for every process here (cluster and single-process runs alike, so tokens
 # still compare exactly): its plain loops keep the full-cluster round's long sequences alive for
@@ -86,12 +85,9 @@ def write_prompts(path, reqs):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--daedalus", required=True)
-    d = parser.parse_args().daedalus
+    d = daedalus()
     with tempfile.TemporaryDirectory() as tmp:
-        model = os.path.join(tmp, "tiny")
-        run([d, "make-model", "--preset", "tiny", "--out", model], 300, ENV)
+        model = make_model(d, tmp)
         prompts = os.path.join(tmp, "prompts.jsonl")
         reqs = []
         for i in range(16):  # uneven lengths; some sampled with their own seeds

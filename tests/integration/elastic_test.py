@@ -15,7 +15,6 @@ from scratch (same processes, no re-registration), experts move onto it, and the
 give the same tokens again. Last, that worker hangs mid-step while its heartbeats go on: the
 others' collectives time out, both name it, and the cluster goes on without it, again with no
 failed request. Detection and recovery times are printed ("measured: ...")."""
-import argparse
 import json
 import os
 import re
@@ -23,7 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from harness import ENV, check, dump_logs, failures, finish, free_port, lines, measured, run, wait_for
+from harness import ENV, check, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run, wait_for
 
 REQUESTS = 24
 
@@ -83,12 +82,9 @@ def covers_every_expert(status, n_experts, world):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--daedalus", required=True)
-    d = parser.parse_args().daedalus
+    d = daedalus()
     with tempfile.TemporaryDirectory() as tmp:
-        model = os.path.join(tmp, "tiny")
-        run([d, "make-model", "--preset", "tiny", "--out", model])
+        model = make_model(d, tmp)
         n_experts = json.load(open(os.path.join(model, "config.json")))["n_routed_experts"]
         prompts = os.path.join(tmp, "prompts.jsonl")
         with open(prompts, "w") as f:

@@ -14,7 +14,6 @@ with a stated bound on how soon it is detected, and what the clients see:
   same ranks over the endpoints they already have, within 15 s.
 
 The measured times are printed ("measured: ..."), for the README's figures."""
-import argparse
 import json
 import os
 import re
@@ -22,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from harness import ENV, MPIRUN, check, dump_logs, failures, finish, free_port, lines, measured, run
+from harness import ENV, MPIRUN, check, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run
 
 COORDINATOR_FLAGS = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "3", "--stall-timeout", "3"]
 
@@ -109,12 +108,9 @@ class Cluster:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--daedalus", required=True)
-    d = parser.parse_args().daedalus
+    d = daedalus()
     with tempfile.TemporaryDirectory() as tmp:
-        model = os.path.join(tmp, "tiny")
-        run([d, "make-model", "--preset", "tiny", "--out", model])
+        model = make_model(d, tmp)
         prompt = ["--prompt-ids", "9,8,7,6", "--max-new-tokens", "12"]
         reference = lines(run([d, "run", "--model", model] + prompt).stdout)[0]["generated_ids"]
         long = ["--prompt-ids", "1,2,3", "--max-new-tokens", "4000", "--ignore-eos"]

@@ -1,6 +1,7 @@
-"""What the integration tests share: named checks that collect failures, bounded subprocess
-runs, JSON lines, free loopback ports, polling with a deadline, and the tails of logs on
-failure. Each test imports it from its own folder (the script's folder is on sys.path)."""
+"""What the integration tests share: their one argument (--daedalus), a generated model, named
+checks that collect failures, bounded subprocess runs, JSON lines, free loopback ports, polling
+with a deadline, and the tails of logs on failure. Each test imports it from its own folder (the script's folder is on sys.path)."""
+import argparse
 import json
 import os
 import signal
@@ -14,6 +15,20 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
 failures = []
 passed = 0
+
+
+def daedalus():
+    """The daedalus executable every integration test is given (--daedalus)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--daedalus", required=True)
+    return parser.parse_args().daedalus
+
+
+def make_model(d, folder, preset="tiny"):
+    """Generates the preset's checkpoint into folder/PRESET and returns its path."""
+    path = os.path.join(folder, preset)
+    subprocess.run([d, "make-model", "--preset", preset, "--out", path], check=True, capture_output=True, timeout=300, env=ENV)
+    return path
 
 
 def check(ok, what, detail=""):
