@@ -39,7 +39,8 @@ Command AddWorkerCommand(CLI::App& app) {
                  "seconds to wait for the coordinator (restarted, or reachable again) and the other ranks to "
                  "register again after the control stream ended");
   app.add_option("--collective-timeout", f->collective_timeout_s,
-                 "seconds a rank waits in a collective before it reports the missing peers and exits");
+                 "seconds a rank waits in a collective before it reports the missing peers and exits (ucx: it "
+                 "reports them to the coordinator and serves on once the cluster re-forms without them)");
   f->engine.Register(app);
   return [f]() {
     if (auto d = ParseDevice(f->engine.device); !d.ok()) return Fail(std::string(d.status().message()));
