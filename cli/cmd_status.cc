@@ -13,13 +13,14 @@ namespace daedalus {
 namespace {
 
 void PrintTable(const v1::ClusterStatusResponse& s) {
-  std::printf("cluster %s (%s), model %s, %d workers, %lld queued, %lld tokens generated\n", s.state().c_str(),
-              s.detail().empty() ? "ok" : s.detail().c_str(), s.model().c_str(), s.world_size(),
-              static_cast<long long>(s.queued()), static_cast<long long>(s.generated_tokens()));
+  std::printf("cluster %s (%s), model %s, %d workers, %lld queued, %lld tokens generated; generation %lld%s\n",
+              s.state().c_str(), s.detail().empty() ? "ok" : s.detail().c_str(), s.model().c_str(), s.world_size(),
+              static_cast<long long>(s.queued()), static_cast<long long>(s.generated_tokens()),
+              static_cast<long long>(s.generation()), s.elastic() ? ", elastic (ucx)" : "");
   std::printf("requests:");
   for (const auto& [outcome, n] : s.requests_by_outcome()) std::printf(" %s=%lld", outcome.c_str(), static_cast<long long>(n));
-  std::printf("\n\n%-5s %-8s %-20s %-8s %-6s %-4s %18s %8s %10s %8s %7s %7s\n", "rank", "state", "host", "pid", "device",
-              "kv", "kv used/capacity", "running", "heartbeat", "hit", "cached", "routed");
+  std::printf("\n\n%-5s %-8s %-20s %-8s %-6s %-4s %18s %8s %10s %8s %7s %7s %15s\n", "rank", "state", "host", "pid", "device",
+              "kv", "kv used/capacity", "running", "heartbeat", "hit", "cached", "routed", "step p50/max");
   for (const auto& w : s.workers()) {
     // Prefix cache: the share of prompt tokens read from cached pages, the full pages held, and
     // requests sent here for the prefix it held.
@@ -27,11 +28,14 @@ void PrintTable(const v1::ClusterStatusResponse& s) {
                             : w.prompt_tokens() == 0
                                 ? "-"
                                 : absl::StrFormat("%.1f%%", 100.0 * w.prompt_tokens_cached() / w.prompt_tokens());
-    std::printf("%-5d %-8s %-20s %-8lld %-6s %-4s %8lld/%-9lld %8lld %9.1fs %8s %7lld %7lld\n", w.rank(), w.state().c_str(),
-                w.host().c_str(), static_cast<long long>(w.pid()), w.device().c_str(), w.kv_dtype().c_str(),
+    // Its steps over its last heartbeat interval, median and longest ("-": none ran).
+    const std::string steps =
+        w.step_ms_max() > 0 ? absl::StrFormat("%.1f/%.1f ms", w.step_ms_median(), w.step_ms_max()) : "-";
+    std::printf("%-5d %-8s %-20s %-8lld %-6s %-4s %8lld/%-9lld %8lld %9.1fs %8s %7lld %7lld %15s\n", w.rank(),
+                w.state().c_str(), w.host().c_str(), static_cast<long long>(w.pid()), w.device().c_str(), w.kv_dtype().c_str(),
                 static_cast<long long>(w.kv_used_tokens()), static_cast<long long>(w.kv_capacity_tokens()),
                 static_cast<long long>(w.running()), w.last_heartbeat_age_s(), hit.c_str(),
-                static_cast<long long>(w.cached_pages()), static_cast<long long>(w.prefix_routed()));
+                static_cast<long long>(w.cached_pages()), static_cast<long long>(w.prefix_routed()), steps.c_str());
   }
   if (s.layers_size() == 0) return;
   // Expert load: per MoE layer, the routed tokens each rank served (load split evenly over
