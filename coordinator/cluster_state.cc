@@ -25,11 +25,7 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
   const bool can_join = serving_locked() && registry_.elastic();
   ASSIGN_OR_RETURN(Registry::Registered registered, registry_.Register(r, can_join, degraded_.empty(), now));
   if (registered.new_launch) {  // it replaces whatever ran before
-    for (auto& link : registered.superseded) {
-      v1::CoordinatorMessage m;
-      m.mutable_shutdown()->set_reason(absl::StrCat("superseded by launch ", registry_.launch_id()));
-      link->Send(m);
-    }
+    for (auto& link : registered.superseded) SendShutdown(*link, absl::StrCat("superseded by launch ", registry_.launch_id()));
     for (auto it = sequences_.begin(); it != sequences_.end();) {
       EndLocked(it++, "", absl::UnavailableError("the cluster's workers were relaunched"));
     }
@@ -73,18 +69,11 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
     placement_.AddRank();
     const std::string what = absl::StrCat("worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
     SendReformLocked(rank, what);
-    std::optional<v1::PlacementUpdate> update = placement_.FillRank();
-    if (update) {
-      v1::CoordinatorMessage m;
-      *m.mutable_placement_update() = std::move(*update);
-      for (auto& peer : workers_) peer->link->Send(m);
-    }
+    const bool moving = SendPlacementLocked(placement_.FillRank());
     std::fprintf(stderr, "daedalus: %s; the cluster serves with %d workers (generation %lld)%s\n", what.c_str(), rank + 1,
-                 static_cast<long long>(registry_.generation()), update ? "; experts move onto it in the background" : "");
+                 static_cast<long long>(registry_.generation()), moving ? "; experts move onto it in the background" : "");
   } else if (!degraded_.empty()) {  // a peer was lost meanwhile: this one must go too
-    v1::CoordinatorMessage m;
-    m.mutable_shutdown()->set_reason(degraded_);
-    w.link->Send(m);
+    SendShutdown(*w.link, degraded_);
   }
   TryAdmitLocked();
   return absl::OkStatus();
@@ -103,11 +92,8 @@ void ClusterState::LoseLocked(int rank, const std::string& why) {
   const std::string what =
       absl::StrCat("worker rank ", rank, " (", lost.info.host(), ", pid ", lost.info.pid(), ") lost: ", why);
   if (serving_locked() && registry_.elastic() && workers_.size() > 1 && !shutting_down_) {
-    if (lost.link) {  // alive after all (silent, stalled): it must not come back into this world
-      v1::CoordinatorMessage m;
-      m.mutable_shutdown()->set_reason(absl::StrCat("removed from the cluster: ", what));
-      lost.link->Send(m);
-    }
+    // Alive after all (silent, stalled)? It must not come back into this world.
+    if (lost.link) SendShutdown(*lost.link, absl::StrCat("removed from the cluster: ", what));
     ShrinkLocked(rank, what);
     return;
   }
@@ -129,14 +115,8 @@ void ClusterState::LoseLocked(int rank, const std::string& why) {
     const bool here = it->second.rank == rank;
     EndLocked(it++, "", absl::UnavailableError(here ? what : absl::StrCat("cluster degraded: ", what)));
   }
-  for (auto& w : workers_) {
-    if (w && w->link) {
-      v1::CoordinatorMessage m;
-      m.mutable_shutdown()->set_reason(what);
-      m.mutable_shutdown()->set_reregister(true);
-      w->link->Send(m);
-    }
-  }
+  for (auto& w : workers_)
+    if (w && w->link) SendShutdown(*w->link, what, /*reregister=*/true);
 }
 
 void ClusterState::ShrinkLocked(int rank, const std::string& what) {
@@ -159,13 +139,11 @@ void ClusterState::ShrinkLocked(int rank, const std::string& what) {
       EndLocked(here, "length", absl::OkStatus());  // its last token was streamed, its end was not
     } else if (!s.request.ignore_eos() && config_.eos_token_id && last == *config_.eos_token_id) {
       EndLocked(here, "stop", absl::OkStatus());
-    } else if (Reservation(s.request) > largest) {
-      EndLocked(here, "", absl::UnavailableError(absl::StrCat(what, "; no surviving worker's KV cache holds its ",
-                                                                Reservation(s.request), " tokens")));
-    } else {
+    } else if (const int64_t need = Reservation(s.request); need > largest) {
+      EndLocked(here, "", absl::UnavailableError(absl::StrCat(what, "; no surviving worker's KV cache holds its ", need,
+                                                                " tokens")));
+    } else {  // its worker, and what was reserved there, go away with the registry's Remove below
       ClearPendingNamesLocked(s);
-      workers_[rank]->kv_reserved -= s.reserved;
-      --workers_[rank]->running;
       s.rank = -1;
       s.reserved = 0;
       s.admission_deadline = std::max(s.admission_deadline, Clock::now() + options_.queue_timeout);
@@ -375,13 +353,8 @@ void ClusterState::Cancel(uint64_t sequence, const std::string& reason) {
 void ClusterState::ShutdownWorkers(const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
   shutting_down_ = true;
-  for (auto& w : workers_) {
-    if (w && w->link) {
-      v1::CoordinatorMessage m;
-      m.mutable_shutdown()->set_reason(reason);
-      w->link->Send(m);
-    }
-  }
+  for (auto& w : workers_)
+    if (w && w->link) SendShutdown(*w->link, reason);
 }
 
 int64_t ClusterState::Reservation(const v1::GenerateRequest& request) const {
@@ -485,12 +458,22 @@ bool ClusterState::Rebalance() {
   // GPU workers place their experts once, at formation: they are never sent an update.
   for (const auto& w : workers_)
     if (w->info.device() != "cpu" && !w->info.device().empty()) return false;
-  std::optional<v1::PlacementUpdate> update = placement_.Rebalance();
+  return SendPlacementLocked(placement_.Rebalance());
+}
+
+bool ClusterState::SendPlacementLocked(std::optional<v1::PlacementUpdate> update) {
   if (!update) return false;
   v1::CoordinatorMessage m;
   *m.mutable_placement_update() = std::move(*update);
   for (auto& w : workers_) w->link->Send(m);
   return true;
+}
+
+void ClusterState::SendShutdown(WorkerLink& link, const std::string& reason, bool reregister) {
+  v1::CoordinatorMessage m;
+  m.mutable_shutdown()->set_reason(reason);
+  m.mutable_shutdown()->set_reregister(reregister);
+  link.Send(m);
 }
 
 bool ClusterState::serving() const {

@@ -158,9 +158,9 @@ class ClusterState {
   void ShrinkLocked(int rank, const std::string& what);
   // Sends every worker but `except` (-1: all) a Reform to the current generation and placement.
   void SendReformLocked(int except, const std::string& reason);
-  // Puts an admitted sequence back at the head of the queue, to continue elsewhere after its
-  // streamed tokens; ends it instead when those already finish it.
-  void RequeueLocked(std::map<uint64_t, Sequence>::iterator it, std::vector<uint64_t>& requeued);
+  // Sends every worker the update, when there is one; whether there was.
+  bool SendPlacementLocked(std::optional<v1::PlacementUpdate> update);
+  static void SendShutdown(WorkerLink& link, const std::string& reason, bool reregister = false);
   bool serving_locked() const;
   std::string state_detail_locked() const;
 

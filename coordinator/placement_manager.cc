@@ -141,18 +141,18 @@ std::optional<v1::PlacementUpdate> PlacementManager::FillRank() {
     }
   }
   if (!moved) return std::nullopt;
-  v1::PlacementUpdate update;
-  update.set_version(++version_);
-  *update.mutable_placement() = placement_;
-  return update;
+  return NextUpdate();
 }
 
-std::optional<v1::PlacementUpdate> PlacementManager::Rebalance(bool force) {
+std::optional<v1::PlacementUpdate> PlacementManager::Rebalance() {
   v1::Placement next = Compute();
   if (next.layers_size() != config_.num_hidden_layers) return std::nullopt;  // not placeable over this world
-  const bool better = ImbalanceOf(next) < ImbalanceOf(placement_) * options_.rebalance_gain;
-  if (!better && !(force && next.SerializeAsString() != placement_.SerializeAsString())) return std::nullopt;
+  if (!(ImbalanceOf(next) < ImbalanceOf(placement_) * options_.rebalance_gain)) return std::nullopt;
   placement_ = std::move(next);
+  return NextUpdate();
+}
+
+v1::PlacementUpdate PlacementManager::NextUpdate() {
   v1::PlacementUpdate update;
   update.set_version(++version_);
   *update.mutable_placement() = placement_;

@@ -47,9 +47,8 @@ class PlacementManager {
   // Adds a step's expert token counts: for each MoE layer in order, one count per expert.
   void AddLoad(const google::protobuf::RepeatedField<int64_t>& expert_tokens);
   // Places again from the measured load; when that lowers the imbalance below rebalance_gain
-  // of the current one (`force`: whenever it differs, e.g. a rank joined that holds nothing),
-  // adopts it and returns the update to send (the next version).
-  std::optional<v1::PlacementUpdate> Rebalance(bool force = false);
+  // of the current one, adopts it and returns the update to send (the next version).
+  std::optional<v1::PlacementUpdate> Rebalance();
 
   const v1::Placement& placement() const { return placement_; }
   int64_t version() const { return version_; }
@@ -61,6 +60,8 @@ class PlacementManager {
  private:
   v1::Placement Compute() const;
   double ImbalanceOf(const v1::Placement& placement) const;
+  // The current placement as the next version's update.
+  v1::PlacementUpdate NextUpdate();
 
   const ModelConfig& config_;
   const PlacementOptions options_;

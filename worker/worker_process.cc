@@ -78,6 +78,13 @@ absl::StatusOr<std::vector<Placement>> FromAssignment(const v1::Placement& p, co
   return placements;
 }
 
+// The routed experts `placement` puts on `rank` (it keeps its own copy: readers may outlive the caller's).
+ExpertFilter HeldBy(std::vector<Placement> placement, int rank) {
+  return [placement = std::move(placement), rank](int64_t layer, int64_t expert) {
+    return placement[layer].Holds(rank, static_cast<int32_t>(expert));
+  };
+}
+
 // The launcher's rank and world size from its environment (Slurm's srun, OpenMPI's mpirun),
 // for workers that do not use MPI for their data plane: -1 and 0 when there is none.
 void LauncherRank(int& rank, int& world) {
@@ -272,7 +279,7 @@ int RunWorkerProcess(WorkerProcessOptions o) {
                                                           " workers: start them under mpirun/srun, or with --transport ucx"));
       }
       ASSIGN_OR_RETURN(std::vector<Placement> placed, FromAssignment(assignment.placement(), config, world));
-      ExpertFilter mine = [&](int64_t layer, int64_t expert) { return placed[layer].Holds(rank, static_cast<int32_t>(expert)); };
+      const ExpertFilter mine = HeldBy(placed, rank);
       if (weights == nullptr) {
         ASSIGN_OR_RETURN(weights, LoadModelWeights(o.model, mine));
       } else {
@@ -306,9 +313,7 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       loop.placement.prepare = [&](const v1::Placement& update) -> absl::Status {
         if (backend) return absl::UnimplementedError("expert placement updates are not supported on GPU workers yet");
         ASSIGN_OR_RETURN(std::vector<Placement> next, FromAssignment(update, config, world));
-        ExpertFilter mine = [next, rank](int64_t layer, int64_t expert) {
-          return next[layer].Holds(rank, static_cast<int32_t>(expert));
-        };
+        ExpertFilter mine = HeldBy(next, rank);
         pending = Pending{std::move(next), std::async(std::launch::async, [&weights, mine] {
                             return ReadMissingExperts(*weights, mine);
                           })};
@@ -317,19 +322,23 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       loop.placement.prepared = [&]() -> absl::StatusOr<bool> {
         return pending && pending->staged.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
       };
-      loop.placement.apply = [&]() -> absl::Status {
-        if (!pending) return absl::InternalError("no prepared placement to apply");
-        ASSIGN_OR_RETURN(StagedExperts staged, pending->staged.get());
-        const std::vector<Placement>& next = pending->next;
-        const size_t read = staged.experts.size();
-        InstallExperts(*weights, std::move(staged),
-                       [&](int64_t layer, int64_t expert) { return next[layer].Holds(rank, static_cast<int32_t>(expert)); });
+      // Installs the experts read for `next` (freeing those it does not place here) and switches
+      // to it; returns how many experts this rank then holds.
+      auto switch_to = [&](const std::vector<Placement>& next, StagedExperts staged) {
+        InstallExperts(*weights, std::move(staged), HeldBy(next, rank));
         // The exchanges read `placements` by reference: assigning in place switches them.
         size_t held = 0;
         for (size_t l = 0; l < placements.size(); ++l) {
           placements[l] = next[l];
           if (rank < static_cast<int>(next[l].experts_on.size())) held += next[l].experts_on[rank].size();
         }
+        return held;
+      };
+      loop.placement.apply = [&]() -> absl::Status {
+        if (!pending) return absl::InternalError("no prepared placement to apply");
+        ASSIGN_OR_RETURN(StagedExperts staged, pending->staged.get());
+        const size_t read = staged.experts.size();
+        const size_t held = switch_to(pending->next, std::move(staged));
         std::fprintf(stderr, "daedalus worker rank %d: switched to a new expert placement: %zu experts read, %zu held\n", rank,
                      read, held);
         std::fflush(stderr);
@@ -349,18 +358,14 @@ int RunWorkerProcess(WorkerProcessOptions o) {
         const int was = rank;
         rank = r.rank();
         world = r.world_size();
-        ExpertFilter mine = [&next, this_rank = rank](int64_t layer, int64_t expert) {
-          return next[layer].Holds(this_rank, static_cast<int32_t>(expert));
-        };
-        ASSIGN_OR_RETURN(StagedExperts staged, ReadMissingExperts(*weights, mine));
+        ASSIGN_OR_RETURN(StagedExperts staged, ReadMissingExperts(*weights, HeldBy(next, rank)));
         std::fprintf(stderr, "daedalus worker rank %d: re-formed as rank %d of %d (generation %lld: %s)%s\n", was, rank, world,
                      static_cast<long long>(r.generation()), r.reason().c_str(),
                      staged.experts.empty() ? ""
                                             : absl::StrCat("; read ", staged.experts.size(),
                                                            " experts it now serves from the checkpoint").c_str());
         std::fflush(stderr);
-        InstallExperts(*weights, std::move(staged), mine);
-        for (size_t l = 0; l < placements.size(); ++l) placements[l] = next[l];  // the exchanges read them in place
+        switch_to(next, std::move(staged));
         return absl::OkStatus();
       };
       DropOnSignal dropper(drop_on_signal, *control);

@@ -125,14 +125,14 @@ TEST(PlacementManager, PlacesFromTheInitialLoadUntilSomethingIsMeasured) {
 TEST(PlacementManager, ShrinksAroundALostRankAndGrowsByAnEmptyOne) {
   // 3 ranks, 2 redundant replicas per layer: removing rank 1 keeps every expert that had a
   // replica where it was and moves only those rank 1 alone held, counting them; a new rank
-  // starts empty, and a forced rebalance spreads experts onto it.
+  // starts empty, and a rebalance (the empty rank is the imbalance) spreads experts onto it.
   const ModelConfig c = *PresetConfig("tiny");
   PlacementOptions o;
   o.world_size = 3;
   o.redundant_experts = 2;
   PlacementManager m(c, o);
   m.AddLoad(Report(c, 5, 900, 10));
-  ASSERT_TRUE(m.Rebalance(/*force=*/true).has_value());
+  ASSERT_TRUE(m.Rebalance().has_value());
   const v1::Placement before = m.placement();
   int64_t alone = 0;  // experts only rank 1 held, over the MoE layers
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -163,7 +163,7 @@ TEST(PlacementManager, ShrinksAroundALostRankAndGrowsByAnEmptyOne) {
       EXPECT_EQ(m.placement().layers(l).experts_on(2).experts_size(), 0) << l;
     }
   }
-  auto update = m.Rebalance(/*force=*/true);
+  auto update = m.Rebalance();
   ASSERT_TRUE(update.has_value());
   ExpectCovers(update->placement(), c, 3);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -171,7 +171,7 @@ TEST(PlacementManager, ShrinksAroundALostRankAndGrowsByAnEmptyOne) {
       EXPECT_GT(update->placement().layers(l).experts_on(2).experts_size(), 0) << l;
     }
   }
-  EXPECT_FALSE(m.Rebalance(/*force=*/true).has_value()) << "the same placement again is not an update";
+  EXPECT_FALSE(m.Rebalance().has_value()) << "the same placement again is not an update";
 }
 
 TEST(PlacementManager, FillRankMovesExpertsOntoTheNewRankOnlyFromTheOthers) {
