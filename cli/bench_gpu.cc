@@ -110,15 +110,17 @@ Limits MeasureLimits(cublasHandle_t cublas, cudaStream_t stream) {
   return l;
 }
 
-void BenchMlaDecode(int device, cudaStream_t stream, int64_t batch, int64_t context, const Limits& limits, bool tensor_cores) {
+void BenchMlaDecode(int device, cudaStream_t stream, int64_t batch, int64_t context, const Limits& limits,
+                    cuda::MlaDecodeKernel kernel, bool fp8) {
   const int64_t H = 128, rkv = 512, dr = 64, dim = rkv + dr, page = 64;
+  const int64_t row_bytes = fp8 ? rkv + 4 * (rkv / 128) + 2 * dr : 2 * dim;
   const int64_t pages_per_seq = (context + page - 1) / page, pages = batch * pages_per_seq;
   cuda::DeviceBuffer pool, q_lat, q_pe, out, table, lens, ws;
-  CHECK_OK(pool.Reserve(static_cast<size_t>(pages * page * dim) * 2));
+  CHECK_OK(pool.Reserve(static_cast<size_t>(pages * page * row_bytes)));
   CHECK_OK(q_lat.Reserve(static_cast<size_t>(batch * H * rkv) * 4));
   CHECK_OK(q_pe.Reserve(static_cast<size_t>(batch * H * dr) * 4));
   CHECK_OK(out.Reserve(static_cast<size_t>(batch * H * rkv) * 4));
-  cudaMemset(pool.data(), 0x3c, pool.bytes());  // bf16 0x3c3c ≈ 0.0115 everywhere: finite
+  cudaMemset(pool.data(), 0x3c, pool.bytes());  // finite everywhere: bf16 0x3c3c ≈ 0.0115, e4m3 0x3c = 1.5
   cudaMemset(q_lat.data(), 0, q_lat.bytes());
   cudaMemset(q_pe.data(), 0, q_pe.bytes());
   // Each sequence's pages scattered over the pool (a shuffled page table).
@@ -129,22 +131,23 @@ void BenchMlaDecode(int device, cudaStream_t stream, int64_t batch, int64_t cont
   CHECK_OK(lens.Reserve(len.size() * 4));
   cudaMemcpy(table.data(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(lens.data(), len.data(), len.size() * 4, cudaMemcpyHostToDevice);
-  const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(batch, H, rkv, dr, context, cuda::SmCount(device), tensor_cores);
+  const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(batch, H, rkv, dr, context, fp8, cuda::SmCount(device), kernel);
+  if (plan.kernel != kernel) return;  // not for these shapes and dtype
   CHECK_OK(ws.Reserve(std::max<size_t>(plan.workspace_bytes, 4)));
   cuda::MlaDecodeParams p;
   p.q_latent = q_lat.as<float>(), p.q_pe = q_pe.as<float>(), p.q_pe_row_stride = H * dr, p.q_pe_head_stride = dr;
-  p.pool = pool.as<uint16_t>(), p.layer = 0, p.n_layers = 1, p.page_size = page;
+  p.pool = pool.data(), p.kv_fp8 = fp8, p.layer = 0, p.n_layers = 1, p.page_size = page;
   p.page_table = table.as<int32_t>(), p.max_pages = pages_per_seq, p.kv_len = lens.as<int32_t>();
   p.n_rows = batch, p.heads = H, p.kv_lora_rank = rkv, p.rope_dim = dr, p.scale = 0.1f, p.out = out.as<float>();
   p.workspace = ws.data();
   const double t = TimeIt(stream, 10, [&] { return cuda::MlaDecode(p, plan, stream); });
-  const double bytes = static_cast<double>(batch * context * dim * 2);
+  const double bytes = static_cast<double>(batch * context * row_bytes);
   const double flops = 2.0 * batch * context * H * (dim + rkv);
   const bool target = batch == 64 && context == 4096;
   const double share = flops / t / limits.tensor_flops;
-  std::printf("MLA decode %s batch %3lld x context %5lld (V3: 128 heads, rank 512, rope 64): %8.1f us, %6.1f TFLOP/s = %5.1f%% "
-              "of the tensor peak, %7.1f GB/s of latent = %5.1f%% of the copy bandwidth, %d split%s%s\n",
-              plan.tensor_cores ? "[tensor cores]" : "[CUDA cores]  ", static_cast<long long>(batch),
+  std::printf("MLA decode [%-10s %s] batch %3lld x context %5lld (V3: 128 heads, rank 512, rope 64): %8.1f us, %6.1f TFLOP/s = "
+              "%5.1f%% of the tensor peak, %7.1f GB/s of latent = %5.1f%% of the copy bandwidth, %d split%s%s\n",
+              cuda::MlaDecodeKernelName(kernel), fp8 ? "fp8 " : "bf16", static_cast<long long>(batch),
               static_cast<long long>(context), t * 1e6, flops / t / 1e12, 100 * share, bytes / t / 1e9,
               100 * bytes / t / limits.copy_bytes, plan.n_splits, plan.n_splits > 1 ? "s" : "",
               target ? (share >= 0.6 ? "  [target >= 60% of tensor peak: met]" : "  [target >= 60% of tensor peak: NOT met]") : "");
@@ -358,9 +361,11 @@ int main(int argc, char** argv) {
     cublasCreate(&cublas);
     const Limits limits = MeasureLimits(cublas, stream);
     if (parts.count("mla"))
-      for (bool tc : {true, false})
+      for (auto [kernel, fp8] : {std::pair{cuda::MlaDecodeKernel::kMma, false}, {cuda::MlaDecodeKernel::kMma, true},
+                                 {cuda::MlaDecodeKernel::kWmma, false}, {cuda::MlaDecodeKernel::kCudaCores, false},
+                                 {cuda::MlaDecodeKernel::kCudaCores, true}})
         for (auto [b, ctx] : {std::pair<int64_t, int64_t>{64, 4096}, {1, 4096}, {64, 1024}, {1, 32768}})
-          BenchMlaDecode(*index, stream, b, ctx, limits, tc);
+          BenchMlaDecode(*index, stream, b, ctx, limits, kernel, fp8);
     if (parts.count("experts")) BenchExperts(cublas, stream, ParseList(tokens), limits);
     cublasDestroy(cublas);
     cudaStreamDestroy(stream);

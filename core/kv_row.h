@@ -26,4 +26,8 @@ inline int64_t KvRowBytes(const ModelConfig& c, DType dtype) {
   return 0;
 }
 
+// Encodes one row as kF8E4M3: per block of 128 latent values scale = max |v| / 448 and codes
+// e4m3(v / scale) (saturating, ties to even); then k_pe in bf16. `row` takes KvRowBytes bytes.
+void WriteKvRowFp8(const float* latent, int64_t kv_lora_rank, int64_t qk_rope_head_dim, uint8_t* row);
+
 }  // namespace daedalus

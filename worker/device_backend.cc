@@ -34,9 +34,9 @@ absl::StatusOr<std::unique_ptr<ForwardBackend>> MakeDeviceBackend(const DeviceOp
         absl::StrCat("--gpu-memory-fraction ", device.gpu_memory_fraction, ": expected a fraction in (0, 1]"));
   }
 #if DAEDALUS_HAVE_CUDA
-  if (options.kv.dtype != DType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrCat("--device ", device.device, ": --kv-dtype ", DTypeName(options.kv.dtype),
-                                                   ": the GPU MLA kernels read a bf16 latent cache only (--kv-dtype bf16)"));
+  if (options.kv.dtype == DType::kF32) {
+    return absl::InvalidArgumentError(absl::StrCat("--device ", device.device,
+                                                   ": --kv-dtype f32: the GPU latent cache is bf16 or fp8 (--kv-dtype bf16|fp8)"));
   }
   GpuModelOptions o;
   o.device = *index;
@@ -45,6 +45,7 @@ absl::StatusOr<std::unique_ptr<ForwardBackend>> MakeDeviceBackend(const DeviceOp
   o.max_kv_tokens = options.kv.max_tokens;
   o.attention = options.attention;
   o.float_precision = device.gpu_float_precision;
+  o.kv_fp8 = options.kv.dtype == DType::kF8E4M3;
   auto model = GpuModel::Create(weights, o);
   if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("--device ", device.device, ": ", model.status().message()));
   options.kv.max_tokens = (*model)->kv_capacity_tokens();

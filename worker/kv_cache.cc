@@ -139,24 +139,6 @@ uint8_t* PagedKvCache::Row(int32_t page, int64_t layer, int64_t slot) const {
 
 namespace {
 
-// FP8 row (core/kv_row.h): per block of 128 latent values, scale = max |v| / 448 and codes
-// e4m3(v / scale); then k_pe in bf16.
-void WriteFp8Row(const float* latent, int64_t rkv, int64_t dr, uint8_t* row) {
-  uint8_t* scales = row + rkv;
-  for (int64_t b = 0; b * kKvFp8Block < rkv; ++b) {
-    const int64_t begin = b * kKvFp8Block, end = std::min(rkv, begin + kKvFp8Block);
-    float amax = 0;
-    for (int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(latent[i]));
-    const float scale = amax / 448.0f;
-    for (int64_t i = begin; i < end; ++i) row[i] = scale > 0 ? F32ToFp8E4M3(latent[i] / scale) : 0;
-    std::memcpy(scales + 4 * b, &scale, 4);
-  }
-  for (int64_t i = 0; i < dr; ++i) {  // k_pe may sit unaligned after the scales
-    const bf16 v = F32ToBf16(latent[rkv + i]);
-    std::memcpy(scales + 4 * KvFp8Scales(rkv) + 2 * i, &v, 2);
-  }
-}
-
 void ReadFp8Row(const uint8_t* row, int64_t rkv, int64_t dr, float* out) {
   const uint8_t* scales = row + rkv;
   for (int64_t b = 0; b * kKvFp8Block < rkv; ++b) {
@@ -180,7 +162,7 @@ void PagedKvCache::Write(const PageTable& pages, int64_t layer, int64_t pos, con
   switch (options_.dtype) {
     case DType::kF32: std::memcpy(row, latent, dim_ * 4); break;
     case DType::kBF16: F32ToBf16(latent, reinterpret_cast<bf16*>(row), dim_); break;
-    case DType::kF8E4M3: WriteFp8Row(latent, kv_lora_rank_, dim_ - kv_lora_rank_, row); break;
+    case DType::kF8E4M3: WriteKvRowFp8(latent, kv_lora_rank_, dim_ - kv_lora_rank_, row); break;
   }
 }
 

@@ -14,6 +14,13 @@ __device__ __forceinline__ uint16_t ToBf16Bits(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));  // round to nearest even, as F32ToBf16
 }
 
+// e4m3fn code to float, exactly (finite codes; 0x7f/0xff, NaN, occur only for NaN inputs).
+__device__ __forceinline__ float Fp8Value(uint8_t code) {
+  const int sign = code >> 7, exp = (code >> 3) & 15, man = code & 7;
+  const float v = exp == 0 ? ldexpf(static_cast<float>(man), -9) : ldexpf(1.0f + man / 8.0f, exp - 7);
+  return sign ? -v : v;
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -1,5 +1,7 @@
 #include "kernels/cuda/device.h"
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -31,6 +33,18 @@ std::string DeviceDescription(int device) {
 int SmCount(int device) {
   int n = 0;
   if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 1;
+  return n;
+}
+
+int MaxSharedBytesPerBlock() {
+  static std::atomic<int> cached[64];  // 0: not asked yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 48 << 10;
+  int n = cached[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) n = 48 << 10;
+    cached[device].store(n, std::memory_order_relaxed);
+  }
   return n;
 }
 

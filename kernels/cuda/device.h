@@ -16,6 +16,8 @@ absl::Status DevicePresent();
 // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)" for device `device`.
 std::string DeviceDescription(int device);
 int SmCount(int device);
+// The shared memory one block may opt into on the current device (cached per device).
+int MaxSharedBytesPerBlock();
 
 // `what` failed with `err`: Internal("<what>: <cudaGetErrorString>").
 absl::Status CudaError(cudaError_t err, const char* what);

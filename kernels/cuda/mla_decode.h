@@ -1,6 +1,7 @@
 // MLA attention in latent space (the absorbed form) over the paged latent cache, on the GPU.
 // Every query row (one token of one sequence) has H heads; all heads share the sequence's
-// cached rows [RMSNorm(c_kv) (kv_lora_rank) | k_pe (rope_dim)] in bf16. Per head:
+// cached rows [RMSNorm(c_kv) (kv_lora_rank) | k_pe (rope_dim)], bf16 or FP8
+// (kernels/cuda/kv_row.cuh). Per head:
 //   s_t = (q_latent · c_kv_t + q_pe · k_pe_t) · scale,   o_latent = Σ_t softmax(s)_t · c_kv_t
 // with float accumulation. The caller folds W_uk into q_latent before and W_uv into the
 // output after (see worker/mla.cc). Rows see positions [0, kv_len[row]), so a prefill chunk
@@ -10,14 +11,16 @@
 // streams its split's cached rows through shared memory in tiles of 32 tokens with an online
 // softmax. When rows × head groups cannot fill the device (small batches), the sequence is
 // split into n_splits parts whose partial results a second kernel combines by their
-// log-sum-exp. Two kernels:
-//  - CUDA cores (any shape): 16 heads per block, float q, float products.
-//  - tensor cores (mla_decode_tc.cu; heads a multiple of 32, kv_lora_rank 128/256/512,
-//    kv_lora_rank + rope_dim a multiple of 32 — DeepSeek-V2/V3): 32 heads per block, bf16
-//    WMMA with float accumulation, q and the softmax weights rounded to bf16 (as FlashMLA
-//    does), the next tile loaded asynchronously while this one is computed. With 128 heads
-//    decode is compute-bound (~240 FLOP per cached byte), so tensor cores are what moves
-//    the bandwidth figure.
+// log-sum-exp. Three kernels, from the most general to the fastest:
+//  - kCudaCores (any shape, bf16 or FP8 rows): 16 heads per block, float q, float products;
+//    FP8 rows are read exactly (code · scale), so this one matches the CPU's float tiers.
+//  - kWmma (mla_decode_tc.cu; bf16 rows, heads a multiple of 32, kv_lora_rank 128/256/512,
+//    kv_lora_rank + rope_dim a multiple of 32): 32 heads per block, bf16 WMMA.
+//  - kMma (mla_decode_mma.cu; bf16 or FP8 rows, kv_lora_rank 256 or 512, rope_dim a multiple
+//    of 32): FlashMLA's structure on mma.sync, 64 heads per block (16 when heads <= 16).
+//  The tensor-core kernels round q and the softmax weights to bf16 (as FlashMLA does), and FP8
+//  rows to bf16 after scaling. With 128 heads decode is compute-bound (~240 FLOP per cached
+//  byte), so tensor cores are what moves the bandwidth figure.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,8 +31,11 @@
 
 namespace daedalus::cuda {
 
+enum class MlaDecodeKernel { kCudaCores, kWmma, kMma };  // general to fast
+const char* MlaDecodeKernelName(MlaDecodeKernel k);      // "CUDA cores", "WMMA", "MMA"
+
 struct MlaDecodePlan {
-  bool tensor_cores = false;
+  MlaDecodeKernel kernel = MlaDecodeKernel::kCudaCores;
   int heads_per_block = 16;
   int n_splits = 1;
   int64_t split_len = 0;        // tokens per split, a multiple of the tile
@@ -41,7 +47,8 @@ struct MlaDecodeParams {
   const float* q_pe = nullptr;       // row r, head h: q_pe + r·q_pe_row_stride + h·q_pe_head_stride (rotated)
   int64_t q_pe_row_stride = 0;
   int64_t q_pe_head_stride = 0;
-  const uint16_t* pool = nullptr;    // bf16 bits [total_pages][n_layers][page_size][kv_lora_rank + rope_dim]
+  const void* pool = nullptr;        // [total_pages][n_layers][page_size][row bytes] (kernels/cuda/kv_row.cuh)
+  bool kv_fp8 = false;               // kF8E4M3 rows, else bf16
   int64_t layer = 0;
   int64_t n_layers = 0;
   int64_t page_size = 0;
@@ -58,14 +65,17 @@ struct MlaDecodeParams {
 };
 
 // `max_kv_len`: the longest kv_len of the batch; `sm_count`: the device's multiprocessors.
-// Tensor cores where the shapes allow it and `allow_tensor_cores`.
+// The fastest kernel, up to `best`, that takes the shapes and the cache dtype.
 MlaDecodePlan PlanMlaDecode(int64_t n_rows, int64_t heads, int64_t kv_lora_rank, int64_t rope_dim, int64_t max_kv_len,
-                            int sm_count, bool allow_tensor_cores = true);
+                            bool kv_fp8, int sm_count, MlaDecodeKernel best = MlaDecodeKernel::kMma);
 absl::Status MlaDecode(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
 
-// The tensor-core kernel (mla_decode_tc.cu); MlaDecode calls it when plan.tensor_cores.
-bool MlaDecodeFitsTensorCores(int64_t heads, int64_t kv_lora_rank, int64_t rope_dim);
-absl::Status MlaDecodeTensorCores(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
+// The tensor-core kernels (mla_decode_tc.cu, mla_decode_mma.cu); MlaDecode calls them.
+bool MlaDecodeFitsWmma(int64_t heads, int64_t kv_lora_rank, int64_t rope_dim, bool kv_fp8);
+absl::Status MlaDecodeWmma(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
+bool MlaDecodeFitsMma(int64_t heads, int64_t kv_lora_rank, int64_t rope_dim, bool kv_fp8);
+int MlaDecodeMmaHeadsPerBlock(int64_t heads);
+absl::Status MlaDecodeMma(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
 // Combines split partials (both kernels write the same layout).
 absl::Status MlaDecodeCombine(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
 

@@ -1,4 +1,4 @@
-// The tensor-core form of MlaDecode (see mla_decode.h): per block 32 heads of one row and one
+// The WMMA form of MlaDecode (see mla_decode.h; bf16 rows): per block 32 heads of one row and one
 // KV split. Per tile of 32 cached tokens (double-buffered, loaded with cp.async):
 //   S[32 heads, 32 tokens] = Q[32, dim] · K[32, dim]ᵀ   (bf16 WMMA, float accumulation; the
 //                                                       dim sum is split over two warp sets)
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaDecodeTcKernel(MlaDecodeParams
       __nv_bfloat16* dst = dst0 + t * ld + c * 8;
       if (pos < end) {
         const int64_t page = pages[pos / p.page_size], slot = pos % p.page_size;
-        const uint16_t* src = p.pool + ((page * p.n_layers + p.layer) * p.page_size + slot) * dim + c * 8;
+        const uint16_t* src = static_cast<const uint16_t*>(p.pool) + ((page * p.n_layers + p.layer) * p.page_size + slot) * dim + c * 8;
         __pipeline_memcpy_async(dst, src, 16);
       } else {
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);  // masked below; zeros keep P·V finite
@@ -206,19 +206,19 @@ absl::Status Launch(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStr
   // Rows on x, which allows 2^31 - 1 blocks (y and z stop at 65,535).
   const dim3 grid(static_cast<unsigned>(p.n_rows), plan.n_splits, static_cast<unsigned>(p.heads / kHeads));
   MlaDecodeTcKernel<CB><<<grid, kThreads, shared, stream>>>(p, plan.n_splits, plan.split_len);
-  return DAEDALUS_CUDA_LAUNCH_STATUS("MlaDecode (tensor cores)");
+  return DAEDALUS_CUDA_LAUNCH_STATUS("MlaDecode (WMMA)");
 }
 
 }  // namespace
 
-bool MlaDecodeFitsTensorCores(int64_t heads, int64_t kv_lora_rank, int64_t rope_dim) {
-  return heads % kHeads == 0 && (kv_lora_rank == 128 || kv_lora_rank == 256 || kv_lora_rank == 512) &&
-         (kv_lora_rank + rope_dim) % 32 == 0 && MakeLayout(kv_lora_rank + rope_dim).total <= 200 * 1024;
+bool MlaDecodeFitsWmma(int64_t heads, int64_t kv_lora_rank, int64_t rope_dim, bool kv_fp8) {
+  return !kv_fp8 && heads % kHeads == 0 && (kv_lora_rank == 128 || kv_lora_rank == 256 || kv_lora_rank == 512) &&
+         (kv_lora_rank + rope_dim) % 32 == 0 && MakeLayout(kv_lora_rank + rope_dim).total <= static_cast<size_t>(MaxSharedBytesPerBlock());
 }
 
-absl::Status MlaDecodeTensorCores(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream) {
-  if (!MlaDecodeFitsTensorCores(p.heads, p.kv_lora_rank, p.rope_dim)) {
-    return absl::InvalidArgumentError("MlaDecode: shapes do not fit the tensor-core kernel");
+absl::Status MlaDecodeWmma(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream) {
+  if (!MlaDecodeFitsWmma(p.heads, p.kv_lora_rank, p.rope_dim, p.kv_fp8)) {
+    return absl::InvalidArgumentError("MlaDecode: shapes or cache dtype do not fit the WMMA kernel");
   }
   switch (p.kv_lora_rank) {
     case 128: return Launch<1>(p, plan, stream);

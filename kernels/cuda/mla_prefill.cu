@@ -1,4 +1,5 @@
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/kv_row.cuh"
 #include "kernels/cuda/mla_prefill.h"
 
 namespace daedalus::cuda {
@@ -8,8 +9,9 @@ namespace {
 __global__ void GatherKernel(MlaPrefillParams p, float* latent) {
   const int64_t s = blockIdx.x, dim = p.kv_lora_rank + p.rope;
   const int64_t page = p.pages[s / p.page_size], slot = s % p.page_size;
-  const uint16_t* row = p.pool + ((page * p.n_layers + p.layer) * p.page_size + slot) * dim;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) latent[s * dim + i] = Bf16Bits(row[i]);
+  const uint8_t* row = KvRow(p.pool, page, p.n_layers, p.layer, p.page_size, slot,
+                             KvRowBytes(p.kv_lora_rank, p.rope, p.kv_fp8));
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) latent[s * dim + i] = KvRowValue(row, i, p.kv_lora_rank, p.kv_fp8);
 }
 
 // scores [heads, n, S]: row t of a head sees keys [0, start + t]; scaled, softmaxed, zero past.

@@ -22,7 +22,8 @@ struct MlaPrefillParams {
   int64_t q_row_stride = 0;
   int64_t n_tokens = 0;
   int64_t start_pos = 0;             // position of the slice's first token; its latents are cached
-  const uint16_t* pool = nullptr;    // bf16 bits [total_pages][n_layers][page_size][kv_lora_rank + rope]
+  const void* pool = nullptr;        // [total_pages][n_layers][page_size][row bytes] (kernels/cuda/kv_row.cuh)
+  bool kv_fp8 = false;               // kF8E4M3 rows (read exactly, code · scale), else bf16
   int64_t layer = 0;
   int64_t n_layers = 0;
   int64_t page_size = 0;

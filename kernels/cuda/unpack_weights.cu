@@ -8,13 +8,6 @@ namespace {
 
 constexpr int64_t kBlock = 128;
 
-// e4m3fn code to float (finite codes; 0x7f/0xff do not occur in checkpoints).
-__device__ __forceinline__ float Fp8Value(uint8_t code) {
-  const int sign = code >> 7, exp = (code >> 3) & 15, man = code & 7;
-  const float v = exp == 0 ? ldexpf(static_cast<float>(man), -9) : ldexpf(1.0f + man / 8.0f, exp - 7);
-  return sign ? -v : v;
-}
-
 __global__ void UnpackKernel(UnpackParams p) {
   const int64_t n = p.rows * p.cols, stride = p.out_stride ? p.out_stride : p.cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;

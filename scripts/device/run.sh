@@ -5,7 +5,8 @@
 #   1. runs every GPU test with CUDA_LAUNCH_BLOCKING=1 (skips, e.g. of tests that need two GPUs,
 #      are listed),
 #   2. compares `run --device cuda:0 --gpu-precision float` with `--device cpu` on a float tier
-#      (the same greedy tokens) on the tiny and bench presets, and shows the fast numerics' tokens,
+#      (the same greedy tokens) on the tiny and bench presets, with the bf16 and the FP8 latent
+#      cache, and shows the fast numerics' tokens,
 #   3. runs each benchmark part in its own process (one failure loses no other figure),
 #   4. prints a summary table.
 # Logs go to LOG_DIR (default: a new temporary folder). Exit status: the number of failed steps.
@@ -101,27 +102,32 @@ done
 # expert at a routing near-tie, and are shown beside.
 export here work=$(mktemp -d)
 compare() {
-  local preset=$1 isa=avx512 d
+  local preset=$1 kv=$2 isa=avx512 d out
   grep -q avx512f /proc/cpuinfo || isa=avx2
-  "$here/bin/daedalus" make-model --preset "$preset" --seed 7 --dtype bf16 --out "$work/$preset" >/dev/null || return 1
+  [ -d "$work/$preset" ] || "$here/bin/daedalus" make-model --preset "$preset" --seed 7 --dtype bf16 --out "$work/$preset" >/dev/null || return 1
   for d in "cpu --device cpu" "float --device cuda:0 --gpu-precision float" "fast --device cuda:0"; do
+    out="$work/$preset.$kv.${d%% *}.jsonl"
     DAEDALUS_CPU_ISA=$isa "$here/bin/daedalus" run --model "$work/$preset" --prompt-ids 5,17,99,3,42,7,11 --max-new-tokens 16 \
-      --temperature 0 --ignore-eos --kv-cache-tokens 4096 ${d#* } >"$work/$preset.${d%% *}.jsonl" || return 1
-    echo "${d#* } (CPU tier $isa): $(cat "$work/$preset.${d%% *}.jsonl")"
+      --temperature 0 --ignore-eos --kv-cache-tokens 4096 --kv-dtype "$kv" ${d#* } >"$out" || return 1
+    echo "${d#* } --kv-dtype $kv (CPU tier $isa): $(cat "$out")"
   done
-  cmp -s "$work/$preset.fast.jsonl" "$work/$preset.cpu.jsonl" || echo "(fast numerics: other tokens after a routing near-tie)"
-  cmp -s "$work/$preset.cpu.jsonl" "$work/$preset.float.jsonl" && echo "same tokens at float precision" && return 0
+  cmp -s "$work/$preset.$kv.fast.jsonl" "$work/$preset.$kv.cpu.jsonl" || echo "(fast numerics: other tokens after a routing near-tie)"
+  cmp -s "$work/$preset.$kv.cpu.jsonl" "$work/$preset.$kv.float.jsonl" && echo "same tokens at float precision" && return 0
   echo "tokens DIFFER at float precision"
   return 1
 }
-for preset in tiny bench; do NOTE="same greedy tokens as the CPU (float)" step "run-$preset-cuda-vs-cpu" 90 compare "$preset"; done
+for preset in tiny bench; do
+  for kv in bf16 fp8; do
+    NOTE="same greedy tokens as the CPU (float)" step "run-$preset-$kv-cuda-vs-cpu" 90 compare "$preset" "$kv"
+  done
+done
 
 # 3. Benchmarks, one part per process.
 bench="$here/bin/daedalus-bench-gpu"
 NOTE="" step bench-peak 60 "$bench" --only peak
 summary[-1]="${summary[-1]}$(grep -o 'matrix product.*' "$log_dir/bench-peak.log" | head -1)"
 NOTE="" step bench-mla 90 "$bench" --only mla
-summary[-1]="${summary[-1]}$(grep -o '[0-9.]* TFLOP/s = *[0-9.]*% of the tensor peak' "$log_dir/bench-mla.log" | head -1) (tensor cores, 64 x 4K)"
+summary[-1]="${summary[-1]}$(grep -o '[0-9.]* TFLOP/s = *[0-9.]*% of the tensor peak' "$log_dir/bench-mla.log" | head -1) (MMA, bf16, 64 x 4K)"
 NOTE="" step bench-experts 90 "$bench" --only experts
 summary[-1]="${summary[-1]}$(grep -o 'best [0-9]*% of dense, [0-9]*% of the roofline' "$log_dir/bench-experts.log" | tail -1) at 4096 tokens"
 NOTE="" step bench-e2e 120 "$bench" --only e2e --model "$work/bench" --batches 1,64

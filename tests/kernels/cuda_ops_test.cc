@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/kv_row.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gate.h"
 #include "kernels/cuda/kv_write.h"
@@ -305,7 +306,7 @@ TEST(CudaArgmax, MatchesCpuArgmaxWithTies) {
 
 TEST(CudaKvWrite, StoresBf16RowsAtPageAndSlot) {
   DAEDALUS_REQUIRE_GPU();
-  const int64_t layers = 3, page = 4, dim = 576, pages = 5, T = 6;
+  const int64_t layers = 3, page = 4, rkv = 512, dr = 64, dim = rkv + dr, pages = 5, T = 6;
   const auto latent = RandomFloats(T * dim, 8);
   std::vector<int32_t> at_page = {4, 4, 0, 2, 2, 2}, at_slot = {0, 3, 1, 0, 1, 2};
   DeviceArray<float> dl(latent);
@@ -313,12 +314,43 @@ TEST(CudaKvWrite, StoresBf16RowsAtPageAndSlot) {
   DeviceArray<uint16_t> pool(pages * layers * page * dim);
   cuda::KvWriteParams p;
   p.latent = dl.get(), p.latent_stride = dim, p.n_tokens = T, p.pages = dp.get(), p.slots = ds.get();
-  p.pool = pool.get(), p.layer = 1, p.n_layers = layers, p.page_size = page, p.dim = dim;
+  p.pool = pool.get(), p.layer = 1, p.n_layers = layers, p.page_size = page, p.kv_lora_rank = rkv, p.rope_dim = dr;
   ASSERT_TRUE(cuda::KvWrite(p, nullptr).ok());
   const auto got = pool.Download();
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < dim; ++i)
       ASSERT_EQ(got[((at_page[t] * layers + 1) * page + at_slot[t]) * dim + i], F32ToBf16(latent[t * dim + i]));
+}
+
+// The FP8 rows are the CPU cache's bytes exactly (core/kv_row.h's WriteKvRowFp8), on V3's row
+// (656 bytes) and on rows whose scales and k_pe sit 2-byte aligned (kv_lora_rank 64 and 202,
+// a partial scale block); with a zero block (scale 0) and values deep in e4m3's subnormals.
+TEST(CudaKvWrite, StoresFp8RowsAsTheCpuCache) {
+  DAEDALUS_REQUIRE_GPU();
+  for (const auto [rkv, dr] : {std::pair<int64_t, int64_t>{512, 64}, {64, 16}, {202, 10}}) {
+    const int64_t layers = 2, page = 4, dim = rkv + dr, pages = 3, T = 5;
+    const int64_t row_bytes = rkv + 4 * ((rkv + 127) / 128) + 2 * dr;
+    auto latent = RandomFloats(T * dim, 9);
+    for (int64_t i = 0; i < std::min<int64_t>(rkv, 128); ++i) latent[1 * dim + i] = 0.0f;  // token 1, block 0
+    for (int64_t i = 1; i < std::min<int64_t>(rkv, 128); ++i) latent[2 * dim + i] *= 1e-4f;  // token 2: subnormal codes
+    latent[2 * dim] = 3.0f;
+    std::vector<int32_t> at_page = {2, 0, 0, 1, 2}, at_slot = {3, 0, 2, 1, 0};
+    DeviceArray<float> dl(latent);
+    DeviceArray<int32_t> dp(at_page), ds(at_slot);
+    DeviceArray<uint8_t> pool(pages * layers * page * row_bytes);
+    cuda::KvWriteParams p;
+    p.latent = dl.get(), p.latent_stride = dim, p.n_tokens = T, p.pages = dp.get(), p.slots = ds.get();
+    p.pool = pool.get(), p.fp8 = true, p.layer = 1, p.n_layers = layers, p.page_size = page;
+    p.kv_lora_rank = rkv, p.rope_dim = dr;
+    ASSERT_TRUE(cuda::KvWrite(p, nullptr).ok());
+    const auto got = pool.Download();
+    std::vector<uint8_t> want(row_bytes);
+    for (int64_t t = 0; t < T; ++t) {
+      WriteKvRowFp8(&latent[t * dim], rkv, dr, want.data());
+      const uint8_t* row = &got[((at_page[t] * layers + 1) * page + at_slot[t]) * row_bytes];
+      for (int64_t i = 0; i < row_bytes; ++i) ASSERT_EQ(row[i], want[i]) << "kv_lora_rank " << rkv << ", token " << t << ", byte " << i;
+    }
+  }
 }
 
 }  // namespace

@@ -126,9 +126,11 @@ enum class Expect {
   kFloatMedian,  // median within kFloatMedianTol (near-ties occur)
   kBf16Median,   // median within kFastMedianTol (the weights differ by a bf16 rounding)
 };
-void CompareCpuAndGpu(const ModelWeights& w, AttentionPath path = AttentionPath::kAuto, Expect expect = Expect::kExact) {
+void CompareCpuAndGpu(const ModelWeights& w, AttentionPath path = AttentionPath::kAuto, Expect expect = Expect::kExact,
+                      DType kv_dtype = DType::kBF16) {
   EngineOptions options;
   options.attention = path;
+  options.kv.dtype = kv_dtype;
   options.kv.page_size = 16;
   options.kv.max_tokens = 4096;
   options.prefill_chunk = 40;
@@ -150,6 +152,16 @@ void CompareCpuAndGpu(const ModelWeights& w, AttentionPath path = AttentionPath:
 TEST(CudaModel, TinyBf16MatchesCpuEngine) {
   DAEDALUS_REQUIRE_GPU();
   CompareCpuAndGpu(testing::TinyModel(DType::kBF16));
+}
+
+// The FP8 latent cache, in the naive prefill and in latent space (every slice under
+// kAbsorbed). The GPU encodes a row to the CPU's bytes and reads it exactly (cuda_ops_test,
+// cuda_mla_test), but a latent that the two compute a rounding apart can sit on either side of
+// an e4m3 step (1/8 relative), so one logit may move by a few hundredths: the median bounds it.
+TEST(CudaModel, TinyFp8KvCacheMatchesCpuEngine) {
+  DAEDALUS_REQUIRE_GPU();
+  CompareCpuAndGpu(testing::TinyModel(DType::kBF16), AttentionPath::kAuto, Expect::kFloatMedian, DType::kF8E4M3);
+  CompareCpuAndGpu(testing::TinyModel(DType::kBF16), AttentionPath::kAbsorbed, Expect::kFloatMedian, DType::kF8E4M3);
 }
 
 TEST(CudaModel, TinyAbsorbedPrefillMatchesCpuEngine) {
@@ -333,6 +345,10 @@ TEST(CudaModel, DeviceFlagErrors) {
   ASSERT_TRUE(cpu.ok());
   EXPECT_EQ(cpu->get(), nullptr);
   EXPECT_FALSE(MakeDeviceBackend(DeviceOptions{"cuda:0", 1.5}, w, options).ok());
+  options.kv.dtype = DType::kF32;
+  const auto f32 = MakeDeviceBackend(DeviceOptions{"cuda:0", 0.9}, w, options);
+  ASSERT_FALSE(f32.ok());
+  EXPECT_NE(f32.status().message().find("bf16 or fp8"), std::string::npos) << f32.status();
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/buffer.h"
+#include "core/kv_row.h"
 #include "core/status.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gate.h"
@@ -190,7 +191,8 @@ absl::Status GpuModel::Upload() {
 absl::Status GpuModel::SizeKvPool() {
   size_t free = 0, total = 0;
   DAEDALUS_CUDA_RETURN(cudaMemGetInfo(&free, &total));
-  const double page_bytes = 2.0 * static_cast<double>(config_.num_hidden_layers * options_.page_size * config_.kv_cache_dim());
+  const double page_bytes = static_cast<double>(config_.num_hidden_layers * options_.page_size *
+                                                KvRowBytes(config_, options_.kv_fp8 ? DType::kF8E4M3 : DType::kBF16));
   // Held back for activations and GEMM scratch, which grow with the batch.
   const double reserve = 512.0 * (1 << 20) + 0.02 * static_cast<double>(total);
   const double budget = options_.memory_fraction * static_cast<double>(total) - static_cast<double>(total - free) - reserve;
@@ -205,7 +207,7 @@ absl::Status GpuModel::SizeKvPool() {
   total_pages_ = pages;
   ASSIGN_OR_RETURN(void* pool, Allocate(static_cast<size_t>(pages * page_bytes)));
   weight_bytes_ -= static_cast<size_t>(pages * page_bytes);
-  pool_ = static_cast<uint16_t*>(pool);
+  pool_ = pool;
   return absl::OkStatus();
 }
 
@@ -369,7 +371,8 @@ absl::Status GpuModel::Attention(const Layer& L, int64_t layer, const ForwardBat
   RETURN_IF_ERROR(cuda::RotateInterleaved(rope, stream_));
   cuda::KvWriteParams kw;
   kw.latent = kva, kw.latent_stride = dim, kw.n_tokens = T, kw.pages = meta + m.kv_pages, kw.slots = meta + m.kv_slots;
-  kw.pool = pool_, kw.layer = layer, kw.n_layers = c.num_hidden_layers, kw.page_size = options_.page_size, kw.dim = dim;
+  kw.pool = pool_, kw.fp8 = options_.kv_fp8, kw.layer = layer, kw.n_layers = c.num_hidden_layers;
+  kw.page_size = options_.page_size, kw.kv_lora_rank = rkv, kw.rope_dim = dr;
   RETURN_IF_ERROR(cuda::KvWrite(kw, stream_));
 
   if (m.n_abs > 0) {
@@ -388,11 +391,13 @@ absl::Status GpuModel::Attention(const Layer& L, int64_t layer, const ForwardBat
     uk.w = L.kv_b.w, uk.w_in_out = true, uk.n = rkv, uk.ldw = rkv, uk.w_batch_stride = (dn + dv) * rkv;
     uk.y = q_lat_.as<float>(), uk.ldy = H * rkv, uk.y_batch_stride = rkv, uk.batch = H;
     RETURN_IF_ERROR(cuda::Linear(cublas_, uk, linear_ws_, stream_));
-    const cuda::MlaDecodePlan plan = cuda::PlanMlaDecode(n, H, rkv, dr, m.max_kv_len, sm_count_, !options_.float_precision);
+    const cuda::MlaDecodePlan plan =
+        cuda::PlanMlaDecode(n, H, rkv, dr, m.max_kv_len, options_.kv_fp8, sm_count_,
+                            options_.float_precision ? cuda::MlaDecodeKernel::kCudaCores : cuda::MlaDecodeKernel::kMma);
     RETURN_IF_ERROR(mla_ws_.Reserve(std::max<size_t>(plan.workspace_bytes, 4)));
     cuda::MlaDecodeParams d;
     d.q_latent = q_lat_.as<float>(), d.q_pe = q_abs_.as<float>() + dn, d.q_pe_row_stride = H * qk, d.q_pe_head_stride = qk;
-    d.pool = pool_, d.layer = layer, d.n_layers = c.num_hidden_layers, d.page_size = options_.page_size;
+    d.pool = pool_, d.kv_fp8 = options_.kv_fp8, d.layer = layer, d.n_layers = c.num_hidden_layers, d.page_size = options_.page_size;
     d.page_table = meta + m.abs_pages, d.max_pages = m.max_pages, d.kv_len = meta + m.abs_kv_len;
     d.n_rows = n, d.heads = H, d.kv_lora_rank = rkv, d.rope_dim = dr, d.scale = scale;
     d.out = o_lat_.as<float>(), d.workspace = mla_ws_.data();
@@ -411,7 +416,7 @@ absl::Status GpuModel::Attention(const Layer& L, int64_t layer, const ForwardBat
     const SequenceSlice& s = batch.slices[i];
     cuda::MlaPrefillParams p;
     p.q = q + s.offset * H * qk, p.q_row_stride = H * qk, p.n_tokens = s.n_tokens, p.start_pos = s.start_pos;
-    p.pool = pool_, p.layer = layer, p.n_layers = c.num_hidden_layers, p.page_size = options_.page_size;
+    p.pool = pool_, p.kv_fp8 = options_.kv_fp8, p.layer = layer, p.n_layers = c.num_hidden_layers, p.page_size = options_.page_size;
     p.pages = meta + m.slice_page_offset[i], p.kv_b_proj = L.kv_b.w;
     p.heads = H, p.qk_nope = dn, p.rope = dr, p.v_head = dv, p.kv_lora_rank = rkv, p.scale = scale;
     p.out = o + s.offset * H * dv, p.out_row_stride = H * dv;

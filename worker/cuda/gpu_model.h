@@ -3,7 +3,8 @@
 // cache in device memory (plain cudaMalloc). Activations are float; weights BF16 (FP8 and F32
 // checkpoints are converted to BF16 at upload); GEMMs run on tensor cores with the
 // activations split into two bf16 halves (kernels/cuda/linear.h), except the routed experts,
-// whose inputs are rounded to bf16 (the grouped GEMMs' speed matters there).
+// whose inputs are rounded to bf16 (the grouped GEMMs' speed matters there). The latent cache
+// is bf16 or FP8 (the CPU's layouts, core/kv_row.h).
 //
 // MLA: one-token slices (and every slice under AttentionPath::kAbsorbed) attend in latent
 // space (kernels/cuda/mla_decode.h); prefill slices in the naive form (mla_prefill.h).
@@ -40,6 +41,8 @@ struct GpuModelOptions {
   // inputs and SiLU outputs split into bf16 hi + lo (twice the expert GEMM work) and MLA decode
   // on CUDA cores. Otherwise those are bf16 (2^-9) and decode uses tensor cores where it can.
   bool float_precision = false;
+  // The latent cache in core/kv_row.h's FP8 layout (--kv-dtype fp8), else bf16.
+  bool kv_fp8 = false;
 };
 
 class GpuModel final : public ForwardBackend {
@@ -99,7 +102,7 @@ class GpuModel final : public ForwardBackend {
   Matrix lm_head_;
   std::vector<Layer> layers_;
   const double* inv_freq_ = nullptr;
-  uint16_t* pool_ = nullptr;
+  void* pool_ = nullptr;
   int64_t total_pages_ = 0;
   int sm_count_ = 1;
 
