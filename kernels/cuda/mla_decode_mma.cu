@@ -7,7 +7,8 @@
 //           registers (float, per head row: running max m and sum l);
 //   output: O[16 heads, kv_lora_rank / 2] for half h of the output columns, in registers,
 //           O = O · diag(alpha) + P · V with P (bf16) taken straight from the score registers.
-// Tiles of 32 cached tokens, the next one loaded with cp.async while this one is computed.
+// Tiles of 32 cached tokens in a three-stage cp.async pipeline (two tiles in flight while one
+// is computed).
 // FP8 rows are staged as bytes and widened in shared memory to bf16 as code · scale, rounded
 // (FlashMLA's FP8 path does the same); bf16 rows are copied in place.
 #include <cuda_fp16.h>
@@ -23,6 +24,7 @@ namespace daedalus::cuda {
 namespace {
 
 constexpr int kTile = 32;       // cached tokens per tile
+constexpr int kStages = 3;      // tiles in shared memory: one computed, two loading
 constexpr int kScoreTiles = kTile / 8;
 constexpr int kPad = 8;         // bf16 per q/k row of padding: rows 16 bytes apart in the banks
 constexpr int kExchange = kScoreTiles * 4 * 32;  // floats of one warp's partial scores
@@ -38,8 +40,8 @@ __host__ __device__ inline Layout MakeLayout(int slabs, bool fp8, int64_t dim, i
   l.ld = static_cast<int>(dim) + kPad;
   l.q = 0;
   l.k = Align128(l.q + sizeof(uint16_t) * 16 * slabs * l.ld);
-  l.stage = Align128(l.k + sizeof(uint16_t) * (fp8 ? 1 : 2) * kTile * l.ld);
-  l.exchange = Align128(l.stage + (fp8 ? 2 * kTile * static_cast<size_t>(row_bytes) : 0));
+  l.stage = Align128(l.k + sizeof(uint16_t) * (fp8 ? 1 : kStages) * kTile * l.ld);
+  l.exchange = Align128(l.stage + (fp8 ? kStages * kTile * static_cast<size_t>(row_bytes) : 0));
   l.total = l.exchange + sizeof(float) * 2 * slabs * kExchange;
   return l;
 }
@@ -85,8 +87,8 @@ __global__ void __launch_bounds__(64 * SLABS, 1) MlaDecodeMmaKernel(MlaDecodePar
   const Layout L = MakeLayout(SLABS, kFp8, dim, row_bytes);
   const int ld = L.ld;
   auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem + L.q);      // [kHeads][ld]
-  auto* k_s = reinterpret_cast<__nv_bfloat16*>(smem + L.k);      // [1 or 2][kTile][ld]
-  uint8_t* stage = smem + L.stage;                               // kFp8: [2][kTile][row_bytes]
+  auto* k_s = reinterpret_cast<__nv_bfloat16*>(smem + L.k);      // [kFp8 ? 1 : kStages][kTile][ld]
+  uint8_t* stage = smem + L.stage;                               // kFp8: [kStages][kTile][row_bytes]
   float* exchange = reinterpret_cast<float*>(smem + L.exchange);  // [kWarps][kExchange]
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, slab = warp % SLABS, half = warp / SLABS;
@@ -108,9 +110,13 @@ __global__ void __launch_bounds__(64 * SLABS, 1) MlaDecodeMmaKernel(MlaDecodePar
     return static_cast<const uint8_t*>(p.pool) +
            ((static_cast<int64_t>(page) * p.n_layers + p.layer) * p.page_size + slot) * row_bytes;
   };
-  auto issue = [&](int tile) {  // cp.async of the tile's rows (bf16: into k_s; FP8: the stage)
+  auto issue = [&](int tile) {  // cp.async of the tile's rows (bf16: into k_s; FP8: the stage), one group
+    if (tile >= n_tiles) {
+      __pipeline_commit();  // an empty group keeps the count of groups per tile
+      return;
+    }
     const int64_t t0 = begin + static_cast<int64_t>(tile) * kTile;
-    const int buf = tile & 1;
+    const int buf = tile % kStages;
     const bool valid = t0 + my_row < end;
     const uint8_t* src = valid ? row_at(t0) : nullptr;
     if constexpr (!kFp8) {
@@ -128,7 +134,7 @@ __global__ void __launch_bounds__(64 * SLABS, 1) MlaDecodeMmaKernel(MlaDecodePar
   // FP8: the staged tile widened into k_s (8 values per step); rows past the end as zeros.
   auto widen = [&](int tile) {
     const int64_t t0 = begin + static_cast<int64_t>(tile) * kTile;
-    const uint8_t* r = stage + ((tile & 1) * kTile + my_row) * row_bytes;
+    const uint8_t* r = stage + ((tile % kStages) * kTile + my_row) * row_bytes;
     const bool valid = t0 + my_row < end;
     for (int d0 = my_part * 8; d0 < dim; d0 += kRowThreads * 8) {
       uint4 v = make_uint4(0, 0, 0, 0);
@@ -145,7 +151,8 @@ __global__ void __launch_bounds__(64 * SLABS, 1) MlaDecodeMmaKernel(MlaDecodePar
       *reinterpret_cast<uint4*>(k_s + my_row * ld + d0) = v;
     }
   };
-  if (n_tiles > 0) issue(0);
+  issue(0);
+  issue(1);
 
   for (int h = warp; h < kHeads; h += kWarps) {
     const int64_t head = head0 + h;
@@ -172,31 +179,44 @@ __global__ void __launch_bounds__(64 * SLABS, 1) MlaDecodeMmaKernel(MlaDecodePar
   const float* partner = exchange + ((1 - half) * SLABS + slab) * kExchange;
 
   for (int tile = 0; tile < n_tiles; ++tile) {
-    __pipeline_wait_prior(0);
+    __pipeline_wait_prior(1);
     __syncthreads();  // the tile is in; every warp is done with the buffers the next load takes
-    if (tile + 1 < n_tiles) issue(tile + 1);
+    issue(tile + 2);
     if constexpr (kFp8) {
       widen(tile);
       __syncthreads();
     }
-    const __nv_bfloat16* kt = k_s + (kFp8 ? 0 : (tile & 1)) * kTile * ld;
+    const __nv_bfloat16* kt = k_s + (kFp8 ? 0 : tile % kStages) * kTile * ld;
     const uint32_t k_address = SharedAddress(kt + (lane % 8 + 8 * (lane / 16)) * ld + ((lane / 8) % 2) * 8 + k_begin);
     const uint32_t v_address = SharedAddress(kt + (lane % 8 + 8 * ((lane / 8) % 2)) * ld + (lane / 16) * 8 + half * (RKV / 2));
 
-    float s[kScoreTiles][4];
+    // Even and odd k-steps into two accumulator sets: twice the independent MMA chains.
+    float s[kScoreTiles][4], s_odd[kScoreTiles][4];
 #pragma unroll
-    for (int j = 0; j < kScoreTiles; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-    for (int ks = 0; ks < k_steps; ++ks) {
+    for (int j = 0; j < kScoreTiles; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) s[j][r] = s_odd[j][r] = 0.0f;
+    auto k_step = [&](int ks, float(&acc)[kScoreTiles][4]) {
       uint32_t a[4];
       LoadMatrix(a, q_address + ks * 32);
 #pragma unroll
       for (int j = 0; j < kScoreTiles; j += 2) {
         uint32_t b[4];
         LoadMatrix(b, k_address + (j * 8 * ld + ks * 16) * 2);
-        Mma(s[j], a, b[0], b[1]);
-        Mma(s[j + 1], a, b[2], b[3]);
+        Mma(acc[j], a, b[0], b[1]);
+        Mma(acc[j + 1], a, b[2], b[3]);
       }
+    };
+    int ks = 0;
+    for (; ks + 1 < k_steps; ks += 2) {
+      k_step(ks, s);
+      k_step(ks + 1, s_odd);
     }
+    if (ks < k_steps) k_step(ks, s);
+#pragma unroll
+    for (int j = 0; j < kScoreTiles; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) s[j][r] += s_odd[j][r];
     // The partner's half of the dim sum (float addition commutes: both warps hold the same).
 #pragma unroll
     for (int j = 0; j < kScoreTiles; ++j)
