@@ -286,11 +286,13 @@ double DecodeRate(const ModelWeights& w, const EngineOptions& options, int64_t b
   return tokens / (Now() - t0);
 }
 
-void BenchEndToEnd(const std::string& model, const std::string& device, const std::vector<int64_t>& batches, bool cpu) {
+void BenchEndToEnd(const std::string& model, const std::string& device, const std::vector<int64_t>& batches, bool cpu,
+                   DType kv_dtype) {
   auto loaded = LoadModelWeights(model);
   CHECK_OK(loaded.status());
   const ModelWeights& w = **loaded;
   EngineOptions options;
+  options.kv.dtype = kv_dtype;
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
   options.max_running = std::max<int64_t>(options.max_running, max_batch);
   options.kv.max_tokens = max_batch * (64 + 32 + 2 + options.kv.page_size);
@@ -300,7 +302,8 @@ void BenchEndToEnd(const std::string& model, const std::string& device, const st
   for (int64_t b : batches) {
     std::string launches;
     const double gpu = DecodeRate(w, gpu_options, b, 64, 32, &launches);
-    std::printf("end-to-end decode %s, batch %3lld: GPU %9.1f tok/s", model.c_str(), static_cast<long long>(b), gpu);
+    std::printf("end-to-end decode %s, %s cache, batch %3lld: GPU %9.1f tok/s", model.c_str(), DTypeName(kv_dtype),
+                static_cast<long long>(b), gpu);
     if (cpu) {
       const double on_cpu = DecodeRate(w, options, b, 64, b > 8 ? 8 : 16);
       std::printf(", CPU engine (%d threads) %8.1f tok/s, %.1fx", omp_get_max_threads(), on_cpu, gpu / on_cpu);
@@ -325,7 +328,7 @@ std::vector<int64_t> ParseList(const std::string& s) {
 int main(int argc, char** argv) {
   using namespace daedalus;
   CLI::App app{"daedalus-bench-gpu: the GPU path's figures beside limits measured in the same run"};
-  std::string model, device = "cuda:0", tokens = "128,4096", batches = "1,64", only = "peak,mla,experts,e2e";
+  std::string model, device = "cuda:0", tokens = "128,4096", batches = "1,64", only = "peak,mla,experts,e2e", kv_dtype = "bf16";
   bool no_cpu = false;
   app.add_option("--model", model, "checkpoint for the end-to-end figures (e.g. make-model --preset bench)");
   app.add_option("--device", device, "cuda:N");
@@ -333,6 +336,8 @@ int main(int argc, char** argv) {
   app.add_option("--batches", batches, "decode batch sizes for the end-to-end figures");
   app.add_option("--only", only, "comma-separated parts: peak, mla, experts, e2e (e2e needs --model)");
   app.add_flag("--no-cpu", no_cpu, "skip the CPU engine's figures");
+  app.add_option("--kv-dtype", kv_dtype, "latent cache dtype of the end-to-end figures: bf16 | fp8")
+      ->check(CLI::IsMember({"bf16", "fp8"}));
   CLI11_PARSE(app, argc, argv);
   std::set<std::string> parts;
   for (absl::string_view part : absl::StrSplit(only, ',', absl::SkipEmpty())) {
@@ -375,7 +380,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "daedalus-bench-gpu: e2e needs --model\n");
       return 1;
     }
-    BenchEndToEnd(model, device, ParseList(batches), !no_cpu);
+    BenchEndToEnd(model, device, ParseList(batches), !no_cpu, kv_dtype == "fp8" ? DType::kF8E4M3 : DType::kBF16);
   }
   return 0;
 }

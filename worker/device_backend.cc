@@ -50,7 +50,6 @@ absl::StatusOr<std::unique_ptr<ForwardBackend>> MakeDeviceBackend(const DeviceOp
   if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("--device ", device.device, ": ", model.status().message()));
   options.kv.max_tokens = (*model)->kv_capacity_tokens();
   options.kv.host_pool = false;
-  options.kv.prefix_caching = false;  // the GPU pool's pages are not shared across sequences yet
   options.backend = model->get();
   return std::unique_ptr<ForwardBackend>(std::move(*model));
 #else

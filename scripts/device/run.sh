@@ -132,6 +132,8 @@ NOTE="" step bench-experts 90 "$bench" --only experts
 summary[-1]="${summary[-1]}$(grep -o 'best [0-9]*% of dense, [0-9]*% of the roofline' "$log_dir/bench-experts.log" | tail -1) at 4096 tokens"
 NOTE="" step bench-e2e 120 "$bench" --only e2e --model "$work/bench" --batches 1,64
 summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e.log" | head -1)"
+NOTE="" step bench-e2e-fp8 90 "$bench" --only e2e --model "$work/bench" --batches 64 --kv-dtype fp8
+summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e-fp8.log" | head -1)"
 rm -rf "$work"
 
 echo

@@ -164,6 +164,65 @@ TEST(CudaModel, TinyFp8KvCacheMatchesCpuEngine) {
   CompareCpuAndGpu(testing::TinyModel(DType::kBF16), AttentionPath::kAbsorbed, Expect::kFloatMedian, DType::kF8E4M3);
 }
 
+// Prefix caching on the GPU pool: a second wave of requests reuses the first wave's pages
+// (page ids from the host's PagedKvCache, content in device memory). The same tokens as the
+// GPU without prefix caching and as the CPU engine with it, and as many prompt tokens read
+// from cache as the CPU engine reads, in both cache dtypes.
+TEST(CudaModel, PrefixCachingReusesGpuPages) {
+  DAEDALUS_REQUIRE_GPU();
+  const ModelWeights& w = testing::TinyModel(DType::kBF16);
+  const std::vector<int32_t> system = Prompt(45, 3, w.config.vocab_size);
+  auto with = [&](std::vector<int32_t> suffix, int64_t n) {
+    Request r;
+    r.prompt_ids = system;
+    r.prompt_ids.insert(r.prompt_ids.end(), suffix.begin(), suffix.end());
+    r.max_new_tokens = n;
+    r.stop_at_eos = false;
+    return r;
+  };
+  const std::vector<Request> first = {with({7, 8, 9}, 6)};
+  const std::vector<Request> second = {with({7, 8, 9}, 10), with({100, 200}, 8), with({}, 5), with({7, 8, 9, 10, 11}, 7)};
+  for (DType kv : {DType::kBF16, DType::kF8E4M3}) {
+    struct Run {
+      std::vector<Result> results;
+      int64_t cached = 0;
+    };
+    auto two_waves = [&](const std::string& device, bool prefix_caching) {
+      EngineOptions options;
+      options.kv.page_size = 8;
+      options.kv.max_tokens = 1024;
+      options.kv.dtype = kv;
+      options.kv.prefix_caching = prefix_caching;
+      options.max_batch_tokens = 24;  // chunked prefill, decode beside it
+      FloatCpuTier tier;
+      auto backend = MakeDeviceBackend(DeviceOptions{device, 0.5, true}, w, options);
+      EXPECT_TRUE(backend.ok()) << backend.status();
+      Run run;
+      if (!backend.ok()) return run;
+      Engine engine(w, options);
+      for (const Request& r : first) EXPECT_TRUE(engine.Add(r).ok());
+      engine.RunToCompletion();
+      for (const Request& r : second) EXPECT_TRUE(engine.Add(r).ok());
+      run.results = engine.RunToCompletion();  // both waves'
+      EXPECT_EQ(engine.cache().free_pages(), engine.cache().total_pages());  // cached pages count as free
+      EXPECT_TRUE(engine.status().ok()) << engine.status();
+      run.cached = engine.prompt_tokens_cached();
+      return run;
+    };
+    const Run gpu_on = two_waves("cuda:0", true), gpu_off = two_waves("cuda:0", false), cpu_on = two_waves("cpu", true);
+    ASSERT_EQ(gpu_on.results.size(), first.size() + second.size());
+    ASSERT_EQ(gpu_off.results.size(), gpu_on.results.size());
+    ASSERT_EQ(cpu_on.results.size(), gpu_on.results.size());
+    for (size_t i = 0; i < gpu_on.results.size(); ++i) {
+      EXPECT_EQ(gpu_on.results[i].generated_ids, gpu_off.results[i].generated_ids) << DTypeName(kv) << ", request " << i;
+      EXPECT_EQ(gpu_on.results[i].generated_ids, cpu_on.results[i].generated_ids) << DTypeName(kv) << ", request " << i;
+    }
+    EXPECT_GT(gpu_on.cached, 0) << DTypeName(kv);
+    EXPECT_EQ(gpu_on.cached, cpu_on.cached) << DTypeName(kv);
+    EXPECT_EQ(gpu_off.cached, 0) << DTypeName(kv);
+  }
+}
+
 TEST(CudaModel, TinyAbsorbedPrefillMatchesCpuEngine) {
   DAEDALUS_REQUIRE_GPU();
   CompareCpuAndGpu(testing::TinyModel(DType::kBF16), AttentionPath::kAbsorbed);
