@@ -1,6 +1,7 @@
 // `daedalus plan`: capacity planning of an expert-parallel deployment (planner/). Settings
 // come from, in rising precedence: the planner's defaults, the model (its weight dtype), the
 // cluster preset's `deployment:` block, the flags, then each --sweep combination.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "core/cluster_config.h"
 #include "core/model_config.h"
 #include "planner/calibrate.h"
+#include "planner/disaggregated.h"
 #include "planner/plan.h"
 #include "planner/serving.h"
 #include "planner/report.h"
@@ -27,6 +29,7 @@ namespace {
 struct PlanFlags {
   std::string model, cluster, phase, weight_dtype, kv_dtype, expert_load, format = "table", plot;
   int64_t nodes = 0, ep = 0, redundant = 0, batch = 0, avg_context = 0, prompt_len = 0, micro_batches = 2;
+  int64_t prefill_nodes = 0, decode_nodes = 0, output_len = 0, prefill_batch = 0;
   double cache_hit_rate = 0, synthetic_skew = 0, mtp_acceptance = 0, overlap = Efficiency{}.overlap;
   std::vector<std::string> sweeps;
   std::map<std::string, CLI::Option*> given;  // setting name → its flag
@@ -90,6 +93,10 @@ std::vector<Setting> FlagSettings(const PlanFlags& f) {
   add("cache-hit-rate", absl::StrCat(f.cache_hit_rate));
   add("synthetic-skew", absl::StrCat(f.synthetic_skew));
   add("mtp-acceptance", absl::StrCat(f.mtp_acceptance));
+  add("prefill-nodes", absl::StrCat(f.prefill_nodes));
+  add("decode-nodes", absl::StrCat(f.decode_nodes));
+  add("output-len", absl::StrCat(f.output_len));
+  add("prefill-batch-per-gpu", absl::StrCat(f.prefill_batch));
   return s;
 }
 
@@ -121,6 +128,35 @@ int RunServing(const PlanFlags& f, const ModelConfig& config, const ClusterConfi
                   static_cast<long long>(p->batch_per_worker), p->decode_step_s * 1e3, p->prefill_s * 1e3,
                   p->output_tokens_per_s, p->ttft_s * 1e3, p->itl_s * 1e3);
     }
+  }
+  return 0;
+}
+
+// --phase pd: a prefill and a decode deployment and the requests they serve together.
+int RunDisaggregated(const PlanFlags& f, const ModelConfig& config, const ClusterConfig& cluster, const Workload& base,
+                     const std::vector<SweepAxis>& axes, const ExpertLoad& histogram, const Efficiency& efficiency,
+                     const std::string& model_name) {
+  if (f.format == "csv" || !f.plot.empty()) return Fail("--phase pd: --format csv and --plot are not supported (use --format json)");
+  std::vector<std::pair<std::vector<Setting>, absl::StatusOr<PdPlan>>> results;
+  for (const std::vector<Setting>& combination : ExpandSweep(axes)) {
+    Workload w = base;
+    absl::Status applied = absl::OkStatus();
+    for (const Setting& s : combination) {
+      if (applied.ok()) applied = ApplySetting(s, w);
+    }
+    results.emplace_back(combination, applied.ok() ? MakePdPlan(config, cluster, w, efficiency, histogram)
+                                                   : absl::StatusOr<PdPlan>(applied));
+  }
+  if (std::none_of(results.begin(), results.end(), [](const auto& r) { return r.second.ok(); })) {
+    return Fail(std::string(results.front().second.status().message()));
+  }
+  for (const auto& [settings, plan] : results) {
+    if (f.format == "json") {
+      std::printf("%s\n", (plan.ok() ? PdPlanJson(model_name, *plan) : ErrorJson(settings, plan.status())).dump().c_str());
+    }
+  }
+  if (f.format == "table") {
+    std::printf("%s", axes.empty() ? PdPlanReport(model_name, *results.front().second).c_str() : PdSweepTable(results).c_str());
   }
   return 0;
 }
@@ -161,6 +197,7 @@ int RunPlan(const PlanFlags& f) {
   if (!f.serve_concurrency.empty()) return RunServing(f, *config, *cluster, base, model_name);
   Efficiency efficiency;
   efficiency.overlap = f.overlap;
+  if (base.phase == Phase::kPd) return RunDisaggregated(f, *config, *cluster, base, axes, histogram, efficiency, model_name);
   std::vector<PlanResult> results;
   for (const std::vector<Setting>& combination : ExpandSweep(axes)) {
     Workload w = base;
@@ -233,7 +270,16 @@ Command AddPlanCommand(CLI::App& app) {
                  "instead of one step: closed-loop serving at these client counts (e.g. 1,16,64) on a cluster with "
                  "calibrated hardware, as loadgen measures it: output tokens/s, TTFT, ITL");
   app.add_option("--max-new-tokens", f->max_new_tokens, "with --serve-concurrency: tokens generated per request");
-  f->given["phase"] = app.add_option("--phase", f->phase, "prefill or decode");
+  f->given["phase"] = app.add_option("--phase", f->phase,
+                                     "prefill, decode, or pd: disaggregated prefill and decode nodes (--prefill-nodes, "
+                                     "--decode-nodes, --output-len)");
+  f->given["prefill-nodes"] = app.add_option("--prefill-nodes", f->prefill_nodes, "pd: nodes computing prompts (one EP group)");
+  f->given["decode-nodes"] =
+      app.add_option("--decode-nodes", f->decode_nodes, "pd: nodes generating tokens (the next ones; one EP group)");
+  f->given["output-len"] = app.add_option("--output-len", f->output_len, "pd: tokens generated per request");
+  f->given["prefill-batch-per-gpu"] = app.add_option("--prefill-batch-per-gpu", f->prefill_batch,
+                                                     "pd: prompts per prefill device per step (default 4; --batch-per-gpu "
+                                                     "is the decode side's sequences)");
   f->given["nodes"] = app.add_option("--nodes", f->nodes, "use this many of the cluster's nodes (default: all)");
   f->given["ep"] = app.add_option("--ep", f->ep, "expert-parallel degree (default: every device used)");
   f->given["redundant-experts"] =

@@ -168,7 +168,8 @@ absl::Status ParseDeployment(const YAML::Node& node, const std::string& source, 
   if (!node.IsMap()) return KeyError(source, "deployment", "must be a mapping");
   RETURN_IF_ERROR(CheckKeys(node, source, "deployment.",
                             {"phase", "nodes", "ep", "redundant_experts", "batch_per_gpu", "avg_context", "prompt_len",
-                             "micro_batches", "weight_dtype", "kv_dtype", "cache_hit_rate", "synthetic_skew"}));
+                             "micro_batches", "weight_dtype", "kv_dtype", "cache_hit_rate", "synthetic_skew",
+                             "prefill_nodes", "decode_nodes", "output_len", "prefill_batch_per_gpu"}));
   const std::string where = absl::StrCat(source, " (deployment)");
   RETURN_IF_ERROR(ReadOptional(node, where, "phase", d.phase));
   RETURN_IF_ERROR(ReadOptional(node, where, "nodes", d.nodes));
@@ -182,6 +183,10 @@ absl::Status ParseDeployment(const YAML::Node& node, const std::string& source, 
   RETURN_IF_ERROR(ReadOptional(node, where, "kv_dtype", d.kv_dtype));
   RETURN_IF_ERROR(ReadOptional(node, where, "cache_hit_rate", d.cache_hit_rate));
   RETURN_IF_ERROR(ReadOptional(node, where, "synthetic_skew", d.synthetic_skew));
+  RETURN_IF_ERROR(ReadOptional(node, where, "prefill_nodes", d.prefill_nodes));
+  RETURN_IF_ERROR(ReadOptional(node, where, "decode_nodes", d.decode_nodes));
+  RETURN_IF_ERROR(ReadOptional(node, where, "output_len", d.output_len));
+  RETURN_IF_ERROR(ReadOptional(node, where, "prefill_batch_per_gpu", d.prefill_batch_per_gpu));
   return absl::OkStatus();
 }
 

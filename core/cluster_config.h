@@ -63,7 +63,7 @@ struct HardwareSpec {
 // Plan settings a cluster preset may carry (a published deployment's own settings); each is
 // unset unless the file gives it. Field names follow `daedalus plan`'s flags.
 struct DeploymentDefaults {
-  std::optional<std::string> phase;  // prefill | decode
+  std::optional<std::string> phase;  // prefill | decode | pd
   std::optional<int64_t> nodes;      // use this many of the cluster's nodes
   std::optional<int64_t> ep;
   std::optional<int64_t> redundant_experts;
@@ -75,6 +75,10 @@ struct DeploymentDefaults {
   std::optional<std::string> kv_dtype;      // bf16 | fp8
   std::optional<double> cache_hit_rate;
   std::optional<double> synthetic_skew;
+  std::optional<int64_t> prefill_nodes;  // pd: nodes of each side
+  std::optional<int64_t> decode_nodes;
+  std::optional<int64_t> output_len;     // pd: tokens generated per request
+  std::optional<int64_t> prefill_batch_per_gpu;
 };
 
 // A published figure the preset's deployment is expected to reproduce.

@@ -26,7 +26,8 @@
 
 namespace daedalus {
 
-enum class Phase { kPrefill, kDecode };
+// kPd: disaggregated prefill and decode (planner/disaggregated.h), planned as one of each.
+enum class Phase { kPrefill, kDecode, kPd };
 const char* PhaseName(Phase phase);
 absl::StatusOr<Phase> ParsePhase(const std::string& name);
 // "bf16" or "fp8".
@@ -54,6 +55,11 @@ struct Workload {
   DType kv_dtype = DType::kBF16;
   int64_t micro_batches = 2;       // 2 overlaps one micro-batch's all-to-all with the other's compute
   double synthetic_skew = 0;       // expert popularity ~ 1 / rank^skew when no histogram is given
+  // kPd only: the nodes of each side (together at most the cluster's), the tokens each request
+  // generates, and the prefill side's prompts per device per step (batch_per_device is the
+  // decode side's sequences).
+  int64_t prefill_nodes = 0, decode_nodes = 0, output_len = 0;
+  int64_t prefill_batch_per_device = 4;
   int imbalance_samples = 16;      // routing draws per MoE layer for the load imbalance
   uint64_t seed = 1;
 

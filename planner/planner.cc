@@ -18,6 +18,7 @@ namespace {
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
 absl::Status CheckWorkload(const ModelConfig& config, const ClusterConfig& cluster, const Workload& w) {
+  if (w.phase == Phase::kPd) return Invalid("phase pd plans two deployments: MakePdPlan (planner/disaggregated.h)");
   if (w.nodes < 0 || w.nodes > cluster.nodes) {
     return Invalid(absl::StrCat("nodes = ", w.nodes, ": the cluster ", cluster.name, " has ", cluster.nodes,
                                 " (0 uses them all)"));
@@ -66,12 +67,15 @@ struct PartSums {
 
 }  // namespace
 
-const char* PhaseName(Phase phase) { return phase == Phase::kPrefill ? "prefill" : "decode"; }
+const char* PhaseName(Phase phase) {
+  return phase == Phase::kPrefill ? "prefill" : phase == Phase::kDecode ? "decode" : "pd";
+}
 
 absl::StatusOr<Phase> ParsePhase(const std::string& name) {
   if (name == "prefill") return Phase::kPrefill;
   if (name == "decode") return Phase::kDecode;
-  return Invalid(absl::StrCat("phase \"", name, "\": expected prefill or decode"));
+  if (name == "pd") return Phase::kPd;
+  return Invalid(absl::StrCat("phase \"", name, "\": expected prefill, decode or pd"));
 }
 
 absl::StatusOr<DType> ParsePlanDType(const std::string& name) {

@@ -73,13 +73,13 @@ std::string CsvField(const nlohmann::ordered_json& v) {
 
 std::string Gib(double bytes) { return absl::StrFormat("%8.2f GiB", bytes / kGiB); }
 
+}  // namespace
+
 std::string SettingsText(const std::vector<Setting>& settings) {
   std::vector<std::string> parts;
   for (const auto& [k, v] : settings) parts.push_back(absl::StrCat(k, "=", v));
   return absl::StrJoin(parts, " ");
 }
-
-}  // namespace
 
 std::optional<double> MetricValue(const Plan& plan, const std::string& metric) {
   const nlohmann::ordered_json j = FlatResults("", plan);

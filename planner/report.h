@@ -20,6 +20,9 @@ struct PlanResult {
   absl::StatusOr<Plan> plan;
 };
 
+// "name=value name=value".
+std::string SettingsText(const std::vector<Setting>& settings);
+
 // The figure a result is compared with: the plan's value of `published.metric`.
 std::optional<double> MetricValue(const Plan& plan, const std::string& metric);
 

@@ -36,7 +36,8 @@ const std::vector<std::string>& SettingNames() {
                                                  "redundant-experts", "batch-per-gpu", "avg-context",
                                                  "prompt-len",    "micro-batches", "weight-dtype",
                                                  "kv-dtype",      "cache-hit-rate", "synthetic-skew",
-                                                 "mtp-acceptance"};
+                                                 "mtp-acceptance", "prefill-nodes", "decode-nodes",
+                                                 "output-len",    "prefill-batch-per-gpu"};
   return names;
 }
 
@@ -89,6 +90,10 @@ absl::Status ApplySetting(const Setting& s, Workload& w) {
     RETURN_IF_ERROR(Real(s, w.mtp_acceptance));
     return w.mtp_acceptance >= 0 && w.mtp_acceptance <= 1 ? absl::OkStatus() : Bad(s, "a number in [0, 1]");
   }
+  if (name == "prefill-nodes") return Int(s, 1, w.prefill_nodes);
+  if (name == "decode-nodes") return Int(s, 1, w.decode_nodes);
+  if (name == "output-len") return Int(s, 1, w.output_len);
+  if (name == "prefill-batch-per-gpu") return Int(s, 1, w.prefill_batch_per_device);
   if (name == "synthetic-skew") {
     RETURN_IF_ERROR(Real(s, w.synthetic_skew));
     return w.synthetic_skew >= 0 ? absl::OkStatus() : Bad(s, "a number >= 0");
@@ -113,6 +118,10 @@ std::vector<Setting> DeploymentSettings(const DeploymentDefaults& d) {
   add("kv-dtype", d.kv_dtype);
   add("cache-hit-rate", d.cache_hit_rate);
   add("synthetic-skew", d.synthetic_skew);
+  add("prefill-nodes", d.prefill_nodes);
+  add("decode-nodes", d.decode_nodes);
+  add("output-len", d.output_len);
+  add("prefill-batch-per-gpu", d.prefill_batch_per_gpu);
   return s;
 }
 

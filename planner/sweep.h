@@ -20,7 +20,8 @@ struct SweepAxis {
 };
 
 // Names a sweep or a preset may set: phase, nodes, ep, redundant-experts, batch-per-gpu,
-// avg-context, prompt-len, micro-batches, weight-dtype, kv-dtype, cache-hit-rate, synthetic-skew.
+// avg-context, prompt-len, micro-batches, weight-dtype, kv-dtype, cache-hit-rate, synthetic-skew,
+// mtp-acceptance; for phase pd also prefill-nodes, decode-nodes, output-len, prefill-batch-per-gpu.
 const std::vector<std::string>& SettingNames();
 
 // "name=v1,v2,..."; the name must be one of SettingNames().

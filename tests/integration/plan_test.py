@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """`daedalus plan` end to end: the three output formats, a sweep with its SVG plot, an
-expert-load histogram, and bad input (clear message, non-zero exit, never a crash).
+expert-load histogram, disaggregated prefill and decode (--phase pd), and bad input (clear
+message, non-zero exit, never a crash).
 
 Usage: /usr/bin/python3 tests/integration/plan_test.py --daedalus build/bin/daedalus
 
@@ -144,6 +145,39 @@ def test_expert_load(exe, tmp):
     expect_error(plan(exe, *base), "expert-load with the wrong layer count", ["load.json", "expected 61 layers"])
 
 
+def test_disaggregated(exe):
+    # The preset's own settings (phase pd in its deployment block), then the same from flags on
+    # a plain cluster: one JSON object with both sides, and the report.
+    proc = plan(exe, "--model", V3, "--cluster", cluster("sglang-h100-pd"), "--format", "json")
+    check(proc.returncode == 0, "pd: the preset plans", describe(proc))
+    j = json.loads(proc.stdout.strip().splitlines()[0])
+    check(j["phase"] == "pd" and j["prefill"]["devices"] == 24 and j["decode"]["devices"] == 72,
+          "pd: 3 prefill nodes (EP24) and 9 decode nodes (EP72)", proc.stdout[:300])
+    least = min(j["prefill_requests_per_s"], j["decode_requests_per_s"], j["kv_transfer_requests_per_s"])
+    check(abs(j["requests_per_s"] - least) <= 1e-9 * least, "pd: serves the least of the three rates")
+    check(abs(j["output_tokens_per_s"] - j["requests_per_s"] * 553) < 1e-6 * j["output_tokens_per_s"],
+          "pd: output tokens/s = requests/s x output length")
+    check(j["kv_bytes_per_request"] == 2000 * 70272, "pd: a request's KV pages are its prompt's latent rows",
+          str(j["kv_bytes_per_request"]))
+    check(j["bottleneck"] in ("prefill", "decode", "kv transfer"), "pd: names its bottleneck", j["bottleneck"])
+    common = ["--model", V3, "--cluster", cluster("h800-18node"), "--phase", "pd", "--prefill-nodes", "4",
+              "--prompt-len", "4096", "--avg-context", "4989", "--output-len", "1000", "--batch-per-gpu", "128",
+              "--redundant-experts", "32"]
+    flags = common + ["--decode-nodes", "14"]
+    proc = plan(exe, *flags)
+    check(proc.returncode == 0 and "disaggregated prefill and decode" in proc.stdout and "-bound" in proc.stdout,
+          "pd: the report from flags", describe(proc))
+    proc = plan(exe, *flags, "--sweep", "decode-nodes=4,14", "--sweep", "output-len=100,1000")
+    rows = proc.stdout.strip().splitlines()
+    check(proc.returncode == 0 and len(rows) == 5, "pd: a sweep over decode nodes and output length, a row each",
+          describe(proc))
+    expect_error(plan(exe, *common, "--decode-nodes", "15"), "pd: more nodes than the cluster",
+                 ["4 prefill + 15 decode nodes", "has 18"])
+    expect_error(plan(exe, "--model", V3, "--cluster", cluster("h800-18node"), "--phase", "pd", "--prefill-nodes", "4",
+                      "--decode-nodes", "14"), "pd without an output length", ["--output-len"])
+    expect_error(plan(exe, *flags, "--format", "csv"), "pd as CSV", ["--phase pd", "csv"])
+
+
 def test_errors(exe, tmp):
     bad_cluster = os.path.join(tmp, "bad.yaml")
     with open(bad_cluster, "w") as f:
@@ -179,6 +213,7 @@ def main():
         test_csv_and_table(args.daedalus)
         test_sweep_and_plot(args.daedalus, tmp)
         test_expert_load(args.daedalus, tmp)
+        test_disaggregated(args.daedalus)
         test_errors(args.daedalus, tmp)
     finish()
 
