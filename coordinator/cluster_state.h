@@ -1,14 +1,13 @@
-// The coordinator's bookkeeping, without any gRPC: whether the cluster serves, where each
-// sequence lives (attention sharding), what waits for admission, the KV capacity each worker
-// has left, and what a lost or joining worker changes (elastic clusters). The workers
-// themselves are the registry's (coordinator/registry.h). The gRPC services are thin shells
-// around it, and tests drive it with fake workers. Thread-safe: one mutex, never held while
-// blocking.
+// The coordinator's bookkeeping, without any gRPC: whether the cluster serves, and what a lost
+// or joining worker changes (elastic clusters). Its rooms: the workers and their formation
+// (coordinator/registry.h), their health (worker_health.h), the requests and where each
+// sequence lives (admission.h, sharding.h), and the expert placement (placement_manager.h).
+// The gRPC services are thin shells around it, and tests drive it with fake workers.
+// Thread-safe: one mutex, never held while blocking.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -16,15 +15,13 @@
 #include <optional>
 #include <set>
 #include <string>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "coordinator/admission.h"
 #include "coordinator/metrics.h"
 #include "coordinator/placement_manager.h"
 #include "coordinator/registry.h"
-#include "coordinator/sharding.h"
 #include "coordinator/worker_health.h"
 #include "coordinator/request_channel.h"
 #include "core/model_config.h"
@@ -130,29 +127,8 @@ class ClusterState {
  private:
   using Worker = Registry::Worker;
   using WorkerState = Registry::WorkerState;
-  struct Sequence {
-    uint64_t id = 0;
-    v1::GenerateRequest request;
-    std::shared_ptr<RequestChannel> channel;
-    int rank = -1;  // attention rank once admitted
-    int64_t reserved = 0;
-    Clock::time_point submitted, admission_deadline, last_token;
-    bool got_token = false;
-    std::vector<int32_t> streamed;     // token ids delivered to the client so far
-    std::vector<uint64_t> page_names;  // of the prompt's full pages (core/prefix_hash.h)
-    bool names_pending = false;        // page_names count in its worker's prefix_pending
-  };
-
-  int64_t Reservation(const v1::GenerateRequest& request) const;  // KV tokens, page-rounded
-  void TryAdmitLocked();
-  // The worker for a request needing `need` KV tokens (-1: none has room), by ChooseWorker
-  // (coordinator/sharding.h) over the workers as they are now.
-  int ChooseWorkerLocked(const Sequence& s, int64_t need);
-  // Leading pages of the prompt that worker `w` holds or is computing.
-  int64_t CachedPrefixPagesLocked(const Worker& w, const Sequence& s) const;
-  void ClearPendingNamesLocked(Sequence& s);
-  // Ends a sequence and forgets it; frees its reservation.
-  void EndLocked(std::map<uint64_t, Sequence>::iterator it, const std::string& reason, const absl::Status& status);
+  // Admits from the queue while the cluster serves.
+  void AdmitLocked();
   void LoseLocked(int rank, const std::string& why);
   // Elastic loss of `rank` (described by `what`): see Lose.
   void ShrinkLocked(int rank, const std::string& what);
@@ -178,9 +154,7 @@ class ClusterState {
   std::map<int, std::set<int>> peers_lost_;
   bool shutting_down_ = false;  // ShutdownWorkers was called: workers leaving are not a loss to recover from
   PlacementManager placement_;                  // of the current generation, and the measured load
-  std::map<uint64_t, Sequence> sequences_;      // queued or admitted
-  std::deque<uint64_t> queue_;                  // waiting for admission, in arrival order
-  uint64_t next_sequence_ = 1;
+  Admission admission_;                         // the requests, queued or on a worker
 };
 
 }  // namespace daedalus
