@@ -4,6 +4,8 @@
 // that cannot shrink (mpi, GPU workers) fail their requests as before.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "coordinator/cluster_state.h"
 #include "tests/coordinator/fake_cluster.h"
 
@@ -159,6 +161,54 @@ TEST_F(ElasticStateTest, AWorkerJoinsWithTheNextRankOneAtATime) {
   auto next = Submit(4, 8);
   EXPECT_EQ(RankOf(*next), 2);
   EXPECT_TRUE(absl::IsAlreadyExists(RegisterFull(-1, 4096, "launch-1").status())) << "full again";
+}
+
+// A worker lost while a placement update is in flight (the joiner's experts being read, no rank
+// switched yet): the survivors' Reform carries a placement of the smaller world that holds every
+// expert, newer than the update, so whatever each survivor had read, it switches to one that
+// covers the model. Either the joiner itself or an old member may be the one lost.
+TEST_F(ElasticStateTest, AWorkerLostDuringAPlacementSwitchLeavesAPlacementCoveringEveryExpert) {
+  for (const bool lose_joiner : {true, false}) {
+    links_.clear();
+    channels_.clear();
+    sequence_.clear();
+    FormThree();
+    const int64_t formed = generation_;  // the old members' Hello generation
+    state_->Lose(2, formed, "killed");
+    auto joiner = RegisterFull(-1, 8192, "launch-1");
+    ASSERT_TRUE(joiner.ok()) << joiner.status();
+    auto link = std::make_shared<FakeLink>();
+    ASSERT_TRUE(state_->Attach(2, joiner->generation, link, now_).ok());
+    const v1::CoordinatorMessage* update = Last(*link, v1::CoordinatorMessage::kPlacementUpdate);
+    ASSERT_NE(update, nullptr);
+    const int64_t update_version = update->placement_update().version();
+    // Lost before any rank switched: the joiner (hello rank 2), or rank 0 (hello rank 0).
+    if (lose_joiner) state_->Lose(2, joiner->generation, "killed while reading its experts");
+    else state_->Lose(0, formed, "killed during the switch");
+    const v1::ClusterStatusResponse status = state_->Status(now_);
+    ASSERT_EQ(status.world_size(), 2);
+    EXPECT_GT(status.placement_version(), update_version);
+    std::vector<FakeLink*> survivors;
+    if (lose_joiner) survivors = {links_[0].get(), links_[1].get()};
+    else survivors = {links_[1].get(), link.get()};
+    for (size_t i = 0; i < survivors.size(); ++i) {
+      const v1::CoordinatorMessage* m = Last(*survivors[i], v1::CoordinatorMessage::kReform);
+      ASSERT_NE(m, nullptr) << "survivor " << i << (lose_joiner ? ", joiner lost" : ", rank 0 lost");
+      EXPECT_EQ(m->reform().world_size(), 2);
+      EXPECT_EQ(m->reform().rank(), static_cast<int>(i));
+      const v1::Placement& placed = m->reform().placement();
+      for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+        if (!config_.is_moe_layer(l)) continue;
+        ASSERT_EQ(placed.layers(l).experts_on_size(), 2) << "layer " << l;
+        std::set<int32_t> held;
+        for (const auto& on : placed.layers(l).experts_on()) held.insert(on.experts().begin(), on.experts().end());
+        EXPECT_EQ(static_cast<int64_t>(held.size()), config_.n_routed_experts)
+            << "layer " << l << (lose_joiner ? ", joiner lost" : ", rank 0 lost") << ": an expert with no holder";
+      }
+    }
+    // Nothing was failed: the survivors' sequences are still running or queued to continue.
+    for (int r : {0, 1, 2}) EXPECT_FALSE(Drain(*channels_[r]).finished) << "sequence of rank " << r;
+  }
 }
 
 TEST_F(ElasticStateTest, AJoinerPlannedForAWorldThatShrankMustRegisterAgain) {
