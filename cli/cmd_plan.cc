@@ -36,7 +36,7 @@ struct PlanFlags {
   std::vector<std::string> calibrate;         // bench / bench-a2a --json outputs
   std::string out;
   std::string serve_concurrency;              // "1,16,64": closed-loop serving predictions
-  int64_t max_new_tokens = 64;
+  int64_t max_new_tokens = 64, max_batch_tokens = 512, prefill_chunk = 512;
 };
 
 // plan --calibrate FILE... --out HARDWARE.yaml
@@ -115,7 +115,7 @@ int RunServing(const PlanFlags& f, const ModelConfig& config, const ClusterConfi
                 "output tok/s", "ttft", "itl");
   }
   for (int32_t c : *levels) {
-    auto p = PredictServing(config, cluster, base, ServingLoad{c, prompt, f.max_new_tokens});
+    auto p = PredictServing(config, cluster, base, ServingLoad{c, prompt, f.max_new_tokens, f.max_batch_tokens, f.prefill_chunk});
     if (!p.ok()) return Fail(std::string(p.status().message()));
     if (f.format == "json") {
       nlohmann::ordered_json j = {{"concurrency", c}, {"workers", p->workers}, {"busy_workers", p->busy_workers},
@@ -270,6 +270,8 @@ Command AddPlanCommand(CLI::App& app) {
                  "instead of one step: closed-loop serving at these client counts (e.g. 1,16,64) on a cluster with "
                  "calibrated hardware, as loadgen measures it: output tokens/s, TTFT, ITL");
   app.add_option("--max-new-tokens", f->max_new_tokens, "with --serve-concurrency: tokens generated per request");
+  app.add_option("--max-batch-tokens", f->max_batch_tokens, "with --serve-concurrency: the workers' tokens per step");
+  app.add_option("--prefill-chunk", f->prefill_chunk, "with --serve-concurrency: the workers' longest prompt slice per step");
   f->given["phase"] = app.add_option("--phase", f->phase,
                                      "prefill, decode, or pd: disaggregated prefill and decode nodes (--prefill-nodes, "
                                      "--decode-nodes, --output-len)");

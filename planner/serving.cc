@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "planner/closed_loop.h"
 
 namespace daedalus {
 
@@ -53,8 +54,10 @@ absl::StatusOr<ServingPrediction> PredictServing(const ModelConfig& config, cons
   const auto& memory_shares =
       shared && !hw.node_decode_share_of_roofline.empty() ? hw.node_decode_share_of_roofline : hw.decode_share_of_roofline;
   if (shared) hw.memory_bandwidth = std::min(hw.memory_bandwidth, hw.node_memory_bandwidth / cluster.devices_per_node);
-  if (load.concurrency < 1 || load.prompt_len < 1 || load.max_new_tokens < 1) {
-    return absl::InvalidArgumentError("serving: concurrency, prompt length and new tokens must be >= 1");
+  if (load.concurrency < 1 || load.prompt_len < 1 || load.max_new_tokens < 1 || load.max_batch_tokens < 1 ||
+      load.prefill_chunk < 1) {
+    return absl::InvalidArgumentError(
+        "serving: concurrency, prompt length, new tokens, max batch tokens and prefill chunk must be >= 1");
   }
   ServingPrediction p;
   p.load = load;
@@ -85,7 +88,10 @@ absl::StatusOr<ServingPrediction> PredictServing(const ModelConfig& config, cons
   const double cycle = (load.max_new_tokens - 1) * p.decode_step_s + b * p.prefill_s;
   p.output_tokens_per_s = p.busy_workers * b * load.max_new_tokens / cycle;
   p.itl_s = p.decode_step_s;
-  p.ttft_s = p.prefill_s + p.decode_step_s / 2;
+  ClosedLoopLoad loop{load.concurrency, p.busy_workers, load.prompt_len, load.max_new_tokens, load.max_batch_tokens,
+                      load.prefill_chunk};
+  const ClosedLoopCosts costs{p.decode_step_s, p.prefill_s / static_cast<double>(load.prompt_len)};
+  p.ttft_s = SimulateClosedLoop(loop, costs, std::max<int64_t>(200, 20 * load.concurrency)).ttft_p50_s;
   return p;
 }
 

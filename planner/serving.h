@@ -12,7 +12,9 @@
 // measured all-to-all), with the measured efficiencies in place of the GPU kernel factors:
 // decode steps run at the calibrated share of the roofline for their batch (interpolated in
 // log batch between the measured ones), prefill GEMMs at the calibrated prefill GFLOP/s.
-// ITL = decode_step(b); TTFT = prefill(P) plus half a decode step (the wait for a step to start).
+// ITL = decode_step(b). TTFT is the median of a step-by-step simulation of the closed loop
+// (planner/closed_loop.h) with these step costs: waves of prompts from clients whose requests
+// ended together, prefilled max_batch_tokens at a time beside the decode tokens.
 // A CPU node's devices share its memory: with the node's figures in the hardware file (`bench`
 // with every core busy), each device's memory traffic runs at 1 / devices_per_node of the node's
 // bandwidth, at the decode share measured that way; its compute at its own measured figures.
@@ -33,6 +35,7 @@ struct ServingLoad {
   int64_t concurrency = 1;
   int64_t prompt_len = 128;
   int64_t max_new_tokens = 64;
+  int64_t max_batch_tokens = 512, prefill_chunk = 512;  // the workers' (--max-batch-tokens, --prefill-chunk)
 };
 
 struct ServingPrediction {

@@ -1,7 +1,7 @@
 // Closed-loop serving predictions (planner/serving.h) on a hardware file calibrated from
-// recorded `bench` and `bench-a2a` outputs: the cycle arithmetic, the node's shared memory
-// bandwidth (devices of a CPU node step together and share it), and the refusal of hardware
-// without measured figures.
+// recorded `bench` and `bench-a2a` outputs: the cycle arithmetic, TTFT from the closed-loop
+// simulation, the node's shared memory bandwidth (devices of a CPU node step together and share
+// it), and the refusal of hardware without measured figures.
 #include "planner/serving.h"
 
 #include <gtest/gtest.h>
@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "planner/calibrate.h"
+#include "planner/closed_loop.h"
 
 namespace daedalus {
 namespace {
@@ -72,7 +73,14 @@ TEST(Serving, OutputIsTheCycleOfDecodeStepsAndPrefills) {
     EXPECT_DOUBLE_EQ(p.itl_s, p.decode_step_s);
     EXPECT_GT(p.decode_step_s, 0);
     EXPECT_GT(p.prefill_s, p.decode_step_s);  // a 128-token prompt outweighs one decode token
+    // TTFT: the closed loop stepped through with these costs.
+    const ClosedLoopResult loop = SimulateClosedLoop({c, p.busy_workers, 128, 64, 512, 512},
+                                                     {p.decode_step_s, p.prefill_s / 128}, std::max<int64_t>(200, 20 * c));
+    EXPECT_DOUBLE_EQ(p.ttft_s, loop.ttft_p50_s) << c;
   }
+  // One client waits for its own prefill only; 64 clients' prompts come in waves.
+  EXPECT_NEAR(Predict(Local(true), 1).ttft_s, Predict(Local(true), 1).prefill_s, 1e-9);
+  EXPECT_GT(Predict(Local(true), 64).ttft_s, 2 * Predict(Local(true), 64).prefill_s);
 }
 
 TEST(Serving, DevicesOfANodeShareItsMemoryBandwidth) {
