@@ -76,7 +76,7 @@ absl::Status MlaDecodeWmma(const MlaDecodeParams& p, const MlaDecodePlan& plan, 
 bool MlaDecodeFitsMma(int64_t heads, int64_t kv_lora_rank, int64_t rope_dim, bool kv_fp8);
 int MlaDecodeMmaHeadsPerBlock(int64_t heads);
 absl::Status MlaDecodeMma(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
-// Combines split partials (both kernels write the same layout).
+// Combines split partials (every kernel writes the same layout).
 absl::Status MlaDecodeCombine(const MlaDecodeParams& p, const MlaDecodePlan& plan, cudaStream_t stream);
 
 }  // namespace daedalus::cuda
