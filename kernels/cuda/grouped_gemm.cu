@@ -1,5 +1,6 @@
 #include "kernels/cuda/grouped_gemm.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 
@@ -8,6 +9,45 @@
 #include "kernels/cuda/silu_mul.h"
 
 namespace daedalus::cuda {
+
+GemmLanes::~GemmLanes() {
+  for (int i = 0; i < kLanes; ++i) {
+    if (cublas_[i] != nullptr) cublasDestroy(cublas_[i]);
+    if (done_[i] != nullptr) cudaEventDestroy(done_[i]);
+    if (streams_[i] != nullptr) cudaStreamDestroy(streams_[i]);
+  }
+  if (fork_ != nullptr) cudaEventDestroy(fork_);
+}
+
+absl::Status GemmLanes::Ensure() {
+  if (ready_) return absl::OkStatus();
+  // What an earlier, failed call made is kept and not made again.
+  if (fork_ == nullptr) DAEDALUS_CUDA_RETURN(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+  for (int i = 0; i < kLanes; ++i) {
+    if (streams_[i] == nullptr) DAEDALUS_CUDA_RETURN(cudaStreamCreateWithFlags(&streams_[i], cudaStreamNonBlocking));
+    if (done_[i] == nullptr) DAEDALUS_CUDA_RETURN(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
+    if (cublas_[i] == nullptr) {
+      if (absl::Status s = CublasError(cublasCreate(&cublas_[i]), "cublasCreate"); !s.ok()) return s;
+    }
+    if (absl::Status s = CublasError(cublasSetStream(cublas_[i], streams_[i]), "cublasSetStream"); !s.ok()) return s;
+  }
+  ready_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status GemmLanes::Fork(cudaStream_t stream) {
+  DAEDALUS_CUDA_RETURN(cudaEventRecord(fork_, stream));
+  for (int i = 0; i < kLanes; ++i) DAEDALUS_CUDA_RETURN(cudaStreamWaitEvent(streams_[i], fork_, 0));
+  return absl::OkStatus();
+}
+
+absl::Status GemmLanes::Join(cudaStream_t stream, int used) {
+  for (int i = 0; i < used && i < kLanes; ++i) {
+    DAEDALUS_CUDA_RETURN(cudaEventRecord(done_[i], streams_[i]));
+    DAEDALUS_CUDA_RETURN(cudaStreamWaitEvent(stream, done_[i], 0));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, GroupedGemmWorkspace& ws,
                          cudaStream_t stream) {
@@ -31,14 +71,21 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
   const float one = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const cudaDataType_t c_type = p.y_bf16 != nullptr ? CUDA_R_16BF : CUDA_R_32F;
   if (p.mode == GroupedGemmMode::kLoop || ws.grouped_unsupported) {
+    // Several groups: round robin over the lanes, which wait for what came before on `stream`
+    // and which `stream` waits for after (each group writes rows of its own).
+    const int used = groups > 1 ? static_cast<int>(std::min<size_t>(groups, GemmLanes::kLanes)) : 0;
+    if (used > 0) {
+      if (absl::Status s = ws.lanes.Ensure(); !s.ok()) return s;
+      if (absl::Status s = ws.lanes.Fork(stream); !s.ok()) return s;
+    }
     for (size_t g = 0; g < groups; ++g) {
       const cublasStatus_t st =
-          cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, ws.m[g], ws.n[g], ws.k[g], &one, ws.a[g], CUDA_R_16BF, ws.k[g],
-                       ws.b[g], CUDA_R_16BF, ws.k[g], &beta, ws.c[g], c_type, ws.m[g], CUBLAS_COMPUTE_32F,
-                       CUBLAS_GEMM_DEFAULT);
+          cublasGemmEx(used > 0 ? ws.lanes.cublas(static_cast<int>(g % used)) : cublas, CUBLAS_OP_T, CUBLAS_OP_N, ws.m[g],
+                       ws.n[g], ws.k[g], &one, ws.a[g], CUDA_R_16BF, ws.k[g], ws.b[g], CUDA_R_16BF, ws.k[g], &beta, ws.c[g],
+                       c_type, ws.m[g], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
       if (absl::Status s = CublasError(st, "GroupedGemm: cublasGemmEx"); !s.ok()) return s;
     }
-    return absl::OkStatus();
+    return used > 0 ? ws.lanes.Join(stream, used) : absl::OkStatus();
   }
   // One grouped call: every problem its own group of one; pointer arrays in device memory.
   ws.ta.assign(groups, CUBLAS_OP_T);

@@ -3,7 +3,8 @@
 // it), BF16 weights (FP8 checkpoints are dequantized to BF16 at load), float accumulation and
 // output. Each stage is one grouped GEMM through cuBLAS, in one of two forms the benchmark
 // measures against each other: kGrouped, one cublasGemmGroupedBatchedEx call over all
-// non-empty groups, or kLoop, one cublasGemmEx per non-empty group.
+// non-empty groups, or kLoop, one cublasGemmEx per non-empty group, spread over a few side
+// streams (one GEMM of a few rows leaves most of the device idle) and joined back.
 #pragma once
 
 #include <cublas_v2.h>
@@ -33,6 +34,30 @@ struct GroupedGemmParams {
   uint16_t* y_bf16 = nullptr;                // or, instead of y, [rows, n] bf16 (rounded once)
 };
 
+// Side streams for the loop, each with a cuBLAS handle of its own (its own workspace), made on
+// first use and joined back to the caller's stream after every call.
+class GemmLanes {
+ public:
+  static constexpr int kLanes = 4;
+  GemmLanes() = default;
+  GemmLanes(const GemmLanes&) = delete;
+  GemmLanes& operator=(const GemmLanes&) = delete;
+  ~GemmLanes();
+  absl::Status Ensure();
+  bool ready() const { return ready_; }
+  cublasHandle_t cublas(int i) const { return cublas_[i]; }
+  // Makes every lane wait for the work queued on `stream` so far.
+  absl::Status Fork(cudaStream_t stream);
+  // Makes `stream` wait for the work queued on lanes [0, used).
+  absl::Status Join(cudaStream_t stream, int used);
+
+ private:
+  bool ready_ = false;
+  cudaStream_t streams_[kLanes] = {};
+  cublasHandle_t cublas_[kLanes] = {};
+  cudaEvent_t fork_ = nullptr, done_[kLanes] = {};
+};
+
 struct GroupedGemmWorkspace {
   // Set when cuBLAS refused the grouped call (not supported for these types on this device):
   // later calls go straight to the loop.
@@ -43,6 +68,7 @@ struct GroupedGemmWorkspace {
   std::vector<int> m, n, k, lda, ldb, ldc, group_size;
   std::vector<cublasOperation_t> ta, tb;
   std::vector<float> alpha, beta;
+  GemmLanes lanes;
 };
 
 absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, GroupedGemmWorkspace& ws,
