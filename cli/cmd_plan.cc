@@ -139,13 +139,9 @@ int RunDisaggregated(const PlanFlags& f, const ModelConfig& config, const Cluste
   if (f.format == "csv" || !f.plot.empty()) return Fail("--phase pd: --format csv and --plot are not supported (use --format json)");
   std::vector<std::pair<std::vector<Setting>, absl::StatusOr<PdPlan>>> results;
   for (const std::vector<Setting>& combination : ExpandSweep(axes)) {
-    Workload w = base;
-    absl::Status applied = absl::OkStatus();
-    for (const Setting& s : combination) {
-      if (applied.ok()) applied = ApplySetting(s, w);
-    }
-    results.emplace_back(combination, applied.ok() ? MakePdPlan(config, cluster, w, efficiency, histogram)
-                                                   : absl::StatusOr<PdPlan>(applied));
+    const absl::StatusOr<Workload> w = ApplySettings(combination, base);
+    results.emplace_back(combination, w.ok() ? MakePdPlan(config, cluster, *w, efficiency, histogram)
+                                             : absl::StatusOr<PdPlan>(w.status()));
   }
   if (std::none_of(results.begin(), results.end(), [](const auto& r) { return r.second.ok(); })) {
     return Fail(std::string(results.front().second.status().message()));
@@ -200,14 +196,9 @@ int RunPlan(const PlanFlags& f) {
   if (base.phase == Phase::kPd) return RunDisaggregated(f, *config, *cluster, base, axes, histogram, efficiency, model_name);
   std::vector<PlanResult> results;
   for (const std::vector<Setting>& combination : ExpandSweep(axes)) {
-    Workload w = base;
-    absl::Status applied = absl::OkStatus();
-    for (const Setting& s : combination) {
-      if (applied.ok()) applied = ApplySetting(s, w);
-    }
-    PlanResult r{combination, applied.ok() ? MakePlan(*config, *cluster, w, efficiency, histogram)
-                                           : absl::StatusOr<Plan>(applied)};
-    results.push_back(std::move(r));
+    const absl::StatusOr<Workload> w = ApplySettings(combination, base);
+    results.push_back({combination, w.ok() ? MakePlan(*config, *cluster, *w, efficiency, histogram)
+                                           : absl::StatusOr<Plan>(w.status())});
   }
   int ok = 0;
   for (const PlanResult& r : results) ok += r.plan.ok() ? 1 : 0;

@@ -73,18 +73,12 @@ absl::StatusOr<PdPlan> MakePdPlan(const ModelConfig& config, const ClusterConfig
   pd.bottleneck = pd.requests_per_s == pd.prefill_requests_per_s ? "prefill"
                   : pd.requests_per_s == pd.decode_requests_per_s ? "decode"
                                                                   : "kv transfer";
-  pd.input_tokens_per_s = pd.requests_per_s * prompt;
-  pd.output_tokens_per_s = pd.requests_per_s * output;
   pd.prefill_nic_all_to_all = pd.requests_per_s * a2a_per_request / (prefill_devices * nic);
   pd.prefill_nic_kv = pd.requests_per_s * pd.kv_bytes_per_request / (prefill_devices * nic);
-  pd.prefill_busy = pd.requests_per_s / pd.prefill_requests_per_s;
-  pd.decode_busy = pd.requests_per_s / pd.decode_requests_per_s;
   // At each side's per-node rate: the nodes that would serve what the other side can.
   const double prefill_side = std::min(pd.prefill_requests_per_s, pd.nic_requests_per_s);
   pd.balanced_decode_nodes = static_cast<double>(w.decode_nodes) * prefill_side / pd.decode_requests_per_s;
   pd.balanced_prefill_nodes = static_cast<double>(w.prefill_nodes) * pd.decode_requests_per_s / prefill_side;
-  pd.ttft_s = pd.prefill.ttft_s;
-  pd.itl_s = pd.decode.itl_s;
   return pd;
 }
 
@@ -102,18 +96,18 @@ nlohmann::ordered_json PdPlanJson(const std::string& model_name, const PdPlan& p
   j["prefill_requests_per_s"] = p.prefill_requests_per_s;
   j["decode_requests_per_s"] = p.decode_requests_per_s;
   j["kv_transfer_requests_per_s"] = p.nic_requests_per_s;
-  j["input_tokens_per_s"] = p.input_tokens_per_s;
-  j["output_tokens_per_s"] = p.output_tokens_per_s;
+  j["input_tokens_per_s"] = p.input_tokens_per_s();
+  j["output_tokens_per_s"] = p.output_tokens_per_s();
   j["kv_bytes_per_request"] = p.kv_bytes_per_request;
   j["kv_transfer_ms"] = p.kv_transfer_s * 1e3;
   j["prefill_nic_share_all_to_all"] = p.prefill_nic_all_to_all;
   j["prefill_nic_share_kv"] = p.prefill_nic_kv;
-  j["prefill_busy"] = p.prefill_busy;
-  j["decode_busy"] = p.decode_busy;
+  j["prefill_busy"] = p.prefill_busy();
+  j["decode_busy"] = p.decode_busy();
   j["balanced_prefill_nodes"] = p.balanced_prefill_nodes;
   j["balanced_decode_nodes"] = p.balanced_decode_nodes;
-  j["ttft_ms"] = p.ttft_s * 1e3;
-  j["itl_ms"] = p.itl_s * 1e3;
+  j["ttft_ms"] = p.ttft_s() * 1e3;
+  j["itl_ms"] = p.itl_s() * 1e3;
   j["prefill"] = PlanJson(model_name, p.prefill, std::nullopt);
   j["decode"] = PlanJson(model_name, p.decode, std::nullopt);
   return j;
@@ -130,13 +124,13 @@ std::string PdPlanReport(const std::string& model_name, const PdPlan& p) {
                         "node, %.2f requests/s; TTFT %.1f ms\n",
                         static_cast<long long>(w.prefill_nodes), static_cast<long long>(p.prefill.devices),
                         static_cast<long long>(w.prefill_batch_per_device), p.prefill.input_tokens_per_s_per_node(),
-                        p.prefill_requests_per_s, p.ttft_s * 1e3);
+                        p.prefill_requests_per_s, p.ttft_s() * 1e3);
   absl::StrAppendFormat(&out,
                         "  decode side:  %lld nodes (EP%lld, %lld sequences per device, context %lld): %.0f output "
                         "tokens/s per node, %.2f requests/s; ITL %.1f ms\n",
                         static_cast<long long>(w.decode_nodes), static_cast<long long>(p.decode.devices),
                         static_cast<long long>(w.batch_per_device), static_cast<long long>(w.avg_context),
-                        p.decode.output_tokens_per_s_per_node(), p.decode_requests_per_s, p.itl_s * 1e3);
+                        p.decode.output_tokens_per_s_per_node(), p.decode_requests_per_s, p.itl_s() * 1e3);
   absl::StrAppendFormat(&out,
                         "  KV pages:     %.1f MiB per request (%lld B per token), %.2f ms over one prefill device's NIC; "
                         "the prefill NICs carry %.2f requests/s (all-to-all %.0f%%, KV %.0f%% of their time at the rate "
@@ -147,8 +141,8 @@ std::string PdPlanReport(const std::string& model_name, const PdPlan& p) {
   absl::StrAppendFormat(&out,
                         "  serves %.2f requests/s (%.0f input and %.0f output tokens/s), %s-bound: prefill %.0f%% busy, "
                         "decode %.0f%% busy\n",
-                        p.requests_per_s, p.input_tokens_per_s, p.output_tokens_per_s, p.bottleneck, 100 * p.prefill_busy,
-                        100 * p.decode_busy);
+                        p.requests_per_s, p.input_tokens_per_s(), p.output_tokens_per_s(), p.bottleneck, 100 * p.prefill_busy(),
+                        100 * p.decode_busy());
   absl::StrAppendFormat(&out, "  balanced at this per-node rate: %.2f decode nodes for these %lld prefill nodes, or %.2f "
                               "prefill nodes for these %lld decode nodes\n",
                         p.balanced_decode_nodes, static_cast<long long>(w.prefill_nodes), p.balanced_prefill_nodes,
@@ -166,8 +160,8 @@ std::string PdSweepTable(const std::vector<std::pair<std::vector<Setting>, absl:
       continue;
     }
     absl::StrAppendFormat(&out, "%-40s %10.2f %-11s %12.0f %12.0f %9.1f %9.1f %9.2f\n", text, plan->requests_per_s,
-                          plan->bottleneck, plan->input_tokens_per_s, plan->output_tokens_per_s, plan->ttft_s * 1e3,
-                          plan->itl_s * 1e3, plan->kv_transfer_s * 1e3);
+                          plan->bottleneck, plan->input_tokens_per_s(), plan->output_tokens_per_s(), plan->ttft_s() * 1e3,
+                          plan->itl_s() * 1e3, plan->kv_transfer_s * 1e3);
   }
   return out;
 }

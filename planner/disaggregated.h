@@ -30,14 +30,20 @@ struct PdPlan {
   double prefill_requests_per_s = 0, decode_requests_per_s = 0, nic_requests_per_s = 0;
   double requests_per_s = 0;
   std::string bottleneck;  // "prefill" | "decode" | "kv transfer"
-  double input_tokens_per_s = 0, output_tokens_per_s = 0;  // the deployment, at requests_per_s
   double kv_bytes_per_request = 0;
   double kv_transfer_s = 0;  // one request's pages over one prefill device's NIC
   // A prefill device's NIC at requests_per_s: all-to-all and KV pages, shares of its bandwidth.
   double prefill_nic_all_to_all = 0, prefill_nic_kv = 0;
-  double prefill_busy = 0, decode_busy = 0;  // requests_per_s over each side's own capacity
   double balanced_prefill_nodes = 0, balanced_decode_nodes = 0;
-  double ttft_s = 0, itl_s = 0;
+
+  // The deployment at requests_per_s.
+  double input_tokens_per_s() const { return requests_per_s * static_cast<double>(workload.prompt_tokens()); }
+  double output_tokens_per_s() const { return requests_per_s * static_cast<double>(workload.output_len); }
+  // requests_per_s over each side's own capacity.
+  double prefill_busy() const { return requests_per_s / prefill_requests_per_s; }
+  double decode_busy() const { return requests_per_s / decode_requests_per_s; }
+  double ttft_s() const { return prefill.ttft_s; }
+  double itl_s() const { return decode.itl_s; }
 };
 
 // Errors: a workload without prefill_nodes, decode_nodes or output_len, sides that need more

@@ -101,6 +101,11 @@ absl::Status ApplySetting(const Setting& s, Workload& w) {
   return absl::InvalidArgumentError(absl::StrCat("unknown setting \"", name, "\""));
 }
 
+absl::StatusOr<Workload> ApplySettings(const std::vector<Setting>& settings, Workload w) {
+  for (const Setting& s : settings) RETURN_IF_ERROR(ApplySetting(s, w));
+  return w;
+}
+
 std::vector<Setting> DeploymentSettings(const DeploymentDefaults& d) {
   std::vector<Setting> s;
   auto add = [&](const char* name, const auto& value) {

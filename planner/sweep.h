@@ -28,6 +28,8 @@ const std::vector<std::string>& SettingNames();
 absl::StatusOr<SweepAxis> ParseSweepAxis(const std::string& spec);
 // Sets one field of `workload`; errors name the setting and the bad value.
 absl::Status ApplySetting(const Setting& setting, Workload& workload);
+// `workload` with every setting applied in order, or the first one's error.
+absl::StatusOr<Workload> ApplySettings(const std::vector<Setting>& settings, Workload workload);
 // A cluster preset's `deployment:` block as settings, in SettingNames() order.
 std::vector<Setting> DeploymentSettings(const DeploymentDefaults& deployment);
 // Every combination of the axes' values, the first axis varying slowest. No axes: one empty

@@ -53,13 +53,13 @@ TEST(Disaggregated, EachSideIsItsOwnDeploymentAndThePairServesTheLeast) {
                                             pd.cluster.hardware.nic_latency_s);
   const double least = std::min({prefill_rps, decode_rps, plan->nic_requests_per_s});
   EXPECT_NEAR(plan->requests_per_s, least, 1e-9 * least);
-  EXPECT_NEAR(plan->output_tokens_per_s, least * 553, 1e-6 * least * 553);
+  EXPECT_NEAR(plan->output_tokens_per_s(), least * 553, 1e-6 * least * 553);
   // A prefill NIC's time at that rate: the all-to-all of the side's steps and the KV pages.
   const double a2a = (prefill.dispatch_nic_bytes + prefill.combine_nic_bytes) / prefill.step_s;  // per device, full rate
   EXPECT_NEAR(plan->prefill_nic_all_to_all, a2a * (least / prefill_rps) / pd.cluster.hardware.nic_bandwidth, 1e-9);
   EXPECT_NEAR(plan->prefill_nic_kv, least * plan->kv_bytes_per_request / 24 / pd.cluster.hardware.nic_bandwidth, 1e-9);
-  EXPECT_DOUBLE_EQ(plan->ttft_s, prefill.ttft_s);
-  EXPECT_DOUBLE_EQ(plan->itl_s, decode.itl_s);
+  EXPECT_DOUBLE_EQ(plan->ttft_s(), prefill.ttft_s);
+  EXPECT_DOUBLE_EQ(plan->itl_s(), decode.itl_s);
 }
 
 TEST(Disaggregated, TheBoundMovesWithTheWork) {
@@ -69,8 +69,8 @@ TEST(Disaggregated, TheBoundMovesWithTheWork) {
   auto decode_bound = MakePdPlan(pd.model, pd.cluster, w, Efficiency{}, {});
   ASSERT_TRUE(decode_bound.ok()) << decode_bound.status();
   EXPECT_EQ(decode_bound->bottleneck, "decode");
-  EXPECT_DOUBLE_EQ(decode_bound->decode_busy, 1.0);
-  EXPECT_LT(decode_bound->prefill_busy, 1.0);
+  EXPECT_DOUBLE_EQ(decode_bound->decode_busy(), 1.0);
+  EXPECT_LT(decode_bound->prefill_busy(), 1.0);
   EXPECT_GT(decode_bound->balanced_prefill_nodes, 0);
   EXPECT_LT(decode_bound->balanced_prefill_nodes, 3);  // fewer prefill nodes would keep up
   // Prompts almost all cached (their pages still move, their all-to-all does not), one token
