@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/kernel_counter.h"
+#include "core/kv_row.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/linear.h"
@@ -113,7 +114,7 @@ Limits MeasureLimits(cublasHandle_t cublas, cudaStream_t stream) {
 void BenchMlaDecode(int device, cudaStream_t stream, int64_t batch, int64_t context, const Limits& limits,
                     cuda::MlaDecodeKernel kernel, bool fp8) {
   const int64_t H = 128, rkv = 512, dr = 64, dim = rkv + dr, page = 64;
-  const int64_t row_bytes = fp8 ? rkv + 4 * (rkv / 128) + 2 * dr : 2 * dim;
+  const int64_t row_bytes = KvRowBytes(rkv, dr, fp8 ? DType::kF8E4M3 : DType::kBF16);
   const int64_t pages_per_seq = (context + page - 1) / page, pages = batch * pages_per_seq;
   cuda::DeviceBuffer pool, q_lat, q_pe, out, table, lens, ws;
   CHECK_OK(pool.Reserve(static_cast<size_t>(pages * page * row_bytes)));

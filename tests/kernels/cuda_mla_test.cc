@@ -57,7 +57,7 @@ struct Pool {
 Pool MakePool(int64_t rkv, int64_t dr, bool fp8, const std::vector<int64_t>& lengths, uint64_t seed) {
   Pool p;
   p.rkv = rkv, p.dim = rkv + dr, p.fp8 = fp8;
-  p.row_bytes = fp8 ? rkv + 4 * KvFp8Scales(rkv) + 2 * dr : 2 * p.dim;
+  p.row_bytes = KvRowBytes(rkv, dr, fp8 ? DType::kF8E4M3 : DType::kBF16);
   for (int64_t len : lengths) p.pages += (len + p.page_size - 1) / p.page_size;
   const int64_t rows = p.pages * p.layers * p.page_size;
   const auto values = RandomFloats(rows * p.dim, seed);

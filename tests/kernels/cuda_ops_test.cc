@@ -327,7 +327,7 @@ TEST(CudaKvWrite, StoresBf16RowsAtPageAndSlot) {
 // a partial scale block); with a zero block (scale 0) and values deep in e4m3's subnormals.
 TEST(CudaKvWrite, StoresFp8RowsAsTheCpuCache) {
   DAEDALUS_REQUIRE_GPU();
-  for (const auto [rkv, dr] : {std::pair<int64_t, int64_t>{512, 64}, {64, 16}, {202, 10}}) {
+  for (const auto& [rkv, dr] : {std::pair<int64_t, int64_t>{512, 64}, {64, 16}, {202, 10}}) {
     const int64_t layers = 2, page = 4, dim = rkv + dr, pages = 3, T = 5;
     const int64_t row_bytes = rkv + 4 * ((rkv + 127) / 128) + 2 * dr;
     auto latent = RandomFloats(T * dim, 9);
