@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/buffer.h"
+#include "core/status.h"
 
 namespace daedalus {
 
@@ -60,23 +61,81 @@ absl::Status Engine::Validate(const Request& r) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<int64_t> Engine::Add(Request request) {
-  if (absl::Status s = Validate(request); !s.ok()) return s;
+std::unique_ptr<Sequence> Engine::NewSequence(Request request) {
   auto seq = std::make_unique<Sequence>();
   seq->index = next_index_++;
   seq->tokens = request.prompt_ids;
   seq->tokens.insert(seq->tokens.end(), request.generated_ids.begin(), request.generated_ids.end());
   if (options_.keep_results) results_.push_back(Result{request.id, {}, "", absl::OkStatus(), {}, {}});
   seq->request = std::move(request);
+  return seq;
+}
+
+absl::StatusOr<int64_t> Engine::Add(Request request) {
+  if (absl::Status s = Validate(request); !s.ok()) return s;
+  std::unique_ptr<Sequence> seq = NewSequence(std::move(request));
+  const int64_t index = seq->index;
   scheduler_.Add(std::move(seq));
-  return next_index_ - 1;
+  return index;
 }
 
 bool Engine::Cancel(int64_t index) {
   std::unique_ptr<Sequence> seq = scheduler_.Remove(index);
-  if (seq == nullptr) return false;
+  if (seq == nullptr) {
+    const auto it = importing_.find(index);
+    if (it == importing_.end()) return false;
+    seq = std::move(it->second);
+    importing_.erase(it);
+    cache_.Release(seq->pages);
+  }
   Finish(*seq, "cancelled");
   return true;
+}
+
+const Engine::HeldPages* Engine::held(int64_t index) const {
+  const auto it = held_.find(index);
+  return it == held_.end() ? nullptr : &it->second;
+}
+
+void Engine::ReleaseHeld(int64_t index) {
+  const auto it = held_.find(index);
+  if (it == held_.end()) return;
+  cache_.Release(it->second.pages);
+  held_.erase(it);
+}
+
+absl::StatusOr<int64_t> Engine::Import(Request request, int64_t kv_tokens) {
+  if (absl::Status s = Validate(request); !s.ok()) return s;
+  const int64_t len = static_cast<int64_t>(request.prompt_ids.size() + request.generated_ids.size());
+  if (kv_tokens <= 0 || kv_tokens >= len) {
+    return absl::InvalidArgumentError(absl::StrCat("request ", request.id, ": ", kv_tokens, " imported positions of ", len,
+                                                   " tokens (at least one, and the last is computed here)"));
+  }
+  std::unique_ptr<Sequence> seq = NewSequence(std::move(request));
+  RETURN_IF_ERROR(cache_.Reserve(seq->pages, kv_tokens));
+  seq->n_cached = kv_tokens;
+  const int64_t index = seq->index;
+  importing_.emplace(index, std::move(seq));
+  return index;
+}
+
+const PagedKvCache::PageTable* Engine::import_pages(int64_t index) const {
+  const auto it = importing_.find(index);
+  return it == importing_.end() ? nullptr : &it->second->pages;
+}
+
+void Engine::Imported(int64_t index, bool ok) {
+  const auto it = importing_.find(index);
+  if (it == importing_.end()) return;
+  std::unique_ptr<Sequence> seq = std::move(it->second);
+  importing_.erase(it);
+  if (ok) {
+    scheduler_.AddRunning(std::move(seq));
+    return;
+  }
+  cache_.Release(seq->pages);
+  seq->n_cached = 0;
+  scheduler_.Add(std::move(seq));
 }
 
 void Engine::TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& finished) {
@@ -196,7 +255,13 @@ bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
         continue;
       }
     }
-    if (seq.generated() >= seq.request.max_new_tokens) Finish(seq, "length");
+    if (seq.generated() >= seq.request.max_new_tokens) {
+      Finish(seq, "length");
+    } else if (s.samples && seq.request.hand_off) {  // its pages stay for the decode worker
+      held_[seq.index] = HeldPages{std::move(seq.pages), seq.n_cached};
+      seq.pages.clear();
+      Finish(seq, "handoff");
+    }
   }
   scheduler_.Retire();
   return true;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -39,7 +40,7 @@ struct Result {
 };
 struct FinishOut {
   int64_t index;
-  std::string reason;  // "stop" | "length" | "cancelled" | "error"
+  std::string reason;  // "stop" | "length" | "cancelled" | "error" | "handoff" (Request::hand_off)
   absl::Status status;
 };
 
@@ -86,8 +87,25 @@ class Engine {
   // work (e.g. an all-reduce of pending()): runs the step, possibly with an empty batch.
   // False after an error.
   bool StepAgreed();
-  // Requests queued or running here.
+  // Requests queued or running here (not those waiting for imported latents).
   int64_t pending() const { return scheduler_.pending(); }
+
+  // Prefill/decode disaggregation. The prefill side: a Request::hand_off sequence that ended as
+  // "handoff" holds its pages, with the latents of its first `tokens` positions, until released.
+  struct HeldPages {
+    PagedKvCache::PageTable pages;
+    int64_t tokens = 0;
+  };
+  const HeldPages* held(int64_t index) const;  // null when not held
+  void ReleaseHeld(int64_t index);
+  // The decode side: a valid request whose first `kv_tokens` positions (fewer than its prompt
+  // plus generated tokens) have latents elsewhere. Reserves their pages, to be filled (as bytes
+  // of the cache's pool) before Imported; until then the request is not pending.
+  absl::StatusOr<int64_t> Import(Request request, int64_t kv_tokens);
+  const PagedKvCache::PageTable* import_pages(int64_t index) const;  // null when not importing
+  // The latents arrived (`ok`): the sequence decodes from the next step. Or they did not: it is
+  // computed from its tokens, as a preempted sequence is, with the same result.
+  void Imported(int64_t index, bool ok);
   // Tokens sampled and requests finished since the last call.
   void TakeEvents(std::vector<TokenOut>& tokens, std::vector<FinishOut>& finished);
   // Steps until every queued request has finished; results in the order of Add.
@@ -113,6 +131,7 @@ class Engine {
   const DeepSeekModel& model() const { return model_; }
 
  private:
+  std::unique_ptr<Sequence> NewSequence(Request request);  // with its result slot
   bool RunStep(const std::vector<ScheduledSlice>& slices);
   void Finish(Sequence& seq, const std::string& reason, absl::Status status = absl::OkStatus());
 
@@ -122,6 +141,8 @@ class Engine {
   Scheduler scheduler_;
   int64_t next_index_ = 0;
   std::vector<Result> results_;  // by index, when options_.keep_results
+  std::unordered_map<int64_t, HeldPages> held_;                      // by index
+  std::unordered_map<int64_t, std::unique_ptr<Sequence>> importing_;  // by index
   std::vector<TokenOut> token_events_;
   std::vector<FinishOut> finish_events_;
   StepStats last_step_;

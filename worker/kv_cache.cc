@@ -183,6 +183,23 @@ void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, in
   }
 }
 
+std::vector<PagedKvCache::ByteRange> PagedKvCache::Ranges(const PageTable& pages, int64_t n_tokens) const {
+  std::vector<ByteRange> out;
+  const int64_t ps = options_.page_size;
+  for (int64_t p = 0; p * ps < n_tokens && p < static_cast<int64_t>(pages.size()); ++p) {
+    const size_t page = static_cast<size_t>(pages[p]) * page_bytes_;
+    const int64_t filled = std::min(ps, n_tokens - p * ps);
+    if (filled == ps) {
+      out.push_back({page, page_bytes_});
+      continue;
+    }
+    for (int64_t l = 0; l < layers_; ++l) {
+      out.push_back({page + static_cast<size_t>(l * ps) * row_bytes_, static_cast<size_t>(filled) * row_bytes_});
+    }
+  }
+  return out;
+}
+
 double PagedKvCache::BytesPerToken() const {
   return static_cast<double>(page_bytes_ + sizeof(int32_t)) / options_.page_size;
 }

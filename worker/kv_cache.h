@@ -74,6 +74,16 @@ class PagedKvCache {
   void Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const;
   void Read(const PageTable& pages, int64_t layer, int64_t n, float* out) const { Read(pages, layer, 0, n, out); }
 
+  // Where the latents of positions [0, n_tokens) of `pages` lie in the host pool, as byte
+  // ranges from its start, in page order: a whole page is one range, a partial last page one
+  // per layer. Their lengths sum to n_tokens × layers × row bytes — what a KV transfer moves.
+  struct ByteRange {
+    size_t offset = 0, bytes = 0;
+  };
+  std::vector<ByteRange> Ranges(const PageTable& pages, int64_t n_tokens) const;
+  uint8_t* pool() { return pool_.get(); }  // null without a host pool
+  size_t pool_bytes() const { return pool_ ? page_bytes_ * static_cast<size_t>(total_pages_) : 0; }
+
   bool prefix_caching() const { return options_.prefix_caching; }
   // The content name of a full page holding tokens[0, page_size) after the page named `parent`.
   uint64_t PageName(uint64_t parent, const int32_t* tokens) const {

@@ -21,6 +21,10 @@ struct Request {
   // Tokens already generated (and delivered) elsewhere, e.g. on a worker that was lost: the
   // sequence continues after them, as a preempted one does, and max_new_tokens counts them.
   std::vector<int32_t> generated_ids;
+  // Prefill/decode disaggregation, the prefill side: once its next token is sampled the sequence
+  // ends as "handoff" instead of decoding on, its pages held (Engine::held) until a decode
+  // worker has read them (Engine::ReleaseHeld).
+  bool hand_off = false;
 };
 
 // One request in the engine, from Add to its end.

@@ -8,6 +8,8 @@ Scheduler::Scheduler(PagedKvCache& cache, const SchedulerOptions& options) : cac
 
 void Scheduler::Add(std::unique_ptr<Sequence> seq) { waiting_.push_back(std::move(seq)); }
 
+void Scheduler::AddRunning(std::unique_ptr<Sequence> seq) { running_.push_back(std::move(seq)); }
+
 void Scheduler::Admit() {
   const int64_t ps = cache_.page_size();
   for (size_t i = 0; i < waiting_.size() && static_cast<int64_t>(running_.size()) < options_.max_running;) {

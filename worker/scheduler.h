@@ -50,6 +50,9 @@ class Scheduler {
   Scheduler(PagedKvCache& cache, const SchedulerOptions& options);
 
   void Add(std::unique_ptr<Sequence> seq);  // queues it behind the others
+  // Runs a sequence whose pages already hold the latents of its first n_cached tokens (read
+  // from another worker): it decodes from the next step, without waiting for admission.
+  void AddRunning(std::unique_ptr<Sequence> seq);
   // Admits what fits, takes pages for the growing sequences (preempting when the pool runs
   // out), and hands out the step's token budget. Empty when nothing can run.
   std::vector<ScheduledSlice> Schedule();

@@ -2,8 +2,10 @@
 #include "worker/engine.h"
 
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
+#include "core/kv_row.h"
 #include "gtest/gtest.h"
 #include "tests/worker/test_models.h"
 
@@ -331,6 +333,96 @@ TEST(Engine, StopsAtEos) {
   EXPECT_EQ(stopped.finish_reason, "stop");
   ASSERT_LE(stopped.generated_ids.size(), 3u);
   EXPECT_EQ(stopped.generated_ids.back(), gen[2]);
+}
+
+// Prefill/decode disaggregation: a sequence prefilled on one engine, its latents copied as
+// bytes into pages of another, continues there exactly as it would have on one engine — tokens,
+// and the log-probabilities of its logits, bitwise — and a failed copy falls back to computing
+// the sequence again, with the same result.
+TEST(Engine, HandedOffSequencesContinueBitwiseOnAnotherEngine) {
+  for (DType dtype : {DType::kBF16, DType::kF8E4M3}) {
+    for (bool copy_ok : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "cache " << DTypeName(dtype) << (copy_ok ? ", copied" : ", copy failed"));
+      const ModelWeights& w = TinyModel(DType::kBF16);
+      EngineOptions o;
+      o.kv.dtype = dtype;
+      o.kv.page_size = 16;
+      o.kv.prefix_caching = true;
+      std::vector<Request> requests;
+      for (int64_t len : {5, 16, 37}) {
+        Request r = Greedy(Prompt(len, static_cast<int32_t>(len)), 6, false);
+        r.logprobs = 3;
+        requests.push_back(r);
+      }
+      requests[1].sampling.temperature = 0.8f;
+      requests[1].sampling.seed = 3;
+      const std::vector<Result> whole = RunAll(w, o, requests);
+
+      Engine prefill(w, o), decode(w, o);
+      for (Request r : requests) {
+        r.hand_off = true;
+        ASSERT_TRUE(prefill.Add(r).ok());
+      }
+      while (prefill.Step()) {
+      }
+      std::vector<TokenOut> tokens;
+      std::vector<FinishOut> finished;
+      prefill.TakeEvents(tokens, finished);
+      ASSERT_EQ(tokens.size(), requests.size());
+      ASSERT_EQ(finished.size(), requests.size());
+      for (size_t i = 0; i < requests.size(); ++i) {
+        const int64_t index = finished[i].index;
+        EXPECT_EQ(finished[i].reason, "handoff");
+        EXPECT_EQ(tokens[index].token, whole[index].generated_ids[0]);
+        EXPECT_EQ(tokens[index].logprob, whole[index].logprobs[0].logprob);
+        const Engine::HeldPages* held = prefill.held(index);
+        ASSERT_NE(held, nullptr);
+        EXPECT_EQ(held->tokens, static_cast<int64_t>(requests[index].prompt_ids.size()));
+        Request next = requests[index];
+        next.generated_ids = {tokens[index].token};
+        const int64_t pending = decode.pending();
+        auto imported = decode.Import(next, held->tokens);
+        ASSERT_TRUE(imported.ok()) << imported.status();
+        EXPECT_EQ(decode.pending(), pending);  // not before its latents are here
+        const auto from = prefill.cache().Ranges(held->pages, held->tokens);
+        const auto to = decode.cache().Ranges(*decode.import_pages(*imported), held->tokens);
+        ASSERT_EQ(from.size(), to.size());
+        size_t bytes = 0;
+        for (size_t k = 0; k < from.size(); ++k) {
+          ASSERT_EQ(from[k].bytes, to[k].bytes);
+          if (copy_ok) std::memcpy(decode.cache().pool() + to[k].offset, prefill.cache().pool() + from[k].offset, from[k].bytes);
+          bytes += from[k].bytes;
+        }
+        EXPECT_EQ(static_cast<int64_t>(bytes), held->tokens * w.config.num_hidden_layers * KvRowBytes(w.config, dtype));
+        decode.Imported(*imported, copy_ok);
+        prefill.ReleaseHeld(index);
+      }
+      EXPECT_EQ(prefill.cache().free_pages(), prefill.cache().total_pages());
+      const std::vector<Result> continued = decode.RunToCompletion();
+      EXPECT_EQ(decode.cache().free_pages(), decode.cache().total_pages());
+      for (size_t i = 0; i < requests.size(); ++i) {
+        EXPECT_EQ(continued[i].generated_ids, whole[finished[i].index].generated_ids);
+        const auto& expect = whole[finished[i].index].logprobs;
+        ASSERT_EQ(continued[i].logprobs.size() + 1, expect.size());
+        for (size_t t = 0; t < continued[i].logprobs.size(); ++t) {
+          EXPECT_EQ(continued[i].logprobs[t].logprob, expect[t + 1].logprob);
+          EXPECT_EQ(continued[i].logprobs[t].top_logprobs, expect[t + 1].top_logprobs);
+        }
+      }
+    }
+  }
+}
+
+TEST(Engine, ImportRefusesPositionsItCannotTake) {
+  Engine engine(TinyModel(DType::kBF16), EngineOptions{});
+  Request r = Greedy(Prompt(8, 1), 4, false);
+  r.generated_ids = {3};
+  EXPECT_EQ(engine.Import(r, 9).status().code(), absl::StatusCode::kInvalidArgument);  // the last is computed here
+  EXPECT_EQ(engine.Import(r, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  auto ok = engine.Import(r, 8);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(engine.Cancel(*ok));  // its pages come back
+  EXPECT_EQ(engine.cache().free_pages(), engine.cache().total_pages());
 }
 
 }  // namespace

@@ -1,0 +1,312 @@
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "routing/kv_transfer.h"
+
+namespace daedalus {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class UcxKvTransfer final : public KvTransfer {
+ public:
+  UcxKvTransfer(uint8_t* pool, size_t bytes, std::chrono::milliseconds timeout)
+      : pool_(pool), bytes_(bytes), timeout_(timeout) {}
+  ~UcxKvTransfer() override;
+  absl::Status Init();
+
+  const std::string& address() const override { return address_; }
+  const std::string& pool_key() const override { return pool_key_; }
+  uint64_t Read(const std::string& peer_address, const std::string& peer_key, std::vector<Range> ranges) override;
+  std::vector<Done> Poll() override;
+
+ private:
+  struct Peer {
+    ucp_ep_h endpoint = nullptr;
+    ucp_rkey_h rkey = nullptr;
+    std::string key;  // as published: base address, then the packed key
+    uint64_t base = 0;
+    bool failed = false;
+    ucs_status_t why = UCS_OK;
+  };
+  struct Transfer {
+    uint64_t ticket = 0;
+    std::string peer;  // address
+    std::string key;
+    std::vector<Range> ranges;
+    Clock::time_point started;
+    int outstanding = 0;
+    bool posted = false;
+    absl::Status status;
+    size_t bytes = 0;
+  };
+  struct Completion {  // a posted read's callback data
+    UcxKvTransfer* self;
+    Transfer* transfer;
+  };
+  void Run();
+  void Post(Transfer& t);
+  // Closes the peer's endpoint (its reads end, cancelled) and forgets it.
+  void Drop(const std::string& address);
+  Peer* Connect(const std::string& address, const std::string& key, absl::Status& error);
+  static void OnRead(void* request, ucs_status_t status, void* user_data);
+  static void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
+    auto* peer = static_cast<Peer*>(arg);
+    peer->failed = true;
+    peer->why = status;
+  }
+
+  uint8_t* const pool_;
+  const size_t bytes_;
+  const std::chrono::milliseconds timeout_;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  ucp_mem_h memory_ = nullptr;
+  std::string address_, pool_key_;
+  std::map<std::string, std::unique_ptr<Peer>> peers_;  // by address; the transfer thread's
+  std::map<uint64_t, std::unique_ptr<Transfer>> active_;  // the transfer thread's
+
+  std::mutex mu_;
+  std::deque<std::unique_ptr<Transfer>> incoming_;
+  std::vector<Done> done_;
+  uint64_t next_ticket_ = 1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+absl::Status UcxKvTransfer::Init() {
+  ucp_config_t* config = nullptr;
+  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
+    return absl::InternalError(absl::StrCat("UCX configuration: ", ucs_status_string(s)));
+  }
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES;
+  params.features = UCP_FEATURE_RMA;
+  const ucs_status_t s = ucp_init(&params, config, &context_);
+  ucp_config_release(config);
+  if (s != UCS_OK) return absl::InternalError(absl::StrCat("ucp_init (KV transfer): ", ucs_status_string(s)));
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the transfer thread touches it
+  if (ucs_status_t w = ucp_worker_create(context_, &wp, &worker_); w != UCS_OK) {
+    return absl::InternalError(absl::StrCat("ucp_worker_create (KV transfer): ", ucs_status_string(w)));
+  }
+  ucp_address_t* address = nullptr;
+  size_t length = 0;
+  if (ucs_status_t a = ucp_worker_get_address(worker_, &address, &length); a != UCS_OK) {
+    return absl::InternalError(absl::StrCat("ucp_worker_get_address: ", ucs_status_string(a)));
+  }
+  address_.assign(reinterpret_cast<const char*>(address), length);
+  ucp_worker_release_address(worker_, address);
+  ucp_mem_map_params_t mp{};
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.address = pool_;
+  mp.length = bytes_;
+  if (ucs_status_t m = ucp_mem_map(context_, &mp, &memory_); m != UCS_OK) {
+    return absl::InternalError(absl::StrCat("ucp_mem_map of the KV pool (", bytes_, " bytes): ", ucs_status_string(m)));
+  }
+  void* packed = nullptr;
+  size_t packed_size = 0;
+  if (ucs_status_t k = ucp_rkey_pack(context_, memory_, &packed, &packed_size); k != UCS_OK) {
+    return absl::InternalError(absl::StrCat("ucp_rkey_pack: ", ucs_status_string(k)));
+  }
+  const uint64_t base = reinterpret_cast<uintptr_t>(pool_);
+  pool_key_.assign(reinterpret_cast<const char*>(&base), sizeof base);
+  pool_key_.append(static_cast<const char*>(packed), packed_size);
+  ucp_rkey_buffer_release(packed);
+  thread_ = std::thread([this] { Run(); });
+  return absl::OkStatus();
+}
+
+UcxKvTransfer::~UcxKvTransfer() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+  while (!peers_.empty()) Drop(peers_.begin()->first);
+  if (memory_ != nullptr) ucp_mem_unmap(context_, memory_);
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  if (context_ != nullptr) ucp_cleanup(context_);
+}
+
+uint64_t UcxKvTransfer::Read(const std::string& peer_address, const std::string& peer_key, std::vector<Range> ranges) {
+  auto t = std::make_unique<Transfer>();
+  t->peer = peer_address;
+  t->key = peer_key;
+  t->ranges = std::move(ranges);
+  t->started = Clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  t->ticket = next_ticket_++;
+  const uint64_t ticket = t->ticket;
+  incoming_.push_back(std::move(t));
+  return ticket;
+}
+
+std::vector<KvTransfer::Done> UcxKvTransfer::Poll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Done> out;
+  out.swap(done_);
+  return out;
+}
+
+UcxKvTransfer::Peer* UcxKvTransfer::Connect(const std::string& address, const std::string& key, absl::Status& error) {
+  auto it = peers_.find(address);
+  if (it != peers_.end() && it->second->key == key) return it->second.get();
+  if (it != peers_.end()) Drop(address);  // the same process with a new pool
+  if (address.empty() || key.size() <= sizeof(uint64_t)) {
+    error = absl::InvalidArgumentError("the prefill worker published no KV transfer address or pool key");
+    return nullptr;
+  }
+  auto peer = std::make_unique<Peer>();
+  peer->key = key;
+  std::memcpy(&peer->base, key.data(), sizeof peer->base);
+  ucp_ep_params_t ep{};
+  // Peer-failure mode: a prefill worker that dies mid-transfer fails its reads instead of
+  // leaving them hanging (UCX then picks transports that can detect it).
+  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = OnEndpointError;
+  ep.err_handler.arg = peer.get();
+  if (ucs_status_t s = ucp_ep_create(worker_, &ep, &peer->endpoint); s != UCS_OK) {
+    error = absl::UnavailableError(absl::StrCat("cannot reach the prefill worker: ", ucs_status_string(s)));
+    return nullptr;
+  }
+  if (ucs_status_t s = ucp_ep_rkey_unpack(peer->endpoint, key.data() + sizeof(uint64_t), &peer->rkey); s != UCS_OK) {
+    error = absl::InvalidArgumentError(absl::StrCat("the prefill worker's pool key: ", ucs_status_string(s)));
+    peers_[address] = std::move(peer);
+    Drop(address);
+    return nullptr;
+  }
+  Peer* out = peer.get();
+  peers_[address] = std::move(peer);
+  return out;
+}
+
+void UcxKvTransfer::Drop(const std::string& address) {
+  auto it = peers_.find(address);
+  if (it == peers_.end()) return;
+  Peer& peer = *it->second;
+  if (peer.rkey != nullptr) ucp_rkey_destroy(peer.rkey);
+  if (peer.endpoint != nullptr) {
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;  // outstanding reads complete, cancelled
+    void* request = ucp_ep_close_nbx(peer.endpoint, &p);
+    if (UCS_PTR_IS_PTR(request)) {
+      while (ucp_request_check_status(request) == UCS_INPROGRESS) ucp_worker_progress(worker_);
+      ucp_request_free(request);
+    }
+  }
+  peers_.erase(it);
+}
+
+void UcxKvTransfer::OnRead(void* request, ucs_status_t status, void* user_data) {
+  auto* c = static_cast<Completion*>(user_data);
+  if (status != UCS_OK && c->transfer->status.ok()) {
+    c->transfer->status = absl::UnavailableError(absl::StrCat("reading KV pages from the prefill worker: ", ucs_status_string(status)));
+  }
+  --c->transfer->outstanding;
+  ucp_request_free(request);
+  delete c;
+}
+
+void UcxKvTransfer::Post(Transfer& t) {
+  t.posted = true;
+  absl::Status error;
+  Peer* peer = Connect(t.peer, t.key, error);
+  if (peer == nullptr) {
+    t.status = error;
+    return;
+  }
+  for (const Range& r : t.ranges) {
+    if (r.to + r.bytes > bytes_ || r.to + r.bytes < r.to) {
+      t.status = absl::InvalidArgumentError("a KV transfer range runs past this worker's pool");
+      return;
+    }
+    auto* c = new Completion{this, &t};
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = OnRead;
+    p.user_data = c;
+    void* request = ucp_get_nbx(peer->endpoint, pool_ + r.to, r.bytes, peer->base + r.from, peer->rkey, &p);
+    if (request == nullptr) {  // done at once; no callback
+      delete c;
+    } else if (UCS_PTR_IS_ERR(request)) {
+      delete c;
+      t.status = absl::UnavailableError(absl::StrCat("reading KV pages from the prefill worker: ",
+                                                     ucs_status_string(UCS_PTR_STATUS(request))));
+      return;
+    } else {
+      ++t.outstanding;
+    }
+    t.bytes += r.bytes;
+  }
+}
+
+void UcxKvTransfer::Run() {
+  while (!stop_) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (!incoming_.empty()) {
+        std::unique_ptr<Transfer> t = std::move(incoming_.front());
+        incoming_.pop_front();
+        const uint64_t ticket = t->ticket;
+        active_[ticket] = std::move(t);
+      }
+    }
+    for (auto& [ticket, t] : active_)
+      if (!t->posted) Post(*t);
+    const unsigned progressed = ucp_worker_progress(worker_);
+    const auto now = Clock::now();
+    // Peers that failed or let a read run past the timeout: close their endpoints, which
+    // completes every read still on them.
+    std::vector<std::string> dead;
+    for (auto& [ticket, t] : active_) {
+      auto peer = peers_.find(t->peer);
+      if (peer == peers_.end() || t->outstanding == 0) continue;
+      if (peer->second->failed) {
+        if (t->status.ok()) t->status = absl::UnavailableError(absl::StrCat("the prefill worker's connection failed: ",
+                                                                            ucs_status_string(peer->second->why)));
+        dead.push_back(t->peer);
+      } else if (now - t->started > timeout_) {
+        if (t->status.ok()) t->status = absl::DeadlineExceededError(absl::StrCat(
+                                "KV pages not read from the prefill worker within ", timeout_.count(), " ms"));
+        dead.push_back(t->peer);
+      }
+    }
+    for (const std::string& address : dead) Drop(address);
+    std::vector<Done> finished;
+    for (auto it = active_.begin(); it != active_.end();) {
+      Transfer& t = *it->second;
+      if (t.outstanding > 0) {
+        ++it;
+        continue;
+      }
+      finished.push_back(Done{t.ticket, t.status, t.bytes, std::chrono::duration<double>(now - t.started).count()});
+      it = active_.erase(it);
+    }
+    if (!finished.empty()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_.insert(done_.end(), finished.begin(), finished.end());
+    }
+    if (progressed == 0 && active_.empty()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KvTransfer>> CreateUcxKvTransfer(void* pool, size_t bytes, std::chrono::milliseconds timeout) {
+  if (pool == nullptr || bytes == 0) return absl::FailedPreconditionError("KV transfer needs a host KV pool");
+  auto t = std::make_unique<UcxKvTransfer>(static_cast<uint8_t*>(pool), bytes, timeout);
+  if (absl::Status s = t->Init(); !s.ok()) return s;
+  return t;
+}
+
+}  // namespace daedalus
