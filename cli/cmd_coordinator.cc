@@ -71,13 +71,17 @@ void WaitForStop(const sigset_t& signals, CoordinatorServer& server, const std::
 Command AddCoordinatorCommand(CLI::App& app) {
   struct Flags {
     std::string model;
-    int world_size = 1;
+    int world_size = 0, prefill_world_size = 0, decode_world_size = 0;
     std::string kv_dtype;
     CoordinatorFlags coordinator;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "checkpoint directory (only config.json is read)")->required();
-  app.add_option("--world-size", f->world_size, "workers (MPI ranks) the cluster needs")->required();
+  app.add_option("--world-size", f->world_size, "workers (MPI ranks) the cluster needs");
+  app.add_option("--prefill-world-size", f->prefill_world_size,
+                 "prefill/decode disaggregation (instead of --world-size): prefill workers (--role prefill), one EP group");
+  app.add_option("--decode-world-size", f->decode_world_size,
+                 "and decode workers (--role decode), another EP group");
   app.add_option("--kv-dtype", f->kv_dtype,
                  "latent cache format every worker must use: bf16 | f32 | fp8 (default: any, as the workers say)")
       ->check(CLI::IsMember({"bf16", "f32", "fp8"}));
@@ -87,10 +91,18 @@ Command AddCoordinatorCommand(CLI::App& app) {
     const sigset_t signals = BlockStopSignals();
     auto config = ModelConfig::Load(f->model + "/config.json");
     if (!config.ok()) return Fail(std::string(config.status().message()));
+    const bool disaggregated = f->prefill_world_size > 0 || f->decode_world_size > 0;
+    if (!disaggregated && f->world_size < 1) return Fail("give --world-size, or --prefill-world-size and --decode-world-size");
+    if (disaggregated && f->world_size > 0 && f->world_size != f->prefill_world_size + f->decode_world_size) {
+      return Fail(absl::StrCat("--prefill-world-size ", f->prefill_world_size, " plus --decode-world-size ", f->decode_world_size,
+                               " workers do not make --world-size ", f->world_size));
+    }
     CoordinatorOptions options;
     ServerOptions server;
     if (absl::Status s = f->coordinator.Options(*config, f->world_size, options, server); !s.ok()) return Fail(std::string(s.message()));
     options.kv_dtype = f->kv_dtype;
+    options.prefill_world_size = f->prefill_world_size;
+    options.decode_world_size = f->decode_world_size;
     auto started = CoordinatorServer::Start(f->model, options, server);
     if (!started.ok()) return Fail(std::string(started.status().message()));
     std::printf("listening %s\n", (*started)->address().c_str());
@@ -106,14 +118,18 @@ Command AddCoordinatorCommand(CLI::App& app) {
 Command AddServeCommand(CLI::App& app) {
   struct Flags {
     std::string model, transport = "mpi";
-    int workers = 2, max_restarts = 10;
+    int workers = 2, max_restarts = 10, prefill_workers = 0, decode_workers = 0;
     double collective_timeout_s = 60, relaunch_delay_s = 0.5;
     CoordinatorFlags coordinator;
     EngineFlags engine;
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "checkpoint directory (default: a generated tiny model)");
-  app.add_option("--workers", f->workers, "worker processes (MPI ranks)");
+  CLI::Option* app_workers = app.add_option("--workers", f->workers, "worker processes (MPI ranks)");
+  app.add_option("--prefill-workers", f->prefill_workers,
+                 "prefill/decode disaggregation (instead of --workers): prefill workers, one EP group under a launcher "
+                 "of their own; their sequences' latent pages go to the decode workers over UCX");
+  app.add_option("--decode-workers", f->decode_workers, "and decode workers, another EP group");
   app.add_option("--max-restarts", f->max_restarts, "times the workers are started again after they exit");
   app.add_option("--relaunch-delay", f->relaunch_delay_s,
                  "seconds before a worker that exited is started again (ucx: it joins the running cluster)");
@@ -125,9 +141,19 @@ Command AddServeCommand(CLI::App& app) {
       ->check(CLI::IsMember({"mpi", "ucx"}));
   f->coordinator.Register(app);
   f->engine.Register(app);
-  return [f]() {
+  return [f, app_workers]() {
     LimitMallocArenas();
     const sigset_t signals = BlockStopSignals();
+    const bool disaggregated = f->prefill_workers > 0 || f->decode_workers > 0;
+    if (disaggregated && (f->prefill_workers < 1 || f->decode_workers < 1)) {
+      return Fail(absl::StrCat("prefill/decode disaggregation needs at least one prefill and one decode worker (--prefill-workers ",
+                               f->prefill_workers, ", --decode-workers ", f->decode_workers, ")"));
+    }
+    if (disaggregated && app_workers->count() > 0 && f->workers != f->prefill_workers + f->decode_workers) {
+      return Fail(absl::StrCat("--prefill-workers ", f->prefill_workers, " plus --decode-workers ", f->decode_workers,
+                               " do not make --workers ", f->workers));
+    }
+    if (disaggregated) f->workers = f->prefill_workers + f->decode_workers;
     if (f->workers < 1) return Fail("--workers must be at least 1");
     std::string model = f->model, scratch;
     if (model.empty()) {
@@ -152,6 +178,8 @@ Command AddServeCommand(CLI::App& app) {
       return cleanup(), Fail(std::string(s.message()));
     }
     options.kv_dtype = f->engine.kv_dtype;
+    options.prefill_world_size = f->prefill_workers;
+    options.decode_world_size = f->decode_workers;
     auto started = CoordinatorServer::Start(model, options, server);
     if (!started.ok()) return cleanup(), Fail(std::string(started.status().message()));
     CoordinatorServer& coordinator = **started;
@@ -178,14 +206,31 @@ Command AddServeCommand(CLI::App& app) {
     if (!f->coordinator.tls_cert.empty()) worker_args.insert(worker_args.end(), {"--tls-ca", f->coordinator.tls_cert});
     const int cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
     const int threads = e.threads > 0 ? e.threads : std::max(1, cores / f->workers);
-    WorkerLauncher launcher(WorkerLaunchOptions{
-        f->workers, threads, worker_args, f->max_restarts, f->transport == "ucx",
-        std::chrono::milliseconds(static_cast<int64_t>(f->relaunch_delay_s * 1000))});
-    launcher.Start();
-    WaitForStop(signals, coordinator, [&] { return launcher.gave_up(); }, true);
-    const bool failed = launcher.gave_up();
+    // One launcher per EP group: with disaggregation the prefill and the decode workers are two
+    // worlds (two mpirun jobs, or two sets of ucx processes).
+    std::vector<std::unique_ptr<WorkerLauncher>> launchers;
+    auto launch = [&](int n, std::vector<std::string> args) {
+      launchers.push_back(std::make_unique<WorkerLauncher>(WorkerLaunchOptions{
+          n, threads, std::move(args), f->max_restarts, f->transport == "ucx",
+          std::chrono::milliseconds(static_cast<int64_t>(f->relaunch_delay_s * 1000))}));
+      launchers.back()->Start();
+    };
+    if (disaggregated) {
+      for (const auto& [role, n] : {std::pair<std::string, int>{"prefill", f->prefill_workers}, {"decode", f->decode_workers}}) {
+        std::vector<std::string> args = worker_args;
+        args.insert(args.end(), {"--role", role});
+        launch(n, std::move(args));
+      }
+    } else {
+      launch(f->workers, worker_args);
+    }
+    auto gave_up = [&] {
+      return std::any_of(launchers.begin(), launchers.end(), [](const auto& l) { return l->gave_up(); });
+    };
+    WaitForStop(signals, coordinator, gave_up, true);
+    const bool failed = gave_up();
     coordinator.state().ShutdownWorkers("the cluster is shutting down");
-    launcher.Stop(10);
+    for (auto& l : launchers) l->Stop(10);
     coordinator.Shutdown();
     cleanup();
     if (failed) return Fail("the workers could not be kept running");

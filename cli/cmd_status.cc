@@ -31,7 +31,9 @@ void PrintTable(const v1::ClusterStatusResponse& s) {
     // Its steps over its last heartbeat interval, median and longest ("-": none ran).
     const std::string steps =
         w.step_ms_max() > 0 ? absl::StrFormat("%.1f/%.1f ms", w.step_ms_median(), w.step_ms_max()) : "-";
-    std::printf("%-5d %-8s %-20s %-8lld %-6s %-4s %8lld/%-9lld %8lld %9.1fs %8s %7lld %7lld %15s\n", w.rank(),
+    // Prefill/decode disaggregation numbers each group: p0, p1, ... and d0, d1, ...
+    const std::string rank = w.role().empty() || w.role() == "mixed" ? absl::StrCat(w.rank()) : absl::StrCat(w.role().substr(0, 1), w.rank());
+    std::printf("%-5s %-8s %-20s %-8lld %-6s %-4s %8lld/%-9lld %8lld %9.1fs %8s %7lld %7lld %15s\n", rank.c_str(),
                 w.state().c_str(), w.host().c_str(), static_cast<long long>(w.pid()), w.device().c_str(), w.kv_dtype().c_str(),
                 static_cast<long long>(w.kv_used_tokens()), static_cast<long long>(w.kv_capacity_tokens()),
                 static_cast<long long>(w.running()), w.last_heartbeat_age_s(), hit.c_str(),
@@ -41,14 +43,16 @@ void PrintTable(const v1::ClusterStatusResponse& s) {
   // Expert load: per MoE layer, the routed tokens each rank served (load split evenly over
   // replicas), and the hottest experts.
   std::printf("\nexpert load (routed token-slots) by rank, per MoE layer:\n%-6s", "layer");
-  for (int r = 0; r < s.world_size(); ++r) std::printf(" %10s", absl::StrCat("rank ", r).c_str());
+  // With prefill/decode disaggregation: the decode group's ranks.
+  const int ranks = s.layers(0).experts_on_size();
+  for (int r = 0; r < ranks; ++r) std::printf(" %10s", absl::StrCat("rank ", r).c_str());
   std::printf("  %s\n", "hottest experts");
   for (const auto& layer : s.layers()) {
-    std::vector<double> per_rank(s.world_size(), 0);
+    std::vector<double> per_rank(ranks, 0);
     std::vector<int> copies(layer.expert_tokens_size(), 0);
     for (const auto& on : layer.experts_on())
       for (int e : on.experts()) ++copies[e];
-    for (int r = 0; r < layer.experts_on_size() && r < s.world_size(); ++r)
+    for (int r = 0; r < layer.experts_on_size() && r < ranks; ++r)
       for (int e : layer.experts_on(r).experts()) per_rank[r] += static_cast<double>(layer.expert_tokens(e)) / copies[e];
     std::printf("%-6d", layer.layer());
     for (double v : per_rank) std::printf(" %10.0f", v);

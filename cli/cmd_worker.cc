@@ -11,8 +11,8 @@ namespace daedalus {
 
 Command AddWorkerCommand(CLI::App& app) {
   struct Flags {
-    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, transport, launch_id;
-    double register_timeout_s = 600, reconnect_timeout_s = 600, collective_timeout_s = 60;
+    std::string model, coordinator, cluster_secret, tls_ca, tls_server_name, transport, launch_id, role = "mixed";
+    double register_timeout_s = 600, reconnect_timeout_s = 600, collective_timeout_s = 60, kv_transfer_timeout_s = 10;
     int rank = -2, world_size = -1;
     EngineFlags engine;
   };
@@ -41,6 +41,13 @@ Command AddWorkerCommand(CLI::App& app) {
   app.add_option("--collective-timeout", f->collective_timeout_s,
                  "seconds a rank waits in a collective before it reports the missing peers and exits (ucx: it "
                  "reports them to the coordinator and serves on once the cluster re-forms without them)");
+  app.add_option("--role", f->role,
+                 "mixed (prefill and decode here), or with a coordinator run with --prefill-world-size and "
+                 "--decode-world-size: prefill (prompts and their first token; the pages then go to a decode worker) "
+                 "or decode (continues those sequences, reading their latent pages over UCX)")
+      ->check(CLI::IsMember({"mixed", "prefill", "decode"}));
+  app.add_option("--kv-transfer-timeout", f->kv_transfer_timeout_s,
+                 "decode workers: seconds a read of a sequence's pages may take before the sequence is computed again here");
   f->engine.Register(app);
   return [f]() {
     if (auto d = ParseDevice(f->engine.device); !d.ok()) return Fail(std::string(d.status().message()));
@@ -54,6 +61,8 @@ Command AddWorkerCommand(CLI::App& app) {
     o.collective_timeout = ms(f->collective_timeout_s);
     o.device = f->engine.Device();
     o.kv_dtype = f->engine.kv_dtype;
+    o.role = f->role;
+    o.kv_transfer_timeout = ms(f->kv_transfer_timeout_s);
     o.engine_options = [engine = f->engine](const ModelConfig& config) { return engine.Options(config); };
     return RunWorkerProcess(std::move(o));
   };

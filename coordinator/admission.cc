@@ -76,6 +76,9 @@ void Admission::AdmitWaiting() {
     admit->set_ignore_eos(s.request.ignore_eos());
     admit->set_logprobs(s.request.logprobs());
     *admit->mutable_generated_ids() = {s.streamed.begin(), s.streamed.end()};
+    admit->set_hand_off(options_.role == "prefill");
+    if (s.kv_source) *admit->mutable_kv_source() = *s.kv_source;
+    if (metrics_ && options_.role != "mixed") metrics_->CountAdmission(options_.role);
     queue_.pop_front();
     s.rank = best;
     s.reserved = need;
@@ -141,11 +144,102 @@ void Admission::OnEvents(int rank, const v1::StepEvents& events, Clock::time_poi
     End(it, f.reason(),
         f.reason() == "error" ? absl::InternalError(absl::StrCat("worker rank ", rank, ": ", f.error())) : absl::OkStatus());
   }
+  for (const v1::KvReady& ready : events.kv_ready()) {
+    auto it = sequences_.find(ready.sequence());
+    if (it != sequences_.end() && it->second.rank == rank) StartHandOff(it, ready);
+  }
+  for (const v1::KvReceived& r : events.kv_received()) {
+    auto it = sequences_.find(r.sequence());
+    if (it == sequences_.end() || it->second.rank != rank) continue;
+    if (metrics_ && it->second.kv_source) metrics_->ObserveKvTransfer(r.ok(), r.bytes(), r.seconds());
+    DropSource(it->second);
+  }
+}
+
+void Admission::StartHandOff(Sequences::iterator it, const v1::KvReady& ready) {
+  Sequence& s = it->second;
+  Worker& w = *workers_[s.rank];
+  HandOff h{s.id, std::move(s.request), std::move(s.channel), std::move(s.streamed), s.submitted, s.admission_deadline,
+            s.last_token, {}};
+  h.source.set_address(w.info.kv_transfer_address());
+  h.source.set_pool_key(w.info.kv_pool_key());
+  *h.source.mutable_pages() = ready.pages();
+  h.source.set_tokens(ready.tokens());
+  ClearPendingNames(s);
+  held_[s.id] = Held{s.rank, s.reserved};
+  --w.running;  // it runs there no more; its pages stay reserved until Release
+  hand_offs_.push_back(std::move(h));
+  sequences_.erase(it);
+}
+
+std::vector<Admission::HandOff> Admission::TakeHandOffs() {
+  std::vector<HandOff> out;
+  out.swap(hand_offs_);
+  return out;
+}
+
+void Admission::Release(uint64_t sequence) {
+  const auto it = held_.find(sequence);
+  if (it == held_.end()) return;
+  const Held held = it->second;
+  held_.erase(it);
+  if (held.rank < 0 || static_cast<size_t>(held.rank) >= workers_.size() || !workers_[held.rank]) return;
+  Worker& w = *workers_[held.rank];
+  w.kv_reserved -= held.reserved;
+  if (!w.link) return;
+  v1::CoordinatorMessage m;
+  m.mutable_release()->set_sequence(sequence);
+  w.link->Send(m);
+}
+
+void Admission::Accept(HandOff h, Clock::time_point now) {
+  const int64_t need = Reservation(h.request), largest = LargestCache(-1);
+  if (need > largest) {
+    const absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
+        "prompt plus max_new_tokens needs ", need, " KV cache tokens; the largest decode worker's cache holds ", largest));
+    if (metrics_) metrics_->CountRequest(OutcomeOf(s, ""));
+    h.channel->Finish("", s);
+    released_.push_back(h.id);
+    return;
+  }
+  Sequence s;
+  s.id = h.id;
+  s.request = std::move(h.request);
+  s.channel = std::move(h.channel);
+  s.streamed = std::move(h.streamed);
+  s.got_token = !s.streamed.empty();
+  s.submitted = h.submitted;
+  s.last_token = h.last_token;
+  s.admission_deadline = std::max(h.admission_deadline, now + options_.queue_timeout);
+  s.kv_source = std::move(h.source);
+  const uint64_t id = s.id;
+  sequences_.emplace(id, std::move(s));
+  queue_.push_back(id);
+}
+
+std::vector<uint64_t> Admission::TakeReleased() {
+  std::vector<uint64_t> out;
+  out.swap(released_);
+  return out;
+}
+
+void Admission::DropSource(Sequence& s) {
+  if (!s.kv_source) return;
+  s.kv_source.reset();
+  released_.push_back(s.id);
 }
 
 int64_t Admission::Requeue(int rank, const std::string& what, Clock::time_point now) {
   const int64_t largest = LargestCache(rank);
   std::vector<uint64_t> requeued;
+  for (auto it = held_.begin(); it != held_.end();) {  // pages held there are gone with it
+    if (it->second.rank == rank) {
+      it = held_.erase(it);
+      continue;
+    }
+    if (it->second.rank > rank) --it->second.rank;
+    ++it;
+  }
   for (auto it = sequences_.begin(); it != sequences_.end();) {
     auto here = it++;
     Sequence& s = here->second;
@@ -173,6 +267,7 @@ int64_t Admission::Requeue(int rank, const std::string& what, Clock::time_point 
 }
 
 void Admission::EndAll(int rank, const absl::Status& on_rank, const absl::Status& others) {
+  held_.clear();  // the workers start again, without their pages
   for (auto it = sequences_.begin(); it != sequences_.end();) {
     const bool here = rank >= 0 && it->second.rank == rank;
     End(it++, "", here ? on_rank : others);
@@ -200,7 +295,8 @@ int64_t Admission::Reservation(const v1::GenerateRequest& request) const {
   int64_t page = 1;
   for (const auto& w : workers_)
     if (w) page = std::max<int64_t>(page, w->info.kv_page_size());
-  const int64_t length = request.prompt_ids_size() + request.max_new_tokens();
+  // A prefill worker holds the prompt's pages (and computes one token past it).
+  const int64_t length = request.prompt_ids_size() + (options_.role == "prefill" ? 1 : request.max_new_tokens());
   return (length + page - 1) / page * page;
 }
 
@@ -243,9 +339,10 @@ void Admission::ClearPendingNames(Sequence& s) {
   }
 }
 
-void Admission::End(Held::iterator it, const std::string& reason, const absl::Status& status) {
+void Admission::End(Sequences::iterator it, const std::string& reason, const absl::Status& status) {
   Sequence& s = it->second;
   ClearPendingNames(s);
+  DropSource(s);
   if (s.rank >= 0 && workers_.size() > static_cast<size_t>(s.rank) && workers_[s.rank]) {
     workers_[s.rank]->kv_reserved -= s.reserved;
     --workers_[s.rank]->running;

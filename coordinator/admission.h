@@ -36,6 +36,21 @@ class Admission {
     int64_t max_queue = 1024;                        // requests waiting; beyond: RESOURCE_EXHAUSTED
     std::chrono::milliseconds queue_timeout{30000};  // a requeued sequence waits at least this long again
     int64_t prefix_route_slack = 8;                  // coordinator/sharding.h
+    // Prefill/decode disaggregation: the role of these workers. "prefill": sequences are admitted
+    // with hand_off, reserve their prompt's pages only, and leave through TakeHandOffs once their
+    // pages are ready; "decode": they arrive through Accept. Counted per role in the metrics.
+    std::string role = "mixed";
+  };
+
+  // A sequence leaving a prefill worker for a decode worker: everything its client's call
+  // needs, and where its latents are.
+  struct HandOff {
+    uint64_t id = 0;
+    v1::GenerateRequest request;
+    std::shared_ptr<RequestChannel> channel;
+    std::vector<int32_t> streamed;
+    Clock::time_point submitted, admission_deadline, last_token;
+    v1::KvSource source;
   };
 
   // `workers`: the registry's, by current rank; outlives this.
@@ -63,6 +78,18 @@ class Admission {
   // Ends queued requests whose admission deadline has passed (RESOURCE_EXHAUSTED).
   void ExpireQueue(Clock::time_point now);
 
+  // Prefill/decode disaggregation. Prefill side: the sequences whose pages became ready since
+  // the previous call (their prefill worker holds them, and its reservation stays, until
+  // Release); and Release, which tells that worker to free them.
+  std::vector<HandOff> TakeHandOffs();
+  void Release(uint64_t sequence);
+  // Decode side: queues a handed-off sequence (RESOURCE_EXHAUSTED ends it when no decode worker
+  // could hold it); it is admitted with its kv_source. The sequences whose prefill copy is no
+  // longer needed since the previous call — read, or given up on and computed again — for the
+  // prefill side's Release.
+  void Accept(HandOff h, Clock::time_point now);
+  std::vector<uint64_t> TakeReleased();
+
   int64_t queued() const { return static_cast<int64_t>(queue_.size()); }
   int64_t held() const { return static_cast<int64_t>(sequences_.size()); }
 
@@ -78,8 +105,14 @@ class Admission {
     std::vector<int32_t> streamed;     // token ids delivered to the client so far
     std::vector<uint64_t> page_names;  // of the prompt's full pages (core/prefix_hash.h)
     bool names_pending = false;        // page_names count in its worker's prefix_pending
+    std::optional<v1::KvSource> kv_source;  // decode side: where its latents are, until read
   };
-  using Held = std::map<uint64_t, Sequence>;
+  // Prefill side: the worker holding a handed-off sequence's pages, and its reservation there.
+  struct Held {
+    int rank = -1;
+    int64_t reserved = 0;
+  };
+  using Sequences = std::map<uint64_t, Sequence>;
 
   int64_t Reservation(const v1::GenerateRequest& request) const;  // KV tokens, page-rounded
   int64_t LargestCache(int except) const;                          // of the workers but `except`
@@ -89,13 +122,19 @@ class Admission {
   int64_t CachedPrefixPages(const Worker& w, const Sequence& s) const;
   void ClearPendingNames(Sequence& s);
   // Ends a sequence and forgets it; frees its reservation.
-  void End(Held::iterator it, const std::string& reason, const absl::Status& status);
+  void End(Sequences::iterator it, const std::string& reason, const absl::Status& status);
+  // Decode side: the sequence no longer needs its prefill copy.
+  void DropSource(Sequence& s);
+  void StartHandOff(Sequences::iterator it, const v1::KvReady& ready);
 
   const ModelConfig& config_;
   const Options options_;
   Metrics* const metrics_;
   std::vector<std::optional<Worker>>& workers_;
-  Held sequences_;               // queued or admitted
+  Sequences sequences_;          // queued or admitted
+  std::map<uint64_t, Held> held_;  // prefill side: handed off, pages held until Release
+  std::vector<HandOff> hand_offs_;
+  std::vector<uint64_t> released_;
   std::deque<uint64_t> queue_;   // waiting for admission, in arrival order
   uint64_t next_sequence_ = 1;
 };

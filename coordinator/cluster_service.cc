@@ -70,7 +70,8 @@ grpc::Status ClusterService::Register(grpc::ServerContext* context, const v1::Re
   if (grpc::Status s = CheckClusterSecret(*context, cluster_secret_); !s.ok()) return s;
   auto registered = state_.Register(*request, Clock::now());
   if (!registered.ok()) return ToGrpc(registered.status());
-  auto assigned = state_.WaitAssignment(registered->generation, registered->rank, Clock::now() + register_timeout_);
+  auto assigned =
+      state_.WaitAssignment(request->role(), registered->generation, registered->rank, Clock::now() + register_timeout_);
   if (!assigned.ok()) return ToGrpc(assigned.status());
   *assignment = std::move(*assigned);
   return grpc::Status::OK;
@@ -85,8 +86,9 @@ grpc::Status ClusterService::Control(grpc::ServerContext* context,
   }
   const int rank = message.hello().rank();
   const int64_t generation = message.hello().generation();
+  const std::string role = message.hello().role();
   auto link = std::make_shared<StreamLink>(stream);
-  if (absl::Status s = state_.Attach(rank, generation, link, Clock::now()); !s.ok()) {
+  if (absl::Status s = state_.Attach(role, rank, generation, link, Clock::now()); !s.ok()) {
     link->Close();
     return ToGrpc(s);
   }
@@ -94,17 +96,17 @@ grpc::Status ClusterService::Control(grpc::ServerContext* context,
   while (stream->Read(&message)) {
     const auto now = Clock::now();
     if (message.has_events()) {
-      state_.OnEvents(rank, generation, message.events(), now);
+      state_.OnEvents(role, rank, generation, message.events(), now);
     } else if (message.has_heartbeat()) {
-      state_.OnHeartbeat(rank, generation, message.heartbeat(), now);
+      state_.OnHeartbeat(role, rank, generation, message.heartbeat(), now);
     } else if (message.has_peers_lost()) {
-      state_.OnPeersLost(rank, generation, message.peers_lost());
+      state_.OnPeersLost(role, rank, generation, message.peers_lost());
     } else if (message.has_failure()) {
       why = absl::StrCat("it reported: ", message.failure().message());
       break;
     }
   }
-  state_.Lose(rank, generation, why);
+  state_.Lose(role, rank, generation, why);
   context->TryCancel();
   link->Close();
   return grpc::Status::OK;

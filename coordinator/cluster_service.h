@@ -1,9 +1,9 @@
-// The worker-facing API (proto/cluster.proto) over a ClusterState.
+// The worker-facing API (proto/cluster.proto) over the Cluster.
 #pragma once
 
 #include <string>
 
-#include "coordinator/cluster_state.h"
+#include "coordinator/cluster.h"
 #include "proto/cluster.grpc.pb.h"
 
 namespace daedalus {
@@ -12,7 +12,7 @@ class ClusterService final : public v1::Cluster::Service {
  public:
   // `cluster_secret`: empty for none. `register_timeout`: how long Register waits for the
   // other ranks of its launch.
-  ClusterService(ClusterState& state, std::string cluster_secret, std::chrono::milliseconds register_timeout)
+  ClusterService(Cluster& state, std::string cluster_secret, std::chrono::milliseconds register_timeout)
       : state_(state), cluster_secret_(std::move(cluster_secret)), register_timeout_(register_timeout) {}
 
   grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
@@ -21,7 +21,7 @@ class ClusterService final : public v1::Cluster::Service {
                        grpc::ServerReaderWriter<v1::CoordinatorMessage, v1::WorkerMessage>* stream) override;
 
  private:
-  ClusterState& state_;
+  Cluster& state_;
   const std::string cluster_secret_;
   const std::chrono::milliseconds register_timeout_;
 };

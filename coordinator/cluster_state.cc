@@ -18,10 +18,15 @@ ClusterState::ClusterState(ModelConfig config, std::string model_name, Coordinat
       workers_(registry_.workers()),
       placement_(config_, PlacementOptions{options_.world_size, options_.ranks_per_node, options_.redundant_experts,
                                            options_.placement_load, options_.rebalance_gain}),
-      admission_(config_, Admission::Options{options_.max_queue, options_.queue_timeout, options_.prefix_route_slack},
+      admission_(config_,
+                 Admission::Options{options_.max_queue, options_.queue_timeout, options_.prefix_route_slack, options_.role},
                  metrics_, workers_) {}
 
 absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
+  const std::string role = r.role().empty() ? "mixed" : r.role();
+  if (role != options_.role) {
+    return absl::InvalidArgumentError(absl::StrCat("a ", role, " worker cannot join this coordinator's ", options_.role, " workers"));
+  }
   std::lock_guard<std::mutex> lock(mu_);
   const bool can_join = serving_locked() && registry_.elastic();
   ASSIGN_OR_RETURN(Registry::Registered registered, registry_.Register(r, can_join, degraded_.empty(), now));
@@ -162,6 +167,7 @@ void ClusterState::OnEvents(int hello_rank, int64_t generation, const v1::StepEv
   w.prompt_tokens_cached = std::max(w.prompt_tokens_cached, events.prompt_tokens_cached());
   w.kv_evictions = std::max(w.kv_evictions, events.kv_evictions());
   w.preemptions = std::max(w.preemptions, events.preemptions());
+  w.kv_held_tokens = events.kv_used_tokens();
   admission_.OnEvents(rank, events, now);
   placement_.AddLoad(events.expert_tokens());  // [moe layer in order][expert]
   AdmitLocked();
@@ -173,6 +179,7 @@ void ClusterState::OnHeartbeat(int hello_rank, int64_t generation, const v1::Hea
     w->health.OnHeartbeat(heartbeat.step(), heartbeat.running(), now);
     w->step_ms_median = heartbeat.step_ms_median();
     w->step_ms_max = heartbeat.step_ms_max();
+    w->kv_held_tokens = heartbeat.kv_used_tokens();
   }
 }
 
@@ -266,6 +273,28 @@ void ClusterState::SendShutdown(WorkerLink& link, const std::string& reason, boo
   link.Send(m);
 }
 
+std::vector<Admission::HandOff> ClusterState::TakeHandOffs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return admission_.TakeHandOffs();
+}
+
+void ClusterState::Release(uint64_t sequence) {
+  std::lock_guard<std::mutex> lock(mu_);
+  admission_.Release(sequence);
+  AdmitLocked();
+}
+
+void ClusterState::Accept(Admission::HandOff hand_off, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  admission_.Accept(std::move(hand_off), now);
+  AdmitLocked();
+}
+
+std::vector<uint64_t> ClusterState::TakeReleased() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return admission_.TakeReleased();
+}
+
 bool ClusterState::serving() const {
   std::lock_guard<std::mutex> lock(mu_);
   return serving_locked();
@@ -331,6 +360,8 @@ v1::ClusterStatusResponse ClusterState::Status(Clock::time_point now) const {
     ws->set_prefix_routed(w->prefix_routed);
     ws->set_step_ms_median(w->step_ms_median);
     ws->set_step_ms_max(w->step_ms_max);
+    ws->set_role(options_.role);
+    ws->set_kv_held_tokens(w->kv_held_tokens);
   }
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     if (!config_.is_moe_layer(l)) continue;

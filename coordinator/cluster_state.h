@@ -57,6 +57,12 @@ struct CoordinatorOptions {
   // Elastic: a worker registered to join that has not attached (loaded its weights) by then is
   // forgotten, so that another may join.
   std::chrono::milliseconds join_timeout{600000};
+  // The role every worker of this cluster registers with: "mixed", or one group of a
+  // prefill/decode deployment ("prefill" | "decode"; coordinator/cluster.h joins the two).
+  std::string role = "mixed";
+  // Prefill/decode disaggregation (coordinator/cluster.h): the workers of each group; both 0:
+  // one group of world_size mixed workers.
+  int prefill_world_size = 0, decode_world_size = 0;
 };
 
 class ClusterState {
@@ -118,6 +124,16 @@ class ClusterState {
   // Places the experts again from the load measured so far and, when that lowers the
   // imbalance enough (rebalance_gain), sends the new placement to every worker. True when sent.
   bool Rebalance();
+
+  // Prefill/decode disaggregation (coordinator/cluster.h moves sequences between the groups).
+  // Prefill group: the sequences whose pages are ready to be read, and the release of a
+  // sequence's pages once its decode worker no longer needs them.
+  std::vector<Admission::HandOff> TakeHandOffs();
+  void Release(uint64_t sequence);
+  // Decode group: takes a handed-off sequence; and the sequences whose prefill copy is no
+  // longer needed (for the prefill group's Release).
+  void Accept(Admission::HandOff hand_off, Clock::time_point now);
+  std::vector<uint64_t> TakeReleased();
 
   bool serving() const;
   std::string state() const;  // "forming" | "serving" | "degraded"

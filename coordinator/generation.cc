@@ -10,14 +10,14 @@
 
 namespace daedalus {
 
-Generation::Generation(ClusterState& state, const Tokenizer* tokenizer, v1::GenerateRequest request)
+Generation::Generation(Cluster& state, const Tokenizer* tokenizer, v1::GenerateRequest request)
     : state_(state), tokenizer_(tokenizer), request_(std::move(request)) {}
 
 Generation::~Generation() {
   if (!done_ && channel_) state_.Cancel(channel_->sequence());
 }
 
-absl::StatusOr<std::unique_ptr<Generation>> Generation::Start(ClusterState& state, Metrics& metrics, const ModelConfig& config,
+absl::StatusOr<std::unique_ptr<Generation>> Generation::Start(Cluster& state, Metrics& metrics, const ModelConfig& config,
                                                               const Tokenizer* tokenizer, v1::GenerateRequest request,
                                                               Clock::time_point admit_by, Clock::time_point start) {
   if (absl::Status s = PrepareGenerateRequest(config, tokenizer, request); !s.ok()) {

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "coordinator/cluster_state.h"
+#include "coordinator/cluster.h"
 #include "core/tokenizer.h"
 
 namespace daedalus {
@@ -31,7 +31,7 @@ class Generation {
   // Fills prompt_ids from prompt_text, validates, and submits. `tokenizer` may be null (then
   // text requests get FAILED_PRECONDITION). `start` is when the call arrived. Refusals are
   // counted in `metrics`.
-  static absl::StatusOr<std::unique_ptr<Generation>> Start(ClusterState& state, Metrics& metrics, const ModelConfig& config,
+  static absl::StatusOr<std::unique_ptr<Generation>> Start(Cluster& state, Metrics& metrics, const ModelConfig& config,
                                                            const Tokenizer* tokenizer, v1::GenerateRequest request,
                                                            Clock::time_point admit_by, Clock::time_point start);
   ~Generation();
@@ -52,12 +52,12 @@ class Generation {
   std::string TokenText(int32_t id) const;
 
  private:
-  Generation(ClusterState& state, const Tokenizer* tokenizer, v1::GenerateRequest request);
+  Generation(Cluster& state, const Tokenizer* tokenizer, v1::GenerateRequest request);
   // Moves the text that can no longer become part of a stop string into `out`; true when a
   // stop string was found (the text before it is moved, the rest dropped).
   bool ReleaseText(bool final, std::string& out);
 
-  ClusterState& state_;
+  Cluster& state_;
   const Tokenizer* tokenizer_;
   v1::GenerateRequest request_;
   std::shared_ptr<RequestChannel> channel_;

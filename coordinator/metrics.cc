@@ -52,6 +52,24 @@ void Metrics::ObserveItl(double seconds) {
   itl_.Observe(seconds);
 }
 
+void Metrics::CountAdmission(const std::string& role) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++admissions_by_role_[role];
+}
+
+void Metrics::ObserveKvTransfer(bool ok, int64_t bytes, double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++kv_transfers_[ok ? "ok" : "failed"];
+  if (!ok) return;
+  kv_transfer_bytes_ += bytes;
+  kv_transfer_seconds_.Observe(seconds);
+}
+
+int64_t Metrics::kv_transfer_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kv_transfer_bytes_;
+}
+
 std::map<std::string, int64_t> Metrics::requests_by_outcome() const {
   std::lock_guard<std::mutex> lock(mu_);
   return requests_;
@@ -73,6 +91,19 @@ std::string Metrics::Render(const v1::ClusterStatusResponse& status) const {
                     "\n");
     ttft_.Render("daedalus_time_to_first_token_seconds", "From the call's arrival to its first token.", out);
     itl_.Render("daedalus_inter_token_latency_seconds", "Between consecutive tokens of one sequence.", out);
+    if (!admissions_by_role_.empty()) {  // prefill/decode disaggregation
+      out += "# HELP daedalus_admissions_by_role_total Sequences admitted to prefill and to decode workers.\n"
+             "# TYPE daedalus_admissions_by_role_total counter\n";
+      for (const auto& [role, n] : admissions_by_role_)
+        absl::StrAppend(&out, "daedalus_admissions_by_role_total{role=\"", role, "\"} ", n, "\n");
+      absl::StrAppend(&out, "# HELP daedalus_kv_transfer_bytes_total Latent cache bytes decode workers read from prefill workers.\n",
+                      "# TYPE daedalus_kv_transfer_bytes_total counter\ndaedalus_kv_transfer_bytes_total ", kv_transfer_bytes_, "\n");
+      out += "# HELP daedalus_kv_transfers_total Reads of a handed-off sequence's pages, by result (a failed one is computed again).\n"
+             "# TYPE daedalus_kv_transfers_total counter\n";
+      for (const auto& [result, n] : kv_transfers_)
+        absl::StrAppend(&out, "daedalus_kv_transfers_total{result=\"", result, "\"} ", n, "\n");
+      kv_transfer_seconds_.Render("daedalus_kv_transfer_seconds", "One sequence's pages read from its prefill worker.", out);
+    }
   }
   absl::StrAppend(&out, "# HELP daedalus_cluster_serving 1 when the cluster accepts requests.\n",
                   "# TYPE daedalus_cluster_serving gauge\ndaedalus_cluster_serving ", status.state() == "serving" ? 1 : 0,
@@ -80,16 +111,20 @@ std::string Metrics::Render(const v1::ClusterStatusResponse& status) const {
                   "# TYPE daedalus_queued_requests gauge\ndaedalus_queued_requests ", status.queued(), "\n");
   out += "# HELP daedalus_kv_used_tokens KV cache tokens reserved by admitted sequences, per worker.\n"
          "# TYPE daedalus_kv_used_tokens gauge\n";
-  for (const auto& w : status.workers()) absl::StrAppend(&out, "daedalus_kv_used_tokens{rank=\"", w.rank(), "\"} ", w.kv_used_tokens(), "\n");
+  // A worker's labels: its rank, and with prefill/decode disaggregation its role (ranks number each group).
+  auto labels = [](const v1::WorkerStatus& w) {
+    return absl::StrCat("rank=\"", w.rank(), "\"", w.role().empty() || w.role() == "mixed" ? "" : absl::StrCat(",role=\"", w.role(), "\""));
+  };
+  for (const auto& w : status.workers()) absl::StrAppend(&out, "daedalus_kv_used_tokens{", labels(w), "} ", w.kv_used_tokens(), "\n");
   out += "# HELP daedalus_kv_capacity_tokens KV cache capacity per worker.\n# TYPE daedalus_kv_capacity_tokens gauge\n";
   for (const auto& w : status.workers())
-    absl::StrAppend(&out, "daedalus_kv_capacity_tokens{rank=\"", w.rank(), "\"} ", w.kv_capacity_tokens(), "\n");
+    absl::StrAppend(&out, "daedalus_kv_capacity_tokens{", labels(w), "} ", w.kv_capacity_tokens(), "\n");
   out += "# HELP daedalus_worker_up 1 while a worker is registered and heard from.\n# TYPE daedalus_worker_up gauge\n";
   for (const auto& w : status.workers())
-    absl::StrAppend(&out, "daedalus_worker_up{rank=\"", w.rank(), "\"} ", w.state() == "ready" ? 1 : 0, "\n");
+    absl::StrAppend(&out, "daedalus_worker_up{", labels(w), "} ", w.state() == "ready" ? 1 : 0, "\n");
   auto per_worker = [&](const char* name, const char* type, const char* help, auto value) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
-    for (const auto& w : status.workers()) absl::StrAppend(&out, name, "{rank=\"", w.rank(), "\"} ", value(w), "\n");
+    for (const auto& w : status.workers()) absl::StrAppend(&out, name, "{", labels(w), "} ", value(w), "\n");
   };
   per_worker("daedalus_prompt_tokens_total", "counter", "Prompt tokens admitted, per worker.",
              [](const v1::WorkerStatus& w) { return w.prompt_tokens(); });

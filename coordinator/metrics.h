@@ -37,6 +37,11 @@ class Metrics {
   void AddGeneratedTokens(int64_t n);
   void ObserveTtft(double seconds);
   void ObserveItl(double seconds);
+  // Prefill/decode disaggregation: a sequence admitted to a worker of `role` ("prefill" |
+  // "decode"; mixed workers are not counted), and a read of a handed-off sequence's pages.
+  void CountAdmission(const std::string& role);
+  void ObserveKvTransfer(bool ok, int64_t bytes, double seconds);
+  int64_t kv_transfer_bytes() const;
 
   std::map<std::string, int64_t> requests_by_outcome() const;
   int64_t generated_tokens() const;
@@ -47,6 +52,9 @@ class Metrics {
   std::map<std::string, int64_t> requests_;
   int64_t generated_tokens_ = 0;
   Histogram ttft_, itl_;
+  std::map<std::string, int64_t> admissions_by_role_, kv_transfers_;  // by role; by "ok" | "failed"
+  int64_t kv_transfer_bytes_ = 0;
+  Histogram kv_transfer_seconds_;
 };
 
 }  // namespace daedalus

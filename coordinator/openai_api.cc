@@ -87,7 +87,7 @@ json ByteList(const std::string& s) {
 
 class Api {
  public:
-  Api(ClusterState& state, Metrics& metrics, const ModelConfig& config, const Tokenizer* tokenizer, OpenAiApiOptions options)
+  Api(Cluster& state, Metrics& metrics, const ModelConfig& config, const Tokenizer* tokenizer, OpenAiApiOptions options)
       : state_(state), metrics_(metrics), config_(config), tokenizer_(tokenizer), options_(std::move(options)) {
     parse_options_.model_name = options_.model_name;
     parse_options_.default_chat_max_tokens = options_.default_chat_max_tokens;
@@ -268,7 +268,7 @@ class Api {
         });
   }
 
-  ClusterState& state_;
+  Cluster& state_;
   Metrics& metrics_;
   const ModelConfig& config_;
   const Tokenizer* tokenizer_;
@@ -278,7 +278,7 @@ class Api {
 
 }  // namespace
 
-void AddOpenAiRoutes(httplib::Server& server, ClusterState& state, Metrics& metrics, const ModelConfig& config,
+void AddOpenAiRoutes(httplib::Server& server, Cluster& state, Metrics& metrics, const ModelConfig& config,
                      const Tokenizer* tokenizer, const OpenAiApiOptions& options) {
   auto api = std::make_shared<Api>(state, metrics, config, tokenizer, options);
   server.Get("/v1/models", [api](const httplib::Request& req, httplib::Response& res) { api->Models(req, res); });

@@ -9,7 +9,7 @@
 #include <chrono>
 #include <string>
 
-#include "coordinator/cluster_state.h"
+#include "coordinator/cluster.h"
 #include "core/tokenizer.h"
 
 namespace httplib {
@@ -26,7 +26,7 @@ struct OpenAiApiOptions {
 };
 
 // Adds the /v1 routes. Everything passed must outlive the server.
-void AddOpenAiRoutes(httplib::Server& server, ClusterState& state, Metrics& metrics, const ModelConfig& config,
+void AddOpenAiRoutes(httplib::Server& server, Cluster& state, Metrics& metrics, const ModelConfig& config,
                      const Tokenizer* tokenizer, const OpenAiApiOptions& options);
 
 }  // namespace daedalus

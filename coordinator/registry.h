@@ -52,6 +52,7 @@ class Registry {
     int64_t prompt_tokens = 0, prompt_tokens_cached = 0, kv_evictions = 0, preemptions = 0;  // as reported
     int64_t prefix_routed = 0;  // requests sent here for the prefix it held
     double step_ms_median = 0, step_ms_max = 0;  // over its last heartbeat interval, as reported
+    int64_t kv_held_tokens = 0;                   // as reported
   };
 
   // `world_size`: the workers a launch needs; `kv_dtype`: the latent cache format every worker

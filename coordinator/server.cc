@@ -45,11 +45,16 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   auto self = std::unique_ptr<CoordinatorServer>(new CoordinatorServer());
   ASSIGN_OR_RETURN(self->config_, ModelConfig::Load((std::filesystem::path(model_dir) / "config.json").string()));
   const ModelConfig& c = self->config_;
-  if (options.world_size < 1) return absl::InvalidArgumentError("the world size must be at least 1");
+  const bool disaggregated = options.prefill_world_size > 0 || options.decode_world_size > 0;
+  if (!disaggregated && options.world_size < 1) return absl::InvalidArgumentError("the world size must be at least 1");
   // The placement of every later generation uses the same shape; check it once here.
-  RETURN_IF_ERROR(PlaceLayers(options.placement_load, c.num_hidden_layers, c.n_routed_experts, c.n_group,
-                              options.world_size, options.ranks_per_node, options.redundant_experts)
-                      .status());
+  for (int world : disaggregated ? std::vector<int>{options.prefill_world_size, options.decode_world_size}
+                                 : std::vector<int>{options.world_size}) {
+    if (world < 1) break;  // Cluster::Create says what is wrong
+    RETURN_IF_ERROR(PlaceLayers(options.placement_load, c.num_hidden_layers, c.n_routed_experts, c.n_group, world,
+                                options.ranks_per_node, options.redundant_experts)
+                        .status());
+  }
   std::string name = std::filesystem::path(model_dir).filename().string();
   if (name.empty()) name = std::filesystem::path(model_dir).parent_path().filename().string();
   self->model_name_ = name;
@@ -57,7 +62,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   if (std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json")) {
     ASSIGN_OR_RETURN(self->tokenizer_, Tokenizer::Load(model_dir));
   }
-  self->state_ = std::make_unique<ClusterState>(c, name, options, &self->metrics_);
+  ASSIGN_OR_RETURN(self->state_, Cluster::Create(c, name, options, &self->metrics_));
   self->serving_ = std::make_unique<ServingService>(*self->state_, self->metrics_, self->config_, self->tokenizer_.get(),
                                                     options, server.bearer_token);
   self->cluster_ = std::make_unique<ClusterService>(*self->state_, server.cluster_secret, server.register_timeout);

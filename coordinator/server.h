@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "coordinator/cluster_state.h"
+#include "coordinator/cluster.h"
 #include "core/tokenizer.h"
 
 namespace httplib {
@@ -41,7 +41,7 @@ class CoordinatorServer {
   const std::string& address() const { return address_; }  // host:port as bound
   const std::string& metrics_address() const { return metrics_address_; }
   const std::string& http_address() const { return http_address_; }
-  ClusterState& state() { return *state_; }
+  Cluster& state() { return *state_; }
   // Tells the workers to stop, then stops serving (in-flight calls end).
   void Shutdown();
 
@@ -53,7 +53,7 @@ class CoordinatorServer {
 
   ModelConfig config_;
   Metrics metrics_;
-  std::unique_ptr<ClusterState> state_;
+  std::unique_ptr<Cluster> state_;
   std::unique_ptr<grpc::Service> serving_, cluster_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<Tokenizer> tokenizer_;  // null when the checkpoint has none

@@ -1,9 +1,9 @@
-// The client API (proto/serving.proto) over a ClusterState.
+// The client API (proto/serving.proto) over the Cluster.
 #pragma once
 
 #include <string>
 
-#include "coordinator/cluster_state.h"
+#include "coordinator/cluster.h"
 #include "core/tokenizer.h"
 #include "proto/serving.grpc.pb.h"
 
@@ -18,7 +18,7 @@ std::chrono::steady_clock::time_point AdmissionDeadline(const grpc::ServerContex
 class ServingService final : public v1::Serving::Service {
  public:
   // `bearer_token`: empty for none. `tokenizer`: null when the checkpoint has none.
-  ServingService(ClusterState& state, Metrics& metrics, const ModelConfig& config, const Tokenizer* tokenizer,
+  ServingService(Cluster& state, Metrics& metrics, const ModelConfig& config, const Tokenizer* tokenizer,
                  CoordinatorOptions options, std::string bearer_token)
       : state_(state), metrics_(metrics), config_(config), tokenizer_(tokenizer), options_(std::move(options)),
         bearer_token_(std::move(bearer_token)) {}
@@ -29,7 +29,7 @@ class ServingService final : public v1::Serving::Service {
                              v1::ClusterStatusResponse* response) override;
 
  private:
-  ClusterState& state_;
+  Cluster& state_;
   Metrics& metrics_;
   const ModelConfig& config_;
   const Tokenizer* tokenizer_;

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -82,6 +83,52 @@ absl::StatusOr<std::unique_ptr<Transport>> MaybeStallOnSignal(std::unique_ptr<Tr
   std::signal(SIGUSR2, RequestStall);
   return std::unique_ptr<Transport>(
       std::make_unique<Stalling>(std::move(inner), -1, std::chrono::milliseconds(stall), true, /*on_signal=*/true));
+}
+
+namespace {
+
+class DelayedReads final : public KvTransfer {
+ public:
+  DelayedReads(std::unique_ptr<KvTransfer> inner, std::chrono::milliseconds delay) : inner_(std::move(inner)), delay_(delay) {}
+  const std::string& address() const override { return inner_->address(); }
+  const std::string& pool_key() const override { return inner_->pool_key(); }
+  uint64_t Read(const std::string& peer_address, const std::string& peer_key, std::vector<Range> ranges) override {
+    waiting_.push_back({std::chrono::steady_clock::now() + delay_, peer_address, peer_key, std::move(ranges), next_});
+    return next_++;
+  }
+  std::vector<Done> Poll() override {
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if (it->due > now) {
+        ++it;
+        continue;
+      }
+      started_[inner_->Read(it->peer, it->key, std::move(it->ranges))] = it->ticket;
+      it = waiting_.erase(it);
+    }
+    std::vector<Done> done = inner_->Poll();
+    for (Done& d : done) d.ticket = started_[d.ticket];
+    return done;
+  }
+
+ private:
+  struct Waiting {
+    std::chrono::steady_clock::time_point due;
+    std::string peer, key;
+    std::vector<Range> ranges;
+    uint64_t ticket;
+  };
+  std::unique_ptr<KvTransfer> inner_;
+  const std::chrono::milliseconds delay_;
+  std::vector<Waiting> waiting_;
+  std::map<uint64_t, uint64_t> started_;  // the inner ticket → ours
+  uint64_t next_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<KvTransfer> DelayedKvReads(std::unique_ptr<KvTransfer> inner, std::chrono::milliseconds delay) {
+  return std::make_unique<DelayedReads>(std::move(inner), delay);
 }
 
 }  // namespace daedalus

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "routing/kv_transfer.h"
 #include "routing/transport.h"
 
 namespace daedalus {
@@ -24,5 +25,9 @@ absl::StatusOr<std::unique_ptr<Transport>> MaybeStall(std::unique_ptr<Transport>
 // DAEDALUS_FAULT_STALL_ON_SIGUSR2=MILLISECONDS: after SIGUSR2, the next all-to-all first sleeps
 // that long (a rank that hangs mid-step while its heartbeats go on). Installs the handler.
 absl::StatusOr<std::unique_ptr<Transport>> MaybeStallOnSignal(std::unique_ptr<Transport> inner, const std::string& ms);
+
+// DAEDALUS_FAULT_KV_READ_DELAY_MS: every read of a handed-off sequence's pages starts `delay`
+// late (the test then kills the prefill worker while the transfer is pending).
+std::unique_ptr<KvTransfer> DelayedKvReads(std::unique_ptr<KvTransfer> inner, std::chrono::milliseconds delay);
 
 }  // namespace daedalus

@@ -40,13 +40,14 @@ absl::StatusOr<v1::Assignment> ControlClient::Register(const v1::RegisterRequest
   return assignment;
 }
 
-absl::Status ControlClient::Open(int rank, int64_t generation) {
+absl::Status ControlClient::Open(int rank, int64_t generation, const std::string& role) {
   context_ = std::make_unique<grpc::ClientContext>();
   if (!cluster_secret_.empty()) context_->AddMetadata(kClusterSecretHeader, cluster_secret_);
   stream_ = stub_->Control(context_.get());
   v1::WorkerMessage hello;
   hello.mutable_hello()->set_rank(rank);
   hello.mutable_hello()->set_generation(generation);
+  hello.mutable_hello()->set_role(role);
   if (!stream_->Write(hello)) return absl::UnavailableError("the coordinator closed the control stream at once");
   reader_ = std::thread([this] { ReadLoop(); });
   return absl::OkStatus();

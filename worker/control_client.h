@@ -32,7 +32,7 @@ class ControlClient final : public ControlStream {
   // worker interrupts the collective its step loop may be stuck in. Set before Open.
   void OnReform(std::function<void(int64_t generation)> callback) { on_reform_ = std::move(callback); }
   // Opens the control stream and says Hello.
-  absl::Status Open(int rank, int64_t generation);
+  absl::Status Open(int rank, int64_t generation, const std::string& role = "");
   bool Send(const v1::WorkerMessage& message) override;
   std::optional<v1::CoordinatorMessage> Next(std::chrono::milliseconds wait) override;
   bool closed() const override;

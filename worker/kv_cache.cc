@@ -14,10 +14,21 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& opti
   row_bytes_ = static_cast<size_t>(KvRowBytes(config, options.dtype));
   page_bytes_ = static_cast<size_t>(layers_ * options.page_size) * row_bytes_;
   total_pages_ = (options.max_tokens + options.page_size - 1) / options.page_size;
-  if (options.host_pool) pool_.reset(new uint8_t[page_bytes_ * total_pages_]);
+  if (options.host_pool && options.pool != nullptr) {
+    pool_ = options.pool;
+  } else if (options.host_pool) {
+    owned_pool_.reset(new uint8_t[page_bytes_ * total_pages_]);
+    pool_ = owned_pool_.get();
+  }
   for (int64_t p = total_pages_ - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
   info_.resize(total_pages_);
   if (options.prefix_caching) page_tokens_.resize(static_cast<size_t>(total_pages_ * options.page_size));
+}
+
+size_t PagedKvCache::PoolBytes(const ModelConfig& config, const KvCacheOptions& options) {
+  const size_t pages = static_cast<size_t>((options.max_tokens + options.page_size - 1) / options.page_size);
+  return pages * static_cast<size_t>(config.num_hidden_layers * options.page_size) *
+         static_cast<size_t>(KvRowBytes(config, options.dtype));
 }
 
 int32_t PagedKvCache::TakePage() {
@@ -134,7 +145,7 @@ void PagedKvCache::TakeNameChanges(std::vector<uint64_t>& removed, std::vector<u
 
 uint8_t* PagedKvCache::Row(int32_t page, int64_t layer, int64_t slot) const {
   // Page layout: [layer][slot][row].
-  return pool_.get() + page * page_bytes_ + static_cast<size_t>(layer * options_.page_size + slot) * row_bytes_;
+  return pool_ + page * page_bytes_ + static_cast<size_t>(layer * options_.page_size + slot) * row_bytes_;
 }
 
 namespace {

@@ -24,6 +24,9 @@ struct KvCacheOptions {
   // false: page bookkeeping only, the latents live elsewhere (a GPU backend); Write and Read
   // must not be called.
   bool host_pool = true;
+  // The host pool's memory when the caller owns it (registered for KV transfer, and kept across
+  // engines): at least PoolBytes long. Null: allocated here.
+  uint8_t* pool = nullptr;
   // Full pages stay cached after their sequence ends, named by content (core/prefix_hash.h),
   // for later sequences with the same prefix; evicted least recently used when the pool needs
   // room.
@@ -38,6 +41,8 @@ struct KvCacheOptions {
 class PagedKvCache {
  public:
   PagedKvCache(const ModelConfig& config, const KvCacheOptions& options);
+  // Bytes of the host pool for `options` (pages rounded up).
+  static size_t PoolBytes(const ModelConfig& config, const KvCacheOptions& options);
 
   using PageTable = std::vector<int32_t>;
 
@@ -81,7 +86,7 @@ class PagedKvCache {
     size_t offset = 0, bytes = 0;
   };
   std::vector<ByteRange> Ranges(const PageTable& pages, int64_t n_tokens) const;
-  uint8_t* pool() { return pool_.get(); }  // null without a host pool
+  uint8_t* pool() { return pool_; }  // null without a host pool
   size_t pool_bytes() const { return pool_ ? page_bytes_ * static_cast<size_t>(total_pages_) : 0; }
 
   bool prefix_caching() const { return options_.prefix_caching; }
@@ -124,7 +129,8 @@ class PagedKvCache {
   KvCacheOptions options_;
   int64_t layers_, dim_, kv_lora_rank_, total_pages_;
   size_t row_bytes_, page_bytes_;
-  std::unique_ptr<uint8_t[]> pool_;  // uninitialised: pages are committed when first written
+  std::unique_ptr<uint8_t[]> owned_pool_;  // uninitialised: pages are committed when first written
+  uint8_t* pool_ = nullptr;                 // owned_pool_, or the caller's
   std::vector<int32_t> free_;
   std::vector<PageInfo> info_;              // by page
   std::vector<int32_t> page_tokens_;        // [page][page_size] token ids of named pages

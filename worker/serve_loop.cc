@@ -6,6 +6,7 @@
 #include <optional>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -28,6 +29,7 @@ Request ToRequest(const v1::Admit& a) {
   r.stop_at_eos = !a.ignore_eos();
   r.logprobs = a.logprobs();
   r.generated_ids.assign(a.generated_ids().begin(), a.generated_ids().end());
+  r.hand_off = a.hand_off();
   return r;
 }
 
@@ -99,9 +101,63 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   std::vector<FinishOut> finished;
   std::vector<uint64_t> removed_names, added_names;
 
+  // Prefill/decode disaggregation, the decode side: reads in flight (ticket → engine index), and
+  // the receipts of the step's events.
+  std::unordered_map<uint64_t, int64_t> reading;
+  std::unordered_set<int64_t> abort_after_read;
+  std::vector<v1::KvReceived> received;
+  // Starts reading the pages of an Admit with a kv_source; when it cannot, the sequence is
+  // computed here from its tokens (and the prefill worker may free its copy at once).
+  auto import = [&](const v1::Admit& a) -> absl::StatusOr<int64_t> {
+    const v1::KvSource& from = a.kv_source();
+    absl::Status why = absl::FailedPreconditionError("this worker reads no KV pages (not a decode worker)");
+    if (options.kv_transfer != nullptr) {
+      auto index = engine.Import(ToRequest(a), from.tokens());
+      if (index.ok()) {
+        const PagedKvCache::PageTable source(from.pages().begin(), from.pages().end());
+        const auto src = engine.cache().Ranges(source, from.tokens());
+        const auto dst = engine.cache().Ranges(*engine.import_pages(*index), from.tokens());
+        std::vector<KvTransfer::Range> ranges;
+        for (size_t i = 0; i < src.size() && i < dst.size(); ++i) ranges.push_back({src[i].offset, dst[i].offset, src[i].bytes});
+        if (src.size() == dst.size()) {
+          reading[options.kv_transfer->Read(from.address(), from.pool_key(), std::move(ranges))] = *index;
+          return index;
+        }
+        engine.Cancel(*index);
+        why = absl::InvalidArgumentError("the prefill worker's page table does not cover the positions it names");
+      } else {
+        why = index.status();
+      }
+    }
+    v1::KvReceived r;
+    r.set_sequence(a.sequence());
+    r.set_error(std::string(why.message()));
+    received.push_back(r);
+    return engine.Add(ToRequest(a));
+  };
+  // Reads that ended: the sequences run, or are computed again when the read failed.
+  auto collect_reads = [&] {
+    if (options.kv_transfer == nullptr || reading.empty()) return;
+    for (const KvTransfer::Done& d : options.kv_transfer->Poll()) {
+      const auto it = reading.find(d.ticket);
+      if (it == reading.end()) continue;
+      const int64_t index = it->second;
+      reading.erase(it);
+      engine.Imported(index, d.status.ok());
+      if (abort_after_read.erase(index) > 0) engine.Cancel(index);
+      v1::KvReceived r;
+      r.set_sequence(sequence_of[index]);
+      r.set_ok(d.status.ok());
+      r.set_bytes(static_cast<int64_t>(d.bytes));
+      r.set_seconds(d.seconds);
+      if (!d.status.ok()) r.set_error(std::string(d.status.message()));
+      received.push_back(r);
+    }
+  };
+
   auto handle = [&](const v1::CoordinatorMessage& m) {
     if (m.has_admit()) {
-      auto added = engine.Add(ToRequest(m.admit()));
+      auto added = m.admit().has_kv_source() ? import(m.admit()) : engine.Add(ToRequest(m.admit()));
       if (added.ok()) {
         index_of[m.admit().sequence()] = *added;
         sequence_of[*added] = m.admit().sequence();
@@ -113,9 +169,19 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       f->set_reason("error");
       f->set_error(std::string(added.status().message()));
       control.Send(out);
-    } else if (m.has_abort()) {
-      auto it = index_of.find(m.abort().sequence());
-      if (it != index_of.end()) engine.Cancel(it->second);
+    } else if (m.has_abort() || m.has_release()) {
+      const uint64_t sequence = m.has_abort() ? m.abort().sequence() : m.release().sequence();
+      auto it = index_of.find(sequence);
+      if (it == index_of.end()) return;
+      if (engine.held(it->second) != nullptr) {  // a handed-off sequence's pages
+        engine.ReleaseHeld(it->second);
+        sequence_of.erase(it->second);
+        index_of.erase(it);
+      } else if (engine.import_pages(it->second) != nullptr) {
+        abort_after_read.insert(it->second);  // its pages are being written
+      } else if (m.has_abort()) {
+        engine.Cancel(it->second);
+      }
     } else if (m.has_shutdown()) {
       (m.shutdown().reregister() ? reregister : stop) = true;
     } else if (m.has_placement_update()) {
@@ -187,10 +253,12 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   };
 
   while (true) {
-    // Idle: wait briefly for an admission instead of spinning on the all-reduce.
+    // Idle: wait briefly for an admission (or a read to end) instead of spinning on the all-reduce.
     if (cluster_idle && !stop) {
-      if (auto m = control.Next(transport ? options.idle_wait : std::chrono::milliseconds(50))) handle(*m);
+      const bool short_wait = transport != nullptr || !reading.empty();
+      if (auto m = control.Next(short_wait ? options.idle_wait : std::chrono::milliseconds(50))) handle(*m);
     }
+    collect_reads();
     while (auto m = control.Next(std::chrono::milliseconds(0))) handle(*m);
     if (reform) {
       if (absl::Status s = apply_reform(); !s.ok()) {
@@ -263,8 +331,15 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (t.cached_tokens >= 0) e->set_cached_tokens(t.cached_tokens);
     }
     for (const FinishOut& f : finished) {
-      v1::FinishEvent* e = events->add_finished();
       const uint64_t sequence = sequence_of[f.index];
+      if (const Engine::HeldPages* held = engine.held(f.index); held != nullptr) {  // "handoff"
+        v1::KvReady* ready = events->add_kv_ready();
+        ready->set_sequence(sequence);
+        *ready->mutable_pages() = {held->pages.begin(), held->pages.end()};
+        ready->set_tokens(held->tokens);
+        continue;  // its pages stay until the coordinator's Release
+      }
+      v1::FinishEvent* e = events->add_finished();
       e->set_sequence(sequence);
       e->set_reason(f.reason);
       if (!f.status.ok()) e->set_error(std::string(f.status.message()));
@@ -285,8 +360,10 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     engine.cache().TakeNameChanges(removed_names, added_names);
     *events->mutable_prefix_pages_removed() = {removed_names.begin(), removed_names.end()};
     *events->mutable_prefix_pages_added() = {added_names.begin(), added_names.end()};
+    for (v1::KvReceived& r : received) *events->add_kv_received() = std::move(r);
+    received.clear();
     if (events->tokens_size() > 0 || events->finished_size() > 0 || events->expert_tokens_size() > 0 ||
-        !removed_names.empty() || !added_names.empty()) {
+        !removed_names.empty() || !added_names.empty() || events->kv_ready_size() > 0 || events->kv_received_size() > 0) {
       events->set_kv_used_tokens(heartbeats.kv_used);
       events->set_prompt_tokens(engine.prompt_tokens());
       events->set_prompt_tokens_cached(engine.prompt_tokens_cached());
@@ -294,6 +371,12 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       events->set_preemptions(engine.preemptions());
       control.Send(out);
     }
+  }
+  // Reads still in flight write into this engine's pages: let them end (bounded by the
+  // transfer's timeout) before the pool can be reused.
+  while (!reading.empty()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    collect_reads();
   }
   if (!engine.status().ok()) why = engine.status();
   if (!why.ok()) {

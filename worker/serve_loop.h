@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "absl/status/status.h"
+#include "routing/kv_transfer.h"
 #include "routing/transport.h"
 #include "absl/status/statusor.h"
 #include "worker/control_stream.h"
@@ -38,6 +39,10 @@ struct ServeLoopOptions {
   // With `reform` set, how long a rank whose collective failed waits for the coordinator's
   // Reform (the peer it waited for may be lost) before it reports the failure and exits.
   std::chrono::milliseconds reform_wait{15000};
+  // Prefill/decode disaggregation: how this worker reads a handed-off sequence's pages from its
+  // prefill worker (Admit.kv_source), and how its own held pages are read. Unset: an Admit
+  // with a kv_source is computed here from its tokens instead.
+  KvTransfer* kv_transfer = nullptr;
 };
 
 // How a ServeLoop ended.

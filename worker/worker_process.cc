@@ -17,6 +17,7 @@
 #include "core/status.h"
 #include "kernels/cpu_isa.h"
 #include "routing/fault_injection.h"
+#include "routing/kv_transfer.h"
 #include "routing/mpi_transport.h"
 #include "routing/ucx_transport.h"
 #if DAEDALUS_HAVE_NCCL
@@ -222,6 +223,24 @@ int RunWorkerProcess(WorkerProcessOptions o) {
     reg.set_kv_dtype(o.kv_dtype);
     reg.set_prefix_caching(options.kv.prefix_caching && *ParseDevice(o.device.device) < 0);  // CPU pools only
     reg.set_transport(transport_kind);
+    reg.set_role(o.role);
+    // Prefill and decode workers own their KV pool, registered once for reading by others.
+    std::unique_ptr<uint8_t[]> pool;
+    std::unique_ptr<KvTransfer> kv_transfer;
+    if (o.role != "mixed") {
+      if (*ParseDevice(o.device.device) >= 0) {
+        return absl::UnimplementedError(absl::StrCat("--role ", o.role, ": GPU workers take no prefill or decode role yet (their KV pool is in device memory)"));
+      }
+      const size_t bytes = PagedKvCache::PoolBytes(config, options.kv);
+      pool.reset(new uint8_t[bytes]);
+      ASSIGN_OR_RETURN(kv_transfer, CreateUcxKvTransfer(pool.get(), bytes, o.kv_transfer_timeout));
+      if (const char* ms = std::getenv("DAEDALUS_FAULT_KV_READ_DELAY_MS")) {  // for the tests
+        kv_transfer = DelayedKvReads(std::move(kv_transfer), std::chrono::milliseconds(std::atoi(ms)));
+      }
+      options.kv.pool = pool.get();
+      reg.set_kv_transfer_address(kv_transfer->address());
+      reg.set_kv_pool_key(kv_transfer->pool_key());
+    }
     if (ucx != nullptr) reg.set_data_plane_address(ucx->address());
     if (!nccl_id.empty()) reg.set_data_plane_address(nccl_id);
     const bool drop_on_signal = std::getenv("DAEDALUS_FAULT_DROP_ON_SIGUSR1") != nullptr;
@@ -253,8 +272,9 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       rank = assignment.rank();
       world = assignment.world_size();
       if (!again) {
-        std::fprintf(stderr, "daedalus worker rank %d of %d: registered; CPU kernel tier %s, %d threads\n", rank, world,
-                     CpuIsaDescription(ActiveCpuIsa()).c_str(), omp_get_max_threads());
+        std::fprintf(stderr, "daedalus worker rank %d of %d%s: registered; CPU kernel tier %s, %d threads\n", rank, world,
+                     o.role == "mixed" ? "" : absl::StrCat(" (", o.role, ")").c_str(), CpuIsaDescription(ActiveCpuIsa()).c_str(),
+                     omp_get_max_threads());
       }
       if (ucx != nullptr) {
         const std::vector<std::string> addresses(assignment.data_plane_addresses().begin(),
@@ -299,8 +319,9 @@ int RunWorkerProcess(WorkerProcessOptions o) {
         transport->set_deadline(o.collective_timeout);
       }
       if (ucx != nullptr) control->OnReform([ucx](int64_t generation) { ucx->Interrupt(generation); });
-      RETURN_IF_ERROR(control->Open(rank, assignment.generation()));
+      RETURN_IF_ERROR(control->Open(rank, assignment.generation(), o.role));
       ServeLoopOptions loop;
+      loop.kv_transfer = kv_transfer.get();
       loop.heartbeat_interval = std::chrono::milliseconds(std::max(50, assignment.heartbeat_interval_ms()));
       // Placement updates: the experts a new placement adds are read on a thread of their own
       // while steps go on; the switch installs them and frees the ones no longer placed here.

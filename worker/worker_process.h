@@ -27,6 +27,11 @@ struct WorkerProcessOptions {
   std::chrono::milliseconds register_timeout{600'000}, reconnect_timeout{600'000}, collective_timeout{60'000};
   DeviceOptions device;
   std::string kv_dtype = "bf16";  // as reported at registration
+  // "mixed", or with prefill/decode disaggregation "prefill" (computes prompts and their first
+  // token, then hands the pages to a decode worker) or "decode" (continues handed-off
+  // sequences, reading their pages from the prefill worker's pool over UCX).
+  std::string role = "mixed";
+  std::chrono::milliseconds kv_transfer_timeout{10'000};  // a read of pages still unfinished fails
   // The engine's options for the checkpoint's config (the KV cache is sized from its shape).
   std::function<EngineOptions(const ModelConfig&)> engine_options;
 };
