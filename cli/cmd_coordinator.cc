@@ -118,7 +118,7 @@ Command AddCoordinatorCommand(CLI::App& app) {
 Command AddServeCommand(CLI::App& app) {
   struct Flags {
     std::string model, transport = "mpi";
-    int workers = 2, max_restarts = 10, prefill_workers = 0, decode_workers = 0;
+    int workers = 2, max_restarts = 10, prefill_workers = 0, decode_workers = 0, prefill_threads = 0, decode_threads = 0;
     double collective_timeout_s = 60, relaunch_delay_s = 0.5;
     CoordinatorFlags coordinator;
     EngineFlags engine;
@@ -130,6 +130,11 @@ Command AddServeCommand(CLI::App& app) {
                  "prefill/decode disaggregation (instead of --workers): prefill workers, one EP group under a launcher "
                  "of their own; their sequences' latent pages go to the decode workers over UCX");
   app.add_option("--decode-workers", f->decode_workers, "and decode workers, another EP group");
+  app.add_option("--prefill-threads", f->prefill_threads,
+                 "threads of each prefill worker (default: --threads, else the cores split among the prefill workers)");
+  app.add_option("--decode-threads", f->decode_threads,
+                 "threads of each decode worker (default: --threads, else the cores split among all workers: decode steps "
+                 "are short and memory-bound, and share cores with prefill)");
   app.add_option("--max-restarts", f->max_restarts, "times the workers are started again after they exit");
   app.add_option("--relaunch-delay", f->relaunch_delay_s,
                  "seconds before a worker that exited is started again (ucx: it joins the running cluster)");
@@ -209,20 +214,25 @@ Command AddServeCommand(CLI::App& app) {
     // One launcher per EP group: with disaggregation the prefill and the decode workers are two
     // worlds (two mpirun jobs, or two sets of ucx processes).
     std::vector<std::unique_ptr<WorkerLauncher>> launchers;
-    auto launch = [&](int n, std::vector<std::string> args) {
+    auto launch = [&](int n, int n_threads, std::vector<std::string> args) {
       launchers.push_back(std::make_unique<WorkerLauncher>(WorkerLaunchOptions{
-          n, threads, std::move(args), f->max_restarts, f->transport == "ucx",
-          std::chrono::milliseconds(static_cast<int64_t>(f->relaunch_delay_s * 1000))}));
+          n, n_threads, std::move(args), f->max_restarts, f->transport == "ucx",
+          std::chrono::milliseconds(static_cast<int64_t>(f->relaunch_delay_s * 1000)), disaggregated}));
       launchers.back()->Start();
     };
     if (disaggregated) {
-      for (const auto& [role, n] : {std::pair<std::string, int>{"prefill", f->prefill_workers}, {"decode", f->decode_workers}}) {
+      const int prefill_threads = f->prefill_threads > 0 ? f->prefill_threads
+                                  : e.threads > 0         ? e.threads
+                                                          : std::max(1, cores / f->prefill_workers);
+      const int decode_threads = f->decode_threads > 0 ? f->decode_threads : threads;
+      for (const auto& [role, n, n_threads] : {std::tuple<std::string, int, int>{"prefill", f->prefill_workers, prefill_threads},
+                                               {"decode", f->decode_workers, decode_threads}}) {
         std::vector<std::string> args = worker_args;
         args.insert(args.end(), {"--role", role});
-        launch(n, std::move(args));
+        launch(n, n_threads, std::move(args));
       }
     } else {
-      launch(f->workers, worker_args);
+      launch(f->workers, threads, worker_args);
     }
     auto gave_up = [&] {
       return std::any_of(launchers.begin(), launchers.end(), [](const auto& l) { return l->gave_up(); });

@@ -43,6 +43,7 @@ struct Level {
   int64_t unexpected = 0, unanswered = 0;
   double seconds = 0;
   std::vector<double> ttft_ms, itl_ms, latency_ms;
+  std::vector<double> itl_short_ms;  // with long prompts in the mix: the other requests' ITL
 };
 
 // With --trace: one JSON line per request when it ends (the request, its status, its tokens
@@ -144,6 +145,7 @@ Level RunLevel(v1::Serving::Stub& stub, const ClientFlags& client, const std::fu
       level.latency_ms.push_back(latency);
       if (ttft >= 0) level.ttft_ms.push_back(ttft);
       level.itl_ms.insert(level.itl_ms.end(), itl.begin(), itl.end());
+      if (!planned.long_prompt) level.itl_short_ms.insert(level.itl_short_ms.end(), itl.begin(), itl.end());
     }
   };
   std::vector<std::thread> threads;
@@ -162,7 +164,8 @@ Command AddLoadgenCommand(CLI::App& app) {
     int64_t prompt_len = 128, max_new_tokens = 64, requests = 0, shared_prefix_len = 0, shared_prefixes = 0;
     uint64_t seed = 1;
     bool stop_at_eos = false, json = false;
-    double timeout_s = 600, duration_s = 0;
+    double timeout_s = 600, duration_s = 0, long_fraction = 0;
+    int64_t long_prompt_len = 2048;
   };
   auto f = std::make_shared<Flags>();
   f->client.Register(app);
@@ -189,7 +192,12 @@ Command AddLoadgenCommand(CLI::App& app) {
                  "besides plain requests, fractions of other kinds, e.g. cancel=0.05,deadline=0.05,invalid=0.05,oversized=0.02: "
                  "cancelled by the client after a few tokens, a deadline of 10-210 ms, one invalid field, a prompt over the "
                  "context; prints outcomes by kind and status, unexpected ones, and unanswered calls");
+  app.add_option("--long-fraction", f->long_fraction,
+                 "a share of the requests with --long-prompt-len prompts instead (the ITL of the others is printed apart: "
+                 "how long prompts computed beside them stretch their decoding)");
+  app.add_option("--long-prompt-len", f->long_prompt_len, "prompt tokens of the --long-fraction requests");
   return [f]() {
+    if (!(f->long_fraction >= 0 && f->long_fraction <= 1)) return Fail("--long-fraction must be in [0, 1]");
     std::vector<int> levels;
     for (absl::string_view part : absl::StrSplit(f->concurrency, ',')) {
       int c = 0;
@@ -227,7 +235,8 @@ Command AddLoadgenCommand(CLI::App& app) {
     std::mt19937_64 rng(f->seed);
     const LoadShape shape{status.vocab_size(), status.max_position_embeddings(), f->prompt_len, f->max_new_tokens,
                           f->stop_at_eos,
-                          SharedPrefixes(f->shared_prefixes, f->shared_prefix_len, status.vocab_size(), f->seed)};
+                          SharedPrefixes(f->shared_prefixes, f->shared_prefix_len, status.vocab_size(), f->seed),
+                          f->long_fraction, f->long_prompt_len};
     for (size_t li = 0; li < levels.size(); ++li) {
       const int c = levels[li];
       const int64_t n = f->requests > 0 ? f->requests : std::max<int64_t>(16, 4 * c);
@@ -277,6 +286,10 @@ Command AddLoadgenCommand(CLI::App& app) {
                                     {"ttft_ms_p50", Percentile(l.ttft_ms, 0.5)}, {"ttft_ms_p99", Percentile(l.ttft_ms, 0.99)},
                                     {"itl_ms_p50", Percentile(l.itl_ms, 0.5)}, {"itl_ms_p99", Percentile(l.itl_ms, 0.99)},
                                     {"prompt_tokens", l.prompt_tokens}, {"cached_tokens", l.cached_tokens}};
+        if (f->long_fraction > 0) {
+          j["itl_short_ms_p50"] = Percentile(l.itl_short_ms, 0.5);
+          j["itl_short_ms_p99"] = Percentile(l.itl_short_ms, 0.99);
+        }
         if (mixed) {
           j["by_kind"] = l.by_kind;
           j["unexpected"] = l.unexpected;
@@ -288,6 +301,10 @@ Command AddLoadgenCommand(CLI::App& app) {
         std::printf("%11d %8lld %6lld %8.2f %9.2f %12.1f %7.1fms %7.1fms %6.1fms %6.1fms%s\n", c, static_cast<long long>(l.sent),
                     static_cast<long long>(failed), l.seconds, rps, tps, Percentile(l.ttft_ms, 0.5), Percentile(l.ttft_ms, 0.99),
                     Percentile(l.itl_ms, 0.5), Percentile(l.itl_ms, 0.99), failures.empty() ? "" : ("  (" + failures + ")").c_str());
+        if (f->long_fraction > 0) {
+          std::printf("%11s requests with short prompts: itl p50 %.1f ms, p99 %.1f ms\n", "", Percentile(l.itl_short_ms, 0.5),
+                      Percentile(l.itl_short_ms, 0.99));
+        }
         if (l.cached_tokens > 0) {
           std::printf("%11s prefix cache: %lld of %lld prompt tokens (%.1f%%)\n", "", static_cast<long long>(l.cached_tokens),
                       static_cast<long long>(l.prompt_tokens), 100.0 * l.cached_tokens / l.prompt_tokens);

@@ -60,10 +60,12 @@ PlannedRequest PlanRequest(const LoadMix& mix, const LoadShape& shape, std::mt19
                                          : LoadKind::kPlain;
   v1::GenerateRequest& r = p.request;
   r.set_id(id);
-  const int64_t prompt_len = p.kind == LoadKind::kOversized
+  int64_t prompt_len = p.kind == LoadKind::kOversized
                                  // Past the context; one in eight far past it (a ~400 KB message).
                                  ? shape.context + 1 + static_cast<int64_t>(unit(rng) < 0.125 ? 100000 : unit(rng) * 1000)
                                  : shape.prompt_len;
+  p.long_prompt = p.kind == LoadKind::kPlain && shape.long_fraction > 0 && unit(rng) < shape.long_fraction;
+  if (p.long_prompt) prompt_len = shape.long_prompt_len;
   if (p.kind != LoadKind::kOversized && !shape.shared_prefixes.empty()) {
     std::uniform_int_distribution<size_t> pick(0, shape.shared_prefixes.size() - 1);
     const std::vector<int32_t>& prefix = shape.shared_prefixes[pick(rng)];

@@ -31,6 +31,7 @@ struct PlannedRequest {
   v1::GenerateRequest request;
   int64_t cancel_after_tokens = 0;  // kCancel: the client cancels once it has this many
   double deadline_s = 0;            // kDeadline: the call's own deadline
+  bool long_prompt = false;         // drawn with LoadShape::long_prompt_len
 };
 
 struct LoadShape {
@@ -40,6 +41,9 @@ struct LoadShape {
   // Shared system prompts: each request's prompt is one of these, drawn uniformly, followed by
   // prompt_len random tokens (none: prompt_len random tokens).
   std::vector<std::vector<int32_t>> shared_prefixes;
+  // A share of the plain requests with long prompts of their own length (0: none).
+  double long_fraction = 0;
+  int64_t long_prompt_len = 0;
 };
 
 // `count` distinct random prompts of `length` tokens, the same for the same seed.

@@ -30,6 +30,7 @@ pid_t WorkerLauncher::Spawn() {
   if (!options_.one_process_each) {
     args = {"mpirun", "-np", std::to_string(options_.n_workers), "--oversubscribe", "-x", "OMP_NUM_THREADS=" + threads};
     if (geteuid() == 0) args.insert(args.begin() + 1, "--allow-run-as-root");
+    if (options_.shared_cores) args.insert(args.begin() + 1, {"--bind-to", "none"});
   }
   args.push_back(self);
   args.push_back("worker");

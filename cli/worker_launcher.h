@@ -24,6 +24,9 @@ struct WorkerLaunchOptions {
   int max_restarts = 10;                 // mpi: of the job; one process each: of any worker, in all
   bool one_process_each = false;
   std::chrono::milliseconds relaunch_delay{500};
+  // mpi: other jobs share this machine's cores (prefill and decode groups), so mpirun binds no
+  // rank to a core (each job would bind its rank 0 to the same one).
+  bool shared_cores = false;
 };
 
 class WorkerLauncher {
