@@ -352,7 +352,7 @@ void AbortMpi(int code) {
   std::_Exit(code);
 }
 
-absl::StatusOr<std::unique_ptr<Transport>> MakeMpiTransport(size_t max_message_bytes) {
+absl::StatusOr<std::unique_ptr<Transport>> MakeMpiTransport(size_t max_message_bytes, int group) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
@@ -363,8 +363,10 @@ absl::StatusOr<std::unique_ptr<Transport>> MakeMpiTransport(size_t max_message_b
         absl::StrCat("MakeMpiTransport: max_message_bytes ", max_message_bytes, " is outside 1 .. 2^31-1"));
   }
   MPI_Comm comm;
-  if (int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm); rc != MPI_SUCCESS) {
-    return absl::InternalError(absl::StrCat("MPI_Comm_dup: ", MpiErrorString(rc)));
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  if (int rc = MPI_Comm_split(MPI_COMM_WORLD, group, world_rank, &comm); rc != MPI_SUCCESS) {
+    return absl::InternalError(absl::StrCat("MPI_Comm_split: ", MpiErrorString(rc)));
   }
   MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
   int rank = 0, world = 0;

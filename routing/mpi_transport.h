@@ -40,9 +40,11 @@ void FinalizeMpi();
 // The largest single MPI message; larger payloads go in chunks (MPI counts are int).
 inline constexpr size_t kMpiMaxMessageBytes = size_t{1} << 30;
 
-// A transport over a duplicate of MPI_COMM_WORLD. Collective: every rank calls it. Requires
-// InitMpi. `max_message_bytes` (1 .. 2^31-1) is lowered only by tests of the chunking.
-absl::StatusOr<std::unique_ptr<Transport>> MakeMpiTransport(size_t max_message_bytes = kMpiMaxMessageBytes);
+// A transport over MPI_COMM_WORLD's ranks that pass the same `group` (all of them by default;
+// several groups split one MPI job, e.g. prefill and decode workers launched together),
+// numbered in their MPI_COMM_WORLD order. Collective: every rank calls it. Requires InitMpi.
+// `max_message_bytes` (1 .. 2^31-1) is lowered only by tests of the chunking.
+absl::StatusOr<std::unique_ptr<Transport>> MakeMpiTransport(size_t max_message_bytes = kMpiMaxMessageBytes, int group = 0);
 
 // After `t` (an MPI transport) returned DeadlineExceeded: keeps driving the expired
 // collective until its messages complete, which happens once the late peers join it, so that

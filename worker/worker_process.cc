@@ -156,7 +156,8 @@ int RunWorkerProcess(WorkerProcessOptions o) {
   if (transport_kind == "mpi") {
     if (!LaunchedByMpi()) return Failed("--transport mpi needs an MPI launcher (mpirun, or srun --mpi=pmix)");
     if (absl::Status s = InitMpi(nullptr, nullptr); !s.ok()) return Failed(std::string(s.message()));
-    auto made = MakeMpiTransport();
+    // Prefill and decode workers started by one mpirun (MPMD) form a world per role.
+    auto made = MakeMpiTransport(kMpiMaxMessageBytes, o.role == "prefill" ? 1 : o.role == "decode" ? 2 : 0);
     if (!made.ok()) return Failed(std::string(made.status().message()));
     transport = std::move(*made);
     rank = transport->rank();
@@ -179,7 +180,8 @@ int RunWorkerProcess(WorkerProcessOptions o) {
     }
     rank = -1;
     world = 0;
-    LauncherRank(rank, world);
+    // The launcher numbers every process of its job; a role's group is numbered by the coordinator.
+    if (o.role == "mixed") LauncherRank(rank, world);
     if (o.rank != -2) rank = o.rank;
     if (o.world_size != -1) world = o.world_size;
     if (o.launch_id.empty()) {

@@ -11,7 +11,9 @@ preset). The decode workers start each read of a sequence's pages 1.5 s late
   prompt tokens.
 - A decode worker killed after receiving pages, then a prefill worker killed while its pages
   are being read: every request completes elsewhere with the same tokens, and afterwards no
-  worker holds a KV page (the workers' own count of held pages returns to zero)."""
+  worker holds a KV page (the workers' own count of held pages returns to zero).
+- One mpirun starting both roles (MPMD: 1 prefill, 2 decode workers) forms a world per role,
+  the decode workers' experts exchanged over MPI, with the same tokens again."""
 import json
 import os
 import re
@@ -19,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import urllib.request
-from harness import ENV, check, daedalus, dump_logs, expect_error, failures, finish, free_port, lines, make_model, run, wait_for
+from harness import ENV, MPIRUN, check, daedalus, dump_logs, expect_error, failures, finish, free_port, lines, make_model, run, wait_for
 
 REQUESTS = 16
 READ_DELAY_MS = 1500
@@ -94,6 +96,32 @@ def role_errors(d, model, tmp):
         c.wait(timeout=30)
 
 
+def one_mpirun(d, model, prompts, reference):
+    address = f"127.0.0.1:{free_port()}"
+    c = subprocess.Popen([d, "coordinator", "--model", model, "--listen", address, "--prefill-world-size", "1",
+                          "--decode-world-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    c.stdout.readline()
+    worker = [d, "worker", "--coordinator", address, "--model", model, "--threads", "1", "--role"]
+    job = subprocess.Popen([*MPIRUN, "--bind-to", "none", "-np", "1", *worker, "prefill", ":", "-np", "2", *worker, "decode"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    try:
+        serving = wait_for(lambda: "cluster serving" in run([d, "status", "--server", address]).stdout, 60)
+        check(serving, "one mpirun starting 1 prefill and 2 decode workers forms both groups")
+        got = {r["id"]: (r["generated_ids"], r.get("logprobs"))
+               for r in lines(run([d, "generate", "--server", address, "--json", "--prompts", prompts, "--concurrency", "8"],
+                                  timeout=240).stdout)}
+        check(got == reference, "one mpirun, a world per role: tokens and log-probabilities equal `run`",
+              f"{sum(got.get(i) == r for i, r in reference.items())} of {len(reference)} equal")
+    finally:
+        c.send_signal(signal.SIGTERM)
+        c.wait(timeout=30)
+        try:
+            job.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
 def main():
     d = daedalus()
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +159,7 @@ def main():
                                         for w in cluster.status()["workers"]), 20)
             check(held, f"{what}: no worker holds a KV page afterwards", cluster.status()["workers"])
 
+        one_mpirun(d, model, prompts, reference)
         cluster = Cluster(d, model, tmp)
         delay = {"DAEDALUS_FAULT_KV_READ_DELAY_MS": str(READ_DELAY_MS)}
         try:
