@@ -72,7 +72,7 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
     // The joiner has its weights: the world grew by it, and experts move onto it next.
     peers_lost_.clear();
     placement_.AddRank();
-    const std::string what = absl::StrCat("worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
+    const std::string what = absl::StrCat(role_prefix(), "worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
     SendReformLocked(rank, what);
     const bool moving = SendPlacementLocked(placement_.FillRank());
     std::fprintf(stderr, "daedalus: %s; the cluster serves with %d workers (generation %lld)%s\n", what.c_str(), rank + 1,
@@ -95,7 +95,7 @@ void ClusterState::Lose(int hello_rank, int64_t generation, const std::string& w
 void ClusterState::LoseLocked(int rank, const std::string& why) {
   Worker& lost = *workers_[rank];
   const std::string what =
-      absl::StrCat("worker rank ", rank, " (", lost.info.host(), ", pid ", lost.info.pid(), ") lost: ", why);
+      absl::StrCat(role_prefix(), "worker rank ", rank, " (", lost.info.host(), ", pid ", lost.info.pid(), ") lost: ", why);
   if (serving_locked() && registry_.elastic() && workers_.size() > 1 && !shutting_down_) {
     // Alive after all (silent, stalled)? It must not come back into this world.
     if (lost.link) SendShutdown(*lost.link, absl::StrCat("removed from the cluster: ", what));

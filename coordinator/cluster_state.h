@@ -154,6 +154,8 @@ class ClusterState {
   bool SendPlacementLocked(std::optional<v1::PlacementUpdate> update);
   static void SendShutdown(WorkerLink& link, const std::string& reason, bool reregister = false);
   bool serving_locked() const;
+  // "prefill " or "decode " before "worker" in what the log and errors say; nothing when mixed.
+  std::string role_prefix() const { return options_.role == "mixed" ? "" : options_.role + " "; }
   std::string state_detail_locked() const;
 
   const ModelConfig config_;
