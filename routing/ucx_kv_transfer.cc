@@ -1,5 +1,3 @@
-#include <ucp/api/ucp.h>
-
 #include <atomic>
 #include <cstring>
 #include <deque>
@@ -9,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "routing/kv_transfer.h"
+#include "routing/ucp_worker.h"
 
 namespace daedalus {
 
@@ -83,29 +82,7 @@ class UcxKvTransfer final : public KvTransfer {
 };
 
 absl::Status UcxKvTransfer::Init() {
-  ucp_config_t* config = nullptr;
-  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
-    return absl::InternalError(absl::StrCat("UCX configuration: ", ucs_status_string(s)));
-  }
-  ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  params.features = UCP_FEATURE_RMA;
-  const ucs_status_t s = ucp_init(&params, config, &context_);
-  ucp_config_release(config);
-  if (s != UCS_OK) return absl::InternalError(absl::StrCat("ucp_init (KV transfer): ", ucs_status_string(s)));
-  ucp_worker_params_t wp{};
-  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wp.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the transfer thread touches it
-  if (ucs_status_t w = ucp_worker_create(context_, &wp, &worker_); w != UCS_OK) {
-    return absl::InternalError(absl::StrCat("ucp_worker_create (KV transfer): ", ucs_status_string(w)));
-  }
-  ucp_address_t* address = nullptr;
-  size_t length = 0;
-  if (ucs_status_t a = ucp_worker_get_address(worker_, &address, &length); a != UCS_OK) {
-    return absl::InternalError(absl::StrCat("ucp_worker_get_address: ", ucs_status_string(a)));
-  }
-  address_.assign(reinterpret_cast<const char*>(address), length);
-  ucp_worker_release_address(worker_, address);
+  if (absl::Status s = OpenUcpWorker(UCP_FEATURE_RMA, "KV transfer", context_, worker_, address_); !s.ok()) return s;
   ucp_mem_map_params_t mp{};
   mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
   mp.address = pool_;

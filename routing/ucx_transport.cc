@@ -1,6 +1,5 @@
 #include "routing/ucx_transport.h"
 
-#include <ucp/api/ucp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/status.h"
+#include "routing/ucp_worker.h"
 
 namespace daedalus {
 
@@ -101,30 +101,7 @@ class Ucx final : public UcxTransport {
 };
 
 absl::Status Ucx::Init() {
-  ucp_config_t* config = nullptr;
-  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
-    return absl::InternalError(absl::StrCat("UCX configuration: ", ucs_status_string(s)));
-  }
-  ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  params.features = UCP_FEATURE_TAG;
-  const ucs_status_t s = ucp_init(&params, config, &context_);
-  ucp_config_release(config);
-  if (s != UCS_OK) return absl::InternalError(absl::StrCat("ucp_init: ", ucs_status_string(s)));
-  ucp_worker_params_t wp{};
-  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wp.thread_mode = UCS_THREAD_MODE_SINGLE;
-  if (ucs_status_t w = ucp_worker_create(context_, &wp, &worker_); w != UCS_OK) {
-    return absl::InternalError(absl::StrCat("ucp_worker_create: ", ucs_status_string(w)));
-  }
-  ucp_address_t* address = nullptr;
-  size_t length = 0;
-  if (ucs_status_t a = ucp_worker_get_address(worker_, &address, &length); a != UCS_OK) {
-    return absl::InternalError(absl::StrCat("ucp_worker_get_address: ", ucs_status_string(a)));
-  }
-  address_.assign(reinterpret_cast<const char*>(address), length);
-  ucp_worker_release_address(worker_, address);
-  return absl::OkStatus();
+  return OpenUcpWorker(UCP_FEATURE_TAG, "data plane", context_, worker_, address_);
 }
 
 absl::Status Ucx::Connect(int rank, const std::vector<std::string>& addresses, int64_t epoch) {

@@ -40,13 +40,16 @@ c = json.load(open(sys.argv[1]))
 print((c["kv_lora_rank"] + c["qk_rope_head_dim"]) * 2 * c["num_hidden_layers"] * 64)
 PY
 )"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-ucx_perftest -p "$port" -e >/dev/null 2>&1 &
-perf_server=$!
-sleep 0.5
-timeout 120 ucx_perftest 127.0.0.1 -p "$port" -t ucp_get -s "$page_bytes" -n 1000 -w 50 -e -f >"$tmp/perftest.txt" 2>&1 || true
-kill "$perf_server" 2>/dev/null || true
-wait "$perf_server" 2>/dev/null || true
+# ucp_get is what the transfer does; ucp_put_bw is the other one-sided way it could have.
+for test in ucp_get ucp_put_bw; do
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  ucx_perftest -p "$port" -e >/dev/null 2>&1 &
+  perf_server=$!
+  sleep 0.5
+  timeout 120 ucx_perftest 127.0.0.1 -p "$port" -t "$test" -s "$page_bytes" -n 1000 -w 50 -e -f >"$tmp/$test.txt" 2>&1 || true
+  kill "$perf_server" 2>/dev/null || true
+  wait "$perf_server" 2>/dev/null || true
+done
 
 python3 - "$tmp" "$page_bytes" <<'PY'
 import json, re, sys
@@ -59,12 +62,15 @@ for m, r in run.items():
 metrics = open(f"{tmp}/pd.metrics").read()
 value = lambda name: float(re.search(rf"^{name} (\S+)$", metrics, re.M).group(1))
 moved, seconds, reads = value("daedalus_kv_transfer_bytes_total"), value("daedalus_kv_transfer_seconds_sum"), value("daedalus_kv_transfer_seconds_count")
-rows = [l.split() for l in open(f"{tmp}/perftest.txt") if re.match(r"^\s+\d+\s+[\d.]+", l)]
-perf = float(rows[-1][-3]) / 1000 if rows else float("nan")  # overall MB/s
+def perftest(test):  # the overall bandwidth, GB/s
+    rows = [l.split() for l in open(f"{tmp}/{test}.txt") if re.match(r"^\s+\d+\s+[\d.]+", l)]
+    return float(rows[-1][-3]) / 1000 if rows else float("nan")
+perf, put = perftest("ucp_get"), perftest("ucp_put_bw")
 rate = moved / seconds / 1e9 if seconds else float("nan")
 print(f"KV transfer: {moved / 1e6:.1f} MB in {int(reads)} reads, {rate:.3f} GB/s (each read from its start to its end); "
       f"ucx_perftest ucp_get of {page} B messages: {perf:.3f} GB/s; {rate / perf:.0%} of it" if perf == perf else
       f"KV transfer: {rate:.3f} GB/s; ucx_perftest gave no figure (see its output)")
+print(f"ucx_perftest ucp_put_bw, the same messages: {put:.3f} GB/s")
 itl = run["mixed"]["itl_short_ms_p99"] / run["pd"]["itl_short_ms_p99"]
 tps = run["pd"]["output_tokens_per_s"] / run["mixed"]["output_tokens_per_s"]
 print(f"short-request ITL p99: {itl:.2f}x better disaggregated (target >= 2x); output tokens/s: {tps:.2f} of mixed "

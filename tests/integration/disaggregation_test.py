@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import urllib.request
-from harness import ENV, MPIRUN, check, daedalus, dump_logs, expect_error, failures, finish, free_port, lines, make_model, run, wait_for
+from harness import ENV, MPIRUN, check, check_answers, daedalus, dump_logs, expect_error, failures, finish, free_port, lines, make_model, run, wait_for
 
 REQUESTS = 16
 READ_DELAY_MS = 1500
@@ -143,17 +143,6 @@ def main():
                      for r in lines(run([d, "run", "--model", model, "--prompts", prompts]).stdout)}
         check(len(reference) == REQUESTS, "run answers every prompt", len(reference))
 
-        def answers(p, what):
-            out, err = p.communicate(timeout=300)
-            got = {r["id"]: r for r in lines(out)}
-            errors = [r for r in got.values() if "error" in r]
-            check(p.returncode == 0 and not errors and len(got) == REQUESTS, f"{what}: every request succeeds",
-                  f"rc={p.returncode} {len(got)} answers, errors: {errors[:2]} {err[-300:]}")
-            same = [i for i, r in got.items() if (r.get("generated_ids"), r.get("logprobs")) == reference.get(i)]
-            check(len(same) == REQUESTS, f"{what}: tokens and log-probabilities equal `run` exactly, greedy and sampled",
-                  f"{len(same)} of {REQUESTS} equal; first other: "
-                  f"{next(((i, r.get('generated_ids'), reference.get(i)[0]) for i, r in got.items() if i not in same), None)}")
-
         def nothing_held(cluster, what):
             held = wait_for(lambda: all(int(w.get("kv_held_tokens", 0)) == 0 and int(w.get("kv_used_tokens", 0)) == 0
                                         for w in cluster.status()["workers"]), 20)
@@ -170,7 +159,7 @@ def main():
             check(roles == [("decode", 0), ("decode", 1), ("prefill", 0), ("prefill", 1)],
                   "two prefill and two decode workers serve, each group numbered from 0", roles)
 
-            answers(cluster.generate_bg(prompts), "disaggregated")
+            check_answers(cluster.generate_bg(prompts), "disaggregated", reference)
             admitted = cluster.metric("daedalus_admissions_by_role_total")
             check(admitted == {'{role="decode"}': REQUESTS, '{role="prefill"}': REQUESTS},
                   "each sequence is admitted once to a prefill worker and once to a decode worker", admitted)
@@ -189,7 +178,7 @@ def main():
                   "both decode workers decode sequences whose pages they read")
             victim = next(int(w["pid"]) for w in cluster.status()["workers"] if w.get("role") == "decode" and int(w["rank"]) == 1)
             os.kill(victim, signal.SIGKILL)
-            answers(stream, "a decode worker killed after receiving pages")
+            check_answers(stream, "a decode worker killed after receiving pages", reference)
             s = cluster.status()
             check(sorted(w.get("role") for w in s["workers"]) == ["decode", "prefill", "prefill"],
                   "the decode group serves on with one worker", [w.get("role") for w in s["workers"]])
@@ -203,7 +192,7 @@ def main():
                            60, 0.02), "sequences reach the decode worker, their reads pending")
             victim = next(int(w["pid"]) for w in cluster.status()["workers"] if w.get("role") == "prefill" and int(w["rank"]) == 0)
             os.kill(victim, signal.SIGKILL)
-            answers(stream, "a prefill worker killed mid-transfer")
+            check_answers(stream, "a prefill worker killed mid-transfer", reference)
             failed = cluster.metric("daedalus_kv_transfers_total").get('{result="failed"}', 0)
             check(failed > 0, "reads from the killed prefill worker failed, and their sequences were computed again", failed)
             nothing_held(cluster, "prefill worker killed")

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from harness import ENV, check, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run, wait_for
+from harness import ENV, check, check_answers, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run, wait_for
 
 REQUESTS = 24
 
@@ -100,17 +100,6 @@ def main():
                      for r in lines(run([d, "run", "--model", model, "--prompts", prompts]).stdout)}
         check(len(reference) == REQUESTS, "run answers every prompt", len(reference))
 
-        def answers(p, what):
-            out, err = p.communicate(timeout=300)
-            got = {r["id"]: r for r in lines(out)}
-            errors = [r for r in got.values() if "error" in r]
-            check(p.returncode == 0 and not errors and len(got) == REQUESTS, f"{what}: every request succeeds",
-                  f"rc={p.returncode} {len(got)} answers, errors: {errors[:2]} {err[-300:]}")
-            same = [i for i, r in got.items() if (r.get("generated_ids"), r.get("logprobs")) == reference.get(i)]
-            check(len(same) == REQUESTS, f"{what}: tokens and log-probabilities equal `run` exactly, greedy and sampled",
-                  f"{len(same)} of {REQUESTS} equal; first other: "
-                  f"{next(((i, r.get('generated_ids'), reference.get(i)[0]) for i, r in got.items() if i not in same), None)}")
-
         cluster = Cluster(d, model, tmp)
         try:
             for _ in range(3):
@@ -130,7 +119,7 @@ def main():
             killed = time.time()
             s = wait_for(lambda: len(cluster.status()["workers"]) == 2 and cluster.status(), 30, 0.05)
             measured("worker killed to the cluster serving as 2 (detection and re-formation)", time.time() - killed, 5)
-            answers(stream, "one worker killed mid-stream")
+            check_answers(stream, "one worker killed mid-stream", reference)
             s = cluster.status()
             survivors = sorted(int(w["pid"]) for w in s["workers"])
             check(survivors == sorted(p for r, p in pid_of_rank.items() if r != 1), "the survivors' processes serve on",
@@ -157,7 +146,7 @@ def main():
                   "the survivors form a world of two with the new coordinator, numbered above the old one",
                   s and (s.get("generation"), [w["pid"] for w in s["workers"]]))
             generation = int(s["generation"]) if s else 0
-            answers(cluster.generate_bg(prompts), "after the coordinator restart")
+            check_answers(cluster.generate_bg(prompts), "after the coordinator restart", reference)
 
             # A new process joins the running cluster. (It can be made to hang mid-step, below.)
             joined_at = time.time()
@@ -178,7 +167,7 @@ def main():
                                                       open(os.path.join(tmp, f"worker{i}.log")).read())
                                             for i in range(4) if i != victim_index), 30)
             check(switched, "every worker, the joiner too, switches to the placement that moves experts onto it")
-            answers(cluster.generate_bg(prompts), "after the join")
+            check_answers(cluster.generate_bg(prompts), "after the join", reference)
 
             # The joiner hangs mid-step (20 s), its heartbeats going on: the others' collectives
             # time out (--collective-timeout 3), they both name it, and the cluster goes on without it.
@@ -190,7 +179,7 @@ def main():
             hung = time.time()
             s = wait_for(lambda: len(cluster.status()["workers"]) == 2 and cluster.status(), 30, 0.1)
             measured("a worker hung mid-step to the cluster serving without it (collective timeout 3 s)", time.time() - hung, 8)
-            answers(stream, "a worker hung mid-step")
+            check_answers(stream, "a worker hung mid-step", reference)
             s = cluster.status()
             check(int(s["generation"]) == generation + 1 and joiner.pid not in [int(w["pid"]) for w in s["workers"]],
                   "a new generation without the hung worker", (s.get("generation"), [w["pid"] for w in s["workers"]]))

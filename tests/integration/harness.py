@@ -74,6 +74,21 @@ def lines(text):
     return [json.loads(l) for l in text.splitlines() if l.strip().startswith("{")]
 
 
+def check_answers(proc, what, reference):
+    """`generate --json` run as `proc` ended with every request of `reference` (id -> (generated
+    ids, logprobs), as `run` gave them) answered, none failed, and each equal to it exactly."""
+    out, err = proc.communicate(timeout=300)
+    got = {r["id"]: r for r in lines(out)}
+    errors = [r for r in got.values() if "error" in r]
+    n = len(reference)
+    check(proc.returncode == 0 and not errors and len(got) == n, f"{what}: every request succeeds",
+          f"rc={proc.returncode} {len(got)} answers, errors: {errors[:2]} {err[-300:]}")
+    same = [i for i, r in got.items() if (r.get("generated_ids"), r.get("logprobs")) == reference.get(i)]
+    check(len(same) == n, f"{what}: tokens and log-probabilities equal `run` exactly, greedy and sampled",
+          f"{len(same)} of {n} equal; first other: "
+          f"{next(((i, r.get('generated_ids'), reference.get(i, [None])[0]) for i, r in got.items() if i not in same), None)}")
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:

@@ -160,6 +160,12 @@ def test_disaggregated(exe):
     check(j["kv_bytes_per_request"] == 2000 * 70272, "pd: a request's KV pages are its prompt's latent rows",
           str(j["kv_bytes_per_request"]))
     check(j["bottleneck"] in ("prefill", "decode", "kv transfer"), "pd: names its bottleneck", j["bottleneck"])
+    # DeepSeek's own units, 4 prefill and 18 decode nodes, under their daily mix: the pair and the
+    # ratio that balances it, which must be of the order of theirs (4 : 18).
+    proc = plan(exe, "--model", V3, "--cluster", cluster("deepseek-pd-h800"), "--format", "json")
+    j = json.loads(proc.stdout.strip().splitlines()[0]) if proc.returncode == 0 else {}
+    check(j.get("prefill_nodes") == 4 and j.get("decode_nodes") == 18 and 4.5 <= j.get("balanced_decode_nodes", 0) <= 72,
+          "pd: DeepSeek's 4 + 18 node units plan, balanced by a decode share of the order of theirs", describe(proc))
     common = ["--model", V3, "--cluster", cluster("h800-18node"), "--phase", "pd", "--prefill-nodes", "4",
               "--prompt-len", "4096", "--avg-context", "4989", "--output-len", "1000", "--batch-per-gpu", "128",
               "--redundant-experts", "32"]
