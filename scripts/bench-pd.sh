@@ -5,7 +5,7 @@
 # --long-fraction`). Prints for both: the short requests' ITL p50 and p99, TTFT p50 and p99 and
 # output tokens/s; for the disaggregated run the KV transfer rate (bytes read over the summed
 # read time, from /metrics) beside `ucx_perftest` reading a page-sized message in the same run
-# (UCP get, error handling on, as the transfer's endpoints). Targets: short-request ITL p99 at
+# (UCP get, error handling on, as the transfer's endpoints; and put, for comparison). Targets: short-request ITL p99 at
 # least 2x better disaggregated, at no more than 20% lower output tokens/s.
 #   scripts/bench-pd.sh [PRESET] [REQUESTS] [CONCURRENCY] [LONG] [SHORT] [NEW]
 #   (defaults: small 64 16 2048 64 128)
@@ -40,13 +40,14 @@ c = json.load(open(sys.argv[1]))
 print((c["kv_lora_rank"] + c["qk_rope_head_dim"]) * 2 * c["num_hidden_layers"] * 64)
 PY
 )"
-# ucp_get is what the transfer does; ucp_put_bw is the other one-sided way it could have.
+# ucp_get is what the transfer does; ucp_put_bw is the other one-sided way it could have. Both
+# with 32 messages outstanding, as a 2,048-token prompt's 32 pages are read at once.
 for test in ucp_get ucp_put_bw; do
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   ucx_perftest -p "$port" -e >/dev/null 2>&1 &
   perf_server=$!
   sleep 0.5
-  timeout 120 ucx_perftest 127.0.0.1 -p "$port" -t "$test" -s "$page_bytes" -n 1000 -w 50 -e -f >"$tmp/$test.txt" 2>&1 || true
+  timeout 120 ucx_perftest 127.0.0.1 -p "$port" -t "$test" -s "$page_bytes" -O 32 -n 1000 -w 50 -e -f >"$tmp/$test.txt" 2>&1 || true
   kill "$perf_server" 2>/dev/null || true
   wait "$perf_server" 2>/dev/null || true
 done
