@@ -80,8 +80,9 @@ void Cluster::OnHeartbeat(const std::string& role, int rank, int64_t generation,
   if (ClusterState* group = Group(role)) group->OnHeartbeat(rank, generation, heartbeat, now);
 }
 
-void Cluster::OnPeersLost(const std::string& role, int rank, int64_t generation, const v1::PeersLost& lost) {
-  if (ClusterState* group = Group(role)) group->OnPeersLost(rank, generation, lost);
+void Cluster::OnPeersLost(const std::string& role, int rank, int64_t generation, const v1::PeersLost& lost,
+                          Clock::time_point now) {
+  if (ClusterState* group = Group(role)) group->OnPeersLost(rank, generation, lost, now);
   Pump();
 }
 

@@ -44,7 +44,7 @@ class Cluster {
   void Lose(const std::string& role, int rank, int64_t generation, const std::string& why);
   void OnEvents(const std::string& role, int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now);
   void OnHeartbeat(const std::string& role, int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now);
-  void OnPeersLost(const std::string& role, int rank, int64_t generation, const v1::PeersLost& lost);
+  void OnPeersLost(const std::string& role, int rank, int64_t generation, const v1::PeersLost& lost, Clock::time_point now);
 
   // As ClusterState's, over both groups.
   void CheckDeadlines(Clock::time_point now);

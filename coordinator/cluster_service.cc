@@ -100,7 +100,7 @@ grpc::Status ClusterService::Control(grpc::ServerContext* context,
     } else if (message.has_heartbeat()) {
       state_.OnHeartbeat(role, rank, generation, message.heartbeat(), now);
     } else if (message.has_peers_lost()) {
-      state_.OnPeersLost(role, rank, generation, message.peers_lost());
+      state_.OnPeersLost(role, rank, generation, message.peers_lost(), now);
     } else if (message.has_failure()) {
       why = absl::StrCat("it reported: ", message.failure().message());
       break;

@@ -35,7 +35,7 @@ absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::Regi
     const absl::Status relaunched = absl::UnavailableError("the cluster's workers were relaunched");
     admission_.EndAll(-1, relaunched, relaunched);
     degraded_.clear();
-    peers_lost_.clear();
+    ClearPeerReportsLocked();
     placement_.Reset(registry_.launch_world());
   }
   formed_.notify_all();
@@ -70,7 +70,7 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
   Worker& w = *workers_[rank];
   if (attached == Registry::Attached::kJoined) {
     // The joiner has its weights: the world grew by it, and experts move onto it next.
-    peers_lost_.clear();
+    ClearPeerReportsLocked();
     placement_.AddRank();
     const std::string what = absl::StrCat(role_prefix(), "worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
     SendReformLocked(rank, what);
@@ -127,7 +127,7 @@ void ClusterState::ShrinkLocked(int rank, const std::string& what) {
   // are, under their worker's new rank.
   const int64_t requeued = admission_.Requeue(rank, what, Clock::now());
   registry_.Remove(rank);
-  peers_lost_.clear();
+  ClearPeerReportsLocked();
   const int world = static_cast<int>(workers_.size());
   SendReformLocked(-1, what);
   std::fprintf(stderr, "daedalus: %s; the cluster serves on with %d workers (generation %lld), %lld of its sequences continue on them%s\n",
@@ -183,11 +183,12 @@ void ClusterState::OnHeartbeat(int hello_rank, int64_t generation, const v1::Hea
   }
 }
 
-void ClusterState::OnPeersLost(int hello_rank, int64_t generation, const v1::PeersLost& lost) {
+void ClusterState::OnPeersLost(int hello_rank, int64_t generation, const v1::PeersLost& lost, Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
   int reporter = -1;
   if (registry_.Find(hello_rank, generation, &reporter) == nullptr || lost.generation() != registry_.generation()) return;
   const int world = static_cast<int>(workers_.size());
+  reporters_.insert(reporter);
   for (int r : lost.ranks())
     if (r >= 0 && r < world && r != reporter) peers_lost_[r].insert(reporter);
   for (const auto& [r, by] : peers_lost_) {
@@ -197,6 +198,29 @@ void ClusterState::OnPeersLost(int hello_rank, int64_t generation, const v1::Pee
     LoseLocked(r, why);  // a new generation: the other reports, of the old world, no longer count
     return;
   }
+  // Several hung together: the named ranks that have not reported, each named by every rank
+  // that has, and nobody left out.
+  std::set<int> hung;
+  for (const auto& [r, by] : peers_lost_) {
+    if (reporters_.contains(r)) continue;
+    if (!std::includes(by.begin(), by.end(), reporters_.begin(), reporters_.end())) {
+      hung.clear();
+      break;
+    }
+    hung.insert(r);
+  }
+  if (hung.empty() || static_cast<int>(hung.size() + reporters_.size()) != world) {
+    suspects_.clear();
+  } else if (hung != suspects_) {
+    suspects_ = std::move(hung);
+    suspected_since_ = now;
+  }
+}
+
+void ClusterState::ClearPeerReportsLocked() {
+  peers_lost_.clear();
+  reporters_.clear();
+  suspects_.clear();
 }
 
 void ClusterState::CheckDeadlines(Clock::time_point now) {
@@ -213,6 +237,12 @@ void ClusterState::CheckDeadlines(Clock::time_point now) {
     int rank = -1;
     Worker* w = registry_.Find(hello_rank, hello_generation, &rank);
     if (w != nullptr && w->state == WorkerState::kReady) LoseLocked(rank, why);
+  }
+  if (!suspects_.empty() && now - suspected_since_ >= options_.heartbeat_timeout) {
+    const std::set<int> hung = suspects_;
+    const std::string why = absl::StrCat("hung with ", hung.size() - 1, " other rank(s): every other worker's collective timed out waiting "
+                                         "for them, and they did not report");
+    for (auto it = hung.rbegin(); it != hung.rend(); ++it) LoseLocked(*it, why);  // highest first: the lower keep their ranks
   }
   registry_.ForgetStaleJoiner(now, options_.join_timeout);
   admission_.ExpireQueue(now);

@@ -104,8 +104,13 @@ class ClusterState {
   void OnEvents(int rank, int64_t generation, const v1::StepEvents& events, Clock::time_point now);
   void OnHeartbeat(int rank, int64_t generation, const v1::Heartbeat& heartbeat, Clock::time_point now);
   // Elastic: the worker's collective failed waiting for `lost.ranks` (of world lost.generation).
-  // A rank named by every other worker of the current world is lost.
-  void OnPeersLost(int rank, int64_t generation, const v1::PeersLost& lost);
+  // A rank named by every other worker of the current world is lost at once. Several hung at
+  // once cannot be named by all others: when every rank has either reported or been named, and
+  // each named rank that has not reported is named by every rank that has, those are lost
+  // together once that has held for heartbeat_timeout (CheckDeadlines) — time for a live rank
+  // a step behind them, named by the ranks ahead, to report (its own collective times out
+  // sooner) and so clear itself.
+  void OnPeersLost(int rank, int64_t generation, const v1::PeersLost& lost, Clock::time_point now);
   // Loses workers silent for longer than heartbeat_timeout, and busy workers whose step count
   // has not advanced for stall_timeout; fails queued requests whose admission deadline has
   // passed. Called about every 100 ms by the server.
@@ -148,6 +153,7 @@ class ClusterState {
   void LoseLocked(int rank, const std::string& why);
   // Elastic loss of `rank` (described by `what`): see Lose.
   void ShrinkLocked(int rank, const std::string& what);
+  void ClearPeerReportsLocked();  // a new world: the old one's reports no longer count
   // Sends every worker but `except` (-1: all) a Reform to the current generation and placement.
   void SendReformLocked(int except, const std::string& reason);
   // Sends every worker the update, when there is one; whether there was.
@@ -168,8 +174,11 @@ class ClusterState {
   Registry registry_;                            // the workers, by rank, of the current generation
   std::vector<std::optional<Worker>>& workers_;  // registry_'s
   std::string degraded_;                        // why, when a worker of this generation was lost
-  // Elastic: rank → the ranks that reported it lost, in the current generation.
+  // Elastic: rank → the ranks that reported it lost, in the current generation; the ranks that
+  // reported; and the ranks suspected hung together (see OnPeersLost), since when.
   std::map<int, std::set<int>> peers_lost_;
+  std::set<int> reporters_, suspects_;
+  Clock::time_point suspected_since_;
   bool shutting_down_ = false;  // ShutdownWorkers was called: workers leaving are not a loss to recover from
   PlacementManager placement_;                  // of the current generation, and the measured load
   Admission admission_;                         // the requests, queued or on a worker

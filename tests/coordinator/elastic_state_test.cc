@@ -229,7 +229,7 @@ TEST_F(ElasticStateTest, ARankIsLostOnceEveryOtherRankReportsItsCollectiveWaited
     lost.set_generation(generation);
     *lost.mutable_ranks() = {ranks.begin(), ranks.end()};
     lost.set_message("all-to-all timed out");
-    state_->OnPeersLost(rank, formed, lost);
+    state_->OnPeersLost(rank, formed, lost, now_);
   };
   // Rank 0 is a step ahead, in an all-reduce: it waits for both others.
   report(0, {1, 2}, formed);
@@ -245,6 +245,37 @@ TEST_F(ElasticStateTest, ARankIsLostOnceEveryOtherRankReportsItsCollectiveWaited
   ASSERT_NE(bye, nullptr);
   EXPECT_NE(bye->shutdown().reason().find("every other worker's collective timed out waiting for it"), std::string::npos)
       << bye->shutdown().reason();
+}
+
+TEST_F(ElasticStateTest, RanksHungTogetherAreLostTogetherAfterAGrace) {
+  FormThree();
+  const int64_t formed = generation_;
+  v1::PeersLost lost;
+  lost.set_generation(formed);
+  lost.add_ranks(1);
+  lost.add_ranks(2);
+  lost.set_message("all-reduce timed out");
+  state_->OnPeersLost(0, formed, lost, now_);  // ranks 1 and 2 hang; only rank 0 can say so
+  auto beat = [&](Clock::time_point at) {  // the hung ranks' heartbeat threads live on
+    for (int r = 0; r < 3; ++r) state_->OnHeartbeat(r, formed, v1::Heartbeat{}, at);
+  };
+  const auto grace = std::chrono::milliseconds(5000);  // heartbeat_timeout
+  beat(now_ + grace - std::chrono::milliseconds(200));
+  state_->CheckDeadlines(now_ + grace - std::chrono::milliseconds(100));
+  EXPECT_EQ(state_->Status(now_).world_size(), 3) << "within the grace a rank a step behind could still report";
+  beat(now_ + grace - std::chrono::milliseconds(50));
+  state_->CheckDeadlines(now_ + grace);
+  const v1::ClusterStatusResponse s = state_->Status(now_ + grace);
+  ASSERT_EQ(s.world_size(), 1) << "both lost together";
+  EXPECT_EQ(s.workers(0).pid(), 1000);
+  for (int r : {1, 2}) {
+    const v1::CoordinatorMessage* bye = Last(*links_[r], v1::CoordinatorMessage::kShutdown);
+    ASSERT_NE(bye, nullptr);
+    EXPECT_NE(bye->shutdown().reason().find("hung with 1 other rank"), std::string::npos) << bye->shutdown().reason();
+  }
+  // Their sequences continue on rank 0.
+  EXPECT_NE(AdmitOf(*links_[0], sequence_[1]), nullptr);
+  EXPECT_NE(AdmitOf(*links_[0], sequence_[2]), nullptr);
 }
 
 TEST_F(ElasticStateTest, MpiAndGpuClustersFailTheirRequestsInstead) {
