@@ -165,6 +165,8 @@ void Admission::StartHandOff(Sequences::iterator it, const v1::KvReady& ready) {
   h.source.set_pool_key(w.info.kv_pool_key());
   *h.source.mutable_pages() = ready.pages();
   h.source.set_tokens(ready.tokens());
+  h.source.set_page_size(ready.page_size());
+  h.source.set_row_bytes(ready.row_bytes());
   ClearPendingNames(s);
   held_[s.id] = Held{s.rank, s.reserved};
   --w.running;  // it runs there no more; its pages stay reserved until Release

@@ -98,6 +98,7 @@ class PagedKvCache {
   int64_t dim() const { return dim_; }
   DType dtype() const { return options_.dtype; }
   int64_t page_size() const { return options_.page_size; }
+  int64_t row_bytes() const { return static_cast<int64_t>(row_bytes_); }  // one token's latent in one layer
   // Pages Reserve can hand out: free ones plus unreferenced cached ones.
   int64_t free_pages() const { return static_cast<int64_t>(free_.size() + lru_.size()); }
   int64_t total_pages() const { return total_pages_; }

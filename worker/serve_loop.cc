@@ -111,23 +111,26 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   auto import = [&](const v1::Admit& a) -> absl::StatusOr<int64_t> {
     const v1::KvSource& from = a.kv_source();
     absl::Status why = absl::FailedPreconditionError("this worker reads no KV pages (not a decode worker)");
-    if (options.kv_transfer != nullptr) {
+    const PagedKvCache& cache = engine.cache();
+    if (options.kv_transfer != nullptr && (from.page_size() != cache.page_size() || from.row_bytes() != cache.row_bytes())) {
+      why = absl::FailedPreconditionError(absl::StrCat("the prefill worker's pages (", from.page_size(), " tokens of ", from.row_bytes(),
+                                                       "-byte rows) are not laid out as this worker's (", cache.page_size(),
+                                                       " of ", cache.row_bytes(), "): same --page-size and --kv-dtype needed"));
+    } else if (options.kv_transfer != nullptr &&
+               from.pages_size() < (from.tokens() + cache.page_size() - 1) / cache.page_size()) {
+      why = absl::InvalidArgumentError("the prefill worker's page table does not cover the positions it names");
+    } else if (options.kv_transfer != nullptr) {
       auto index = engine.Import(ToRequest(a), from.tokens());
       if (index.ok()) {
         const PagedKvCache::PageTable source(from.pages().begin(), from.pages().end());
-        const auto src = engine.cache().Ranges(source, from.tokens());
-        const auto dst = engine.cache().Ranges(*engine.import_pages(*index), from.tokens());
+        const auto src = cache.Ranges(source, from.tokens());
+        const auto dst = cache.Ranges(*engine.import_pages(*index), from.tokens());
         std::vector<KvTransfer::Range> ranges;
-        for (size_t i = 0; i < src.size() && i < dst.size(); ++i) ranges.push_back({src[i].offset, dst[i].offset, src[i].bytes});
-        if (src.size() == dst.size()) {
-          reading[options.kv_transfer->Read(from.address(), from.pool_key(), std::move(ranges))] = *index;
-          return index;
-        }
-        engine.Cancel(*index);
-        why = absl::InvalidArgumentError("the prefill worker's page table does not cover the positions it names");
-      } else {
-        why = index.status();
+        for (size_t i = 0; i < src.size(); ++i) ranges.push_back({src[i].offset, dst[i].offset, src[i].bytes});
+        reading[options.kv_transfer->Read(from.address(), from.pool_key(), std::move(ranges))] = *index;
+        return index;
       }
+      why = index.status();
     }
     v1::KvReceived r;
     r.set_sequence(a.sequence());
@@ -337,6 +340,8 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         ready->set_sequence(sequence);
         *ready->mutable_pages() = {held->pages.begin(), held->pages.end()};
         ready->set_tokens(held->tokens);
+        ready->set_page_size(engine.cache().page_size());
+        ready->set_row_bytes(engine.cache().row_bytes());
         continue;  // its pages stay until the coordinator's Release
       }
       v1::FinishEvent* e = events->add_finished();

@@ -69,6 +69,8 @@ class DisaggregatedClusterTest : public ::testing::Test {
     ready->add_pages(3);
     ready->add_pages(4);
     ready->set_tokens(prompt);
+    ready->set_page_size(64);
+    ready->set_row_bytes(160);
     cluster_->OnEvents("prefill", 0, generation_["prefill"], e, now_);
   }
   void Received(int decode_rank, uint64_t sequence, int64_t bytes) {
@@ -130,6 +132,8 @@ TEST_F(DisaggregatedClusterTest, ASequenceMovesFromPrefillToDecodeAndReleasesIts
   EXPECT_EQ(admit->kv_source().pool_key(), "prefill-key-0");
   EXPECT_EQ(std::vector<int32_t>(admit->kv_source().pages().begin(), admit->kv_source().pages().end()), (std::vector<int32_t>{3, 4}));
   EXPECT_EQ(admit->kv_source().tokens(), 100);
+  EXPECT_EQ(admit->kv_source().page_size(), 64);  // the prefill pool's layout, for the decode worker to check
+  EXPECT_EQ(admit->kv_source().row_bytes(), 160);
   EXPECT_EQ(Releases(seq), 0);  // held until read
   EXPECT_EQ(PrefillKvUsed(), 128);
 

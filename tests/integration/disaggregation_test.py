@@ -13,7 +13,9 @@ preset). The decode workers start each read of a sequence's pages 1.5 s late
   are being read: every request completes elsewhere with the same tokens, and afterwards no
   worker holds a KV page (the workers' own count of held pages returns to zero).
 - One mpirun starting both roles (MPMD: 1 prefill, 2 decode workers) forms a world per role,
-  the decode workers' experts exchanged over MPI, with the same tokens again."""
+  the decode workers' experts exchanged over MPI, with the same tokens again.
+- A decode worker whose pages are laid out otherwise computes the sequences itself: the same
+  tokens, no page read."""
 import json
 import os
 import re
@@ -21,7 +23,7 @@ import signal
 import subprocess
 import tempfile
 import urllib.request
-from harness import ENV, MPIRUN, check, check_answers, daedalus, dump_logs, expect_error, failures, finish, free_port, lines, make_model, run, wait_for
+from harness import ENV, MPIRUN, check, check_answers, daedalus, dump_logs, expect_error, failures, finish, free_port, lines, make_model, run, stop_cluster, wait_for
 
 REQUESTS = 16
 READ_DELAY_MS = 1500
@@ -62,13 +64,7 @@ class Cluster:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
     def stop(self):
-        for w in self.workers.values():
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGKILL)
-                w.wait()
-        if self.coordinator.poll() is None:
-            self.coordinator.send_signal(signal.SIGTERM)
-            self.coordinator.wait(timeout=30)
+        stop_cluster(self.coordinator, self.workers.values())
 
 
 def role_errors(d, model, tmp):
@@ -122,6 +118,32 @@ def one_mpirun(d, model, prompts, reference):
             job.wait()
 
 
+def mismatched_layouts(d, model, prompts, reference):
+    """A decode worker whose pages are laid out otherwise (another --page-size) computes each
+    sequence itself instead of reading the prefill worker's pages: the same tokens, and every
+    read counted as failed."""
+    address, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    c = subprocess.Popen([d, "coordinator", "--model", model, "--listen", address, "--metrics-listen", metrics,
+                          "--prefill-world-size", "1", "--decode-world-size", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    c.stdout.readline()
+    workers = [subprocess.Popen([d, "worker", "--coordinator", address, "--model", model, "--threads", "1", "--role", role,
+                                 "--page-size", page], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                                start_new_session=True) for role, page in (("prefill", "16"), ("decode", "32"))]
+    try:
+        check(wait_for(lambda: "cluster serving" in run([d, "status", "--server", address]).stdout, 60),
+              "prefill and decode workers with different page sizes serve")
+        check_answers(subprocess.Popen([d, "generate", "--server", address, "--json", "--prompts", prompts, "--concurrency",
+                                        "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV),
+                      "pages laid out otherwise", reference)
+        text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+        failed = re.search(r'^daedalus_kv_transfers_total\{result="failed"\} (\S+)$', text, re.M)
+        check(failed and float(failed.group(1)) == len(reference) and "result=\"ok\"" not in text,
+              "every read was refused for the layout, none attempted", failed and failed.group(0))
+    finally:
+        stop_cluster(c, workers)
+
+
 def main():
     d = daedalus()
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +171,7 @@ def main():
             check(held, f"{what}: no worker holds a KV page afterwards", cluster.status()["workers"])
 
         one_mpirun(d, model, prompts, reference)
+        mismatched_layouts(d, model, prompts, reference)
         cluster = Cluster(d, model, tmp)
         delay = {"DAEDALUS_FAULT_KV_READ_DELAY_MS": str(READ_DELAY_MS)}
         try:

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from harness import ENV, check, check_answers, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run, wait_for
+from harness import ENV, check, check_answers, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run, stop_cluster, wait_for
 
 REQUESTS = 24
 
@@ -62,13 +62,7 @@ class Cluster:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
     def stop(self):
-        for w in self.workers:
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGKILL)
-                w.wait()
-        if self.coordinator.poll() is None:
-            self.coordinator.send_signal(signal.SIGTERM)
-            self.coordinator.wait(timeout=30)
+        stop_cluster(self.coordinator, self.workers)
 
 
 def covers_every_expert(status, n_experts, world):

@@ -117,6 +117,18 @@ def stop(proc, timeout=30):
         return proc.wait()
 
 
+def stop_cluster(coordinator, workers):
+    """Kills the worker processes (each leads its own session) still running, then stops the
+    coordinator."""
+    for w in workers:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait()
+    if coordinator.poll() is None:
+        coordinator.send_signal(signal.SIGTERM)
+        coordinator.wait(timeout=30)
+
+
 def dump_logs(folder, names, chars=4000):
     """Prints the tail of each named log in `folder` that exists (after a failure)."""
     for name in names:
