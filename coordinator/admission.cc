@@ -25,11 +25,7 @@ absl::StatusOr<std::shared_ptr<RequestChannel>> Admission::Submit(const v1::Gene
                                                             " requests are waiting for admission (--max-queue ",
                                                             options_.max_queue, ")")));
   }
-  const int64_t need = Reservation(request), largest = LargestCache(-1);
-  if (need > largest) {
-    return refuse(absl::ResourceExhaustedError(absl::StrCat("prompt plus max_new_tokens needs ", need,
-                                                            " KV cache tokens; the largest worker cache holds ", largest)));
-  }
+  if (absl::Status fits = Fits(request); !fits.ok()) return refuse(fits);
   const uint64_t id = next_sequence_++;
   Sequence s;
   s.id = id;
@@ -195,10 +191,7 @@ void Admission::Release(uint64_t sequence) {
 }
 
 void Admission::Accept(HandOff h, Clock::time_point now) {
-  const int64_t need = Reservation(h.request), largest = LargestCache(-1);
-  if (need > largest) {
-    const absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
-        "prompt plus max_new_tokens needs ", need, " KV cache tokens; the largest decode worker's cache holds ", largest));
+  if (const absl::Status s = Fits(h.request); !s.ok()) {
     if (metrics_) metrics_->CountRequest(OutcomeOf(s, ""));
     h.channel->Finish("", s);
     released_.push_back(h.id);
@@ -300,6 +293,15 @@ int64_t Admission::Reservation(const v1::GenerateRequest& request) const {
   // A prefill worker holds the prompt's pages (and computes one token past it).
   const int64_t length = request.prompt_ids_size() + (options_.role == "prefill" ? 1 : request.max_new_tokens());
   return (length + page - 1) / page * page;
+}
+
+absl::Status Admission::Fits(const v1::GenerateRequest& request) const {
+  const int64_t need = Reservation(request), largest = LargestCache(-1);
+  if (need <= largest) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(options_.role == "prefill" ? "the prompt" : "prompt plus max_new_tokens",
+                                                   " needs ", need, " KV cache tokens; the largest ",
+                                                   options_.role == "mixed" ? "" : options_.role + " ", "worker cache holds ",
+                                                   largest));
 }
 
 int64_t Admission::LargestCache(int except) const {

@@ -90,6 +90,10 @@ class Admission {
   void Accept(HandOff h, Clock::time_point now);
   std::vector<uint64_t> TakeReleased();
 
+  // RESOURCE_EXHAUSTED naming both when the KV the request needs here is more than the largest
+  // of these workers' caches holds.
+  absl::Status Fits(const v1::GenerateRequest& request) const;
+
   int64_t queued() const { return static_cast<int64_t>(queue_.size()); }
   int64_t held() const { return static_cast<int64_t>(sequences_.size()); }
 

@@ -1,12 +1,15 @@
 #include "coordinator/cluster.h"
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/outcome.h"
+#include "core/status.h"
 
 namespace daedalus {
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Create(const ModelConfig& config, const std::string& model_name,
                                                          const CoordinatorOptions& options, Metrics* metrics) {
   std::unique_ptr<Cluster> c(new Cluster);
+  c->metrics_ = metrics;
   const int prefill_world_size = options.prefill_world_size, decode_world_size = options.decode_world_size;
   if (prefill_world_size == 0 && decode_world_size == 0) {
     CoordinatorOptions mixed = options;
@@ -95,14 +98,21 @@ void Cluster::CheckDeadlines(Clock::time_point now) {
 absl::StatusOr<std::shared_ptr<RequestChannel>> Cluster::Submit(const v1::GenerateRequest& request,
                                                                 Clock::time_point admission_deadline, Clock::time_point now) {
   if (decode_ && !decode_->serving()) {  // the prefill group would take it, and no one could finish it
-    return absl::UnavailableError(absl::StrCat("decode workers: ", decode_->Status(now).detail()));
+    absl::Status unavailable = absl::UnavailableError(absl::StrCat("decode workers: ", decode_->Status(now).detail()));
+    if (metrics_) metrics_->CountRequest(OutcomeOf(unavailable, ""));
+    return unavailable;
   }
+  if (decode_) RETURN_IF_ERROR(decode_->CheckFits(request));  // before its first token, not after
   return group_->Submit(request, admission_deadline, now);
 }
 
 void Cluster::Cancel(uint64_t sequence, const std::string& reason) {
-  group_->Cancel(sequence, reason);  // wherever it is now; the other group does not know it
-  if (decode_) decode_->Cancel(sequence, reason);
+  {
+    // Not while a hand-off is between the groups, where neither would find it.
+    std::lock_guard<std::mutex> lock(hand_off_mu_);
+    group_->Cancel(sequence, reason);  // wherever it is now; the other group does not know it
+    if (decode_) decode_->Cancel(sequence, reason);
+  }
   Pump();
 }
 
@@ -147,6 +157,7 @@ v1::ClusterStatusResponse Cluster::Status(Clock::time_point now) const {
 
 void Cluster::Pump() {
   if (!decode_) return;
+  std::lock_guard<std::mutex> lock(hand_off_mu_);
   for (auto& h : group_->TakeHandOffs()) decode_->Accept(std::move(h), Clock::now());
   for (uint64_t sequence : decode_->TakeReleased()) group_->Release(sequence);
 }

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "coordinator/cluster_state.h"
@@ -69,6 +70,10 @@ class Cluster {
 
   // mixed: group_ alone; disaggregated: group_ is the prefill group.
   std::unique_ptr<ClusterState> group_, decode_;
+  Metrics* metrics_ = nullptr;
+  // Held while sequences move between the groups (Pump) and while Cancel looks for one, so
+  // that a sequence is always in one group when it is looked for. Taken before a group's lock.
+  std::mutex hand_off_mu_;
 };
 
 }  // namespace daedalus

@@ -320,6 +320,13 @@ void ClusterState::Accept(Admission::HandOff hand_off, Clock::time_point now) {
   AdmitLocked();
 }
 
+absl::Status ClusterState::CheckFits(const v1::GenerateRequest& request) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::Status s = admission_.Fits(request);
+  if (!s.ok() && metrics_) metrics_->CountRequest(OutcomeOf(s, ""));
+  return s;
+}
+
 std::vector<uint64_t> ClusterState::TakeReleased() {
   std::lock_guard<std::mutex> lock(mu_);
   return admission_.TakeReleased();

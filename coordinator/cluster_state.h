@@ -138,6 +138,9 @@ class ClusterState {
   // Decode group: takes a handed-off sequence; and the sequences whose prefill copy is no
   // longer needed (for the prefill group's Release).
   void Accept(Admission::HandOff hand_off, Clock::time_point now);
+  // RESOURCE_EXHAUSTED (counted in the metrics) when no worker's cache here could hold the
+  // request: the decode group's check, made before the prefill group takes it.
+  absl::Status CheckFits(const v1::GenerateRequest& request);
   std::vector<uint64_t> TakeReleased();
 
   bool serving() const;

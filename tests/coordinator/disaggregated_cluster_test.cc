@@ -176,6 +176,18 @@ TEST_F(DisaggregatedClusterTest, ALostDecodeWorkerPassesTheSameSourceOn) {
   EXPECT_EQ(PrefillKvUsed(), 0);
 }
 
+TEST_F(DisaggregatedClusterTest, ARequestNoDecodeWorkerCouldHoldIsRefusedBeforeItsPrefill) {
+  v1::GenerateRequest g;
+  for (int i = 0; i < 100; ++i) g.add_prompt_ids(5);
+  g.set_max_new_tokens(2000);  // 2,112 tokens of KV: more than any decode worker's 1,024
+  auto refused = cluster_->Submit(g, now_ + std::chrono::seconds(30), now_);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("the largest decode worker cache holds 1024"), std::string::npos)
+      << refused.status();
+  EXPECT_EQ(prefill_[0]->Count(v1::CoordinatorMessage::kAdmit), 0);
+  EXPECT_EQ(metrics_.requests_by_outcome()["resource_exhausted"], 1);
+}
+
 TEST_F(DisaggregatedClusterTest, RefusesWorkersOfAnotherRole) {
   v1::RegisterRequest r;
   r.set_rank(0);
