@@ -9,6 +9,7 @@ namespace {
 
 struct Sequence {
   double sent = 0;           // when its client sent it
+  int64_t ready_step = 0;    // the first step it can join
   int64_t prompt_left = 0;   // tokens still to prefill
   int64_t generated = 0;
   bool first_wave = false;
@@ -19,19 +20,26 @@ struct Sequence {
 ClosedLoopResult SimulateClosedLoop(const ClosedLoopLoad& load, const ClosedLoopCosts& costs, int64_t requests) {
   std::vector<std::deque<Sequence>> workers(std::max<int64_t>(load.workers, 1));  // in admission order
   std::deque<Sequence> sent;  // at the coordinator, not admitted yet
-  for (int64_t c = 0; c < load.clients; ++c) sent.push_back({0.0, load.prompt_len, 0, true});
+  for (int64_t c = 0; c < load.clients; ++c) sent.push_back({0.0, 0, load.prompt_len, 0, true});
   std::vector<double> ttft;
   double now = 0;
   int64_t ended = 0;
   const int64_t chunk = std::max<int64_t>(1, std::min(load.prefill_chunk, load.max_batch_tokens));
-  while (ended < requests) {
+  for (int64_t k = 0; ended < requests; ++k) {
     // Admission at the step boundary: each to the worker running the fewest (the lowest rank on
-    // a tie), as the most free KV picks when every request reserves the same.
-    while (!sent.empty()) {
+    // a tie), as the most free KV picks when every request reserves the same. A request sent at
+    // the end of a step reaches its worker while the next step runs, so it joins the one after;
+    // workers with nothing to run wait for it instead.
+    const bool idle = std::all_of(workers.begin(), workers.end(), [](const auto& w) { return w.empty(); });
+    for (auto it = sent.begin(); it != sent.end();) {
+      if (it->ready_step > k && !idle) {
+        ++it;
+        continue;
+      }
       auto fewest = std::min_element(workers.begin(), workers.end(),
                                      [](const auto& a, const auto& b) { return a.size() < b.size(); });
-      fewest->push_back(sent.front());
-      sent.pop_front();
+      fewest->push_back(*it);
+      it = sent.erase(it);
     }
     // Each worker's step: decode tokens first, then prompt chunks within the token budget.
     double step = 0;
@@ -67,7 +75,7 @@ ClosedLoopResult SimulateClosedLoop(const ClosedLoopLoad& load, const ClosedLoop
         }
         if (s.generated >= load.max_new_tokens) {  // ends; its client sends the next at once
           ended += s.first_wave ? 0 : 1;
-          sent.push_back({now, load.prompt_len, 0, false});
+          sent.push_back({now, k + 2, load.prompt_len, 0, false});
         } else {
           still.push_back(s);
         }

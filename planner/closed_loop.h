@@ -5,7 +5,9 @@
 // max_batch_tokens; the workers step in lockstep, a step lasting as long as the slowest one's:
 //   step_w = (decode tokens ? decode_step : 0) + prompt tokens · prefill_per_token.
 // Clients whose requests end in the same step send the next ones together, so waves of
-// prompts form and are prefilled over several steps: what one prefill's time leaves out.
+// prompts form and are prefilled over several steps: what one prefill's time leaves out. A
+// request sent at the end of a step reaches its worker while the next step runs, and joins the
+// one after it (workers with nothing to run wait for it instead).
 // A request's TTFT runs from its sending to the end of the step that computes its last prompt
 // token (its first token comes from that step).
 #pragma once
