@@ -136,7 +136,7 @@ int RunServing(const PlanFlags& f, const ModelConfig& config, const ClusterConfi
 int RunDisaggregated(const PlanFlags& f, const ModelConfig& config, const ClusterConfig& cluster, const Workload& base,
                      const std::vector<SweepAxis>& axes, const ExpertLoad& histogram, const Efficiency& efficiency,
                      const std::string& model_name) {
-  if (f.format == "csv" || !f.plot.empty()) return Fail("--phase pd: --format csv and --plot are not supported (use --format json)");
+  if (f.format == "csv") return Fail("--phase pd: --format csv is not supported (use --format json)");
   std::vector<std::pair<std::vector<Setting>, absl::StatusOr<PdPlan>>> results;
   for (const std::vector<Setting>& combination : ExpandSweep(axes)) {
     const absl::StatusOr<Workload> w = ApplySettings(combination, base);
@@ -153,6 +153,21 @@ int RunDisaggregated(const PlanFlags& f, const ModelConfig& config, const Cluste
   }
   if (f.format == "table") {
     std::printf("%s", axes.empty() ? PdPlanReport(model_name, *results.front().second).c_str() : PdSweepTable(results).c_str());
+  }
+  if (!f.plot.empty()) {  // each split's output per node of the pair against its decode side's ITL
+    std::vector<PlotPoint> points;
+    for (const auto& [settings, plan] : results) {
+      if (!plan.ok()) continue;
+      std::string label;
+      for (const auto& [k, v] : settings) label += absl::StrCat(label.empty() ? "" : " ", k, "=", v);
+      const double nodes = static_cast<double>(plan->workload.prefill_nodes + plan->workload.decode_nodes);
+      points.push_back({plan->itl_s() * 1e3, plan->output_tokens_per_s() / nodes,
+                        label.empty() ? absl::StrCat(plan->workload.prefill_nodes, " + ", plan->workload.decode_nodes, " nodes") : label});
+    }
+    std::ofstream out(f.plot);
+    out << FrontierSvg(points, absl::StrCat(model_name, " on ", cluster.name, ": disaggregated, throughput vs latency"),
+                       "inter-token latency (ms)", "output tokens/s per node (prefill and decode nodes)");
+    if (!out) return Fail(absl::StrCat(f.plot, ": cannot write"));
   }
   return 0;
 }

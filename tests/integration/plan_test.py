@@ -145,7 +145,7 @@ def test_expert_load(exe, tmp):
     expect_error(plan(exe, *base), "expert-load with the wrong layer count", ["load.json", "expected 61 layers"])
 
 
-def test_disaggregated(exe):
+def test_disaggregated(exe, tmp):
     # The preset's own settings (phase pd in its deployment block), then the same from flags on
     # a plain cluster: one JSON object with both sides, and the report.
     proc = plan(exe, "--model", V3, "--cluster", cluster("sglang-h100-pd"), "--format", "json")
@@ -177,6 +177,10 @@ def test_disaggregated(exe):
     rows = proc.stdout.strip().splitlines()
     check(proc.returncode == 0 and len(rows) == 5, "pd: a sweep over decode nodes and output length, a row each",
           describe(proc))
+    svg_path = os.path.join(tmp, "pd.svg")
+    proc = plan(exe, *flags, "--sweep", "decode-nodes=8,11,14", "--plot", svg_path)
+    circles = ET.parse(svg_path).findall(".//{http://www.w3.org/2000/svg}circle") if proc.returncode == 0 else []
+    check(len(circles) == 3, "pd: --plot draws each split of the sweep", f"{len(circles)} points; {describe(proc)}")
     expect_error(plan(exe, *common, "--decode-nodes", "15"), "pd: more nodes than the cluster",
                  ["4 prefill + 15 decode nodes", "has 18"])
     expect_error(plan(exe, "--model", V3, "--cluster", cluster("h800-18node"), "--phase", "pd", "--prefill-nodes", "4",
@@ -219,7 +223,7 @@ def main():
         test_csv_and_table(args.daedalus)
         test_sweep_and_plot(args.daedalus, tmp)
         test_expert_load(args.daedalus, tmp)
-        test_disaggregated(args.daedalus)
+        test_disaggregated(args.daedalus, tmp)
         test_errors(args.daedalus, tmp)
     finish()
 
