@@ -6,7 +6,8 @@
 // at registration; the coordinator passes the prefill side's to the decode worker with the
 // sequence. One thread per process owns the UCP worker and drives every transfer, so reads
 // proceed while the engine steps (UCX may emulate RMA in software, which needs the serving side
-// to progress too). This header includes no UCX header.
+// to progress too); idle, it sleeps until the network or a new read wakes it. This header
+// includes no UCX header.
 #pragma once
 
 #include <chrono>

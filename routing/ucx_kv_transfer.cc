@@ -1,4 +1,9 @@
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -52,6 +57,9 @@ class UcxKvTransfer final : public KvTransfer {
     Transfer* transfer;
   };
   void Run();
+  // Idle: sleeps until the network or a Read has something for the thread (or 100 ms pass).
+  void Sleep();
+  void Wake();  // from Read and the destructor
   void Post(Transfer& t);
   // Closes the peer's endpoint (its reads end, cancelled) and forgets it.
   void Drop(const std::string& address);
@@ -69,6 +77,7 @@ class UcxKvTransfer final : public KvTransfer {
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   ucp_mem_h memory_ = nullptr;
+  int ucp_fd_ = -1, wake_fd_ = -1;  // the UCP worker's event fd; an eventfd the thread sleeps on too
   std::string address_, pool_key_;
   std::map<std::string, std::unique_ptr<Peer>> peers_;  // by address; the transfer thread's
   std::map<uint64_t, std::unique_ptr<Transfer>> active_;  // the transfer thread's
@@ -82,7 +91,14 @@ class UcxKvTransfer final : public KvTransfer {
 };
 
 absl::Status UcxKvTransfer::Init() {
-  if (absl::Status s = OpenUcpWorker(UCP_FEATURE_RMA, "KV transfer", context_, worker_, address_); !s.ok()) return s;
+  if (absl::Status s = OpenUcpWorker(UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP, "KV transfer", context_, worker_, address_); !s.ok()) {
+    return s;
+  }
+  if (ucs_status_t e = ucp_worker_get_efd(worker_, &ucp_fd_); e != UCS_OK) {
+    return absl::InternalError(absl::StrCat("ucp_worker_get_efd: ", ucs_status_string(e)));
+  }
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
   ucp_mem_map_params_t mp{};
   mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
   mp.address = pool_;
@@ -105,7 +121,9 @@ absl::Status UcxKvTransfer::Init() {
 
 UcxKvTransfer::~UcxKvTransfer() {
   stop_ = true;
+  Wake();
   if (thread_.joinable()) thread_.join();
+  if (wake_fd_ >= 0) close(wake_fd_);
   while (!peers_.empty()) Drop(peers_.begin()->first);
   if (memory_ != nullptr) ucp_mem_unmap(context_, memory_);
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
@@ -122,6 +140,7 @@ uint64_t UcxKvTransfer::Read(const std::string& peer_address, const std::string&
   t->ticket = next_ticket_++;
   const uint64_t ticket = t->ticket;
   incoming_.push_back(std::move(t));
+  Wake();
   return ticket;
 }
 
@@ -273,7 +292,23 @@ void UcxKvTransfer::Run() {
       std::lock_guard<std::mutex> lock(mu_);
       done_.insert(done_.end(), finished.begin(), finished.end());
     }
-    if (progressed == 0 && active_.empty()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    if (progressed == 0 && active_.empty()) Sleep();
+  }
+}
+
+void UcxKvTransfer::Wake() {
+  if (wake_fd_ < 0) return;
+  const uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = write(wake_fd_, &one, sizeof one);
+}
+
+void UcxKvTransfer::Sleep() {
+  // Arming fails with BUSY while events are pending: then there is work at once.
+  if (ucp_worker_arm(worker_) != UCS_OK) return;
+  pollfd fds[2] = {{ucp_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  if (poll(fds, 2, 100) > 0 && (fds[1].revents & POLLIN)) {
+    uint64_t count;
+    [[maybe_unused]] const ssize_t n = read(wake_fd_, &count, sizeof count);
   }
 }
 
