@@ -14,7 +14,8 @@ of two, keeping their processes. Then a new worker process joins the running clu
 from scratch (same processes, no re-registration), experts move onto it, and the same prompts
 give the same tokens again. Last, that worker hangs mid-step while its heartbeats go on: the
 others' collectives time out, both name it, and the cluster goes on without it, again with no
-failed request. Detection and recovery times are printed ("measured: ...")."""
+failed request. Last, a third worker joins and two of the three hang together: the one left
+names both, and both are lost once --heartbeat-timeout passes, again with no failed request. Detection and recovery times are printed ("measured: ...")."""
 import json
 import os
 import re
@@ -25,6 +26,9 @@ import time
 from harness import ENV, check, check_answers, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run, stop_cluster, wait_for
 
 REQUESTS = 24
+# Every worker can be made to hang mid-step (SIGUSR2: its next all-to-all first sleeps 20 s,
+# its heartbeats going on).
+STALL = {"DAEDALUS_FAULT_STALL_ON_SIGUSR2": "20000"}
 
 
 class Cluster:
@@ -97,7 +101,7 @@ def main():
         cluster = Cluster(d, model, tmp)
         try:
             for _ in range(3):
-                cluster.start_worker()
+                cluster.start_worker(STALL)
             s = wait_for(lambda: cluster.status().get("state") == "serving" and cluster.status(), 120)
             check(s and s.get("elastic") is True and len(s["workers"]) == 3, "3 ucx workers form an elastic cluster", s)
             generation = int(s.get("generation", 0))
@@ -144,7 +148,7 @@ def main():
 
             # A new process joins the running cluster. (It can be made to hang mid-step, below.)
             joined_at = time.time()
-            joiner = cluster.start_worker({"DAEDALUS_FAULT_STALL_ON_SIGUSR2": "20000"})
+            joiner = cluster.start_worker(STALL)
             s = wait_for(lambda: len(cluster.status()["workers"]) == 3 and cluster.status(), 60, 0.1)
             measured("a new worker's start to serving as rank 2", time.time() - joined_at, 30)
             check(s and s["state"] == "serving" and int(s["generation"]) == generation + 1, "the joiner makes one more generation",
@@ -180,6 +184,31 @@ def main():
             coordinator_log = open(os.path.join(tmp, "coordinator.log")).read()
             check("lost: every other worker's collective timed out waiting for it" in coordinator_log,
                   "the coordinator says why: every other worker waited for it", coordinator_log[-400:])
+
+            # Two of three hang together: neither can be named by both others, so the one left
+            # names both, and they are lost together once --heartbeat-timeout (3 s) has passed
+            # without either reporting.
+            cluster.start_worker(STALL)
+            s = wait_for(lambda: len(cluster.status()["workers"]) == 3 and cluster.status(), 60, 0.1)
+            check(s and s["state"] == "serving", "a third worker joins again", s and s.get("state"))
+            generation = int(cluster.status()["generation"])
+            stream = cluster.generate_bg(prompts)
+            check(wait_for(lambda: all(int(w.get("running", 0)) > 0 for w in cluster.status()["workers"]), 60, 0.05),
+                  "all three run sequences")
+            by_rank = {int(w["rank"]): int(w["pid"]) for w in cluster.status()["workers"]}
+            for rank in (1, 2):
+                os.kill(by_rank[rank], signal.SIGUSR2)
+            hung = time.time()
+            s = wait_for(lambda: len(cluster.status()["workers"]) == 1 and cluster.status(), 40, 0.1)
+            measured("two workers hung together to the cluster serving without both (collective timeout 3 s, grace 3 s)",
+                     time.time() - hung, 12)
+            check_answers(stream, "two workers hung together", reference)
+            s = cluster.status()
+            check([int(w["pid"]) for w in s["workers"]] == [by_rank[0]] and int(s["generation"]) == generation + 2,
+                  "the worker left serves alone, two generations on (one per loss)",
+                  (s.get("generation"), [w["pid"] for w in s["workers"]]))
+            check("lost: hung with 1 other rank(s)" in open(os.path.join(tmp, "coordinator.log")).read(),
+                  "the coordinator says why: hung together, named by every worker that reported")
         finally:
             cluster.stop()
             if failures:
