@@ -23,10 +23,6 @@ ClusterState::ClusterState(ModelConfig config, std::string model_name, Coordinat
                  metrics_, workers_) {}
 
 absl::StatusOr<ClusterState::Registration> ClusterState::Register(const v1::RegisterRequest& r, Clock::time_point now) {
-  const std::string role = r.role().empty() ? "mixed" : r.role();
-  if (role != options_.role) {
-    return absl::InvalidArgumentError(absl::StrCat("a ", role, " worker cannot join this coordinator's ", options_.role, " workers"));
-  }
   std::lock_guard<std::mutex> lock(mu_);
   const bool can_join = serving_locked() && registry_.elastic();
   ASSIGN_OR_RETURN(Registry::Registered registered, registry_.Register(r, can_join, degraded_.empty(), now));

@@ -57,8 +57,9 @@ struct CoordinatorOptions {
   // Elastic: a worker registered to join that has not attached (loaded its weights) by then is
   // forgotten, so that another may join.
   std::chrono::milliseconds join_timeout{600000};
-  // The role every worker of this cluster registers with: "mixed", or one group of a
-  // prefill/decode deployment ("prefill" | "decode"; coordinator/cluster.h joins the two).
+  // The role of this cluster's workers: "mixed", or one group of a prefill/decode deployment
+  // ("prefill" | "decode"; coordinator/cluster.h joins the two and routes each worker to its
+  // group by the role it registers with).
   std::string role = "mixed";
   // Prefill/decode disaggregation (coordinator/cluster.h): the workers of each group; both 0:
   // one group of world_size mixed workers.

@@ -52,10 +52,6 @@ class UcxKvTransfer final : public KvTransfer {
     absl::Status status;
     size_t bytes = 0;
   };
-  struct Completion {  // a posted read's callback data
-    UcxKvTransfer* self;
-    Transfer* transfer;
-  };
   void Run();
   // Idle: sleeps until the network or a Read has something for the thread (or 100 ms pass).
   void Sleep();
@@ -64,7 +60,7 @@ class UcxKvTransfer final : public KvTransfer {
   // Closes the peer's endpoint (its reads end, cancelled) and forgets it.
   void Drop(const std::string& address);
   Peer* Connect(const std::string& address, const std::string& key, absl::Status& error);
-  static void OnRead(void* request, ucs_status_t status, void* user_data);
+  static void OnRead(void* request, ucs_status_t status, void* transfer);  // a posted read's end
   static void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
     auto* peer = static_cast<Peer*>(arg);
     peer->failed = true;
@@ -203,14 +199,13 @@ void UcxKvTransfer::Drop(const std::string& address) {
   peers_.erase(it);
 }
 
-void UcxKvTransfer::OnRead(void* request, ucs_status_t status, void* user_data) {
-  auto* c = static_cast<Completion*>(user_data);
-  if (status != UCS_OK && c->transfer->status.ok()) {
-    c->transfer->status = absl::UnavailableError(absl::StrCat("reading KV pages from the prefill worker: ", ucs_status_string(status)));
+void UcxKvTransfer::OnRead(void* request, ucs_status_t status, void* transfer) {
+  auto* t = static_cast<Transfer*>(transfer);
+  if (status != UCS_OK && t->status.ok()) {
+    t->status = absl::UnavailableError(absl::StrCat("reading KV pages from the prefill worker: ", ucs_status_string(status)));
   }
-  --c->transfer->outstanding;
+  --t->outstanding;
   ucp_request_free(request);
-  delete c;
 }
 
 void UcxKvTransfer::Post(Transfer& t) {
@@ -226,22 +221,17 @@ void UcxKvTransfer::Post(Transfer& t) {
       t.status = absl::InvalidArgumentError("a KV transfer range runs past this worker's pool");
       return;
     }
-    auto* c = new Completion{this, &t};
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = OnRead;
-    p.user_data = c;
+    p.user_data = &t;  // active_ keeps it until every read on it has ended
     void* request = ucp_get_nbx(peer->endpoint, pool_ + r.to, r.bytes, peer->base + r.from, peer->rkey, &p);
-    if (request == nullptr) {  // done at once; no callback
-      delete c;
-    } else if (UCS_PTR_IS_ERR(request)) {
-      delete c;
+    if (UCS_PTR_IS_ERR(request)) {
       t.status = absl::UnavailableError(absl::StrCat("reading KV pages from the prefill worker: ",
                                                      ucs_status_string(UCS_PTR_STATUS(request))));
       return;
-    } else {
-      ++t.outstanding;
     }
+    if (request != nullptr) ++t.outstanding;  // null: done at once, no callback
     t.bytes += r.bytes;
   }
 }

@@ -17,7 +17,7 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& opti
   if (options.host_pool && options.pool != nullptr) {
     pool_ = options.pool;
   } else if (options.host_pool) {
-    owned_pool_.reset(new uint8_t[page_bytes_ * total_pages_]);
+    owned_pool_.reset(new uint8_t[PoolBytes(config, options)]);
     pool_ = owned_pool_.get();
   }
   for (int64_t p = total_pages_ - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));

@@ -87,7 +87,6 @@ class PagedKvCache {
   };
   std::vector<ByteRange> Ranges(const PageTable& pages, int64_t n_tokens) const;
   uint8_t* pool() { return pool_; }  // null without a host pool
-  size_t pool_bytes() const { return pool_ ? page_bytes_ * static_cast<size_t>(total_pages_) : 0; }
 
   bool prefix_caching() const { return options_.prefix_caching; }
   // The content name of a full page holding tokens[0, page_size) after the page named `parent`.

@@ -106,36 +106,46 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   std::unordered_map<uint64_t, int64_t> reading;
   std::unordered_set<int64_t> abort_after_read;
   std::vector<v1::KvReceived> received;
-  // Starts reading the pages of an Admit with a kv_source; when it cannot, the sequence is
-  // computed here from its tokens (and the prefill worker may free its copy at once).
-  auto import = [&](const v1::Admit& a) -> absl::StatusOr<int64_t> {
+  // What the coordinator hears of a sequence's pages: read (or given up on), and for how long.
+  auto receipt = [&](uint64_t sequence, const absl::Status& status, size_t bytes, double seconds) {
+    v1::KvReceived& r = received.emplace_back();
+    r.set_sequence(sequence);
+    r.set_ok(status.ok());
+    r.set_bytes(static_cast<int64_t>(bytes));
+    r.set_seconds(seconds);
+    if (!status.ok()) r.set_error(std::string(status.message()));
+  };
+  // Starts reading the pages of an Admit with a kv_source into pages reserved for them; the
+  // engine index, or why it cannot.
+  auto start_read = [&](const v1::Admit& a) -> absl::StatusOr<int64_t> {
     const v1::KvSource& from = a.kv_source();
-    absl::Status why = absl::FailedPreconditionError("this worker reads no KV pages (not a decode worker)");
     const PagedKvCache& cache = engine.cache();
-    if (options.kv_transfer != nullptr && (from.page_size() != cache.page_size() || from.row_bytes() != cache.row_bytes())) {
-      why = absl::FailedPreconditionError(absl::StrCat("the prefill worker's pages (", from.page_size(), " tokens of ", from.row_bytes(),
-                                                       "-byte rows) are not laid out as this worker's (", cache.page_size(),
-                                                       " of ", cache.row_bytes(), "): same --page-size and --kv-dtype needed"));
-    } else if (options.kv_transfer != nullptr &&
-               from.pages_size() < (from.tokens() + cache.page_size() - 1) / cache.page_size()) {
-      why = absl::InvalidArgumentError("the prefill worker's page table does not cover the positions it names");
-    } else if (options.kv_transfer != nullptr) {
-      auto index = engine.Import(ToRequest(a), from.tokens());
-      if (index.ok()) {
-        const PagedKvCache::PageTable source(from.pages().begin(), from.pages().end());
-        const auto src = cache.Ranges(source, from.tokens());
-        const auto dst = cache.Ranges(*engine.import_pages(*index), from.tokens());
-        std::vector<KvTransfer::Range> ranges;
-        for (size_t i = 0; i < src.size(); ++i) ranges.push_back({src[i].offset, dst[i].offset, src[i].bytes});
-        reading[options.kv_transfer->Read(from.address(), from.pool_key(), std::move(ranges))] = *index;
-        return index;
-      }
-      why = index.status();
+    if (options.kv_transfer == nullptr) {
+      return absl::FailedPreconditionError("this worker reads no KV pages (not a decode worker)");
     }
-    v1::KvReceived r;
-    r.set_sequence(a.sequence());
-    r.set_error(std::string(why.message()));
-    received.push_back(r);
+    if (from.page_size() != cache.page_size() || from.row_bytes() != cache.row_bytes()) {
+      return absl::FailedPreconditionError(absl::StrCat("the prefill worker's pages (", from.page_size(), " tokens of ", from.row_bytes(),
+                                                        "-byte rows) are not laid out as this worker's (", cache.page_size(),
+                                                        " of ", cache.row_bytes(), "): same --page-size and --kv-dtype needed"));
+    }
+    if (from.pages_size() < (from.tokens() + cache.page_size() - 1) / cache.page_size()) {
+      return absl::InvalidArgumentError("the prefill worker's page table does not cover the positions it names");
+    }
+    ASSIGN_OR_RETURN(const int64_t index, engine.Import(ToRequest(a), from.tokens()));
+    const PagedKvCache::PageTable source(from.pages().begin(), from.pages().end());
+    const auto src = cache.Ranges(source, from.tokens());
+    const auto dst = cache.Ranges(*engine.import_pages(index), from.tokens());
+    std::vector<KvTransfer::Range> ranges;
+    for (size_t i = 0; i < src.size(); ++i) ranges.push_back({src[i].offset, dst[i].offset, src[i].bytes});
+    reading[options.kv_transfer->Read(from.address(), from.pool_key(), std::move(ranges))] = index;
+    return index;
+  };
+  // An Admit with a kv_source: its pages read, or, when that cannot start, the sequence computed
+  // here from its tokens (and the prefill worker may free its copy at once).
+  auto import = [&](const v1::Admit& a) -> absl::StatusOr<int64_t> {
+    absl::StatusOr<int64_t> index = start_read(a);
+    if (index.ok()) return index;
+    receipt(a.sequence(), index.status(), 0, 0);
     return engine.Add(ToRequest(a));
   };
   // Reads that ended: the sequences run, or are computed again when the read failed.
@@ -148,13 +158,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       reading.erase(it);
       engine.Imported(index, d.status.ok());
       if (abort_after_read.erase(index) > 0) engine.Cancel(index);
-      v1::KvReceived r;
-      r.set_sequence(sequence_of[index]);
-      r.set_ok(d.status.ok());
-      r.set_bytes(static_cast<int64_t>(d.bytes));
-      r.set_seconds(d.seconds);
-      if (!d.status.ok()) r.set_error(std::string(d.status.message()));
-      received.push_back(r);
+      receipt(sequence_of[index], d.status, d.bytes, d.seconds);
     }
   };
 
