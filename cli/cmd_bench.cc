@@ -90,12 +90,19 @@ CachedPrefix CachedPrefixTtft(const ModelWeights& w, EngineOptions options, int6
 struct DecodeFigures {
   double tok_s = 0;
   double experts_per_layer = 0;  // distinct routed experts a step reads, per MoE layer (mean)
+  double bandwidth = 0;          // bytes/s of the read probe's passes between the timed steps
 };
 
+// Probe passes between decode steps: one before the first step, then one after every round.
+constexpr int64_t kProbeRounds = 8;
+
 // Decode tokens/s with `batch` sequences generating together (prefills excluded from timing),
-// and how many distinct experts each step touched (from the engine's expert-load counters).
+// how many distinct experts each step touched (from the engine's expert-load counters), and
+// the DRAM read bandwidth of probe passes interleaved with the steps: on a shared machine the
+// bandwidth a neighbour leaves changes from second to second, so the steps are compared with
+// what the memory gave while they ran.
 DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, int64_t batch, int64_t context,
-                         int64_t steps) {
+                         int64_t steps, ReadProbe& probe) {
   Engine engine(w, options);
   for (int64_t b = 0; b < batch; ++b) {
     Request r;
@@ -111,7 +118,11 @@ DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, in
   ExpertLoad before = engine.expert_load();
   int64_t touched = 0, moe_layers = 0;
   double busy = 0;
+  const double probe_bytes = probe.bytes_read(), probe_seconds = probe.seconds();
+  const int64_t round = std::max<int64_t>(1, (steps + kProbeRounds - 1) / kProbeRounds);
+  probe.Pass();
   for (int64_t s = 0; s < steps; ++s) {
+    if (s > 0 && s % round == 0) probe.Pass();
     const double s0 = Now();
     if (!engine.Step()) break;
     busy += Now() - s0;
@@ -122,9 +133,11 @@ DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, in
       for (size_t e = 0; e < after[l].size(); ++e) touched += after[l][e] > before[l][e];
     before = after;
   }
+  probe.Pass();
   for (const auto& layer : before) moe_layers += !layer.empty();
   DecodeFigures f;
   f.tok_s = tokens / busy;
+  f.bandwidth = (probe.bytes_read() - probe_bytes) / (probe.seconds() - probe_seconds);
   f.experts_per_layer = timed > 0 && moe_layers > 0 ? static_cast<double>(touched) / (timed * moe_layers) : 0;
   return f;
 }
@@ -229,14 +242,19 @@ Command AddBenchCommand(CLI::App& app) {
     // shared machine the bandwidth a neighbour leaves changes from second to second.
     const double bf16_before = MeasureBf16Peak(), fp32_before = MeasureFp32Peak();
     const double bandwidth_before = MeasureReadBandwidth();
-    ResetPeakRss();  // the probe's 1 GiB buffer is not the engine's
+    ReadProbe read_probe;  // its buffer stays resident through the decode runs: not the engine's memory
+    ResetPeakRss();
     const double prefill = PrefillRate(w, options, f->prompt_len, f->reps);
     CachedPrefix cached;
     if (f->cached_prefix > 0) cached = CachedPrefixTtft(w, options, f->prompt_len, std::min(f->cached_prefix, f->prompt_len), f->reps);
     std::vector<DecodeFigures> decode;
-    for (int32_t b : *batches) decode.push_back(DecodeRate(w, options, b, f->context, f->steps));
-    const double peak_rss = PeakRssMiB();  // before the probes below allocate their buffers
-    const double bandwidth = std::max(bandwidth_before, MeasureReadBandwidth());
+    double decode_bandwidth_best = 0;
+    for (int32_t b : *batches) {
+      decode.push_back(DecodeRate(w, options, b, f->context, f->steps, read_probe));
+      decode_bandwidth_best = std::max(decode_bandwidth_best, decode.back().bandwidth);
+    }
+    const double peak_rss = PeakRssMiB() - read_probe.bytes() / 1048576.0;  // before the probes below allocate
+    const double bandwidth = std::max({bandwidth_before, MeasureReadBandwidth(), decode_bandwidth_best});
     const double fp32_peak = std::max(fp32_before, MeasureFp32Peak());
     const double bf16_peak = std::max(bf16_before, MeasureBf16Peak());
     const DType dtype = w.projection_dtype();
@@ -287,12 +305,12 @@ Command AddBenchCommand(CLI::App& app) {
                                       {"ttft_s", cached.cached_s}, {"uncached_ttft_s", cached.uncached_s},
                                       {"ratio", cached.cached_s / cached.uncached_s}};
     }
-    nlohmann::ordered_json tok_s, roofline, share, experts;
+    nlohmann::ordered_json tok_s, roofline, share, experts, decode_bandwidth;
     for (size_t i = 0; i < batches->size(); ++i) {
       const int32_t b = (*batches)[i];
       const std::string key = std::to_string(b);
-      // Roofline: the DRAM time of the bytes the step touched, or the compute time of its
-      // multiply-adds, whichever is longer. Each sequence attends over its latent cache (the
+      // Roofline: the DRAM time of the bytes the step touched (at the bandwidth probed between
+      // its steps), or the compute time of its multiply-adds, whichever is longer. Each sequence attends over its latent cache (the
       // mean context of the timed steps): those bytes count, and so do absorbed attention's
       // products (q·[c_kv | k_pe] and p·c_kv per head), which run on the float FMA.
       const double context = f->context + f->steps / 2.0;
@@ -300,8 +318,9 @@ Command AddBenchCommand(CLI::App& app) {
       const double attention_flops = 2.0 * c.num_hidden_layers * c.num_attention_heads * context *
                                      (2.0 * c.kv_lora_rank + c.qk_rope_head_dim);
       const double step_bytes = dense + decode[i].experts_per_layer * one_expert_all_layers + kv_read;
-      const double limit = std::min(bandwidth * b / step_bytes, 1.0 / (decode_flops / gemm_peak + attention_flops / fp32_peak));
+      const double limit = std::min(decode[i].bandwidth * b / step_bytes, 1.0 / (decode_flops / gemm_peak + attention_flops / fp32_peak));
       tok_s[key] = decode[i].tok_s;
+      decode_bandwidth[key] = decode[i].bandwidth / 1e9;
       roofline[key] = limit;
       share[key] = decode[i].tok_s / limit;
       experts[key] = decode[i].experts_per_layer;
@@ -310,6 +329,7 @@ Command AddBenchCommand(CLI::App& app) {
     out["decode_roofline_tok_s"] = roofline;
     out["decode_share_of_roofline"] = share;
     out["decode_experts_per_layer"] = experts;
+    out["decode_bandwidth_gbs"] = decode_bandwidth;
     Engine probe(w, options);
     out["kv_dtype"] = f->engine.kv_dtype;
     out["kv_bytes_per_token"] = probe.cache().BytesPerToken();
@@ -327,7 +347,7 @@ Command AddBenchCommand(CLI::App& app) {
                 f->model.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_hidden_layers),
                 static_cast<long long>(c.n_routed_experts), static_cast<long long>(c.num_experts_per_tok),
                 DTypeName(dtype), w.TotalBytes() / 1048576.0, active / 1048576.0);
-    std::printf("limits measured now: DRAM read %.1f GB/s, float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s\n",
+    std::printf("limits measured now: DRAM read %.1f GB/s (best), float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s\n",
                 bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9);
     std::printf("prefill %lld tokens: %.1f tok/s, %.1f GFLOP/s in projections (%.0f%% of the %s peak)\n",
                 static_cast<long long>(f->prompt_len), prefill, prefill * prefill_flops / 1e9,
@@ -340,9 +360,10 @@ Command AddBenchCommand(CLI::App& app) {
     const double decode1 = decode.empty() ? 0 : decode[0].tok_s;
     for (size_t i = 0; i < batches->size(); ++i) {
       const std::string key = std::to_string((*batches)[i]);
-      std::printf("decode batch %3d: %8.1f tok/s, %.0f%% of its roofline %.1f tok/s (%.1f experts/layer read per step)",
+      std::printf("decode batch %3d: %8.1f tok/s, %.0f%% of its roofline %.1f tok/s at the %.1f GB/s read between its "
+                  "steps (%.1f experts/layer read per step)",
                   (*batches)[i], decode[i].tok_s, 100 * share[key].get<double>(), roofline[key].get<double>(),
-                  decode[i].experts_per_layer);
+                  decode[i].bandwidth / 1e9, decode[i].experts_per_layer);
       if (i > 0 && decode1 > 0) std::printf(", %.1fx batch %d", decode[i].tok_s / decode1, (*batches)[0]);
       std::printf("\n");
     }

@@ -68,28 +68,30 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
 }
 
 // Absorbed form, latent part: q_latent [n, H, rkv] and q_pe attend over RMSNorm(c_kv) and k_pe
-// directly, reading the cached rows in place a block at a time, once: all heads of a token
+// directly, reading the cached rows in place a block at a time, once: heads [h0, h1) of a token
 // score each block together, then fold it into their outputs with a running maximum and sum
-// (the softmax rescaled as the maximum grows), so the context is read once per token and
-// layer. A row's result depends only on how many keys it sees. Writes o_latent [n, H, rkv].
-void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const float* q_latent, const float* q,
-                   const PagedKvCache& cache, float scale, float* o_latent) {
-  FloatBuffer rows(kRowBlock * d.dim), scores(d.H * kRowBlock), rope(d.H * kRowBlock);
-  std::vector<float> running_max(d.H), running_sum(d.H);
+// (the softmax rescaled as the maximum grows), so the context is read once per token, layer and
+// head group. A head's result depends only on how many keys it sees (not on which heads share
+// its group). Writes those heads of o_latent [n, H, rkv].
+void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t h0, int64_t h1, const float* q_latent,
+                   const float* q, const PagedKvCache& cache, float scale, float* o_latent) {
+  const int64_t G = h1 - h0;
+  FloatBuffer rows(kRowBlock * d.dim), scores(G * kRowBlock), rope(G * kRowBlock);
+  std::vector<float> running_max(G), running_sum(G);
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
-    const float* ql = q_latent + row * d.H * d.rkv;
-    const float* qpe = q + row * d.H * d.qk() + d.dn;
-    float* ol = o_latent + row * d.H * d.rkv;
-    std::fill(ol, ol + d.H * d.rkv, 0.0f);
+    const float* ql = q_latent + (row * d.H + h0) * d.rkv;
+    const float* qpe = q + (row * d.H + h0) * d.qk() + d.dn;
+    float* ol = o_latent + (row * d.H + h0) * d.rkv;
+    std::fill(ol, ol + G * d.rkv, 0.0f);
     std::fill(running_max.begin(), running_max.end(), -std::numeric_limits<float>::infinity());
     std::fill(running_sum.begin(), running_sum.end(), 0.0f);
     for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
       const int64_t nb = std::min(kRowBlock, visible - j0);
       cache.Read(*s.pages, layer, j0, nb, rows.data());
-      DotRowsMany(ql, d.rkv, d.H, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
-      DotRowsMany(qpe, d.qk(), d.H, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
-      for (int64_t h = 0; h < d.H; ++h) {
+      DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
+      DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
+      for (int64_t h = 0; h < G; ++h) {
         float* sh = &scores[h * kRowBlock];
         float block_max = running_max[h];
         for (int64_t j = 0; j < nb; ++j) {
@@ -107,9 +109,9 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, const f
         ExpInPlace(sh, nb);
         for (int64_t j = 0; j < nb; ++j) running_sum[h] += sh[j];
       }
-      AxpyRowsMany(scores.data(), kRowBlock, d.H, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
+      AxpyRowsMany(scores.data(), kRowBlock, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
     }
-    for (int64_t h = 0; h < d.H; ++h) {
+    for (int64_t h = 0; h < G; ++h) {
       const float inv = 1.0f / running_sum[h];
       float* oh = ol + h * d.rkv;
       for (int64_t i = 0; i < d.rkv; ++i) oh[i] *= inv;
@@ -187,10 +189,17 @@ void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, 
   if (!absorbed.empty()) {
     FloatBuffer q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
     PerHeadLinear(w.w_uk_t, absorbed_rows, q.data(), d.qk(), d.H * d.qk(), q_latent.data(), d.rkv, d.H * d.rkv);
+    // Work items of (slice, head group): fewer slices than threads (a small decode batch) split
+    // their heads, each group reading the context once.
     const int64_t n = static_cast<int64_t>(absorbed.size());
-#pragma omp parallel for schedule(dynamic) if (n > 1)
-    for (int64_t i = 0; i < n; ++i)
-      AbsorbedSlice(d, layer, *absorbed[i], q_latent.data(), q.data(), cache, scale, o_latent.data());
+    const int64_t groups = std::min<int64_t>(d.H, (omp_get_max_threads() + n - 1) / n);
+    const int64_t per_group = (d.H + groups - 1) / groups;
+#pragma omp parallel for schedule(dynamic) if (n * groups > 1)
+    for (int64_t item = 0; item < n * groups; ++item) {
+      const int64_t h0 = item % groups * per_group, h1 = std::min(d.H, h0 + per_group);
+      if (h0 < h1)
+        AbsorbedSlice(d, layer, *absorbed[item / groups], h0, h1, q_latent.data(), q.data(), cache, scale, o_latent.data());
+    }
     PerHeadLinear(w.w_uv, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, o.data(), d.dv, d.H * d.dv);
   }
   Linear(o.data(), T, w.o_proj, out);

@@ -31,27 +31,35 @@ double Peak(double (*probe)(int64_t), int reps) {
 
 }  // namespace
 
-double MeasureReadBandwidth() {
-  const cpu::TierKernels& tier = cpu::Kernels();
-  const size_t n = size_t{1} << 28;  // 1 GiB of floats
-  std::unique_ptr<float[]> buf(new float[n]);
+ReadProbe::ReadProbe(size_t bytes) : buf_(new float[bytes / sizeof(float) / 64 * 64]), n_(bytes / sizeof(float) / 64 * 64) {
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = static_cast<float>(i & 1023);
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    float total = 0;
-    const double t0 = Now();
+  for (size_t i = 0; i < n_; ++i) buf_[i] = static_cast<float>(i & 1023);
+}
+
+ReadProbe::~ReadProbe() { delete[] buf_; }
+
+double ReadProbe::Pass() {
+  const cpu::TierKernels& tier = cpu::Kernels();
+  float total = 0;
+  const double t0 = Now();
 #pragma omp parallel reduction(+ : total)
-    {
-      const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
-      const size_t begin = n / threads * t / 64 * 64, end = t + 1 == threads ? n : n / threads * (t + 1) / 64 * 64;
-      total += tier.read_probe(buf.get() + begin, end - begin);
-    }
-    const double dt = Now() - t0;
-    volatile float sink = total;
-    (void)sink;
-    best = std::max(best, n * sizeof(float) / dt);
+  {
+    const size_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const size_t begin = n_ / threads * t / 64 * 64, end = t + 1 == threads ? n_ : n_ / threads * (t + 1) / 64 * 64;
+    total += tier.read_probe(buf_ + begin, end - begin);
   }
+  const double dt = Now() - t0;
+  volatile float sink = total;
+  (void)sink;
+  bytes_read_ += static_cast<double>(bytes());
+  seconds_ += dt;
+  return static_cast<double>(bytes()) / dt;
+}
+
+double MeasureReadBandwidth() {
+  ReadProbe probe;
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) best = std::max(best, probe.Pass());
   return best;
 }
 

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <numeric>
 
+#include <omp.h>
+
 #include "core/kv_row.h"
 #include "gtest/gtest.h"
 #include "tests/worker/test_models.h"
@@ -69,6 +71,27 @@ TEST(Engine, AbsorbedAndNaiveAttentionAgree) {
     const auto b = RunAll(w, absorbed, {Greedy(Prompt(40, 1), 12)});
     EXPECT_LT(MaxAbsDiff(a[0].prompt_logits, b[0].prompt_logits), kTol) << "yarn " << yarn;
     EXPECT_EQ(a[0].generated_ids, b[0].generated_ids);
+  }
+}
+
+TEST(Engine, AbsorbedAttentionIsBitwiseTheSameOnAnyThreadCount) {
+  // One sequence splits its heads over the threads (fewer sequences than threads): each head's
+  // scores and sums must not depend on which heads share its group.
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  EngineOptions absorbed;
+  absorbed.attention = AttentionPath::kAbsorbed;
+  const int threads = omp_get_max_threads();
+  std::vector<Result> runs;
+  for (int n : {1, 2, 3}) {
+    omp_set_num_threads(n);
+    runs.push_back(RunAll(w, absorbed, {Greedy(Prompt(40, 1), 12)})[0]);
+  }
+  omp_set_num_threads(threads);
+  for (size_t i = 1; i < runs.size(); ++i) {
+    EXPECT_EQ(runs[i].generated_ids, runs[0].generated_ids);
+    ASSERT_EQ(runs[i].prompt_logits.size(), runs[0].prompt_logits.size());
+    for (size_t t = 0; t < runs[0].prompt_logits.size(); ++t)
+      EXPECT_EQ(runs[i].prompt_logits[t], runs[0].prompt_logits[t]) << "threads " << i + 1 << ", position " << t;
   }
 }
 
