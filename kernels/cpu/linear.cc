@@ -117,7 +117,7 @@ struct Unit {
 class StealingRuns {
  public:
   StealingRuns(const std::vector<Unit>& units, double total, int threads)
-      : threads_(threads), state_(new std::atomic<uint64_t>[threads]) {
+      : threads_(threads), state_(new Run[threads]) {
     // end[r]: one past the last unit whose cost midpoint falls in thread r's share.
     std::vector<uint32_t> end(threads, 0);
     double before = 0;
@@ -129,7 +129,7 @@ class StealingRuns {
     uint32_t front = 0;
     for (int r = 0; r < threads; ++r) {
       const uint32_t back = r + 1 == threads ? static_cast<uint32_t>(units.size()) : std::max(front, end[r]);
-      state_[r].store(Pack(front, back));
+      state_[r].v.store(Pack(front, back));
       front = back;
     }
   }
@@ -143,18 +143,24 @@ class StealingRuns {
  private:
   static uint64_t Pack(uint32_t front, uint32_t back) { return static_cast<uint64_t>(back) << 32 | front; }
   bool Take(int run, bool from_front, uint32_t* unit) {
-    uint64_t v = state_[run].load(std::memory_order_relaxed);
+    std::atomic<uint64_t>& state = state_[run].v;
+    uint64_t v = state.load(std::memory_order_relaxed);
     for (;;) {
       const uint32_t f = static_cast<uint32_t>(v), b = static_cast<uint32_t>(v >> 32);
       if (f >= b) return false;
-      if (state_[run].compare_exchange_weak(v, from_front ? Pack(f + 1, b) : Pack(f, b - 1), std::memory_order_relaxed)) {
+      if (state.compare_exchange_weak(v, from_front ? Pack(f + 1, b) : Pack(f, b - 1), std::memory_order_relaxed)) {
         *unit = from_front ? f : b - 1;
         return true;
       }
     }
   }
+  // A run's front and back, on a cache line of its own: each thread updates its own run's line
+  // once per unit, which a neighbour's line would make a cache-line exchange per unit.
+  struct alignas(64) Run {
+    std::atomic<uint64_t> v;
+  };
   int threads_;
-  std::unique_ptr<std::atomic<uint64_t>[]> state_;
+  std::unique_ptr<Run[]> state_;
 };
 
 // Runs the packed problems in one parallel region: every problem's panels are work units, and

@@ -63,8 +63,8 @@ void Bf16Panel(const PanelCall& c) {
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
     const uint16_t* pair = panel + kp * kPanelPair;
-    _mm_prefetch(reinterpret_cast<const char*>(pair + kPrefetchPairs * kPanelPair), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(pair + kPrefetchPairs * kPanelPair + 32), _MM_HINT_T0);
+    PrefetchPanel(pair);
+    PrefetchPanel(pair + 32);
     const __m512i raw_lo = _mm512_loadu_si512(pair), raw_hi = _mm512_loadu_si512(pair + 32);
     const float* xk = x + 2 * kp * MR;
     t.Update(xk, _mm512_castsi512_ps(_mm512_slli_epi32(raw_lo, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(raw_hi, 16)));
@@ -96,7 +96,7 @@ void Fp8Panel(const PanelCall& c) {
     const __m512 scale = _mm512_set1_ps(c.scales[block] * 0x1p120f);
     for (; kp < end; ++kp) {
       const uint8_t* pair = panel + kp * kPanelPair;
-      _mm_prefetch(reinterpret_cast<const char*>(pair + 2 * kPrefetchPairs * kPanelPair), _MM_HINT_T0);
+      PrefetchPanel(pair);
       const __m512i v_lo = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair)));
       const __m512i v_hi = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 32)));
       const float* xk = x + 2 * kp * MR;

@@ -43,8 +43,8 @@ void Bf16Panel(const PanelCall& c) {
   const auto* panel = static_cast<const uint16_t*>(c.panel);
   for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
     const uint16_t* pair = panel + kp * kPanelPair;
-    _mm_prefetch(reinterpret_cast<const char*>(pair + kPrefetchPairs * kPanelPair), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(pair + kPrefetchPairs * kPanelPair + 32), _MM_HINT_T0);
+    PrefetchPanel(pair);
+    PrefetchPanel(pair + 32);
     const __m512bh w_lo = (__m512bh)_mm512_loadu_si512(pair), w_hi = (__m512bh)_mm512_loadu_si512(pair + 32);
     const int32_t* xk = x + kp * MR;
     for (int m = 0; m < MR; ++m) {
@@ -97,7 +97,7 @@ void Fp8Panel(const PanelCall& c) {
     for (int m = 0; m < MR; ++m) lo[m] = hi[m] = _mm512_setzero_ps();
     for (; kp < end; ++kp) {
       const uint8_t* pair = panel + kp * kPanelPair;
-      _mm_prefetch(reinterpret_cast<const char*>(pair + 2 * kPrefetchPairs * kPanelPair), _MM_HINT_T0);
+      PrefetchPanel(pair);
       const __m512bh w_lo = decode(pair), w_hi = decode(pair + 32);
       const int32_t* xk = x + kp * MR;
       for (int m = 0; m < MR; ++m) {
