@@ -50,19 +50,30 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
     }
     PackKeys16(rows.data(), d.qk(), S, d.qk(), &keys[h * per_head]);
   }
+  // Work items of one head and kTokenGroup consecutive tokens: their weighted sums share each
+  // value row they all see (AxpyRowsMany), then each token adds the rows only it sees. Every
+  // output element stays one chain over the rows in order, as AxpyRows alone would give.
+  constexpr int64_t kTokenGroup = 4;
+  const int64_t groups = (n + kTokenGroup - 1) / kTokenGroup;
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t h = 0; h < d.H; ++h) {
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t visible = s.start_pos + t + 1;
-      FloatBuffer scores(visible);
-      const float* qh = q + (s.offset + t) * ld_q + h * d.qk();
-      const float* kh = kv.data() + h * (d.dn + d.dv);
-      DotKeys16(qh, &keys[h * per_head], visible, d.qk(), scores.data());
-      for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
-      Softmax(scores.data(), visible);
-      float* oh = o + (s.offset + t) * d.H * d.dv + h * d.dv;
-      std::fill(oh, oh + d.dv, 0.0f);
-      AxpyRows(scores.data(), kh + d.dn, ld_kv, visible, d.dv, oh);
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t t0 = g * kTokenGroup, tn = std::min(kTokenGroup, n - t0);
+      const int64_t seen_by_all = s.start_pos + t0 + 1, stride = s.start_pos + t0 + tn;
+      FloatBuffer scores(tn * stride);
+      const float* vh = kv.data() + h * (d.dn + d.dv) + d.dn;
+      float* oh = o + (s.offset + t0) * d.H * d.dv + h * d.dv;
+      for (int64_t i = 0; i < tn; ++i) {
+        const int64_t visible = seen_by_all + i;
+        float* si = &scores[i * stride];
+        DotKeys16(q + (s.offset + t0 + i) * ld_q + h * d.qk(), &keys[h * per_head], visible, d.qk(), si);
+        for (int64_t j = 0; j < visible; ++j) si[j] *= scale;
+        Softmax(si, visible);
+        std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);
+      }
+      AxpyRowsMany(scores.data(), stride, tn, vh, ld_kv, seen_by_all, d.dv, oh, d.H * d.dv);
+      for (int64_t i = 1; i < tn; ++i)
+        AxpyRows(&scores[i * stride + seen_by_all], vh + seen_by_all * ld_kv, ld_kv, i, d.dv, oh + i * d.H * d.dv);
     }
   }
 }

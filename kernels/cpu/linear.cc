@@ -181,7 +181,12 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   double total = 0;
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
-    if (pr.m == 1 && !tier.bf16_activations && pr.w.cols % 2 == 0) {
+    // A problem reading the rows its predecessor read (gate then up, or two projections of one
+    // input) shares its copy.
+    const LinearProblem* prev = p > 0 ? problems[p - 1] : nullptr;
+    if (prev != nullptr && prev->x == pr.x && prev->x_rows == pr.x_rows && prev->m == pr.m && prev->w.cols == pr.w.cols) {
+      xt[p] = xt[p - 1];
+    } else if (pr.m == 1 && !tier.bf16_activations && pr.w.cols % 2 == 0) {
       xt[p] = pr.x_row(0);  // one float row is already in [K][1] layout
     } else {
       scratch[p].resize(static_cast<size_t>(pr.m * PaddedCols(pr.w.cols)));

@@ -152,6 +152,41 @@ TEST_P(LinearTier, RowResultsDoNotDependOnBatch) {
   }
 }
 
+TEST_P(LinearTier, BatchedProblemsEqualEachAlone) {
+  // Neighbours in a batch that read the same input (gate and up) share its interleaved copy;
+  // ones that read another input, or fewer of its rows, or the rows through a gather, must not.
+  const int64_t k = 200;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::vector<float> x(9 * k), x2(9 * k), wf(3 * 40 * k);
+  for (auto* v : {&x, &x2, &wf})
+    for (float& e : *v) e = dist(rng);
+  std::vector<bf16> wb(wf.size());
+  F32ToBf16(wf.data(), wb.data(), wf.size());
+  std::vector<std::vector<bf16>> panels(3, std::vector<bf16>(PackedElements(40, k)));
+  std::vector<WeightView> w;
+  for (int i = 0; i < 3; ++i) {
+    WeightView v{DType::kBF16, 40, k, wb.data() + i * 40 * k};
+    PackBf16(v, panels[i].data());
+    v.packed = panels[i].data();
+    v.data = nullptr;
+    w.push_back(v);
+  }
+  const float* gathered[9];
+  for (int i = 0; i < 9; ++i) gathered[i] = x.data() + (8 - i) * k;  // x's rows, reversed
+  std::vector<std::vector<float>> y(6, std::vector<float>(9 * 40, NAN));
+  const LinearProblem batch[] = {{x.data(), 9, w[0], y[0].data()},  {x.data(), 9, w[1], y[1].data()},
+                                 {x2.data(), 9, w[2], y[2].data()}, {x2.data(), 5, w[0], y[3].data()},
+                                 {x2.data(), 5, w[1], y[4].data()}, {x.data(), 9, w[2], y[5].data(), gathered}};
+  LinearBatch(batch, 6);
+  for (int p = 0; p < 6; ++p) {
+    std::vector<float> alone(9 * 40, NAN);
+    const LinearProblem one{batch[p].x, batch[p].m, batch[p].w, alone.data(), batch[p].x_rows};
+    LinearBatch(&one, 1);
+    for (int64_t i = 0; i < batch[p].m * 40; ++i) ASSERT_EQ(y[p][i], alone[i]) << "problem " << p << " at " << i;
+  }
+}
+
 DAEDALUS_EACH_CPU_TIER(LinearTier);
 
 TEST(CpuIsa, UnavailableTierIsAClearError) {
