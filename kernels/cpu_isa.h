@@ -26,6 +26,9 @@ absl::StatusOr<CpuIsa> ParseCpuIsa(const std::string& name);
 
 // The best tier this machine and its OS support.
 CpuIsa DetectedCpuIsa();
+// AVX512_VBMI byte permutes (with the OS's AVX-512 state): the avx512bf16 tier then decodes FP8
+// weights by table (Ice Lake, Sapphire Rapids, Zen 4; not Cooper Lake).
+bool HasAvx512Vbmi();
 // The CPU features `isa` needs that this machine lacks, e.g. "avx512_bf16"; empty if none.
 std::string MissingCpuFeatures(CpuIsa isa);
 

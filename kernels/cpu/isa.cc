@@ -16,7 +16,7 @@ namespace daedalus {
 namespace {
 
 struct Features {
-  bool avx2 = false, fma = false, avx512 = false, avx512_bf16 = false, amx_bf16 = false;
+  bool avx2 = false, fma = false, avx512 = false, avx512_bf16 = false, avx512_vbmi = false, amx_bf16 = false;
   bool os_avx = false, os_avx512 = false, os_amx = false;
 };
 
@@ -49,6 +49,7 @@ Features Probe() {
   f.avx2 = b & (1u << 5);
   const bool avx512f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
   f.avx512 = avx512f && dq && bw && vl;
+  f.avx512_vbmi = c & (1u << 1);
   const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24);
   f.amx_bf16 = amx_bf16 && amx_tile;
   __cpuid_count(7, 1, a, b, c, d);
@@ -130,6 +131,8 @@ CpuIsa DetectedCpuIsa() {
   }();
   return best;
 }
+
+bool HasAvx512Vbmi() { return Missing(CpuIsa::kAvx512).empty() && Cpu().avx512_vbmi; }
 
 std::string MissingCpuFeatures(CpuIsa isa) { return absl::StrJoin(Missing(isa), ", "); }
 

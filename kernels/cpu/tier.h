@@ -74,6 +74,9 @@ const TierKernels& GenericKernels();
 const TierKernels& Avx2Kernels();
 const TierKernels& Avx512Kernels();
 const TierKernels& Avx512Bf16Kernels();  // also what the amx tier runs
+// The avx512bf16 table with FP8 decoded by shifts even where AVX512_VBMI's table decode is
+// used (HasAvx512Vbmi): tests compare the two.
+const TierKernels& Avx512Bf16KernelsWithoutVbmi();
 // The table of the active tier (ActiveCpuIsa()).
 const TierKernels& Kernels();
 

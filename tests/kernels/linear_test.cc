@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/tier.h"
 #include "tests/kernels/tiers.h"
 
 namespace daedalus {
@@ -188,6 +189,48 @@ TEST_P(LinearTier, BatchedProblemsEqualEachAlone) {
 }
 
 DAEDALUS_EACH_CPU_TIER(LinearTier);
+
+TEST(Fp8Decode, TableAndShiftDecodersGiveTheSameBits) {
+  // The avx512bf16 tier decodes FP8 by byte tables where AVX512_VBMI exists (accumulating the
+  // panel's rows in permuted lanes) and by shifts elsewhere: every output must be bitwise equal.
+  if (!MissingCpuFeatures(CpuIsa::kAvx512Bf16).empty() || !HasAvx512Vbmi())
+    GTEST_SKIP() << "needs avx512bf16 and avx512_vbmi";
+  const cpu::TierKernels &table = cpu::Avx512Bf16Kernels(), &shift = cpu::Avx512Bf16KernelsWithoutVbmi();
+  ASSERT_NE(table.panel_fp8, shift.panel_fp8);
+  std::mt19937 rng(11);
+  const int64_t K = 640;  // five scale blocks
+  std::vector<uint8_t> panel(kPanelRows * K);
+  for (auto& c : panel) c = static_cast<uint8_t>(rng() % 127 | (rng() % 2 ? 0x80 : 0));  // every finite code
+  std::vector<float> scales = {0.5f, 3.0f, 0.01f, 100.0f, 1.0f};
+  std::vector<uint32_t> x(K / 2 * 12);
+  for (auto& v : x) v = static_cast<uint32_t>(F32ToBf16(static_cast<float>(rng() % 2001) / 1000 - 1)) << 16 |
+                        F32ToBf16(static_cast<float>(rng() % 2001) / 1000 - 1);
+  for (int mr : {1, 5, 12})
+    for (int valid : {32, 17, 3})
+      for (int64_t k0 : {int64_t{0}, int64_t{128}, int64_t{192}})
+        for (bool accumulate : {false, true}) {
+          std::vector<std::vector<float>> y(2, std::vector<float>(12 * 32));
+          for (auto& rows : y)
+            for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<float>(i % 7) - 3;
+          for (int v = 0; v < 2; ++v) {
+            float* rows[12];
+            for (int m = 0; m < mr; ++m) rows[m] = y[v].data() + m * 32;
+            cpu::PanelCall call{};
+            call.x = x.data() + k0 / 2 * mr;
+            call.panel = panel.data() + k0 / 2 * kPanelPair;
+            call.k0 = k0;
+            call.kn = K - k0;
+            call.scales = scales.data();
+            call.y = rows;
+            call.mr = mr;
+            call.valid = valid;
+            call.accumulate = accumulate;
+            (v == 0 ? table : shift).panel_fp8(call);
+          }
+          for (size_t i = 0; i < y[0].size(); ++i)
+            ASSERT_EQ(y[0][i], y[1][i]) << "mr " << mr << " valid " << valid << " k0 " << k0 << " at " << i;
+        }
+}
 
 TEST(CpuIsa, UnavailableTierIsAClearError) {
   for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16, CpuIsa::kAmx}) {
