@@ -110,7 +110,9 @@ std::string CpuIsaDescription(CpuIsa isa) {
     case CpuIsa::kGeneric: return "generic (portable C++ loops)";
     case CpuIsa::kAvx2: return "avx2 (8-wide FMA, bf16/fp8 weights widened to float)";
     case CpuIsa::kAvx512: return "avx512 (16-wide FMA, bf16/fp8 weights widened to float)";
-    case CpuIsa::kAvx512Bf16: return "avx512bf16 (VDPBF16PS, bf16 activations, float accumulation)";
+    case CpuIsa::kAvx512Bf16:
+      return absl::StrCat("avx512bf16 (VDPBF16PS, bf16 activations, float accumulation; FP8 decoded by ",
+                          HasAvx512Vbmi() ? "VPERMI2B table" : "shifts", ")");
     case CpuIsa::kAmx: return "amx (tile permission held; GEMM on the avx512bf16 VDPBF16PS kernels)";
   }
   return "?";
