@@ -217,21 +217,52 @@ void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<
 void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
 void PanelFp8Vbmi(const PanelCall& c) { PanelFp8VbmiFor(c, std::make_integer_sequence<int, kMaxMr>{}); }
 
-// Each row rounded 32 floats at a time (VCVTNE2PS2BF16, round to nearest even), then its pairs
-// stored mr words apart.
-void PackBf16Pairs(const float* const* rows, int mr, int64_t K, uint32_t* out) {
-  alignas(64) uint32_t pairs[16];
-  for (int i = 0; i < mr; ++i) {
-    const float* row = rows[i];
-    for (int64_t k = 0; k < K; k += 32) {
-      const int64_t left = K - k;
-      const __mmask16 m0 = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
-      const __mmask16 m1 = static_cast<__mmask16>(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
-      const __m512bh bf = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + k + 16), _mm512_maskz_loadu_ps(m0, row + k));
-      _mm512_store_si512(pairs, (__m512i)bf);
-      const int64_t n = std::min<int64_t>(16, (left + 1) / 2);
-      for (int64_t p = 0; p < n; ++p) out[(k / 2 + p) * mr + i] = pairs[p];
+// 16 rows of 16 words to 16 columns (r[j] becomes column j): 32-bit, 64-bit and two 128-bit
+// interleaving stages.
+inline void Transpose16x16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
     }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// Each row rounded 32 floats at a time (VCVTNE2PS2BF16, round to nearest even) to 16 pairs;
+// one row is stored as it is, several are transposed (16 rows, the missing ones zero) so that
+// each pair's mr words go out in one masked store.
+void PackBf16Pairs(const float* const* rows, int mr, int64_t K, uint32_t* out) {
+  const __mmask16 row_mask = static_cast<__mmask16>((1u << mr) - 1);
+  for (int64_t k = 0; k < K; k += 32) {
+    const int64_t left = K - k, n = std::min<int64_t>(16, (left + 1) / 2);
+    const __mmask16 m0 = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
+    const __mmask16 m1 = static_cast<__mmask16>(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < mr ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, rows[i] + k + 16),
+                                                  _mm512_maskz_loadu_ps(m0, rows[i] + k))
+                    : _mm512_setzero_si512();
+    uint32_t* at = out + k / 2 * mr;
+    if (mr == 1) {
+      _mm512_mask_storeu_epi32(at, static_cast<__mmask16>((1u << n) - 1), r[0]);
+      continue;
+    }
+    Transpose16x16(r);
+    for (int64_t p = 0; p < n; ++p) _mm512_mask_storeu_epi32(at + p * mr, row_mask, r[p]);
   }
 }
 
