@@ -46,6 +46,10 @@ void PackKeys16(const float* rows, int64_t stride, int64_t n, int64_t dim, float
 // out[j] = q · key_j for j < n: one multiply-add chain per key in order of d, so a key's score
 // does not depend on n or on the keys beside it. Attention scores without horizontal sums.
 void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, float* out);
+// DotKeys16 for `queries` queries (q + i·q_stride into out + i·out_stride) over the same keys,
+// bitwise, with each key block loaded once for several queries (tokens of a prompt).
+void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const float* keys16, int64_t n, int64_t dim,
+                   float* out, int64_t out_stride);
 
 // out[i] = Fp8E4M3ToF32(codes[i]) · scale, bitwise the same on every tier (the FP8 latent cache).
 void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out);

@@ -63,10 +63,15 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
       FloatBuffer scores(tn * stride);
       const float* vh = kv.data() + h * (d.dn + d.dv) + d.dn;
       float* oh = o + (s.offset + t0) * d.H * d.dv + h * d.dv;
+      // Scores over the key blocks every token of the group sees in one pass, then each token's
+      // remaining keys: every score is the same chain over d either way.
+      const float* qg = q + (s.offset + t0) * ld_q + h * d.qk();
+      const int64_t shared_keys = seen_by_all / 16 * 16;
+      DotKeys16Many(qg, ld_q, tn, &keys[h * per_head], shared_keys, d.qk(), scores.data(), stride);
       for (int64_t i = 0; i < tn; ++i) {
         const int64_t visible = seen_by_all + i;
         float* si = &scores[i * stride];
-        DotKeys16(q + (s.offset + t0 + i) * ld_q + h * d.qk(), &keys[h * per_head], visible, d.qk(), si);
+        DotKeys16(qg + i * ld_q, &keys[h * per_head] + shared_keys * d.qk(), visible - shared_keys, d.qk(), si + shared_keys);
         for (int64_t j = 0; j < visible; ++j) si[j] *= scale;
         Softmax(si, visible);
         std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);

@@ -91,6 +91,13 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
   cpu::Kernels().dot_keys16(q, keys16, n, dim, out);
 }
 
+void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const float* keys16, int64_t n, int64_t dim,
+                   float* out, int64_t out_stride) {
+  const cpu::TierKernels& k = cpu::Kernels();
+  if (k.dot_keys16_many != nullptr) return k.dot_keys16_many(q, q_stride, queries, keys16, n, dim, out, out_stride);
+  for (int64_t i = 0; i < queries; ++i) k.dot_keys16(q + i * q_stride, keys16, n, dim, out + i * out_stride);
+}
+
 void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) { cpu::Kernels().fp8_to_f32(codes, n, scale, out); }
 void WidenBf16(const uint16_t* in, int64_t n, float* out) { cpu::Kernels().bf16_to_f32(in, n, out); }
 

@@ -57,6 +57,10 @@ struct TierKernels {
   // out[j] = Σ_d q[d]·key_j[d] for j < n, one multiply-add chain per key in order of d, over
   // keys laid out as PackKeys16 writes them ([ceil(n/16)][dim][16]): no horizontal sums.
   void (*dot_keys16)(const float* q, const float* keys16, int64_t n, int64_t dim, float* out);
+  // dot_keys16 for `queries` queries sharing the keys, each bitwise what the one-query kernel
+  // gives; null: the one-query kernel per query.
+  void (*dot_keys16_many)(const float* q, int64_t q_stride, int64_t queries, const float* keys16, int64_t n, int64_t dim,
+                          float* out, int64_t out_stride);
   // out[i] = value(codes[i]) · scale for e4m3 codes: the code's value is exact in float, then one
   // rounding, so every tier gives the same bits (the FP8 latent cache).
   void (*fp8_to_f32)(const uint8_t* codes, int64_t n, float scale, float* out);

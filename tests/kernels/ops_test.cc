@@ -113,6 +113,27 @@ TEST_P(OpsTier, AttentionScoresMatchReferenceAndDoNotDependOnKeyCount) {
   }
 }
 
+// Several queries over the same keys (tokens of a prompt chunk, one head): each query's scores
+// bitwise what DotKeys16 gives it alone, for query counts that fill the blocked kernel and leave
+// remainders, and key counts that leave partial key blocks.
+TEST_P(OpsTier, ManyQueryScoresEqualOneQueryAtATimeBitwise) {
+  const int64_t dim = 96, n = 83, out_stride = 90;
+  std::vector<float> rows(n * dim), keys(KeysElements(n, dim)), q(11 * dim);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = std::cos(0.13 * static_cast<double>(i));
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.29 * static_cast<double>(i));
+  PackKeys16(rows.data(), dim, n, dim, keys.data());
+  for (int64_t queries : {1, 4, 5, 11})
+    for (int64_t visible : {1, 16, 64, 71, 83}) {
+      std::vector<float> many(queries * out_stride), one(visible);
+      DotKeys16Many(q.data(), dim, queries, keys.data(), visible, dim, many.data(), out_stride);
+      for (int64_t i = 0; i < queries; ++i) {
+        DotKeys16(q.data() + i * dim, keys.data(), visible, dim, one.data());
+        for (int64_t j = 0; j < visible; ++j)
+          ASSERT_EQ(many[i * out_stride + j], one[j]) << queries << " queries, " << visible << " keys: query " << i << " key " << j;
+      }
+    }
+}
+
 // The FP8 latent cache's dequantization: the exact value of every finite code times the scale,
 // one float rounding, whatever the length (vector bodies and tails) or the scale's range.
 TEST_P(OpsTier, Fp8ToF32IsTheCodesValueTimesTheScaleBitwise) {
