@@ -42,6 +42,7 @@ void RotateInterleaved(float* v, int64_t dim, const float* cos, const float* sin
 }
 
 void Softmax(float* v, int64_t n) {
+  if (const auto softmax = cpu::Kernels().softmax; softmax != nullptr) return softmax(v, n);
   float max = -INFINITY;
   for (int64_t i = 0; i < n; ++i) max = std::max(max, v[i]);
   for (int64_t i = 0; i < n; ++i) v[i] -= max;

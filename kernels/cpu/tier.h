@@ -38,6 +38,8 @@ struct TierKernels {
   void (*panel_bf16)(const PanelCall&);
   void (*panel_fp8)(const PanelCall&);  // fp8 scales below 2^7 (FitsFp8Kernel)
   void (*exp)(float* v, int64_t n);     // v = e^v, relative error < 2.5e-7, clamped to [-87, 88]
+  // v = softmax(v) with `exp`, its sum in an order fixed by n; null: the portable loops.
+  void (*softmax)(float* v, int64_t n);
   void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
   // Σ a[i]·b[i] and y += alpha·x, each element in a fixed order that depends on n alone (not
   // on alignment or on what else is computed): attention scores and weighted sums.

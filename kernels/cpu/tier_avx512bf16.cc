@@ -281,7 +281,7 @@ double DotProbe(int64_t iters) {
 }
 
 TierKernels Avx512Bf16Table(bool vbmi) {
-  return {CpuIsa::kAvx512Bf16, true, PackBf16Pairs, kMaxMr, PanelBf16, vbmi ? PanelFp8Vbmi : PanelFp8, ExpAvx512,
+  return {CpuIsa::kAvx512Bf16, true, PackBf16Pairs, kMaxMr, PanelBf16, vbmi ? PanelFp8Vbmi : PanelFp8, ExpAvx512, SoftmaxAvx512,
           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512,
           DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe, ReadProbeAvx512};
 }

@@ -45,16 +45,27 @@ TEST(RmsNorm, MatchesDefinition) {
   }
 }
 
-TEST(Softmax, SumsToOneAndIsStableForLargeInputs) {
+class OpsTier : public testing::EachCpuTier {};
+
+TEST_P(OpsTier, SoftmaxMatchesDefinitionAndIsStableForLargeInputs) {
   std::vector<float> v = {1000, 1001, 999};
   Softmax(v.data(), 3);
   const double z = std::exp(-1.0) + 1 + std::exp(-2.0);
   EXPECT_NEAR(v[1], 1 / z, 1e-6);
   EXPECT_NEAR(v[0], std::exp(-1.0) / z, 1e-6);
   EXPECT_NEAR(v[2], std::exp(-2.0) / z, 1e-6);
+  // Lengths that leave vector tails, against double sums.
+  for (int64_t n : {1, 15, 16, 17, 100, 513}) {
+    std::vector<float> x(n);
+    for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(20 * std::sin(0.7 * static_cast<double>(i)));
+    std::vector<double> want(x.begin(), x.end());
+    const double m = *std::max_element(want.begin(), want.end());
+    double sum = 0;
+    for (double& w : want) sum += (w = std::exp(w - m));
+    Softmax(x.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(x[i], want[i] / sum, 1e-6) << "n " << n << " at " << i;
+  }
 }
-
-class OpsTier : public testing::EachCpuTier {};
 
 TEST_P(OpsTier, ExpMatchesStdExpToTwoUlpsOverTheRange) {
   std::vector<float> v;
