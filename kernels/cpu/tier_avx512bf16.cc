@@ -31,6 +31,26 @@ __mmask16 MaskHi(int valid) {
   return static_cast<__mmask16>(valid <= 16 ? 0 : valid >= 32 ? 0xffff : (1u << (valid - 16)) - 1);
 }
 
+// One input pair of a panel (rows 0-15 in w_lo, 16-31 in w_hi) times MR tokens' bf16 pairs
+// xk[0..MR), into their accumulators.
+template <int MR>
+__attribute__((always_inline)) inline void DotPair(__m512bh w_lo, __m512bh w_hi, const int32_t* xk, __m512* lo, __m512* hi) {
+  for (int m = 0; m < MR; ++m) {
+    const __m512bh xb = (__m512bh)_mm512_set1_epi32(xk[m]);
+    lo[m] = _mm512_dpbf16_ps(lo[m], w_lo, xb);
+    hi[m] = _mm512_dpbf16_ps(hi[m], w_hi, xb);
+  }
+}
+
+// y = a block's sum · its scale (+ y where `add`), for one token's 32 panel rows.
+__attribute__((always_inline)) inline void ScaleBlock(__m512 rows_lo, __m512 rows_hi, __m512 scale, bool add,
+                                                      __mmask16 mask_lo, __mmask16 mask_hi, float* y) {
+  const __m512 y_lo = add ? _mm512_maskz_loadu_ps(mask_lo, y) : _mm512_setzero_ps();
+  const __m512 y_hi = add ? _mm512_maskz_loadu_ps(mask_hi, y + 16) : _mm512_setzero_ps();
+  _mm512_mask_storeu_ps(y, mask_lo, _mm512_fmadd_ps(rows_lo, scale, y_lo));
+  _mm512_mask_storeu_ps(y + 16, mask_hi, _mm512_fmadd_ps(rows_hi, scale, y_hi));
+}
+
 // x: [kp][stride] bf16 pairs; the tile's tokens are x[kp·stride + m] for m < MR.
 template <int MR>
 void Bf16Panel(const PanelCall& c) {
@@ -46,13 +66,7 @@ void Bf16Panel(const PanelCall& c) {
     const uint16_t* pair = panel + kp * kPanelPair;
     PrefetchPanel(pair);
     PrefetchPanel(pair + 32);
-    const __m512bh w_lo = (__m512bh)_mm512_loadu_si512(pair), w_hi = (__m512bh)_mm512_loadu_si512(pair + 32);
-    const int32_t* xk = x + kp * MR;
-    for (int m = 0; m < MR; ++m) {
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(xk[m]);
-      lo[m] = _mm512_dpbf16_ps(lo[m], w_lo, xb);
-      hi[m] = _mm512_dpbf16_ps(hi[m], w_hi, xb);
-    }
+    DotPair<MR>((__m512bh)_mm512_loadu_si512(pair), (__m512bh)_mm512_loadu_si512(pair + 32), x + kp * MR, lo, hi);
   }
   for (int m = 0; m < MR; ++m) {
     _mm512_mask_storeu_ps(c.y[m], mask_lo, lo[m]);
@@ -99,23 +113,11 @@ void Fp8Panel(const PanelCall& c) {
     for (; kp < end; ++kp) {
       const uint8_t* pair = panel + kp * kPanelPair;
       PrefetchPanel(pair);
-      const __m512bh w_lo = decode(pair), w_hi = decode(pair + 32);
-      const int32_t* xk = x + kp * MR;
-      for (int m = 0; m < MR; ++m) {
-        const __m512bh xb = (__m512bh)_mm512_set1_epi32(xk[m]);
-        lo[m] = _mm512_dpbf16_ps(lo[m], w_lo, xb);
-        hi[m] = _mm512_dpbf16_ps(hi[m], w_hi, xb);
-      }
+      DotPair<MR>(decode(pair), decode(pair + 32), x + kp * MR, lo, hi);
     }
     const __m512 scale = _mm512_set1_ps(c.scales[block]);
     const bool add = c.accumulate || block * 128 > c.k0;
-    for (int m = 0; m < MR; ++m) {
-      float* y = c.y[m];
-      const __m512 y_lo = add ? _mm512_maskz_loadu_ps(mask_lo, y) : _mm512_setzero_ps();
-      const __m512 y_hi = add ? _mm512_maskz_loadu_ps(mask_hi, y + 16) : _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(y, mask_lo, _mm512_fmadd_ps(lo[m], scale, y_lo));
-      _mm512_mask_storeu_ps(y + 16, mask_hi, _mm512_fmadd_ps(hi[m], scale, y_hi));
-    }
+    for (int m = 0; m < MR; ++m) ScaleBlock(lo[m], hi[m], scale, add, mask_lo, mask_hi, c.y[m]);
   }
 }
 
@@ -176,24 +178,13 @@ __attribute__((target("avx512vbmi"))) void Fp8PanelVbmi(const PanelCall& c) {
       PrefetchPanel(pair);
       __m512bh w_lo, w_hi;
       decode(pair, &w_lo, &w_hi);
-      const int32_t* xk = x + kp * MR;
-      for (int m = 0; m < MR; ++m) {
-        const __m512bh xb = (__m512bh)_mm512_set1_epi32(xk[m]);
-        lo[m] = _mm512_dpbf16_ps(lo[m], w_lo, xb);
-        hi[m] = _mm512_dpbf16_ps(hi[m], w_hi, xb);
-      }
+      DotPair<MR>(w_lo, w_hi, x + kp * MR, lo, hi);
     }
     const __m512 scale = _mm512_set1_ps(c.scales[block]);
     const bool add = c.accumulate || block * 128 > c.k0;
-    for (int m = 0; m < MR; ++m) {
-      float* y = c.y[m];
-      const __m512 rows_lo = _mm512_permutex2var_ps(lo[m], decode.unpermute_lo, hi[m]);
-      const __m512 rows_hi = _mm512_permutex2var_ps(lo[m], decode.unpermute_hi, hi[m]);
-      const __m512 y_lo = add ? _mm512_maskz_loadu_ps(mask_lo, y) : _mm512_setzero_ps();
-      const __m512 y_hi = add ? _mm512_maskz_loadu_ps(mask_hi, y + 16) : _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(y, mask_lo, _mm512_fmadd_ps(rows_lo, scale, y_lo));
-      _mm512_mask_storeu_ps(y + 16, mask_hi, _mm512_fmadd_ps(rows_hi, scale, y_hi));
-    }
+    for (int m = 0; m < MR; ++m)
+      ScaleBlock(_mm512_permutex2var_ps(lo[m], decode.unpermute_lo, hi[m]),
+                 _mm512_permutex2var_ps(lo[m], decode.unpermute_hi, hi[m]), scale, add, mask_lo, mask_hi, c.y[m]);
   }
 }
 
