@@ -225,6 +225,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       PackTokens(*job.problem, job.m0, job.mr, tier, job.out);
     }
     const int t = omp_get_thread_num();
+    std::vector<uint16_t> decoded;  // an FP8 panel chunk as bf16, for products of many token blocks
     for (uint32_t next; runs.Next(t, &next);) {
       const Unit& u = units[next];
       const LinearProblem& pr = *problems[u.problem];
@@ -237,12 +238,19 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       call.valid = static_cast<int>(std::min<int64_t>(kPanelRows, N - n0));
       float* y[32];
       call.y = y;
+      const TokenBlocks blocks(pr.m, tier.max_mr);
+      const bool decode_once = fp8 && tier.decode_fp8 != nullptr && blocks.count > 1;
+      auto* kernel = decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16;
       for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
         call.k0 = k0;
         call.kn = std::min(kKChunk, Kp - k0);
         call.accumulate = k0 > 0;
         call.panel = panel + k0 / 2 * kPanelPair * elem;
-        const TokenBlocks blocks(pr.m, tier.max_mr);
+        if (decode_once) {
+          decoded.resize(static_cast<size_t>(kKChunk / 2 * kPanelPair));
+          tier.decode_fp8(static_cast<const uint8_t*>(call.panel), call.kn / 2, decoded.data());
+          call.panel = decoded.data();
+        }
         for (int64_t b = 0; b < blocks.count; ++b) {
           const int64_t m0 = blocks.begin(b);
           call.mr = static_cast<int>(blocks.size(b));
@@ -251,7 +259,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
                        ? static_cast<const void*>(static_cast<const uint32_t*>(xt[u.problem]) + (m0 * Kp + k0 * call.mr) / 2)
                        : static_cast<const void*>(static_cast<const float*>(xt[u.problem]) + m0 * Kp + k0 * call.mr);
           for (int i = 0; i < call.mr; ++i) y[i] = pr.y_row(m0 + i) + n0;
-          (fp8 ? tier.panel_fp8 : tier.panel_bf16)(call);
+          kernel(call);
         }
       }
     }

@@ -37,6 +37,11 @@ struct TierKernels {
   int max_mr;             // token rows per micro-kernel call
   void (*panel_bf16)(const PanelCall&);
   void (*panel_fp8)(const PanelCall&);  // fp8 scales below 2^7 (FitsFp8Kernel)
+  // Products of many token blocks (bf16 tiers; null elsewhere): a panel's chunk of e4m3 codes,
+  // `pairs` input pairs from the call's k0, decoded once to bf16 pairs in the panel layout, then
+  // panel_fp8_decoded per token block with PanelCall::panel pointing there: bitwise panel_fp8.
+  void (*decode_fp8)(const uint8_t* codes, int64_t pairs, uint16_t* out);
+  void (*panel_fp8_decoded)(const PanelCall&);
   void (*exp)(float* v, int64_t n);     // v = e^v, relative error < 2.5e-7, clamped to [-87, 88]
   // v = softmax(v) with `exp`, its sum in an order fixed by n; null: the portable loops.
   void (*softmax)(float* v, int64_t n);

@@ -98,26 +98,56 @@ struct Fp8ToBf16 {
 };
 
 // FP8: per 128-input scale block, a block sum in registers (exact bf16 weights), then
-// y = block sum · scale + y in memory.
-template <int MR>
-void Fp8Panel(const PanelCall& c) {
+// y = block sum · scale + y in memory. `weights(kp, &w_lo, &w_hi)` gives input pair kp of the
+// panel as bf16: decoded from its codes, or loaded from a chunk decoded before.
+template <int MR, typename Weights>
+__attribute__((always_inline)) inline void ScaledPanel(const PanelCall& c, const Weights& weights) {
   const __mmask16 mask_lo = MaskLo(c.valid), mask_hi = MaskHi(c.valid);
   const auto* x = static_cast<const int32_t*>(c.x);
-  const auto* panel = static_cast<const uint8_t*>(c.panel);
-  const Fp8ToBf16 decode;
   for (int64_t kp = 0; kp < c.kn / 2;) {
     const int64_t block = (c.k0 + 2 * kp) / 128;
     const int64_t end = std::min(c.kn / 2, ((block + 1) * 128 - c.k0) / 2);
     __m512 lo[MR], hi[MR];
     for (int m = 0; m < MR; ++m) lo[m] = hi[m] = _mm512_setzero_ps();
     for (; kp < end; ++kp) {
-      const uint8_t* pair = panel + kp * kPanelPair;
-      PrefetchPanel(pair);
-      DotPair<MR>(decode(pair), decode(pair + 32), x + kp * MR, lo, hi);
+      __m512bh w_lo, w_hi;
+      weights(kp, &w_lo, &w_hi);
+      DotPair<MR>(w_lo, w_hi, x + kp * MR, lo, hi);
     }
     const __m512 scale = _mm512_set1_ps(c.scales[block]);
     const bool add = c.accumulate || block * 128 > c.k0;
     for (int m = 0; m < MR; ++m) ScaleBlock(lo[m], hi[m], scale, add, mask_lo, mask_hi, c.y[m]);
+  }
+}
+
+template <int MR>
+void Fp8Panel(const PanelCall& c) {
+  const auto* panel = static_cast<const uint8_t*>(c.panel);
+  const Fp8ToBf16 decode;
+  ScaledPanel<MR>(c, [&](int64_t kp, __m512bh* w_lo, __m512bh* w_hi) {
+    const uint8_t* pair = panel + kp * kPanelPair;
+    PrefetchPanel(pair);
+    *w_lo = decode(pair);
+    *w_hi = decode(pair + 32);
+  });
+}
+
+// Fp8Panel on a chunk decoded to bf16 beforehand (DecodeFp8), for products of many token
+// blocks: each weight is decoded once, not once per block. The same chains, bitwise.
+template <int MR>
+void Fp8DecodedPanel(const PanelCall& c) {
+  const auto* panel = static_cast<const uint16_t*>(c.panel);
+  ScaledPanel<MR>(c, [&](int64_t kp, __m512bh* w_lo, __m512bh* w_hi) {
+    *w_lo = (__m512bh)_mm512_loadu_si512(panel + kp * kPanelPair);
+    *w_hi = (__m512bh)_mm512_loadu_si512(panel + kp * kPanelPair + 32);
+  });
+}
+
+void DecodeFp8(const uint8_t* codes, int64_t pairs, uint16_t* out) {
+  const Fp8ToBf16 decode;
+  for (int64_t kp = 0; kp < pairs; ++kp) {
+    _mm512_storeu_si512(out + kp * kPanelPair, (__m512i)decode(codes + kp * kPanelPair));
+    _mm512_storeu_si512(out + kp * kPanelPair + 32, (__m512i)decode(codes + kp * kPanelPair + 32));
   }
 }
 
@@ -159,6 +189,18 @@ struct Fp8ToBf16Table {
     *hi = (__m512bh)_mm512_unpackhi_epi8(low, high);
   }
 };
+
+// DecodeFp8 by table: each 32-bit lane (one row's bf16 pair) put back in row order.
+__attribute__((target("avx512vbmi"))) void DecodeFp8Vbmi(const uint8_t* codes, int64_t pairs, uint16_t* out) {
+  static const Fp8ToBf16Table decode;
+  for (int64_t kp = 0; kp < pairs; ++kp) {
+    __m512bh lo, hi;
+    decode(codes + kp * kPanelPair, &lo, &hi);
+    _mm512_storeu_si512(out + kp * kPanelPair, _mm512_permutex2var_epi32((__m512i)lo, decode.unpermute_lo, (__m512i)hi));
+    _mm512_storeu_si512(out + kp * kPanelPair + 32,
+                        _mm512_permutex2var_epi32((__m512i)lo, decode.unpermute_hi, (__m512i)hi));
+  }
+}
 
 // Fp8Panel on the table decode: every row's chain of VDPBF16PS is the same, in a different
 // lane, so the result is bitwise Fp8Panel's.
@@ -205,7 +247,13 @@ void PanelFp8VbmiFor(const PanelCall& c, std::integer_sequence<int, MR...>) {
   table[c.mr - 1](c);
 }
 void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<int, kMaxMr>{}); }
+template <int... MR>
+void PanelFp8DecodedFor(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  static constexpr void (*table[])(const PanelCall&) = {&Fp8DecodedPanel<MR + 1>...};
+  table[c.mr - 1](c);
+}
 void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelFp8Decoded(const PanelCall& c) { PanelFp8DecodedFor(c, std::make_integer_sequence<int, kMaxMr>{}); }
 void PanelFp8Vbmi(const PanelCall& c) { PanelFp8VbmiFor(c, std::make_integer_sequence<int, kMaxMr>{}); }
 
 // 16 rows of 16 words to 16 columns (r[j] becomes column j): 32-bit, 64-bit and two 128-bit
@@ -272,7 +320,8 @@ double DotProbe(int64_t iters) {
 }
 
 TierKernels Avx512Bf16Table(bool vbmi) {
-  return {CpuIsa::kAvx512Bf16, true, PackBf16Pairs, kMaxMr, PanelBf16, vbmi ? PanelFp8Vbmi : PanelFp8, ExpAvx512, SoftmaxAvx512,
+  return {CpuIsa::kAvx512Bf16, true, PackBf16Pairs, kMaxMr, PanelBf16, vbmi ? PanelFp8Vbmi : PanelFp8,
+          vbmi ? DecodeFp8Vbmi : DecodeFp8, PanelFp8Decoded, ExpAvx512, SoftmaxAvx512,
           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512,
           DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe, ReadProbeAvx512};
 }

@@ -230,6 +230,15 @@ TEST(Fp8Decode, TableAndShiftDecodersGiveTheSameBits) {
           for (size_t i = 0; i < y[0].size(); ++i)
             ASSERT_EQ(y[0][i], y[1][i]) << "mr " << mr << " valid " << valid << " k0 " << k0 << " at " << i;
         }
+  // The chunk decoders of products with many token blocks: the same bf16 panel, each weight
+  // exactly its code's value.
+  std::vector<uint16_t> by_table(panel.size()), by_shift(panel.size());
+  table.decode_fp8(panel.data(), K / 2, by_table.data());
+  shift.decode_fp8(panel.data(), K / 2, by_shift.data());
+  for (size_t i = 0; i < panel.size(); ++i) {
+    ASSERT_EQ(by_table[i], by_shift[i]) << "at " << i;
+    ASSERT_EQ(Bf16ToF32(by_table[i]), Fp8E4M3ToF32(panel[i])) << "code " << int{panel[i]};
+  }
 }
 
 TEST(CpuIsa, UnavailableTierIsAClearError) {
