@@ -310,9 +310,10 @@ Command AddBenchCommand(CLI::App& app) {
       const int32_t b = (*batches)[i];
       const std::string key = std::to_string(b);
       // Roofline: the DRAM time of the bytes the step touched (at the bandwidth probed between
-      // its steps), or the compute time of its multiply-adds, whichever is longer. Each sequence attends over its latent cache (the
-      // mean context of the timed steps): those bytes count, and so do absorbed attention's
-      // products (q·[c_kv | k_pe] and p·c_kv per head), which run on the float FMA.
+      // its steps), or the compute time of its multiply-adds, whichever is longer. Each sequence
+      // attends over its latent cache (the mean context of the timed steps): those bytes count,
+      // and so do absorbed attention's products (q·[c_kv | k_pe] and p·c_kv per head), which run
+      // on the float FMA.
       const double context = f->context + f->steps / 2.0;
       const double kv_read = b * context * kv_bytes_per_token;
       const double attention_flops = 2.0 * c.num_hidden_layers * c.num_attention_heads * context *

@@ -29,6 +29,7 @@ class ReadProbe {
   size_t n_;
   double bytes_read_ = 0, seconds_ = 0;
 };
+
 // FLOP/s (2 per multiply-add) of independent float FMA chains, best of 3.
 double MeasureFp32Peak();
 // FLOP/s of the unit the tier's bf16 GEMM uses: VDPBF16PS on avx512bf16 (and amx, whose GEMM
