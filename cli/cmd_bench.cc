@@ -241,8 +241,8 @@ Command AddBenchCommand(CLI::App& app) {
     // The limits are probed before and after the timed runs and the better figure kept: on a
     // shared machine the bandwidth a neighbour leaves changes from second to second.
     const double bf16_before = MeasureBf16Peak(), fp32_before = MeasureFp32Peak();
-    const double bandwidth_before = MeasureReadBandwidth();
     ReadProbe read_probe;  // its buffer stays resident through the decode runs: not the engine's memory
+    const double bandwidth_before = read_probe.Best(5);
     ResetPeakRss();
     const double prefill = PrefillRate(w, options, f->prompt_len, f->reps);
     CachedPrefix cached;
@@ -253,8 +253,8 @@ Command AddBenchCommand(CLI::App& app) {
       decode.push_back(DecodeRate(w, options, b, f->context, f->steps, read_probe));
       decode_bandwidth_best = std::max(decode_bandwidth_best, decode.back().bandwidth);
     }
-    const double peak_rss = PeakRssMiB() - read_probe.bytes() / 1048576.0;  // before the probes below allocate
-    const double bandwidth = std::max({bandwidth_before, MeasureReadBandwidth(), decode_bandwidth_best});
+    const double peak_rss = PeakRssMiB() - read_probe.bytes() / 1048576.0;  // before the peak probes allocate
+    const double bandwidth = std::max({bandwidth_before, read_probe.Best(5), decode_bandwidth_best});
     const double fp32_peak = std::max(fp32_before, MeasureFp32Peak());
     const double bf16_peak = std::max(bf16_before, MeasureBf16Peak());
     const DType dtype = w.projection_dtype();

@@ -6,12 +6,10 @@
 
 namespace daedalus {
 
-// Bytes/s of all threads streaming 1 GiB (far beyond the caches) with wide loads, best of 5.
-double MeasureReadBandwidth();
-
-// The same stream, one pass at a time over a buffer kept for the probe's life (written once, so
-// it is resident: `bytes()` of it count in the process's memory). Interleaved with a timed
-// workload, its passes measure the bandwidth a shared machine left while the workload ran.
+// DRAM read bandwidth: all threads streaming a buffer far beyond the caches (1 GiB) with wide
+// loads, one pass at a time over a buffer kept for the probe's life (written once, so it is
+// resident: `bytes()` of it count in the process's memory). Interleaved with a timed workload,
+// its passes measure the bandwidth a shared machine left while the workload ran.
 class ReadProbe {
  public:
   explicit ReadProbe(size_t bytes = size_t{1} << 30);
@@ -20,6 +18,7 @@ class ReadProbe {
   ReadProbe& operator=(const ReadProbe&) = delete;
 
   double Pass();  // bytes/s of one pass on all threads; also adds to the totals below
+  double Best(int passes);  // the best of `passes` passes
   double bytes_read() const { return bytes_read_; }
   double seconds() const { return seconds_; }
   size_t bytes() const { return n_ * sizeof(float); }

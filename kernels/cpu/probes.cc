@@ -56,10 +56,9 @@ double ReadProbe::Pass() {
   return static_cast<double>(bytes()) / dt;
 }
 
-double MeasureReadBandwidth() {
-  ReadProbe probe;
+double ReadProbe::Best(int passes) {
   double best = 0;
-  for (int rep = 0; rep < 5; ++rep) best = std::max(best, probe.Pass());
+  for (int pass = 0; pass < passes; ++pass) best = std::max(best, Pass());
   return best;
 }
 
