@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/buffer.h"
 #include "core/status.h"
+#include "worker/cpu_backend.h"
 
 namespace daedalus {
 
@@ -14,6 +15,8 @@ Engine::Engine(const ModelWeights& weights, const EngineOptions& options)
     : options_(options),
       model_(weights, options.attention),
       cache_(weights.config, options.kv),
+      cpu_backend_(options.backend == nullptr ? std::make_unique<CpuBackend>(weights, cache_) : nullptr),
+      backend_(options.backend != nullptr ? options.backend : cpu_backend_.get()),
       scheduler_(cache_, SchedulerOptions{options.max_batch_tokens, options.prefill_chunk, options.max_running}) {
   const ModelConfig& c = weights.config;
   expert_load_.resize(c.num_hidden_layers);
@@ -220,8 +223,7 @@ bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
   const int64_t vocab = model_.config().vocab_size;
   FloatBuffer logits(batch.logit_rows.size() * vocab);
   const MoeContext moe{exchanges_.empty() ? nullptr : &exchanges_, &expert_load_, steps_++};
-  status_ = options_.backend != nullptr ? options_.backend->Forward(batch, logits.data(), moe)
-                                        : model_.Forward(batch, cache_, logits.data(), moe);
+  status_ = model_.Forward(batch, *backend_, logits.data(), moe);
   if (!status_.ok()) return false;
   scheduler_.Computed(slices);
 

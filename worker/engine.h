@@ -59,9 +59,10 @@ struct EngineOptions {
   // steps in lockstep until no rank has work. Both outlive the engine.
   Transport* transport = nullptr;
   const std::vector<Placement>* placements = nullptr;  // by layer
-  // When set, forward steps run there (a GPU) instead of in DeepSeekModel; kv.host_pool should
-  // then be false and kv's page size and capacity those of the backend's cache. Outlives the engine.
-  ForwardBackend* backend = nullptr;
+  // When set, forward steps run on it (a GPU: worker/device_backend.h) instead of on a CpuBackend
+  // over this engine's cache; kv.host_pool should then be false and kv's page size and capacity
+  // those of the backend's cache. Outlives the engine.
+  Backend* backend = nullptr;
 };
 
 struct StepStats {
@@ -138,6 +139,8 @@ class Engine {
   EngineOptions options_;
   DeepSeekModel model_;
   PagedKvCache cache_;
+  std::unique_ptr<Backend> cpu_backend_;  // when options_.backend is null
+  Backend* backend_;
   Scheduler scheduler_;
   int64_t next_index_ = 0;
   std::vector<Result> results_;  // by index, when options_.keep_results

@@ -1,4 +1,5 @@
-// Multi-head Latent Attention over the paged latent cache, in its two equivalent forms.
+// Multi-head Latent Attention over the paged latent cache, in its two equivalent forms: the CPU
+// backend's MlaNaive and MlaAbsorbed.
 #include <omp.h>
 
 #include <algorithm>
@@ -7,8 +8,9 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "kernels/linear.h"
 #include "kernels/ops.h"
-#include "worker/model.h"
+#include "worker/cpu_backend.h"
 
 namespace daedalus {
 namespace {
@@ -158,67 +160,50 @@ void PerHeadLinear(const std::vector<WeightView>& w, const std::vector<int64_t>&
 
 }  // namespace
 
-void MlaForward(const ModelConfig& c, const AttentionWeights& w, int64_t layer, const float* x,
-                const ForwardBatch& batch, const RopeAngles& angles, AttentionPath path, PagedKvCache& cache,
-                float* out) {
-  const Dims d{c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank,
-               c.kv_cache_dim()};
-  const int64_t T = static_cast<int64_t>(batch.token_ids.size()), pairs = d.dr / 2;
-  const float eps = static_cast<float>(c.rms_norm_eps), scale = static_cast<float>(c.softmax_scale());
+namespace {
 
-  FloatBuffer q(T * d.H * d.qk());  // [T, H, dn + dr]
-  FloatBuffer kv_a(T * d.dim);      // [T, rkv + dr]: becomes the cached latent in place
-  if (c.q_lora_rank) {
-    FloatBuffer qa(T * *c.q_lora_rank);
-    const LinearProblem from_x[] = {{x, T, *w.q_a_proj, qa.data()}, {x, T, w.kv_a_proj_with_mqa, kv_a.data()}};
-    LinearBatch(from_x, 2);
-    RmsNorm(qa.data(), w.q_a_layernorm.data(), T, *c.q_lora_rank, eps, qa.data(), *c.q_lora_rank, *c.q_lora_rank);
-    Linear(qa.data(), T, *w.q_b_proj, q.data());
-  } else {
-    const LinearProblem from_x[] = {{x, T, *w.q_proj, q.data()}, {x, T, w.kv_a_proj_with_mqa, kv_a.data()}};
-    LinearBatch(from_x, 2);
-  }
-  for (int64_t t = 0; t < T; ++t) {
-    const float* cos = &angles.cos[t * pairs];
-    const float* sin = &angles.sin[t * pairs];
-    float* latent = &kv_a[t * d.dim];
-    RmsNorm(latent, w.kv_a_layernorm.data(), 1, d.rkv, eps, latent, d.rkv, d.rkv);
-    RotateInterleaved(latent + d.rkv, d.dr, cos, sin);
-    for (int64_t h = 0; h < d.H; ++h) RotateInterleaved(&q[(t * d.H + h) * d.qk() + d.dn], d.dr, cos, sin);
-  }
-  for (const SequenceSlice& s : batch.slices)
-    for (int64_t t = 0; t < s.n_tokens; ++t)
-      cache.Write(*s.pages, layer, s.start_pos + t, &kv_a[(s.offset + t) * d.dim]);
+Dims DimsOf(const ModelConfig& c) {
+  return Dims{c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank, c.kv_cache_dim()};
+}
 
-  FloatBuffer o(T * d.H * d.dv);  // [T, H, dv]
+}  // namespace
+
+absl::Status CpuBackend::MlaNaive(const MlaOp& op) {
+  const Dims d = DimsOf(config_);
+  const float scale = static_cast<float>(config_.softmax_scale());
+  for (size_t i = 0; i < batch_->slices.size(); ++i)
+    if (!absorbed_[i]) NaiveSlice(d, *op.w, op.layer, batch_->slices[i], op.q, cache_, scale, op.o);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::MlaAbsorbed(const MlaOp& op) {
+  const Dims d = DimsOf(config_);
+  const float scale = static_cast<float>(config_.softmax_scale());
+  const int64_t T = static_cast<int64_t>(batch_->token_ids.size());
   std::vector<const SequenceSlice*> absorbed;
   std::vector<int64_t> absorbed_rows;
-  for (const SequenceSlice& s : batch.slices) {
-    const bool use_absorbed = path == AttentionPath::kAbsorbed || (path == AttentionPath::kAuto && s.decode);
-    if (!use_absorbed) {
-      NaiveSlice(d, w, layer, s, q.data(), cache, scale, o.data());
-      continue;
-    }
+  for (size_t i = 0; i < batch_->slices.size(); ++i) {
+    if (!absorbed_[i]) continue;
+    const SequenceSlice& s = batch_->slices[i];
     absorbed.push_back(&s);
     for (int64_t t = 0; t < s.n_tokens; ++t) absorbed_rows.push_back(s.offset + t);
   }
-  if (!absorbed.empty()) {
-    FloatBuffer q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
-    PerHeadLinear(w.w_uk_t, absorbed_rows, q.data(), d.qk(), d.H * d.qk(), q_latent.data(), d.rkv, d.H * d.rkv);
-    // Work items of (slice, head group): fewer slices than threads (a small decode batch) split
-    // their heads, each group reading the context once.
-    const int64_t n = static_cast<int64_t>(absorbed.size());
-    const int64_t groups = std::min<int64_t>(d.H, (omp_get_max_threads() + n - 1) / n);
-    const int64_t per_group = (d.H + groups - 1) / groups;
+  if (absorbed.empty()) return absl::OkStatus();
+  FloatBuffer q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
+  PerHeadLinear(op.w->w_uk_t, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent.data(), d.rkv, d.H * d.rkv);
+  // Work items of (slice, head group): fewer slices than threads (a small decode batch) split
+  // their heads, each group reading the context once.
+  const int64_t n = static_cast<int64_t>(absorbed.size());
+  const int64_t groups = std::min<int64_t>(d.H, (omp_get_max_threads() + n - 1) / n);
+  const int64_t per_group = (d.H + groups - 1) / groups;
 #pragma omp parallel for schedule(dynamic) if (n * groups > 1)
-    for (int64_t item = 0; item < n * groups; ++item) {
-      const int64_t h0 = item % groups * per_group, h1 = std::min(d.H, h0 + per_group);
-      if (h0 < h1)
-        AbsorbedSlice(d, layer, *absorbed[item / groups], h0, h1, q_latent.data(), q.data(), cache, scale, o_latent.data());
-    }
-    PerHeadLinear(w.w_uv, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, o.data(), d.dv, d.H * d.dv);
+  for (int64_t item = 0; item < n * groups; ++item) {
+    const int64_t h0 = item % groups * per_group, h1 = std::min(d.H, h0 + per_group);
+    if (h0 < h1)
+      AbsorbedSlice(d, op.layer, *absorbed[item / groups], h0, h1, q_latent.data(), op.q, cache_, scale, o_latent.data());
   }
-  Linear(o.data(), T, w.o_proj, out);
+  PerHeadLinear(op.w->w_uv, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
+  return absl::OkStatus();
 }
 
 }  // namespace daedalus

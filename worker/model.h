@@ -1,5 +1,5 @@
-// The DeepSeek forward pass over a batch of sequence slices (continuous batching): each slice
-// is a run of consecutive tokens of one sequence — a prefill chunk or one decode token.
+// The DeepSeek forward pass over a batch of sequence slices (worker/forward_batch.h), written
+// once over the ops of worker/backend.h: the same logic runs on the CPU and on a GPU.
 #pragma once
 
 #include <cstdint>
@@ -9,8 +9,8 @@
 #include "absl/status/status.h"
 #include "routing/dispatch.h"
 #include "routing/expert_load.h"
-#include "worker/kv_cache.h"
-#include "worker/rope.h"
+#include "worker/backend.h"
+#include "worker/forward_batch.h"
 #include "worker/weights.h"
 
 namespace daedalus {
@@ -29,61 +29,25 @@ struct MoeContext {
   int64_t step = 0;            // names the step in diagnostics
 };
 
-struct SequenceSlice {
-  const PagedKvCache::PageTable* pages = nullptr;  // reserved up to start_pos + n_tokens
-  int64_t start_pos = 0;  // absolute position of the slice's first token
-  int64_t n_tokens = 0;
-  int64_t offset = 0;     // first row of the slice in the batch
-  // Generated tokens (past the prompt), not a prompt chunk: kAuto attends absorbed for these, so
-  // how a prompt is cut into chunks never changes which form computes it.
-  bool decode = false;
-};
-
-struct ForwardBatch {
-  std::vector<int32_t> token_ids;      // [n_tokens], slices' tokens back to back
-  std::vector<SequenceSlice> slices;
-  std::vector<int64_t> logit_rows;     // batch rows whose next-token logits are wanted
-};
-
-// A forward pass that runs elsewhere than DeepSeekModel (a GPU: worker/cuda/gpu_model.h). It
-// keeps the latent cache in its own memory, indexed by the page ids of the engine's
-// PagedKvCache (which then holds page tables only), and has DeepSeekModel::Forward's contract.
-class ForwardBackend {
- public:
-  virtual ~ForwardBackend() = default;
-  virtual absl::Status Forward(const ForwardBatch& batch, float* logits, const MoeContext& moe) = 0;
-};
-
 class DeepSeekModel {
  public:
   DeepSeekModel(const ModelWeights& weights, AttentionPath path = AttentionPath::kAuto);
 
-  // Writes each slice's latents into `cache` and logits [logit_rows, vocab_size] into `logits`.
-  // With exchanges (expert parallelism) the call is collective and runs even for an empty
-  // batch, serving the experts placed on this rank.
-  absl::Status Forward(const ForwardBatch& batch, PagedKvCache& cache, float* logits,
+  // Runs the batch on `backend`: writes each slice's latents into the backend's cache and logits
+  // [logit_rows, vocab_size] into `logits` (host). With exchanges (expert parallelism) the call
+  // is collective and runs even for an empty batch, serving the experts placed on this rank.
+  absl::Status Forward(const ForwardBatch& batch, Backend& backend, float* logits,
                        const MoeContext& moe = MoeContext{}) const;
 
   const ModelConfig& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
 
  private:
+  absl::Status Attention(Backend& b, int64_t layer, const ForwardBatch& batch, const std::vector<bool>& absorbed) const;
+  absl::Status Moe(Backend& b, int64_t layer, int64_t n_tokens, const MoeContext& moe) const;
+
   const ModelWeights& weights_;
   AttentionPath path_;
-  RopeTable rope_;
 };
-
-// Per-layer parts, in their own files.
-struct RopeAngles {  // [n_tokens, pairs]
-  std::vector<float> cos, sin;
-};
-void MlaForward(const ModelConfig& config, const AttentionWeights& w, int64_t layer, const float* x,
-                const ForwardBatch& batch, const RopeAngles& angles, AttentionPath path, PagedKvCache& cache,
-                float* out);
-void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* out);
-// With an exchange, routed tokens go to the ranks holding their experts (collective: every
-// rank calls it for every MoE layer, also with no tokens); without, all experts are local.
-absl::Status MoeForward(const ModelConfig& config, const LayerWeights& w, const float* x, int64_t n_tokens, float* out,
-                        ExpertExchange* exchange, std::vector<int64_t>* load, const std::string& what);
 
 }  // namespace daedalus

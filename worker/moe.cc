@@ -1,25 +1,16 @@
-// Dense MLP and DeepSeekMoE layers.
+// DeepSeekMoE on the CPU backend: expert products over grouped rows, and the combine.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "core/buffer.h"
-#include "kernels/ops.h"
 #include "core/status.h"
+#include "kernels/linear.h"
+#include "kernels/ops.h"
 #include "routing/dispatch.h"
-#include "routing/gate.h"
-#include "worker/model.h"
+#include "worker/cpu_backend.h"
 
 namespace daedalus {
-
-void MlpForward(const MlpWeights& w, const float* x, int64_t n_tokens, float* out) {
-  const int64_t width = w.gate_proj.rows;
-  FloatBuffer gate(n_tokens * width), up(n_tokens * width);
-  const LinearProblem gate_up[] = {{x, n_tokens, w.gate_proj, gate.data()}, {x, n_tokens, w.up_proj, up.data()}};
-  LinearBatch(gate_up, 2);
-  SiluMulSeparate(gate.data(), up.data(), n_tokens, width, gate.data());
-  Linear(gate.data(), n_tokens, w.down_proj, out);
-}
 
 namespace {
 
@@ -44,36 +35,21 @@ ReceivedRows GroupLocally(const float* x, int64_t n_tokens, int64_t topk, const 
 
 }  // namespace
 
-absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float* x, int64_t n_tokens, float* out,
-                        ExpertExchange* exchange, std::vector<int64_t>* load, const std::string& what) {
-  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  std::vector<float> logits(n_tokens * E), weights(n_tokens * K);
-  std::vector<int32_t> ids(n_tokens * K);
-  Linear(x, n_tokens, w.gate, logits.data());
-  Route(GateParams::FromConfig(c), logits.data(),
-        w.e_score_correction_bias.empty() ? nullptr : w.e_score_correction_bias.data(), n_tokens, ids.data(),
-        weights.data());
-  if (load != nullptr) {
-    load->resize(E, 0);
-    for (int32_t id : ids) ++(*load)[id];
+void SumSlots(const float* const* slot_rows, const float* weights, const float* shared, int64_t n_tokens, int64_t topk,
+              int64_t hidden, float* out) {
+  std::vector<float> routed(hidden);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    std::fill(routed.begin(), routed.end(), 0.0f);
+    for (int64_t k = 0; k < topk; ++k) Axpy(weights[t * topk + k], slot_rows[t * topk + k], routed.data(), hidden);
+    for (int64_t i = 0; i < hidden; ++i) out[t * hidden + i] = shared != nullptr ? routed[i] + shared[t * hidden + i] : routed[i];
   }
+}
 
-  // Rows to compute here, grouped by expert: this rank's own (single process) or whatever the
-  // other ranks dispatched to the experts placed here. Each row's output goes where combine
-  // will send it from (or, single process, to a local buffer).
-  ReceivedRows rows;
-  FloatBuffer local_out;
-  std::vector<float*> out_rows;
-  if (exchange != nullptr) {
-    RETURN_IF_ERROR(exchange->Dispatch(x, n_tokens, K, ids.data(), what, rows));
-    out_rows = exchange->CombineOutputs(rows);
-  } else {
-    rows = GroupLocally(x, n_tokens, K, ids.data(), D, E);
-    local_out.resize(rows.rows() * D);
-    for (int64_t i = 0; i < rows.rows(); ++i) out_rows.push_back(&local_out[i * D]);
-  }
-  // Every expert with rows, and the shared experts over this rank's tokens, as two batched
-  // products: gate and up, then down.
+// Every expert with rows, and the shared experts over this rank's tokens, as two batched
+// products: gate and up, then down.
+absl::Status CpuBackend::ExpertRows(const ExpertRowsOp& op) {
+  const LayerWeights& w = *op.w;
+  const ReceivedRows& rows = *op.rows;
   struct Active {
     const MlpWeights* w;
     int64_t n;
@@ -83,13 +59,12 @@ absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float
     float* y;
     FloatBuffer gate, up;
   };
-  FloatBuffer shared_out(n_tokens * D);
   std::vector<Active> active;
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t e = 0; e + 1 < static_cast<int64_t>(rows.expert_begin.size()); ++e) {
     const int64_t begin = rows.expert_begin[e], n = rows.expert_begin[e + 1] - begin;
-    if (n > 0) active.push_back(Active{&w.experts[e], n, &rows.x[begin], nullptr, &out_rows[begin], nullptr, {}, {}});
+    if (n > 0) active.push_back(Active{&w.experts[e], n, &rows.x[begin], nullptr, &(*op.out_rows)[begin], nullptr, {}, {}});
   }
-  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, n_tokens, nullptr, x, nullptr, shared_out.data(), {}, {}});
+  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, op.n_tokens, nullptr, op.x, nullptr, op.shared_out, {}, {}});
   std::vector<LinearProblem> problems;
   for (Active& a : active) {
     a.gate.resize(a.n * a.w->gate_proj.rows);
@@ -100,29 +75,38 @@ absl::Status MoeForward(const ModelConfig& c, const LayerWeights& w, const float
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
   problems.clear();
   const int64_t n_active = static_cast<int64_t>(active.size());
-#pragma omp parallel for schedule(dynamic) if (n_tokens > 1)
+#pragma omp parallel for schedule(dynamic) if (op.n_tokens > 1)
   for (int64_t i = 0; i < n_active; ++i) {
     Active& a = active[i];
     SiluMulSeparate(a.gate.data(), a.up.data(), a.n, a.w->gate_proj.rows, a.gate.data());
   }
   for (Active& a : active) problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y, nullptr, a.y_rows});
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
-
-  // Combine: one output row per (token, slot), summed in slot order, which is ascending expert
-  // id, so the sum is the same wherever the experts ran; then the shared experts.
-  std::vector<const float*> slot_rows(n_tokens * K);
-  if (exchange != nullptr) {
-    RETURN_IF_ERROR(exchange->Combine(what, slot_rows));
-  } else {
-    for (int64_t i = 0; i < rows.rows(); ++i) slot_rows[rows.headers[i].slot] = out_rows[i];
-  }
-  std::vector<float> routed(D);
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    std::fill(routed.begin(), routed.end(), 0.0f);
-    for (int64_t k = 0; k < K; ++k) Axpy(weights[t * K + k], slot_rows[t * K + k], routed.data(), D);
-    for (int64_t i = 0; i < D; ++i) out[t * D + i] = w.shared_experts ? routed[i] + shared_out[t * D + i] : routed[i];
-  }
   return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Combine(const CombineOp& op) {
+  SumSlots(op.slot_rows->data(), op.weights, op.shared, op.n_tokens, config_.num_experts_per_tok, config_.hidden_size,
+           op.out);
+  return absl::OkStatus();
+}
+
+// The single-process path: this rank's own slots grouped by expert, through ExpertRows, summed
+// in slot order — the same sums as under an exchange.
+absl::Status CpuBackend::LocalExperts(const LocalExpertsOp& op) {
+  const int64_t D = config_.hidden_size, E = config_.n_routed_experts, K = config_.num_experts_per_tok;
+  if (op.load != nullptr) {
+    op.load->resize(E, 0);
+    for (int64_t i = 0; i < op.n_tokens * K; ++i) ++(*op.load)[op.expert_ids[i]];
+  }
+  const ReceivedRows rows = GroupLocally(op.x, op.n_tokens, K, op.expert_ids, D, E);
+  FloatBuffer local_out(rows.rows() * D), shared_out(op.w->shared_experts ? op.n_tokens * D : 0);
+  std::vector<float*> out_rows;
+  for (int64_t i = 0; i < rows.rows(); ++i) out_rows.push_back(&local_out[i * D]);
+  RETURN_IF_ERROR(ExpertRows({op.w, &rows, &out_rows, op.x, op.n_tokens, shared_out.data()}));
+  std::vector<const float*> slot_rows(op.n_tokens * K);
+  for (int64_t i = 0; i < rows.rows(); ++i) slot_rows[rows.headers[i].slot] = out_rows[i];
+  return Combine({&slot_rows, op.weights, op.w->shared_experts ? shared_out.data() : nullptr, op.n_tokens, op.out});
 }
 
 }  // namespace daedalus

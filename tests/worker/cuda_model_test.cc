@@ -1,4 +1,4 @@
-// The whole forward pass on the GPU (worker/cuda/gpu_model.h) against the CPU engine: the same
+// The whole forward pass on the GPU (worker/cuda/cuda_backend.h: DeepSeekModel over the CUDA backend) against the CPU engine: the same
 // requests through Engine on both, on the `tiny` preset (bf16, fp8, YaRN, V2-style routing),
 // on `tiny` with one dimension at a time moved, and on the `bench` preset. Also expert
 // parallelism's staging path over two local ranks. Skipped without a GPU.
@@ -23,7 +23,7 @@
 #include "kernels/cpu_isa.h"
 #include "tests/kernels/cuda_test_util.h"
 #include "tests/worker/test_models.h"
-#include "worker/cuda/gpu_model.h"
+#include "worker/cuda/cuda_backend.h"
 #include "worker/device_backend.h"
 #include "worker/engine.h"
 
@@ -341,7 +341,7 @@ TEST(CudaModel, ShapeAndBatchVariantsMatchCpuEngine) {
   }
 }
 
-// Expert parallelism on one GPU: two local ranks (threads), each with its own GpuModel and
+// Expert parallelism on one GPU: two local ranks (threads), each with its own CudaBackend and
 // half the experts, route through the host exchange; tokens equal the single-process run.
 TEST(CudaModel, ExpertParallelStagingMatchesSingleProcess) {
   DAEDALUS_REQUIRE_GPU();

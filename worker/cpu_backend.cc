@@ -1,0 +1,117 @@
+#include "worker/cpu_backend.h"
+
+#include <cstring>
+
+#include "core/status.h"
+#include "kernels/linear.h"
+#include "kernels/ops.h"
+#include "routing/gate.h"
+
+namespace daedalus {
+
+CpuBackend::CpuBackend(const ModelWeights& weights, PagedKvCache& cache)
+    : config_(weights.config), cache_(cache), rope_(weights.config) {}
+
+absl::Status CpuBackend::Begin(const ForwardBatch& batch, const std::vector<bool>& absorbed) {
+  batch_ = &batch;
+  absorbed_ = absorbed;
+  const int64_t pairs = rope_.pairs();
+  cos_.resize(batch.token_ids.size() * pairs);
+  sin_.resize(batch.token_ids.size() * pairs);
+  for (const SequenceSlice& s : batch.slices)
+    for (int64_t t = 0; t < s.n_tokens; ++t)
+      rope_.Angles(s.start_pos + t, &cos_[(s.offset + t) * pairs], &sin_[(s.offset + t) * pairs]);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<void*> CpuBackend::Reserve(Buffer which, size_t bytes) {
+  FloatBuffer& b = buffers_[static_cast<size_t>(which)];
+  if (b.size() * sizeof(float) < bytes) b.resize((bytes + sizeof(float) - 1) / sizeof(float));
+  return static_cast<void*>(b.data());
+}
+
+absl::StatusOr<const void*> CpuBackend::ToHost(Buffer which, size_t) {
+  return static_cast<const void*>(buffers_[static_cast<size_t>(which)].data());
+}
+
+absl::Status CpuBackend::Upload(Buffer which, const void* host, size_t bytes) {
+  ASSIGN_OR_RETURN(void* p, Reserve(which, bytes));
+  if (bytes > 0) std::memcpy(p, host, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Embed(const WeightView& table, float* out) {
+  const int64_t D = config_.hidden_size, T = static_cast<int64_t>(batch_->token_ids.size());
+  const size_t elem = DTypeSize(table.dtype);
+  for (int64_t t = 0; t < T; ++t) {
+    const auto* row = static_cast<const uint8_t*>(table.data) + batch_->token_ids[t] * D * elem;
+    if (table.dtype == DType::kF32) std::memcpy(&out[t * D], row, D * 4);
+    else Bf16ToF32(reinterpret_cast<const bf16*>(row), &out[t * D], D);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::RmsNorm(const RmsNormOp& op) {
+  daedalus::RmsNorm(op.x, op.gamma->data(), op.rows, op.n, static_cast<float>(config_.rms_norm_eps), op.y,
+                    op.x_stride, op.y_stride);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Linear(const LinearOp* ops, int64_t n) {
+  std::vector<LinearProblem> problems;
+  problems.reserve(n);
+  for (int64_t i = 0; i < n; ++i) problems.push_back({ops[i].x, ops[i].m, *ops[i].w, ops[i].y});
+  LinearBatch(problems.data(), n);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Rope(const RopeOp& op) {
+  const int64_t T = static_cast<int64_t>(batch_->token_ids.size()), pairs = rope_.pairs();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < op.heads; ++h)
+      RotateInterleaved(op.v + t * op.token_stride + h * op.head_stride, config_.qk_rope_head_dim, &cos_[t * pairs],
+                        &sin_[t * pairs]);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::KvWrite(int64_t layer, const float* latent) {
+  const int64_t dim = config_.kv_cache_dim();
+  for (const SequenceSlice& s : batch_->slices)
+    for (int64_t t = 0; t < s.n_tokens; ++t) cache_.Write(*s.pages, layer, s.start_pos + t, &latent[(s.offset + t) * dim]);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Route(const RouteOp& op) {
+  daedalus::Route(GateParams::FromConfig(config_), op.logits, op.bias->empty() ? nullptr : op.bias->data(), op.n_tokens,
+                  op.expert_ids, op.weights);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Mlp(const MlpOp& op) {
+  const MlpWeights& w = *op.w;
+  const int64_t width = w.gate_proj.rows;
+  FloatBuffer gate(op.n_tokens * width), up(op.n_tokens * width);
+  const LinearProblem gate_up[] = {{op.x, op.n_tokens, w.gate_proj, gate.data()}, {op.x, op.n_tokens, w.up_proj, up.data()}};
+  LinearBatch(gate_up, 2);
+  SiluMulSeparate(gate.data(), up.data(), op.n_tokens, width, gate.data());
+  daedalus::Linear(gate.data(), op.n_tokens, w.down_proj, op.y);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
+                                float* logits) {
+  const int64_t D = config_.hidden_size, R = static_cast<int64_t>(batch_->logit_rows.size());
+  FloatBuffer final_x(R * D);
+  for (int64_t r = 0; r < R; ++r)
+    daedalus::RmsNorm(&hidden[batch_->logit_rows[r] * D], norm.data(), 1, D, static_cast<float>(config_.rms_norm_eps),
+                      &final_x[r * D], D, D);
+  daedalus::Linear(final_x.data(), R, lm_head, logits);
+  return absl::OkStatus();
+}
+
+}  // namespace daedalus
