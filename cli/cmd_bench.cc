@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -91,6 +92,8 @@ struct DecodeFigures {
   double tok_s = 0;
   double experts_per_layer = 0;  // distinct routed experts a step reads, per MoE layer (mean)
   double bandwidth = 0;          // bytes/s of the read probe's passes between the timed steps
+  // With --profile: each kind of op's share of the timed steps' wall time, largest first.
+  std::vector<std::pair<std::string, double>> op_shares;
 };
 
 // Probe passes between decode steps: one before the first step, then one after every round.
@@ -115,6 +118,7 @@ DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, in
   while (engine.Step() && engine.last_step().prefill_tokens > 0) {
   }
   int64_t tokens = 0, timed = 0;
+  (void)engine.TakeOpTimes();  // the prefills' ops are not the decode steps'
   ExpertLoad before = engine.expert_load();
   int64_t touched = 0, moe_layers = 0;
   double busy = 0;
@@ -139,6 +143,8 @@ DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, in
   f.tok_s = tokens / busy;
   f.bandwidth = (probe.bytes_read() - probe_bytes) / (probe.seconds() - probe_seconds);
   f.experts_per_layer = timed > 0 && moe_layers > 0 ? static_cast<double>(touched) / (timed * moe_layers) : 0;
+  for (const ProfilingBackend::OpTime& op : engine.TakeOpTimes()) f.op_shares.emplace_back(op.op, op.seconds / busy);
+  std::sort(f.op_shares.begin(), f.op_shares.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
   return f;
 }
 
@@ -197,7 +203,7 @@ Command AddBenchCommand(CLI::App& app) {
     std::string model, batches = "1,8,64";
     int64_t prompt_len = 512, context = 64, steps = 32, cached_prefix = 0;
     int reps = 3;
-    bool json = false;
+    bool json = false, profile = false;
     EngineFlags engine;
   };
   auto f = std::make_shared<Flags>();
@@ -211,6 +217,9 @@ Command AddBenchCommand(CLI::App& app) {
                  "also time the first token of a --prompt-len prompt whose first N tokens are in the prefix cache, "
                  "against the same prompt uncached");
   f->engine.Register(app);
+  app.add_flag("--profile", f->profile,
+               "also time each op of the forward pass (worker/backend.h) in the decode steps and print each kind's "
+               "share of a step (on a GPU each op is waited for, which slows the steps)");
   app.add_flag("--json", f->json, "print one JSON object (the figures below) instead of text");
   return [f]() {
     SetThreads(f->engine.threads);
@@ -222,6 +231,7 @@ Command AddBenchCommand(CLI::App& app) {
     const ModelConfig& c = w.config;
     EngineOptions options = f->engine.Options(c);
     options.kv.prefix_caching = false;  // every figure computes its prompts (prefill repeats one)
+    options.profile_ops = f->profile;
     const int64_t max_batch = *std::max_element(batches->begin(), batches->end());
     options.max_running = std::max<int64_t>(options.max_running, max_batch);
     options.kv.max_tokens = std::max<int64_t>(options.kv.max_tokens,
@@ -331,6 +341,15 @@ Command AddBenchCommand(CLI::App& app) {
     out["decode_share_of_roofline"] = share;
     out["decode_experts_per_layer"] = experts;
     out["decode_bandwidth_gbs"] = decode_bandwidth;
+    if (f->profile) {
+      nlohmann::json op_share = nlohmann::json::object();
+      for (size_t i = 0; i < batches->size(); ++i) {
+        nlohmann::json ops = nlohmann::json::object();
+        for (const auto& [op, share] : decode[i].op_shares) ops[op] = share;
+        op_share[std::to_string((*batches)[i])] = ops;
+      }
+      out["decode_op_share"] = op_share;
+    }
     Engine probe(w, options);
     out["kv_dtype"] = f->engine.kv_dtype;
     out["kv_bytes_per_token"] = probe.cache().BytesPerToken();
@@ -367,6 +386,15 @@ Command AddBenchCommand(CLI::App& app) {
                   decode[i].bandwidth / 1e9, decode[i].experts_per_layer);
       if (i > 0 && decode1 > 0) std::printf(", %.1fx batch %d", decode[i].tok_s / decode1, (*batches)[0]);
       std::printf("\n");
+      if (f->profile) {
+        double in_ops = 0;
+        std::printf("  its steps by op:");
+        for (const auto& [op, share] : decode[i].op_shares) {
+          std::printf(" %s %.1f%%", op.c_str(), 100 * share);
+          in_ops += share;
+        }
+        std::printf("; outside the ops (scheduling, sampling) %.1f%%\n", 100 * (1 - in_ops));
+      }
     }
     std::printf("KV cache (%s): %.1f bytes/token (latent formula %.0f, paging overhead %.2f%%, page %lld tokens)\n",
                 f->engine.kv_dtype.c_str(), probe.cache().BytesPerToken(), kv_bytes_per_token,

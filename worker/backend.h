@@ -130,6 +130,9 @@ class Backend {
   virtual absl::StatusOr<const void*> ToHost(Buffer which, size_t bytes) = 0;
   // Writes `bytes` of host memory to the start of `which` (reserved to fit).
   virtual absl::Status Upload(Buffer which, const void* host, size_t bytes) = 0;
+  // Returns when every op called so far has run (a device backend's ops may run after they
+  // return; the CPU's run within the call).
+  virtual absl::Status Wait() { return absl::OkStatus(); }
 
   // out [n_tokens, hidden_size]: the batch tokens' rows of `table`.
   virtual absl::Status Embed(const WeightView& table, float* out) = 0;

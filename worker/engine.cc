@@ -16,7 +16,10 @@ Engine::Engine(const ModelWeights& weights, const EngineOptions& options)
       model_(weights, options.attention),
       cache_(weights.config, options.kv),
       cpu_backend_(options.backend == nullptr ? std::make_unique<CpuBackend>(weights, cache_) : nullptr),
-      backend_(options.backend != nullptr ? options.backend : cpu_backend_.get()),
+      profiler_(options.profile_ops ? std::make_unique<ProfilingBackend>(
+                                          options.backend != nullptr ? *options.backend : *cpu_backend_)
+                                    : nullptr),
+      backend_(profiler_ != nullptr ? profiler_.get() : options.backend != nullptr ? options.backend : cpu_backend_.get()),
       scheduler_(cache_, SchedulerOptions{options.max_batch_tokens, options.prefill_chunk, options.max_running}) {
   const ModelConfig& c = weights.config;
   expert_load_.resize(c.num_hidden_layers);

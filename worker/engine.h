@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "routing/dispatch.h"
 #include "worker/model.h"
+#include "worker/profiling_backend.h"
 #include "worker/request.h"
 #include "worker/sampler.h"
 #include "worker/scheduler.h"
@@ -63,6 +64,8 @@ struct EngineOptions {
   // over this engine's cache; kv.host_pool should then be false and kv's page size and capacity
   // those of the backend's cache. Outlives the engine.
   Backend* backend = nullptr;
+  // Times every op of the forward pass (TakeOpTimes), waiting for a device backend after each.
+  bool profile_ops = false;
 };
 
 struct StepStats {
@@ -130,6 +133,10 @@ class Engine {
   // Sequences whose pages were taken back when the pool ran out (each computed again).
   int64_t preemptions() const { return scheduler_.preemptions(); }
   const DeepSeekModel& model() const { return model_; }
+  // With options.profile_ops: each kind of op's time since the last call (else empty).
+  std::vector<ProfilingBackend::OpTime> TakeOpTimes() {
+    return profiler_ != nullptr ? profiler_->Take() : std::vector<ProfilingBackend::OpTime>{};
+  }
 
  private:
   std::unique_ptr<Sequence> NewSequence(Request request);  // with its result slot
@@ -140,7 +147,8 @@ class Engine {
   DeepSeekModel model_;
   PagedKvCache cache_;
   std::unique_ptr<Backend> cpu_backend_;  // when options_.backend is null
-  Backend* backend_;
+  std::unique_ptr<ProfilingBackend> profiler_;  // with options_.profile_ops
+  Backend* backend_;  // where steps run: options_.backend or cpu_backend_, through profiler_ if set
   Scheduler scheduler_;
   int64_t next_index_ = 0;
   std::vector<Result> results_;  // by index, when options_.keep_results

@@ -2,6 +2,7 @@
 #include "worker/engine.h"
 
 #include <cmath>
+#include <map>
 #include <cstring>
 #include <numeric>
 
@@ -93,6 +94,47 @@ TEST(Engine, AbsorbedAttentionIsBitwiseTheSameOnAnyThreadCount) {
     for (size_t t = 0; t < runs[0].prompt_logits.size(); ++t)
       EXPECT_EQ(runs[i].prompt_logits[t], runs[0].prompt_logits[t]) << "threads " << i + 1 << ", position " << t;
   }
+}
+
+TEST(Engine, ProfilingChangesNoResultAndTimesEveryOp) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  const ModelConfig& c = w.config;
+  const std::vector<Request> requests = {Greedy(Prompt(40, 1), 8), Greedy(Prompt(23, 2), 5)};
+  EngineOptions profiled;
+  profiled.profile_ops = true;
+  Engine engine(w, profiled);
+  for (const Request& r : requests) ASSERT_TRUE(engine.Add(r).ok());
+  const auto got = engine.RunToCompletion();
+  const auto want = RunAll(w, EngineOptions{}, requests);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].generated_ids, want[i].generated_ids);
+    EXPECT_EQ(got[i].prompt_logits, want[i].prompt_logits);
+  }
+  std::map<std::string, ProfilingBackend::OpTime> ops;
+  for (const auto& op : engine.TakeOpTimes()) ops[op.op] = op;
+  const int64_t steps = ops["Begin"].calls, moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  ASSERT_GT(steps, 0);
+  // Per step and layer: q_a with kv_a, q_b and o_proj; and the gate of each MoE layer.
+  EXPECT_EQ(ops["Linear"].calls, steps * (3 * c.num_hidden_layers + moe_layers));
+  EXPECT_EQ(ops["LocalExperts"].calls, steps * moe_layers);
+  EXPECT_EQ(ops["Mlp"].calls, steps * c.first_k_dense_replace);
+  EXPECT_EQ(ops["KvWrite"].calls, steps * c.num_hidden_layers);
+  // Each layer of a step attends in one form or both (prefill chunks naive, decode tokens absorbed).
+  const int64_t naive = ops["MlaNaive"].calls, absorbed = ops["MlaAbsorbed"].calls, L = c.num_hidden_layers;
+  EXPECT_EQ(naive % L, 0);
+  EXPECT_EQ(absorbed % L, 0);
+  EXPECT_LE(naive, steps * L);
+  EXPECT_LE(absorbed, steps * L);
+  EXPECT_GE(naive + absorbed, steps * L);
+  EXPECT_GT(ops["MlaAbsorbed"].calls, 0);
+  EXPECT_GT(ops["MlaNaive"].calls, 0);
+  double total = 0;
+  for (const auto& [name, op] : ops) {
+    EXPECT_GE(op.seconds, 0) << name;
+    total += op.seconds;
+  }
+  EXPECT_GT(total, 0);
+  EXPECT_TRUE(engine.TakeOpTimes().empty());  // the totals restart
 }
 
 TEST(Engine, IncrementalDecodeEqualsFullPrefill) {

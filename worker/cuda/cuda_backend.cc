@@ -255,6 +255,11 @@ absl::Status CudaBackend::Upload(Buffer which, const void* host, size_t bytes) {
   return absl::OkStatus();
 }
 
+absl::Status CudaBackend::Wait() {
+  DAEDALUS_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
 // Per-token and per-slice metadata, uploaded in one copy.
 absl::Status CudaBackend::Begin(const ForwardBatch& batch, const std::vector<bool>& absorbed) {
   DAEDALUS_CUDA_RETURN(cudaSetDevice(options_.device));

@@ -57,6 +57,7 @@ class CudaBackend final : public Backend {
   absl::StatusOr<void*> Reserve(Buffer which, size_t bytes) override;
   absl::StatusOr<const void*> ToHost(Buffer which, size_t bytes) override;
   absl::Status Upload(Buffer which, const void* host, size_t bytes) override;
+  absl::Status Wait() override;
   absl::Status Embed(const WeightView& table, float* out) override;
   absl::Status RmsNorm(const RmsNormOp& op) override;
   absl::Status Add(float* y, const float* x, int64_t n) override;
