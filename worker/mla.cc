@@ -137,12 +137,12 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
   }
 }
 
-// out[rows, h, :] = W_h · in[rows, h, :] for every head: gathers each head's rows, then one
-// batched product over all heads.
-void PerHeadLinear(const std::vector<WeightView>& w, const std::vector<int64_t>& rows, const float* in,
+// out[rows, h, :] = W_h · in[rows, h, :] for heads h < H: gathers each head's rows, then one
+// batched product over the heads (a row's result is the same in any batch: kernels/linear.h).
+void PerHeadLinear(const WeightView* w, int64_t H, const std::vector<int64_t>& rows, const float* in,
                    int64_t in_head_stride, int64_t in_row_stride, float* out, int64_t out_head_stride,
                    int64_t out_row_stride) {
-  const int64_t n = static_cast<int64_t>(rows.size()), H = static_cast<int64_t>(w.size());
+  const int64_t n = static_cast<int64_t>(rows.size());
   std::vector<FloatBuffer> x(H), y(H);
   std::vector<LinearProblem> problems;
   for (int64_t h = 0; h < H; ++h) {
@@ -157,10 +157,6 @@ void PerHeadLinear(const std::vector<WeightView>& w, const std::vector<int64_t>&
     for (int64_t i = 0; i < n; ++i)
       std::memcpy(out + rows[i] * out_row_stride + h * out_head_stride, &y[h][i * w[h].rows], w[h].rows * 4);
 }
-
-}  // namespace
-
-namespace {
 
 Dims DimsOf(const ModelConfig& c) {
   return Dims{c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank, c.kv_cache_dim()};
@@ -190,19 +186,37 @@ absl::Status CpuBackend::MlaAbsorbed(const MlaOp& op) {
   }
   if (absorbed.empty()) return absl::OkStatus();
   FloatBuffer q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
-  PerHeadLinear(op.w->w_uk_t, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent.data(), d.rkv, d.H * d.rkv);
-  // Work items of (slice, head group): fewer slices than threads (a small decode batch) split
-  // their heads, each group reading the context once.
-  const int64_t n = static_cast<int64_t>(absorbed.size());
-  const int64_t groups = std::min<int64_t>(d.H, (omp_get_max_threads() + n - 1) / n);
-  const int64_t per_group = (d.H + groups - 1) / groups;
-#pragma omp parallel for schedule(dynamic) if (n * groups > 1)
-  for (int64_t item = 0; item < n * groups; ++item) {
-    const int64_t h0 = item % groups * per_group, h1 = std::min(d.H, h0 + per_group);
-    if (h0 < h1)
-      AbsorbedSlice(d, op.layer, *absorbed[item / groups], h0, h1, q_latent.data(), op.q, cache_, scale, o_latent.data());
+  const int64_t n = static_cast<int64_t>(absorbed.size()), threads = omp_get_max_threads();
+  if (n >= threads) {
+    // As many sequences as threads or more: the per-head products batched over every row, the
+    // attention one sequence per work item.
+    PerHeadLinear(op.w->w_uk_t.data(), d.H, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent.data(), d.rkv,
+                  d.H * d.rkv);
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t i = 0; i < n; ++i)
+      AbsorbedSlice(d, op.layer, *absorbed[i], 0, d.H, q_latent.data(), op.q, cache_, scale, o_latent.data());
+    PerHeadLinear(op.w->w_uv.data(), d.H, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
+    return absl::OkStatus();
   }
-  PerHeadLinear(op.w->w_uv, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
+  // Fewer sequences than threads (a small decode batch): work items of (sequence, head group),
+  // each reading the context once and projecting its own heads' queries and outputs around its
+  // attention, in one parallel region (the per-head products inside it run on the item's
+  // thread, to the same bits).
+  const int64_t groups = std::min<int64_t>(d.H, (threads + n - 1) / n);
+  const int64_t per_group = (d.H + groups - 1) / groups;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t item = 0; item < n * groups; ++item) {
+    const SequenceSlice& s = *absorbed[item / groups];
+    const int64_t h0 = item % groups * per_group, h1 = std::min(d.H, h0 + per_group);
+    if (h0 >= h1) continue;
+    std::vector<int64_t> rows(s.n_tokens);
+    for (int64_t t = 0; t < s.n_tokens; ++t) rows[t] = s.offset + t;
+    PerHeadLinear(op.w->w_uk_t.data() + h0, h1 - h0, rows, op.q + h0 * d.qk(), d.qk(), d.H * d.qk(),
+                  q_latent.data() + h0 * d.rkv, d.rkv, d.H * d.rkv);
+    AbsorbedSlice(d, op.layer, s, h0, h1, q_latent.data(), op.q, cache_, scale, o_latent.data());
+    PerHeadLinear(op.w->w_uv.data() + h0, h1 - h0, rows, o_latent.data() + h0 * d.rkv, d.rkv, d.H * d.rkv,
+                  op.o + h0 * d.dv, d.dv, d.H * d.dv);
+  }
   return absl::OkStatus();
 }
 
