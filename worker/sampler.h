@@ -25,6 +25,7 @@ class Sampler {
   SamplingParams params_;
 };
 
+// The index of the largest of v[0, n), the lowest one on ties.
 int32_t Argmax(const float* v, int64_t n);
 
 }  // namespace daedalus

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <random>
 #include <vector>
 
 #include "core/philox.h"
@@ -19,6 +21,29 @@ TEST(Philox, Random123KnownAnswers) {
             (std::array<uint32_t, 4>{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}));
   EXPECT_EQ(Philox4x32({0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}, {0xa4093822, 0x299f31d0}),
             (std::array<uint32_t, 4>{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}));
+}
+
+// Greedy decoding's argmax against a plain scan: ties (within and across its blocks) go to the
+// lowest index, at any length, with infinities.
+TEST(Sampler, ArgmaxIsTheFirstLargest) {
+  auto plain = [](const std::vector<float>& v) {
+    size_t best = 0;
+    for (size_t i = 1; i < v.size(); ++i)
+      if (v[i] > v[best]) best = i;
+    return static_cast<int32_t>(best);
+  };
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> value(-40, 40);  // few distinct values: many ties
+  for (int64_t n : {1, 2, 255, 256, 257, 1000, 32000, 129280}) {
+    for (int trial = 0; trial < 8; ++trial) {
+      std::vector<float> v(n);
+      for (float& x : v) x = static_cast<float>(value(rng)) * 0.25f;
+      if (trial == 1) v[n - 1] = std::numeric_limits<float>::infinity();
+      if (trial == 2) std::fill(v.begin(), v.end(), -std::numeric_limits<float>::infinity());
+      if (trial == 3 && n > 300) v[257] = v[300] = 100.0f;  // tie across the block boundary
+      EXPECT_EQ(Argmax(v.data(), n), plain(v)) << "n " << n << " trial " << trial;
+    }
+  }
 }
 
 TEST(Sampler, ADrawDependsOnTheSeedAndPositionAlone) {
