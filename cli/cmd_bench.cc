@@ -41,9 +41,34 @@ std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
+// Each kind of op's share of `seconds` (with EngineOptions::profile_ops), largest first.
+using OpShares = std::vector<std::pair<std::string, double>>;
+OpShares SharesOf(const std::vector<ProfilingBackend::OpTime>& times, double seconds) {
+  OpShares shares;
+  for (const ProfilingBackend::OpTime& op : times) shares.emplace_back(op.op, op.seconds / seconds);
+  std::sort(shares.begin(), shares.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  return shares;
+}
+
+// "  <what> by op: Linear 40.1% ...; outside the ops (scheduling, sampling) 1.2%"
+void PrintOpShares(const char* what, const OpShares& shares) {
+  double in_ops = 0;
+  std::printf("  %s by op:", what);
+  for (const auto& [op, share] : shares) {
+    std::printf(" %s %.1f%%", op.c_str(), 100 * share);
+    in_ops += share;
+  }
+  std::printf("; outside the ops (scheduling, sampling) %.1f%%\n", 100 * (1 - in_ops));
+}
+
+struct PrefillFigures {
+  double tok_s = 0;
+  OpShares op_shares;  // of the best repetition, with --profile
+};
+
 // Prefill tokens/s of one prompt (best of `reps`).
-double PrefillRate(const ModelWeights& w, const EngineOptions& options, int64_t prompt_len, int reps) {
-  double best = 0;
+PrefillFigures PrefillRate(const ModelWeights& w, const EngineOptions& options, int64_t prompt_len, int reps) {
+  PrefillFigures best;
   for (int rep = 0; rep < reps; ++rep) {
     Engine engine(w, options);
     Request r;
@@ -52,7 +77,8 @@ double PrefillRate(const ModelWeights& w, const EngineOptions& options, int64_t 
     (void)engine.Add(r);
     const double t0 = Now();
     engine.RunToCompletion();
-    best = std::max(best, prompt_len / (Now() - t0));
+    const double seconds = Now() - t0;
+    if (prompt_len / seconds > best.tok_s) best = {prompt_len / seconds, SharesOf(engine.TakeOpTimes(), seconds)};
   }
   return best;
 }
@@ -92,8 +118,7 @@ struct DecodeFigures {
   double tok_s = 0;
   double experts_per_layer = 0;  // distinct routed experts a step reads, per MoE layer (mean)
   double bandwidth = 0;          // bytes/s of the read probe's passes between the timed steps
-  // With --profile: each kind of op's share of the timed steps' wall time, largest first.
-  std::vector<std::pair<std::string, double>> op_shares;
+  OpShares op_shares;  // with --profile: of the timed steps' wall time
 };
 
 // Probe passes between decode steps: one before the first step, then one after every round.
@@ -143,8 +168,7 @@ DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, in
   f.tok_s = tokens / busy;
   f.bandwidth = (probe.bytes_read() - probe_bytes) / (probe.seconds() - probe_seconds);
   f.experts_per_layer = timed > 0 && moe_layers > 0 ? static_cast<double>(touched) / (timed * moe_layers) : 0;
-  for (const ProfilingBackend::OpTime& op : engine.TakeOpTimes()) f.op_shares.emplace_back(op.op, op.seconds / busy);
-  std::sort(f.op_shares.begin(), f.op_shares.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  f.op_shares = SharesOf(engine.TakeOpTimes(), busy);
   return f;
 }
 
@@ -254,7 +278,8 @@ Command AddBenchCommand(CLI::App& app) {
     ReadProbe read_probe;  // its buffer stays resident through the decode runs: not the engine's memory
     const double bandwidth_before = read_probe.Best(5);
     ResetPeakRss();
-    const double prefill = PrefillRate(w, options, f->prompt_len, f->reps);
+    const PrefillFigures prefill_figures = PrefillRate(w, options, f->prompt_len, f->reps);
+    const double prefill = prefill_figures.tok_s;
     CachedPrefix cached;
     if (f->cached_prefix > 0) cached = CachedPrefixTtft(w, options, f->prompt_len, std::min(f->cached_prefix, f->prompt_len), f->reps);
     std::vector<DecodeFigures> decode;
@@ -342,12 +367,14 @@ Command AddBenchCommand(CLI::App& app) {
     out["decode_experts_per_layer"] = experts;
     out["decode_bandwidth_gbs"] = decode_bandwidth;
     if (f->profile) {
-      nlohmann::json op_share = nlohmann::json::object();
-      for (size_t i = 0; i < batches->size(); ++i) {
-        nlohmann::json ops = nlohmann::json::object();
-        for (const auto& [op, share] : decode[i].op_shares) ops[op] = share;
-        op_share[std::to_string((*batches)[i])] = ops;
-      }
+      auto json_of = [](const OpShares& shares) {
+        nlohmann::ordered_json ops = nlohmann::ordered_json::object();
+        for (const auto& [op, share] : shares) ops[op] = share;
+        return ops;
+      };
+      out["prefill_op_share"] = json_of(prefill_figures.op_shares);
+      nlohmann::ordered_json op_share = nlohmann::ordered_json::object();
+      for (size_t i = 0; i < batches->size(); ++i) op_share[std::to_string((*batches)[i])] = json_of(decode[i].op_shares);
       out["decode_op_share"] = op_share;
     }
     Engine probe(w, options);
@@ -372,6 +399,7 @@ Command AddBenchCommand(CLI::App& app) {
     std::printf("prefill %lld tokens: %.1f tok/s, %.1f GFLOP/s in projections (%.0f%% of the %s peak)\n",
                 static_cast<long long>(f->prompt_len), prefill, prefill * prefill_flops / 1e9,
                 100 * prefill * prefill_flops / gemm_peak, dtype == DType::kF32 ? "float FMA" : "bf16 unit");
+    if (f->profile) PrintOpShares("its time", prefill_figures.op_shares);
     if (f->cached_prefix > 0) {
       std::printf("prefix cache: first token of a %lld-token prompt with %lld tokens cached in %.3f s, %.3fx its uncached %.3f s\n",
                   static_cast<long long>(f->prompt_len), static_cast<long long>(cached.cached_tokens), cached.cached_s,
@@ -386,15 +414,7 @@ Command AddBenchCommand(CLI::App& app) {
                   decode[i].bandwidth / 1e9, decode[i].experts_per_layer);
       if (i > 0 && decode1 > 0) std::printf(", %.1fx batch %d", decode[i].tok_s / decode1, (*batches)[0]);
       std::printf("\n");
-      if (f->profile) {
-        double in_ops = 0;
-        std::printf("  its steps by op:");
-        for (const auto& [op, share] : decode[i].op_shares) {
-          std::printf(" %s %.1f%%", op.c_str(), 100 * share);
-          in_ops += share;
-        }
-        std::printf("; outside the ops (scheduling, sampling) %.1f%%\n", 100 * (1 - in_ops));
-      }
+      if (f->profile) PrintOpShares("its steps", decode[i].op_shares);
     }
     std::printf("KV cache (%s): %.1f bytes/token (latent formula %.0f, paging overhead %.2f%%, page %lld tokens)\n",
                 f->engine.kv_dtype.c_str(), probe.cache().BytesPerToken(), kv_bytes_per_token,
