@@ -51,6 +51,17 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
 void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const float* keys16, int64_t n, int64_t dim,
                    float* out, int64_t out_stride);
 
+// Attention over rows stored in bf16 (the bf16 latent cache) with bf16 operands and float
+// accumulation, on tiers with a bf16 dot-product unit (HasBf16Attention; the others have none):
+// out[h·out_stride + j] = q_h · row_j over dim for q_h = q + h·q_stride (bf16), and
+// y_h[:dim] += Σ_j bf16(w_h[j])·row_j in pairs of rows in order (kernels/cpu/tier.h). Each head's
+// result is the same whichever heads share the call.
+bool HasBf16Attention();
+void DotRowsBf16Many(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                     int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
+void AxpyRowsBf16Many(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                      int64_t n_rows, int64_t dim, float* y, int64_t y_stride);
+
 // out[i] = Fp8E4M3ToF32(codes[i]) · scale, bitwise the same on every tier (the FP8 latent cache).
 void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out);
 // bf16 to float, exact, with the tier's widest loads (the bf16 latent cache's rows).

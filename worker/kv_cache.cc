@@ -194,6 +194,15 @@ void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, in
   }
 }
 
+const bf16* PagedKvCache::RowsBf16(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, bf16* scratch) const {
+  const int64_t slot = begin % options_.page_size;
+  if (slot + n <= options_.page_size) return reinterpret_cast<const bf16*>(Row(pages[begin / options_.page_size], layer, slot));
+  for (int64_t pos = begin; pos < begin + n; ++pos)
+    std::memcpy(scratch + (pos - begin) * dim_, Row(pages[pos / options_.page_size], layer, pos % options_.page_size),
+                row_bytes_);
+  return scratch;
+}
+
 std::vector<PagedKvCache::ByteRange> PagedKvCache::Ranges(const PageTable& pages, int64_t n_tokens) const {
   std::vector<ByteRange> out;
   const int64_t ps = options_.page_size;

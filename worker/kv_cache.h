@@ -78,6 +78,9 @@ class PagedKvCache {
   // stored rows in place (callers read a few rows at a time, never the whole context).
   void Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const;
   void Read(const PageTable& pages, int64_t layer, int64_t n, float* out) const { Read(pages, layer, 0, n, out); }
+  // A bf16 cache's positions [begin, begin + n) of `layer` as bf16 rows dim() apart: in place
+  // when they lie in one page, else copied into `scratch` [n, dim].
+  const bf16* RowsBf16(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, bf16* scratch) const;
 
   // Where the latents of positions [0, n_tokens) of `pages` lie in the host pool, as byte
   // ranges from its start, in page order: a whole page is one range, a partial last page one

@@ -94,7 +94,12 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
 void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t h0, int64_t h1, const float* q_latent,
                    const float* q, const PagedKvCache& cache, float scale, float* o_latent) {
   const int64_t G = h1 - h0;
-  FloatBuffer rows(kRowBlock * d.dim), scores(G * kRowBlock), rope(G * kRowBlock);
+  // A bf16 cache on a tier with a bf16 dot-product unit: the rows are read in place, the query
+  // ([q_latent | q_pe]) and the softmax weights rounded to bf16 as that tier rounds every
+  // activation; else the rows widened to float a block at a time.
+  const bool bf16_rows = cache.dtype() == DType::kBF16 && HasBf16Attention();
+  FloatBuffer rows(bf16_rows ? 0 : kRowBlock * d.dim), scores(G * kRowBlock), rope(G * kRowBlock, 0.0f);
+  std::vector<bf16> q16(bf16_rows ? G * d.dim : 0), rows16(bf16_rows ? kRowBlock * d.dim : 0);
   std::vector<float> running_max(G), running_sum(G);
   for (int64_t t = 0; t < s.n_tokens; ++t) {
     const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
@@ -104,11 +109,23 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     std::fill(ol, ol + G * d.rkv, 0.0f);
     std::fill(running_max.begin(), running_max.end(), -std::numeric_limits<float>::infinity());
     std::fill(running_sum.begin(), running_sum.end(), 0.0f);
+    if (bf16_rows) {
+      for (int64_t h = 0; h < G; ++h) {
+        F32ToBf16(ql + h * d.rkv, &q16[h * d.dim], d.rkv);
+        F32ToBf16(qpe + h * d.qk(), &q16[h * d.dim + d.rkv], d.dr);
+      }
+    }
     for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
       const int64_t nb = std::min(kRowBlock, visible - j0);
-      cache.Read(*s.pages, layer, j0, nb, rows.data());
-      DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
-      DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
+      const bf16* block16 = nullptr;
+      if (bf16_rows) {
+        block16 = cache.RowsBf16(*s.pages, layer, j0, nb, rows16.data());
+        DotRowsBf16Many(q16.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), kRowBlock);
+      } else {
+        cache.Read(*s.pages, layer, j0, nb, rows.data());
+        DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
+        DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
+      }
       for (int64_t h = 0; h < G; ++h) {
         float* sh = &scores[h * kRowBlock];
         float block_max = running_max[h];
@@ -125,9 +142,12 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
         }
         for (int64_t j = 0; j < nb; ++j) sh[j] -= block_max;
         ExpInPlace(sh, nb);
+        if (bf16_rows)  // the weights as the sums will use them, so that they normalise exactly
+          for (int64_t j = 0; j < nb; ++j) sh[j] = Bf16ToF32(F32ToBf16(sh[j]));
         for (int64_t j = 0; j < nb; ++j) running_sum[h] += sh[j];
       }
-      AxpyRowsMany(scores.data(), kRowBlock, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
+      if (bf16_rows) AxpyRowsBf16Many(scores.data(), kRowBlock, G, block16, d.dim, nb, d.rkv, ol, d.rkv);
+      else AxpyRowsMany(scores.data(), kRowBlock, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
     }
     for (int64_t h = 0; h < G; ++h) {
       const float inv = 1.0f / running_sum[h];

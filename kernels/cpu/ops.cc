@@ -79,6 +79,18 @@ void AxpyRowsMany(const float* w, int64_t w_stride, int64_t heads, const float* 
   for (int64_t h = 0; h < heads; ++h) k.axpy_rows(w + h * w_stride, rows, stride, n_rows, dim, y + h * y_stride);
 }
 
+bool HasBf16Attention() { return cpu::Kernels().dot_rows_bf16 != nullptr; }
+
+void DotRowsBf16Many(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                     int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
+  cpu::Kernels().dot_rows_bf16(q, q_stride, heads, rows, stride, n_rows, dim, out, out_stride);
+}
+
+void AxpyRowsBf16Many(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                      int64_t n_rows, int64_t dim, float* y, int64_t y_stride) {
+  cpu::Kernels().axpy_rows_bf16(w, w_stride, heads, rows, stride, n_rows, dim, y, y_stride);
+}
+
 void PackKeys16(const float* rows, int64_t stride, int64_t n, int64_t dim, float* out) {
   for (int64_t b = 0; b < (n + 15) / 16; ++b)
     for (int64_t d = 0; d < dim; ++d)

@@ -79,6 +79,17 @@ struct TierKernels {
   double (*fp32_fma_probe)(int64_t iters);
   double (*bf16_probe)(int64_t iters);
   float (*read_probe)(const float* v, size_t n);
+  // Attention over rows stored in bf16 (the bf16 latent cache) with bf16 operands and float
+  // accumulation (VDPBF16PS); null on the float tiers. For each of `heads` queries:
+  //   dot_rows_bf16: out[h·out_stride + j] = Σ_d q_h[d]·row_j[d] over `dim` (q_h = q + h·q_stride,
+  //     bf16), 16 lanes of pairs in order of d, then a fixed tree: one order per dim;
+  //   axpy_rows_bf16: y_h[i] += Σ_j bf16(w_h[j])·row_j[i] for i < dim, the rows in pairs in order
+  //     (an odd last row paired with a zero), one chain per y_h[i] continuing across calls.
+  // Each head's result is bitwise the same whichever heads share the call.
+  void (*dot_rows_bf16)(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                        int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
+  void (*axpy_rows_bf16)(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                         int64_t n_rows, int64_t dim, float* y, int64_t y_stride);
 };
 
 const TierKernels& GenericKernels();

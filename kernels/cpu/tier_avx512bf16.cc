@@ -305,6 +305,84 @@ void PackBf16Pairs(const float* const* rows, int mr, int64_t K, uint32_t* out) {
   }
 }
 
+// Scores over bf16 rows, kH heads at a time sharing each row's loads.
+template <int kH>
+void DotRowsBf16Heads(const uint16_t* q, int64_t q_stride, const uint16_t* rows, int64_t stride, int64_t n_rows,
+                      int64_t dim, float* out, int64_t out_stride) {
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint16_t* r = rows + j * stride;
+    __m512 acc[kH];
+    for (int h = 0; h < kH; ++h) acc[h] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 32) {
+      const __mmask32 m = dim - d >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << (dim - d)) - 1);
+      const __m512bh row = (__m512bh)_mm512_maskz_loadu_epi16(m, r + d);
+      for (int h = 0; h < kH; ++h)
+        acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)_mm512_maskz_loadu_epi16(m, q + h * q_stride + d), row);
+    }
+    for (int h = 0; h < kH; ++h) out[h * out_stride + j] = _mm512_reduce_add_ps(acc[h]);
+  }
+}
+
+void DotRowsBf16(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                 int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
+  int64_t h = 0;
+  for (; h + 4 <= heads; h += 4)
+    DotRowsBf16Heads<4>(q + h * q_stride, q_stride, rows, stride, n_rows, dim, out + h * out_stride, out_stride);
+  for (; h < heads; ++h)
+    DotRowsBf16Heads<1>(q + h * q_stride, q_stride, rows, stride, n_rows, dim, out + h * out_stride, out_stride);
+}
+
+// Weighted sums of bf16 rows, kH heads at a time: each 16-column chunk of the rows is
+// interleaved by row pairs once ([row j, row j+1] per column: VDPBF16PS's pairs) and used by
+// every head, whose pair of weights is one broadcast bf16 pair.
+template <int kH>
+void AxpyRowsBf16Heads(const uint32_t* w_pairs, int64_t pairs, const uint16_t* rows, int64_t stride, int64_t n_rows,
+                       int64_t dim, float* y, int64_t y_stride) {
+  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                              37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  for (int64_t c = 0; c < dim; c += 16) {
+    const __mmask16 m = dim - c >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (dim - c)) - 1);
+    __m512 acc[kH];
+    for (int h = 0; h < kH; ++h) acc[h] = _mm512_maskz_loadu_ps(m, y + h * y_stride + c);
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t j = 2 * p;
+      const __m512i r0 = _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(m, rows + j * stride + c));
+      const __m512i r1 = j + 1 < n_rows ? _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(m, rows + (j + 1) * stride + c))
+                                        : _mm512_setzero_si512();
+      const __m512bh v = (__m512bh)_mm512_permutex2var_epi16(r0, interleave, r1);
+      for (int h = 0; h < kH; ++h)
+        acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)_mm512_set1_epi32(static_cast<int>(w_pairs[h * pairs + p])), v);
+    }
+    for (int h = 0; h < kH; ++h) _mm512_mask_storeu_ps(y + h * y_stride + c, m, acc[h]);
+  }
+}
+
+void AxpyRowsBf16(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride, int64_t n_rows,
+                  int64_t dim, float* y, int64_t y_stride) {
+  constexpr int kMaxH = 4;
+  uint32_t w_pairs[kMaxH * 64];
+  for (int64_t h0 = 0; h0 < heads; h0 += kMaxH) {
+    const int64_t hn = std::min<int64_t>(kMaxH, heads - h0);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 128) {  // 64 weight pairs per head at a time
+      const int64_t rn = std::min<int64_t>(128, n_rows - r0), pn = (rn + 1) / 2;
+      for (int64_t h = 0; h < hn; ++h)
+        for (int64_t p = 0; p < pn; ++p) {
+          const float* wh = w + (h0 + h) * w_stride + r0;
+          const uint32_t lo = F32ToBf16(wh[2 * p]), hi = 2 * p + 1 < rn ? F32ToBf16(wh[2 * p + 1]) : 0;
+          w_pairs[h * pn + p] = lo | hi << 16;
+        }
+      const uint16_t* r = rows + r0 * stride;
+      float* yh = y + h0 * y_stride;
+      switch (hn) {
+        case 4: AxpyRowsBf16Heads<4>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
+        case 3: AxpyRowsBf16Heads<3>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
+        case 2: AxpyRowsBf16Heads<2>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
+        default: AxpyRowsBf16Heads<1>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
+      }
+    }
+  }
+}
+
 // 12 independent VDPBF16PS chains: 32 multiply-adds each.
 double DotProbe(int64_t iters) {
   __m512 a[12];
@@ -323,7 +401,8 @@ TierKernels Avx512Bf16Table(bool vbmi) {
   return {CpuIsa::kAvx512Bf16, true, PackBf16Pairs, kMaxMr, PanelBf16, vbmi ? PanelFp8Vbmi : PanelFp8,
           vbmi ? DecodeFp8Vbmi : DecodeFp8, PanelFp8Decoded, ExpAvx512, SoftmaxAvx512,
           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512,
-          DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe, ReadProbeAvx512};
+          DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe, ReadProbeAvx512,
+          DotRowsBf16, AxpyRowsBf16};
 }
 
 }  // namespace

@@ -145,6 +145,53 @@ TEST_P(OpsTier, ManyQueryScoresEqualOneQueryAtATimeBitwise) {
     }
 }
 
+// Attention over bf16 rows (tiers with a bf16 dot-product unit): scores and weighted sums against
+// double sums of the same bf16 operands (weights rounded to bf16 as the kernel rounds them),
+// within float accumulation error; each head bitwise what it gives alone; row counts that leave
+// an odd row and dims that leave tails (tiny's 80, bench's 288, DeepSeek-V3's 576).
+TEST_P(OpsTier, Bf16RowAttentionMatchesReferenceAndEachHeadAlone) {
+  if (!HasBf16Attention()) GTEST_SKIP() << "tier " << CpuIsaName(GetParam()) << " has no bf16 attention kernels";
+  for (const int64_t dim : {80, 288, 576, 33}) {
+    const int64_t n = 37, heads = 7, stride = dim + 5;
+    std::vector<bf16> rows(n * stride), q(heads * dim);
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = F32ToBf16(static_cast<float>(std::cos(0.37 * static_cast<double>(i))));
+    for (size_t i = 0; i < q.size(); ++i) q[i] = F32ToBf16(static_cast<float>(std::sin(0.11 * static_cast<double>(i))));
+    std::vector<float> w(heads * n);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(0.5 + 0.5 * std::sin(0.7 * static_cast<double>(i)));
+    for (const int64_t rows_n : {int64_t{1}, int64_t{16}, int64_t{17}, n}) {
+      std::vector<float> scores(heads * n), one(n);
+      DotRowsBf16Many(q.data(), dim, heads, rows.data(), stride, rows_n, dim, scores.data(), n);
+      std::vector<float> y(heads * dim, 0.25f), y_one(dim);
+      AxpyRowsBf16Many(w.data(), n, heads, rows.data(), stride, rows_n, dim, y.data(), dim);
+      for (int64_t h = 0; h < heads; ++h) {
+        DotRowsBf16Many(q.data() + h * dim, dim, 1, rows.data(), stride, rows_n, dim, one.data(), n);
+        std::fill(y_one.begin(), y_one.end(), 0.25f);
+        AxpyRowsBf16Many(w.data() + h * n, n, 1, rows.data(), stride, rows_n, dim, y_one.data(), dim);
+        for (int64_t j = 0; j < rows_n; ++j) {
+          double want = 0, magnitude = 0;
+          for (int64_t d = 0; d < dim; ++d) {
+            const double term = static_cast<double>(Bf16ToF32(q[h * dim + d])) * Bf16ToF32(rows[j * stride + d]);
+            want += term;
+            magnitude += std::fabs(term);
+          }
+          ASSERT_NEAR(scores[h * n + j], want, 1e-6 * magnitude + 1e-30) << "dim " << dim << " head " << h << " row " << j;
+          ASSERT_EQ(scores[h * n + j], one[j]) << "dim " << dim << " head " << h << " row " << j;
+        }
+        for (int64_t i = 0; i < dim; ++i) {
+          double want = 0.25, magnitude = 0.25;
+          for (int64_t j = 0; j < rows_n; ++j) {
+            const double term = static_cast<double>(Bf16ToF32(F32ToBf16(w[h * n + j]))) * Bf16ToF32(rows[j * stride + i]);
+            want += term;
+            magnitude += std::fabs(term);
+          }
+          ASSERT_NEAR(y[h * dim + i], want, 1e-6 * magnitude) << "dim " << dim << " head " << h << " column " << i;
+          ASSERT_EQ(y[h * dim + i], y_one[i]) << "dim " << dim << " head " << h << " column " << i;
+        }
+      }
+    }
+  }
+}
+
 // The FP8 latent cache's dequantization: the exact value of every finite code times the scale,
 // one float rounding, whatever the length (vector bodies and tails) or the scale's range.
 TEST_P(OpsTier, Fp8ToF32IsTheCodesValueTimesTheScaleBitwise) {
