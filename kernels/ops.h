@@ -52,7 +52,7 @@ void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const floa
                    float* out, int64_t out_stride);
 
 // Attention over rows stored in bf16 (the bf16 latent cache) with bf16 operands and float
-// accumulation, on tiers with a bf16 dot-product unit (HasBf16Attention; the others have none):
+// accumulation, on tiers with a bf16 dot-product unit (only where HasBf16Attention() holds):
 // out[h·out_stride + j] = q_h · row_j over dim for q_h = q + h·q_stride (bf16), and
 // y_h[:dim] += Σ_j bf16(w_h[j])·row_j in pairs of rows in order (kernels/cpu/tier.h). Each head's
 // result is the same whichever heads share the call.

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/status.h"
 #include "kernels/cpu/tier.h"
 #include "kernels/ops.h"
 
@@ -83,11 +84,13 @@ bool HasBf16Attention() { return cpu::Kernels().dot_rows_bf16 != nullptr; }
 
 void DotRowsBf16Many(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                      int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
+  DAEDALUS_CHECK(HasBf16Attention());
   cpu::Kernels().dot_rows_bf16(q, q_stride, heads, rows, stride, n_rows, dim, out, out_stride);
 }
 
 void AxpyRowsBf16Many(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                       int64_t n_rows, int64_t dim, float* y, int64_t y_stride) {
+  DAEDALUS_CHECK(HasBf16Attention());
   cpu::Kernels().axpy_rows_bf16(w, w_stride, heads, rows, stride, n_rows, dim, y, y_stride);
 }
 
