@@ -99,9 +99,14 @@ struct Fp8ToBf16 {
 
 // FP8: per 128-input scale block, a block sum in registers (exact bf16 weights), then
 // y = block sum · scale + y in memory. `weights(kp, &w_lo, &w_hi)` gives input pair kp of the
-// panel as bf16: decoded from its codes, or loaded from a chunk decoded before.
-template <int MR, typename Weights>
-__attribute__((always_inline)) inline void ScaledPanel(const PanelCall& c, const Weights& weights) {
+// panel as bf16: decoded from its codes, or loaded from a chunk decoded before; `rows(&lo, &hi)`
+// puts a block sum's lanes back in row order where the decode left them permuted.
+struct RowOrder {
+  __attribute__((always_inline)) void operator()(__m512*, __m512*) const {}
+};
+template <int MR, typename Weights, typename Rows = RowOrder>
+__attribute__((always_inline)) inline void ScaledPanel(const PanelCall& c, const Weights& weights,
+                                                       const Rows& rows = Rows()) {
   const __mmask16 mask_lo = MaskLo(c.valid), mask_hi = MaskHi(c.valid);
   const auto* x = static_cast<const int32_t*>(c.x);
   for (int64_t kp = 0; kp < c.kn / 2;) {
@@ -116,7 +121,10 @@ __attribute__((always_inline)) inline void ScaledPanel(const PanelCall& c, const
     }
     const __m512 scale = _mm512_set1_ps(c.scales[block]);
     const bool add = c.accumulate || block * 128 > c.k0;
-    for (int m = 0; m < MR; ++m) ScaleBlock(lo[m], hi[m], scale, add, mask_lo, mask_hi, c.y[m]);
+    for (int m = 0; m < MR; ++m) {
+      rows(&lo[m], &hi[m]);
+      ScaleBlock(lo[m], hi[m], scale, add, mask_lo, mask_hi, c.y[m]);
+    }
   }
 }
 
@@ -205,29 +213,21 @@ __attribute__((target("avx512vbmi"))) void DecodeFp8Vbmi(const uint8_t* codes, i
 // Fp8Panel on the table decode: every row's chain of VDPBF16PS is the same, in a different
 // lane, so the result is bitwise Fp8Panel's.
 template <int MR>
-__attribute__((target("avx512vbmi"))) void Fp8PanelVbmi(const PanelCall& c) {
+__attribute__((target("avx512vbmi"), flatten)) void Fp8PanelVbmi(const PanelCall& c) {
   static const Fp8ToBf16Table decode;
-  const __mmask16 mask_lo = MaskLo(c.valid), mask_hi = MaskHi(c.valid);
-  const auto* x = static_cast<const int32_t*>(c.x);
   const auto* panel = static_cast<const uint8_t*>(c.panel);
-  for (int64_t kp = 0; kp < c.kn / 2;) {
-    const int64_t block = (c.k0 + 2 * kp) / 128;
-    const int64_t end = std::min(c.kn / 2, ((block + 1) * 128 - c.k0) / 2);
-    __m512 lo[MR], hi[MR];
-    for (int m = 0; m < MR; ++m) lo[m] = hi[m] = _mm512_setzero_ps();
-    for (; kp < end; ++kp) {
-      const uint8_t* pair = panel + kp * kPanelPair;
-      PrefetchPanel(pair);
-      __m512bh w_lo, w_hi;
-      decode(pair, &w_lo, &w_hi);
-      DotPair<MR>(w_lo, w_hi, x + kp * MR, lo, hi);
-    }
-    const __m512 scale = _mm512_set1_ps(c.scales[block]);
-    const bool add = c.accumulate || block * 128 > c.k0;
-    for (int m = 0; m < MR; ++m)
-      ScaleBlock(_mm512_permutex2var_ps(lo[m], decode.unpermute_lo, hi[m]),
-                 _mm512_permutex2var_ps(lo[m], decode.unpermute_hi, hi[m]), scale, add, mask_lo, mask_hi, c.y[m]);
-  }
+  ScaledPanel<MR>(
+      c,
+      [&](int64_t kp, __m512bh* w_lo, __m512bh* w_hi) __attribute__((target("avx512vbmi"))) {
+        const uint8_t* pair = panel + kp * kPanelPair;
+        PrefetchPanel(pair);
+        decode(pair, w_lo, w_hi);
+      },
+      [&](__m512* lo, __m512* hi) {
+        const __m512 l = *lo;
+        *lo = _mm512_permutex2var_ps(l, decode.unpermute_lo, *hi);
+        *hi = _mm512_permutex2var_ps(l, decode.unpermute_hi, *hi);
+      });
 }
 
 // The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.

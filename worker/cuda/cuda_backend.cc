@@ -278,11 +278,23 @@ absl::Status CudaBackend::SharedExperts(const LayerWeights& w, const float* x, i
   return RunMlp(*shared, x, n, shared_out);
 }
 
+// The layer's routed experts over the rows grouped in x_grouped_ (and x_grouped_lo_ at float
+// precision), expert e's rows [group_begin[e], group_begin[e + 1]), into y_grouped_.
+absl::Status CudaBackend::GroupedExperts(const LayerWeights& w, const int64_t* group_begin) {
+  const auto routed = routed_.find(&w);
+  if (routed == routed_.end()) return absl::InternalError("CudaBackend: a MoE layer that was not uploaded");
+  cuda::ExpertFfnParams f;
+  f.n_experts = config_.n_routed_experts, f.w_gate_up = routed->second.gate_up.data();
+  f.w_down = routed->second.down.data();
+  f.hidden = config_.hidden_size, f.inter = config_.moe_intermediate_size, f.mode = options_.expert_gemm;
+  f.x = x_grouped_.as<uint16_t>(), f.group_begin = group_begin, f.y = y_grouped_.as<float>();
+  f.x_lo = options_.float_precision ? x_grouped_lo_.as<uint16_t>() : nullptr;
+  return cuda::ExpertFfn(cublas_, f, ffn_ws_, stream_);
+}
+
 absl::Status CudaBackend::LocalExperts(const LocalExpertsOp& op) {
   const ModelConfig& c = config_;
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, T = op.n_tokens;
-  const auto routed = routed_.find(op.w);
-  if (routed == routed_.end()) return absl::InternalError("CudaBackend: a MoE layer that was not uploaded");
   const bool split = options_.float_precision;
   RETURN_IF_ERROR(Grow<float>(shared_out_, T * D));
   RETURN_IF_ERROR(SharedExperts(*op.w, op.x, T, shared_out_.as<float>()));
@@ -306,12 +318,7 @@ absl::Status CudaBackend::LocalExperts(const LocalExpertsOp& op) {
     op.load->resize(E, 0);
     for (int64_t x = 0; x < E; ++x) (*op.load)[x] += host_group_begin_[x + 1] - host_group_begin_[x];
   }
-  cuda::ExpertFfnParams f;
-  f.n_experts = E, f.w_gate_up = routed->second.gate_up.data(), f.w_down = routed->second.down.data();
-  f.hidden = D, f.inter = c.moe_intermediate_size, f.mode = options_.expert_gemm;
-  f.x = x_grouped_.as<uint16_t>(), f.group_begin = host_group_begin_.data(), f.y = y_grouped_.as<float>();
-  f.x_lo = split ? x_grouped_lo_.as<uint16_t>() : nullptr;
-  RETURN_IF_ERROR(cuda::ExpertFfn(cublas_, f, ffn_ws_, stream_));
+  RETURN_IF_ERROR(GroupedExperts(*op.w, host_group_begin_.data()));
   cuda::UnpermuteParams u;
   u.y_grouped = y_grouped_.as<float>(), u.row_of_slot = row_of_slot_.as<int32_t>();
   u.weights = op.weights, u.shared = op.w->shared_experts ? shared_out_.as<float>() : nullptr;
@@ -323,8 +330,6 @@ absl::Status CudaBackend::LocalExperts(const LocalExpertsOp& op) {
 absl::Status CudaBackend::ExpertRows(const ExpertRowsOp& op) {
   const ModelConfig& c = config_;
   const int64_t D = c.hidden_size;
-  const auto routed = routed_.find(op.w);
-  if (routed == routed_.end()) return absl::InternalError("CudaBackend: a MoE layer that was not uploaded");
   if (op.shared_out != nullptr) RETURN_IF_ERROR(SharedExperts(*op.w, op.x, op.n_tokens, op.shared_out));
   const ReceivedRows& rows = *op.rows;
   const int64_t R = rows.rows();
@@ -338,12 +343,7 @@ absl::Status CudaBackend::ExpertRows(const ExpertRowsOp& op) {
   DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(y_grouped_.data(), packed.data(), R * D * 4, cudaMemcpyHostToDevice, stream_));
   RETURN_IF_ERROR(cuda::ToBf16Split(y_grouped_.as<float>(), x_grouped_.as<uint16_t>(),
                                     split ? x_grouped_lo_.as<uint16_t>() : nullptr, R * D, stream_));
-  cuda::ExpertFfnParams f;
-  f.n_experts = c.n_routed_experts, f.w_gate_up = routed->second.gate_up.data(), f.w_down = routed->second.down.data();
-  f.hidden = D, f.inter = c.moe_intermediate_size, f.mode = options_.expert_gemm;
-  f.x = x_grouped_.as<uint16_t>(), f.group_begin = rows.expert_begin.data(), f.y = y_grouped_.as<float>();
-  f.x_lo = split ? x_grouped_lo_.as<uint16_t>() : nullptr;
-  RETURN_IF_ERROR(cuda::ExpertFfn(cublas_, f, ffn_ws_, stream_));
+  RETURN_IF_ERROR(GroupedExperts(*op.w, rows.expert_begin.data()));
   DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(out.data(), y_grouped_.data(), R * D * 4, cudaMemcpyDeviceToHost, stream_));
   DAEDALUS_CUDA_RETURN(cudaStreamSynchronize(stream_));
   for (int64_t i = 0; i < R; ++i) std::memcpy((*op.out_rows)[i], &out[i * D], D * 4);

@@ -106,6 +106,7 @@ class CudaBackend final : public Backend {
   absl::Status Product(const float* x, int64_t m, int64_t ldx, const Matrix& w, float* y, int64_t ldy);
   absl::Status RunMlp(const GateUpDown& w, const float* x, int64_t n, float* y);
   absl::Status SharedExperts(const LayerWeights& w, const float* x, int64_t n, float* shared_out);
+  absl::Status GroupedExperts(const LayerWeights& w, const int64_t* group_begin);
 
   const ModelWeights& weights_;
   const ModelConfig& config_;
