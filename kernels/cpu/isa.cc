@@ -113,7 +113,8 @@ std::string CpuIsaDescription(CpuIsa isa) {
     case CpuIsa::kAvx512Bf16:
       return absl::StrCat("avx512bf16 (VDPBF16PS, bf16 activations, float accumulation; FP8 decoded by ",
                           HasAvx512Vbmi() ? "VPERMI2B table" : "shifts", ")");
-    case CpuIsa::kAmx: return "amx (tile permission held; GEMM on the avx512bf16 VDPBF16PS kernels)";
+    case CpuIsa::kAmx:
+      return "amx (TDPBF16PS tiles for BF16 weights whose inputs are a multiple of 32; VDPBF16PS for the rest and FP8)";
   }
   return "?";
 }

@@ -86,14 +86,22 @@ namespace {
 
 constexpr int64_t kKChunk = 1024;  // input features per pass: a 64 KB bf16 panel slice stays in L2
 
+// Whether the tier multiplies this problem's weight on tiles (kernels/cpu/tier.h).
+bool OnTiles(const LinearProblem& p, const cpu::TierKernels& tier) {
+  return cpu::OnTiles(tier, p.w.dtype == DType::kBF16, p.w.cols);
+}
+
 // Interleaves rows [m0, m0 + mr) of the problem's x by input, as the tier reads them: floats
-// [K'][mr], or bf16 pairs [K' / 2][mr] (round to nearest even), K' = K padded to even with 0.
+// [K'][mr], or bf16 pairs [K' / 2][mr] (round to nearest even), K' = K padded to even with 0;
+// on tiles, [K / 32][mr rounded up to 16][32] bf16 (every block but the last is whole, so the
+// block starts at m0 · K values).
 void PackTokens(const LinearProblem& p, int64_t m0, int64_t mr, const cpu::TierKernels& tier, float* out) {
   const int64_t K = p.w.cols, Kp = PaddedCols(K);
   if (tier.pack_bf16_pairs != nullptr) {
     const float* rows[32];
     for (int64_t i = 0; i < mr; ++i) rows[i] = p.x_row(m0 + i);
-    tier.pack_bf16_pairs(rows, static_cast<int>(mr), K, reinterpret_cast<uint32_t*>(out) + m0 * Kp / 2);
+    if (OnTiles(p, tier)) tier.pack_bf16_tiles(rows, static_cast<int>(mr), K, reinterpret_cast<uint16_t*>(out) + m0 * K);
+    else tier.pack_bf16_pairs(rows, static_cast<int>(mr), K, reinterpret_cast<uint32_t*>(out) + m0 * Kp / 2);
     return;
   }
   float* block = out + m0 * Kp;
@@ -109,10 +117,19 @@ void PackTokens(const LinearProblem& p, int64_t m0, int64_t mr, const cpu::TierK
 // few accumulators leave the dot-product unit waiting). Rows are independent: the cut changes
 // no result.
 struct TokenBlocks {
-  TokenBlocks(int64_t m, int64_t max_mr) : count((m + max_mr - 1) / max_mr), base(m / count), extra(m % count) {}
+  TokenBlocks(int64_t m, int64_t max_mr) : count((m + max_mr - 1) / max_mr), base(m / count), extra(m % count), m(m) {}
+  // On tiles: whole blocks of kTileBlockRows and what is left, so each block's copy starts
+  // where the rows before it end (a tile block is padded to 16 rows, which the last alone needs).
+  static TokenBlocks For(const LinearProblem& p, const cpu::TierKernels& tier) {
+    if (!OnTiles(p, tier)) return TokenBlocks(p.m, tier.max_mr);
+    TokenBlocks b(p.m, cpu::kTileBlockRows);
+    b.base = cpu::kTileBlockRows;
+    b.extra = 0;
+    return b;
+  }
   int64_t begin(int64_t b) const { return b * base + std::min(b, extra); }
-  int64_t size(int64_t b) const { return base + (b < extra ? 1 : 0); }
-  int64_t count, base, extra;
+  int64_t size(int64_t b) const { return std::min(base + (b < extra ? 1 : 0), m - begin(b)); }
+  int64_t count, base, extra, m;
 };
 
 struct Unit {
@@ -195,14 +212,16 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     // A problem reading the rows its predecessor read (gate then up, or two projections of one
     // input) shares its copy.
     const LinearProblem* prev = p > 0 ? problems[p - 1] : nullptr;
-    if (prev != nullptr && prev->x == pr.x && prev->x_rows == pr.x_rows && prev->m == pr.m && prev->w.cols == pr.w.cols) {
+    if (prev != nullptr && prev->x == pr.x && prev->x_rows == pr.x_rows && prev->m == pr.m && prev->w.cols == pr.w.cols &&
+        OnTiles(*prev, tier) == OnTiles(pr, tier)) {
       xt[p] = xt[p - 1];
     } else if (pr.m == 1 && !tier.bf16_activations && pr.w.cols % 2 == 0) {
       xt[p] = pr.x_row(0);  // one float row is already in [K][1] layout
     } else {
-      scratch[p].resize(static_cast<size_t>(pr.m * PaddedCols(pr.w.cols)));
+      const int64_t rows = OnTiles(pr, tier) ? (pr.m + 15) / 16 * 16 : pr.m;  // tile blocks: padded to 16 rows
+      scratch[p].resize(static_cast<size_t>(rows * PaddedCols(pr.w.cols)));
       xt[p] = scratch[p].data();
-      const TokenBlocks blocks(pr.m, tier.max_mr);
+      const TokenBlocks blocks = TokenBlocks::For(pr, tier);
       for (int64_t b = 0; b < blocks.count; ++b)
         pack_jobs.push_back({&pr, blocks.begin(b), blocks.size(b), scratch[p].data()});
     }
@@ -238,9 +257,10 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       call.valid = static_cast<int>(std::min<int64_t>(kPanelRows, N - n0));
       float* y[32];
       call.y = y;
-      const TokenBlocks blocks(pr.m, tier.max_mr);
+      const bool tiles = OnTiles(pr, tier);
+      const TokenBlocks blocks = TokenBlocks::For(pr, tier);
       const bool decode_once = fp8 && tier.decode_fp8 != nullptr && blocks.count > 1;
-      auto* kernel = decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16;
+      auto* kernel = tiles ? tier.tile_panel_bf16 : decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16;
       for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
         call.k0 = k0;
         call.kn = std::min(kKChunk, Kp - k0);
@@ -254,8 +274,11 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
         for (int64_t b = 0; b < blocks.count; ++b) {
           const int64_t m0 = blocks.begin(b);
           call.mr = static_cast<int>(blocks.size(b));
-          // The block starts at m0 · K' values; within it, chunk k0 at k0 · mr values.
-          call.x = tier.bf16_activations
+          // The block starts at m0 · K' values; within it, chunk k0 at k0 · mr values (k0 · mr
+          // rounded up to 16 on tiles).
+          call.x = tiles ? static_cast<const void*>(static_cast<const uint16_t*>(xt[u.problem]) + m0 * K +
+                                                    k0 * ((call.mr + 15) / 16 * 16))
+                   : tier.bf16_activations
                        ? static_cast<const void*>(static_cast<const uint32_t*>(xt[u.problem]) + (m0 * Kp + k0 * call.mr) / 2)
                        : static_cast<const void*>(static_cast<const float*>(xt[u.problem]) + m0 * Kp + k0 * call.mr);
           for (int i = 0; i < call.mr; ++i) y[i] = pr.y_row(m0 + i) + n0;

@@ -90,16 +90,45 @@ struct TierKernels {
                         int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
   void (*axpy_rows_bf16)(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                          int64_t n_rows, int64_t dim, float* y, int64_t y_stride);
+  // The amx tier's tiles (null elsewhere), for BF16 weights whose input count K is a multiple
+  // of kTileInputs; FP8 weights and other BF16 ones take the entries above, so which kernel
+  // multiplies a weight never depends on the batch.
+  //   pack_bf16_tiles: rows[0..mr) (mr <= kTileBlockRows) of K floats to [K / 32][mr'][32] bf16,
+  //     mr' = mr rounded up to 16, rounded as pack_bf16_pairs rounds; rows past mr are zero.
+  //   tile_panel_bf16: the product with PanelCall::x in that layout (at its k0 / 32nd block) and
+  //     k0, kn multiples of 32; each output is one chain of a TDPBF16PS per 32 inputs in order.
+  void (*pack_bf16_tiles)(const float* const* rows, int mr, int64_t K, uint16_t* out);
+  void (*tile_panel_bf16)(const PanelCall&);
 };
+
+constexpr int64_t kTileInputs = 32;     // inputs per tile step
+constexpr int64_t kTileBlockRows = 32;  // token rows per tile-kernel call
+
+// Whether the active table multiplies this weight on tiles.
+inline bool OnTiles(const TierKernels& k, bool bf16_weight, int64_t K) {
+  return k.tile_panel_bf16 != nullptr && bf16_weight && K % kTileInputs == 0;
+}
 
 const TierKernels& GenericKernels();
 const TierKernels& Avx2Kernels();
 const TierKernels& Avx512Kernels();
-const TierKernels& Avx512Bf16Kernels();  // also what the amx tier runs
+const TierKernels& Avx512Bf16Kernels();
+// The avx512bf16 table with the tile kernels and the tile probe. Only its tile entries need
+// AMX: the rest runs on any avx512bf16 machine.
+const TierKernels& AmxKernels();
 // The avx512bf16 table with FP8 decoded by shifts even where AVX512_VBMI's table decode is
 // used (HasAvx512Vbmi): tests compare the two.
 const TierKernels& Avx512Bf16KernelsWithoutVbmi();
 // The table of the active tier (ActiveCpuIsa()).
 const TierKernels& Kernels();
+
+// Tests: Kernels() returns `table` while this lives (one at a time), whatever the tier.
+class ScopedKernelsForTest {
+ public:
+  explicit ScopedKernelsForTest(const TierKernels* table);
+  ~ScopedKernelsForTest();
+  ScopedKernelsForTest(const ScopedKernelsForTest&) = delete;
+  ScopedKernelsForTest& operator=(const ScopedKernelsForTest&) = delete;
+};
 
 }  // namespace daedalus::cpu

@@ -1,4 +1,4 @@
-// The avx512bf16 tier (and, for now, the amx tier's GEMM): activations rounded to bf16 pairs,
+// The avx512bf16 tier (and the amx tier's kernels other than its tiles): activations rounded to bf16 pairs,
 // VDPBF16PS against the panel layout as stored (no widening at all), float accumulation. One
 // instruction does 32 multiply-adds, twice the float FMA's 16.
 #include <immintrin.h>
@@ -402,7 +402,7 @@ TierKernels Avx512Bf16Table(bool vbmi) {
           vbmi ? DecodeFp8Vbmi : DecodeFp8, PanelFp8Decoded, ExpAvx512, SoftmaxAvx512,
           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512,
           DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe, ReadProbeAvx512,
-          DotRowsBf16, AxpyRowsBf16};
+          DotRowsBf16, AxpyRowsBf16, nullptr, nullptr};
 }
 
 }  // namespace

@@ -67,7 +67,9 @@ void Check(DType dtype, const Shape& s, bool packed = true) {
 // passes (> 1024).
 const Shape kShapes[] = {{1, 1, 32},   {1, 7, 64},   {3, 64, 96},  {4, 5, 128},   {5, 67, 256},  {12, 33, 64},
                          {13, 48, 20}, {17, 33, 64}, {100, 20, 32}, {130, 9, 160}, {2, 6, 40},   {3, 3, 7},
-                         {1, 40, 2500}, {25, 70, 2049}, {1, 17, 1}, {7, 40, 1025}};
+                         {1, 40, 2500}, {25, 70, 2049}, {1, 17, 1}, {7, 40, 1025},
+                         // amx: one and two tiles of tokens, several calls, two k passes
+                         {16, 32, 32}, {20, 40, 64}, {70, 35, 96}, {33, 64, 2048}};
 
 TEST_P(LinearTier, PackedBf16MatchesReference) {
   for (Shape s : kShapes) Check(DType::kBF16, s);
