@@ -274,8 +274,7 @@ Command AddBenchCommand(CLI::App& app) {
 
     // The limits are probed before and after the timed runs and the better figure kept: on a
     // shared machine the bandwidth a neighbour leaves changes from second to second.
-    const DType dtype = w.projection_dtype();
-    const double bf16_before = MeasureBf16Peak(dtype), fp32_before = MeasureFp32Peak();
+    const double bf16_before = MeasureBf16Peak(), fp32_before = MeasureFp32Peak();
     ReadProbe read_probe;  // its buffer stays resident through the decode runs: not the engine's memory
     const double bandwidth_before = read_probe.Best(5);
     ResetPeakRss();
@@ -292,7 +291,8 @@ Command AddBenchCommand(CLI::App& app) {
     const double peak_rss = PeakRssMiB() - read_probe.bytes() / 1048576.0;  // before the peak probes allocate
     const double bandwidth = std::max({bandwidth_before, read_probe.Best(5), decode_bandwidth_best});
     const double fp32_peak = std::max(fp32_before, MeasureFp32Peak());
-    const double bf16_peak = std::max(bf16_before, MeasureBf16Peak(dtype));
+    const double bf16_peak = std::max(bf16_before, MeasureBf16Peak());
+    const DType dtype = w.projection_dtype();
     // The GEMM limit for these weights: float weights run on BLAS's float FMA, bf16 and fp8 on
     // the tier's bf16 unit.
     const double gemm_peak = dtype == DType::kF32 ? fp32_peak : bf16_peak;

@@ -4,8 +4,6 @@
 
 #include <cstddef>
 
-#include "core/dtype.h"
-
 namespace daedalus {
 
 // DRAM read bandwidth: all threads streaming a buffer far beyond the caches (1 GiB) with wide
@@ -33,9 +31,8 @@ class ReadProbe {
 
 // FLOP/s (2 per multiply-add) of independent float FMA chains, best of 3.
 double MeasureFp32Peak();
-// FLOP/s of the unit the tier's GEMM multiplies `weights` (BF16 or FP8) on: the tiles'
-// TDPBF16PS on amx for BF16 (kernels/cpu/tier.h, OnTiles), VDPBF16PS on avx512bf16 and for FP8
-// on amx, the float FMA on tiers that widen weights to float.
-double MeasureBf16Peak(DType weights);
+// FLOP/s of the unit the tier's bf16 GEMM uses: the tiles' TDPBF16PS on amx, VDPBF16PS on
+// avx512bf16, the float FMA on tiers that widen bf16 weights to float.
+double MeasureBf16Peak();
 
 }  // namespace daedalus

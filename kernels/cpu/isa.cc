@@ -114,7 +114,8 @@ std::string CpuIsaDescription(CpuIsa isa) {
       return absl::StrCat("avx512bf16 (VDPBF16PS, bf16 activations, float accumulation; FP8 decoded by ",
                           HasAvx512Vbmi() ? "VPERMI2B table" : "shifts", ")");
     case CpuIsa::kAmx:
-      return "amx (TDPBF16PS tiles for BF16 weights whose inputs are a multiple of 32; VDPBF16PS for the rest and FP8)";
+      return "amx (TDPBF16PS tiles for BF16 and FP8 weights whose inputs are a multiple of 32, FP8 decoded to bf16 per "
+             "panel chunk; VDPBF16PS for the rest)";
   }
   return "?";
 }

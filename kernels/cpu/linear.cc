@@ -88,7 +88,7 @@ constexpr int64_t kKChunk = 1024;  // input features per pass: a 64 KB bf16 pane
 
 // Whether the tier multiplies this problem's weight on tiles (kernels/cpu/tier.h).
 bool OnTiles(const LinearProblem& p, const cpu::TierKernels& tier) {
-  return cpu::OnTiles(tier, p.w.dtype == DType::kBF16, p.w.cols);
+  return cpu::OnTiles(tier, p.w.dtype, p.w.cols);
 }
 
 // Interleaves rows [m0, m0 + mr) of the problem's x by input, as the tier reads them: floats
@@ -259,8 +259,9 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       call.y = y;
       const bool tiles = OnTiles(pr, tier);
       const TokenBlocks blocks = TokenBlocks::For(pr, tier);
-      const bool decode_once = fp8 && tier.decode_fp8 != nullptr && blocks.count > 1;
-      auto* kernel = tiles ? tier.tile_panel_bf16 : decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16;
+      const bool decode_once = fp8 && tier.decode_fp8 != nullptr && (blocks.count > 1 || tiles);
+      auto* kernel = tiles ? (fp8 ? tier.tile_panel_fp8_decoded : tier.tile_panel_bf16)
+                           : decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16;
       for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
         call.k0 = k0;
         call.kn = std::min(kKChunk, Kp - k0);

@@ -63,10 +63,6 @@ double ReadProbe::Best(int passes) {
 }
 
 double MeasureFp32Peak() { return Peak(cpu::Kernels().fp32_fma_probe, 3); }
-double MeasureBf16Peak(DType weights) {
-  const cpu::TierKernels& k = cpu::Kernels();
-  return Peak(k.tile_panel_bf16 != nullptr && weights != DType::kBF16 ? cpu::Avx512Bf16Kernels().bf16_probe : k.bf16_probe,
-              3);
-}
+double MeasureBf16Peak() { return Peak(cpu::Kernels().bf16_probe, 3); }
 
 }  // namespace daedalus

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dtype.h"
 #include "kernels/cpu_isa.h"
 
 namespace daedalus::cpu {
@@ -90,23 +91,26 @@ struct TierKernels {
                         int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
   void (*axpy_rows_bf16)(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                          int64_t n_rows, int64_t dim, float* y, int64_t y_stride);
-  // The amx tier's tiles (null elsewhere), for BF16 weights whose input count K is a multiple
-  // of kTileInputs; FP8 weights and other BF16 ones take the entries above, so which kernel
-  // multiplies a weight never depends on the batch.
+  // The amx tier's tiles (null elsewhere), for BF16 and FP8 weights whose input count K is a
+  // multiple of kTileInputs; other weights take the entries above, so which kernel multiplies
+  // a weight never depends on the batch.
   //   pack_bf16_tiles: rows[0..mr) (mr <= kTileBlockRows) of K floats to [K / 32][mr'][32] bf16,
   //     mr' = mr rounded up to 16, rounded as pack_bf16_pairs rounds; rows past mr are zero.
   //   tile_panel_bf16: the product with PanelCall::x in that layout (at its k0 / 32nd block) and
   //     k0, kn multiples of 32; each output is one chain of a TDPBF16PS per 32 inputs in order.
+  //   tile_panel_fp8_decoded: the same over a chunk decode_fp8 wrote, one chain per 128-input
+  //     scale block, each scaled into y by one float multiply-add.
   void (*pack_bf16_tiles)(const float* const* rows, int mr, int64_t K, uint16_t* out);
   void (*tile_panel_bf16)(const PanelCall&);
+  void (*tile_panel_fp8_decoded)(const PanelCall&);
 };
 
 constexpr int64_t kTileInputs = 32;     // inputs per tile step
 constexpr int64_t kTileBlockRows = 32;  // token rows per tile-kernel call
 
 // Whether the active table multiplies this weight on tiles.
-inline bool OnTiles(const TierKernels& k, bool bf16_weight, int64_t K) {
-  return k.tile_panel_bf16 != nullptr && bf16_weight && K % kTileInputs == 0;
+inline bool OnTiles(const TierKernels& k, DType weights, int64_t K) {
+  return k.tile_panel_bf16 != nullptr && (weights == DType::kBF16 || weights == DType::kF8E4M3) && K % kTileInputs == 0;
 }
 
 const TierKernels& GenericKernels();

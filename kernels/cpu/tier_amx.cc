@@ -1,16 +1,17 @@
-// The amx tier: the avx512bf16 table, with BF16 products whose input count is a multiple of 32
-// on AMX tiles (TDPBF16PS: 16 × 16 × 32 multiply-adds per instruction, against VDPBF16PS's 32)
+// The amx tier: the avx512bf16 table, with BF16 and FP8 products whose input count is a multiple
+// of 32 on AMX tiles (TDPBF16PS: 16 × 16 × 32 multiply-adds per instruction, against VDPBF16PS's 32)
 // and the tile unit's own probe. The tile code is kernels/cpu/amx_tiles.inc; here its
 // instructions are inline assembly, each tile load and store with a memory clobber so that the
 // compiler orders them with the plain loads and stores around them.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
 #include "kernels/cpu/tier.h"
-#include "kernels/panel_layout.h"
+#include "kernels/linear.h"
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,bmi2")
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -60,6 +61,7 @@ const TierKernels& AmxKernels() {
     t.bf16_probe = TileProbe;
     t.pack_bf16_tiles = PackBf16Tiles;
     t.tile_panel_bf16 = TilePanelBf16;
+    t.tile_panel_fp8_decoded = TilePanelFp8Decoded;
     return t;
   }();
   return k;

@@ -3,6 +3,7 @@
 // TILEZERO, TILELOADD, TILESTORED, TDPBF16PS, including the tile shapes TDPBF16PS refuses), run
 // through the GEMM driver with the rest of the amx table. This checks the kernels' layout,
 // blocking, tails and chunking; on AMX hardware linear_test's amx tier runs them on tiles.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -107,6 +108,7 @@ class AmxTiles : public ::testing::Test {
     if (!missing.empty()) GTEST_SKIP() << "the amx table's other kernels need avx512bf16: this CPU lacks " << missing;
     table_ = AmxKernels();
     table_.tile_panel_bf16 = emulated::TilePanelBf16;
+    table_.tile_panel_fp8_decoded = emulated::TilePanelFp8Decoded;
     table_.bf16_probe = emulated::TileProbe;
   }
   TierKernels table_{};
@@ -164,6 +166,45 @@ TEST_F(AmxTiles, ProductsAreOneTdpbf16psChainPerOutput) {
       for (int64_t n = 0; n < s.n; ++n)
         ASSERT_EQ(p.y[i * s.n + n], TileChain(p, i, n)) << "m=" << s.m << " n=" << s.n << " k=" << s.k << " at " << i
                                                           << ", " << n;
+  }
+}
+
+// FP8 weights: decoded to bf16 per chunk, then per 128-input scale block one chain from zero,
+// scaled into the output by one float multiply-add, block after block.
+TEST_F(AmxTiles, Fp8ProductsScaleEachBlocksChain) {
+  ScopedKernelsForTest scoped(&table_);
+  struct Shape {
+    int64_t m, n, k;
+  };
+  for (Shape s : {Shape{1, 40, 128}, Shape{17, 33, 96}, Shape{40, 150, 384}, Shape{3, 64, 1152}, Shape{33, 20, 2080}}) {
+    std::mt19937 rng(static_cast<unsigned>(s.m * 7 + s.n * 131 + s.k));
+    std::uniform_real_distribution<float> dist(-1, 1), scale_dist(0.25f, 2.0f);
+    std::uniform_int_distribution<int> code_dist(0, 253);  // every finite e4m3 code (not 0x7f, 0xff)
+    std::vector<float> x(s.m * s.k), y(s.m * s.n, NAN);
+    for (float& v : x) v = dist(rng);
+    std::vector<uint8_t> codes(s.n * s.k);
+    for (uint8_t& c : codes) {
+      const int v = code_dist(rng);
+      c = static_cast<uint8_t>(v < 127 ? v : v + 1);
+    }
+    const int64_t scale_cols = Fp8ScaleBlocks(s.k);
+    std::vector<float> scales(Fp8ScaleBlocks(s.n) * scale_cols);
+    for (float& v : scales) v = scale_dist(rng);
+    std::vector<uint8_t> panels(PackedElements(s.n, s.k));
+    PackFp8(WeightView{DType::kF8E4M3, s.n, s.k, codes.data(), nullptr, scales.data()}, panels.data());
+    const WeightView w{DType::kF8E4M3, s.n, s.k, nullptr, panels.data(), scales.data()};
+    Linear(x.data(), s.m, w, y.data());
+    for (int64_t i = 0; i < s.m; ++i)
+      for (int64_t n = 0; n < s.n; ++n) {
+        float want = 0;
+        for (int64_t b = 0; b < scale_cols; ++b) {
+          float chain = 0;
+          for (int64_t k = b * 128; k < std::min(s.k, (b + 1) * 128); ++k)
+            chain += Bf16ToF32(F32ToBf16(x[i * s.k + k])) * Fp8E4M3ToF32(codes[n * s.k + k]);
+          want = std::fma(chain, scales[(n / 128) * scale_cols + b], want);
+        }
+        ASSERT_EQ(y[i * s.n + n], want) << "m=" << s.m << " n=" << s.n << " k=" << s.k << " at " << i << ", " << n;
+      }
   }
 }
 
