@@ -191,6 +191,14 @@ class StealingRuns {
   std::unique_ptr<Run[]> state_;
 };
 
+// How one problem runs: its token blocks, its kernel and where its interleaved copy lives.
+struct Plan {
+  TokenBlocks blocks;
+  void (*kernel)(const cpu::PanelCall&);
+  bool tiles, fp8, decode_once;
+  const void* x;  // the interleaved copy (shared with the problem before, or the float row itself)
+};
+
 // Runs the packed problems in one parallel region: every problem's panels are work units, and
 // each thread takes a contiguous run of units of about equal cost (weight bytes streamed plus
 // multiply-adds), so one barrier serves them all.
@@ -198,33 +206,41 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   const cpu::TierKernels& tier = cpu::Kernels();
   thread_local std::vector<FloatBuffer> scratch;  // the calling thread's, reused across calls
   scratch.resize(std::max(scratch.size(), problems.size()));
-  std::vector<const void*> xt(problems.size());
   struct PackJob {
     const LinearProblem* problem;
     int64_t m0, mr;  // the token block's first row and rows
     float* out;      // the problem's interleaved copy
   };
   std::vector<PackJob> pack_jobs;
+  std::vector<Plan> plans;
+  plans.reserve(problems.size());
   std::vector<Unit> units;
   double total = 0;
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
+    const bool tiles = OnTiles(pr, tier), fp8 = pr.w.dtype == DType::kF8E4M3;
+    const TokenBlocks blocks = TokenBlocks::For(pr, tier);
+    const bool decode_once = fp8 && tier.decode_fp8 != nullptr && (blocks.count > 1 || tiles);
+    Plan plan{blocks,
+              tiles ? (fp8 ? tier.tile_panel_fp8_decoded : tier.tile_panel_bf16)
+                    : decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16,
+              tiles, fp8, decode_once, nullptr};
     // A problem reading the rows its predecessor read (gate then up, or two projections of one
     // input) shares its copy.
     const LinearProblem* prev = p > 0 ? problems[p - 1] : nullptr;
     if (prev != nullptr && prev->x == pr.x && prev->x_rows == pr.x_rows && prev->m == pr.m && prev->w.cols == pr.w.cols &&
-        OnTiles(*prev, tier) == OnTiles(pr, tier)) {
-      xt[p] = xt[p - 1];
+        plans.back().tiles == tiles) {
+      plan.x = plans.back().x;
     } else if (pr.m == 1 && !tier.bf16_activations && pr.w.cols % 2 == 0) {
-      xt[p] = pr.x_row(0);  // one float row is already in [K][1] layout
+      plan.x = pr.x_row(0);  // one float row is already in [K][1] layout
     } else {
-      const int64_t rows = OnTiles(pr, tier) ? (pr.m + 15) / 16 * 16 : pr.m;  // tile blocks: padded to 16 rows
+      const int64_t rows = tiles ? (pr.m + 15) / 16 * 16 : pr.m;  // tile blocks: padded to 16 rows
       scratch[p].resize(static_cast<size_t>(rows * PaddedCols(pr.w.cols)));
-      xt[p] = scratch[p].data();
-      const TokenBlocks blocks = TokenBlocks::For(pr, tier);
+      plan.x = scratch[p].data();
       for (int64_t b = 0; b < blocks.count; ++b)
         pack_jobs.push_back({&pr, blocks.begin(b), blocks.size(b), scratch[p].data()});
     }
+    plans.push_back(plan);
     const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));  // ~bytes + FMAs
     for (int64_t panel = 0; panel * kPanelRows < pr.w.rows; ++panel) {
       units.push_back({static_cast<int64_t>(p), panel, cost});
@@ -248,42 +264,37 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     for (uint32_t next; runs.Next(t, &next);) {
       const Unit& u = units[next];
       const LinearProblem& pr = *problems[u.problem];
+      const Plan& plan = plans[u.problem];
       const int64_t K = pr.w.cols, Kp = PaddedCols(K), N = pr.w.rows, n0 = u.panel * kPanelRows;
-      const bool fp8 = pr.w.dtype == DType::kF8E4M3;
       const size_t elem = DTypeSize(pr.w.dtype);
       const auto* panel = static_cast<const uint8_t*>(pr.w.packed) + u.panel * Kp * kPanelRows * elem;
       cpu::PanelCall call{};
-      call.scales = fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * Fp8ScaleBlocks(K) : nullptr;
+      call.scales = plan.fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * Fp8ScaleBlocks(K) : nullptr;
       call.valid = static_cast<int>(std::min<int64_t>(kPanelRows, N - n0));
       float* y[32];
       call.y = y;
-      const bool tiles = OnTiles(pr, tier);
-      const TokenBlocks blocks = TokenBlocks::For(pr, tier);
-      const bool decode_once = fp8 && tier.decode_fp8 != nullptr && (blocks.count > 1 || tiles);
-      auto* kernel = tiles ? (fp8 ? tier.tile_panel_fp8_decoded : tier.tile_panel_bf16)
-                           : decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16;
       for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
         call.k0 = k0;
         call.kn = std::min(kKChunk, Kp - k0);
         call.accumulate = k0 > 0;
         call.panel = panel + k0 / 2 * kPanelPair * elem;
-        if (decode_once) {
+        if (plan.decode_once) {
           decoded.resize(static_cast<size_t>(kKChunk / 2 * kPanelPair));
           tier.decode_fp8(static_cast<const uint8_t*>(call.panel), call.kn / 2, decoded.data());
           call.panel = decoded.data();
         }
-        for (int64_t b = 0; b < blocks.count; ++b) {
-          const int64_t m0 = blocks.begin(b);
-          call.mr = static_cast<int>(blocks.size(b));
+        for (int64_t b = 0; b < plan.blocks.count; ++b) {
+          const int64_t m0 = plan.blocks.begin(b);
+          call.mr = static_cast<int>(plan.blocks.size(b));
           // The block starts at m0 · K' values; within it, chunk k0 at k0 · mr values (k0 · mr
           // rounded up to 16 on tiles).
-          call.x = tiles ? static_cast<const void*>(static_cast<const uint16_t*>(xt[u.problem]) + m0 * K +
-                                                    k0 * ((call.mr + 15) / 16 * 16))
+          call.x = plan.tiles ? static_cast<const void*>(static_cast<const uint16_t*>(plan.x) + m0 * K +
+                                                         k0 * ((call.mr + 15) / 16 * 16))
                    : tier.bf16_activations
-                       ? static_cast<const void*>(static_cast<const uint32_t*>(xt[u.problem]) + (m0 * Kp + k0 * call.mr) / 2)
-                       : static_cast<const void*>(static_cast<const float*>(xt[u.problem]) + m0 * Kp + k0 * call.mr);
+                       ? static_cast<const void*>(static_cast<const uint32_t*>(plan.x) + (m0 * Kp + k0 * call.mr) / 2)
+                       : static_cast<const void*>(static_cast<const float*>(plan.x) + m0 * Kp + k0 * call.mr);
           for (int i = 0; i < call.mr; ++i) y[i] = pr.y_row(m0 + i) + n0;
-          kernel(call);
+          plan.kernel(call);
         }
       }
     }
