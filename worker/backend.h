@@ -121,12 +121,15 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
-  // The step's batch and which of its slices attend in the absorbed form; the ops below run on
-  // it until the next Begin. The batch outlives those calls.
+  // The step's batch and which of its slices attend in the absorbed form (one flag per slice,
+  // else InvalidArgument); the ops below run on it until the next Begin. The batch outlives
+  // those calls.
   virtual absl::Status Begin(const ForwardBatch& batch, const std::vector<bool>& absorbed) = 0;
-  // The buffer `which`, at least `bytes` long.
+  // The buffer `which`, at least `bytes` long. Growing it may move it and lose its contents
+  // (a device backend reallocates), so a role is reserved at its size for the step before use.
   virtual absl::StatusOr<void*> Reserve(Buffer which, size_t bytes) = 0;
-  // The first `bytes` of `which`, readable on the host until the next call with `which`.
+  // The first `bytes` of `which`, readable on the host until the next call with `which`;
+  // InvalidArgument if `which` holds fewer.
   virtual absl::StatusOr<const void*> ToHost(Buffer which, size_t bytes) = 0;
   // Writes `bytes` of host memory to the start of `which` (reserved to fit).
   virtual absl::Status Upload(Buffer which, const void* host, size_t bytes) = 0;

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
@@ -13,6 +14,9 @@ CpuBackend::CpuBackend(const ModelWeights& weights, PagedKvCache& cache)
     : config_(weights.config), cache_(cache), rope_(weights.config) {}
 
 absl::Status CpuBackend::Begin(const ForwardBatch& batch, const std::vector<bool>& absorbed) {
+  if (absorbed.size() != batch.slices.size())
+    return absl::InvalidArgumentError(absl::StrCat("Begin: ", absorbed.size(), " absorbed flags for ",
+                                                   batch.slices.size(), " slices"));
   batch_ = &batch;
   absorbed_ = absorbed;
   const int64_t pairs = rope_.pairs();
@@ -30,8 +34,12 @@ absl::StatusOr<void*> CpuBackend::Reserve(Buffer which, size_t bytes) {
   return static_cast<void*>(b.data());
 }
 
-absl::StatusOr<const void*> CpuBackend::ToHost(Buffer which, size_t) {
-  return static_cast<const void*>(buffers_[static_cast<size_t>(which)].data());
+absl::StatusOr<const void*> CpuBackend::ToHost(Buffer which, size_t bytes) {
+  const FloatBuffer& b = buffers_[static_cast<size_t>(which)];
+  if (bytes > b.size() * sizeof(float))
+    return absl::InvalidArgumentError(absl::StrCat("ToHost: ", bytes, " bytes asked of activation buffer ",
+                                                   static_cast<int>(which), ", which holds ", b.size() * sizeof(float)));
+  return static_cast<const void*>(b.data());
 }
 
 absl::Status CpuBackend::Upload(Buffer which, const void* host, size_t bytes) {

@@ -37,6 +37,10 @@ absl::StatusOr<void*> CudaBackend::Reserve(Buffer which, size_t bytes) {
 }
 
 absl::StatusOr<const void*> CudaBackend::ToHost(Buffer which, size_t bytes) {
+  if (bytes > buffers_[static_cast<size_t>(which)].bytes())
+    return absl::InvalidArgumentError(absl::StrCat("ToHost: ", bytes, " bytes asked of activation buffer ",
+                                                   static_cast<int>(which), ", which holds ",
+                                                   buffers_[static_cast<size_t>(which)].bytes()));
   std::vector<uint8_t>& host = host_[static_cast<size_t>(which)];
   host.resize(std::max<size_t>(bytes, 4));
   if (bytes > 0) {
@@ -63,6 +67,9 @@ absl::Status CudaBackend::Wait() {
 
 // Per-token and per-slice metadata, uploaded in one copy.
 absl::Status CudaBackend::Begin(const ForwardBatch& batch, const std::vector<bool>& absorbed) {
+  if (absorbed.size() != batch.slices.size())
+    return absl::InvalidArgumentError(absl::StrCat("Begin: ", absorbed.size(), " absorbed flags for ",
+                                                   batch.slices.size(), " slices"));
   DAEDALUS_CUDA_RETURN(cudaSetDevice(options_.device));
   batch_ = &batch;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
