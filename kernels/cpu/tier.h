@@ -97,7 +97,8 @@ struct TierKernels {
   //   pack_bf16_tiles: rows[0..mr) (mr <= kTileBlockRows) of K floats to [K / 32][mr'][32] bf16,
   //     mr' = mr rounded up to 16, rounded as pack_bf16_pairs rounds; rows past mr are zero.
   //   tile_panel_bf16: the product with PanelCall::x in that layout (at its k0 / 32nd block) and
-  //     k0, kn multiples of 32; each output is one chain of a TDPBF16PS per 32 inputs in order.
+  //     k0, kn multiples of 32; each output is one chain of a TDPBF16PS per 32 inputs, in order,
+  //     whatever mr is (the instruction's own rounding inside its 32 inputs is the hardware's).
   //   tile_panel_fp8_decoded: the same over a chunk decode_fp8 wrote, one chain per 128-input
   //     scale block, each scaled into y by one float multiply-add.
   void (*pack_bf16_tiles)(const float* const* rows, int mr, int64_t K, uint16_t* out);

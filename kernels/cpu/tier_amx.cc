@@ -24,6 +24,7 @@
 #define DAEDALUS_TILE_STORE(t, p, stride) \
   __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(p), "r"(static_cast<int64_t>(stride)) : "memory")
 #define DAEDALUS_TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define DAEDALUS_TILE_RELEASE() __asm__ volatile("tilerelease" ::: "memory")
 // The weights 4 KB ahead into L2, as the avx512bf16 kernels prefetch (kernels/cpu/avx512_common.inc).
 #define DAEDALUS_TILE_PREFETCH(p)               \
   for (int line = 0; line < 2048; line += 64) \

@@ -1,8 +1,10 @@
 // The amx tier's tile kernels (kernels/cpu/amx_tiles.inc) on any machine: the same code built
 // over a tile emulator that follows the instructions' definitions (Intel SDM: LDTILECFG,
-// TILEZERO, TILELOADD, TILESTORED, TDPBF16PS, including the tile shapes TDPBF16PS refuses), run
-// through the GEMM driver with the rest of the amx table. This checks the kernels' layout,
-// blocking, tails and chunking; on AMX hardware linear_test's amx tier runs them on tiles.
+// TILEZERO, TILELOADD, TILESTORED, TDPBF16PS's pseudocode, TILERELEASE, including the tile
+// shapes TDPBF16PS refuses), run through the GEMM driver with the rest of the amx table. This
+// checks the kernels' layout, blocking, tails and chunking bit for bit; the hardware's own
+// rounding inside an instruction may differ from the pseudocode's in the last bits, so on AMX
+// machines linear_test's amx tier checks the real tiles against a bound.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -27,10 +29,13 @@ struct Tile {
 thread_local Tile tiles[8];
 thread_local bool configured = false;
 
+// The tile unit treats denormal inputs as zero and flushes denormal results (DAZ, FTZ).
+float Flush(float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v; }
+
 float Bf16At(const Tile& t, int row, int i) {
   uint16_t v;
   std::memcpy(&v, &t.data[row][2 * i], 2);
-  return Bf16ToF32(v);
+  return Flush(Bf16ToF32(v));
 }
 
 void Config(const void* cfg) {
@@ -70,7 +75,9 @@ void Store(int t, void* p, int64_t stride) {
   for (int r = 0; r < tile.rows; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, tile.data[r], tile.colsb);
 }
 
-// TDPBF16PS dst, src1, src2, in the SDM's order of operations.
+// TDPBF16PS dst, src1, src2, as the SDM's pseudocode computes it: per output, the even and
+// the odd products of the pairs summed apart from zero by float FMAs, then the two sums added,
+// then that added to dst; round to nearest even, DAZ and FTZ.
 void Dp(int dst, int src1, int src2) {
   Tile &c = Use(dst), &a = Use(src1), &b = Use(src2);
   ASSERT_TRUE(dst != src1 && dst != src2 && src1 != src2) << "#UD: tiles not distinct";
@@ -78,15 +85,16 @@ void Dp(int dst, int src1, int src2) {
   ASSERT_EQ(c.rows, a.rows) << "#UD: dst and src1 rows";
   ASSERT_EQ(a.colsb / 4, b.rows) << "#UD: src1 width against src2 rows";
   for (int m = 0; m < c.rows; ++m) {
-    float tmp[16];
-    std::memcpy(tmp, c.data[m], sizeof(tmp));
+    float even[16] = {}, odd[16] = {}, row[16];
     for (int k = 0; k < a.colsb / 4; ++k)
       for (int n = 0; n < c.colsb / 4; ++n) {
-        tmp[n] += Bf16At(a, m, 2 * k) * Bf16At(b, k, 2 * n);
-        tmp[n] += Bf16At(a, m, 2 * k + 1) * Bf16At(b, k, 2 * n + 1);
+        even[n] = Flush(std::fma(Bf16At(a, m, 2 * k), Bf16At(b, k, 2 * n), even[n]));
+        odd[n] = Flush(std::fma(Bf16At(a, m, 2 * k + 1), Bf16At(b, k, 2 * n + 1), odd[n]));
       }
+    std::memcpy(row, c.data[m], sizeof(row));
+    for (int n = 0; n < c.colsb / 4; ++n) row[n] = Flush(row[n] + Flush(even[n] + odd[n]));
     std::memset(c.data[m], 0, sizeof(c.data[m]));
-    std::memcpy(c.data[m], tmp, c.colsb);
+    std::memcpy(c.data[m], row, c.colsb);
   }
 }
 
@@ -96,6 +104,7 @@ void Dp(int dst, int src1, int src2) {
 #define DAEDALUS_TILE_STORE(t, p, stride) Store(t, p, stride)
 #define DAEDALUS_TILE_DP(c, a, b) Dp(c, a, b)
 #define DAEDALUS_TILE_PREFETCH(p) (void)(p)
+#define DAEDALUS_TILE_RELEASE() (void)(configured = false)
 #include "kernels/cpu/amx_tiles.inc"
 
 }  // namespace emulated
@@ -137,22 +146,32 @@ Product Make(int64_t m, int64_t n, int64_t k, unsigned seed) {
   return p;
 }
 
-// What the tile kernels compute, written independently of them: per output, one float chain
-// over the inputs in order, a pair of bf16 products per step (TDPBF16PS's order), from 0.
+// One TDPBF16PS's share of an output, as the SDM computes it (see Dp): x · w over the 32
+// inputs from k0, even and odd products summed apart by FMAs, then added.
+template <typename X, typename W>
+float TileStep(const X& x, const W& w, int64_t k0) {
+  float even = 0, odd = 0;
+  for (int64_t k = k0; k < k0 + 32; k += 2) {
+    even = std::fma(x(k), w(k), even);
+    odd = std::fma(x(k + 1), w(k + 1), odd);
+  }
+  return even + odd;
+}
+
+// What the tile kernels compute, written independently of them: per output, the steps of 32
+// inputs in order, each added to the running sum, from 0.
 float TileChain(const Product& p, int64_t i, int64_t n) {
   const int64_t K = p.w.cols;
+  auto x = [&](int64_t k) { return Bf16ToF32(F32ToBf16(p.x[i * K + k])); };
+  auto w = [&](int64_t k) { return p.w.at(n, k); };
   float acc = 0;
-  for (int64_t k = 0; k < K; k += 2) {
-    const float x0 = Bf16ToF32(F32ToBf16(p.x[i * K + k])), x1 = Bf16ToF32(F32ToBf16(p.x[i * K + k + 1]));
-    acc += x0 * p.w.at(n, k);
-    acc += x1 * p.w.at(n, k + 1);
-  }
+  for (int64_t k0 = 0; k0 < K; k0 += 32) acc += TileStep(x, w, k0);
   return acc;
 }
 
 // Token counts around the tile blocks (16 rows per tile, 32 per call), panels with 1-32 valid
 // rows, inputs of one step, several steps, and more than one 1024-input pass.
-TEST_F(AmxTiles, ProductsAreOneTdpbf16psChainPerOutput) {
+TEST_F(AmxTiles, ProductsAreOneTdpbf16psPerStepInOrder) {
   ScopedKernelsForTest scoped(&table_);
   struct Shape {
     int64_t m, n, k;
@@ -169,8 +188,8 @@ TEST_F(AmxTiles, ProductsAreOneTdpbf16psChainPerOutput) {
   }
 }
 
-// FP8 weights: decoded to bf16 per chunk, then per 128-input scale block one chain from zero,
-// scaled into the output by one float multiply-add, block after block.
+// FP8 weights: decoded to bf16 per chunk, then per 128-input scale block its steps summed from
+// zero, scaled into the output by one float multiply-add, block after block.
 TEST_F(AmxTiles, Fp8ProductsScaleEachBlocksChain) {
   ScopedKernelsForTest scoped(&table_);
   struct Shape {
@@ -197,10 +216,11 @@ TEST_F(AmxTiles, Fp8ProductsScaleEachBlocksChain) {
     for (int64_t i = 0; i < s.m; ++i)
       for (int64_t n = 0; n < s.n; ++n) {
         float want = 0;
+        auto xk = [&](int64_t k) { return Bf16ToF32(F32ToBf16(x[i * s.k + k])); };
+        auto wk = [&](int64_t k) { return Fp8E4M3ToF32(codes[n * s.k + k]); };
         for (int64_t b = 0; b < scale_cols; ++b) {
           float chain = 0;
-          for (int64_t k = b * 128; k < std::min(s.k, (b + 1) * 128); ++k)
-            chain += Bf16ToF32(F32ToBf16(x[i * s.k + k])) * Fp8E4M3ToF32(codes[n * s.k + k]);
+          for (int64_t k0 = b * 128; k0 < std::min(s.k, (b + 1) * 128); k0 += 32) chain += TileStep(xk, wk, k0);
           want = std::fma(chain, scales[(n / 128) * scale_cols + b], want);
         }
         ASSERT_EQ(y[i * s.n + n], want) << "m=" << s.m << " n=" << s.n << " k=" << s.k << " at " << i << ", " << n;
