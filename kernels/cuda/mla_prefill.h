@@ -37,6 +37,9 @@ struct MlaPrefillParams {
   float scale = 1.0f;
   float* out = nullptr;              // [n_tokens, heads, v_head], rows out_row_stride apart
   int64_t out_row_stride = 0;
+  // Heads go in chunks whose scores, and whose decompressed keys and values, each stay within
+  // this many floats (at least one head a chunk).
+  int64_t chunk_floats = int64_t{64} << 20;
 };
 
 struct MlaPrefillWorkspace {

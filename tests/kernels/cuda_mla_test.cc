@@ -228,9 +228,15 @@ TEST(CudaMlaPrefill, MatchesNaiveReference) {
     p.pool = dpool.get(), p.kv_fp8 = fp8, p.layer = layer, p.n_layers = pool.layers, p.page_size = pool.page_size, p.pages = dpages.get();
     p.kv_b_proj = dkvb.get(), p.heads = s.H, p.qk_nope = s.dn, p.rope = s.dr, p.v_head = s.dv, p.kv_lora_rank = s.rkv;
     p.scale = scale, p.out = dout.get(), p.out_row_stride = s.H * s.dv;
-    ASSERT_TRUE(cuda::MlaPrefill(handle, p, ws, nullptr).ok());
-    // Split-bf16 decompression (~2^-16) and float GEMMs: 1e-4 of each row and head's scale.
-    EXPECT_LT(MaxRelErrorPerBlock(dout.Download(), want, s.dv), 1e-4) << "heads " << s.H << (fp8 ? ", fp8" : ", bf16");
+    // All heads at once, then in chunks of a few heads (their keys and values decompressed
+    // chunk by chunk).
+    for (const int64_t chunk_floats : {int64_t{64} << 20, S * (s.dn + s.dv) * 3}) {
+      p.chunk_floats = chunk_floats;
+      ASSERT_TRUE(cuda::MlaPrefill(handle, p, ws, nullptr).ok());
+      // Split-bf16 decompression (~2^-16) and float GEMMs: 1e-4 of each row and head's scale.
+      EXPECT_LT(MaxRelErrorPerBlock(dout.Download(), want, s.dv), 1e-4)
+          << "heads " << s.H << (fp8 ? ", fp8" : ", bf16") << ", chunks of " << chunk_floats << " floats";
+    }
     cublasDestroy(handle);
   }
 }
