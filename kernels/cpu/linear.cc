@@ -86,21 +86,16 @@ namespace {
 
 constexpr int64_t kKChunk = 1024;  // input features per pass: a 64 KB bf16 panel slice stays in L2
 
-// Whether the tier multiplies this problem's weight on tiles (kernels/cpu/tier.h).
-bool OnTiles(const LinearProblem& p, const cpu::TierKernels& tier) {
-  return cpu::OnTiles(tier, p.w.dtype, p.w.cols);
-}
-
 // Interleaves rows [m0, m0 + mr) of the problem's x by input, as the tier reads them: floats
 // [K'][mr], or bf16 pairs [K' / 2][mr] (round to nearest even), K' = K padded to even with 0;
-// on tiles, [K / 32][mr rounded up to 16][32] bf16 (every block but the last is whole, so the
-// block starts at m0 · K values).
-void PackTokens(const LinearProblem& p, int64_t m0, int64_t mr, const cpu::TierKernels& tier, float* out) {
+// on tiles (kernels/cpu/tier.h), [K / 32][mr rounded up to 16][32] bf16 (every block but the
+// last is whole, so the block starts at m0 · K values).
+void PackTokens(const LinearProblem& p, int64_t m0, int64_t mr, const cpu::TierKernels& tier, bool tiles, float* out) {
   const int64_t K = p.w.cols, Kp = PaddedCols(K);
   if (tier.pack_bf16_pairs != nullptr) {
     const float* rows[32];
     for (int64_t i = 0; i < mr; ++i) rows[i] = p.x_row(m0 + i);
-    if (OnTiles(p, tier)) tier.pack_bf16_tiles(rows, static_cast<int>(mr), K, reinterpret_cast<uint16_t*>(out) + m0 * K);
+    if (tiles) tier.pack_bf16_tiles(rows, static_cast<int>(mr), K, reinterpret_cast<uint16_t*>(out) + m0 * K);
     else tier.pack_bf16_pairs(rows, static_cast<int>(mr), K, reinterpret_cast<uint32_t*>(out) + m0 * Kp / 2);
     return;
   }
@@ -120,9 +115,9 @@ struct TokenBlocks {
   TokenBlocks(int64_t m, int64_t max_mr) : count((m + max_mr - 1) / max_mr), base(m / count), extra(m % count), m(m) {}
   // On tiles: whole blocks of kTileBlockRows and what is left, so each block's copy starts
   // where the rows before it end (a tile block is padded to 16 rows, which the last alone needs).
-  static TokenBlocks For(const LinearProblem& p, const cpu::TierKernels& tier) {
-    if (!OnTiles(p, tier)) return TokenBlocks(p.m, tier.max_mr);
-    TokenBlocks b(p.m, cpu::kTileBlockRows);
+  static TokenBlocks For(int64_t m, bool tiles, int64_t max_mr) {
+    if (!tiles) return TokenBlocks(m, max_mr);
+    TokenBlocks b(m, cpu::kTileBlockRows);
     b.base = cpu::kTileBlockRows;
     b.extra = 0;
     return b;
@@ -210,6 +205,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     const LinearProblem* problem;
     int64_t m0, mr;  // the token block's first row and rows
     float* out;      // the problem's interleaved copy
+    bool tiles;
   };
   std::vector<PackJob> pack_jobs;
   std::vector<Plan> plans;
@@ -218,8 +214,8 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   double total = 0;
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
-    const bool tiles = OnTiles(pr, tier), fp8 = pr.w.dtype == DType::kF8E4M3;
-    const TokenBlocks blocks = TokenBlocks::For(pr, tier);
+    const bool tiles = cpu::OnTiles(tier, pr.w.dtype, pr.w.cols), fp8 = pr.w.dtype == DType::kF8E4M3;
+    const TokenBlocks blocks = TokenBlocks::For(pr.m, tiles, tier.max_mr);
     const bool decode_once = fp8 && tier.decode_fp8 != nullptr && (blocks.count > 1 || tiles);
     Plan plan{blocks,
               tiles ? (fp8 ? tier.tile_panel_fp8_decoded : tier.tile_panel_bf16)
@@ -234,11 +230,11 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     } else if (pr.m == 1 && !tier.bf16_activations && pr.w.cols % 2 == 0) {
       plan.x = pr.x_row(0);  // one float row is already in [K][1] layout
     } else {
-      const int64_t rows = tiles ? (pr.m + 15) / 16 * 16 : pr.m;  // tile blocks: padded to 16 rows
+      const int64_t rows = tiles ? cpu::TileRows(pr.m) : pr.m;
       scratch[p].resize(static_cast<size_t>(rows * PaddedCols(pr.w.cols)));
       plan.x = scratch[p].data();
       for (int64_t b = 0; b < blocks.count; ++b)
-        pack_jobs.push_back({&pr, blocks.begin(b), blocks.size(b), scratch[p].data()});
+        pack_jobs.push_back({&pr, blocks.begin(b), blocks.size(b), scratch[p].data(), tiles});
     }
     plans.push_back(plan);
     const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));  // ~bytes + FMAs
@@ -257,7 +253,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
 #pragma omp for schedule(static)
     for (size_t j = 0; j < pack_jobs.size(); ++j) {
       const PackJob& job = pack_jobs[j];
-      PackTokens(*job.problem, job.m0, job.mr, tier, job.out);
+      PackTokens(*job.problem, job.m0, job.mr, tier, job.tiles, job.out);
     }
     const int t = omp_get_thread_num();
     std::vector<uint16_t> decoded;  // an FP8 panel chunk as bf16, for products of many token blocks
@@ -289,7 +285,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
           // The block starts at m0 · K' values; within it, chunk k0 at k0 · mr values (k0 · mr
           // rounded up to 16 on tiles).
           call.x = plan.tiles ? static_cast<const void*>(static_cast<const uint16_t*>(plan.x) + m0 * K +
-                                                         k0 * ((call.mr + 15) / 16 * 16))
+                                                         k0 * cpu::TileRows(call.mr))
                    : tier.bf16_activations
                        ? static_cast<const void*>(static_cast<const uint32_t*>(plan.x) + (m0 * Kp + k0 * call.mr) / 2)
                        : static_cast<const void*>(static_cast<const float*>(plan.x) + m0 * Kp + k0 * call.mr);

@@ -107,7 +107,11 @@ struct TierKernels {
 };
 
 constexpr int64_t kTileInputs = 32;     // inputs per tile step
+constexpr int64_t kTileRows = 16;       // tokens per tile of activations
 constexpr int64_t kTileBlockRows = 32;  // token rows per tile-kernel call
+
+// The rows a block of m tokens takes in the tile layout: whole tiles.
+constexpr int64_t TileRows(int64_t m) { return (m + kTileRows - 1) / kTileRows * kTileRows; }
 
 // Whether the active table multiplies this weight on tiles.
 inline bool OnTiles(const TierKernels& k, DType weights, int64_t K) {

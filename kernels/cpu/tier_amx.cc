@@ -38,7 +38,7 @@ namespace {
 // 32 floats at a time to bf16 (VCVTNE2PS2BF16, as PackBf16Pairs rounds), stored as they come:
 // a tile row is 32 consecutive inputs of one token.
 void PackBf16Tiles(const float* const* rows, int mr, int64_t K, uint16_t* out) {
-  const int padded = (mr + kTileRows - 1) / kTileRows * kTileRows;
+  const int64_t padded = TileRows(mr);
   for (int64_t k = 0; k < K; k += kTileInputs) {
     const int64_t left = K - k;
     const __mmask16 m0 = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);

@@ -48,15 +48,16 @@ const char* OpName(Op op) {
 // table. Embed, Add and Route's expert ids are exact everywhere.
 double BoundOf(Op op, const std::string& backend) {
   const bool cuda = backend.rfind("cuda", 0) == 0;
-  const bool bf16 = backend == "cpu-avx512bf16" || backend == "cpu-amx" || backend == "cuda";
+  const bool cpu_bf16 = backend == "cpu-avx512bf16" || backend == "cpu-amx";
+  const double products = cpu_bf16 ? 1e-2 : cuda ? 1e-4 : 1e-5;
   switch (op) {
     case Op::kEmbed: case Op::kAdd: return 0;
     case Op::kRmsNorm: return 1e-6;
     case Op::kRope: return cuda ? 1e-5 : 1e-6;
     case Op::kRoute: return 1e-6;    // the weights; the ids are compared exactly
     case Op::kCombine: return 1e-6;  // a weighted sum in float on every backend
-    case Op::kMlaAbsorbed: case Op::kLocalExperts: case Op::kExpertRows: return bf16 ? 1e-2 : cuda ? 1e-4 : 1e-5;
-    default: return backend == "cpu-avx512bf16" || backend == "cpu-amx" ? 1e-2 : cuda ? 1e-4 : 1e-5;
+    case Op::kMlaAbsorbed: case Op::kLocalExperts: case Op::kExpertRows: return backend == "cuda" ? 1e-2 : products;
+    default: return products;
   }
 }
 
