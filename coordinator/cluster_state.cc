@@ -69,7 +69,7 @@ absl::Status ClusterState::Attach(int rank, int64_t generation, std::shared_ptr<
     ClearPeerReportsLocked();
     placement_.AddRank();
     const std::string what = absl::StrCat(role_prefix(), "worker rank ", rank, " (", w.info.host(), ", pid ", w.info.pid(), ") joined");
-    SendReformLocked(rank, what);
+    SendReformLocked(rank, what, /*join=*/true);
     const bool moving = SendPlacementLocked(placement_.FillRank());
     std::fprintf(stderr, "daedalus: %s; the cluster serves with %d workers (generation %lld)%s\n", what.c_str(), rank + 1,
                  static_cast<long long>(registry_.generation()), moving ? "; experts move onto it in the background" : "");
@@ -134,7 +134,7 @@ void ClusterState::ShrinkLocked(int rank, const std::string& what) {
   AdmitLocked();
 }
 
-void ClusterState::SendReformLocked(int except, const std::string& reason) {
+void ClusterState::SendReformLocked(int except, const std::string& reason, bool join) {
   v1::CoordinatorMessage m;
   v1::Reform* reform = m.mutable_reform();
   reform->set_generation(registry_.generation());
@@ -142,6 +142,7 @@ void ClusterState::SendReformLocked(int except, const std::string& reason) {
   *reform->mutable_placement() = placement_.placement();
   for (const auto& w : workers_) reform->add_data_plane_addresses(w->info.data_plane_address());
   reform->set_reason(reason);
+  reform->set_join(join);
   for (int r = 0; r < static_cast<int>(workers_.size()); ++r) {
     if (r == except || !workers_[r]->link) continue;
     reform->set_rank(r);

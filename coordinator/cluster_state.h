@@ -158,8 +158,9 @@ class ClusterState {
   // Elastic loss of `rank` (described by `what`): see Lose.
   void ShrinkLocked(int rank, const std::string& what);
   void ClearPeerReportsLocked();  // a new world: the old one's reports no longer count
-  // Sends every worker but `except` (-1: all) a Reform to the current generation and placement.
-  void SendReformLocked(int except, const std::string& reason);
+  // Sends every worker but `except` (-1: all) a Reform to the current generation and placement;
+  // `join`: the world only grew (v1::Reform::join).
+  void SendReformLocked(int except, const std::string& reason, bool join = false);
   // Sends every worker the update, when there is one; whether there was.
   bool SendPlacementLocked(std::optional<v1::PlacementUpdate> update);
   static void SendShutdown(WorkerLink& link, const std::string& reason, bool reregister = false);

@@ -56,7 +56,7 @@ absl::Status ControlClient::Open(int rank, int64_t generation, const std::string
 void ControlClient::ReadLoop() {
   v1::CoordinatorMessage message;
   while (stream_->Read(&message)) {
-    const int64_t reform = message.has_reform() ? message.reform().generation() : 0;
+    const int64_t reform = message.has_reform() && !message.reform().join() ? message.reform().generation() : 0;
     inbox_.Push(std::move(message));
     if (reform > 0 && on_reform_) on_reform_(reform);  // after queueing: the step loop finds it
   }

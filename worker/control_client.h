@@ -28,8 +28,9 @@ class ControlClient final : public ControlStream {
   // Registers and waits (up to `timeout`, also for the coordinator to come up) for the
   // assignment, which arrives once every rank of the launch has registered.
   absl::StatusOr<v1::Assignment> Register(const v1::RegisterRequest& request, std::chrono::milliseconds timeout);
-  // Called on the reader thread for every Reform, once it is queued, with its generation: the
-  // worker interrupts the collective its step loop may be stuck in. Set before Open.
+  // Called on the reader thread for every Reform after a loss (not a join), once it is queued,
+  // with its generation: the worker interrupts the collective its step loop may be stuck in.
+  // Set before Open.
   void OnReform(std::function<void(int64_t generation)> callback) { on_reform_ = std::move(callback); }
   // Opens the control stream and says Hello.
   absl::Status Open(int rank, int64_t generation, const std::string& role = "");

@@ -93,6 +93,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   bool stop = false, reregister = false, cluster_idle = false;
   std::optional<v1::PlacementUpdate> update;  // received, not yet applied
   std::optional<v1::Reform> reform;           // the newest received, not yet applied
+  bool reform_now = false;                    // a collective failed: apply it at once, join or not
   int64_t preparing = 0;                      // the version whose experts are being read (0: none)
   bool prepared = false;                      // ... and they are ready
   absl::Status why = absl::OkStatus();
@@ -215,13 +216,15 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     while (!reform && !stop && !reregister && !control.closed() && Clock::now() < until) {
       if (auto m = control.Next(std::chrono::milliseconds(50))) handle(*m);
     }
-    return reform.has_value();
+    reform_now = reform.has_value();
+    return reform_now;
   };
   // Switches to the newest Reform (the hook drops the old world's placement being read).
   auto apply_reform = [&]() -> absl::Status {
     if (!options.reform) return absl::UnimplementedError("this worker cannot join a re-formed cluster");
     RETURN_IF_ERROR(options.reform(*reform));
     reform.reset();
+    reform_now = false;
     preparing = 0;
     prepared = false;
     engine.Resume();
@@ -231,7 +234,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   // Reads the newest update's experts in the background: starts when none is being read, and
   // notes when that reading is done.
   auto prepare = [&]() -> absl::Status {
-    if (!update) return absl::OkStatus();
+    if (!update || reform) return absl::OkStatus();  // an update sent after a Reform is for the new world
     if (!options.placement.prepare) return absl::UnimplementedError("this worker cannot apply placement updates");
     if (preparing != 0 && !prepared) {
       ASSIGN_OR_RETURN(prepared, options.placement.prepared());
@@ -267,7 +270,8 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     }
     collect_reads();
     while (auto m = control.Next(std::chrono::milliseconds(0))) handle(*m);
-    if (reform) {
+    // A join waits for the step boundary every rank agrees on (below); the rest apply now.
+    if (reform && (transport == nullptr || !reform->join() || reform_now)) {
       if (absl::Status s = apply_reform(); !s.ok()) {
         why = s;
         break;
@@ -281,8 +285,12 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     if (control.closed() && !stop) reregister = true;
     bool stepped = false;
     if (transport != nullptr) {
-      std::vector<int64_t> agree = {engine.pending(), stop ? 1 : 0, reregister ? 1 : 0, update ? 1 : 0,
-                                    update ? update->version() : 0, ready() ? 1 : 0};
+      const bool joining = reform.has_value(), placing = update && !joining;
+      std::vector<int64_t> agree = {engine.pending(),          stop ? 1 : 0,
+                                    reregister ? 1 : 0,        placing ? 1 : 0,
+                                    placing ? update->version() : 0, placing && ready() ? 1 : 0,
+                                    joining ? 1 : 0,           joining ? reform->generation() : 0,
+                                    joining ? reform->generation() * reform->generation() : 0};
       if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
           !s.ok()) {
         if (await_reform(s)) continue;
@@ -292,6 +300,16 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
       if (agree[1] > 0 || agree[2] > 0) {
         end = agree[1] > 0 ? ServeEnd::kShutdown : ServeEnd::kReregister;
         break;
+      }
+      // Every rank holds the same join (the generations' sum and sum of squares are those of
+      // world_size equal ones only then): switch to the grown world before another step.
+      const int64_t world = transport->world_size(), g = joining ? reform->generation() : 0;
+      if (joining && agree[6] == world && agree[7] == world * g && agree[8] == world * g * g) {
+        if (absl::Status s = apply_reform(); !s.ok()) {
+          why = s;
+          break;
+        }
+        continue;
       }
       if (absl::Status s = maybe_apply(agree[3], agree[4], agree[5], transport->world_size()); !s.ok()) {
         why = s;

@@ -34,7 +34,9 @@ struct ServeLoopOptions {
   PlacementHooks placement;
   // Elastic clusters (ucx): switches this rank to a re-formed world — transport, placement,
   // experts (see v1::Reform) — between steps; sequences and KV cache are kept and the step a
-  // Reform cut short is computed again. Unset: a Reform ends the worker with an error.
+  // Reform cut short is computed again. A join's Reform cuts nothing short: it is applied at the
+  // first step boundary at which every rank of the old world holds it. Unset: a Reform ends the
+  // worker with an error.
   std::function<absl::Status(const v1::Reform&)> reform;
   // With `reform` set, how long a rank whose collective failed waits for the coordinator's
   // Reform (the peer it waited for may be lost) before it reports the failure and exits.

@@ -248,6 +248,69 @@ TEST(ServeLoopPlacement, ExpertsAreReadOffTheStepLoopAndEveryRankSwitchesTogethe
   for (int r = 0; r < 2; ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
 }
 
+v1::CoordinatorMessage Reform(int64_t generation, bool join) {
+  v1::CoordinatorMessage m;
+  m.mutable_reform()->set_generation(generation);
+  m.mutable_reform()->set_join(join);
+  return m;
+}
+
+// A join's Reform reaches rank 0 300 ms before rank 1 while both decode: neither rank leaves
+// the old world alone (rank 0 goes on stepping until rank 1 holds it too), both switch at one
+// step boundary, and no step is cut short or lost (the tokens are one engine's). A loss's Reform
+// is applied at once, by the rank that has it, without waiting for the other.
+TEST(ServeLoopReform, AJoinSwitchesEveryRankAtOneAgreedStepBoundary) {
+  constexpr int kRequests = 2;
+  constexpr int64_t kNew = 1500;  // decoding well past both Reforms
+  TwoRanks ranks(milliseconds(10000));
+  std::atomic<int64_t> applied_ns[2] = {0, 0}, applied_generation[2] = {0, 0};
+  auto ns = [] { return Clock::now().time_since_epoch().count(); };
+  for (int r = 0; r < 2; ++r) {
+    ranks.options(r).reform = [&, r](const v1::Reform& reform) -> absl::Status {
+      applied_ns[r] = ns();
+      applied_generation[r] = reform.generation();
+      return absl::OkStatus();  // the same two ranks make the new world
+    };
+  }
+  for (int i = 0; i < kRequests; ++i) ranks.control(i % 2).Push(Admit(100 + i, Prompt(i), kNew));
+  ranks.Start();
+  std::this_thread::sleep_for(milliseconds(100));
+  const int64_t first_ns = ns();
+  ranks.control(0).Push(Reform(2, /*join=*/true));
+  std::this_thread::sleep_for(milliseconds(300));
+  const int64_t second_ns = ns();
+  EXPECT_EQ(applied_ns[0], 0) << "rank 0 left the old world before rank 1 held the join";
+  ranks.control(1).Push(Reform(2, /*join=*/true));
+  const auto until = Clock::now() + milliseconds(10000);
+  while (Clock::now() < until && (applied_ns[0] == 0 || applied_ns[1] == 0)) std::this_thread::sleep_for(milliseconds(1));
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(applied_generation[r], 2) << r;
+    EXPECT_GE(applied_ns[r], second_ns) << r;
+  }
+  EXPECT_LT(std::abs(applied_ns[0] - applied_ns[1]), std::chrono::nanoseconds(milliseconds(200)).count())
+      << "the same agreed boundary";
+  // Steps went on while only rank 0 held the join.
+  int during = 0;
+  for (const auto& [at, m] : ranks.control(0).Sent()) {
+    const int64_t at_ns = at.time_since_epoch().count();
+    if (m.events().tokens_size() > 0 && at_ns >= first_ns && at_ns < second_ns) ++during;
+  }
+  EXPECT_GT(during, 3) << "token events while only rank 0 held the join";
+  // A loss: rank 1 alone gets it and applies it at once.
+  ranks.control(1).Push(Reform(3, /*join=*/false));
+  const auto loss_until = Clock::now() + milliseconds(5000);
+  while (Clock::now() < loss_until && applied_generation[1] != 3) std::this_thread::sleep_for(milliseconds(1));
+  EXPECT_EQ(applied_generation[1], 3) << "a loss's Reform waits for no agreement";
+  EXPECT_EQ(applied_generation[0], 2);
+  ASSERT_TRUE(ranks.WaitFinished(kRequests, milliseconds(60000)));
+  const auto tokens = ranks.Tokens();
+  const auto expected = Reference(kRequests, kNew);
+  for (int i = 0; i < kRequests; ++i) EXPECT_EQ(tokens.at(100 + i), expected[i]) << "request " << i;
+  ranks.control(0).Push(Shutdown(false));
+  ranks.Join();
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
+}
+
 // A slow rank that stays within the collective deadline only slows the cluster down: the
 // tokens are those of one engine alone, and the loop goes on.
 TEST(ServeLoopFaults, SlowRankWithinTheDeadlineChangesNothingButTime) {
