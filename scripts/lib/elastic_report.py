@@ -90,8 +90,8 @@ def report(trace_path, samples_path, run_path, start, killed):
               + (f"; >= 90% of before within {back[0]} s of the join ({back[1]:.1f} tokens/s)" if back
                  else "; not back to 90% within 15 s of the join (target)"))
         # Step times as the workers report them (median and longest over each heartbeat
-        # interval). The join cuts one step short on every rank (computed again in the new
-        # world); then experts move onto the joiner, read in the background, and switch at an
+        # interval). The survivors switch to the grown world at an agreed step boundary; then
+        # experts move onto the joiner, read in the background, and every rank switches at an
         # agreed step.
         steady = steps(samples, warm, killed)
         moving = steps(samples, joined, min(joined + 15, end))
