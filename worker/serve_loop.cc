@@ -311,7 +311,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         }
         continue;
       }
-      if (absl::Status s = maybe_apply(agree[3], agree[4], agree[5], transport->world_size()); !s.ok()) {
+      if (absl::Status s = maybe_apply(agree[3], agree[4], agree[5], world); !s.ok()) {
         why = s;
         break;
       }

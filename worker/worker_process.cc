@@ -312,16 +312,15 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       }
       ASSIGN_OR_RETURN(std::vector<Placement> placed, FromAssignment(assignment.placement(), config, world));
       const ExpertFilter mine = HeldBy(placed, rank);
-      if (weights == nullptr && assignment.join()) {
+      if (weights == nullptr) {
         // A joiner loads while the cluster serves: in the background, so that the serving
         // ranks' steps keep their cores.
-        auto load = std::async(std::launch::async, [&o, &mine] {
-          RunInBackground();
+        const bool join = assignment.join();
+        auto load = [&o, &mine, join] {
+          if (join) RunInBackground();
           return LoadModelWeights(o.model, mine);
-        });
-        ASSIGN_OR_RETURN(weights, load.get());
-      } else if (weights == nullptr) {
-        ASSIGN_OR_RETURN(weights, LoadModelWeights(o.model, mine));
+        };
+        ASSIGN_OR_RETURN(weights, join ? std::async(std::launch::async, load).get() : load());
       } else {
         RETURN_IF_ERROR(LoadMissingExperts(*weights, mine));  // every rank got the same placement
       }

@@ -171,6 +171,16 @@ std::vector<std::vector<int32_t>> Reference(int n, int64_t max_new) {
   return out;
 }
 
+// Requests 100.. got one engine's tokens; then both ranks shut down cleanly.
+void ExpectReferenceTokensThenShutDown(TwoRanks& ranks, int requests, int64_t max_new) {
+  const auto tokens = ranks.Tokens();
+  const auto expected = Reference(requests, max_new);
+  for (int i = 0; i < requests; ++i) EXPECT_EQ(tokens.at(100 + i), expected[i]) << "request " << i;
+  ranks.control(0).Push(Shutdown(false));
+  ranks.Join();
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
+}
+
 // A placement update whose experts take a while to read (rank 0: 600 ms, rank 1: 50 ms): steps
 // go on meanwhile (no gap between token events near the read's length) and every rank switches
 // in the same iteration once both have read. A newer version that arrives during the read is
@@ -240,12 +250,7 @@ TEST(ServeLoopPlacement, ExpertsAreReadOffTheStepLoopAndEveryRankSwitchesTogethe
   }
   EXPECT_GT(during, 10) << "steps during the read";
   EXPECT_LT(widest, milliseconds(300)) << "a step waited for the read";
-  const auto tokens = ranks.Tokens();
-  const auto expected = Reference(kRequests, kNew);
-  for (int i = 0; i < kRequests; ++i) EXPECT_EQ(tokens.at(100 + i), expected[i]) << "request " << i;
-  ranks.control(0).Push(Shutdown(false));
-  ranks.Join();
-  for (int r = 0; r < 2; ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
+  ExpectReferenceTokensThenShutDown(ranks, kRequests, kNew);
 }
 
 v1::CoordinatorMessage Reform(int64_t generation, bool join) {
@@ -303,12 +308,7 @@ TEST(ServeLoopReform, AJoinSwitchesEveryRankAtOneAgreedStepBoundary) {
   EXPECT_EQ(applied_generation[1], 3) << "a loss's Reform waits for no agreement";
   EXPECT_EQ(applied_generation[0], 2);
   ASSERT_TRUE(ranks.WaitFinished(kRequests, milliseconds(60000)));
-  const auto tokens = ranks.Tokens();
-  const auto expected = Reference(kRequests, kNew);
-  for (int i = 0; i < kRequests; ++i) EXPECT_EQ(tokens.at(100 + i), expected[i]) << "request " << i;
-  ranks.control(0).Push(Shutdown(false));
-  ranks.Join();
-  for (int r = 0; r < 2; ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
+  ExpectReferenceTokensThenShutDown(ranks, kRequests, kNew);
 }
 
 // A slow rank that stays within the collective deadline only slows the cluster down: the
