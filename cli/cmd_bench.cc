@@ -121,6 +121,14 @@ struct DecodeFigures {
   OpShares op_shares;  // with --profile: of the timed steps' wall time
 };
 
+// Steps the prefill of `batch` prompts of `context` tokens can take at most: sequences that
+// finish their prompt decode (a token each, first) while later ones are still prefilling, so
+// every step has room for at least max_batch_tokens - batch prompt tokens.
+int64_t PrefillStepsAtMost(int64_t batch, int64_t context, int64_t max_batch_tokens) {
+  const int64_t room = max_batch_tokens - batch;
+  return (batch * context + room - 1) / room + 1;
+}
+
 // Probe passes between decode steps: one before the first step, then one after every round.
 constexpr int64_t kProbeRounds = 8;
 
@@ -132,10 +140,13 @@ constexpr int64_t kProbeRounds = 8;
 DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, int64_t batch, int64_t context,
                          int64_t steps, ReadProbe& probe) {
   Engine engine(w, options);
+  // Each sequence may have decoded once per prefill step before the timed steps begin: it asks
+  // for that many tokens more, so that none finishes during them and each decodes `batch` rows.
+  const int64_t early = PrefillStepsAtMost(batch, context, options.max_batch_tokens);
   for (int64_t b = 0; b < batch; ++b) {
     Request r;
     r.prompt_ids = RandomPrompt(context, w.config.vocab_size, 100 + b);
-    r.max_new_tokens = steps + 2;
+    r.max_new_tokens = steps + 2 + early;
     r.stop_at_eos = false;
     (void)engine.Add(r);
   }
@@ -157,6 +168,9 @@ DecodeFigures DecodeRate(const ModelWeights& w, const EngineOptions& options, in
     busy += Now() - s0;
     tokens += engine.last_step().decode_tokens;
     ++timed;
+    if (engine.last_step().decode_tokens != batch)
+      std::fprintf(stderr, "bench: timed step %lld of batch %lld decoded %lld sequences\n", static_cast<long long>(s),
+                   static_cast<long long>(batch), static_cast<long long>(engine.last_step().decode_tokens));
     const ExpertLoad& after = engine.expert_load();
     for (size_t l = 0; l < after.size(); ++l)
       for (size_t e = 0; e < after[l].size(); ++e) touched += after[l][e] > before[l][e];
@@ -257,9 +271,14 @@ Command AddBenchCommand(CLI::App& app) {
     options.kv.prefix_caching = false;  // every figure computes its prompts (prefill repeats one)
     options.profile_ops = f->profile;
     const int64_t max_batch = *std::max_element(batches->begin(), batches->end());
+    if (max_batch >= options.max_batch_tokens)
+      return Fail(absl::StrCat("--batches: a decode batch of ", max_batch, " needs --max-batch-tokens above it (",
+                               options.max_batch_tokens, " now), so that its prompts can be prefilled while it decodes"));
     options.max_running = std::max<int64_t>(options.max_running, max_batch);
-    options.kv.max_tokens = std::max<int64_t>(options.kv.max_tokens,
-                                              std::max(f->prompt_len, max_batch * (f->context + f->steps + 2 + options.kv.page_size)));
+    const int64_t tokens_per_sequence = f->context + f->steps + 2 +
+                                        PrefillStepsAtMost(max_batch, f->context, options.max_batch_tokens) +
+                                        options.kv.page_size;
+    options.kv.max_tokens = std::max<int64_t>(options.kv.max_tokens, std::max(f->prompt_len, max_batch * tokens_per_sequence));
     // --device cuda:N: every engine below runs its steps on the GPU (one after another).
     auto backend = MakeDeviceBackend(f->engine.Device(), w, options);
     if (!backend.ok()) return Fail(std::string(backend.status().message()));
