@@ -147,7 +147,7 @@ TEST_P(OpsTier, ManyQueryScoresEqualOneQueryAtATimeBitwise) {
 
 // Attention over bf16 rows (tiers with a bf16 dot-product unit): scores and weighted sums against
 // double sums of the same bf16 operands (weights rounded to bf16 as the kernel rounds them),
-// within float accumulation error; each head bitwise what it gives alone; row counts that leave
+// within float accumulation error; each head and each row bitwise what it gives alone; row counts that leave
 // an odd row and dims that leave tails (tiny's 80, bench's 288, DeepSeek-V3's 576).
 TEST_P(OpsTier, Bf16RowAttentionMatchesReferenceAndEachHeadAlone) {
   if (!HasBf16Attention()) GTEST_SKIP() << "tier " << CpuIsaName(GetParam()) << " has no bf16 attention kernels";
@@ -176,6 +176,9 @@ TEST_P(OpsTier, Bf16RowAttentionMatchesReferenceAndEachHeadAlone) {
           }
           ASSERT_NEAR(scores[h * n + j], want, 1e-6 * magnitude + 1e-30) << "dim " << dim << " head " << h << " row " << j;
           ASSERT_EQ(scores[h * n + j], one[j]) << "dim " << dim << " head " << h << " row " << j;
+          float alone = 0;  // the row by itself: its score does not depend on the rows beside it
+          DotRowsBf16Many(q.data() + h * dim, dim, 1, rows.data() + j * stride, stride, 1, dim, &alone, 1);
+          ASSERT_EQ(scores[h * n + j], alone) << "dim " << dim << " head " << h << " row " << j;
         }
         for (int64_t i = 0; i < dim; ++i) {
           double want = 0.25, magnitude = 0.25;
