@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
+#include "cli/huge_pages.h"
 #include "cli/request_io.h"
 #include "core/kv_row.h"
 #include "kernels/cpu_isa.h"
@@ -344,6 +345,7 @@ Command AddBenchCommand(CLI::App& app) {
                       {"numa_nodes", numa_nodes}, {"memory_gib", static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
                                                                      static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 30)}};
     out["kernel_tier"] = CpuIsaDescription(ActiveCpuIsa());
+    out["huge_pages"] = HugePagesDescription();
     out["model"] = {{"path", f->model}, {"weights", DTypeName(dtype)}, {"hidden_size", c.hidden_size},
                     {"num_hidden_layers", c.num_hidden_layers}, {"n_routed_experts", c.n_routed_experts},
                     {"num_experts_per_tok", c.num_experts_per_tok}, {"active_bytes_per_token", active}};
@@ -407,7 +409,7 @@ Command AddBenchCommand(CLI::App& app) {
     }
 
     std::printf("machine: %s, %d threads, %d NUMA node(s)\n", CpuModel().c_str(), threads, numa_nodes);
-    std::printf("kernel tier: %s\n", CpuIsaDescription(ActiveCpuIsa()).c_str());
+    std::printf("kernel tier: %s; %s\n", CpuIsaDescription(ActiveCpuIsa()).c_str(), HugePagesDescription().c_str());
     std::printf("model: %s (hidden %lld, %lld layers, %lld experts top-%lld), weights %s, %.1f MiB total, "
                 "%.1f MiB active per token\n",
                 f->model.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_hidden_layers),

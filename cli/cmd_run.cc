@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/huge_pages.h"
 #include "kernels/cpu_isa.h"
 #include "cli/engine_flags.h"
 #include "cli/parallel.h"
@@ -102,7 +103,8 @@ Command AddRunCommand(CLI::App& app) {
     if (ids->count() == 0 && file->count() == 0) return Fail("run needs --prompt-ids or --prompts");
     SetThreads(f->engine.threads);
     if (f->verbose) {
-      std::fprintf(stderr, "kernel tier: %s; %d threads\n", CpuIsaDescription(ActiveCpuIsa()).c_str(), omp_get_max_threads());
+      std::fprintf(stderr, "kernel tier: %s; %d threads; %s\n", CpuIsaDescription(ActiveCpuIsa()).c_str(),
+                   omp_get_max_threads(), HugePagesDescription().c_str());
     }
     // Under mpirun/srun: expert parallel. Each rank holds the dense weights and its share of
     // the routed experts, runs every world_size-th request, and rank 0 writes the results.

@@ -12,6 +12,7 @@
 #include <map>
 
 #include "cli/commands.h"
+#include "cli/huge_pages.h"
 #include "kernels/cpu_isa.h"
 
 namespace daedalus {
@@ -56,6 +57,7 @@ void SetThreads(int threads) {
 }  // namespace daedalus
 
 int main(int argc, char** argv) {
+  daedalus::StartOnHugePages(argv);
   // BLAS calls made inside our parallel loops must run on their caller's thread: nested
   // teams oversubscribe the cores and spin against each other.
   omp_set_max_active_levels(1);

@@ -112,6 +112,31 @@ def check_cpu_tiers(cli, model):
             expect_error(proc, f"DAEDALUS_CPU_ISA={isa} on a CPU without {flag}", [isa, flag])
 
 
+def check_huge_pages(cli, model):
+    """The process restarts itself once with glibc's malloc asking for transparent huge pages
+    (run --verbose says so), unless DAEDALUS_HUGE_PAGES=off or the user's GLIBC_TUNABLES chose;
+    the user's other tunables are kept, and the tokens are the same either way."""
+    def run_with(**env):
+        proc = subprocess.run([cli.exe, "run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "4",
+                               "--temperature", "0", "--verbose"], cwd=cli.workdir, env=dict(cli.env, **env),
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        expect_ok(proc, f"run with {env or 'the default paging'}")
+        return proc
+    mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    default, off = run_with(), run_with(DAEDALUS_HUGE_PAGES="off")
+    check("huge pages: off" in off.stderr, "DAEDALUS_HUGE_PAGES=off: run --verbose says huge pages are off", describe(off))
+    check(default.stdout == off.stdout, "the same tokens with and without huge pages", f"{default.stdout!r} vs {off.stdout!r}")
+    if "[never]" in mode:
+        check("huge pages: off" in default.stderr, "THP off in the kernel: run --verbose says so", describe(default))
+        return
+    check("huge pages: on" in default.stderr, "by default run --verbose says huge pages are on", describe(default))
+    kept = run_with(GLIBC_TUNABLES="glibc.malloc.trim_threshold=134217728")
+    check("huge pages: on" in kept.stderr, "the user's other GLIBC_TUNABLES: huge pages still on", describe(kept))
+    chosen = run_with(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
+    check("huge pages: off" in chosen.stderr, "GLIBC_TUNABLES=glibc.malloc.hugetlb=0 is the user's choice",
+          describe(chosen))
+
+
 def run_checks(cli, tmp):
     model = os.path.join(tmp, "model")
     sharded = os.path.join(tmp, "sharded")
@@ -121,6 +146,7 @@ def run_checks(cli, tmp):
     if not os.path.exists(os.path.join(model, "model.safetensors")):
         raise SystemExit("FAIL: make-model wrote no model.safetensors; cannot go on")
     check_cpu_tiers(cli, model)
+    check_huge_pages(cli, model)
     check(os.path.exists(os.path.join(sharded, "model.safetensors.index.json")) and len(shards(sharded)) >= 2,
           "make-model --shard-mb 1 writes an index and several shards", str(os.listdir(sharded)))
 

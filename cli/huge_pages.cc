@@ -1,0 +1,51 @@
+#include "cli/huge_pages.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+
+namespace daedalus {
+namespace {
+
+constexpr char kTunable[] = "glibc.malloc.hugetlb";
+
+bool MallocAsksForHugePages() {
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  return tunables != nullptr && std::string(tunables).find(std::string(kTunable) + "=1") != std::string::npos;
+}
+
+// The kernel's transparent huge page mode: the bracketed word of always [madvise] never.
+std::string KernelMode() {
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string line;
+  if (!std::getline(in, line)) return "unknown";
+  const size_t open = line.find('['), close = line.find(']');
+  return open != std::string::npos && close > open ? line.substr(open + 1, close - open - 1) : "unknown";
+}
+
+}  // namespace
+
+void StartOnHugePages(char** argv) {
+  const char* setting = std::getenv("DAEDALUS_HUGE_PAGES");
+  if (setting != nullptr && std::string(setting) == "off") return;
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  std::string value = tunables != nullptr ? tunables : "";
+  if (value.find(kTunable) != std::string::npos) return;  // chosen already (or this is the restart)
+  value += (value.empty() ? "" : ":") + std::string(kTunable) + "=1";
+  // The binary by its own path (not /proc/self/exe), so that the process keeps its name.
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0 || setenv("GLIBC_TUNABLES", value.c_str(), 1) != 0) return;
+  self[n] = '\0';
+  execv(self, argv);
+}
+
+std::string HugePagesDescription() {
+  const std::string mode = KernelMode();
+  if (mode == "never") return "huge pages: off (the kernel's transparent huge pages are off)";
+  if (MallocAsksForHugePages() || mode == "always") return "huge pages: on (transparent, kernel mode " + mode + ")";
+  return "huge pages: off (DAEDALUS_HUGE_PAGES=off or GLIBC_TUNABLES chose; kernel mode " + mode + ")";
+}
+
+}  // namespace daedalus
