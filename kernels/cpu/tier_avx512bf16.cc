@@ -305,31 +305,72 @@ void PackBf16Pairs(const float* const* rows, int mr, int64_t K, uint32_t* out) {
   }
 }
 
-// Scores over bf16 rows, kH heads at a time sharing each row's loads.
+// Lane i of the result: the sum of v[i]'s 16 lanes, by one tree for every i: within each
+// 128-bit block (l0 + l2) + (l1 + l3), then the blocks (b0 + b1) + (b2 + b3).
+__attribute__((always_inline)) inline __m512 SumEach16(const __m512 (&v)[16]) {
+  __m512 s1[8], s2[4], s3[2];
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k)
+    s1[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k)
+    s2[k] = _mm512_add_ps(_mm512_shuffle_ps(s1[2 * k], s1[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(s1[2 * k], s1[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+#pragma GCC unroll 2
+  for (int k = 0; k < 2; ++k)
+    s3[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s2[2 * k], s2[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(s2[2 * k], s2[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(s3[0], s3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Scores of up to kR = 16 / kH rows for up to kH heads: 16 chains (16 lanes of pairs in order
+// of d), each row and each query loaded once per 32 dims, summed by SumEach16. Missing rows and
+// heads repeat the first one and are not stored: a score does not depend on the tile it is in.
 template <int kH>
-void DotRowsBf16Heads(const uint16_t* q, int64_t q_stride, const uint16_t* rows, int64_t stride, int64_t n_rows,
-                      int64_t dim, float* out, int64_t out_stride) {
-  for (int64_t j = 0; j < n_rows; ++j) {
-    const uint16_t* r = rows + j * stride;
-    __m512 acc[kH];
-    for (int h = 0; h < kH; ++h) acc[h] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < dim; d += 32) {
-      const __mmask32 m = dim - d >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << (dim - d)) - 1);
-      const __m512bh row = (__m512bh)_mm512_maskz_loadu_epi16(m, r + d);
-      for (int h = 0; h < kH; ++h)
-        acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)_mm512_maskz_loadu_epi16(m, q + h * q_stride + d), row);
-    }
-    for (int h = 0; h < kH; ++h) out[h * out_stride + j] = _mm512_reduce_add_ps(acc[h]);
+void DotRowsBf16Tile(const uint16_t* q, int64_t q_stride, int heads, const uint16_t* rows, int64_t stride,
+                     int n_rows, int64_t dim, float* out, int64_t out_stride) {
+  constexpr int kR = 16 / kH;
+  const uint16_t* r[kR];
+  const uint16_t* qh[kH];
+  for (int i = 0; i < kR; ++i) r[i] = rows + (i < n_rows ? i : 0) * stride;
+  for (int h = 0; h < kH; ++h) qh[h] = q + (h < heads ? h : 0) * q_stride;
+  // Sixteen named accumulators: GCC keeps an array of them in memory across the loop.
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
+         a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+  for (int64_t d = 0; d < dim; d += 32) {
+    const __mmask32 m = dim - d >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << (dim - d)) - 1);
+    __m512bh row[kR], qd[kH];
+#pragma GCC unroll 16
+    for (int i = 0; i < kR; ++i) row[i] = (__m512bh)_mm512_maskz_loadu_epi16(m, r[i] + d);
+#pragma GCC unroll 4
+    for (int h = 0; h < kH; ++h) qd[h] = (__m512bh)_mm512_maskz_loadu_epi16(m, qh[h] + d);
+    // Accumulator I = kR·h + i: query h times row i.
+    auto dot = [&](__m512& a, int I) { a = _mm512_dpbf16_ps(a, qd[I / kR], row[I % kR]); };
+    dot(a0, 0), dot(a1, 1), dot(a2, 2), dot(a3, 3), dot(a4, 4), dot(a5, 5), dot(a6, 6), dot(a7, 7);
+    dot(a8, 8), dot(a9, 9), dot(a10, 10), dot(a11, 11), dot(a12, 12), dot(a13, 13), dot(a14, 14), dot(a15, 15);
   }
+  alignas(64) float lanes[16];  // lane kR·h + i: head h, row i
+  _mm512_store_ps(lanes, SumEach16({a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15}));
+  for (int h = 0; h < heads; ++h)
+    for (int i = 0; i < n_rows; ++i) out[h * out_stride + i] = lanes[kR * h + i];
 }
 
 void DotRowsBf16(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                  int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
-  int64_t h = 0;
-  for (; h + 4 <= heads; h += 4)
-    DotRowsBf16Heads<4>(q + h * q_stride, q_stride, rows, stride, n_rows, dim, out + h * out_stride, out_stride);
-  for (; h < heads; ++h)
-    DotRowsBf16Heads<1>(q + h * q_stride, q_stride, rows, stride, n_rows, dim, out + h * out_stride, out_stride);
+  // Tiles of four heads while four are left, then two or one heads over 8 or 16 rows.
+  for (int64_t h = 0; h < heads;) {
+    const int64_t left = heads - h, kh = left >= 4 ? 4 : left >= 2 ? 2 : 1, kr = 16 / kh;
+    for (int64_t j = 0; j < n_rows; j += kr) {
+      const int n = static_cast<int>(std::min(kr, n_rows - j));
+      const uint16_t* qh = q + h * q_stride;
+      float* o = out + h * out_stride + j;
+      if (kh == 4) DotRowsBf16Tile<4>(qh, q_stride, 4, rows + j * stride, stride, n, dim, o, out_stride);
+      else if (kh == 2) DotRowsBf16Tile<2>(qh, q_stride, 2, rows + j * stride, stride, n, dim, o, out_stride);
+      else DotRowsBf16Tile<1>(qh, q_stride, 1, rows + j * stride, stride, n, dim, o, out_stride);
+    }
+    h += kh;
+  }
 }
 
 // Weighted sums of bf16 rows, kH heads at a time: each 16-column chunk of the rows is
