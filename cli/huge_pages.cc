@@ -33,11 +33,17 @@ void StartOnHugePages(char** argv) {
   std::string value = tunables != nullptr ? tunables : "";
   if (value.find(kTunable) != std::string::npos) return;  // chosen already (or this is the restart)
   value += (value.empty() ? "" : ":") + std::string(kTunable) + "=1";
-  // The binary by its own path (not /proc/self/exe), so that the process keeps its name.
+  // Not under a tool that would not follow the exec (valgrind without --trace-children).
+  const char* preload = std::getenv("LD_PRELOAD");
+  if (preload != nullptr && std::string(preload).find("vgpreload") != std::string::npos) return;
+  // The binary by its own path (not /proc/self/exe), so that the process keeps its name; and
+  // only where that is the program itself, not a loader it was started through (ld.so ./daedalus).
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0 || setenv("GLIBC_TUNABLES", value.c_str(), 1) != 0) return;
+  if (n <= 0 || argv[0] == nullptr) return;
   self[n] = '\0';
+  const auto name = [](const std::string& path) { return path.substr(path.find_last_of('/') + 1); };
+  if (name(self) != name(argv[0]) || setenv("GLIBC_TUNABLES", value.c_str(), 1) != 0) return;
   execv(self, argv);
 }
 
