@@ -114,7 +114,8 @@ def check_cpu_tiers(cli, model):
 
 def check_huge_pages(cli, model):
     """The process restarts itself once with glibc's malloc asking for transparent huge pages
-    (run --verbose says so), unless DAEDALUS_HUGE_PAGES=off or the user's GLIBC_TUNABLES chose;
+    (run --verbose says so), unless DAEDALUS_HUGE_PAGES=off, the user's GLIBC_TUNABLES chose or it was
+    started through the loader;
     the user's other tunables are kept, and the tokens are the same either way."""
     def run_with(**env):
         proc = subprocess.run([cli.exe, "run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "4",
@@ -135,6 +136,14 @@ def check_huge_pages(cli, model):
     chosen = run_with(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
     check("huge pages: off" in chosen.stderr, "GLIBC_TUNABLES=glibc.malloc.hugetlb=0 is the user's choice",
           describe(chosen))
+    loader = "/lib64/ld-linux-x86-64.so.2"
+    if os.path.exists(loader):  # started through the loader: no restart (it would run the loader alone)
+        proc = subprocess.run([loader, cli.exe, "run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens",
+                               "4", "--temperature", "0", "--verbose"], cwd=cli.workdir, env=cli.env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        expect_ok(proc, "run started through ld.so")
+        check("huge pages: off" in proc.stderr and proc.stdout == off.stdout,
+              "started through ld.so: 4 KB pages, the same tokens", describe(proc))
 
 
 def run_checks(cli, tmp):
