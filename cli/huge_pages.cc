@@ -30,9 +30,8 @@ void StartOnHugePages(char** argv) {
   const char* setting = std::getenv("DAEDALUS_HUGE_PAGES");
   if (setting != nullptr && std::string(setting) == "off") return;
   const char* tunables = std::getenv("GLIBC_TUNABLES");
-  std::string value = tunables != nullptr ? tunables : "";
-  if (value.find(kTunable) != std::string::npos) return;  // chosen already (or this is the restart)
-  value += (value.empty() ? "" : ":") + std::string(kTunable) + "=1";
+  const std::string chosen = tunables != nullptr ? tunables : "";
+  if (chosen.find(kTunable) != std::string::npos) return;  // chosen already (or this is the restart)
   // Not under a tool that would not follow the exec (valgrind without --trace-children).
   const char* preload = std::getenv("LD_PRELOAD");
   if (preload != nullptr && std::string(preload).find("vgpreload") != std::string::npos) return;
@@ -43,15 +42,16 @@ void StartOnHugePages(char** argv) {
   if (n <= 0 || argv[0] == nullptr) return;
   self[n] = '\0';
   const auto name = [](const std::string& path) { return path.substr(path.find_last_of('/') + 1); };
-  if (name(self) != name(argv[0]) || setenv("GLIBC_TUNABLES", value.c_str(), 1) != 0) return;
-  execv(self, argv);
+  if (name(self) != name(argv[0])) return;
+  const std::string value = chosen + (chosen.empty() ? "" : ":") + kTunable + "=1";
+  if (setenv("GLIBC_TUNABLES", value.c_str(), 1) == 0) execv(self, argv);
 }
 
 std::string HugePagesDescription() {
   const std::string mode = KernelMode();
   if (mode == "never") return "huge pages: off (the kernel's transparent huge pages are off)";
   if (MallocAsksForHugePages() || mode == "always") return "huge pages: on (transparent, kernel mode " + mode + ")";
-  return "huge pages: off (DAEDALUS_HUGE_PAGES=off or GLIBC_TUNABLES chose; kernel mode " + mode + ")";
+  return "huge pages: off (malloc does not ask for them; kernel mode " + mode + ")";
 }
 
 }  // namespace daedalus

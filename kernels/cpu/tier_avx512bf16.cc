@@ -324,17 +324,17 @@ __attribute__((always_inline)) inline __m512 SumEach16(const __m512 (&v)[16]) {
                        _mm512_shuffle_f32x4(s3[0], s3[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// Scores of up to kR = 16 / kH rows for up to kH heads: 16 chains (16 lanes of pairs in order
-// of d), each row and each query loaded once per 32 dims, summed by SumEach16. Missing rows and
-// heads repeat the first one and are not stored: a score does not depend on the tile it is in.
+// Scores of up to kR = 16 / kH rows for kH heads: 16 chains (16 lanes of pairs in order of d),
+// each row and each query loaded once per 32 dims, summed by SumEach16. Missing rows repeat the
+// first one and are not stored: a score does not depend on the tile it is in.
 template <int kH>
-void DotRowsBf16Tile(const uint16_t* q, int64_t q_stride, int heads, const uint16_t* rows, int64_t stride,
-                     int n_rows, int64_t dim, float* out, int64_t out_stride) {
+void DotRowsBf16Tile(const uint16_t* q, int64_t q_stride, const uint16_t* rows, int64_t stride, int n_rows,
+                     int64_t dim, float* out, int64_t out_stride) {
   constexpr int kR = 16 / kH;
   const uint16_t* r[kR];
   const uint16_t* qh[kH];
   for (int i = 0; i < kR; ++i) r[i] = rows + (i < n_rows ? i : 0) * stride;
-  for (int h = 0; h < kH; ++h) qh[h] = q + (h < heads ? h : 0) * q_stride;
+  for (int h = 0; h < kH; ++h) qh[h] = q + h * q_stride;
   // Sixteen named accumulators: GCC keeps an array of them in memory across the loop.
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
          a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
@@ -352,7 +352,7 @@ void DotRowsBf16Tile(const uint16_t* q, int64_t q_stride, int heads, const uint1
   }
   alignas(64) float lanes[16];  // lane kR·h + i: head h, row i
   _mm512_store_ps(lanes, SumEach16({a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15}));
-  for (int h = 0; h < heads; ++h)
+  for (int h = 0; h < kH; ++h)
     for (int i = 0; i < n_rows; ++i) out[h * out_stride + i] = lanes[kR * h + i];
 }
 
@@ -365,9 +365,9 @@ void DotRowsBf16(const uint16_t* q, int64_t q_stride, int64_t heads, const uint1
       const int n = static_cast<int>(std::min(kr, n_rows - j));
       const uint16_t* qh = q + h * q_stride;
       float* o = out + h * out_stride + j;
-      if (kh == 4) DotRowsBf16Tile<4>(qh, q_stride, 4, rows + j * stride, stride, n, dim, o, out_stride);
-      else if (kh == 2) DotRowsBf16Tile<2>(qh, q_stride, 2, rows + j * stride, stride, n, dim, o, out_stride);
-      else DotRowsBf16Tile<1>(qh, q_stride, 1, rows + j * stride, stride, n, dim, o, out_stride);
+      if (kh == 4) DotRowsBf16Tile<4>(qh, q_stride, rows + j * stride, stride, n, dim, o, out_stride);
+      else if (kh == 2) DotRowsBf16Tile<2>(qh, q_stride, rows + j * stride, stride, n, dim, o, out_stride);
+      else DotRowsBf16Tile<1>(qh, q_stride, rows + j * stride, stride, n, dim, o, out_stride);
     }
     h += kh;
   }

@@ -115,13 +115,12 @@ def check_cpu_tiers(cli, model):
 def check_huge_pages(cli, model):
     """The process restarts itself once with glibc's malloc asking for transparent huge pages
     (run --verbose says so), unless DAEDALUS_HUGE_PAGES=off, the user's GLIBC_TUNABLES chose or it was
-    started through the loader;
-    the user's other tunables are kept, and the tokens are the same either way."""
-    def run_with(**env):
-        proc = subprocess.run([cli.exe, "run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "4",
-                               "--temperature", "0", "--verbose"], cwd=cli.workdir, env=dict(cli.env, **env),
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
-        expect_ok(proc, f"run with {env or 'the default paging'}")
+    started through the loader; the user's other tunables are kept, and the tokens are the same either way."""
+    def run_with(launcher=(), **env):
+        proc = subprocess.run([*launcher, cli.exe, "run", "--model", model, "--prompt-ids", "1,2,3",
+                               "--max-new-tokens", "4", "--temperature", "0", "--verbose"], cwd=cli.workdir,
+                              env=dict(cli.env, **env), capture_output=True, text=True, timeout=TIMEOUT_S)
+        expect_ok(proc, f"run {' '.join(launcher) + ' ' if launcher else ''}with {env or 'the default paging'}")
         return proc
     mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
     default, off = run_with(), run_with(DAEDALUS_HUGE_PAGES="off")
@@ -138,10 +137,7 @@ def check_huge_pages(cli, model):
           describe(chosen))
     loader = "/lib64/ld-linux-x86-64.so.2"
     if os.path.exists(loader):  # started through the loader: no restart (it would run the loader alone)
-        proc = subprocess.run([loader, cli.exe, "run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens",
-                               "4", "--temperature", "0", "--verbose"], cwd=cli.workdir, env=cli.env,
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
-        expect_ok(proc, "run started through ld.so")
+        proc = run_with(launcher=(loader,))
         check("huge pages: off" in proc.stderr and proc.stdout == off.stdout,
               "started through ld.so: 4 KB pages, the same tokens", describe(proc))
 
