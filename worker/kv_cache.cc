@@ -203,6 +203,23 @@ const bf16* PagedKvCache::RowsBf16(const PageTable& pages, int64_t layer, int64_
   return scratch;
 }
 
+void PagedKvCache::Warm(const PageTable& pages, int64_t layer, int64_t begin, int64_t n) const {
+  constexpr size_t kLine = 64;
+  uint64_t sum = 0;
+  for (int64_t pos = begin; pos < begin + n;) {
+    const int64_t slot = pos % options_.page_size;
+    const int64_t run = std::min(begin + n - pos, options_.page_size - slot);
+    const uint8_t* rows = Row(pages[pos / options_.page_size], layer, slot);
+    for (size_t at = 0; at < static_cast<size_t>(run) * row_bytes_; at += kLine) {
+      uint64_t word;
+      std::memcpy(&word, rows + at, sizeof(word));
+      sum += word;
+    }
+    pos += run;
+  }
+  asm volatile("" : : "r"(sum));  // the loads are the point: keep them
+}
+
 std::vector<PagedKvCache::ByteRange> PagedKvCache::Ranges(const PageTable& pages, int64_t n_tokens) const {
   std::vector<ByteRange> out;
   const int64_t ps = options_.page_size;

@@ -28,6 +28,11 @@ struct Dims {
 
 // Rows of the cache widened to float a block at a time (a few KB, in L1), never the context.
 constexpr int64_t kRowBlock = 16;
+// The absorbed form first streams the rows of kWarmRows positions into cache (PagedKvCache::Warm),
+// then attends to them a block at a time: a decode step's context is rarely in cache (the step
+// streamed the weights since), and the attention's own loads, a few rows at a time between
+// multiply-adds, fetch it at a quarter of the speed of a plain stream.
+constexpr int64_t kWarmRows = 256;
 
 // Naive form: decompress k_nope and v for every cached position of the slice's sequence (the
 // batched GEMM path of prefill). q [T, H, dn + dr] (rotated), o [T, H, dv].
@@ -117,6 +122,7 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     }
     for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
       const int64_t nb = std::min(kRowBlock, visible - j0);
+      if (j0 % kWarmRows == 0) cache.Warm(*s.pages, layer, j0, std::min(kWarmRows, visible - j0));
       const bf16* block16 = nullptr;
       if (bf16_rows) {
         block16 = cache.RowsBf16(*s.pages, layer, j0, nb, rows16.data());

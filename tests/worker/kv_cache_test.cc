@@ -128,6 +128,28 @@ TEST(KvCache, RowBytesAreThePlannersAndFlashMlasFigures) {
   }
 }
 
+// Warm only loads: over ranges that cross pages and reach the pool's last byte (which a
+// sanitizer build would catch it reading past), every row reads back as before.
+TEST(KvCache, WarmReadsOnlyTheRowsAskedAndChangesNothing) {
+  const ModelConfig c = Preset("tiny");
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+    PagedKvCache cache(c, Options(dtype, 4, 16));
+    PagedKvCache::PageTable pages;
+    ASSERT_TRUE(cache.Reserve(pages, 16).ok());  // every page of the pool
+    const std::vector<float> latents = Latents(c, 16, 3);
+    for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
+      for (int64_t pos = 0; pos < 16; ++pos) cache.Write(pages, layer, pos, &latents[pos * c.kv_cache_dim()]);
+    std::vector<float> before(16 * c.kv_cache_dim()), after(before.size());
+    for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+      cache.Read(pages, layer, 16, before.data());
+      for (const auto& [begin, n] : std::vector<std::pair<int64_t, int64_t>>{{0, 16}, {3, 6}, {15, 1}, {4, 4}})
+        cache.Warm(pages, layer, begin, n);
+      cache.Read(pages, layer, 16, after.data());
+      EXPECT_EQ(before, after) << DTypeName(dtype) << " layer " << layer;
+    }
+  }
+}
+
 // Prefix caching against a model of the pool: random prompts over a 3-token alphabet (so
 // prefixes are shared often) start and finish in random order in a pool too small to keep
 // everything. Each position's latent encodes the whole prefix up to it, so a page served to the
