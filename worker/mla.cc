@@ -28,11 +28,11 @@ struct Dims {
 
 // Rows of the cache widened to float a block at a time (a few KB, in L1), never the context.
 constexpr int64_t kRowBlock = 16;
-// The absorbed form first streams the rows of kWarmRows positions into cache (PagedKvCache::Warm),
-// then attends to them a block at a time: a decode step's context is rarely in cache (the step
-// streamed the weights since), and the attention's own loads, a few rows at a time between
-// multiply-adds, fetch it at a quarter of the speed of a plain stream.
-constexpr int64_t kWarmRows = 256;
+// The absorbed form attends to a token's keys in segments of kSegmentRows positions, and first
+// streams each segment's rows into cache (PagedKvCache::Warm): a decode step's context is rarely
+// in cache (the step streamed the weights since), and the attention's own loads, a few rows at a
+// time between multiply-adds, fetch it at a quarter of the speed of a plain stream.
+constexpr int64_t kSegmentRows = 256;
 
 // Naive form: decompress k_nope and v for every cached position of the slice's sequence (the
 // batched GEMM path of prefill). q [T, H, dn + dr] (rotated), o [T, H, dv].
@@ -94,71 +94,163 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
 // directly, reading the cached rows in place a block at a time, once: heads [h0, h1) of a token
 // score each block together, then fold it into their outputs with a running maximum and sum
 // (the softmax rescaled as the maximum grows), so the context is read once per token, layer and
-// head group. A head's result depends only on how many keys it sees (not on which heads share
-// its group). Writes those heads of o_latent [n, H, rkv].
-void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t h0, int64_t h1, const float* q_latent,
-                   const float* q, const PagedKvCache& cache, float scale, float* o_latent) {
-  const int64_t G = h1 - h0;
+// head group. A token's keys are attended in segments of kSegmentRows positions, each with its
+// own maximum and sum, folded together in order (FoldSegment): one token's segments can then run
+// on different threads, and its result is the same whichever thread ran which. A head's result
+// depends only on how many keys it sees (not on which heads share its group, or the threads).
+
+// A segment's heads: unnormalised outputs [G, rkv] (weights relative to max), maxima and sums [G].
+struct Partial {
+  float* o;
+  float* max;
+  float* sum;
+};
+
+// Heads [h0, h1) of token t of slice s over its keys [j0, j1) (at most kSegmentRows).
+void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t t, int64_t h0, int64_t h1, int64_t j0,
+                   int64_t j1, const float* q_latent, const float* q, const PagedKvCache& cache, float scale,
+                   const Partial& out) {
+  const int64_t G = h1 - h0, row = s.offset + t;
   // A bf16 cache on a tier with a bf16 dot-product unit: the rows are read in place, the query
   // ([q_latent | q_pe]) and the softmax weights rounded to bf16 as that tier rounds every
   // activation; else the rows widened to float a block at a time.
   const bool bf16_rows = cache.dtype() == DType::kBF16 && HasBf16Attention();
   FloatBuffer rows(bf16_rows ? 0 : kRowBlock * d.dim), scores(G * kRowBlock), rope(G * kRowBlock, 0.0f);
   std::vector<bf16> q16(bf16_rows ? G * d.dim : 0), rows16(bf16_rows ? kRowBlock * d.dim : 0);
-  std::vector<float> running_max(G), running_sum(G);
-  for (int64_t t = 0; t < s.n_tokens; ++t) {
-    const int64_t row = s.offset + t, visible = s.start_pos + t + 1;
-    const float* ql = q_latent + (row * d.H + h0) * d.rkv;
-    const float* qpe = q + (row * d.H + h0) * d.qk() + d.dn;
-    float* ol = o_latent + (row * d.H + h0) * d.rkv;
-    std::fill(ol, ol + G * d.rkv, 0.0f);
-    std::fill(running_max.begin(), running_max.end(), -std::numeric_limits<float>::infinity());
-    std::fill(running_sum.begin(), running_sum.end(), 0.0f);
-    if (bf16_rows) {
-      for (int64_t h = 0; h < G; ++h) {
-        F32ToBf16(ql + h * d.rkv, &q16[h * d.dim], d.rkv);
-        F32ToBf16(qpe + h * d.qk(), &q16[h * d.dim + d.rkv], d.dr);
-      }
+  const float* ql = q_latent + (row * d.H + h0) * d.rkv;
+  const float* qpe = q + (row * d.H + h0) * d.qk() + d.dn;
+  float* ol = out.o;
+  std::fill(ol, ol + G * d.rkv, 0.0f);
+  std::fill(out.max, out.max + G, -std::numeric_limits<float>::infinity());
+  std::fill(out.sum, out.sum + G, 0.0f);
+  if (bf16_rows) {
+    for (int64_t h = 0; h < G; ++h) {
+      F32ToBf16(ql + h * d.rkv, &q16[h * d.dim], d.rkv);
+      F32ToBf16(qpe + h * d.qk(), &q16[h * d.dim + d.rkv], d.dr);
     }
-    for (int64_t j0 = 0; j0 < visible; j0 += kRowBlock) {
-      const int64_t nb = std::min(kRowBlock, visible - j0);
-      if (j0 % kWarmRows == 0) cache.Warm(*s.pages, layer, j0, std::min(kWarmRows, visible - j0));
-      const bf16* block16 = nullptr;
-      if (bf16_rows) {
-        block16 = cache.RowsBf16(*s.pages, layer, j0, nb, rows16.data());
-        DotRowsBf16Many(q16.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), kRowBlock);
-      } else {
-        cache.Read(*s.pages, layer, j0, nb, rows.data());
-        DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
-        DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
-      }
-      for (int64_t h = 0; h < G; ++h) {
-        float* sh = &scores[h * kRowBlock];
-        float block_max = running_max[h];
-        for (int64_t j = 0; j < nb; ++j) {
-          sh[j] = (sh[j] + rope[h * kRowBlock + j]) * scale;
-          block_max = std::max(block_max, sh[j]);
-        }
-        if (block_max > running_max[h]) {  // earlier weights shrink by e^(old max - new max)
-          const float shrink = std::exp(running_max[h] - block_max);
-          running_sum[h] *= shrink;
-          float* oh = ol + h * d.rkv;
-          for (int64_t i = 0; i < d.rkv; ++i) oh[i] *= shrink;
-          running_max[h] = block_max;
-        }
-        for (int64_t j = 0; j < nb; ++j) sh[j] -= block_max;
-        ExpInPlace(sh, nb);
-        if (bf16_rows)  // the weights as the sums will use them, so that they normalise exactly
-          for (int64_t j = 0; j < nb; ++j) sh[j] = Bf16ToF32(F32ToBf16(sh[j]));
-        for (int64_t j = 0; j < nb; ++j) running_sum[h] += sh[j];
-      }
-      if (bf16_rows) AxpyRowsBf16Many(scores.data(), kRowBlock, G, block16, d.dim, nb, d.rkv, ol, d.rkv);
-      else AxpyRowsMany(scores.data(), kRowBlock, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
+  }
+  cache.Warm(*s.pages, layer, j0, j1 - j0);
+  for (int64_t jb = j0; jb < j1; jb += kRowBlock) {
+    const int64_t nb = std::min(kRowBlock, j1 - jb);
+    const bf16* block16 = nullptr;
+    if (bf16_rows) {
+      block16 = cache.RowsBf16(*s.pages, layer, jb, nb, rows16.data());
+      DotRowsBf16Many(q16.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), kRowBlock);
+    } else {
+      cache.Read(*s.pages, layer, jb, nb, rows.data());
+      DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
+      DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
     }
     for (int64_t h = 0; h < G; ++h) {
-      const float inv = 1.0f / running_sum[h];
-      float* oh = ol + h * d.rkv;
-      for (int64_t i = 0; i < d.rkv; ++i) oh[i] *= inv;
+      float* sh = &scores[h * kRowBlock];
+      float block_max = out.max[h];
+      for (int64_t j = 0; j < nb; ++j) {
+        sh[j] = (sh[j] + rope[h * kRowBlock + j]) * scale;
+        block_max = std::max(block_max, sh[j]);
+      }
+      if (block_max > out.max[h]) {  // earlier weights shrink by e^(old max - new max)
+        const float shrink = std::exp(out.max[h] - block_max);
+        out.sum[h] *= shrink;
+        float* oh = ol + h * d.rkv;
+        for (int64_t i = 0; i < d.rkv; ++i) oh[i] *= shrink;
+        out.max[h] = block_max;
+      }
+      for (int64_t j = 0; j < nb; ++j) sh[j] -= block_max;
+      ExpInPlace(sh, nb);
+      if (bf16_rows)  // the weights as the sums will use them, so that they normalise exactly
+        for (int64_t j = 0; j < nb; ++j) sh[j] = Bf16ToF32(F32ToBf16(sh[j]));
+      for (int64_t j = 0; j < nb; ++j) out.sum[h] += sh[j];
+    }
+    if (bf16_rows) AxpyRowsBf16Many(scores.data(), kRowBlock, G, block16, d.dim, nb, d.rkv, ol, d.rkv);
+    else AxpyRowsMany(scores.data(), kRowBlock, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
+  }
+}
+
+// acc = acc ⊕ part: both rescaled to the larger maximum, then added.
+void FoldSegment(int64_t G, int64_t rkv, const Partial& acc, const Partial& part) {
+  for (int64_t h = 0; h < G; ++h) {
+    const float m = std::max(acc.max[h], part.max[h]);
+    const float a = std::exp(acc.max[h] - m), b = std::exp(part.max[h] - m);
+    acc.sum[h] = acc.sum[h] * a + part.sum[h] * b;
+    float* o = acc.o + h * rkv;
+    const float* p = part.o + h * rkv;
+    for (int64_t i = 0; i < rkv; ++i) o[i] = o[i] * a + p[i] * b;
+    acc.max[h] = m;
+  }
+}
+
+void Normalise(int64_t G, int64_t rkv, const Partial& acc) {
+  for (int64_t h = 0; h < G; ++h) {
+    const float inv = 1.0f / acc.sum[h];
+    float* o = acc.o + h * rkv;
+    for (int64_t i = 0; i < rkv; ++i) o[i] *= inv;
+  }
+}
+
+int64_t Segments(int64_t visible) { return (visible + kSegmentRows - 1) / kSegmentRows; }
+
+// Every token of slice s, heads [h0, h1), its segments one after another on this thread. Writes
+// those heads of o_latent [n, H, rkv].
+void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t h0, int64_t h1, const float* q_latent,
+                   const float* q, const PagedKvCache& cache, float scale, float* o_latent) {
+  const int64_t G = h1 - h0;
+  std::vector<float> max(2 * G), sum(2 * G);
+  FloatBuffer part_o(G * d.rkv);
+  for (int64_t t = 0; t < s.n_tokens; ++t) {
+    const int64_t visible = s.start_pos + t + 1;
+    const Partial acc{o_latent + ((s.offset + t) * d.H + h0) * d.rkv, max.data(), sum.data()};
+    const Partial part{part_o.data(), max.data() + G, sum.data() + G};
+    AttendSegment(d, layer, s, t, h0, h1, 0, std::min(visible, kSegmentRows), q_latent, q, cache, scale, acc);
+    for (int64_t j0 = kSegmentRows; j0 < visible; j0 += kSegmentRows) {
+      AttendSegment(d, layer, s, t, h0, h1, j0, std::min(visible, j0 + kSegmentRows), q_latent, q, cache, scale, part);
+      FoldSegment(G, d.rkv, acc, part);
+    }
+    Normalise(G, d.rkv, acc);
+  }
+}
+
+// One token's heads [h0, h1) whose segments run as separate work items.
+struct SplitToken {
+  const SequenceSlice* s;
+  int64_t t, h0, h1, segments;
+};
+
+// The tokens' segments as work items over every thread, a window of segments at a time (their
+// partial results held until folded, in order, into each token's output): few tokens over a
+// long context keep every thread busy, each reading its own part of the context.
+void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& tokens, const float* q_latent,
+                   const float* q, const PagedKvCache& cache, float scale, float* o_latent, int threads) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  int64_t most = 0, G = 0;
+  for (const SplitToken& x : tokens) most = std::max(most, x.segments), G = std::max(G, x.h1 - x.h0);
+  const int64_t window = std::max<int64_t>(2, (4 * threads + n - 1) / n);  // segments per token at a time
+  std::vector<float> acc_max(n * G), acc_sum(n * G), part_max(n * window * G), part_sum(n * window * G);
+  FloatBuffer part_o(n * window * G * d.rkv);
+  auto acc = [&](int64_t i) {
+    const SplitToken& x = tokens[i];
+    return Partial{o_latent + ((x.s->offset + x.t) * d.H + x.h0) * d.rkv, &acc_max[i * G], &acc_sum[i * G]};
+  };
+  auto part = [&](int64_t i, int64_t k) {
+    const int64_t slot = i * window + k;
+    return Partial{&part_o[slot * G * d.rkv], &part_max[slot * G], &part_sum[slot * G]};
+  };
+  for (int64_t k0 = 0; k0 < most; k0 += window) {
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+    for (int64_t item = 0; item < n * window; ++item) {
+      const int64_t i = item % n, k = k0 + item / n;
+      const SplitToken& x = tokens[i];
+      if (k >= x.segments) continue;
+      const int64_t visible = x.s->start_pos + x.t + 1, j0 = k * kSegmentRows;
+      const int64_t j1 = std::min(visible, j0 + kSegmentRows);
+      const Partial out = k == 0 ? acc(i) : part(i, k - k0);  // a token's first segment straight to its output
+      AttendSegment(d, layer, *x.s, x.t, x.h0, x.h1, j0, j1, q_latent, q, cache, scale, out);
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i) {
+      const SplitToken& x = tokens[i];
+      for (int64_t k = std::max<int64_t>(k0, 1); k < std::min(k0 + window, x.segments); ++k)
+        FoldSegment(x.h1 - x.h0, d.rkv, acc(i), part(i, k - k0));
+      if (k0 + window >= x.segments) Normalise(x.h1 - x.h0, d.rkv, acc(i));
     }
   }
 }
@@ -224,10 +316,32 @@ absl::Status CpuBackend::MlaAbsorbed(const MlaOp& op) {
     PerHeadLinear(op.w->w_uv.data(), d.H, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
     return absl::OkStatus();
   }
-  // Fewer sequences than threads (a small decode batch): work items of (sequence, head group),
-  // each reading the context once and projecting its own heads' queries and outputs around its
-  // attention, in one parallel region (the per-head products inside it run on the item's
-  // thread, to the same bits).
+  // Fewer tokens than threads (a small decode batch) over more than one segment of keys: the
+  // per-head products batched over every row, and the segments of every (token, head group)
+  // spread over the threads.
+  const int64_t rows = static_cast<int64_t>(absorbed_rows.size());
+  int64_t segments = 0;
+  for (const SequenceSlice* s : absorbed)
+    for (int64_t t = 0; t < s->n_tokens; ++t) segments += Segments(s->start_pos + t + 1);
+  if (rows < threads && segments > rows) {
+    const int64_t groups = std::min<int64_t>(d.H, (threads + segments - 1) / segments);
+    const int64_t per_group = (d.H + groups - 1) / groups;
+    std::vector<SplitToken> tokens;
+    for (const SequenceSlice* s : absorbed)
+      for (int64_t t = 0; t < s->n_tokens; ++t)
+        for (int64_t h0 = 0; h0 < d.H; h0 += per_group)
+          tokens.push_back({s, t, h0, std::min(d.H, h0 + per_group), Segments(s->start_pos + t + 1)});
+    PerHeadLinear(op.w->w_uk_t.data(), d.H, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent.data(), d.rkv,
+                  d.H * d.rkv);
+    AbsorbedSplit(d, op.layer, tokens, q_latent.data(), op.q, cache_, scale, o_latent.data(),
+                  static_cast<int>(threads));
+    PerHeadLinear(op.w->w_uv.data(), d.H, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
+    return absl::OkStatus();
+  }
+  // Otherwise (every token's keys in one segment, or as many tokens as threads): work items of
+  // (sequence, head group), each reading the context once and projecting its own heads' queries
+  // and outputs around its attention, in one parallel region (the per-head products inside it
+  // run on the item's thread, to the same bits).
   const int64_t groups = std::min<int64_t>(d.H, (threads + n - 1) / n);
   const int64_t per_group = (d.H + groups - 1) / groups;
 #pragma omp parallel for schedule(dynamic)
