@@ -210,11 +210,7 @@ void PagedKvCache::Warm(const PageTable& pages, int64_t layer, int64_t begin, in
     const int64_t slot = pos % options_.page_size;
     const int64_t run = std::min(begin + n - pos, options_.page_size - slot);
     const uint8_t* rows = Row(pages[pos / options_.page_size], layer, slot);
-    for (size_t at = 0; at < static_cast<size_t>(run) * row_bytes_; at += kLine) {
-      uint64_t word;
-      std::memcpy(&word, rows + at, sizeof(word));
-      sum += word;
-    }
+    for (size_t at = 0; at < static_cast<size_t>(run) * row_bytes_; at += kLine) sum += rows[at];
     pos += run;
   }
   asm volatile("" : : "r"(sum));  // the loads are the point: keep them

@@ -81,7 +81,7 @@ class PagedKvCache {
   // A bf16 cache's positions [begin, begin + n) of `layer` as bf16 rows dim() apart: in place
   // when they lie in one page, else copied into `scratch` [n, dim].
   const bf16* RowsBf16(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, bf16* scratch) const;
-  // Loads one word of each cache line of positions [begin, begin + n) of `layer`, in address
+  // Loads one byte of each cache line of positions [begin, begin + n) of `layer`, in address
   // order, and nothing else: a plain stream the CPU's prefetchers follow at full speed, so that a
   // Read or RowsBf16 of those rows soon after finds them in cache.
   void Warm(const PageTable& pages, int64_t layer, int64_t begin, int64_t n) const;
