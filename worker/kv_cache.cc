@@ -177,11 +177,18 @@ void PagedKvCache::Write(const PageTable& pages, int64_t layer, int64_t pos, con
   }
 }
 
-void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const {
+template <typename Fn>
+void PagedKvCache::ForEachRun(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, Fn fn) const {
   for (int64_t pos = begin; pos < begin + n;) {
     const int64_t slot = pos % options_.page_size;
     const int64_t run = std::min(begin + n - pos, options_.page_size - slot);
-    const uint8_t* row = Row(pages[pos / options_.page_size], layer, slot);
+    fn(static_cast<const uint8_t*>(Row(pages[pos / options_.page_size], layer, slot)), pos, run);
+    pos += run;
+  }
+}
+
+void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, float* out) const {
+  ForEachRun(pages, layer, begin, n, [&](const uint8_t* row, int64_t pos, int64_t run) {
     float* dst = out + (pos - begin) * dim_;
     switch (options_.dtype) {
       case DType::kF32: std::memcpy(dst, row, run * dim_ * 4); break;
@@ -190,8 +197,7 @@ void PagedKvCache::Read(const PageTable& pages, int64_t layer, int64_t begin, in
         for (int64_t i = 0; i < run; ++i) ReadFp8Row(row + i * row_bytes_, kv_lora_rank_, dim_ - kv_lora_rank_, dst + i * dim_);
         break;
     }
-    pos += run;
-  }
+  });
 }
 
 const bf16* PagedKvCache::RowsBf16(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, bf16* scratch) const {
@@ -206,13 +212,9 @@ const bf16* PagedKvCache::RowsBf16(const PageTable& pages, int64_t layer, int64_
 void PagedKvCache::Warm(const PageTable& pages, int64_t layer, int64_t begin, int64_t n) const {
   constexpr size_t kLine = 64;
   uint64_t sum = 0;
-  for (int64_t pos = begin; pos < begin + n;) {
-    const int64_t slot = pos % options_.page_size;
-    const int64_t run = std::min(begin + n - pos, options_.page_size - slot);
-    const uint8_t* rows = Row(pages[pos / options_.page_size], layer, slot);
+  ForEachRun(pages, layer, begin, n, [&](const uint8_t* rows, int64_t, int64_t run) {
     for (size_t at = 0; at < static_cast<size_t>(run) * row_bytes_; at += kLine) sum += rows[at];
-    pos += run;
-  }
+  });
   asm volatile("" : : "r"(sum));  // the loads are the point: keep them
 }
 

@@ -119,6 +119,10 @@ class PagedKvCache {
 
  private:
   uint8_t* Row(int32_t page, int64_t layer, int64_t slot) const;
+  // fn(rows, pos, run) for each run of positions [begin, begin + n) of `layer` that lie in one
+  // page: `run` rows from `rows`, the first at position `pos` (defined in kv_cache.cc).
+  template <typename Fn>
+  void ForEachRun(const PageTable& pages, int64_t layer, int64_t begin, int64_t n, Fn fn) const;
 
   struct PageInfo {
     int32_t refs = 0;
