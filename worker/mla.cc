@@ -26,8 +26,11 @@ struct Dims {
 // blockings by shape, and bf16-rounded activations would turn their last-bit differences into
 // visible ones).
 
-// Rows of the cache widened to float a block at a time (a few KB, in L1), never the context.
+// Rows of the cache widened to float a block at a time (a few KB, in L1), never the context. A
+// bf16 cache on a tier with a bf16 dot-product unit is read in place, in longer blocks: each call
+// of the weighted sums then loads and stores its heads' outputs once per 64 rows, not 16.
 constexpr int64_t kRowBlock = 16;
+constexpr int64_t kBf16RowBlock = 64;
 // The absorbed form attends to a token's keys in segments of kSegmentRows positions, and first
 // streams each segment's rows into cache (PagedKvCache::Warm): a decode step's context is rarely
 // in cache (the step streamed the weights since), and the attention's own loads, a few rows at a
@@ -115,8 +118,9 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
   // ([q_latent | q_pe]) and the softmax weights rounded to bf16 as that tier rounds every
   // activation; else the rows widened to float a block at a time.
   const bool bf16_rows = cache.dtype() == DType::kBF16 && HasBf16Attention();
-  FloatBuffer rows(bf16_rows ? 0 : kRowBlock * d.dim), scores(G * kRowBlock), rope(G * kRowBlock, 0.0f);
-  std::vector<bf16> q16(bf16_rows ? G * d.dim : 0), rows16(bf16_rows ? kRowBlock * d.dim : 0);
+  const int64_t block = bf16_rows ? kBf16RowBlock : kRowBlock;
+  FloatBuffer rows(bf16_rows ? 0 : block * d.dim), scores(G * block), rope(G * block, 0.0f);
+  std::vector<bf16> q16(bf16_rows ? G * d.dim : 0), rows16(bf16_rows ? block * d.dim : 0);
   const float* ql = q_latent + (row * d.H + h0) * d.rkv;
   const float* qpe = q + (row * d.H + h0) * d.qk() + d.dn;
   float* ol = out.o;
@@ -130,22 +134,22 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     }
   }
   cache.Warm(*s.pages, layer, j0, j1 - j0);
-  for (int64_t jb = j0; jb < j1; jb += kRowBlock) {
-    const int64_t nb = std::min(kRowBlock, j1 - jb);
+  for (int64_t jb = j0; jb < j1; jb += block) {
+    const int64_t nb = std::min(block, j1 - jb);
     const bf16* block16 = nullptr;
     if (bf16_rows) {
       block16 = cache.RowsBf16(*s.pages, layer, jb, nb, rows16.data());
-      DotRowsBf16Many(q16.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), kRowBlock);
+      DotRowsBf16Many(q16.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
     } else {
       cache.Read(*s.pages, layer, jb, nb, rows.data());
-      DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), kRowBlock);
-      DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), kRowBlock);
+      DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), block);
+      DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), block);
     }
     for (int64_t h = 0; h < G; ++h) {
-      float* sh = &scores[h * kRowBlock];
+      float* sh = &scores[h * block];
       float block_max = out.max[h];
       for (int64_t j = 0; j < nb; ++j) {
-        sh[j] = (sh[j] + rope[h * kRowBlock + j]) * scale;
+        sh[j] = (sh[j] + rope[h * block + j]) * scale;
         block_max = std::max(block_max, sh[j]);
       }
       if (block_max > out.max[h]) {  // earlier weights shrink by e^(old max - new max)
@@ -161,8 +165,8 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
         for (int64_t j = 0; j < nb; ++j) sh[j] = Bf16ToF32(F32ToBf16(sh[j]));
       for (int64_t j = 0; j < nb; ++j) out.sum[h] += sh[j];
     }
-    if (bf16_rows) AxpyRowsBf16Many(scores.data(), kRowBlock, G, block16, d.dim, nb, d.rkv, ol, d.rkv);
-    else AxpyRowsMany(scores.data(), kRowBlock, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
+    if (bf16_rows) AxpyRowsBf16Many(scores.data(), block, G, block16, d.dim, nb, d.rkv, ol, d.rkv);
+    else AxpyRowsMany(scores.data(), block, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
   }
 }
 

@@ -373,48 +373,81 @@ void DotRowsBf16(const uint16_t* q, int64_t q_stride, int64_t heads, const uint1
   }
 }
 
-// Weighted sums of bf16 rows, kH heads at a time: each 16-column chunk of the rows is
-// interleaved by row pairs once ([row j, row j+1] per column: VDPBF16PS's pairs) and used by
-// every head, whose pair of weights is one broadcast bf16 pair.
+// 16 floats to bf16 exactly as F32ToBf16 rounds them (to nearest even; NaN stays NaN, quietened).
+__attribute__((always_inline)) inline __m256i RoundToBf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v), high = _mm512_srli_epi32(bits, 16);
+  const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(high, _mm512_set1_epi32(1)));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+  const __mmask16 nan =
+      _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  return _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(rounded, nan, high, _mm512_set1_epi32(0x40)));
+}
+
+// Weighted sums of bf16 rows, kH heads at a time, 32 columns at a time: rows j and j + 1 are
+// interleaved into VDPBF16PS's pairs by two in-lane unpacks (columns 0-3, 8-11, 16-19, 24-27
+// of the pair in one register, 4-7, 12-15, 20-23, 28-31 in the other) and used by every head,
+// whose pair of weights is one broadcast bf16 pair. y is moved into that column order when loaded
+// and back when stored: each column's chain is the same as in row order.
 template <int kH>
 void AxpyRowsBf16Heads(const uint32_t* w_pairs, int64_t pairs, const uint16_t* rows, int64_t stride, int64_t n_rows,
                        int64_t dim, float* y, int64_t y_stride) {
-  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
-                                              37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  for (int64_t c = 0; c < dim; c += 16) {
-    const __mmask16 m = dim - c >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (dim - c)) - 1);
-    __m512 acc[kH];
-    for (int h = 0; h < kH; ++h) acc[h] = _mm512_maskz_loadu_ps(m, y + h * y_stride + c);
+  const __m512i lo_of_y = _mm512_set_epi32(27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0);
+  const __m512i hi_of_y = _mm512_set_epi32(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4);
+  const __m512i y0_of = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+  const __m512i y1_of = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+  for (int64_t c = 0; c < dim; c += 32) {
+    const __mmask32 m = dim - c >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << (dim - c)) - 1);
+    const __mmask16 m0 = static_cast<__mmask16>(m), m1 = static_cast<__mmask16>(m >> 16);
+    __m512 lo[kH], hi[kH];
+    for (int h = 0; h < kH; ++h) {
+      const __m512 y0 = _mm512_maskz_loadu_ps(m0, y + h * y_stride + c);
+      const __m512 y1 = _mm512_maskz_loadu_ps(m1, y + h * y_stride + c + 16);
+      lo[h] = _mm512_permutex2var_ps(y0, lo_of_y, y1);
+      hi[h] = _mm512_permutex2var_ps(y0, hi_of_y, y1);
+    }
     for (int64_t p = 0; p < pairs; ++p) {
       const int64_t j = 2 * p;
-      const __m512i r0 = _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(m, rows + j * stride + c));
-      const __m512i r1 = j + 1 < n_rows ? _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(m, rows + (j + 1) * stride + c))
-                                        : _mm512_setzero_si512();
-      const __m512bh v = (__m512bh)_mm512_permutex2var_epi16(r0, interleave, r1);
-      for (int h = 0; h < kH; ++h)
-        acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)_mm512_set1_epi32(static_cast<int>(w_pairs[h * pairs + p])), v);
+      const __m512i r0 = _mm512_maskz_loadu_epi16(m, rows + j * stride + c);
+      const __m512i r1 =
+          j + 1 < n_rows ? _mm512_maskz_loadu_epi16(m, rows + (j + 1) * stride + c) : _mm512_setzero_si512();
+      const __m512bh a = (__m512bh)_mm512_unpacklo_epi16(r0, r1), b = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+      for (int h = 0; h < kH; ++h) {
+        const __m512bh wp = (__m512bh)_mm512_set1_epi32(static_cast<int>(w_pairs[h * pairs + p]));
+        lo[h] = _mm512_dpbf16_ps(lo[h], wp, a);
+        hi[h] = _mm512_dpbf16_ps(hi[h], wp, b);
+      }
     }
-    for (int h = 0; h < kH; ++h) _mm512_mask_storeu_ps(y + h * y_stride + c, m, acc[h]);
+    for (int h = 0; h < kH; ++h) {
+      _mm512_mask_storeu_ps(y + h * y_stride + c, m0, _mm512_permutex2var_ps(lo[h], y0_of, hi[h]));
+      _mm512_mask_storeu_ps(y + h * y_stride + c + 16, m1, _mm512_permutex2var_ps(lo[h], y1_of, hi[h]));
+    }
   }
 }
 
 void AxpyRowsBf16(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride, int64_t n_rows,
                   int64_t dim, float* y, int64_t y_stride) {
-  constexpr int kMaxH = 4;
-  uint32_t w_pairs[kMaxH * 64];
+  constexpr int kMaxH = 8;
+  alignas(64) uint16_t w16[kMaxH * 128];  // each head's weights as bf16, pairs read as one 32-bit word
+  const auto* w_pairs = reinterpret_cast<const uint32_t*>(w16);
   for (int64_t h0 = 0; h0 < heads; h0 += kMaxH) {
     const int64_t hn = std::min<int64_t>(kMaxH, heads - h0);
     for (int64_t r0 = 0; r0 < n_rows; r0 += 128) {  // 64 weight pairs per head at a time
       const int64_t rn = std::min<int64_t>(128, n_rows - r0), pn = (rn + 1) / 2;
-      for (int64_t h = 0; h < hn; ++h)
-        for (int64_t p = 0; p < pn; ++p) {
-          const float* wh = w + (h0 + h) * w_stride + r0;
-          const uint32_t lo = F32ToBf16(wh[2 * p]), hi = 2 * p + 1 < rn ? F32ToBf16(wh[2 * p + 1]) : 0;
-          w_pairs[h * pn + p] = lo | hi << 16;
+      for (int64_t h = 0; h < hn; ++h) {
+        const float* wh = w + (h0 + h) * w_stride + r0;
+        uint16_t* out = w16 + h * 2 * pn;
+        for (int64_t i = 0; i < 2 * pn; i += 16) {
+          const __mmask16 m = rn - i >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (rn - i)) - 1);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), RoundToBf16(_mm512_maskz_loadu_ps(m, wh + i)));
         }
+      }
       const uint16_t* r = rows + r0 * stride;
       float* yh = y + h0 * y_stride;
       switch (hn) {
+        case 8: AxpyRowsBf16Heads<8>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
+        case 7: AxpyRowsBf16Heads<7>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
+        case 6: AxpyRowsBf16Heads<6>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
+        case 5: AxpyRowsBf16Heads<5>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
         case 4: AxpyRowsBf16Heads<4>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
         case 3: AxpyRowsBf16Heads<3>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
         case 2: AxpyRowsBf16Heads<2>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
