@@ -61,6 +61,12 @@ void DotRowsBf16Many(const uint16_t* q, int64_t q_stride, int64_t heads, const u
                      int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
 void AxpyRowsBf16Many(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                       int64_t n_rows, int64_t dim, float* y, int64_t y_stride);
+// DotRowsBf16Many's scores with each score one multiply-add chain over the pairs of d in order
+// (the rows transposed into lanes, 16 at a time, once for every head): faster with many heads
+// (DeepSeek-V3's 128), slower with few. Its last bits differ from DotRowsBf16Many's: a caller
+// picks one by something that does not change with the batch or the threads.
+void DotRowsBf16Transposed(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                           int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
 
 // out[i] = Fp8E4M3ToF32(codes[i]) · scale, bitwise the same on every tier (the FP8 latent cache).
 void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out);

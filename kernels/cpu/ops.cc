@@ -88,6 +88,12 @@ void DotRowsBf16Many(const uint16_t* q, int64_t q_stride, int64_t heads, const u
   cpu::Kernels().dot_rows_bf16(q, q_stride, heads, rows, stride, n_rows, dim, out, out_stride);
 }
 
+void DotRowsBf16Transposed(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                           int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
+  DAEDALUS_CHECK(HasBf16Attention());
+  cpu::Kernels().dot_rows_bf16_transposed(q, q_stride, heads, rows, stride, n_rows, dim, out, out_stride);
+}
+
 void AxpyRowsBf16Many(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                       int64_t n_rows, int64_t dim, float* y, int64_t y_stride) {
   DAEDALUS_CHECK(HasBf16Attention());

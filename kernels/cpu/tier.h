@@ -86,11 +86,16 @@ struct TierKernels {
   //     bf16), 16 lanes of pairs in order of d, then a fixed tree: one order per dim;
   //   axpy_rows_bf16: y_h[i] += Σ_j bf16(w_h[j])·row_j[i] for i < dim, the rows in pairs in order
   //     (an odd last row paired with a zero), one chain per y_h[i] continuing across calls.
+  //   dot_rows_bf16_transposed: dot_rows_bf16's scores as one chain over the pairs of d in order,
+  //     the rows transposed into lanes once per 16 rows for every head (many heads: no sums across
+  //     lanes, each row read once).
   // Each head's result is bitwise the same whichever heads share the call.
   void (*dot_rows_bf16)(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                         int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
   void (*axpy_rows_bf16)(const float* w, int64_t w_stride, int64_t heads, const uint16_t* rows, int64_t stride,
                          int64_t n_rows, int64_t dim, float* y, int64_t y_stride);
+  void (*dot_rows_bf16_transposed)(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows,
+                                   int64_t stride, int64_t n_rows, int64_t dim, float* out, int64_t out_stride);
   // The amx tier's tiles (null elsewhere), for BF16 and FP8 weights whose input count K is a
   // multiple of kTileInputs; other weights take the entries above, so which kernel multiplies
   // a weight never depends on the batch.

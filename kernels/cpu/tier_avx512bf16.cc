@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "core/dtype.h"
@@ -373,6 +374,74 @@ void DotRowsBf16(const uint16_t* q, int64_t q_stride, int64_t heads, const uint1
   }
 }
 
+// Scores of 16 rows (lanes) for kH queries over the transposed rows' pairs [c0, c0 + cn) (T:
+// pair p's 16 lanes at T + 16·(p - c0)), continuing each chain from out where `resume`. A pair
+// past dim (odd dim) takes the query's last element alone.
+template <int kH>
+void ScoresOfLanes(const uint16_t* q, int64_t q_stride, int64_t c0, int64_t cn, int64_t dim, const uint32_t* T,
+                   bool resume, __mmask16 lanes, float* out, int64_t out_stride) {
+  __m512 acc[kH];
+  for (int h = 0; h < kH; ++h)
+    acc[h] = resume ? _mm512_maskz_loadu_ps(lanes, out + h * out_stride) : _mm512_setzero_ps();
+  const int64_t whole = std::min(cn, dim / 2 - c0);  // pairs with both elements inside dim
+  for (int64_t p = 0; p < whole; ++p) {
+    const __m512bh t = (__m512bh)_mm512_load_si512(T + 16 * p);
+    for (int h = 0; h < kH; ++h) {
+      int32_t pair;
+      std::memcpy(&pair, q + h * q_stride + 2 * (c0 + p), 4);
+      acc[h] = _mm512_dpbf16_ps(acc[h], t, (__m512bh)_mm512_set1_epi32(pair));
+    }
+  }
+  if (whole < cn) {  // the odd last element
+    const __m512bh t = (__m512bh)_mm512_load_si512(T + 16 * whole);
+    for (int h = 0; h < kH; ++h)
+      acc[h] = _mm512_dpbf16_ps(acc[h], t, (__m512bh)_mm512_set1_epi32(q[h * q_stride + dim - 1]));
+  }
+  for (int h = 0; h < kH; ++h) _mm512_mask_storeu_ps(out + h * out_stride, lanes, acc[h]);
+}
+
+// Scores with the rows transposed, 16 at a time, into lanes (row j in lane j, a pair of dims per
+// word) and shared by every query, 8 queries at a time: no horizontal sums, and each row is read
+// once for all the heads, where the tiles above read it once per 4. Each score is one chain over
+// the pairs of d in order, whatever the rows or heads beside it.
+void DotRowsBf16Transposed(const uint16_t* q, int64_t q_stride, int64_t heads, const uint16_t* rows, int64_t stride,
+                           int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
+  constexpr int64_t kChunkPairs = 320;  // 20 KB of transposed rows: DeepSeek-V3's 576 dims in one chunk
+  alignas(64) uint32_t T[kChunkPairs * 16];
+  const int64_t pairs = (dim + 1) / 2;
+  for (int64_t j0 = 0; j0 < n_rows; j0 += 16) {
+    const int nr = static_cast<int>(std::min<int64_t>(16, n_rows - j0));
+    const __mmask16 lanes = static_cast<__mmask16>((1u << nr) - 1);
+    for (int64_t c0 = 0; c0 < pairs; c0 += kChunkPairs) {
+      const int64_t cn = std::min(kChunkPairs, pairs - c0);
+      for (int64_t p0 = 0; p0 < cn; p0 += 16) {
+        const int64_t d0 = 2 * (c0 + p0);
+        const __mmask32 m = dim - d0 >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << (dim - d0)) - 1);
+        __m512i r[16];
+        for (int j = 0; j < 16; ++j)
+          r[j] = j < nr ? _mm512_maskz_loadu_epi16(m, rows + (j0 + j) * stride + d0) : _mm512_setzero_si512();
+        Transpose16x16(r);
+        for (int i = 0; i < 16; ++i) _mm512_store_si512(T + 16 * (p0 + i), r[i]);
+      }
+      for (int64_t h = 0; h < heads; h += 8) {
+        const uint16_t* qh = q + h * q_stride;
+        float* o = out + h * out_stride + j0;
+        const bool resume = c0 > 0;
+        switch (std::min<int64_t>(8, heads - h)) {
+          case 8: ScoresOfLanes<8>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+          case 7: ScoresOfLanes<7>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+          case 6: ScoresOfLanes<6>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+          case 5: ScoresOfLanes<5>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+          case 4: ScoresOfLanes<4>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+          case 3: ScoresOfLanes<3>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+          case 2: ScoresOfLanes<2>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+          default: ScoresOfLanes<1>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
+        }
+      }
+    }
+  }
+}
+
 // 16 floats to bf16 exactly as F32ToBf16 rounds them (to nearest even; NaN stays NaN, quietened).
 __attribute__((always_inline)) inline __m256i RoundToBf16(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v), high = _mm512_srli_epi32(bits, 16);
@@ -476,7 +545,7 @@ TierKernels Avx512Bf16Table(bool vbmi) {
           vbmi ? DecodeFp8Vbmi : DecodeFp8, PanelFp8Decoded, ExpAvx512, SoftmaxAvx512,
           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512,
           DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe, ReadProbeAvx512,
-          DotRowsBf16, AxpyRowsBf16, nullptr, nullptr, nullptr};
+          DotRowsBf16, AxpyRowsBf16, DotRowsBf16Transposed, nullptr, nullptr, nullptr};
 }
 
 }  // namespace

@@ -147,24 +147,28 @@ TEST_P(OpsTier, ManyQueryScoresEqualOneQueryAtATimeBitwise) {
 
 // Attention over bf16 rows (tiers with a bf16 dot-product unit): scores and weighted sums against
 // double sums of the same bf16 operands (weights rounded to bf16 as the kernel rounds them),
-// within float accumulation error; each head and each row bitwise what it gives alone; row counts that leave
-// an odd row and dims that leave tails (tiny's 80, bench's 288, DeepSeek-V3's 576).
+// within float accumulation error; each head and each row bitwise what it gives alone (the tiled
+// and the transposed scores); row counts that leave an odd row, dims that leave tails (tiny's 80,
+// bench's 288, DeepSeek-V3's 576, and 701: odd, past one chunk of transposed rows) and heads past
+// one group of 8.
 TEST_P(OpsTier, Bf16RowAttentionMatchesReferenceAndEachHeadAlone) {
   if (!HasBf16Attention()) GTEST_SKIP() << "tier " << CpuIsaName(GetParam()) << " has no bf16 attention kernels";
-  for (const int64_t dim : {80, 288, 576, 33}) {
-    const int64_t n = 37, heads = 7, stride = dim + 5;
+  for (const int64_t dim : {80, 288, 576, 33, 701}) {
+    const int64_t n = 37, heads = 19, stride = dim + 5;
     std::vector<bf16> rows(n * stride), q(heads * dim);
     for (size_t i = 0; i < rows.size(); ++i) rows[i] = F32ToBf16(static_cast<float>(std::cos(0.37 * static_cast<double>(i))));
     for (size_t i = 0; i < q.size(); ++i) q[i] = F32ToBf16(static_cast<float>(std::sin(0.11 * static_cast<double>(i))));
     std::vector<float> w(heads * n);
     for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(0.5 + 0.5 * std::sin(0.7 * static_cast<double>(i)));
     for (const int64_t rows_n : {int64_t{1}, int64_t{16}, int64_t{17}, n}) {
-      std::vector<float> scores(heads * n), one(n);
+      std::vector<float> scores(heads * n), one(n), lanes(heads * n), lanes_one(n);
       DotRowsBf16Many(q.data(), dim, heads, rows.data(), stride, rows_n, dim, scores.data(), n);
+      DotRowsBf16Transposed(q.data(), dim, heads, rows.data(), stride, rows_n, dim, lanes.data(), n);
       std::vector<float> y(heads * dim, 0.25f), y_one(dim);
       AxpyRowsBf16Many(w.data(), n, heads, rows.data(), stride, rows_n, dim, y.data(), dim);
       for (int64_t h = 0; h < heads; ++h) {
         DotRowsBf16Many(q.data() + h * dim, dim, 1, rows.data(), stride, rows_n, dim, one.data(), n);
+        DotRowsBf16Transposed(q.data() + h * dim, dim, 1, rows.data(), stride, rows_n, dim, lanes_one.data(), n);
         std::fill(y_one.begin(), y_one.end(), 0.25f);
         AxpyRowsBf16Many(w.data() + h * n, n, 1, rows.data(), stride, rows_n, dim, y_one.data(), dim);
         for (int64_t j = 0; j < rows_n; ++j) {
@@ -179,6 +183,13 @@ TEST_P(OpsTier, Bf16RowAttentionMatchesReferenceAndEachHeadAlone) {
           float alone = 0;  // the row by itself: its score does not depend on the rows beside it
           DotRowsBf16Many(q.data() + h * dim, dim, 1, rows.data() + j * stride, stride, 1, dim, &alone, 1);
           ASSERT_EQ(scores[h * n + j], alone) << "dim " << dim << " head " << h << " row " << j;
+          // The transposed scores: one float chain of (dim + 1) / 2 steps, each within 2^-24 of
+          // what it adds to; the same alone.
+          ASSERT_NEAR(lanes[h * n + j], want, (dim + 1) / 2 * 0x1p-24 * magnitude + 1e-30)
+              << "transposed, dim " << dim << " head " << h << " row " << j;
+          ASSERT_EQ(lanes[h * n + j], lanes_one[j]) << "transposed, dim " << dim << " head " << h << " row " << j;
+          DotRowsBf16Transposed(q.data() + h * dim, dim, 1, rows.data() + j * stride, stride, 1, dim, &alone, 1);
+          ASSERT_EQ(lanes[h * n + j], alone) << "transposed, dim " << dim << " head " << h << " row " << j;
         }
         for (int64_t i = 0; i < dim; ++i) {
           double want = 0.25, magnitude = 0.25;

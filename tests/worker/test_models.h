@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "gtest/gtest.h"
 #include "worker/make_model.h"
@@ -13,17 +14,20 @@
 
 namespace daedalus::testing {
 
-// The `tiny` preset at `dtype` (seed 7), loaded; `yarn` adds rope_scaling with factor 8.
-inline const ModelWeights& TinyModel(DType dtype, bool yarn = false) {
-  static std::map<std::pair<DType, bool>, std::unique_ptr<ModelWeights>> cache;
-  auto key = std::make_pair(dtype, yarn);
+// The `tiny` preset at `dtype` (seed 7), loaded; `yarn` adds rope_scaling with factor 8; `heads`,
+// when not 0, replaces its attention head count.
+inline const ModelWeights& TinyModel(DType dtype, bool yarn = false, int64_t heads = 0) {
+  static std::map<std::tuple<DType, bool, int64_t>, std::unique_ptr<ModelWeights>> cache;
+  auto key = std::make_tuple(dtype, yarn, heads);
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
   const auto dir = std::filesystem::temp_directory_path() /
-                   ("daedalus-test-" + std::to_string(::getpid()) + "-" + DTypeName(dtype) + (yarn ? "-yarn" : ""));
+                   ("daedalus-test-" + std::to_string(::getpid()) + "-" + DTypeName(dtype) + (yarn ? "-yarn" : "") +
+                    "-h" + std::to_string(heads));
   auto config = PresetConfig("tiny");
   EXPECT_TRUE(config.ok());
   if (yarn) config->rope_scaling = RopeScaling{8.0, 512, 32.0, 1.0, 1.0, 1.0};
+  if (heads != 0) config->num_attention_heads = heads;
   MakeModelOptions options;
   options.dtype = dtype;
   EXPECT_TRUE(MakeModel(*config, options, dir.string()).ok());
