@@ -113,30 +113,38 @@ struct Partial {
   float* sum;
 };
 
-// Heads [h0, h1) of token t of slice s over its keys [j0, j1) (at most kSegmentRows).
+// A bf16 cache on a tier with a bf16 dot-product unit: the rows are read in place, the query
+// ([q_latent | q_pe]) and the softmax weights rounded to bf16 as that tier rounds every
+// activation; else the rows widened to float a block at a time.
+bool Bf16Rows(const PagedKvCache& cache) { return cache.dtype() == DType::kBF16 && HasBf16Attention(); }
+
+// Heads [h0, h1) of token row's [q_latent | q_pe] in bf16: out [h1 - h0, dim], converted once per
+// token and read by each of its segments.
+std::vector<bf16> QueryBf16(const Dims& d, int64_t row, int64_t h0, int64_t h1, const float* q_latent, const float* q) {
+  std::vector<bf16> out((h1 - h0) * d.dim);
+  for (int64_t h = h0; h < h1; ++h) {
+    F32ToBf16(q_latent + (row * d.H + h) * d.rkv, &out[(h - h0) * d.dim], d.rkv);
+    F32ToBf16(q + (row * d.H + h) * d.qk() + d.dn, &out[(h - h0) * d.dim + d.rkv], d.dr);
+  }
+  return out;
+}
+
+// Heads [h0, h1) of token t of slice s over its keys [j0, j1) (at most kSegmentRows). q16: the
+// heads' query from QueryBf16 where Bf16Rows(cache), else unused.
 void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t t, int64_t h0, int64_t h1, int64_t j0,
-                   int64_t j1, const float* q_latent, const float* q, const PagedKvCache& cache, float scale,
-                   const Partial& out) {
+                   int64_t j1, const float* q_latent, const float* q, const bf16* q16, const PagedKvCache& cache,
+                   float scale, const Partial& out) {
   const int64_t G = h1 - h0, row = s.offset + t;
-  // A bf16 cache on a tier with a bf16 dot-product unit: the rows are read in place, the query
-  // ([q_latent | q_pe]) and the softmax weights rounded to bf16 as that tier rounds every
-  // activation; else the rows widened to float a block at a time.
-  const bool bf16_rows = cache.dtype() == DType::kBF16 && HasBf16Attention();
+  const bool bf16_rows = Bf16Rows(cache);
   const int64_t block = bf16_rows ? kBf16RowBlock : kRowBlock;
-  FloatBuffer rows(bf16_rows ? 0 : block * d.dim), scores(G * block), rope(G * block, 0.0f);
-  std::vector<bf16> q16(bf16_rows ? G * d.dim : 0), rows16(bf16_rows ? block * d.dim : 0);
+  FloatBuffer rows(bf16_rows ? 0 : block * d.dim), scores(G * block), rope(bf16_rows ? 0 : G * block, 0.0f);
+  std::vector<bf16> rows16(bf16_rows ? block * d.dim : 0);
   const float* ql = q_latent + (row * d.H + h0) * d.rkv;
   const float* qpe = q + (row * d.H + h0) * d.qk() + d.dn;
   float* ol = out.o;
   std::fill(ol, ol + G * d.rkv, 0.0f);
   std::fill(out.max, out.max + G, -std::numeric_limits<float>::infinity());
   std::fill(out.sum, out.sum + G, 0.0f);
-  if (bf16_rows) {
-    for (int64_t h = 0; h < G; ++h) {
-      F32ToBf16(ql + h * d.rkv, &q16[h * d.dim], d.rkv);
-      F32ToBf16(qpe + h * d.qk(), &q16[h * d.dim + d.rkv], d.dr);
-    }
-  }
   cache.Warm(*s.pages, layer, j0, j1 - j0);
   for (int64_t jb = j0; jb < j1; jb += block) {
     const int64_t nb = std::min(block, j1 - jb);
@@ -144,8 +152,8 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     if (bf16_rows) {
       block16 = cache.RowsBf16(*s.pages, layer, jb, nb, rows16.data());
       if (d.H >= kTransposedScoresHeads)
-        DotRowsBf16Transposed(q16.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
-      else DotRowsBf16Many(q16.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
+        DotRowsBf16Transposed(q16, d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
+      else DotRowsBf16Many(q16, d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
     } else {
       cache.Read(*s.pages, layer, jb, nb, rows.data());
       DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), block);
@@ -153,11 +161,7 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     }
     for (int64_t h = 0; h < G; ++h) {
       float* sh = &scores[h * block];
-      float block_max = out.max[h];
-      for (int64_t j = 0; j < nb; ++j) {
-        sh[j] = (sh[j] + rope[h * block + j]) * scale;
-        block_max = std::max(block_max, sh[j]);
-      }
+      const float block_max = std::max(out.max[h], ScaleScores(sh, bf16_rows ? nullptr : &rope[h * block], nb, scale));
       if (block_max > out.max[h]) {  // earlier weights shrink by e^(old max - new max)
         const float shrink = std::exp(out.max[h] - block_max);
         out.sum[h] *= shrink;
@@ -165,11 +169,7 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
         for (int64_t i = 0; i < d.rkv; ++i) oh[i] *= shrink;
         out.max[h] = block_max;
       }
-      for (int64_t j = 0; j < nb; ++j) sh[j] -= block_max;
-      ExpInPlace(sh, nb);
-      if (bf16_rows)  // the weights as the sums will use them, so that they normalise exactly
-        for (int64_t j = 0; j < nb; ++j) sh[j] = Bf16ToF32(F32ToBf16(sh[j]));
-      for (int64_t j = 0; j < nb; ++j) out.sum[h] += sh[j];
+      out.sum[h] += ExpScores(sh, nb, block_max, bf16_rows);
     }
     if (bf16_rows) AxpyRowsBf16Many(scores.data(), block, G, block16, d.dim, nb, d.rkv, ol, d.rkv);
     else AxpyRowsMany(scores.data(), block, G, rows.data(), d.dim, nb, d.rkv, ol, d.rkv);
@@ -210,9 +210,13 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     const int64_t visible = s.start_pos + t + 1;
     const Partial acc{o_latent + ((s.offset + t) * d.H + h0) * d.rkv, max.data(), sum.data()};
     const Partial part{part_o.data(), max.data() + G, sum.data() + G};
-    AttendSegment(d, layer, s, t, h0, h1, 0, std::min(visible, kSegmentRows), q_latent, q, cache, scale, acc);
+    const std::vector<bf16> q16 =
+        Bf16Rows(cache) ? QueryBf16(d, s.offset + t, h0, h1, q_latent, q) : std::vector<bf16>();
+    AttendSegment(d, layer, s, t, h0, h1, 0, std::min(visible, kSegmentRows), q_latent, q, q16.data(), cache, scale,
+                  acc);
     for (int64_t j0 = kSegmentRows; j0 < visible; j0 += kSegmentRows) {
-      AttendSegment(d, layer, s, t, h0, h1, j0, std::min(visible, j0 + kSegmentRows), q_latent, q, cache, scale, part);
+      AttendSegment(d, layer, s, t, h0, h1, j0, std::min(visible, j0 + kSegmentRows), q_latent, q, q16.data(), cache,
+                    scale, part);
       FoldSegment(G, d.rkv, acc, part);
     }
     Normalise(G, d.rkv, acc);
@@ -244,6 +248,12 @@ void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& 
     const int64_t slot = i * window + k;
     return Partial{&part_o[slot * G * d.rkv], &part_max[slot * G], &part_sum[slot * G]};
   };
+  std::vector<std::vector<bf16>> q16(n);  // each (token, head group)'s query, for all its segments
+  if (Bf16Rows(cache)) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (n > 1)
+    for (int64_t i = 0; i < n; ++i)
+      q16[i] = QueryBf16(d, tokens[i].s->offset + tokens[i].t, tokens[i].h0, tokens[i].h1, q_latent, q);
+  }
   for (int64_t k0 = 0; k0 < most; k0 += window) {
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
     for (int64_t item = 0; item < n * window; ++item) {
@@ -253,7 +263,7 @@ void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& 
       const int64_t visible = x.s->start_pos + x.t + 1, j0 = k * kSegmentRows;
       const int64_t j1 = std::min(visible, j0 + kSegmentRows);
       const Partial out = k == 0 ? acc(i) : part(i, k - k0);  // a token's first segment straight to its output
-      AttendSegment(d, layer, *x.s, x.t, x.h0, x.h1, j0, j1, q_latent, q, cache, scale, out);
+      AttendSegment(d, layer, *x.s, x.t, x.h0, x.h1, j0, j1, q_latent, q, q16[i].data(), cache, scale, out);
     }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {

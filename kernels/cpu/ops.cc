@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 
 #include "core/status.h"
 #include "kernels/cpu/tier.h"
@@ -23,6 +25,36 @@ void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float 
 }
 
 void ExpInPlace(float* v, int64_t n) { cpu::Kernels().exp(v, n); }
+
+float ScaleScores(float* v, const float* add, int64_t n, float scale) {
+  float max = -std::numeric_limits<float>::infinity();
+  if (add != nullptr)
+    for (int64_t j = 0; j < n; ++j) v[j] = (v[j] + add[j]) * scale;
+  else
+    for (int64_t j = 0; j < n; ++j) v[j] *= scale;
+#pragma omp simd reduction(max : max)
+  for (int64_t j = 0; j < n; ++j) max = std::max(max, v[j]);
+  return max;
+}
+
+float ExpScores(float* v, int64_t n, float shift, bool bf16) {
+  for (int64_t j = 0; j < n; ++j) v[j] -= shift;
+  cpu::Kernels().exp(v, n);
+  if (bf16) {
+    for (int64_t j = 0; j < n; ++j) {  // F32ToBf16 and back, without its branch (NaN cannot occur)
+      uint32_t bits;
+      std::memcpy(&bits, &v[j], 4);
+      bits = (bits + 0x7fffu + (bits >> 16 & 1u)) & 0xffff0000u;
+      std::memcpy(&v[j], &bits, 4);
+    }
+  }
+  float lanes[16] = {};
+  for (int64_t j0 = 0; j0 < n; j0 += 16)
+    for (int64_t l = 0; l < 16 && j0 + l < n; ++l) lanes[l] += v[j0 + l];
+  for (int64_t width = 8; width >= 1; width /= 2)
+    for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
+}
 
 // Elementwise, so any split gives the same bits; prefill-sized inputs are shared over the threads
 // (inside a parallel region this runs on the calling thread).

@@ -1,6 +1,7 @@
 #include "core/dtype.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -17,6 +18,22 @@ TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(F32ToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
   EXPECT_EQ(Bf16ToF32(0xc000), -2.0f);
   EXPECT_TRUE(std::isnan(Bf16ToF32(F32ToBf16(std::nanf("")))));
+}
+
+// The array conversion (branch-free, vectorised) gives the scalar one's bits for every upper
+// half and a spread of lower halves: ties, carries into the exponent, infinities, NaNs, subnormals.
+TEST(Bf16, ArrayConversionIsTheScalarOneBitwise) {
+  std::vector<float> in;
+  for (uint32_t high = 0; high < 0x10000; ++high)
+    for (uint32_t low : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
+      const uint32_t bits = high << 16 | low;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      in.push_back(f);
+    }
+  std::vector<bf16> out(in.size());
+  F32ToBf16(in.data(), out.data(), in.size());
+  for (size_t i = 0; i < in.size(); ++i) ASSERT_EQ(out[i], F32ToBf16(in[i])) << "input " << i;
 }
 
 TEST(Fp8E4M3, DecodesKnownCodes) {

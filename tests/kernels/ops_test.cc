@@ -78,6 +78,39 @@ TEST_P(OpsTier, ExpMatchesStdExpToTwoUlpsOverTheRange) {
   }
 }
 
+// A block of attention scores: scaled (with the rope part added) to their maximum, then
+// e^(v − shift), rounded to bf16 when asked, and summed within float error of the double sum.
+TEST_P(OpsTier, ScoreBlockStepsMatchDefinition) {
+  for (const int64_t n : {1, 16, 37, 64}) {
+    std::vector<float> raw(n), add(n);
+    for (int64_t j = 0; j < n; ++j) raw[j] = static_cast<float>(3 * std::sin(0.7 * j)), add[j] = 0.25f * (j % 3);
+    for (const bool with_add : {false, true}) {
+      std::vector<float> v = raw;
+      const float max = ScaleScores(v.data(), with_add ? add.data() : nullptr, n, 0.125f);
+      float want_max = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        ASSERT_EQ(v[j], (raw[j] + (with_add ? add[j] : 0.0f)) * 0.125f) << "n " << n << " at " << j;
+        want_max = std::max(want_max, v[j]);
+      }
+      ASSERT_EQ(max, want_max) << "n " << n;
+      for (const bool bf16 : {false, true}) {
+        std::vector<float> e = v;
+        const float sum = ExpScores(e.data(), n, max + 0.5f, bf16);
+        double want_sum = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          const double want = std::exp(static_cast<double>(v[j] - (max + 0.5f)));
+          ASSERT_NEAR(e[j] / want, 1.0, bf16 ? 1.0 / 256 : 2.5e-7) << "n " << n << " at " << j;
+          if (bf16) {
+            ASSERT_EQ(e[j], Bf16ToF32(F32ToBf16(e[j]))) << "n " << n << " at " << j;
+          }
+          want_sum += e[j];
+        }
+        ASSERT_NEAR(sum, want_sum, 1e-6 * want_sum) << "n " << n;
+      }
+    }
+  }
+}
+
 TEST_P(OpsTier, SiluMulMatchesDefinition) {
   std::vector<float> gate, up, out(41);
   for (int i = 0; i < 41; ++i) {
