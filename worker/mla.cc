@@ -275,25 +275,24 @@ void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& 
   }
 }
 
-// out[rows, h, :] = W_h · in[rows, h, :] for heads h < H: gathers each head's rows, then one
-// batched product over the heads (a row's result is the same in any batch: kernels/linear.h).
+// out[rows, h, :] = W_h · in[rows, h, :] for heads h < H: one batched product over the heads,
+// each reading its rows in place and writing its outputs in place (a row's result is the same in
+// any batch: kernels/linear.h).
 void PerHeadLinear(const WeightView* w, int64_t H, const std::vector<int64_t>& rows, const float* in,
                    int64_t in_head_stride, int64_t in_row_stride, float* out, int64_t out_head_stride,
                    int64_t out_row_stride) {
   const int64_t n = static_cast<int64_t>(rows.size());
-  std::vector<FloatBuffer> x(H), y(H);
+  std::vector<const float*> x(H * n);
+  std::vector<float*> y(H * n);
   std::vector<LinearProblem> problems;
   for (int64_t h = 0; h < H; ++h) {
-    x[h].resize(n * w[h].cols);
-    y[h].resize(n * w[h].rows);
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(&x[h][i * w[h].cols], in + rows[i] * in_row_stride + h * in_head_stride, w[h].cols * 4);
-    problems.push_back({x[h].data(), n, w[h], y[h].data()});
+    for (int64_t i = 0; i < n; ++i) {
+      x[h * n + i] = in + rows[i] * in_row_stride + h * in_head_stride;
+      y[h * n + i] = out + rows[i] * out_row_stride + h * out_head_stride;
+    }
+    problems.push_back({nullptr, n, w[h], nullptr, &x[h * n], &y[h * n]});
   }
   LinearBatch(problems.data(), H);
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(out + rows[i] * out_row_stride + h * out_head_stride, &y[h][i * w[h].rows], w[h].rows * 4);
 }
 
 Dims DimsOf(const ModelConfig& c) {
