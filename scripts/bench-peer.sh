@@ -8,8 +8,9 @@
 # 3. Checks that llama.cpp's prompt logits agree with `daedalus run --dump-logits` within bf16
 #    tolerance, so that the comparison is of the same model.
 # 4. Times prefill of 512 tokens and batch-1 decode of 128 tokens (after a 64-token prompt) for
-#    both, alternating, ROUNDS rounds, 2 threads each; prints every round, the medians and the
-#    ratios, with the machine and Daedalus' kernel tier.
+#    both, alternating, ROUNDS rounds, 2 threads each; then, at a long context, prefill of 1,920
+#    tokens and batch-1 decode of 64 tokens after them (llama.cpp's context holds 2,048); prints
+#    every round, the medians and the ratios, with the machine and Daedalus' kernel tier.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}"
@@ -42,11 +43,17 @@ for r in $(seq 1 "$rounds"); do
           --batches 1 --context 64 --steps 128 --reps 2 --json 2>/dev/null)"
   theirs="$("$venv/bin/python" "$root/scripts/peer/llama_peer.py" time --gguf "$gguf" --prompt-len 512 --context 64 \
             --steps 128 --threads "$threads")"
-  /usr/bin/python3 - "$r" "$ours" "$theirs" >> "$results" <<'PY'
+  ours_long="$(OMP_NUM_THREADS=$threads "$daedalus" bench --model "$model" --threads "$threads" --prompt-len 1920 \
+               --batches 1 --context 1920 --steps 64 --reps 1 --json 2>/dev/null)"
+  theirs_long="$("$venv/bin/python" "$root/scripts/peer/llama_peer.py" time --gguf "$gguf" --prompt-len 1920 \
+                 --context 1920 --steps 64 --threads "$threads")"
+  /usr/bin/python3 - "$r" "$ours" "$theirs" "$ours_long" "$theirs_long" >> "$results" <<'PY'
 import json, sys
-r, ours, theirs = int(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+r, ours, theirs, ours_long, theirs_long = int(sys.argv[1]), *(json.loads(a) for a in sys.argv[2:])
 print(json.dumps({"round": r, "daedalus_prefill": ours["prefill_tok_s"], "daedalus_decode": ours["decode_tok_s"]["1"],
                   "llama_prefill": theirs["prefill_tok_s"], "llama_decode": theirs["decode_tok_s"],
+                  "daedalus_prefill_long": ours_long["prefill_tok_s"], "daedalus_decode_long": ours_long["decode_tok_s"]["1"],
+                  "llama_prefill_long": theirs_long["prefill_tok_s"], "llama_decode_long": theirs_long["decode_tok_s"],
                   "bandwidth_gbs": ours["bandwidth_gbs"], "bf16_peak_gflops": ours["bf16_peak_gflops"],
                   "prefill_share_of_peak": ours["prefill_share_of_peak"],
                   "decode_share_of_roofline": ours["decode_share_of_roofline"]["1"]}))
@@ -55,14 +62,24 @@ PY
 import json, sys; j = json.load(sys.stdin)
 print(f\"round {j['round']}: prefill 512 daedalus {j['daedalus_prefill']:.0f} / llama.cpp {j['llama_prefill']:.0f} tok/s; \"
       f\"decode b1 daedalus {j['daedalus_decode']:.1f} / llama.cpp {j['llama_decode']:.1f} tok/s \"
-      f\"(daedalus at {100 * j['prefill_share_of_peak']:.0f}% of the bf16 peak, {100 * j['decode_share_of_roofline']:.0f}% of the DRAM roofline)\")"
+      f\"(daedalus at {100 * j['prefill_share_of_peak']:.0f}% of the bf16 peak, {100 * j['decode_share_of_roofline']:.0f}% of the DRAM roofline)\")
+print(f\"round {j['round']}, 1,920-token context: prefill daedalus {j['daedalus_prefill_long']:.0f} / llama.cpp \"
+      f\"{j['llama_prefill_long']:.0f} tok/s; decode b1 daedalus {j['daedalus_decode_long']:.1f} / llama.cpp \"
+      f\"{j['llama_decode_long']:.1f} tok/s\")"
 done
 /usr/bin/python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-med = {k: statistics.median(r[k] for r in rows) for k in ("daedalus_prefill", "llama_prefill", "daedalus_decode", "llama_decode")}
+med = {k: statistics.median(r[k] for r in rows)
+       for k in ("daedalus_prefill", "llama_prefill", "daedalus_decode", "llama_decode", "daedalus_prefill_long",
+                 "llama_prefill_long", "daedalus_decode_long", "llama_decode_long")}
 print(f"median of {len(rows)} rounds: prefill 512 tokens: daedalus {med['daedalus_prefill']:.0f} tok/s, llama.cpp "
       f"{med['llama_prefill']:.0f} tok/s, {med['daedalus_prefill'] / med['llama_prefill']:.2f}x")
 print(f"median of {len(rows)} rounds: decode batch 1: daedalus {med['daedalus_decode']:.1f} tok/s, llama.cpp "
       f"{med['llama_decode']:.1f} tok/s, {med['daedalus_decode'] / med['llama_decode']:.2f}x")
+print(f"median of {len(rows)} rounds: prefill 1,920 tokens: daedalus {med['daedalus_prefill_long']:.0f} tok/s, "
+      f"llama.cpp {med['llama_prefill_long']:.0f} tok/s, {med['daedalus_prefill_long'] / med['llama_prefill_long']:.2f}x")
+print(f"median of {len(rows)} rounds: decode batch 1 at a 1,920-token context: daedalus "
+      f"{med['daedalus_decode_long']:.1f} tok/s, llama.cpp {med['llama_decode_long']:.1f} tok/s, "
+      f"{med['daedalus_decode_long'] / med['llama_decode_long']:.2f}x")
 PY
