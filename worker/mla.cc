@@ -41,12 +41,28 @@ constexpr int64_t kTransposedScoresHeads = 16;
 // time between multiply-adds, fetch it at a quarter of the speed of a plain stream.
 constexpr int64_t kSegmentRows = 256;
 
+// The naive form's large buffers (the context's latent rows, its decompressed keys and values,
+// the packed keys: ~90 MB a layer for DeepSeek-V3's 128 heads at 512 positions), kept by the
+// calling thread from call to call, grown when a longer context needs more: fresh ones that
+// large come from mmap each time, and the kernel zeroes every page.
+FloatBuffer& NaiveScratch(int slot, int64_t n) {
+  thread_local FloatBuffer buffers[4];
+  FloatBuffer& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) {
+    FloatBuffer().swap(b);  // no copy of the old contents
+    b.resize(n);
+  }
+  return b;
+}
+
 // Naive form: decompress k_nope and v for every cached position of the slice's sequence (the
 // batched GEMM path of prefill). q [T, H, dn + dr] (rotated), o [T, H, dv].
 void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const SequenceSlice& s, const float* q,
                 const PagedKvCache& cache, float scale, float* o) {
   const int64_t S = s.start_pos + s.n_tokens, n = s.n_tokens;
-  FloatBuffer latent(S * d.dim), c_kv(S * d.rkv), kv(S * d.H * (d.dn + d.dv));
+  FloatBuffer& latent = NaiveScratch(0, S * d.dim);
+  FloatBuffer& c_kv = NaiveScratch(1, S * d.rkv);
+  FloatBuffer& kv = NaiveScratch(2, S * d.H * (d.dn + d.dv));
   cache.Read(*s.pages, layer, S, latent.data());
   for (int64_t t = 0; t < S; ++t) std::memcpy(&c_kv[t * d.rkv], &latent[t * d.dim], d.rkv * 4);
   Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
@@ -54,7 +70,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   // Each head's keys as q lays out its query ([k_nope | k_pe]), then 16 keys to a lane block
   // (PackKeys16): a score is one multiply-add chain, with no horizontal sum.
   const int64_t per_head = KeysElements(S, d.qk());
-  FloatBuffer keys(d.H * per_head);
+  FloatBuffer& keys = NaiveScratch(3, d.H * per_head);
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < d.H; ++h) {
     FloatBuffer rows(S * d.qk());
