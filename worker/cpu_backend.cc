@@ -80,6 +80,8 @@ absl::Status CpuBackend::Linear(const LinearOp* ops, int64_t n) {
 
 absl::Status CpuBackend::Rope(const RopeOp& op) {
   const int64_t T = static_cast<int64_t>(batch_->token_ids.size()), pairs = rope_.pairs();
+  // Each (token, head) rotates alone: any split over the threads gives the same bits.
+#pragma omp parallel for schedule(static) if (T * op.heads * config_.qk_rope_head_dim >= 65536)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < op.heads; ++h)
       RotateInterleaved(op.v + t * op.token_stride + h * op.head_stride, config_.qk_rope_head_dim, &cos_[t * pairs],
