@@ -42,11 +42,11 @@ constexpr int64_t kTransposedScoresHeads = 16;
 constexpr int64_t kSegmentRows = 256;
 
 // The naive form's large buffers (the context's latent rows, its decompressed keys and values,
-// the packed keys: ~90 MB a layer for DeepSeek-V3's 128 heads at 512 positions), kept by the
+// the packed keys and values: ~110 MB a layer for DeepSeek-V3's 128 heads at 512 positions), kept by the
 // calling thread from call to call, grown when a longer context needs more: fresh ones that
 // large come from mmap each time, and the kernel zeroes every page.
 FloatBuffer& NaiveScratch(int slot, int64_t n) {
-  thread_local FloatBuffer buffers[4];
+  thread_local FloatBuffer buffers[5];
   FloatBuffer& b = buffers[slot];
   if (static_cast<int64_t>(b.size()) < n) {
     FloatBuffer().swap(b);  // no copy of the old contents
@@ -68,15 +68,19 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
   const int64_t ld_kv = d.H * (d.dn + d.dv), ld_q = d.H * d.qk();
   // Each head's keys as q lays out its query ([k_nope | k_pe]), then 16 keys to a lane block
-  // (PackKeys16): a score is one multiply-add chain, with no horizontal sum.
+  // (PackKeys16): a score is one multiply-add chain, with no horizontal sum. Each head's values
+  // as rows of their own ([S, dv]): in kv one head's consecutive rows are H·(dn + dv) floats
+  // apart, a stride no prefetcher follows.
   const int64_t per_head = KeysElements(S, d.qk());
   FloatBuffer& keys = NaiveScratch(3, d.H * per_head);
+  FloatBuffer& values = NaiveScratch(4, d.H * S * d.dv);
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < d.H; ++h) {
     FloatBuffer rows(S * d.qk());
     for (int64_t j = 0; j < S; ++j) {
       std::memcpy(&rows[j * d.qk()], &kv[j * ld_kv + h * (d.dn + d.dv)], d.dn * 4);
       std::memcpy(&rows[j * d.qk() + d.dn], &latent[j * d.dim + d.rkv], d.dr * 4);
+      std::memcpy(&values[(h * S + j) * d.dv], &kv[j * ld_kv + h * (d.dn + d.dv) + d.dn], d.dv * 4);
     }
     PackKeys16(rows.data(), d.qk(), S, d.qk(), &keys[h * per_head]);
   }
@@ -91,7 +95,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
       const int64_t t0 = g * kTokenGroup, tn = std::min(kTokenGroup, n - t0);
       const int64_t seen_by_all = s.start_pos + t0 + 1, stride = s.start_pos + t0 + tn;
       FloatBuffer scores(tn * stride);
-      const float* vh = kv.data() + h * (d.dn + d.dv) + d.dn;
+      const float* vh = values.data() + h * S * d.dv;
       float* oh = o + (s.offset + t0) * d.H * d.dv + h * d.dv;
       // Scores over the key blocks every token of the group sees in one pass, then each token's
       // remaining keys: every score is the same chain over d either way.
@@ -106,9 +110,9 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
         Softmax(si, visible);
         std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);
       }
-      AxpyRowsMany(scores.data(), stride, tn, vh, ld_kv, seen_by_all, d.dv, oh, d.H * d.dv);
+      AxpyRowsMany(scores.data(), stride, tn, vh, d.dv, seen_by_all, d.dv, oh, d.H * d.dv);
       for (int64_t i = 1; i < tn; ++i)
-        AxpyRows(&scores[i * stride + seen_by_all], vh + seen_by_all * ld_kv, ld_kv, i, d.dv, oh + i * d.H * d.dv);
+        AxpyRows(&scores[i * stride + seen_by_all], vh + seen_by_all * d.dv, d.dv, i, d.dv, oh + i * d.H * d.dv);
     }
   }
 }
