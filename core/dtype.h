@@ -30,9 +30,9 @@ inline float Bf16ToF32(bf16 v) {
 inline bf16 F32ToBf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16>((bits >> 16) | 0x40);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<bf16>(bits >> 16);
+  // A select rather than a branch for NaN, so that loops over this vectorise.
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16, quiet = (bits >> 16) | 0x40u;
+  return static_cast<bf16>((bits & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
 }
 
 // FP8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities;

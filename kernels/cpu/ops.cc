@@ -1,8 +1,8 @@
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
+#include "core/dtype.h"
 #include "core/status.h"
 #include "kernels/cpu/tier.h"
 #include "kernels/ops.h"
@@ -40,14 +40,8 @@ float ScaleScores(float* v, const float* add, int64_t n, float scale) {
 float ExpScores(float* v, int64_t n, float shift, bool bf16) {
   for (int64_t j = 0; j < n; ++j) v[j] -= shift;
   cpu::Kernels().exp(v, n);
-  if (bf16) {
-    for (int64_t j = 0; j < n; ++j) {  // F32ToBf16 and back, without its branch (NaN cannot occur)
-      uint32_t bits;
-      std::memcpy(&bits, &v[j], 4);
-      bits = (bits + 0x7fffu + (bits >> 16 & 1u)) & 0xffff0000u;
-      std::memcpy(&v[j], &bits, 4);
-    }
-  }
+  if (bf16)
+    for (int64_t j = 0; j < n; ++j) v[j] = Bf16ToF32(F32ToBf16(v[j]));
   float lanes[16] = {};
   for (int64_t j0 = 0; j0 < n; j0 += 16)
     for (int64_t l = 0; l < 16 && j0 + l < n; ++l) lanes[l] += v[j0 + l];

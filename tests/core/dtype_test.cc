@@ -20,20 +20,28 @@ TEST(Bf16, RoundsToNearestEven) {
   EXPECT_TRUE(std::isnan(Bf16ToF32(F32ToBf16(std::nanf("")))));
 }
 
-// The array conversion (branch-free, vectorised) gives the scalar one's bits for every upper
-// half and a spread of lower halves: ties, carries into the exponent, infinities, NaNs, subnormals.
-TEST(Bf16, ArrayConversionIsTheScalarOneBitwise) {
+// The conversion (branch-free, so that its loops vectorise), one value and an array, against its
+// definition for every upper half and a spread of lower halves: ties, carries into the exponent,
+// infinities, NaNs, subnormals. Definition: a NaN keeps its upper half with the quiet bit set;
+// anything else is rounded to its upper 16 bits, to nearest, ties to even.
+TEST(Bf16, ConversionIsItsDefinitionForEveryUpperHalfScalarAndArray) {
   std::vector<float> in;
+  std::vector<bf16> want;
   for (uint32_t high = 0; high < 0x10000; ++high)
     for (uint32_t low : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
       const uint32_t bits = high << 16 | low;
       float f;
       std::memcpy(&f, &bits, 4);
       in.push_back(f);
+      const bool up = low > 0x8000u || (low == 0x8000u && (high & 1u) != 0);
+      want.push_back(static_cast<bf16>(std::isnan(f) ? high | 0x40u : high + (up ? 1u : 0u)));
     }
   std::vector<bf16> out(in.size());
   F32ToBf16(in.data(), out.data(), in.size());
-  for (size_t i = 0; i < in.size(); ++i) ASSERT_EQ(out[i], F32ToBf16(in[i])) << "input " << i;
+  for (size_t i = 0; i < in.size(); ++i) {
+    ASSERT_EQ(F32ToBf16(in[i]), want[i]) << "input " << i;
+    ASSERT_EQ(out[i], want[i]) << "input " << i;
+  }
 }
 
 TEST(Fp8E4M3, DecodesKnownCodes) {
