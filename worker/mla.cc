@@ -42,12 +42,18 @@ constexpr int64_t kTransposedScoresHeads = 16;
 constexpr int64_t kSegmentRows = 256;
 
 // The naive form's large buffers (the context's latent rows, its decompressed keys and values,
-// the packed keys and values: ~110 MB a layer for DeepSeek-V3's 128 heads at 512 positions), kept by the
-// calling thread from call to call, grown when a longer context needs more: fresh ones that
-// large come from mmap each time, and the kernel zeroes every page.
-FloatBuffer& NaiveScratch(int slot, int64_t n) {
-  thread_local FloatBuffer buffers[5];
-  FloatBuffer& b = buffers[slot];
+// the packed keys and values: ~110 MB a layer for DeepSeek-V3's 128 heads at 512 positions), kept
+// by the calling thread from call to call, grown when a longer context needs more: fresh ones
+// that large come from mmap each time, and the kernel zeroes every page.
+struct NaiveBuffers {
+  FloatBuffer latent, c_kv, kv, keys, values;
+};
+NaiveBuffers& NaiveScratch() {
+  thread_local NaiveBuffers buffers;
+  return buffers;
+}
+// b with room for at least n floats; its contents are not kept.
+FloatBuffer& AtLeast(FloatBuffer& b, int64_t n) {
   if (static_cast<int64_t>(b.size()) < n) {
     FloatBuffer().swap(b);  // no copy of the old contents
     b.resize(n);
@@ -60,9 +66,10 @@ FloatBuffer& NaiveScratch(int slot, int64_t n) {
 void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const SequenceSlice& s, const float* q,
                 const PagedKvCache& cache, float scale, float* o) {
   const int64_t S = s.start_pos + s.n_tokens, n = s.n_tokens;
-  FloatBuffer& latent = NaiveScratch(0, S * d.dim);
-  FloatBuffer& c_kv = NaiveScratch(1, S * d.rkv);
-  FloatBuffer& kv = NaiveScratch(2, S * d.H * (d.dn + d.dv));
+  NaiveBuffers& scratch = NaiveScratch();
+  FloatBuffer& latent = AtLeast(scratch.latent, S * d.dim);
+  FloatBuffer& c_kv = AtLeast(scratch.c_kv, S * d.rkv);
+  FloatBuffer& kv = AtLeast(scratch.kv, S * d.H * (d.dn + d.dv));
   cache.Read(*s.pages, layer, S, latent.data());
   for (int64_t t = 0; t < S; ++t) std::memcpy(&c_kv[t * d.rkv], &latent[t * d.dim], d.rkv * 4);
   Linear(c_kv.data(), S, w.kv_b_proj, kv.data());  // [S, H, dn + dv]
@@ -72,8 +79,8 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   // as rows of their own ([S, dv]): in kv one head's consecutive rows are H·(dn + dv) floats
   // apart, a stride no prefetcher follows.
   const int64_t per_head = KeysElements(S, d.qk());
-  FloatBuffer& keys = NaiveScratch(3, d.H * per_head);
-  FloatBuffer& values = NaiveScratch(4, d.H * S * d.dv);
+  FloatBuffer& keys = AtLeast(scratch.keys, d.H * per_head);
+  FloatBuffer& values = AtLeast(scratch.values, d.H * S * d.dv);
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < d.H; ++h) {
     FloatBuffer rows(S * d.qk());
