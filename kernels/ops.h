@@ -5,6 +5,11 @@
 
 namespace daedalus {
 
+// Row-wise and elementwise work over at least this many elements (a prefill's rows) is shared
+// over the threads; a decode step's few rows stay on the calling thread, where waking the others
+// would cost more than it saves. Each row or element is computed alone either way: the same bits.
+constexpr int64_t kShareOverThreads = 65536;
+
 // y[i, :] = x[i, :] / sqrt(mean(x[i, :]²) + eps) * gamma, for `rows` rows of `n`.
 // x and y may alias.
 void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float eps, float* y, int64_t x_stride,

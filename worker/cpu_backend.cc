@@ -1,5 +1,7 @@
 #include "worker/cpu_backend.h"
 
+#include <omp.h>
+
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -51,6 +53,7 @@ absl::Status CpuBackend::Upload(Buffer which, const void* host, size_t bytes) {
 absl::Status CpuBackend::Embed(const WeightView& table, float* out) {
   const int64_t D = config_.hidden_size, T = static_cast<int64_t>(batch_->token_ids.size());
   const size_t elem = DTypeSize(table.dtype);
+#pragma omp parallel for schedule(static) if (T * D >= kShareOverThreads)
   for (int64_t t = 0; t < T; ++t) {
     const auto* row = static_cast<const uint8_t*>(table.data) + batch_->token_ids[t] * D * elem;
     if (table.dtype == DType::kF32) std::memcpy(&out[t * D], row, D * 4);
@@ -66,6 +69,7 @@ absl::Status CpuBackend::RmsNorm(const RmsNormOp& op) {
 }
 
 absl::Status CpuBackend::Add(float* y, const float* x, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kShareOverThreads)
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
   return absl::OkStatus();
 }
@@ -81,7 +85,7 @@ absl::Status CpuBackend::Linear(const LinearOp* ops, int64_t n) {
 absl::Status CpuBackend::Rope(const RopeOp& op) {
   const int64_t T = static_cast<int64_t>(batch_->token_ids.size()), pairs = rope_.pairs();
   // Each (token, head) rotates alone: any split over the threads gives the same bits.
-#pragma omp parallel for schedule(static) if (T * op.heads * config_.qk_rope_head_dim >= 65536)
+#pragma omp parallel for schedule(static) if (T * op.heads * config_.qk_rope_head_dim >= kShareOverThreads)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < op.heads; ++h)
       RotateInterleaved(op.v + t * op.token_stride + h * op.head_stride, config_.qk_rope_head_dim, &cos_[t * pairs],
@@ -91,14 +95,25 @@ absl::Status CpuBackend::Rope(const RopeOp& op) {
 
 absl::Status CpuBackend::KvWrite(int64_t layer, const float* latent) {
   const int64_t dim = config_.kv_cache_dim();
-  for (const SequenceSlice& s : batch_->slices)
+  for (const SequenceSlice& s : batch_->slices) {
+#pragma omp parallel for schedule(static) if (s.n_tokens * dim >= kShareOverThreads)
     for (int64_t t = 0; t < s.n_tokens; ++t) cache_.Write(*s.pages, layer, s.start_pos + t, &latent[(s.offset + t) * dim]);
+  }
   return absl::OkStatus();
 }
 
 absl::Status CpuBackend::Route(const RouteOp& op) {
-  daedalus::Route(GateParams::FromConfig(config_), op.logits, op.bias->empty() ? nullptr : op.bias->data(), op.n_tokens,
-                  op.expert_ids, op.weights);
+  const GateParams p = GateParams::FromConfig(config_);
+  const int64_t E = config_.n_routed_experts, K = config_.num_experts_per_tok;
+  const float* bias = op.bias->empty() ? nullptr : op.bias->data();
+  // Each token routes alone: a prefill's tokens (a few hundred operations each) are cut into one
+  // run per thread.
+  const int64_t runs = op.n_tokens >= 64 ? omp_get_max_threads() : 1;
+#pragma omp parallel for schedule(static) if (runs > 1)
+  for (int64_t r = 0; r < runs; ++r) {
+    const int64_t t0 = op.n_tokens * r / runs, t1 = op.n_tokens * (r + 1) / runs;
+    daedalus::Route(p, op.logits + t0 * E, bias, t1 - t0, op.expert_ids + t0 * K, op.weights + t0 * K);
+  }
   return absl::OkStatus();
 }
 

@@ -37,11 +37,16 @@ ReceivedRows GroupLocally(const float* x, int64_t n_tokens, int64_t topk, const 
 
 void SumSlots(const float* const* slot_rows, const float* weights, const float* shared, int64_t n_tokens, int64_t topk,
               int64_t hidden, float* out) {
-  std::vector<float> routed(hidden);
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    std::fill(routed.begin(), routed.end(), 0.0f);
-    for (int64_t k = 0; k < topk; ++k) Axpy(weights[t * topk + k], slot_rows[t * topk + k], routed.data(), hidden);
-    for (int64_t i = 0; i < hidden; ++i) out[t * hidden + i] = shared != nullptr ? routed[i] + shared[t * hidden + i] : routed[i];
+  // Each token's sum alone, in slot order: a prefill's tokens are shared over the threads.
+#pragma omp parallel if (n_tokens * hidden >= kShareOverThreads)
+  {
+    std::vector<float> routed(hidden);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      std::fill(routed.begin(), routed.end(), 0.0f);
+      for (int64_t k = 0; k < topk; ++k) Axpy(weights[t * topk + k], slot_rows[t * topk + k], routed.data(), hidden);
+      for (int64_t i = 0; i < hidden; ++i) out[t * hidden + i] = shared != nullptr ? routed[i] + shared[t * hidden + i] : routed[i];
+    }
   }
 }
 

@@ -11,7 +11,7 @@ namespace daedalus {
 
 void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float eps, float* y, int64_t x_stride,
              int64_t y_stride) {
-#pragma omp parallel for schedule(static) if (rows * n >= 65536)
+#pragma omp parallel for schedule(static) if (rows * n >= kShareOverThreads)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * x_stride;
     float* yr = y + r * y_stride;
