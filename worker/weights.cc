@@ -11,7 +11,7 @@ namespace {
 class Loader {
  public:
   // Copies it makes (packed weights, scales) go to `owned`.
-  Loader(const Checkpoint& ckpt, std::vector<std::vector<uint8_t>>& owned) : ckpt_(ckpt), owned_(owned) {}
+  Loader(const Checkpoint& ckpt, std::vector<WeightBuffer>& owned) : ckpt_(ckpt), owned_(owned) {}
 
   absl::StatusOr<const TensorInfo*> Tensor(const std::string& name, const std::vector<int64_t>& shape) {
     ASSIGN_OR_RETURN(const TensorInfo* t, ckpt_.Get(name));
@@ -67,7 +67,7 @@ class Loader {
 
   // The panel-layout copy of a BF16 or FP8 weight; `data` no longer points anywhere.
   WeightView Pack(WeightView w) {
-    std::vector<uint8_t>& buf = owned_.emplace_back(PackedElements(w.rows, w.cols) * DTypeSize(w.dtype));
+    WeightBuffer& buf = owned_.emplace_back(PackedElements(w.rows, w.cols) * DTypeSize(w.dtype));
     if (w.dtype == DType::kBF16) PackBf16(w, reinterpret_cast<bf16*>(buf.data()));
     else PackFp8(w, buf.data());
     w.packed = buf.data();
@@ -88,7 +88,7 @@ class Loader {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", scale_name, " in ", s->file, ": expected dtype F32, found ",
                                                      DTypeName(s->dtype), " (block scales of ", name, ")"));
     }
-    std::vector<uint8_t>& buf = owned_.emplace_back(s->nbytes);
+    WeightBuffer& buf = owned_.emplace_back(s->nbytes);
     std::memcpy(buf.data(), s->data, s->nbytes);
     return reinterpret_cast<const float*>(buf.data());
   }
@@ -116,7 +116,7 @@ class Loader {
   template <typename Element>
   WeightView Copy(DType dtype, int64_t rows, int64_t cols, Element element) {
     if (dtype == DType::kF32) {
-      std::vector<uint8_t>& buf = owned_.emplace_back(static_cast<size_t>(rows * cols) * 4);
+      WeightBuffer& buf = owned_.emplace_back(static_cast<size_t>(rows * cols) * 4);
       auto* out = reinterpret_cast<float*>(buf.data());
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(i, j);
@@ -131,12 +131,12 @@ class Loader {
 
  private:
   const Checkpoint& ckpt_;
-  std::vector<std::vector<uint8_t>>& owned_;
+  std::vector<WeightBuffer>& owned_;
 };
 
 // Routed expert `e` of layer `i`, with the buffers it owns.
 absl::StatusOr<MlpWeights> ReadExpert(const Checkpoint& ckpt, const ModelConfig& c, int64_t i, int64_t e,
-                                      std::vector<std::vector<uint8_t>>& owned) {
+                                      std::vector<WeightBuffer>& owned) {
   Loader L(ckpt, owned);
   return L.Mlp(absl::StrCat("model.layers.", i, ".mlp.experts.", e, "."), c.hidden_size, c.moe_intermediate_size);
 }

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "core/model_config.h"
 #include "core/safetensors.h"
+#include "core/weight_memory.h"
 #include "kernels/linear.h"
 
 namespace daedalus {
@@ -65,9 +66,9 @@ struct ModelWeights {
   DType projection_dtype() const { return layers.back().attn.o_proj.dtype; }
 
   std::unique_ptr<Checkpoint> checkpoint;      // owns the mmapped files
-  std::vector<std::vector<uint8_t>> owned;     // dequantized and transposed tensors
+  std::vector<WeightBuffer> owned;     // packed, dequantized and transposed tensors (on huge pages)
   // The routed experts' own packed copies, by (layer, expert): freed with the expert.
-  std::map<std::pair<int64_t, int64_t>, std::vector<std::vector<uint8_t>>> expert_owned;
+  std::map<std::pair<int64_t, int64_t>, std::vector<WeightBuffer>> expert_owned;
 };
 
 // Which routed experts to load: (layer, expert) → true to load. Empty: all of them.
@@ -78,7 +79,7 @@ struct StagedExperts {
   struct Expert {
     int64_t layer = 0, expert = 0;
     MlpWeights weights;
-    std::vector<std::vector<uint8_t>> owned;
+    std::vector<WeightBuffer> owned;
   };
   std::vector<Expert> experts;
 };

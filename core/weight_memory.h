@@ -1,0 +1,39 @@
+// Memory for the weights the kernels stream, on transparent huge pages.
+//
+// A packed weight of a megabyte or so from malloc gets a mapping of its own, too small to hold
+// one 2 MB huge page: every 4 KB of it costs a TLB entry and stops the hardware prefetchers.
+// WeightBuffers are instead carved one after another from 2 MB-aligned blocks advised for huge
+// pages before anything touches them. A block is unmapped with its last buffer, and a buffer
+// freed before its neighbours gives back the whole huge pages inside it, so a routed expert's
+// memory still goes with the expert.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace daedalus {
+
+class WeightBuffer {
+ public:
+  WeightBuffer() = default;
+  explicit WeightBuffer(size_t bytes);  // uninitialised; aligned to 64 bytes
+  WeightBuffer(WeightBuffer&& other) noexcept;
+  WeightBuffer& operator=(WeightBuffer&& other) noexcept;
+  WeightBuffer(const WeightBuffer&) = delete;
+  WeightBuffer& operator=(const WeightBuffer&) = delete;
+  ~WeightBuffer();
+
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+  struct Block;  // one mapping, shared by the buffers carved from it
+
+ private:
+  void Release();
+  std::shared_ptr<Block> block_;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace daedalus
