@@ -5,15 +5,12 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "core/weight_memory.h"
+
 namespace daedalus {
 namespace {
 
 constexpr char kTunable[] = "glibc.malloc.hugetlb";
-
-bool MallocAsksForHugePages() {
-  const char* tunables = std::getenv("GLIBC_TUNABLES");
-  return tunables != nullptr && std::string(tunables).find(std::string(kTunable) + "=1") != std::string::npos;
-}
 
 // The kernel's transparent huge page mode: the bracketed word of always [madvise] never.
 std::string KernelMode() {
@@ -50,7 +47,7 @@ void StartOnHugePages(char** argv) {
 std::string HugePagesDescription() {
   const std::string mode = KernelMode();
   if (mode == "never") return "huge pages: off (the kernel's transparent huge pages are off)";
-  if (MallocAsksForHugePages() || mode == "always") return "huge pages: on (transparent, kernel mode " + mode + ")";
+  if (HugePagesAsked() || mode == "always") return "huge pages: on (transparent, kernel mode " + mode + ")";
   return "huge pages: off (malloc does not ask for them; kernel mode " + mode + ")";
 }
 

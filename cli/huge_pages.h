@@ -8,8 +8,9 @@ namespace daedalus {
 // glibc's malloc asks the kernel for huge pages (madvise) only when the tunable
 // glibc.malloc.hugetlb=1 is set as the process starts: unless it is set already (by the user
 // too), or DAEDALUS_HUGE_PAGES=off, this sets it and starts the process again in place (execv
-// of its own binary: same pid, name, arguments and environment). Streaming weights and the latent
-// cache then crosses 2 MB pages instead of 4 KB ones. Under valgrind, through an explicit loader
+// of its own binary: same pid, name, arguments and environment). Streaming weights (carved from
+// blocks advised likewise, core/weight_memory.h) and the latent cache then crosses 2 MB pages
+// instead of 4 KB ones. Under valgrind, through an explicit loader
 // (ld.so ./daedalus) or if the exec fails, the process goes on with 4 KB pages.
 void StartOnHugePages(char** argv);
 

@@ -2,7 +2,9 @@
 
 #include <sys/mman.h>
 
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <new>
 #include <utility>
 
@@ -20,6 +22,11 @@ uintptr_t RoundDown(uintptr_t v, uintptr_t to) { return v / to * to; }
 
 }  // namespace
 
+bool HugePagesAsked() {
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  return tunables != nullptr && std::string(tunables).find("glibc.malloc.hugetlb=1") != std::string::npos;
+}
+
 struct WeightBuffer::Block {
   uint8_t* base;
   size_t bytes;
@@ -29,8 +36,8 @@ struct WeightBuffer::Block {
 namespace {
 
 // A 2 MB-aligned anonymous mapping of `bytes` (rounded up to whole huge pages), advised for
-// huge pages while nothing in it is touched yet: the kernel then backs it with them at the
-// first write (where its transparent huge pages are not off).
+// huge pages (when asked for) while nothing in it is touched yet: the kernel then backs it with
+// them at the first write (where its transparent huge pages are not off).
 std::shared_ptr<WeightBuffer::Block> MapBlock(size_t bytes) {
   bytes = RoundUp(bytes, kHugePage);
   void* p = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -38,7 +45,7 @@ std::shared_ptr<WeightBuffer::Block> MapBlock(size_t bytes) {
   const auto start = reinterpret_cast<uintptr_t>(p), base = RoundUp(start, kHugePage);
   if (base > start) munmap(p, base - start);
   if (start + kHugePage > base) munmap(reinterpret_cast<void*>(base + bytes), start + kHugePage - base);
-  madvise(reinterpret_cast<void*>(base), bytes, MADV_HUGEPAGE);
+  if (HugePagesAsked()) madvise(reinterpret_cast<void*>(base), bytes, MADV_HUGEPAGE);
   return std::shared_ptr<WeightBuffer::Block>(new WeightBuffer::Block{reinterpret_cast<uint8_t*>(base), bytes});
 }
 

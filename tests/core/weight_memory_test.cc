@@ -16,6 +16,9 @@ namespace {
 
 constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
 
+// As the CLI starts itself (cli/huge_pages.h): every block below is advised for huge pages.
+const bool kAsked = setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1) == 0;
+
 void Fill(const WeightBuffer& b, uint8_t seed) {
   for (size_t i = 0; i < b.size(); ++i) b.data()[i] = static_cast<uint8_t>(seed + i * 7);
 }
@@ -116,6 +119,7 @@ long HugeKbAround(const void* at) {
 }
 
 TEST(WeightMemory, ProjectionsOfAMegabyteLieOnHugePages) {
+  ASSERT_TRUE(kAsked && HugePagesAsked());
   const std::string mode = ThpMode();
   if (mode != "always" && mode != "madvise") GTEST_SKIP() << "transparent huge pages are " << mode;
   // 24 projections of 1 MB, as a small model's routed experts: malloc gives each a mapping
