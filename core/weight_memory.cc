@@ -4,8 +4,8 @@
 
 #include <cstdlib>
 #include <mutex>
-#include <string>
 #include <new>
+#include <string>
 #include <utility>
 
 namespace daedalus {

@@ -3,9 +3,9 @@
 // A packed weight of a megabyte or so from malloc gets a mapping of its own, too small to hold
 // one 2 MB huge page: every 4 KB of it costs a TLB entry and stops the hardware prefetchers.
 // WeightBuffers are instead carved one after another from 2 MB-aligned blocks, advised for huge
-// pages before anything touches them when the process asks for huge pages (HugePagesAsked). A block is unmapped with its last buffer, and a buffer
-// freed before its neighbours gives back the whole huge pages inside it, so a routed expert's
-// memory still goes with the expert.
+// pages before anything touches them when the process asks for huge pages (HugePagesAsked). A
+// block is unmapped with its last buffer, and a buffer freed before its neighbours gives back the
+// whole huge pages inside it, so a routed expert's memory still goes with the expert.
 #pragma once
 
 #include <cstddef>
