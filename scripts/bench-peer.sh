@@ -10,7 +10,8 @@
 # 4. Times prefill of 512 tokens and batch-1 decode of 128 tokens (after a 64-token prompt) for
 #    both, alternating, ROUNDS rounds, 2 threads each; then, at a long context, prefill of 1,920
 #    tokens and batch-1 decode of 64 tokens after them (llama.cpp's context holds 2,048); prints
-#    every round, the medians and the ratios, with the machine and Daedalus' kernel tier.
+#    every round, the medians and the ratios, then the median of each round's own ratio, with
+#    the machine and Daedalus' kernel tier.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}"
@@ -82,4 +83,10 @@ print(f"median of {len(rows)} rounds: prefill 1,920 tokens: daedalus {med['daeda
 print(f"median of {len(rows)} rounds: decode batch 1 at a 1,920-token context: daedalus "
       f"{med['daedalus_decode_long']:.1f} tok/s, llama.cpp {med['llama_decode_long']:.1f} tok/s, "
       f"{med['daedalus_decode_long'] / med['llama_decode_long']:.2f}x")
+# Each round's own ratio: on a shared machine both engines speed up and slow down together
+# between rounds, which a ratio of medians taken from different rounds does not cancel.
+ratio = {k: statistics.median(r[f"daedalus_{k}"] / r[f"llama_{k}"] for r in rows)
+         for k in ("prefill", "decode", "prefill_long", "decode_long")}
+print(f"median of per-round ratios: prefill 512 {ratio['prefill']:.2f}x, decode batch 1 {ratio['decode']:.2f}x, "
+      f"prefill 1,920 {ratio['prefill_long']:.2f}x, decode batch 1 after 1,920 {ratio['decode_long']:.2f}x")
 PY
