@@ -10,8 +10,6 @@
 namespace daedalus {
 namespace {
 
-constexpr char kTunable[] = "glibc.malloc.hugetlb";
-
 // The kernel's transparent huge page mode: the bracketed word of always [madvise] never.
 std::string KernelMode() {
   std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
@@ -28,7 +26,7 @@ void StartOnHugePages(char** argv) {
   if (setting != nullptr && std::string(setting) == "off") return;
   const char* tunables = std::getenv("GLIBC_TUNABLES");
   const std::string chosen = tunables != nullptr ? tunables : "";
-  if (chosen.find(kTunable) != std::string::npos) return;  // chosen already (or this is the restart)
+  if (chosen.find(kHugePagesTunable) != std::string::npos) return;  // chosen already (or this is the restart)
   // Not under a tool that would not follow the exec (valgrind without --trace-children).
   const char* preload = std::getenv("LD_PRELOAD");
   if (preload != nullptr && std::string(preload).find("vgpreload") != std::string::npos) return;
@@ -40,7 +38,7 @@ void StartOnHugePages(char** argv) {
   self[n] = '\0';
   const auto name = [](const std::string& path) { return path.substr(path.find_last_of('/') + 1); };
   if (name(self) != name(argv[0])) return;
-  const std::string value = chosen + (chosen.empty() ? "" : ":") + kTunable + "=1";
+  const std::string value = chosen + (chosen.empty() ? "" : ":") + kHugePagesTunable + "=1";
   if (setenv("GLIBC_TUNABLES", value.c_str(), 1) == 0) execv(self, argv);
 }
 

@@ -24,7 +24,7 @@ uintptr_t RoundDown(uintptr_t v, uintptr_t to) { return v / to * to; }
 
 bool HugePagesAsked() {
   const char* tunables = std::getenv("GLIBC_TUNABLES");
-  return tunables != nullptr && std::string(tunables).find("glibc.malloc.hugetlb=1") != std::string::npos;
+  return tunables != nullptr && std::string(tunables).find(std::string(kHugePagesTunable) + "=1") != std::string::npos;
 }
 
 struct WeightBuffer::Block {
@@ -73,7 +73,9 @@ WeightBuffer::WeightBuffer(size_t bytes) : size_(bytes) {
 }
 
 WeightBuffer::WeightBuffer(WeightBuffer&& other) noexcept
-    : block_(std::move(other.block_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : block_(std::move(other.block_)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
 
 WeightBuffer& WeightBuffer::operator=(WeightBuffer&& other) noexcept {
   if (this != &other) {

@@ -14,8 +14,10 @@
 
 namespace daedalus {
 
-// Whether this process asks the kernel for huge pages: glibc.malloc.hugetlb=1 in GLIBC_TUNABLES,
-// as the CLI sets it when it starts (cli/huge_pages.h) unless DAEDALUS_HUGE_PAGES=off.
+// The glibc tunable that makes malloc ask for huge pages; the CLI sets it to 1 when it starts
+// (cli/huge_pages.h) unless DAEDALUS_HUGE_PAGES=off.
+constexpr char kHugePagesTunable[] = "glibc.malloc.hugetlb";
+// Whether this process asks the kernel for huge pages: kHugePagesTunable=1 in GLIBC_TUNABLES.
 bool HugePagesAsked();
 
 class WeightBuffer {

@@ -97,7 +97,8 @@ absl::Status CpuBackend::KvWrite(int64_t layer, const float* latent) {
   const int64_t dim = config_.kv_cache_dim();
   for (const SequenceSlice& s : batch_->slices) {
 #pragma omp parallel for schedule(static) if (s.n_tokens * dim >= kShareOverThreads)
-    for (int64_t t = 0; t < s.n_tokens; ++t) cache_.Write(*s.pages, layer, s.start_pos + t, &latent[(s.offset + t) * dim]);
+    for (int64_t t = 0; t < s.n_tokens; ++t)
+      cache_.Write(*s.pages, layer, s.start_pos + t, &latent[(s.offset + t) * dim]);
   }
   return absl::OkStatus();
 }

@@ -45,7 +45,8 @@ void SumSlots(const float* const* slot_rows, const float* weights, const float* 
     for (int64_t t = 0; t < n_tokens; ++t) {
       std::fill(routed.begin(), routed.end(), 0.0f);
       for (int64_t k = 0; k < topk; ++k) Axpy(weights[t * topk + k], slot_rows[t * topk + k], routed.data(), hidden);
-      for (int64_t i = 0; i < hidden; ++i) out[t * hidden + i] = shared != nullptr ? routed[i] + shared[t * hidden + i] : routed[i];
+      for (int64_t i = 0; i < hidden; ++i)
+        out[t * hidden + i] = shared != nullptr ? routed[i] + shared[t * hidden + i] : routed[i];
     }
   }
 }

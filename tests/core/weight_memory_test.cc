@@ -49,7 +49,8 @@ TEST(WeightMemory, BuffersAreAlignedApartAndKeepTheirBytesWhileOthersComeAndGo) 
   for (size_t i = 0; i < kept.size(); ++i)
     for (size_t j = i + 1; j < kept.size(); ++j) {
       if (kept[i].data() == nullptr || kept[j].data() == nullptr) continue;
-      const bool apart = kept[i].data() + kept[i].size() <= kept[j].data() || kept[j].data() + kept[j].size() <= kept[i].data();
+      const bool apart = kept[i].data() + kept[i].size() <= kept[j].data() ||
+                         kept[j].data() + kept[j].size() <= kept[i].data();
       EXPECT_TRUE(apart) << i << " and " << j;
     }
 }
