@@ -91,35 +91,33 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
     }
     PackKeys16(rows.data(), d.qk(), S, d.qk(), &keys[h * per_head]);
   }
-  // Work items of one head and kTokenGroup consecutive tokens: their weighted sums share each
-  // value row they all see (AxpyRowsMany), then each token adds the rows only it sees. Every
-  // output element stays one chain over the rows in order, as AxpyRows alone would give.
+  // Work items of one head and kTokenGroup consecutive tokens: the scores of every key the
+  // group's last token sees, for all its tokens at once, and their weighted sums over the same
+  // rows, each key and value row loaded once for the group. A token's keys past its own are
+  // scored and not used, and weigh zero in the sums: every score is the same chain over d and
+  // every output element the same chain over the rows as for the token alone (a zero weight
+  // adds nothing to a finite sum).
   constexpr int64_t kTokenGroup = 4;
   const int64_t groups = (n + kTokenGroup - 1) / kTokenGroup;
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t h = 0; h < d.H; ++h) {
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t t0 = g * kTokenGroup, tn = std::min(kTokenGroup, n - t0);
-      const int64_t seen_by_all = s.start_pos + t0 + 1, stride = s.start_pos + t0 + tn;
+      const int64_t stride = s.start_pos + t0 + tn;  // keys the group's last token sees
       FloatBuffer scores(tn * stride);
       const float* vh = values.data() + h * S * d.dv;
       float* oh = o + (s.offset + t0) * d.H * d.dv + h * d.dv;
-      // Scores over the key blocks every token of the group sees in one pass, then each token's
-      // remaining keys: every score is the same chain over d either way.
       const float* qg = q + (s.offset + t0) * ld_q + h * d.qk();
-      const int64_t shared_keys = seen_by_all / 16 * 16;
-      DotKeys16Many(qg, ld_q, tn, &keys[h * per_head], shared_keys, d.qk(), scores.data(), stride);
+      DotKeys16Many(qg, ld_q, tn, &keys[h * per_head], stride, d.qk(), scores.data(), stride);
       for (int64_t i = 0; i < tn; ++i) {
-        const int64_t visible = seen_by_all + i;
+        const int64_t visible = stride - tn + 1 + i;
         float* si = &scores[i * stride];
-        DotKeys16(qg + i * ld_q, &keys[h * per_head] + shared_keys * d.qk(), visible - shared_keys, d.qk(), si + shared_keys);
         for (int64_t j = 0; j < visible; ++j) si[j] *= scale;
         Softmax(si, visible);
+        std::fill(si + visible, si + stride, 0.0f);
         std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);
       }
-      AxpyRowsMany(scores.data(), stride, tn, vh, d.dv, seen_by_all, d.dv, oh, d.H * d.dv);
-      for (int64_t i = 1; i < tn; ++i)
-        AxpyRows(&scores[i * stride + seen_by_all], vh + seen_by_all * d.dv, d.dv, i, d.dv, oh + i * d.H * d.dv);
+      AxpyRowsMany(scores.data(), stride, tn, vh, d.dv, stride, d.dv, oh, d.H * d.dv);
     }
   }
 }
