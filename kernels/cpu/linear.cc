@@ -2,7 +2,9 @@
 // units shared out over the threads by cost, interleaves each block of tokens in the format the
 // active tier reads, and calls the tier's micro-kernels (kernels/cpu/tier.h).
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -127,6 +129,15 @@ struct TokenBlocks {
   int64_t count, base, extra, m;
 };
 
+// The L2 cache of one core (1 MiB where the system does not say).
+int64_t L2Bytes() {
+  static const int64_t bytes = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? static_cast<int64_t>(l2) : int64_t{1} << 20;
+  }();
+  return bytes;
+}
+
 struct Unit {
   int64_t problem, panel;
   double cost;
@@ -246,6 +257,9 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   // Inside another parallel region (max_active_levels 1) this region gets one thread, which
   // then takes every run.
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  int64_t out_bytes = 0;
+  for (const LinearProblem* pr : problems) out_bytes += pr->m * pr->w.rows * static_cast<int64_t>(sizeof(float));
+  const bool stream = out_bytes > threads * L2Bytes();
   StealingRuns runs(units, total, threads);
 #pragma omp parallel num_threads(threads)
   {
@@ -273,6 +287,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
         call.k0 = k0;
         call.kn = std::min(kKChunk, Kp - k0);
         call.accumulate = k0 > 0;
+        call.stream = stream && Kp <= kKChunk;  // a later k chunk would read y back
         call.panel = panel + k0 / 2 * kPanelPair * elem;
         if (plan.decode_once) {
           decoded.resize(static_cast<size_t>(kKChunk / 2 * kPanelPair));
@@ -294,6 +309,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
         }
       }
     }
+    _mm_sfence();  // this thread's streamed outputs reach memory before the region's barrier
   }
 }
 
@@ -345,6 +361,8 @@ void LinearBf16Portable(const LinearProblem& p) {
 }
 
 }  // namespace
+
+int64_t StreamedOutputBytes() { return omp_get_max_threads() * L2Bytes(); }
 
 void LinearBatch(const LinearProblem* problems, int64_t n) {
   std::vector<const LinearProblem*> fast;

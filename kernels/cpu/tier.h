@@ -27,6 +27,10 @@ struct PanelCall {
   int mr;                // 1..max_mr
   int valid;             // columns of y to write (1..32)
   bool accumulate;       // add to y (a later k chunk) instead of overwriting it
+  // The outputs are not read again soon: the kernel may write them with non-temporal stores
+  // (where accumulate is false and each row's 32 columns are whole and 64-byte aligned); the
+  // driver fences them before its threads meet.
+  bool stream;
 };
 
 struct TierKernels {

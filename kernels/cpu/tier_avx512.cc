@@ -47,12 +47,7 @@ struct Tile {
       hi[m] = _mm512_fmadd_ps(xb, w_hi, hi[m]);
     }
   }
-  void Store(const PanelCall& c) const {
-    for (int m = 0; m < MR; ++m) {
-      _mm512_mask_storeu_ps(c.y[m], mask_lo, lo[m]);
-      _mm512_mask_storeu_ps(c.y[m] + 16, mask_hi, hi[m]);
-    }
-  }
+  void Store(const PanelCall& c) const { StoreTile<MR>(c, lo, hi, mask_lo, mask_hi); }
 };
 
 template <int MR>

@@ -69,10 +69,7 @@ void Bf16Panel(const PanelCall& c) {
     PrefetchPanel(pair + 32);
     DotPair<MR>((__m512bh)_mm512_loadu_si512(pair), (__m512bh)_mm512_loadu_si512(pair + 32), x + kp * MR, lo, hi);
   }
-  for (int m = 0; m < MR; ++m) {
-    _mm512_mask_storeu_ps(c.y[m], mask_lo, lo[m]);
-    _mm512_mask_storeu_ps(c.y[m] + 16, mask_hi, hi[m]);
-  }
+  StoreTile<MR>(c, lo, hi, mask_lo, mask_hi);
 }
 
 // e4m3 codes (zero-extended to 16 bits) to bf16, exactly: a normal code's exponent and

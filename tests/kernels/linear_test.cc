@@ -2,10 +2,13 @@
 // tile and tail.
 #include "kernels/linear.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "core/buffer.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/tier.h"
 #include "tests/kernels/tiers.h"
@@ -191,6 +194,82 @@ TEST_P(LinearTier, BatchedProblemsEqualEachAlone) {
     const LinearProblem one{batch[p].x, batch[p].m, batch[p].w, alone.data(), batch[p].x_rows};
     LinearBatch(&one, 1);
     for (int64_t i = 0; i < batch[p].m * 40; ++i) ASSERT_EQ(y[p][i], alone[i]) << "problem " << p << " at " << i;
+  }
+}
+
+TEST_P(LinearTier, StreamedTilesEqualStoredOnes) {
+  // PanelCall::stream lets a kernel write whole, aligned rows past the caches: the same bits as
+  // stored normally, and rows that are partial or unaligned are still written as asked.
+  const cpu::TierKernels& tier = cpu::Kernels();
+  const int64_t K = 96;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::vector<float> wf(kPanelRows * K), x(12 * K);
+  for (auto* v : {&wf, &x})
+    for (float& e : *v) e = dist(rng);
+  std::vector<bf16> wb(wf.size()), panel(PackedElements(kPanelRows, K));
+  std::vector<uint8_t> codes(wf.size()), fp8_panel(PackedElements(kPanelRows, K));
+  F32ToBf16(wf.data(), wb.data(), wf.size());
+  for (size_t i = 0; i < wf.size(); ++i) codes[i] = F32ToFp8E4M3(wf[i]);
+  const std::vector<float> scales(Fp8ScaleBlocks(K), 1.0f);
+  PackBf16({DType::kBF16, kPanelRows, K, wb.data()}, panel.data());
+  PackFp8({DType::kF8E4M3, kPanelRows, K, codes.data(), nullptr, scales.data()}, fp8_panel.data());
+  for (int mr : {1, std::min(5, tier.max_mr), tier.max_mr}) {
+    // The tokens interleaved as the tier reads them: bf16 pairs [K / 2][mr], or floats [K][mr].
+    std::vector<const float*> rows(mr);
+    for (int m = 0; m < mr; ++m) rows[m] = x.data() + m * K;
+    std::vector<uint32_t> pairs(K / 2 * mr);
+    std::vector<float> floats(K * mr);
+    if (tier.bf16_activations) tier.pack_bf16_pairs(rows.data(), mr, K, pairs.data());
+    for (int64_t k = 0; k < K; ++k)
+      for (int m = 0; m < mr; ++m) floats[k * mr + m] = rows[m][k];
+    for (bool fp8 : {false, true}) {
+      if (fp8 && tier.panel_fp8 == nullptr) continue;
+      for (int valid : {32, 17})
+        for (int64_t offset : {0, 4}) {  // floats past a cache line's start
+          std::vector<FloatBuffer> y(2, FloatBuffer(12 * 32 + 4, NAN));
+          for (int v = 0; v < 2; ++v) {
+            float* out[12];
+            for (int m = 0; m < mr; ++m) out[m] = y[v].data() + offset + m * 32;
+            cpu::PanelCall call{};
+            call.x = tier.bf16_activations ? static_cast<const void*>(pairs.data()) : floats.data();
+            call.panel = fp8 ? static_cast<const void*>(fp8_panel.data()) : panel.data();
+            call.kn = K;
+            call.scales = scales.data();
+            call.y = out;
+            call.mr = mr;
+            call.valid = valid;
+            call.stream = v == 1;
+            (fp8 ? tier.panel_fp8 : tier.panel_bf16)(call);
+          }
+          for (size_t i = 0; i < y[0].size(); ++i)
+            ASSERT_TRUE(std::memcmp(&y[0][i], &y[1][i], sizeof(float)) == 0)
+                << (fp8 ? "fp8" : "bf16") << " mr " << mr << " valid " << valid << " offset " << offset << " at " << i;
+        }
+    }
+  }
+}
+
+TEST_P(LinearTier, StreamedBatchEqualsEachRowAlone) {
+  // A batch past StreamedOutputBytes: every row as the row alone gives it (a few bytes of output,
+  // stored normally), over several threads' work.
+  const int64_t k = 64, n = 96, m = StreamedOutputBytes() / (n * 4) + 13;
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::vector<float> x(m * k), wf(n * k);
+  for (auto* v : {&x, &wf})
+    for (float& e : *v) e = dist(rng);
+  std::vector<bf16> wb(wf.size()), panels(PackedElements(n, k));
+  F32ToBf16(wf.data(), wb.data(), wf.size());
+  WeightView w{DType::kBF16, n, k, wb.data()};
+  PackBf16(w, panels.data());
+  w.packed = panels.data();
+  FloatBuffer all(m * n, NAN);
+  Linear(x.data(), m, w, all.data());
+  std::vector<float> one(n);
+  for (int64_t i = 0; i < m; i += 7) {  // every 7th row: each token block and each thread's share
+    Linear(x.data() + i * k, 1, w, one.data());
+    for (int64_t j = 0; j < n; ++j) ASSERT_EQ(one[j], all[i * n + j]) << "row " << i << " of " << m;
   }
 }
 
