@@ -138,10 +138,15 @@ int64_t L2Bytes() {
   return bytes;
 }
 
+// One panel of a problem over its token blocks [b0, b1).
 struct Unit {
-  int64_t problem, panel;
+  int64_t problem, panel, b0, b1;
   double cost;
 };
+
+// Problems with fewer panels than this many per thread are also cut by token blocks, so that
+// every thread has a share (a prefill's MoE gate is one panel over hundreds of tokens).
+constexpr int64_t kUnitsPerThread = 4;
 
 // Contiguous runs of units of about equal cost, one per thread: each thread streams its own run
 // from the front, then steals from the back of the others'. A thread slowed by its memory
@@ -205,9 +210,10 @@ struct Plan {
   const void* x;  // the interleaved copy (shared with the problem before, or the float row itself)
 };
 
-// Runs the packed problems in one parallel region: every problem's panels are work units, and
-// each thread takes a contiguous run of units of about equal cost (weight bytes streamed plus
-// multiply-adds), so one barrier serves them all.
+// Runs the packed problems in one parallel region: every problem's panels (over ranges of its
+// token blocks where it has few panels) are work units, and each thread takes a contiguous run
+// of units of about equal cost (weight bytes streamed plus multiply-adds), so one barrier serves
+// them all.
 void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   const cpu::TierKernels& tier = cpu::Kernels();
   thread_local std::vector<FloatBuffer> scratch;  // the calling thread's, reused across calls
@@ -223,6 +229,9 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   plans.reserve(problems.size());
   std::vector<Unit> units;
   double total = 0;
+  // Inside another parallel region (max_active_levels 1) this region gets one thread, which
+  // then takes every run.
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   for (size_t p = 0; p < problems.size(); ++p) {
     const LinearProblem& pr = *problems[p];
     const bool tiles = cpu::OnTiles(tier, pr.w.dtype, pr.w.cols), fp8 = pr.w.dtype == DType::kF8E4M3;
@@ -248,15 +257,17 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
         pack_jobs.push_back({&pr, blocks.begin(b), blocks.size(b), scratch[p].data(), tiles});
     }
     plans.push_back(plan);
-    const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(pr.m));  // ~bytes + FMAs
-    for (int64_t panel = 0; panel * kPanelRows < pr.w.rows; ++panel) {
-      units.push_back({static_cast<int64_t>(p), panel, cost});
-      total += cost;
-    }
+    const int64_t panels = (pr.w.rows + kPanelRows - 1) / kPanelRows;
+    const int64_t parts = std::clamp<int64_t>(kUnitsPerThread * threads / panels, 1, blocks.count);
+    for (int64_t panel = 0; panel < panels; ++panel)
+      for (int64_t part = 0; part < parts; ++part) {
+        const int64_t b0 = blocks.count * part / parts, b1 = blocks.count * (part + 1) / parts;
+        const int64_t rows = blocks.begin(b1 - 1) + blocks.size(b1 - 1) - blocks.begin(b0);
+        const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(rows));  // bytes, FMAs
+        units.push_back({static_cast<int64_t>(p), panel, b0, b1, cost});
+        total += cost;
+      }
   }
-  // Inside another parallel region (max_active_levels 1) this region gets one thread, which
-  // then takes every run.
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   int64_t out_bytes = 0;
   for (const LinearProblem* pr : problems) out_bytes += pr->m * pr->w.rows * static_cast<int64_t>(sizeof(float));
   const bool stream = out_bytes > threads * L2Bytes();
@@ -294,7 +305,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
           tier.decode_fp8(static_cast<const uint8_t*>(call.panel), call.kn / 2, decoded.data());
           call.panel = decoded.data();
         }
-        for (int64_t b = 0; b < plan.blocks.count; ++b) {
+        for (int64_t b = u.b0; b < u.b1; ++b) {
           const int64_t m0 = plan.blocks.begin(b);
           call.mr = static_cast<int>(plan.blocks.size(b));
           // The block starts at m0 · K' values; within it, chunk k0 at k0 · mr values (k0 · mr
