@@ -258,12 +258,12 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     }
     plans.push_back(plan);
     const int64_t panels = (pr.w.rows + kPanelRows - 1) / kPanelRows;
-    const int64_t parts = std::clamp<int64_t>(kUnitsPerThread * threads / panels, 1, blocks.count);
+    const int64_t parts = threads > 1 ? std::clamp<int64_t>(kUnitsPerThread * threads / panels, 1, blocks.count) : 1;
     for (int64_t panel = 0; panel < panels; ++panel)
       for (int64_t part = 0; part < parts; ++part) {
         const int64_t b0 = blocks.count * part / parts, b1 = blocks.count * (part + 1) / parts;
         const int64_t rows = blocks.begin(b1 - 1) + blocks.size(b1 - 1) - blocks.begin(b0);
-        const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(rows));  // bytes, FMAs
+        const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(rows));  // B, FMAs
         units.push_back({static_cast<int64_t>(p), panel, b0, b1, cost});
         total += cost;
       }

@@ -90,7 +90,9 @@ def main():
         prompts = os.path.join(tmp, "prompts.jsonl")
         with open(prompts, "w") as f:
             for i in range(REQUESTS):
-                r = {"id": f"r{i}", "prompt_ids": [(7 * i + k) % 500 + 1 for k in range(8 + i % 5)], "max_new_tokens": 96,
+                # Long enough that a worker still runs its sequences when the test, having seen them
+                # running, kills it (96 tokens left a ~0.2 s window, which a loaded machine missed).
+                r = {"id": f"r{i}", "prompt_ids": [(7 * i + k) % 500 + 1 for k in range(8 + i % 5)], "max_new_tokens": 192,
                      "ignore_eos": True}
                 if i % 2:
                     r.update(temperature=0.8, top_p=0.95, seed=1000 + i)
