@@ -46,6 +46,15 @@ void TensorInfo::ReleaseResidentPages() const {
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+void TensorInfo::MapResidentPages() const {
+#ifdef MADV_POPULATE_READ
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + nbytes;
+  if (nbytes > 0) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
+#endif
+}
+
 absl::StatusOr<std::map<std::string, TensorInfo>> ParseSafetensors(const uint8_t* bytes, size_t size,
                                                                    const std::string& path) {
   if (size < 8) return Corrupt(path, absl::StrCat("file is ", size, " bytes, shorter than the 8-byte header length"));

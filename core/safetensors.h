@@ -31,6 +31,10 @@ struct TensorInfo {
   // Drops the whole pages of this tensor's bytes from resident memory (they stay in the page
   // cache and fault back on use): for tensors copied out at load.
   void ReleaseResidentPages() const;
+  // Maps this tensor's pages into the process now (MADV_POPULATE_READ; nothing where the kernel
+  // lacks it), for tensors read in place: the embedding, whose rows a prompt's tokens pick at
+  // random, would otherwise fault a page in for each new token.
+  void MapResidentPages() const;
 };
 
 // Parses the tensors of a safetensors file held in memory (8-byte header length, JSON header,

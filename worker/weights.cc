@@ -236,8 +236,10 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
   ASSIGN_OR_RETURN(model->checkpoint, Checkpoint::Open(dir));
   const ModelConfig& c = model->config;
   Loader L(*model->checkpoint, model->owned);
-  // Rows of the embedding are looked up, not multiplied: it stays as stored (F32 or BF16).
+  // Rows of the embedding are looked up, not multiplied: it stays as stored (F32 or BF16),
+  // mapped in whole now rather than a page per new token.
   ASSIGN_OR_RETURN(model->embed_tokens, L.Raw("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
+  (*model->checkpoint->Get("model.embed_tokens.weight"))->MapResidentPages();
   if (model->embed_tokens.dtype == DType::kF8E4M3) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor model.embed_tokens.weight in ", (*model->checkpoint->Get("model.embed_tokens.weight"))->file,
