@@ -83,13 +83,14 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   FloatBuffer& values = AtLeast(scratch.values, d.H * S * d.dv);
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < d.H; ++h) {
-    FloatBuffer rows(S * d.qk());
+    thread_local FloatBuffer head_keys;  // this thread's, kept across calls as NaiveScratch's are
+    float* rows = AtLeast(head_keys, S * d.qk()).data();
     for (int64_t j = 0; j < S; ++j) {
       std::memcpy(&rows[j * d.qk()], &kv[j * ld_kv + h * (d.dn + d.dv)], d.dn * 4);
       std::memcpy(&rows[j * d.qk() + d.dn], &latent[j * d.dim + d.rkv], d.dr * 4);
       std::memcpy(&values[(h * S + j) * d.dv], &kv[j * ld_kv + h * (d.dn + d.dv) + d.dn], d.dv * 4);
     }
-    PackKeys16(rows.data(), d.qk(), S, d.qk(), &keys[h * per_head]);
+    PackKeys16(rows, d.qk(), S, d.qk(), &keys[h * per_head]);
   }
   // Work items of one head and kTokenGroup consecutive tokens: the scores of every key the
   // group's last token sees, for all its tokens at once, and their weighted sums over the same
@@ -104,11 +105,12 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t t0 = g * kTokenGroup, tn = std::min(kTokenGroup, n - t0);
       const int64_t stride = s.start_pos + t0 + tn;  // keys the group's last token sees
-      FloatBuffer scores(tn * stride);
+      thread_local FloatBuffer group_scores;
+      float* scores = AtLeast(group_scores, tn * stride).data();
       const float* vh = values.data() + h * S * d.dv;
       float* oh = o + (s.offset + t0) * d.H * d.dv + h * d.dv;
       const float* qg = q + (s.offset + t0) * ld_q + h * d.qk();
-      DotKeys16Many(qg, ld_q, tn, &keys[h * per_head], stride, d.qk(), scores.data(), stride);
+      DotKeys16Many(qg, ld_q, tn, &keys[h * per_head], stride, d.qk(), scores, stride);
       for (int64_t i = 0; i < tn; ++i) {
         const int64_t visible = stride - tn + 1 + i;
         float* si = &scores[i * stride];
@@ -117,7 +119,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
         std::fill(si + visible, si + stride, 0.0f);
         std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);
       }
-      AxpyRowsMany(scores.data(), stride, tn, vh, d.dv, stride, d.dv, oh, d.H * d.dv);
+      AxpyRowsMany(scores, stride, tn, vh, d.dv, stride, d.dv, oh, d.H * d.dv);
     }
   }
 }
