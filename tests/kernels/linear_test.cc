@@ -227,7 +227,8 @@ TEST_P(LinearTier, StreamedTilesEqualStoredOnes) {
       if (fp8 && tier.panel_fp8 == nullptr) continue;
       for (int valid : {32, 17})
         for (int64_t offset : {0, 4}) {  // floats past a cache line's start
-          std::vector<FloatBuffer> y(2, FloatBuffer(12 * 32 + 4, NAN));
+          std::vector<FloatBuffer> y(2, FloatBuffer(1024, NAN));  // 4 KB: cache-line aligned (core/buffer.h)
+          ASSERT_EQ(reinterpret_cast<uintptr_t>(y[1].data()) % 64, 0u);
           for (int v = 0; v < 2; ++v) {
             float* out[12];
             for (int m = 0; m < mr; ++m) out[m] = y[v].data() + offset + m * 32;
