@@ -15,6 +15,7 @@
 #include "core/buffer.h"
 #include "kernels/cpu/tier.h"
 #include "kernels/linear.h"
+#include "kernels/ops.h"
 
 namespace daedalus {
 
@@ -208,6 +209,9 @@ struct Plan {
   void (*kernel)(const cpu::PanelCall&);
   bool tiles, fp8, decode_once;
   const void* x;  // the interleaved copy (shared with the problem before, or the float row itself)
+  int64_t Kp;           // inputs padded to even
+  size_t elem;          // bytes of a weight as packed
+  const uint8_t* packed;
 };
 
 // Runs the packed problems in one parallel region: every problem's panels (over ranges of its
@@ -224,10 +228,17 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     float* out;      // the problem's interleaved copy
     bool tiles;
   };
-  std::vector<PackJob> pack_jobs;
-  std::vector<Plan> plans;
-  plans.reserve(problems.size());
-  std::vector<Unit> units;
+  // The calling thread's lists, kept from call to call (a decode step makes ~50 calls), and
+  // named by reference: inside the parallel region a thread_local would be each thread's own.
+  thread_local std::vector<PackJob> own_pack_jobs;
+  thread_local std::vector<Plan> own_plans;
+  thread_local std::vector<Unit> own_units;
+  std::vector<PackJob>& pack_jobs = own_pack_jobs;
+  std::vector<Plan>& plans = own_plans;
+  std::vector<Unit>& units = own_units;
+  pack_jobs.clear();
+  plans.clear();
+  units.clear();
   double total = 0;
   // Inside another parallel region (max_active_levels 1) this region gets one thread, which
   // then takes every run.
@@ -240,7 +251,8 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     Plan plan{blocks,
               tiles ? (fp8 ? tier.tile_panel_fp8_decoded : tier.tile_panel_bf16)
                     : decode_once ? tier.panel_fp8_decoded : fp8 ? tier.panel_fp8 : tier.panel_bf16,
-              tiles, fp8, decode_once, nullptr};
+              tiles, fp8, decode_once, nullptr, PaddedCols(pr.w.cols), DTypeSize(pr.w.dtype),
+              static_cast<const uint8_t*>(pr.w.packed)};
     // A problem reading the rows its predecessor read (gate then up, or two projections of one
     // input) shares its copy.
     const LinearProblem* prev = p > 0 ? problems[p - 1] : nullptr;
@@ -272,13 +284,22 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   for (const LinearProblem* pr : problems) out_bytes += pr->m * pr->w.rows * static_cast<int64_t>(sizeof(float));
   const bool stream = out_bytes > threads * L2Bytes();
   StealingRuns runs(units, total, threads);
+  // Interleave the token blocks first: a decode step's few rows here, before the region, and a
+  // prefill's shared out over the threads in it (a loop that ends in a barrier, which would cost
+  // a decode step's product more than its packing).
+  int64_t pack_values = 0;
+  for (const PackJob& job : pack_jobs) pack_values += job.mr * job.problem->w.cols;
+  const bool pack_here = pack_values < kShareOverThreads;
+  if (pack_here)
+    for (const PackJob& job : pack_jobs) PackTokens(*job.problem, job.m0, job.mr, tier, job.tiles, job.out);
 #pragma omp parallel num_threads(threads)
   {
-    // Interleave the token blocks first, shared out over the threads (the loop ends in a barrier).
+    if (!pack_here) {
 #pragma omp for schedule(static)
-    for (size_t j = 0; j < pack_jobs.size(); ++j) {
-      const PackJob& job = pack_jobs[j];
-      PackTokens(*job.problem, job.m0, job.mr, tier, job.tiles, job.out);
+      for (size_t j = 0; j < pack_jobs.size(); ++j) {
+        const PackJob& job = pack_jobs[j];
+        PackTokens(*job.problem, job.m0, job.mr, tier, job.tiles, job.out);
+      }
     }
     const int t = omp_get_thread_num();
     std::vector<uint16_t> decoded;  // an FP8 panel chunk as bf16, for products of many token blocks
@@ -286,9 +307,9 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       const Unit& u = units[next];
       const LinearProblem& pr = *problems[u.problem];
       const Plan& plan = plans[u.problem];
-      const int64_t K = pr.w.cols, Kp = PaddedCols(K), N = pr.w.rows, n0 = u.panel * kPanelRows;
-      const size_t elem = DTypeSize(pr.w.dtype);
-      const auto* panel = static_cast<const uint8_t*>(pr.w.packed) + u.panel * Kp * kPanelRows * elem;
+      const int64_t K = pr.w.cols, Kp = plan.Kp, N = pr.w.rows, n0 = u.panel * kPanelRows;
+      const size_t elem = plan.elem;
+      const uint8_t* panel = plan.packed + u.panel * Kp * kPanelRows * elem;
       cpu::PanelCall call{};
       call.scales = plan.fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * Fp8ScaleBlocks(K) : nullptr;
       call.valid = static_cast<int>(std::min<int64_t>(kPanelRows, N - n0));
