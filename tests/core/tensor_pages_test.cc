@@ -2,19 +2,17 @@
 // embedding, read in place a row per token), ReleaseResidentPages drops them (tensors copied out
 // at load). Both read through /proc/self/smaps: the resident size of the file's mapping.
 #include <gtest/gtest.h>
-
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "core/safetensors.h"
+#include "tests/core/smaps.h"
 
 namespace daedalus {
 namespace {
@@ -33,23 +31,6 @@ std::string WriteTensor(const std::filesystem::path& dir) {
   const std::vector<char> data(kRows * kCols * 2, 1);
   out.write(data.data(), static_cast<std::streamsize>(data.size()));
   return path;
-}
-
-// Rss (kB) of the mapping holding `at`.
-long RssKbAround(const void* at) {
-  std::ifstream in("/proc/self/smaps");
-  std::string line;
-  bool inside = false;
-  const auto a = reinterpret_cast<uintptr_t>(at);
-  while (std::getline(in, line)) {
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find('-')) {
-      inside = lo <= a && a < hi;
-    } else if (inside && line.rfind("Rss:", 0) == 0) {
-      return std::atol(line.c_str() + 4);
-    }
-  }
-  return -1;
 }
 
 // Whether this kernel populates on request (Linux 5.14 and later), asked of a page of our own.
@@ -75,14 +56,14 @@ TEST(TensorPages, MappedInWholeThenReleased) {
   // Opening may map some of the file already (the header's fault maps its neighbours, or a
   // whole large folio of the page cache): start from none of the tensor mapped.
   t.ReleaseResidentPages();
-  const long before = RssKbAround(t.data);
+  const long before = SmapsKbAround(t.data, "Rss");
   ASSERT_GE(before, 0) << "no mapping holds the tensor";
   ASSERT_LT(before, kb / 2) << "kB resident after ReleaseResidentPages";
   t.MapResidentPages();
-  const long mapped = RssKbAround(t.data);
+  const long mapped = SmapsKbAround(t.data, "Rss");
   EXPECT_GE(mapped, kb) << "kB resident after MapResidentPages, of " << kb;
   t.ReleaseResidentPages();
-  EXPECT_LT(RssKbAround(t.data), kb / 2) << "kB resident after ReleaseResidentPages again";
+  EXPECT_LT(SmapsKbAround(t.data, "Rss"), kb / 2) << "kB resident after ReleaseResidentPages again";
   file->reset();
   std::filesystem::remove_all(dir);
 }

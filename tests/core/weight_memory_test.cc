@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/core/smaps.h"
+
 namespace daedalus {
 namespace {
 
@@ -102,23 +104,6 @@ std::string ThpMode() {
   return open != std::string::npos && close > open ? line.substr(open + 1, close - open - 1) : "";
 }
 
-// AnonHugePages (kB) of the mapping holding `at`, from /proc/self/smaps.
-long HugeKbAround(const void* at) {
-  std::ifstream in("/proc/self/smaps");
-  std::string line;
-  bool inside = false;
-  const auto a = reinterpret_cast<uintptr_t>(at);
-  while (std::getline(in, line)) {
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find('-')) {
-      inside = lo <= a && a < hi;
-    } else if (inside && line.rfind("AnonHugePages:", 0) == 0) {
-      return std::atol(line.c_str() + 14);
-    }
-  }
-  return -1;
-}
-
 TEST(WeightMemory, ProjectionsOfAMegabyteLieOnHugePages) {
   ASSERT_TRUE(kAsked && HugePagesAsked());
   const std::string mode = ThpMode();
@@ -131,7 +116,7 @@ TEST(WeightMemory, ProjectionsOfAMegabyteLieOnHugePages) {
     Fill(w.back(), 5);
   }
   long huge = 0;
-  for (const WeightBuffer& b : w) huge = std::max(huge, HugeKbAround(b.data()));
+  for (const WeightBuffer& b : w) huge = std::max(huge, SmapsKbAround(b.data(), "AnonHugePages"));
   EXPECT_GE(huge, 16 << 10) << "kB of the largest mapping holding them on huge pages";
 }
 
