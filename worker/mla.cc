@@ -46,7 +46,8 @@ constexpr int64_t kSegmentRows = 256;
 // by the calling thread from call to call, grown when a longer context needs more: fresh ones
 // that large come from mmap each time, and the kernel zeroes every page.
 struct NaiveBuffers {
-  FloatBuffer latent, c_kv, kv, keys, values;
+  FloatBuffer latent, c_kv, kv, keys, values;  // the calling thread's
+  FloatBuffer head_keys, group_scores;          // each thread's own, in the parallel loops
 };
 NaiveBuffers& NaiveScratch() {
   thread_local NaiveBuffers buffers;
@@ -83,8 +84,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   FloatBuffer& values = AtLeast(scratch.values, d.H * S * d.dv);
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < d.H; ++h) {
-    thread_local FloatBuffer head_keys;  // this thread's, kept across calls as NaiveScratch's are
-    float* rows = AtLeast(head_keys, S * d.qk()).data();
+    float* rows = AtLeast(NaiveScratch().head_keys, S * d.qk()).data();
     for (int64_t j = 0; j < S; ++j) {
       std::memcpy(&rows[j * d.qk()], &kv[j * ld_kv + h * (d.dn + d.dv)], d.dn * 4);
       std::memcpy(&rows[j * d.qk() + d.dn], &latent[j * d.dim + d.rkv], d.dr * 4);
@@ -105,8 +105,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t t0 = g * kTokenGroup, tn = std::min(kTokenGroup, n - t0);
       const int64_t stride = s.start_pos + t0 + tn;  // keys the group's last token sees
-      thread_local FloatBuffer group_scores;
-      float* scores = AtLeast(group_scores, tn * stride).data();
+      float* scores = AtLeast(NaiveScratch().group_scores, tn * stride).data();
       const float* vh = values.data() + h * S * d.dv;
       float* oh = o + (s.offset + t0) * d.H * d.dv + h * d.dv;
       const float* qg = q + (s.offset + t0) * ld_q + h * d.qk();

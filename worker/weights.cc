@@ -239,12 +239,12 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
   // Rows of the embedding are looked up, not multiplied: it stays as stored (F32 or BF16),
   // mapped in whole now rather than a page per new token.
   ASSIGN_OR_RETURN(model->embed_tokens, L.Raw("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
-  (*model->checkpoint->Get("model.embed_tokens.weight"))->MapResidentPages();
+  const TensorInfo* embed = *model->checkpoint->Get("model.embed_tokens.weight");
   if (model->embed_tokens.dtype == DType::kF8E4M3) {
     return absl::InvalidArgumentError(
-        absl::StrCat("tensor model.embed_tokens.weight in ", (*model->checkpoint->Get("model.embed_tokens.weight"))->file,
-                     ": expected dtype BF16 or F32, found F8_E4M3"));
+        absl::StrCat("tensor model.embed_tokens.weight in ", embed->file, ": expected dtype BF16 or F32, found F8_E4M3"));
   }
+  embed->MapResidentPages();
   ASSIGN_OR_RETURN(model->norm, L.Vector("model.norm.weight", c.hidden_size));
   ASSIGN_OR_RETURN(model->lm_head, L.Matrix("lm_head.weight", c.vocab_size, c.hidden_size));
   // One layer at a time: a config naming more layers than the checkpoint holds stops at the

@@ -130,13 +130,14 @@ struct TokenBlocks {
   int64_t count, base, extra, m;
 };
 
-// The L2 cache of one core (1 MiB where the system does not say).
-int64_t L2Bytes() {
-  static const int64_t bytes = [] {
-    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return l2 > 0 ? static_cast<int64_t>(l2) : int64_t{1} << 20;
+// Outputs past this many bytes are streamed (StreamedOutputBytes): the L2 caches of `threads`
+// cores (1 MiB a core where the system does not say).
+int64_t StreamedBytes(int threads) {
+  static const int64_t l2 = [] {
+    const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return bytes > 0 ? static_cast<int64_t>(bytes) : int64_t{1} << 20;
   }();
-  return bytes;
+  return threads * l2;
 }
 
 // One panel of a problem over its token blocks [b0, b1).
@@ -282,7 +283,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
   }
   int64_t out_bytes = 0;
   for (const LinearProblem* pr : problems) out_bytes += pr->m * pr->w.rows * static_cast<int64_t>(sizeof(float));
-  const bool stream = out_bytes > threads * L2Bytes();
+  const bool stream = out_bytes > StreamedBytes(threads);
   StealingRuns runs(units, total, threads);
   // Interleave the token blocks first: a decode step's few rows here, before the region, and a
   // prefill's shared out over the threads in it (a loop that ends in a barrier, which would cost
@@ -394,7 +395,7 @@ void LinearBf16Portable(const LinearProblem& p) {
 
 }  // namespace
 
-int64_t StreamedOutputBytes() { return omp_get_max_threads() * L2Bytes(); }
+int64_t StreamedOutputBytes() { return StreamedBytes(omp_get_max_threads()); }
 
 void LinearBatch(const LinearProblem* problems, int64_t n) {
   std::vector<const LinearProblem*> fast;
