@@ -101,32 +101,49 @@ class Loader {
     return m;
   }
 
-  // Splits kv_b_proj per head into the absorbed-decode weights (copies, in kv_b_proj's dtype).
+  // Splits kv_b_proj per head into the absorbed-decode weights (copies, in kv_b_proj's dtype):
+  // every head's W_uk transposed in one buffer, head after head, and every head's W_uv in
+  // another, so that a thread's heads stream as one run of memory.
   void Absorb(AttentionWeights& a, const ModelConfig& c) {
     const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
     const WeightView& kv_b = a.kv_b_proj;
-    for (int64_t h = 0; h < c.num_attention_heads; ++h) {
-      const int64_t row0 = h * (dn + dv);
-      // W_uk transposed: [r, dn]; W_uv: the head's v rows, [dv, r].
-      a.w_uk_t.push_back(Copy(kv_b.dtype, r, dn, [&](int64_t i, int64_t j) { return kv_b.at(row0 + j, i); }));
-      a.w_uv.push_back(Copy(kv_b.dtype, dv, r, [&](int64_t i, int64_t j) { return kv_b.at(row0 + dn + i, j); }));
-    }
+    // W_uk transposed: [r, dn]; W_uv: the head's v rows, [dv, r].
+    a.w_uk_t = CopyHeads(kv_b.dtype, c.num_attention_heads, r, dn, [&](int64_t h, int64_t i, int64_t j) {
+      return kv_b.at(h * (dn + dv) + j, i);
+    });
+    a.w_uv = CopyHeads(kv_b.dtype, c.num_attention_heads, dv, r, [&](int64_t h, int64_t i, int64_t j) {
+      return kv_b.at(h * (dn + dv) + dn + i, j);
+    });
   }
 
+  // H matrices of rows x cols, element(h, i, j), one after another in one buffer: float as
+  // given, else rounded to bf16 (exact for a BF16 kv_b_proj; an FP8 one is code x block scale)
+  // and packed, each head's panels starting on a cache line.
   template <typename Element>
-  WeightView Copy(DType dtype, int64_t rows, int64_t cols, Element element) {
-    if (dtype == DType::kF32) {
-      WeightBuffer& buf = owned_.emplace_back(static_cast<size_t>(rows * cols) * 4);
-      auto* out = reinterpret_cast<float*>(buf.data());
+  std::vector<WeightView> CopyHeads(DType dtype, int64_t H, int64_t rows, int64_t cols, Element element) {
+    const bool f32 = dtype == DType::kF32;
+    const size_t head_bytes = (f32 ? static_cast<size_t>(rows * cols) * 4 : PackedElements(rows, cols) * 2 + 63) / 64 * 64;
+    uint8_t* base = owned_.emplace_back(head_bytes * H).data();
+    std::vector<WeightView> heads;
+    std::vector<bf16> tmp(f32 ? 0 : static_cast<size_t>(rows * cols));
+    for (int64_t h = 0; h < H; ++h) {
+      uint8_t* at = base + h * head_bytes;
+      if (f32) {
+        auto* out = reinterpret_cast<float*>(at);
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(h, i, j);
+        heads.push_back(WeightView{DType::kF32, rows, cols, out});
+        continue;
+      }
       for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(i, j);
-      return WeightView{DType::kF32, rows, cols, out};
+        for (int64_t j = 0; j < cols; ++j) tmp[i * cols + j] = F32ToBf16(element(h, i, j));
+      WeightView w{DType::kBF16, rows, cols, tmp.data()};
+      PackBf16(w, reinterpret_cast<bf16*>(at));
+      w.packed = at;
+      w.data = nullptr;
+      heads.push_back(w);
     }
-    // Exact for a BF16 kv_b_proj; an FP8 one (code × block scale) is rounded to BF16 here.
-    std::vector<bf16> tmp(static_cast<size_t>(rows * cols));
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = 0; j < cols; ++j) tmp[i * cols + j] = F32ToBf16(element(i, j));
-    return Pack(WeightView{DType::kBF16, rows, cols, tmp.data()});
+    return heads;
   }
 
  private:
