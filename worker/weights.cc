@@ -67,10 +67,13 @@ class Loader {
 
   // The panel-layout copy of a BF16 or FP8 weight; `data` no longer points anywhere.
   WeightView Pack(WeightView w) {
-    WeightBuffer& buf = owned_.emplace_back(PackedElements(w.rows, w.cols) * DTypeSize(w.dtype));
-    if (w.dtype == DType::kBF16) PackBf16(w, reinterpret_cast<bf16*>(buf.data()));
-    else PackFp8(w, buf.data());
-    w.packed = buf.data();
+    return PackInto(w, owned_.emplace_back(PackedElements(w.rows, w.cols) * DTypeSize(w.dtype)).data());
+  }
+  // The same into `at`, room for PackedElements(rows, cols) weights the loader owns elsewhere.
+  static WeightView PackInto(WeightView w, uint8_t* at) {
+    if (w.dtype == DType::kBF16) PackBf16(w, reinterpret_cast<bf16*>(at));
+    else PackFp8(w, at);
+    w.packed = at;
     w.data = nullptr;
     return w;
   }
@@ -133,15 +136,11 @@ class Loader {
         for (int64_t i = 0; i < rows; ++i)
           for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(h, i, j);
         heads.push_back(WeightView{DType::kF32, rows, cols, out});
-        continue;
+      } else {
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < cols; ++j) tmp[i * cols + j] = F32ToBf16(element(h, i, j));
+        heads.push_back(PackInto(WeightView{DType::kBF16, rows, cols, tmp.data()}, at));
       }
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) tmp[i * cols + j] = F32ToBf16(element(h, i, j));
-      WeightView w{DType::kBF16, rows, cols, tmp.data()};
-      PackBf16(w, reinterpret_cast<bf16*>(at));
-      w.packed = at;
-      w.data = nullptr;
-      heads.push_back(w);
     }
     return heads;
   }
