@@ -41,7 +41,9 @@ struct DefaultInitAllocator : std::allocator<T> {
   }
 };
 
-// A float vector for activations; `FloatBuffer(n, 0.0f)` still zeroes when asked.
-using FloatBuffer = std::vector<float, DefaultInitAllocator<float>>;
+// A vector for activations; `FloatBuffer(n, 0.0f)` still zeroes when asked.
+template <typename T>
+using BufferOf = std::vector<T, DefaultInitAllocator<T>>;
+using FloatBuffer = BufferOf<float>;
 
 }  // namespace daedalus

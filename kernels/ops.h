@@ -36,6 +36,9 @@ void Softmax(float* v, int64_t n);
 float ScaleScores(float* v, const float* add, int64_t n, float scale);
 float ExpScores(float* v, int64_t n, float shift, bool bf16);
 
+// out[i] = F32ToBf16(in[i]) (core/dtype.h), the same bits, vectorised where the tier has it.
+void RoundBf16(const float* in, int64_t n, uint16_t* out);
+
 // Dot product and y += a·x over n floats, on the active CPU tier; each result's summation order
 // depends on n alone, so attention over a row does not depend on the batch around it.
 float Dot(const float* a, const float* b, int64_t n);

@@ -172,7 +172,7 @@ void PagedKvCache::Write(const PageTable& pages, int64_t layer, int64_t pos, con
   uint8_t* row = Row(pages[pos / options_.page_size], layer, pos % options_.page_size);
   switch (options_.dtype) {
     case DType::kF32: std::memcpy(row, latent, dim_ * 4); break;
-    case DType::kBF16: F32ToBf16(latent, reinterpret_cast<bf16*>(row), dim_); break;
+    case DType::kBF16: RoundBf16(latent, dim_, reinterpret_cast<bf16*>(row)); break;
     case DType::kF8E4M3: WriteKvRowFp8(latent, kv_lora_rank_, dim_ - kv_lora_rank_, row); break;
   }
 }

@@ -146,11 +146,11 @@ bool Bf16Rows(const PagedKvCache& cache) { return cache.dtype() == DType::kBF16 
 
 // Heads [h0, h1) of token row's [q_latent | q_pe] in bf16: out [h1 - h0, dim], converted once per
 // token and read by each of its segments.
-std::vector<bf16> QueryBf16(const Dims& d, int64_t row, int64_t h0, int64_t h1, const float* q_latent, const float* q) {
-  std::vector<bf16> out((h1 - h0) * d.dim);
+BufferOf<bf16> QueryBf16(const Dims& d, int64_t row, int64_t h0, int64_t h1, const float* q_latent, const float* q) {
+  BufferOf<bf16> out((h1 - h0) * d.dim);
   for (int64_t h = h0; h < h1; ++h) {
-    F32ToBf16(q_latent + (row * d.H + h) * d.rkv, &out[(h - h0) * d.dim], d.rkv);
-    F32ToBf16(q + (row * d.H + h) * d.qk() + d.dn, &out[(h - h0) * d.dim + d.rkv], d.dr);
+    RoundBf16(q_latent + (row * d.H + h) * d.rkv, d.rkv, &out[(h - h0) * d.dim]);
+    RoundBf16(q + (row * d.H + h) * d.qk() + d.dn, d.dr, &out[(h - h0) * d.dim + d.rkv]);
   }
   return out;
 }
@@ -164,7 +164,7 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
   const bool bf16_rows = Bf16Rows(cache);
   const int64_t block = bf16_rows ? kBf16RowBlock : kRowBlock;
   FloatBuffer rows(bf16_rows ? 0 : block * d.dim), scores(G * block), rope(bf16_rows ? 0 : G * block, 0.0f);
-  std::vector<bf16> rows16(bf16_rows ? block * d.dim : 0);
+  BufferOf<bf16> rows16(bf16_rows ? block * d.dim : 0);
   const float* ql = q_latent + (row * d.H + h0) * d.rkv;
   const float* qpe = q + (row * d.H + h0) * d.qk() + d.dn;
   float* ol = out.o;
@@ -188,7 +188,9 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     for (int64_t h = 0; h < G; ++h) {
       float* sh = &scores[h * block];
       const float block_max = std::max(out.max[h], ScaleScores(sh, bf16_rows ? nullptr : &rope[h * block], nb, scale));
-      if (block_max > out.max[h]) {  // earlier weights shrink by e^(old max - new max)
+      if (out.max[h] == -std::numeric_limits<float>::infinity()) {  // the first block: nothing to shrink
+        out.max[h] = block_max;
+      } else if (block_max > out.max[h]) {  // earlier weights shrink by e^(old max - new max)
         const float shrink = std::exp(out.max[h] - block_max);
         out.sum[h] *= shrink;
         float* oh = ol + h * d.rkv;
@@ -236,8 +238,7 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     const int64_t visible = s.start_pos + t + 1;
     const Partial acc{o_latent + ((s.offset + t) * d.H + h0) * d.rkv, max.data(), sum.data()};
     const Partial part{part_o.data(), max.data() + G, sum.data() + G};
-    const std::vector<bf16> q16 =
-        Bf16Rows(cache) ? QueryBf16(d, s.offset + t, h0, h1, q_latent, q) : std::vector<bf16>();
+    const BufferOf<bf16> q16 = Bf16Rows(cache) ? QueryBf16(d, s.offset + t, h0, h1, q_latent, q) : BufferOf<bf16>();
     AttendSegment(d, layer, s, t, h0, h1, 0, std::min(visible, kSegmentRows), q_latent, q, q16.data(), cache, scale,
                   acc);
     for (int64_t j0 = kSegmentRows; j0 < visible; j0 += kSegmentRows) {
@@ -274,7 +275,7 @@ void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& 
     const int64_t slot = i * window + k;
     return Partial{&part_o[slot * G * d.rkv], &part_max[slot * G], &part_sum[slot * G]};
   };
-  std::vector<std::vector<bf16>> q16(n);  // each (token, head group)'s query, for all its segments
+  std::vector<BufferOf<bf16>> q16(n);  // each (token, head group)'s query, for all its segments
   if (Bf16Rows(cache)) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (n > 1)
     for (int64_t i = 0; i < n; ++i)

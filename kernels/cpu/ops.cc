@@ -27,6 +27,7 @@ void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float 
 void ExpInPlace(float* v, int64_t n) { cpu::Kernels().exp(v, n); }
 
 float ScaleScores(float* v, const float* add, int64_t n, float scale) {
+  if (const auto tier = cpu::Kernels().scale_scores) return tier(v, add, n, scale);
   float max = -std::numeric_limits<float>::infinity();
   if (add != nullptr)
     for (int64_t j = 0; j < n; ++j) v[j] = (v[j] + add[j]) * scale;
@@ -38,6 +39,7 @@ float ScaleScores(float* v, const float* add, int64_t n, float scale) {
 }
 
 float ExpScores(float* v, int64_t n, float shift, bool bf16) {
+  if (const auto tier = cpu::Kernels().exp_scores) return tier(v, n, shift, bf16);
   for (int64_t j = 0; j < n; ++j) v[j] -= shift;
   cpu::Kernels().exp(v, n);
   if (bf16)
@@ -48,6 +50,11 @@ float ExpScores(float* v, int64_t n, float shift, bool bf16) {
   for (int64_t width = 8; width >= 1; width /= 2)
     for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
   return lanes[0];
+}
+
+void RoundBf16(const float* in, int64_t n, uint16_t* out) {
+  if (const auto tier = cpu::Kernels().round_bf16) return tier(in, n, out);
+  F32ToBf16(in, out, static_cast<size_t>(n));
 }
 
 // Elementwise, so any split gives the same bits; prefill-sized inputs are shared over the threads

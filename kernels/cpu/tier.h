@@ -113,6 +113,12 @@ struct TierKernels {
   void (*pack_bf16_tiles)(const float* const* rows, int mr, int64_t K, uint16_t* out);
   void (*tile_panel_bf16)(const PanelCall&);
   void (*tile_panel_fp8_decoded)(const PanelCall&);
+  // The steps of a block of attention scores (kernels/ops.h's ScaleScores and ExpScores, with
+  // `exp` above) and F32ToBf16 over n floats (core/dtype.h), each bitwise what those portable
+  // loops give; null: the portable loops.
+  float (*scale_scores)(float* v, const float* add, int64_t n, float scale) = nullptr;
+  float (*exp_scores)(float* v, int64_t n, float shift, bool bf16) = nullptr;
+  void (*round_bf16)(const float* in, int64_t n, uint16_t* out) = nullptr;
 };
 
 constexpr int64_t kTileInputs = 32;     // inputs per tile step

@@ -120,7 +120,8 @@ void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<in
 
 const TierKernels& Avx512Kernels() {
   static const TierKernels k{CpuIsa::kAvx512, false, nullptr, kMaxMr,   PanelBf16, PanelFp8, nullptr, nullptr,
-                             ExpAvx512, SoftmaxAvx512, SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512, DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, FmaProbeAvx512, ReadProbeAvx512, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+                             ExpAvx512, SoftmaxAvx512, SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512, DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, FmaProbeAvx512, ReadProbeAvx512, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                             ScaleScoresAvx512, ExpScoresAvx512, RoundBf16Avx512};
   return k;
 }
 

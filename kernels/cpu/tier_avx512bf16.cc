@@ -556,7 +556,8 @@ TierKernels Avx512Bf16Table(bool vbmi) {
           vbmi ? DecodeFp8Vbmi : DecodeFp8, PanelFp8Decoded, ExpAvx512, SoftmaxAvx512,
           SiluMulAvx512, DotAvx512, AxpyAvx512, DotRowsAvx512, AxpyRowsAvx512, DotRowsManyAvx512, AxpyRowsManyAvx512,
           DotKeys16Avx512, DotKeys16ManyAvx512, Fp8ToF32Avx512, Bf16ToF32Avx512, FmaProbeAvx512, DotProbe, ReadProbeAvx512,
-          DotRowsBf16, AxpyRowsBf16, DotRowsBf16Transposed, nullptr, nullptr, nullptr};
+          DotRowsBf16, AxpyRowsBf16, DotRowsBf16Transposed, nullptr, nullptr, nullptr,
+          ScaleScoresAvx512, ExpScoresAvx512, RoundBf16Avx512};
 }
 
 }  // namespace

@@ -111,6 +111,57 @@ TEST_P(OpsTier, ScoreBlockStepsMatchDefinition) {
   }
 }
 
+// The tiers' vectorised score steps and bf16 rounding give the portable loops' bits: the same
+// operations per element, the sum in the documented lane order, and F32ToBf16's rounding for
+// every class of float (ties either way, subnormals, infinities, NaN).
+TEST_P(OpsTier, ScoreBlockStepsAndBf16RoundingEqualThePortableLoopsBitwise) {
+  std::mt19937 gen(7);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (const int64_t n : {1, 15, 16, 17, 64, 80, 203}) {
+    std::vector<float> raw(n), add(n);
+    for (int64_t j = 0; j < n; ++j) raw[j] = normal(gen), add[j] = normal(gen);
+    for (const bool with_add : {false, true}) {
+      std::vector<float> v = raw, want = raw;
+      const float max = ScaleScores(v.data(), with_add ? add.data() : nullptr, n, 0.1353f);
+      float want_max = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        want[j] = (want[j] + (with_add ? add[j] : 0.0f)) * 0.1353f;
+        want_max = std::max(want_max, want[j]);
+      }
+      ASSERT_EQ(std::memcmp(v.data(), want.data(), n * sizeof(float)), 0) << "n " << n;
+      ASSERT_EQ(max, want_max) << "n " << n;
+      for (const bool bf16 : {false, true}) {
+        std::vector<float> e = v, e_want = v;
+        const float sum = ExpScores(e.data(), n, max, bf16);
+        for (float& x : e_want) x -= max;
+        ExpInPlace(e_want.data(), n);
+        float lanes[16] = {};
+        for (int64_t j = 0; j < n; ++j) {
+          if (bf16) e_want[j] = Bf16ToF32(F32ToBf16(e_want[j]));
+          lanes[j % 16] += e_want[j];
+        }
+        for (int64_t width = 8; width >= 1; width /= 2)
+          for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+        ASSERT_EQ(std::memcmp(e.data(), e_want.data(), n * sizeof(float)), 0) << "n " << n << " bf16 " << bf16;
+        ASSERT_EQ(sum, lanes[0]) << "n " << n << " bf16 " << bf16;
+      }
+    }
+  }
+  std::vector<float> in;
+  for (uint32_t high = 0; high < 65536; high += 1)
+    for (const uint32_t low : {0x0000u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
+      const uint32_t bits = high << 16 | low;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      in.push_back(f);
+    }
+  const int64_t n = static_cast<int64_t>(in.size()) - 3;  // a tail on every tier
+  std::vector<uint16_t> out(in.size(), 0x1234);
+  RoundBf16(in.data(), n, out.data());
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(out[i], F32ToBf16(in[i])) << "element " << i;
+  EXPECT_EQ(out[n], 0x1234) << "wrote past n";
+}
+
 TEST_P(OpsTier, SiluMulMatchesDefinition) {
   std::vector<float> gate, up, out(41);
   for (int i = 0; i < 41; ++i) {
