@@ -113,7 +113,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
       for (int64_t i = 0; i < tn; ++i) {
         const int64_t visible = stride - tn + 1 + i;
         float* si = &scores[i * stride];
-        for (int64_t j = 0; j < visible; ++j) si[j] *= scale;
+        ScaleScores(si, nullptr, visible, scale);
         Softmax(si, visible);
         std::fill(si + visible, si + stride, 0.0f);
         std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);
