@@ -230,6 +230,23 @@ bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
   if (!status_.ok()) return false;
   scheduler_.Computed(slices);
 
+  // The row each sampling slice draws from, and its token, drawn over the threads: a batch's
+  // logits (8 MB at 64 rows of a 32K vocabulary) come back from memory, and each draw depends
+  // only on its row, its sampling parameters and the position.
+  auto sample_row = [&](size_t i) -> const float* {
+    const ScheduledSlice& s = slices[i];
+    const bool prompt_rows = s.seq->request.want_prompt_logits && !s.decode;
+    return &logits[(first_logit[i] + (prompt_rows ? s.n - 1 : 0)) * vocab];
+  };
+  std::vector<int32_t> sampled(slices.size(), -1);
+  const int64_t n_slices = static_cast<int64_t>(slices.size());
+#pragma omp parallel for schedule(static) if (n_slices >= 8)
+  for (int64_t i = 0; i < n_slices; ++i) {
+    const Sequence& seq = *slices[i].seq;
+    if (slices[i].samples && seq.to_compute() == 0)
+      sampled[i] = Sampler(seq.request.sampling).Sample(sample_row(i), vocab, static_cast<int64_t>(seq.tokens.size()));
+  }
+
   for (size_t i = 0; i < slices.size(); ++i) {
     const ScheduledSlice& s = slices[i];
     Sequence& seq = *s.seq;
@@ -244,8 +261,8 @@ bool Engine::RunStep(const std::vector<ScheduledSlice>& slices) {
     }
     if (seq.to_compute() > 0) continue;  // a prefill chunk short of the end
     if (s.samples) {
-      const float* row = &logits[(first_logit[i] + (prompt_rows ? s.n - 1 : 0)) * vocab];
-      const int32_t token = Sampler(seq.request.sampling).Sample(row, vocab, static_cast<int64_t>(seq.tokens.size()));
+      const float* row = sample_row(i);
+      const int32_t token = sampled[i];
       seq.tokens.push_back(token);
       TokenOut out;
       out.index = seq.index;
