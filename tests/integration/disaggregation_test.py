@@ -27,6 +27,7 @@ from harness import ENV, MPIRUN, check, check_answers, daedalus, dump_logs, expe
 
 REQUESTS = 16
 READ_DELAY_MS = 1500
+LONG_NEW_TOKENS = 160
 
 
 class Cluster:
@@ -164,6 +165,15 @@ def main():
         reference = {r["id"]: (r["generated_ids"], r.get("logprobs"))
                      for r in lines(run([d, "run", "--model", model, "--prompts", prompts]).stdout)}
         check(len(reference) == REQUESTS, "run answers every prompt", len(reference))
+        # The same prompts generating longer, for the decode worker killed mid-decode: both decode
+        # workers then decode at once for over three times as many steps (48 steps, a window the
+        # status polls missed once on a loaded machine), and 16 sequences still fit one worker's pool.
+        long_prompts = os.path.join(tmp, "prompts_long.jsonl")
+        with open(prompts) as src, open(long_prompts, "w") as dst:
+            for line in src:
+                dst.write(json.dumps(dict(json.loads(line), max_new_tokens=LONG_NEW_TOKENS)) + "\n")
+        long_reference = {r["id"]: (r["generated_ids"], r.get("logprobs"))
+                          for r in lines(run([d, "run", "--model", model, "--prompts", long_prompts]).stdout)}
 
         def nothing_held(cluster, what):
             held = wait_for(lambda: all(int(w.get("kv_held_tokens", 0)) == 0 and int(w.get("kv_used_tokens", 0)) == 0
@@ -195,13 +205,13 @@ def main():
 
             # A decode worker killed while decoding sequences whose pages it had read.
             transfers = cluster.metric("daedalus_kv_transfers_total").get('{result="ok"}', 0)
-            stream = cluster.generate_bg(prompts)
+            stream = cluster.generate_bg(long_prompts)
             check(wait_for(lambda: cluster.metric("daedalus_kv_transfers_total").get('{result="ok"}', 0) >= transfers + 4 and all(
                 int(w.get("running", 0)) > 0 for w in cluster.status()["workers"] if w.get("role") == "decode"), 60, 0.05),
                   "both decode workers decode sequences whose pages they read")
             victim = next(int(w["pid"]) for w in cluster.status()["workers"] if w.get("role") == "decode" and int(w["rank"]) == 1)
             os.kill(victim, signal.SIGKILL)
-            check_answers(stream, "a decode worker killed after receiving pages", reference)
+            check_answers(stream, "a decode worker killed after receiving pages", long_reference)
             s = cluster.status()
             check(sorted(w.get("role") for w in s["workers"]) == ["decode", "prefill", "prefill"],
                   "the decode group serves on with one worker", [w.get("role") for w in s["workers"]])
