@@ -16,6 +16,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
@@ -24,6 +25,7 @@
 #include "core/kv_row.h"
 #include "kernels/cpu_isa.h"
 #include "kernels/cpu_probes.h"
+#include "kernels/ops.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine.h"
 #include "worker/presets.h"
@@ -321,6 +323,10 @@ Command AddBenchCommand(CLI::App& app) {
     const double bandwidth = std::max({bandwidth_before, read_probe.Best(5), decode_bandwidth_best});
     const double fp32_peak = std::max(fp32_before, MeasureFp32Peak());
     const double bf16_peak = std::max(bf16_before, MeasureBf16Peak());
+    // Absorbed attention's products: on VDPBF16PS over a bf16 cache where the tier has it
+    // (kernels/ops.h), else on the float FMA (rows widened to float).
+    const bool bf16_attention = options.kv.dtype == DType::kBF16 && HasBf16Attention();
+    const double attention_peak = bf16_attention ? MeasureBf16AttentionPeak() : fp32_peak;
     const DType dtype = w.projection_dtype();
     // The GEMM limit for these weights: float weights run on BLAS's float FMA, bf16 and fp8 on
     // the tier's bf16 unit.
@@ -361,6 +367,7 @@ Command AddBenchCommand(CLI::App& app) {
     out["bandwidth_gbs"] = bandwidth / 1e9;
     out["fp32_peak_gflops"] = fp32_peak / 1e9;
     out["bf16_peak_gflops"] = bf16_peak / 1e9;
+    out["attention_peak_gflops"] = attention_peak / 1e9;
     out["prefill_tokens"] = f->prompt_len;
     out["prefill_tok_s"] = prefill;
     out["prefill_gflops"] = prefill * prefill_flops / 1e9;
@@ -377,14 +384,15 @@ Command AddBenchCommand(CLI::App& app) {
       // Roofline: the DRAM time of the bytes the step touched (at the bandwidth probed between
       // its steps), or the compute time of its multiply-adds, whichever is longer. Each sequence
       // attends over its latent cache (the mean context of the timed steps): those bytes count,
-      // and so do absorbed attention's products (q·[c_kv | k_pe] and p·c_kv per head), which run
-      // on the float FMA.
+      // and so do absorbed attention's products (q·[c_kv | k_pe] and p·c_kv per head), at the
+      // peak of the unit they run on (attention_peak).
       const double context = f->context + f->steps / 2.0;
       const double kv_read = b * context * kv_bytes_per_token;
       const double attention_flops = 2.0 * c.num_hidden_layers * c.num_attention_heads * context *
                                      (2.0 * c.kv_lora_rank + c.qk_rope_head_dim);
       const double step_bytes = dense + decode[i].experts_per_layer * one_expert_all_layers + kv_read;
-      const double limit = std::min(decode[i].bandwidth * b / step_bytes, 1.0 / (decode_flops / gemm_peak + attention_flops / fp32_peak));
+      const double limit =
+          std::min(decode[i].bandwidth * b / step_bytes, 1.0 / (decode_flops / gemm_peak + attention_flops / attention_peak));
       tok_s[key] = decode[i].tok_s;
       decode_bandwidth[key] = decode[i].bandwidth / 1e9;
       roofline[key] = limit;
@@ -424,8 +432,11 @@ Command AddBenchCommand(CLI::App& app) {
                 f->model.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_hidden_layers),
                 static_cast<long long>(c.n_routed_experts), static_cast<long long>(c.num_experts_per_tok),
                 DTypeName(dtype), w.TotalBytes() / 1048576.0, active / 1048576.0);
-    std::printf("limits measured now: DRAM read %.1f GB/s (best), float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s\n",
-                bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9);
+    std::printf("limits measured now: DRAM read %.1f GB/s (best), float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s%s\n",
+                bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9,
+                bf16_attention ? absl::StrCat(", attention's VDPBF16PS ", absl::StrFormat("%.1f", attention_peak / 1e9),
+                                              " GFLOP/s").c_str()
+                               : "");
     std::printf("prefill %lld tokens: %.1f tok/s, %.1f GFLOP/s in projections (%.0f%% of the %s peak)\n",
                 static_cast<long long>(f->prompt_len), prefill, prefill * prefill_flops / 1e9,
                 100 * prefill * prefill_flops / gemm_peak, dtype == DType::kF32 ? "float FMA" : "bf16 unit");

@@ -34,5 +34,9 @@ double MeasureFp32Peak();
 // FLOP/s of the unit the tier's bf16 GEMM uses: the tiles' TDPBF16PS on amx, VDPBF16PS on
 // avx512bf16, the float FMA on tiers that widen bf16 weights to float.
 double MeasureBf16Peak();
+// FLOP/s of the unit absorbed attention over a bf16 cache uses: VDPBF16PS where the tier scores
+// bf16 rows in place (HasBf16Attention, kernels/ops.h; on amx too, whose tiles it does not use),
+// else the float FMA.
+double MeasureBf16AttentionPeak();
 
 }  // namespace daedalus

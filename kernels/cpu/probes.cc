@@ -64,5 +64,8 @@ double ReadProbe::Best(int passes) {
 
 double MeasureFp32Peak() { return Peak(cpu::Kernels().fp32_fma_probe, 3); }
 double MeasureBf16Peak() { return Peak(cpu::Kernels().bf16_probe, 3); }
+double MeasureBf16AttentionPeak() {
+  return cpu::Kernels().dot_rows_bf16 != nullptr ? Peak(cpu::Avx512Bf16Kernels().bf16_probe, 3) : MeasureFp32Peak();
+}
 
 }  // namespace daedalus
