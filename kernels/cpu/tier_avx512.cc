@@ -32,7 +32,7 @@ struct Tile {
   __mmask16 mask_lo, mask_hi;
 
   explicit Tile(const PanelCall& c)
-      : mask_lo(static_cast<__mmask16>(c.valid >= 16 ? 0xffff : (1u << c.valid) - 1)),
+      : mask_lo(Mask16(c.valid)),
         mask_hi(static_cast<__mmask16>(c.valid <= 16 ? 0 : c.valid >= 32 ? 0xffff : (1u << (c.valid - 16)) - 1)) {
     for (int m = 0; m < MR; ++m) {
       lo[m] = c.accumulate ? _mm512_maskz_loadu_ps(mask_lo, c.y[m]) : _mm512_setzero_ps();

@@ -27,7 +27,7 @@ namespace {
 // decoding constants then spill to L1; passes of 6 tokens decoded twice, ~15% slower prefill).
 constexpr int kMaxMr = 12;
 
-__mmask16 MaskLo(int valid) { return static_cast<__mmask16>(valid >= 16 ? 0xffff : (1u << valid) - 1); }
+__mmask16 MaskLo(int valid) { return Mask16(valid); }
 __mmask16 MaskHi(int valid) {
   return static_cast<__mmask16>(valid <= 16 ? 0 : valid >= 32 ? 0xffff : (1u << (valid - 16)) - 1);
 }
@@ -300,7 +300,7 @@ void PackBf16Pairs(const float* const* rows, int mr, int64_t K, uint32_t* out) {
   const __mmask16 row_mask = static_cast<__mmask16>((1u << mr) - 1);
   for (int64_t k = 0; k < K; k += 32) {
     const int64_t left = K - k, n = std::min<int64_t>(16, (left + 1) / 2);
-    const __mmask16 m0 = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
+    const __mmask16 m0 = Mask16(left);
     const __mmask16 m1 = static_cast<__mmask16>(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
     __m512i r[16];
     for (int i = 0; i < 16; ++i)
@@ -517,7 +517,7 @@ void AxpyRowsBf16(const float* w, int64_t w_stride, int64_t heads, const uint16_
         const float* wh = w + (h0 + h) * w_stride + r0;
         uint16_t* out = w16 + h * 2 * pn;
         for (int64_t i = 0; i < 2 * pn; i += 16) {
-          const __mmask16 m = rn - i >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (rn - i)) - 1);
+          const __mmask16 m = Mask16(rn - i);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), RoundToBf16(_mm512_maskz_loadu_ps(m, wh + i)));
         }
       }
