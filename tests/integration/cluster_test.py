@@ -281,9 +281,11 @@ def main():
             check(p.returncode == 0 and all(got[i]["generated_ids"] == expected[i]["generated_ids"] for i in expected),
                   "after the restart: the single-process results again")
         finally:
-            cluster.stop()
-            if failures:
-                dump_logs(tmp, ["coordinator.log", "workers.log"])
+            try:
+                cluster.stop()
+            finally:  # the logs even when stopping fails
+                if failures:
+                    dump_logs(tmp, ["coordinator.log", "workers.log"])
     finish()
 
 

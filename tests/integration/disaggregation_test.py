@@ -230,9 +230,11 @@ def main():
             check(failed > 0, "reads from the killed prefill worker failed, and their sequences were computed again", failed)
             nothing_held(cluster, "prefill worker killed")
         finally:
-            cluster.stop()
-            if failures:
-                dump_logs(tmp, ["coordinator.log", "prefill0.log", "prefill1.log", "decode0.log", "decode1.log"], 1500)
+            try:
+                cluster.stop()
+            finally:  # the logs even when stopping fails
+                if failures:
+                    dump_logs(tmp, ["coordinator.log", "prefill0.log", "prefill1.log", "decode0.log", "decode1.log"], 1500)
     finish()
 
 

@@ -223,9 +223,11 @@ def main():
             check(together or apart, "the coordinator says why: hung together, named by every worker that reported (or, "
                   "hung one after the other, each named by every other)", log[-600:])
         finally:
-            cluster.stop()
-            if failures:
-                dump_logs(tmp, ["coordinator.log", "worker0.log", "worker1.log", "worker2.log", "worker3.log"])
+            try:
+                cluster.stop()
+            finally:  # the logs even when stopping fails
+                if failures:
+                    dump_logs(tmp, ["coordinator.log", "worker0.log", "worker1.log", "worker2.log", "worker3.log"])
     finish()
 
 

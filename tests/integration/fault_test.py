@@ -216,9 +216,11 @@ def main():
             check(cluster.pid_of_rank() == ranks, "ucx: the same processes serve with the same ranks", (ranks, cluster.pid_of_rank()))
             answers_like_run("ucx, after the coordinator restart: the tokens of `run`")
         finally:
-            cluster.stop()
-            if failures:
-                dump_logs(tmp, ["coordinator.log", "workers.log"])
+            try:
+                cluster.stop()
+            finally:  # the logs even when stopping fails
+                if failures:
+                    dump_logs(tmp, ["coordinator.log", "workers.log"])
     finish()
 
 
