@@ -10,8 +10,9 @@
 # 4. Times prefill of 512 tokens and batch-1 decode of 128 tokens (after a 64-token prompt) for
 #    both, alternating, ROUNDS rounds, 2 threads each; then, at a long context, prefill of 1,920
 #    tokens and batch-1 decode of 64 tokens after them (llama.cpp's context holds 2,048); prints
-#    every round, the medians and the ratios, then the median of each round's own ratio, with
-#    the machine and Daedalus' kernel tier.
+#    every round (with the DRAM read bandwidth bench measured in it: a machine whose load moves
+#    moves both engines' figures), the medians and the ratios, then the median of each round's
+#    own ratio, with the machine and Daedalus' kernel tier.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}"
@@ -63,7 +64,8 @@ PY
 import json, sys; j = json.load(sys.stdin)
 print(f\"round {j['round']}: prefill 512 daedalus {j['daedalus_prefill']:.0f} / llama.cpp {j['llama_prefill']:.0f} tok/s; \"
       f\"decode b1 daedalus {j['daedalus_decode']:.1f} / llama.cpp {j['llama_decode']:.1f} tok/s \"
-      f\"(daedalus at {100 * j['prefill_share_of_peak']:.0f}% of the bf16 peak, {100 * j['decode_share_of_roofline']:.0f}% of the DRAM roofline)\")
+      f\"(daedalus at {100 * j['prefill_share_of_peak']:.0f}% of the bf16 peak, {100 * j['decode_share_of_roofline']:.0f}% of the DRAM roofline; \"
+      f\"DRAM read {j['bandwidth_gbs']:.1f} GB/s)\")
 print(f\"round {j['round']}, 1,920-token context: prefill daedalus {j['daedalus_prefill_long']:.0f} / llama.cpp \"
       f\"{j['llama_prefill_long']:.0f} tok/s; decode b1 daedalus {j['daedalus_decode_long']:.1f} / llama.cpp \"
       f\"{j['llama_decode_long']:.1f} tok/s\")"
