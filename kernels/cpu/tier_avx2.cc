@@ -16,7 +16,7 @@
 namespace daedalus::cpu {
 namespace {
 
-constexpr int kMaxMr = 3;  // 12 accumulators of the 16 registers
+constexpr int kMaxMr = 5;  // 10 accumulators over half a panel, with its weights, in the 16 registers
 constexpr int64_t kPrefetchPairs = 8;
 
 // Lane masks for `valid` columns of each 8-row group g of the panel's 32.
@@ -25,10 +25,11 @@ __m256i GroupMask(int valid, int g) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid - 8 * g), lane);
 }
 
-// The MR × 32 tile as 4 groups of 8 rows. Group g's weights of a pair come from the 32 bytes at
-// lanes (g % 2)·8 of half g / 2.
+// The MR × 32 tile in one pass over the inputs, as 4 groups of 8 rows (group g's weights of a
+// pair come from the 32 bytes at lanes (g % 2)·8 of half g / 2), its 4·MR accumulators in
+// registers: for one or two tokens, whose products stream their weights from memory once.
 template <int MR, typename Widen>
-void Panel(const PanelCall& c, Widen widen) {
+void OnePass(const PanelCall& c, Widen widen) {
   __m256i mask[4];
   for (int g = 0; g < 4; ++g) mask[g] = GroupMask(c.valid, g);
   __m256 acc[MR][4];
@@ -37,7 +38,7 @@ void Panel(const PanelCall& c, Widen widen) {
   const auto* x = static_cast<const float*>(c.x);
   for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
     const float* xk = x + 2 * kp * MR;
-    widen.Prefetch(kp + kPrefetchPairs);
+    widen.Prefetch(kp + kPrefetchPairs, 0);
     for (int g = 0; g < 4; ++g) {
       __m256 w0, w1;  // rows 8g..8g+7 at inputs 2kp and 2kp + 1
       widen(kp, g, w0, w1);
@@ -49,10 +50,50 @@ void Panel(const PanelCall& c, Widen widen) {
     for (int g = 0; g < 4; ++g) _mm256_maskstore_ps(c.y[m] + 8 * g, mask[g], acc[m][g]);
 }
 
+// Three to five tokens: two passes over the inputs, rows 0-15 and then 16-31. Each pass's 2·MR
+// accumulators, its two groups' widened weights and a broadcast input fit the 16 registers,
+// where one pass of three tokens spilled accumulators to the stack at every pair (prefill at
+// 50% of the FMA peak, now 66%). Each output is the same chain either way: inputs 2kp then
+// 2kp + 1, pair after pair.
+template <int MR, typename Widen>
+void TwoPasses(const PanelCall& c, Widen widen) {
+  const auto* x = static_cast<const float*>(c.x);
+  for (int half = 0; half < 2 && 16 * half < c.valid; ++half) {
+    __m256i mask[2];
+    __m256 acc[MR][2];
+    for (int g = 0; g < 2; ++g) {
+      mask[g] = GroupMask(c.valid, 2 * half + g);
+      for (int m = 0; m < MR; ++m)
+        acc[m][g] = c.accumulate ? _mm256_maskload_ps(c.y[m] + 16 * half + 8 * g, mask[g]) : _mm256_setzero_ps();
+    }
+    for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
+      const float* xk = x + 2 * kp * MR;
+      widen.Prefetch(kp + kPrefetchPairs, half);
+      __m256 w0[2], w1[2];  // rows of the two groups at inputs 2kp and 2kp + 1
+      for (int g = 0; g < 2; ++g) widen(kp, 2 * half + g, w0[g], w1[g]);
+      for (int m = 0; m < MR; ++m) {
+        const __m256 x0 = _mm256_broadcast_ss(xk + m);
+        for (int g = 0; g < 2; ++g) acc[m][g] = _mm256_fmadd_ps(x0, w0[g], acc[m][g]);
+        const __m256 x1 = _mm256_broadcast_ss(xk + MR + m);
+        for (int g = 0; g < 2; ++g) acc[m][g] = _mm256_fmadd_ps(x1, w1[g], acc[m][g]);
+      }
+    }
+    for (int m = 0; m < MR; ++m)
+      for (int g = 0; g < 2; ++g) _mm256_maskstore_ps(c.y[m] + 16 * half + 8 * g, mask[g], acc[m][g]);
+  }
+}
+
+template <int MR, typename Widen>
+void Panel(const PanelCall& c, Widen widen) {
+  if constexpr (MR <= 2) OnePass<MR>(c, widen);
+  else TwoPasses<MR>(c, widen);
+}
+
 struct WidenBf16 {
   const uint16_t* panel;
-  void Prefetch(int64_t kp) const {
-    _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0);
+  // The first pass brings the whole pair from memory; a second its own half, from L2.
+  void Prefetch(int64_t kp, int half) const {
+    if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair + 32), _MM_HINT_T0);
   }
   __attribute__((always_inline)) void operator()(int64_t kp, int g, __m256& w0, __m256& w1) const {
@@ -68,7 +109,7 @@ struct WidenFp8 {
   const uint8_t* panel;
   const float* scales;
   int64_t k0;
-  void Prefetch(int64_t kp) const { _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0); }
+  void Prefetch(int64_t kp, int) const { _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0); }
   __attribute__((always_inline)) void operator()(int64_t kp, int g, __m256& w0, __m256& w1) const {
     const __m256i v = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(panel + kp * kPanelPair + g * 16)));
     const __m256i keep = _mm256_set1_epi32(static_cast<int>(0x87f00000u));
@@ -88,11 +129,11 @@ void Fp8Panel(const PanelCall& c) {
 }
 
 void PanelBf16(const PanelCall& c) {
-  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<1>, &Bf16Panel<2>, &Bf16Panel<3>};
+  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<1>, &Bf16Panel<2>, &Bf16Panel<3>, &Bf16Panel<4>, &Bf16Panel<5>};
   table[c.mr - 1](c);
 }
 void PanelFp8(const PanelCall& c) {
-  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<1>, &Fp8Panel<2>, &Fp8Panel<3>};
+  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<1>, &Fp8Panel<2>, &Fp8Panel<3>, &Fp8Panel<4>, &Fp8Panel<5>};
   table[c.mr - 1](c);
 }
 
