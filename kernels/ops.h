@@ -43,8 +43,9 @@ void RoundBf16(const float* in, int64_t n, uint16_t* out);
 // depends on n alone, so attention over a row does not depend on the batch around it.
 float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float a, const float* x, float* y, int64_t n);
-// out[j] = Dot(q, rows + j·stride, dim) for j < n_rows; y[:dim] += Σ_j w[j]·rows[j·stride:] in
-// order of j. Scores and weighted sums of attention, one call per query row.
+// out[j] = q · (rows + j·stride) over dim for j < n_rows, in an order fixed by dim (a row's score
+// does not depend on the rows beside it); y[:dim] += Σ_j w[j]·rows[j·stride:] in order of j, each
+// element's chain Axpy's. Scores and weighted sums of attention, one call per query row.
 void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
 void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
 // The same for `heads` queries over the same rows (all heads of a token over a block of cached

@@ -55,8 +55,9 @@ struct TierKernels {
   // on alignment or on what else is computed): attention scores and weighted sums.
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float alpha, const float* x, float* y, int64_t n);
-  // out[j] = dot(q, rows + j·stride, dim), and y += Σ_j w[j]·(rows + j·stride) over j in order
-  // (y[i]'s chain of multiply-adds is axpy's): attention over many keys in one call.
+  // out[j] = q · (rows + j·stride) over dim (in an order fixed by dim: a row's score does not
+  // depend on the rows beside it), and y += Σ_j w[j]·(rows + j·stride) over j in order (y[i]'s
+  // chain of multiply-adds is axpy's): attention over many keys in one call.
   void (*dot_rows)(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out);
   void (*axpy_rows)(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y);
   // dot_rows and axpy_rows for `heads` queries (q + h·q_stride → out + h·out_stride; weights

@@ -206,8 +206,43 @@ void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, 
   for (int64_t j = 0; j < n_rows; ++j) out[j] = Dot(q, rows + j * stride, dim);
 }
 
+// y in registers, 16 floats at a time for each of kH outputs, across all rows (each row's 16
+// floats loaded once for all kH): per element the same multiply-add, in the same order, as Axpy.
+template <int kH>
+void AxpyRowsHeads(const float* w, int64_t w_stride, const float* rows, int64_t stride, int64_t n_rows, int64_t dim,
+                   float* y, int64_t y_stride) {
+  for (int64_t i0 = 0; i0 < dim; i0 += 16) {
+    __m256i mask[2];
+    __m256 acc[kH][2];
+    for (int c = 0; c < 2; ++c) {
+      mask[c] = GroupMask(static_cast<int>(std::min<int64_t>(dim - i0, 16)), c);
+      for (int h = 0; h < kH; ++h) acc[h][c] = _mm256_maskload_ps(y + h * y_stride + i0 + 8 * c, mask[c]);
+    }
+    for (int64_t j = 0; j < n_rows; ++j) {
+      const float* r = rows + j * stride + i0;
+      const __m256 r0 = _mm256_maskload_ps(r, mask[0]), r1 = _mm256_maskload_ps(r + 8, mask[1]);
+      for (int h = 0; h < kH; ++h) {
+        const __m256 a = _mm256_broadcast_ss(w + h * w_stride + j);
+        acc[h][0] = _mm256_fmadd_ps(a, r0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(a, r1, acc[h][1]);
+      }
+    }
+    for (int c = 0; c < 2; ++c)
+      for (int h = 0; h < kH; ++h) _mm256_maskstore_ps(y + h * y_stride + i0 + 8 * c, mask[c], acc[h][c]);
+  }
+}
+
 void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y) {
-  for (int64_t j = 0; j < n_rows; ++j) Axpy(w[j], rows + j * stride, y, dim);
+  AxpyRowsHeads<1>(w, 0, rows, stride, n_rows, dim, y, 0);
+}
+
+// Four heads at a time: 8 accumulators, two row loads for 8 multiply-adds.
+void AxpyRowsMany(const float* w, int64_t w_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                  int64_t dim, float* y, int64_t y_stride) {
+  int64_t h = 0;
+  for (; h + 4 <= heads; h += 4)
+    AxpyRowsHeads<4>(w + h * w_stride, w_stride, rows, stride, n_rows, dim, y + h * y_stride, y_stride);
+  for (; h < heads; ++h) AxpyRowsHeads<1>(w + h * w_stride, w_stride, rows, stride, n_rows, dim, y + h * y_stride, y_stride);
 }
 
 // Two 8-lane halves of up to two 16-key blocks at a time: four independent chains over d.
@@ -229,6 +264,39 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
     const int64_t j0 = b0 * 16, count = std::min<int64_t>(16 * nb, n - j0);
     std::copy(lanes, lanes + count, out + j0);
   }
+}
+
+// Four queries by one 16-key block (its two 8-lane halves): 8 accumulators, the block's two
+// loads and four broadcasts for 8 multiply-adds, each (query, key) chain over d in order as in
+// DotKeys16.
+void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const float* keys16, int64_t n, int64_t dim,
+                   float* out, int64_t out_stride) {
+  int64_t i = 0;
+  for (; i + 4 <= queries; i += 4) {
+    const float* qi = q + i * q_stride;
+    float* oi = out + i * out_stride;
+    for (int64_t b = 0; b < (n + 15) / 16; ++b) {
+      __m256 acc[4][2];
+      for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
+      const float* k = keys16 + b * dim * 16;
+      for (int64_t d = 0; d < dim; ++d) {
+        const __m256 k0 = _mm256_loadu_ps(k + d * 16), k1 = _mm256_loadu_ps(k + d * 16 + 8);
+        for (int u = 0; u < 4; ++u) {
+          const __m256 qd = _mm256_broadcast_ss(qi + u * q_stride + d);
+          acc[u][0] = _mm256_fmadd_ps(qd, k0, acc[u][0]);
+          acc[u][1] = _mm256_fmadd_ps(qd, k1, acc[u][1]);
+        }
+      }
+      const int64_t j0 = b * 16, count = std::min<int64_t>(16, n - j0);
+      for (int u = 0; u < 4; ++u) {
+        alignas(32) float lanes[16];
+        _mm256_store_ps(lanes, acc[u][0]);
+        _mm256_store_ps(lanes + 8, acc[u][1]);
+        std::copy(lanes, lanes + count, oi + u * out_stride + j0);
+      }
+    }
+  }
+  for (; i < queries; ++i) DotKeys16(q + i * q_stride, keys16, n, dim, out + i * out_stride);
 }
 
 // e4m3 to float without a table: the code's magnitude bits moved to a float's exponent and
@@ -289,7 +357,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& Avx2Kernels() {
-  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, nullptr, nullptr, Exp, nullptr, SiluMul, Dot, Axpy, DotRows, AxpyRows, nullptr, nullptr, DotKeys16, nullptr, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, nullptr, nullptr, Exp, nullptr, SiluMul, Dot, Axpy, DotRows, AxpyRows, nullptr, AxpyRowsMany, DotKeys16, DotKeys16Many, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   return k;
 }
 

@@ -312,6 +312,32 @@ TEST_P(OpsTier, Fp8ToF32IsTheCodesValueTimesTheScaleBitwise) {
   }
 }
 
+// One query over a block of rows: each score bitwise the row's score alone (whatever rows share
+// the call), and the weighted sum bitwise Axpy row after row (the tier's contract: y[i]'s chain
+// is Axpy's), for dims that leave tails and row counts of one and more.
+TEST_P(OpsTier, RowKernelsEqualOneRowAndAxpyRowByRowBitwise) {
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (const int64_t dim : {int64_t{7}, int64_t{32}, int64_t{45}, int64_t{256}}) {
+    for (const int64_t n : {int64_t{1}, int64_t{13}}) {
+      const int64_t stride = dim + 5;
+      std::vector<float> rows(n * stride), q(dim), w(n), y0(dim), scores(n);
+      for (auto* v : {&rows, &q, &w, &y0})
+        for (float& x : *v) x = u(rng);
+      std::vector<float> y1 = y0;
+      DotRows(q.data(), rows.data(), stride, n, dim, scores.data());
+      AxpyRows(w.data(), rows.data(), stride, n, dim, y0.data());
+      for (int64_t j = 0; j < n; ++j) {
+        float alone = 0;
+        DotRows(q.data(), rows.data() + j * stride, stride, 1, dim, &alone);
+        ASSERT_EQ(scores[j], alone) << "dim " << dim << " row " << j;
+        Axpy(w[j], rows.data() + j * stride, y1.data(), dim);
+      }
+      for (int64_t i = 0; i < dim; ++i) ASSERT_EQ(y0[i], y1[i]) << "dim " << dim << " rows " << n << " element " << i;
+    }
+  }
+}
+
 // All heads of a token over one block of rows: each head's scores and weighted sum are bitwise
 // what the one-query kernels give, for head counts that exercise the blocked and leftover paths.
 TEST_P(OpsTier, ManyHeadKernelsEqualOneHeadAtATimeBitwise) {
