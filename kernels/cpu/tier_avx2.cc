@@ -27,27 +27,42 @@ __m256i GroupMask(int valid, int g) {
 
 // The MR × 32 tile in one pass over the inputs, as 4 groups of 8 rows (group g's weights of a
 // pair come from the 32 bytes at lanes (g % 2)·8 of half g / 2), its 4·MR accumulators in
-// registers: for one or two tokens, whose products stream their weights from memory once.
+// registers: for one or two tokens, whose products stream their weights from memory once. Named
+// accumulators and each pair's inputs broadcast once: GCC kept an array of two tokens'
+// accumulators on the stack, stored at every pair.
 template <int MR, typename Widen>
 void OnePass(const PanelCall& c, Widen widen) {
-  __m256i mask[4];
-  for (int g = 0; g < 4; ++g) mask[g] = GroupMask(c.valid, g);
-  __m256 acc[MR][4];
-  for (int m = 0; m < MR; ++m)
-    for (int g = 0; g < 4; ++g) acc[m][g] = c.accumulate ? _mm256_maskload_ps(c.y[m] + 8 * g, mask[g]) : _mm256_setzero_ps();
+  static_assert(MR == 1 || MR == 2);
   const auto* x = static_cast<const float*>(c.x);
+  float* const y0 = c.y[0];
+  float* const y1 = c.y[MR - 1];
+  const __m256i m0 = GroupMask(c.valid, 0), m1 = GroupMask(c.valid, 1), m2 = GroupMask(c.valid, 2),
+                m3 = GroupMask(c.valid, 3);
+  auto init = [&](const float* y, __m256i m) { return c.accumulate ? _mm256_maskload_ps(y, m) : _mm256_setzero_ps(); };
+  // Token 0's accumulators a0-a3 (groups 0-3), token 1's b0-b3.
+  __m256 a0 = init(y0, m0), a1 = init(y0 + 8, m1), a2 = init(y0 + 16, m2), a3 = init(y0 + 24, m3);
+  __m256 b0 = a0, b1 = a1, b2 = a2, b3 = a3;
+  if constexpr (MR == 2) b0 = init(y1, m0), b1 = init(y1 + 8, m1), b2 = init(y1 + 16, m2), b3 = init(y1 + 24, m3);
   for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
     const float* xk = x + 2 * kp * MR;
     widen.Prefetch(kp + kPrefetchPairs, 0);
-    for (int g = 0; g < 4; ++g) {
+    const __m256 xa0 = _mm256_broadcast_ss(xk), xa1 = _mm256_broadcast_ss(xk + MR);  // token 0 at 2kp, 2kp + 1
+    __m256 xb0 = xa0, xb1 = xa1;
+    if constexpr (MR == 2) xb0 = _mm256_broadcast_ss(xk + 1), xb1 = _mm256_broadcast_ss(xk + 3);
+    auto group = [&](int g, __m256& a, __m256& b) __attribute__((always_inline)) {
       __m256 w0, w1;  // rows 8g..8g+7 at inputs 2kp and 2kp + 1
       widen(kp, g, w0, w1);
-      for (int m = 0; m < MR; ++m) acc[m][g] = _mm256_fmadd_ps(_mm256_broadcast_ss(xk + m), w0, acc[m][g]);
-      for (int m = 0; m < MR; ++m) acc[m][g] = _mm256_fmadd_ps(_mm256_broadcast_ss(xk + MR + m), w1, acc[m][g]);
-    }
+      a = _mm256_fmadd_ps(xa1, w1, _mm256_fmadd_ps(xa0, w0, a));
+      if constexpr (MR == 2) b = _mm256_fmadd_ps(xb1, w1, _mm256_fmadd_ps(xb0, w0, b));
+    };
+    group(0, a0, b0), group(1, a1, b1), group(2, a2, b2), group(3, a3, b3);
   }
-  for (int m = 0; m < MR; ++m)
-    for (int g = 0; g < 4; ++g) _mm256_maskstore_ps(c.y[m] + 8 * g, mask[g], acc[m][g]);
+  _mm256_maskstore_ps(y0, m0, a0), _mm256_maskstore_ps(y0 + 8, m1, a1);
+  _mm256_maskstore_ps(y0 + 16, m2, a2), _mm256_maskstore_ps(y0 + 24, m3, a3);
+  if constexpr (MR == 2) {
+    _mm256_maskstore_ps(y1, m0, b0), _mm256_maskstore_ps(y1 + 8, m1, b1);
+    _mm256_maskstore_ps(y1 + 16, m2, b2), _mm256_maskstore_ps(y1 + 24, m3, b3);
+  }
 }
 
 // Three to five tokens: two passes over the inputs, rows 0-15 and then 16-31. Each pass's 2·MR
@@ -202,34 +217,151 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
 }
 
+// 8 rows of 8 floats to 8 columns (r[i] becomes element i of every row, row j in lane j).
+inline void Transpose8x8(__m256 (&r)[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  __m256 u[8];
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// Scores of the transposed rows' lanes (T: element c0 + d of every row at T + 8·d, d < cn) for
+// kH queries, each one chain over d in order, continued from out where `resume`.
+template <int kH>
+void ScoresOfLanes(const float* q, int64_t q_stride, int64_t c0, int64_t cn, const float* T, bool resume, int nr,
+                   float* out, int64_t out_stride) {
+  const __m256i lanes = GroupMask(nr, 0);
+  __m256 acc[kH];
+  for (int h = 0; h < kH; ++h) acc[h] = resume ? _mm256_maskload_ps(out + h * out_stride, lanes) : _mm256_setzero_ps();
+  for (int64_t d = 0; d < cn; ++d) {
+    const __m256 t = _mm256_load_ps(T + 8 * d);
+    for (int h = 0; h < kH; ++h) acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(q + h * q_stride + c0 + d), t, acc[h]);
+  }
+  for (int h = 0; h < kH; ++h) {
+    if (nr == 8) _mm256_storeu_ps(out + h * out_stride, acc[h]);
+    else _mm256_maskstore_ps(out + h * out_stride, lanes, acc[h]);
+  }
+}
+
+// Scores of many queries over the same rows: 8 rows at a time transposed into lanes once, then
+// every query's score of each row one multiply-add chain over d in order (no sums across lanes;
+// each row loaded once for all the queries, where one Dot per query and row loaded it once per
+// query and ended in a horizontal sum). A score depends on its row and dim alone.
+void DotRowsMany(const float* q, int64_t q_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
+                 int64_t dim, float* out, int64_t out_stride) {
+  constexpr int64_t kChunk = 512;  // dims transposed at a time: 16 KB
+  alignas(32) float T[kChunk * 8];
+  for (int64_t j0 = 0; j0 < n_rows; j0 += 8) {
+    const int nr = static_cast<int>(std::min<int64_t>(8, n_rows - j0));
+    for (int64_t c0 = 0; c0 < dim; c0 += kChunk) {
+      const int64_t cn = std::min(kChunk, dim - c0);
+      for (int64_t d0 = 0; d0 < cn; d0 += 8) {
+        const bool whole = d0 + 8 <= cn;
+        const __m256i m = GroupMask(static_cast<int>(std::min<int64_t>(8, cn - d0)), 0);
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) {
+          const float* at = rows + (j0 + i) * stride + c0 + d0;
+          r[i] = i >= nr ? _mm256_setzero_ps() : whole ? _mm256_loadu_ps(at) : _mm256_maskload_ps(at, m);
+        }
+        Transpose8x8(r);
+        for (int i = 0; i < 8; ++i) _mm256_store_ps(T + 8 * (d0 + i), r[i]);
+      }
+      for (int64_t h = 0; h < heads; h += 8) {
+        const float* qh = q + h * q_stride;
+        float* o = out + h * out_stride + j0;
+        const bool resume = c0 > 0;
+        switch (std::min<int64_t>(8, heads - h)) {
+          case 8: ScoresOfLanes<8>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+          case 7: ScoresOfLanes<7>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+          case 6: ScoresOfLanes<6>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+          case 5: ScoresOfLanes<5>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+          case 4: ScoresOfLanes<4>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+          case 3: ScoresOfLanes<3>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+          case 2: ScoresOfLanes<2>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+          default: ScoresOfLanes<1>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
+        }
+      }
+    }
+  }
+}
+
 void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out) {
-  for (int64_t j = 0; j < n_rows; ++j) out[j] = Dot(q, rows + j * stride, dim);
+  DotRowsMany(q, 0, 1, rows, stride, n_rows, dim, out, 0);
 }
 
 // y in registers, 16 floats at a time for each of kH outputs, across all rows (each row's 16
 // floats loaded once for all kH): per element the same multiply-add, in the same order, as Axpy.
+// Masked loads and stores (VMASKMOVPS) only where a vector runs past the end: on AMD's cores the
+// masked store is many times slower than a plain one (the sums below ran at a third of the FMA
+// peak with every store masked).
+template <bool kWhole>
+__attribute__((always_inline)) inline __m256 Load8(const float* p, __m256i mask) {
+  return kWhole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
+}
+template <bool kWhole>
+__attribute__((always_inline)) inline void Store8(float* p, __m256i mask, __m256 v) {
+  if (kWhole) _mm256_storeu_ps(p, v);
+  else _mm256_maskstore_ps(p, mask, v);
+}
+
+// y in registers, 16 floats at a time for each of kH (1 or 4) outputs, across all rows (each
+// row's 16 floats loaded once for all kH): per element the same multiply-add, in the same order,
+// as Axpy. Named accumulators: GCC kept an array of them on the stack, stored at every row.
+template <int kH, bool kWhole>
+void AxpyRowsChunk(const float* w, int64_t w_stride, const float* rows, int64_t stride, int64_t n_rows, int64_t left,
+                   float* y, int64_t y_stride) {
+  static_assert(kH == 1 || kH == 4);
+  const __m256i m0 = GroupMask(static_cast<int>(std::min<int64_t>(left, 16)), 0);
+  const __m256i m1 = GroupMask(static_cast<int>(std::min<int64_t>(left, 16)), 1);
+  float* y1 = y + y_stride;
+  float* y2 = y + 2 * y_stride;
+  float* y3 = y + 3 * y_stride;
+  __m256 a0 = Load8<kWhole>(y, m0), b0 = Load8<kWhole>(y + 8, m1), a1 = a0, b1 = b0, a2 = a0, b2 = b0, a3 = a0, b3 = b0;
+  if constexpr (kH == 4) {
+    a1 = Load8<kWhole>(y1, m0), b1 = Load8<kWhole>(y1 + 8, m1);
+    a2 = Load8<kWhole>(y2, m0), b2 = Load8<kWhole>(y2 + 8, m1);
+    a3 = Load8<kWhole>(y3, m0), b3 = Load8<kWhole>(y3 + 8, m1);
+  }
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const float* r = rows + j * stride;
+    const __m256 r0 = Load8<kWhole>(r, m0), r1 = Load8<kWhole>(r + 8, m1);
+    __m256 x = _mm256_broadcast_ss(w + j);
+    a0 = _mm256_fmadd_ps(x, r0, a0), b0 = _mm256_fmadd_ps(x, r1, b0);
+    if constexpr (kH == 4) {
+      x = _mm256_broadcast_ss(w + w_stride + j);
+      a1 = _mm256_fmadd_ps(x, r0, a1), b1 = _mm256_fmadd_ps(x, r1, b1);
+      x = _mm256_broadcast_ss(w + 2 * w_stride + j);
+      a2 = _mm256_fmadd_ps(x, r0, a2), b2 = _mm256_fmadd_ps(x, r1, b2);
+      x = _mm256_broadcast_ss(w + 3 * w_stride + j);
+      a3 = _mm256_fmadd_ps(x, r0, a3), b3 = _mm256_fmadd_ps(x, r1, b3);
+    }
+  }
+  Store8<kWhole>(y, m0, a0), Store8<kWhole>(y + 8, m1, b0);
+  if constexpr (kH == 4) {
+    Store8<kWhole>(y1, m0, a1), Store8<kWhole>(y1 + 8, m1, b1);
+    Store8<kWhole>(y2, m0, a2), Store8<kWhole>(y2 + 8, m1, b2);
+    Store8<kWhole>(y3, m0, a3), Store8<kWhole>(y3 + 8, m1, b3);
+  }
+}
+
 template <int kH>
 void AxpyRowsHeads(const float* w, int64_t w_stride, const float* rows, int64_t stride, int64_t n_rows, int64_t dim,
                    float* y, int64_t y_stride) {
-  for (int64_t i0 = 0; i0 < dim; i0 += 16) {
-    __m256i mask[2];
-    __m256 acc[kH][2];
-    for (int c = 0; c < 2; ++c) {
-      mask[c] = GroupMask(static_cast<int>(std::min<int64_t>(dim - i0, 16)), c);
-      for (int h = 0; h < kH; ++h) acc[h][c] = _mm256_maskload_ps(y + h * y_stride + i0 + 8 * c, mask[c]);
-    }
-    for (int64_t j = 0; j < n_rows; ++j) {
-      const float* r = rows + j * stride + i0;
-      const __m256 r0 = _mm256_maskload_ps(r, mask[0]), r1 = _mm256_maskload_ps(r + 8, mask[1]);
-      for (int h = 0; h < kH; ++h) {
-        const __m256 a = _mm256_broadcast_ss(w + h * w_stride + j);
-        acc[h][0] = _mm256_fmadd_ps(a, r0, acc[h][0]);
-        acc[h][1] = _mm256_fmadd_ps(a, r1, acc[h][1]);
-      }
-    }
-    for (int c = 0; c < 2; ++c)
-      for (int h = 0; h < kH; ++h) _mm256_maskstore_ps(y + h * y_stride + i0 + 8 * c, mask[c], acc[h][c]);
-  }
+  int64_t i0 = 0;
+  for (; i0 + 16 <= dim; i0 += 16) AxpyRowsChunk<kH, true>(w, w_stride, rows + i0, stride, n_rows, 16, y + i0, y_stride);
+  if (i0 < dim) AxpyRowsChunk<kH, false>(w, w_stride, rows + i0, stride, n_rows, dim - i0, y + i0, y_stride);
 }
 
 void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* y) {
@@ -357,7 +489,7 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& Avx2Kernels() {
-  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, nullptr, nullptr, Exp, nullptr, SiluMul, Dot, Axpy, DotRows, AxpyRows, nullptr, AxpyRowsMany, DotKeys16, DotKeys16Many, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, nullptr, nullptr, Exp, nullptr, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotRowsMany, AxpyRowsMany, DotKeys16, DotKeys16Many, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   return k;
 }
 
