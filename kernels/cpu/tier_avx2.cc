@@ -408,22 +408,24 @@ void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const floa
     const float* qi = q + i * q_stride;
     float* oi = out + i * out_stride;
     for (int64_t b = 0; b < (n + 15) / 16; ++b) {
-      __m256 acc[4][2];
-      for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
+      // Query u's two halves in a_u, b_u (named: GCC stored an array of them at every d).
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
       const float* k = keys16 + b * dim * 16;
       for (int64_t d = 0; d < dim; ++d) {
         const __m256 k0 = _mm256_loadu_ps(k + d * 16), k1 = _mm256_loadu_ps(k + d * 16 + 8);
-        for (int u = 0; u < 4; ++u) {
+        auto query = [&](int u, __m256& lo, __m256& hi) __attribute__((always_inline)) {
           const __m256 qd = _mm256_broadcast_ss(qi + u * q_stride + d);
-          acc[u][0] = _mm256_fmadd_ps(qd, k0, acc[u][0]);
-          acc[u][1] = _mm256_fmadd_ps(qd, k1, acc[u][1]);
-        }
+          lo = _mm256_fmadd_ps(qd, k0, lo);
+          hi = _mm256_fmadd_ps(qd, k1, hi);
+        };
+        query(0, a0, b0), query(1, a1, b1), query(2, a2, b2), query(3, a3, b3);
       }
       const int64_t j0 = b * 16, count = std::min<int64_t>(16, n - j0);
+      const __m256 halves[8] = {a0, b0, a1, b1, a2, b2, a3, b3};
       for (int u = 0; u < 4; ++u) {
         alignas(32) float lanes[16];
-        _mm256_store_ps(lanes, acc[u][0]);
-        _mm256_store_ps(lanes + 8, acc[u][1]);
+        _mm256_store_ps(lanes, halves[2 * u]);
+        _mm256_store_ps(lanes + 8, halves[2 * u + 1]);
         std::copy(lanes, lanes + count, oi + u * out_stride + j0);
       }
     }
