@@ -68,7 +68,7 @@ void OnePass(const PanelCall& c, Widen widen) {
 // Three to five tokens: two passes over the inputs, rows 0-15 and then 16-31. Each pass's 2·MR
 // accumulators, its two groups' widened weights and a broadcast input fit the 16 registers,
 // where one pass of three tokens spilled accumulators to the stack at every pair (prefill at
-// 50% of the FMA peak, now 66%). Each output is the same chain either way: inputs 2kp then
+// 50% of the FMA peak, now 67-68%). Each output is the same chain either way: inputs 2kp then
 // 2kp + 1, pair after pair.
 template <int MR, typename Widen>
 void TwoPasses(const PanelCall& c, Widen widen) {
@@ -301,8 +301,6 @@ void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, 
   DotRowsMany(q, 0, 1, rows, stride, n_rows, dim, out, 0);
 }
 
-// y in registers, 16 floats at a time for each of kH outputs, across all rows (each row's 16
-// floats loaded once for all kH): per element the same multiply-add, in the same order, as Axpy.
 // Masked loads and stores (VMASKMOVPS) only where a vector runs past the end: on AMD's cores the
 // masked store is many times slower than a plain one (the sums below ran at a third of the FMA
 // peak with every store masked).
