@@ -25,6 +25,16 @@ __m256i GroupMask(int valid, int g) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid - 8 * g), lane);
 }
 
+// Group g of a tile row's `valid` outputs: a plain load or store where the group is whole, masked
+// (VMASKMOVPS) only where it is not, as AMD's cores take many cycles for a masked store.
+inline __m256 LoadGroup(const float* y, int valid, int g) {
+  return 8 * (g + 1) <= valid ? _mm256_loadu_ps(y) : _mm256_maskload_ps(y, GroupMask(valid, g));
+}
+inline void StoreGroup(float* y, int valid, int g, __m256 v) {
+  if (8 * (g + 1) <= valid) _mm256_storeu_ps(y, v);
+  else _mm256_maskstore_ps(y, GroupMask(valid, g), v);
+}
+
 // The MR × 32 tile in one pass over the inputs, as 4 groups of 8 rows (group g's weights of a
 // pair come from the 32 bytes at lanes (g % 2)·8 of half g / 2), its 4·MR accumulators in
 // registers: for one or two tokens, whose products stream their weights from memory once. Named
@@ -36,13 +46,11 @@ void OnePass(const PanelCall& c, Widen widen) {
   const auto* x = static_cast<const float*>(c.x);
   float* const y0 = c.y[0];
   float* const y1 = c.y[MR - 1];
-  const __m256i m0 = GroupMask(c.valid, 0), m1 = GroupMask(c.valid, 1), m2 = GroupMask(c.valid, 2),
-                m3 = GroupMask(c.valid, 3);
-  auto init = [&](const float* y, __m256i m) { return c.accumulate ? _mm256_maskload_ps(y, m) : _mm256_setzero_ps(); };
+  auto init = [&](const float* y, int g) { return c.accumulate ? LoadGroup(y + 8 * g, c.valid, g) : _mm256_setzero_ps(); };
   // Token 0's accumulators a0-a3 (groups 0-3), token 1's b0-b3.
-  __m256 a0 = init(y0, m0), a1 = init(y0 + 8, m1), a2 = init(y0 + 16, m2), a3 = init(y0 + 24, m3);
+  __m256 a0 = init(y0, 0), a1 = init(y0, 1), a2 = init(y0, 2), a3 = init(y0, 3);
   __m256 b0 = a0, b1 = a1, b2 = a2, b3 = a3;
-  if constexpr (MR == 2) b0 = init(y1, m0), b1 = init(y1 + 8, m1), b2 = init(y1 + 16, m2), b3 = init(y1 + 24, m3);
+  if constexpr (MR == 2) b0 = init(y1, 0), b1 = init(y1, 1), b2 = init(y1, 2), b3 = init(y1, 3);
   for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
     const float* xk = x + 2 * kp * MR;
     widen.Prefetch(kp + kPrefetchPairs, 0);
@@ -57,11 +65,11 @@ void OnePass(const PanelCall& c, Widen widen) {
     };
     group(0, a0, b0), group(1, a1, b1), group(2, a2, b2), group(3, a3, b3);
   }
-  _mm256_maskstore_ps(y0, m0, a0), _mm256_maskstore_ps(y0 + 8, m1, a1);
-  _mm256_maskstore_ps(y0 + 16, m2, a2), _mm256_maskstore_ps(y0 + 24, m3, a3);
+  StoreGroup(y0, c.valid, 0, a0), StoreGroup(y0 + 8, c.valid, 1, a1);
+  StoreGroup(y0 + 16, c.valid, 2, a2), StoreGroup(y0 + 24, c.valid, 3, a3);
   if constexpr (MR == 2) {
-    _mm256_maskstore_ps(y1, m0, b0), _mm256_maskstore_ps(y1 + 8, m1, b1);
-    _mm256_maskstore_ps(y1 + 16, m2, b2), _mm256_maskstore_ps(y1 + 24, m3, b3);
+    StoreGroup(y1, c.valid, 0, b0), StoreGroup(y1 + 8, c.valid, 1, b1);
+    StoreGroup(y1 + 16, c.valid, 2, b2), StoreGroup(y1 + 24, c.valid, 3, b3);
   }
 }
 
@@ -74,13 +82,10 @@ template <int MR, typename Widen>
 void TwoPasses(const PanelCall& c, Widen widen) {
   const auto* x = static_cast<const float*>(c.x);
   for (int half = 0; half < 2 && 16 * half < c.valid; ++half) {
-    __m256i mask[2];
     __m256 acc[MR][2];
-    for (int g = 0; g < 2; ++g) {
-      mask[g] = GroupMask(c.valid, 2 * half + g);
+    for (int g = 0; g < 2; ++g)
       for (int m = 0; m < MR; ++m)
-        acc[m][g] = c.accumulate ? _mm256_maskload_ps(c.y[m] + 16 * half + 8 * g, mask[g]) : _mm256_setzero_ps();
-    }
+        acc[m][g] = c.accumulate ? LoadGroup(c.y[m] + 16 * half + 8 * g, c.valid, 2 * half + g) : _mm256_setzero_ps();
     for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
       const float* xk = x + 2 * kp * MR;
       widen.Prefetch(kp + kPrefetchPairs, half);
@@ -94,7 +99,7 @@ void TwoPasses(const PanelCall& c, Widen widen) {
       }
     }
     for (int m = 0; m < MR; ++m)
-      for (int g = 0; g < 2; ++g) _mm256_maskstore_ps(c.y[m] + 16 * half + 8 * g, mask[g], acc[m][g]);
+      for (int g = 0; g < 2; ++g) StoreGroup(c.y[m] + 16 * half + 8 * g, c.valid, 2 * half + g, acc[m][g]);
   }
 }
 
@@ -118,19 +123,18 @@ struct WidenBf16 {
   }
 };
 
-// As the avx512 tier: code j of the pair to bits 24-31, arithmetic shift by 4, masked: the
-// value times 2^-120; the scale carries 2^120.
+// Code j of the pair moved to bits 20-26 with its sign in bit 31: the code's value times 2^-120
+// as a float (subnormal codes become float subnormals), exactly. The first code (bits 0-7)
+// shifted up by 24 and arithmetically down by 4; the second (bits 8-15, its sign extended above
+// them) up by 12 alone: the same bits.
 struct WidenFp8 {
   const uint8_t* panel;
-  const float* scales;
-  int64_t k0;
   void Prefetch(int64_t kp, int) const { _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0); }
   __attribute__((always_inline)) void operator()(int64_t kp, int g, __m256& w0, __m256& w1) const {
     const __m256i v = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(panel + kp * kPanelPair + g * 16)));
     const __m256i keep = _mm256_set1_epi32(static_cast<int>(0x87f00000u));
-    const __m256 scale = _mm256_set1_ps(scales[(k0 + 2 * kp) / 128] * 0x1p120f);
-    w0 = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 4), keep)), scale);
-    w1 = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 4), keep)), scale);
+    w0 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 4), keep));
+    w1 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, 12), keep));
   }
 };
 
@@ -138,9 +142,37 @@ template <int MR>
 void Bf16Panel(const PanelCall& c) {
   Panel<MR>(c, WidenBf16{static_cast<const uint16_t*>(c.panel)});
 }
+// FP8, as the bf16 tier: each 128-input scale block's sums unscaled (in units of 2^-120), by the
+// same kernels as bf16 weights, then y = sum · (scale · 2^120) + y once per block, instead of
+// every widened weight multiplied by its scale.
 template <int MR>
 void Fp8Panel(const PanelCall& c) {
-  Panel<MR>(c, WidenFp8{static_cast<const uint8_t*>(c.panel), c.scales, c.k0});
+  alignas(32) float sums[MR][kPanelRows];
+  float* rows[MR];
+  for (int m = 0; m < MR; ++m) rows[m] = sums[m];
+  const auto* x = static_cast<const float*>(c.x);
+  const auto* panel = static_cast<const uint8_t*>(c.panel);
+  for (int64_t kp = 0; kp < c.kn / 2;) {
+    const int64_t block = (c.k0 + 2 * kp) / 128;
+    const int64_t end = std::min(c.kn / 2, ((block + 1) * 128 - c.k0) / 2);
+    PanelCall b = c;
+    b.x = x + 2 * kp * MR;
+    b.panel = panel + kp * kPanelPair;
+    b.k0 = c.k0 + 2 * kp;
+    b.kn = 2 * (end - kp);
+    b.y = rows;
+    b.accumulate = false;
+    Panel<MR>(b, WidenFp8{panel + kp * kPanelPair});
+    const __m256 scale = _mm256_set1_ps(c.scales[block] * 0x1p120f);
+    const bool add = c.accumulate || block * 128 > c.k0;
+    for (int m = 0; m < MR; ++m)
+      for (int g = 0; g < 4 && 8 * g < c.valid; ++g) {
+        float* y = c.y[m] + 8 * g;
+        const __m256 prior = add ? LoadGroup(y, c.valid, g) : _mm256_setzero_ps();
+        StoreGroup(y, c.valid, g, _mm256_fmadd_ps(_mm256_load_ps(sums[m] + 8 * g), scale, prior));
+      }
+    kp = end;
+  }
 }
 
 void PanelBf16(const PanelCall& c) {
