@@ -69,37 +69,51 @@ void Bf16Panel(const PanelCall& c) {
   t.Store(c);
 }
 
-// FP8: a half's 32 codes (16 rows × the pair) sign-extended as 16-bit lanes into 32 bits. Code j
-// moved to bits 24-31 and shifted arithmetically by 4 puts its exponent and mantissa in a float's
-// exponent and mantissa fields and its sign in bits 27-31 (masked to bit 31): its value times
-// 2^-120, subnormals included. The block scale times 2^120 restores it (scales < 2^7).
+// FP8: a half's 32 codes (16 rows × the pair) sign-extended as 16-bit lanes into 32 bits. The
+// first code shifted up by 24 and arithmetically down by 4, the second (bits 8-15, its sign
+// extended above) up by 12: its exponent and mantissa land in a float's exponent and mantissa
+// fields and its sign in bit 31 (masked): the code's value times 2^-120, subnormals included,
+// exactly.
 template <int kShift>
-__attribute__((always_inline)) inline __m512 WidenFp8(__m512i v, __m512i keep, __m512 scale) {
-  const __m512i bits = _mm512_and_si512(_mm512_srai_epi32(_mm512_slli_epi32(v, kShift), 4), keep);
-  return _mm512_mul_ps(_mm512_castsi512_ps(bits), scale);
+__attribute__((always_inline)) inline __m512 WidenFp8(__m512i v, __m512i keep) {
+  const __m512i bits = kShift == 16 ? _mm512_and_si512(_mm512_slli_epi32(v, 12), keep)
+                                    : _mm512_and_si512(_mm512_srai_epi32(_mm512_slli_epi32(v, kShift), 4), keep);
+  return _mm512_castsi512_ps(bits);
 }
 
+// As the bf16 tier: each 128-input scale block summed unscaled (in units of 2^-120), then
+// y = sum · (scale · 2^120) + y once per block (scales < 2^7), instead of every widened weight
+// multiplied by its scale.
 template <int MR>
 void Fp8Panel(const PanelCall& c) {
-  Tile<MR> t(c);
   const auto* x = static_cast<const float*>(c.x);
   const auto* panel = static_cast<const uint8_t*>(c.panel);
   const __m512i keep = _mm512_set1_epi32(static_cast<int>(0x87f00000u));
+  PanelCall fresh = c;
+  fresh.accumulate = false;  // each block's tile starts from zero
   for (int64_t kp = 0; kp < c.kn / 2;) {
     const int64_t block = (c.k0 + 2 * kp) / 128;
     const int64_t end = std::min(c.kn / 2, ((block + 1) * 128 - c.k0) / 2);
-    const __m512 scale = _mm512_set1_ps(c.scales[block] * 0x1p120f);
+    Tile<MR> t(fresh);
     for (; kp < end; ++kp) {
       const uint8_t* pair = panel + kp * kPanelPair;
       PrefetchPanel(pair);
       const __m512i v_lo = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair)));
       const __m512i v_hi = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 32)));
       const float* xk = x + 2 * kp * MR;
-      t.Update(xk, WidenFp8<24>(v_lo, keep, scale), WidenFp8<24>(v_hi, keep, scale));
-      t.Update(xk + MR, WidenFp8<16>(v_lo, keep, scale), WidenFp8<16>(v_hi, keep, scale));
+      t.Update(xk, WidenFp8<24>(v_lo, keep), WidenFp8<24>(v_hi, keep));
+      t.Update(xk + MR, WidenFp8<16>(v_lo, keep), WidenFp8<16>(v_hi, keep));
+    }
+    const __m512 scale = _mm512_set1_ps(c.scales[block] * 0x1p120f);
+    const bool add = c.accumulate || block * 128 > c.k0;
+    for (int m = 0; m < MR; ++m) {
+      float* y = c.y[m];
+      const __m512 lo = add ? _mm512_maskz_loadu_ps(t.mask_lo, y) : _mm512_setzero_ps();
+      const __m512 hi = add ? _mm512_maskz_loadu_ps(t.mask_hi, y + 16) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(y, t.mask_lo, _mm512_fmadd_ps(t.lo[m], scale, lo));
+      _mm512_mask_storeu_ps(y + 16, t.mask_hi, _mm512_fmadd_ps(t.hi[m], scale, hi));
     }
   }
-  t.Store(c);
 }
 
 // The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.
