@@ -25,8 +25,19 @@ __m256i GroupMask(int valid, int g) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid - 8 * g), lane);
 }
 
-// Group g of a tile row's `valid` outputs: a plain load or store where the group is whole, masked
-// (VMASKMOVPS) only where it is not, as AMD's cores take many cycles for a masked store.
+// Masked loads and stores (VMASKMOVPS) only where a vector runs past the end: on AMD's cores the
+// masked store is many times slower than a plain one (attention's sums ran at a third of the FMA
+// peak with every store masked). Load8 and Store8 where the caller knows at compile time whether
+// the vector is whole; LoadGroup and StoreGroup for group g of `valid` floats, decided at run time.
+template <bool kWhole>
+__attribute__((always_inline)) inline __m256 Load8(const float* p, __m256i mask) {
+  return kWhole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
+}
+template <bool kWhole>
+__attribute__((always_inline)) inline void Store8(float* p, __m256i mask, __m256 v) {
+  if (kWhole) _mm256_storeu_ps(p, v);
+  else _mm256_maskstore_ps(p, mask, v);
+}
 inline __m256 LoadGroup(const float* y, int valid, int g) {
   return 8 * (g + 1) <= valid ? _mm256_loadu_ps(y) : _mm256_maskload_ps(y, GroupMask(valid, g));
 }
@@ -162,7 +173,7 @@ void Fp8Panel(const PanelCall& c) {
     b.kn = 2 * (end - kp);
     b.y = rows;
     b.accumulate = false;
-    Panel<MR>(b, WidenFp8{panel + kp * kPanelPair});
+    Panel<MR>(b, WidenFp8{static_cast<const uint8_t*>(b.panel)});
     const __m256 scale = _mm256_set1_ps(c.scales[block] * 0x1p120f);
     const bool add = c.accumulate || block * 128 > c.k0;
     for (int m = 0; m < MR; ++m)
@@ -175,14 +186,19 @@ void Fp8Panel(const PanelCall& c) {
   }
 }
 
-void PanelBf16(const PanelCall& c) {
-  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<1>, &Bf16Panel<2>, &Bf16Panel<3>, &Bf16Panel<4>, &Bf16Panel<5>};
+// The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.
+template <int... MR>
+void PanelBf16For(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<MR + 1>...};
   table[c.mr - 1](c);
 }
-void PanelFp8(const PanelCall& c) {
-  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<1>, &Fp8Panel<2>, &Fp8Panel<3>, &Fp8Panel<4>, &Fp8Panel<5>};
+template <int... MR>
+void PanelFp8For(const PanelCall& c, std::integer_sequence<int, MR...>) {
+  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<MR + 1>...};
   table[c.mr - 1](c);
 }
+void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
 
 // e^x for 8 floats, as the AVX-512 version, with 2^n built in the exponent field.
 __m256 Exp8(__m256 x) {
@@ -274,17 +290,13 @@ inline void Transpose8x8(__m256 (&r)[8]) {
 template <int kH>
 void ScoresOfLanes(const float* q, int64_t q_stride, int64_t c0, int64_t cn, const float* T, bool resume, int nr,
                    float* out, int64_t out_stride) {
-  const __m256i lanes = GroupMask(nr, 0);
   __m256 acc[kH];
-  for (int h = 0; h < kH; ++h) acc[h] = resume ? _mm256_maskload_ps(out + h * out_stride, lanes) : _mm256_setzero_ps();
+  for (int h = 0; h < kH; ++h) acc[h] = resume ? LoadGroup(out + h * out_stride, nr, 0) : _mm256_setzero_ps();
   for (int64_t d = 0; d < cn; ++d) {
     const __m256 t = _mm256_load_ps(T + 8 * d);
     for (int h = 0; h < kH; ++h) acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(q + h * q_stride + c0 + d), t, acc[h]);
   }
-  for (int h = 0; h < kH; ++h) {
-    if (nr == 8) _mm256_storeu_ps(out + h * out_stride, acc[h]);
-    else _mm256_maskstore_ps(out + h * out_stride, lanes, acc[h]);
-  }
+  for (int h = 0; h < kH; ++h) StoreGroup(out + h * out_stride, nr, 0, acc[h]);
 }
 
 // Scores of many queries over the same rows: 8 rows at a time transposed into lanes once, then
@@ -300,13 +312,10 @@ void DotRowsMany(const float* q, int64_t q_stride, int64_t heads, const float* r
     for (int64_t c0 = 0; c0 < dim; c0 += kChunk) {
       const int64_t cn = std::min(kChunk, dim - c0);
       for (int64_t d0 = 0; d0 < cn; d0 += 8) {
-        const bool whole = d0 + 8 <= cn;
-        const __m256i m = GroupMask(static_cast<int>(std::min<int64_t>(8, cn - d0)), 0);
+        const int left = static_cast<int>(std::min<int64_t>(8, cn - d0));
         __m256 r[8];
-        for (int i = 0; i < 8; ++i) {
-          const float* at = rows + (j0 + i) * stride + c0 + d0;
-          r[i] = i >= nr ? _mm256_setzero_ps() : whole ? _mm256_loadu_ps(at) : _mm256_maskload_ps(at, m);
-        }
+        for (int i = 0; i < 8; ++i)
+          r[i] = i < nr ? LoadGroup(rows + (j0 + i) * stride + c0 + d0, left, 0) : _mm256_setzero_ps();
         Transpose8x8(r);
         for (int i = 0; i < 8; ++i) _mm256_store_ps(T + 8 * (d0 + i), r[i]);
       }
@@ -331,19 +340,6 @@ void DotRowsMany(const float* q, int64_t q_stride, int64_t heads, const float* r
 
 void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, int64_t dim, float* out) {
   DotRowsMany(q, 0, 1, rows, stride, n_rows, dim, out, 0);
-}
-
-// Masked loads and stores (VMASKMOVPS) only where a vector runs past the end: on AMD's cores the
-// masked store is many times slower than a plain one (the sums below ran at a third of the FMA
-// peak with every store masked).
-template <bool kWhole>
-__attribute__((always_inline)) inline __m256 Load8(const float* p, __m256i mask) {
-  return kWhole ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
-}
-template <bool kWhole>
-__attribute__((always_inline)) inline void Store8(float* p, __m256i mask, __m256 v) {
-  if (kWhole) _mm256_storeu_ps(p, v);
-  else _mm256_maskstore_ps(p, mask, v);
 }
 
 // y in registers, 16 floats at a time for each of kH (1 or 4) outputs, across all rows (each

@@ -32,8 +32,7 @@ struct Tile {
   __mmask16 mask_lo, mask_hi;
 
   explicit Tile(const PanelCall& c)
-      : mask_lo(Mask16(c.valid)),
-        mask_hi(static_cast<__mmask16>(c.valid <= 16 ? 0 : c.valid >= 32 ? 0xffff : (1u << (c.valid - 16)) - 1)) {
+      : mask_lo(Mask16(c.valid)), mask_hi(MaskHi(c.valid)) {
     for (int m = 0; m < MR; ++m) {
       lo[m] = c.accumulate ? _mm512_maskz_loadu_ps(mask_lo, c.y[m]) : _mm512_setzero_ps();
       hi[m] = c.accumulate ? _mm512_maskz_loadu_ps(mask_hi, c.y[m] + 16) : _mm512_setzero_ps();
@@ -106,13 +105,7 @@ void Fp8Panel(const PanelCall& c) {
     }
     const __m512 scale = _mm512_set1_ps(c.scales[block] * 0x1p120f);
     const bool add = c.accumulate || block * 128 > c.k0;
-    for (int m = 0; m < MR; ++m) {
-      float* y = c.y[m];
-      const __m512 lo = add ? _mm512_maskz_loadu_ps(t.mask_lo, y) : _mm512_setzero_ps();
-      const __m512 hi = add ? _mm512_maskz_loadu_ps(t.mask_hi, y + 16) : _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(y, t.mask_lo, _mm512_fmadd_ps(t.lo[m], scale, lo));
-      _mm512_mask_storeu_ps(y + 16, t.mask_hi, _mm512_fmadd_ps(t.hi[m], scale, hi));
-    }
+    for (int m = 0; m < MR; ++m) ScaleBlock(t.lo[m], t.hi[m], scale, add, t.mask_lo, t.mask_hi, c.y[m]);
   }
 }
 

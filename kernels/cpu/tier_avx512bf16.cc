@@ -28,9 +28,6 @@ namespace {
 constexpr int kMaxMr = 12;
 
 __mmask16 MaskLo(int valid) { return Mask16(valid); }
-__mmask16 MaskHi(int valid) {
-  return static_cast<__mmask16>(valid <= 16 ? 0 : valid >= 32 ? 0xffff : (1u << (valid - 16)) - 1);
-}
 
 // One input pair of a panel (rows 0-15 in w_lo, 16-31 in w_hi) times MR tokens' bf16 pairs
 // xk[0..MR), into their accumulators.
@@ -41,15 +38,6 @@ __attribute__((always_inline)) inline void DotPair(__m512bh w_lo, __m512bh w_hi,
     lo[m] = _mm512_dpbf16_ps(lo[m], w_lo, xb);
     hi[m] = _mm512_dpbf16_ps(hi[m], w_hi, xb);
   }
-}
-
-// y = a block's sum · its scale (+ y where `add`), for one token's 32 panel rows.
-__attribute__((always_inline)) inline void ScaleBlock(__m512 rows_lo, __m512 rows_hi, __m512 scale, bool add,
-                                                      __mmask16 mask_lo, __mmask16 mask_hi, float* y) {
-  const __m512 y_lo = add ? _mm512_maskz_loadu_ps(mask_lo, y) : _mm512_setzero_ps();
-  const __m512 y_hi = add ? _mm512_maskz_loadu_ps(mask_hi, y + 16) : _mm512_setzero_ps();
-  _mm512_mask_storeu_ps(y, mask_lo, _mm512_fmadd_ps(rows_lo, scale, y_lo));
-  _mm512_mask_storeu_ps(y + 16, mask_hi, _mm512_fmadd_ps(rows_hi, scale, y_hi));
 }
 
 // A bf16 panel is prefetched further ahead for three tokens or more: a call then spends longer on
