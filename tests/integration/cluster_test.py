@@ -101,7 +101,7 @@ def main():
         check(single.returncode == 0, "single-process run", single.stderr[-300:])
         expected = {r["id"]: r for r in lines(single.stdout)}
 
-        cluster = Cluster(d, model, tmp, 3, ["--max-queue", "2", "--heartbeat-timeout", "3", "--redundant-experts", "3",
+        cluster = Cluster(d, model, tmp, 3, ["--max-queue", "2", "--heartbeat-timeout", "10", "--redundant-experts", "3",
                                              "--rebalance-interval", "1"])
         try:
             s = cluster.status()
