@@ -12,6 +12,8 @@
 #include "kernels/panel_layout.h"
 
 #pragma GCC target("avx2,fma,bmi2")
+// After the target pragma, so that its callers' kernels inline into it (it holds no library code).
+#include "kernels/cpu/count_dispatch.h"
 
 namespace daedalus::cpu {
 namespace {
@@ -323,16 +325,9 @@ void DotRowsMany(const float* q, int64_t q_stride, int64_t heads, const float* r
         const float* qh = q + h * q_stride;
         float* o = out + h * out_stride + j0;
         const bool resume = c0 > 0;
-        switch (std::min<int64_t>(8, heads - h)) {
-          case 8: ScoresOfLanes<8>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-          case 7: ScoresOfLanes<7>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-          case 6: ScoresOfLanes<6>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-          case 5: ScoresOfLanes<5>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-          case 4: ScoresOfLanes<4>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-          case 3: ScoresOfLanes<3>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-          case 2: ScoresOfLanes<2>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-          default: ScoresOfLanes<1>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride); break;
-        }
+        WithCount<8>(std::min<int64_t>(8, heads - h), [&](auto kh) __attribute__((always_inline)) {
+          ScoresOfLanes<decltype(kh)::value>(qh, q_stride, c0, cn, T, resume, nr, o, out_stride);
+        });
       }
     }
   }

@@ -14,6 +14,8 @@
 #include "kernels/panel_layout.h"
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,bmi2")
+// After the target pragma, so that its callers' kernels inline into it (it holds no library code).
+#include "kernels/cpu/count_dispatch.h"
 // GCC 12 warns falsely inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -426,16 +428,9 @@ void DotRowsBf16Transposed(const uint16_t* q, int64_t q_stride, int64_t heads, c
         const uint16_t* qh = q + h * q_stride;
         float* o = out + h * out_stride + j0;
         const bool resume = c0 > 0;
-        switch (std::min<int64_t>(8, heads - h)) {
-          case 8: ScoresOfLanes<8>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-          case 7: ScoresOfLanes<7>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-          case 6: ScoresOfLanes<6>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-          case 5: ScoresOfLanes<5>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-          case 4: ScoresOfLanes<4>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-          case 3: ScoresOfLanes<3>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-          case 2: ScoresOfLanes<2>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-          default: ScoresOfLanes<1>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride); break;
-        }
+        WithCount<8>(std::min<int64_t>(8, heads - h), [&](auto kh) __attribute__((always_inline)) {
+          ScoresOfLanes<decltype(kh)::value>(qh, q_stride, c0, cn, dim, T, resume, lanes, o, out_stride);
+        });
       }
     }
   }
@@ -511,16 +506,9 @@ void AxpyRowsBf16(const float* w, int64_t w_stride, int64_t heads, const uint16_
       }
       const uint16_t* r = rows + r0 * stride;
       float* yh = y + h0 * y_stride;
-      switch (hn) {
-        case 8: AxpyRowsBf16Heads<8>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-        case 7: AxpyRowsBf16Heads<7>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-        case 6: AxpyRowsBf16Heads<6>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-        case 5: AxpyRowsBf16Heads<5>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-        case 4: AxpyRowsBf16Heads<4>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-        case 3: AxpyRowsBf16Heads<3>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-        case 2: AxpyRowsBf16Heads<2>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-        default: AxpyRowsBf16Heads<1>(w_pairs, pn, r, stride, rn, dim, yh, y_stride); break;
-      }
+      WithCount<kMaxH>(hn, [&](auto kh) __attribute__((always_inline)) {
+        AxpyRowsBf16Heads<decltype(kh)::value>(w_pairs, pn, r, stride, rn, dim, yh, y_stride);
+      });
     }
   }
 }
