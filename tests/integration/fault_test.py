@@ -21,8 +21,13 @@ import signal
 import subprocess
 import tempfile
 import time
-from harness import ENV, MPIRUN, check, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run
+import harness
+from harness import MPIRUN, check, daedalus, dump_logs, failures, finish, free_port, lines, make_model, measured, run
 
+# The generic CPU tier for every process that computes (workers and the single-process `run`
+# alike, so tokens still compare exactly): its plain loops keep a 4,000-token stream alive long
+# enough for a fault to land in it on a fast machine.
+ENV = dict(harness.ENV, DAEDALUS_CPU_ISA="generic")
 COORDINATOR_FLAGS = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "3", "--stall-timeout", "3"]
 
 
@@ -100,6 +105,23 @@ class Cluster:
             time.sleep(0.05)
         return False
 
+    def long_stream(self, args):
+        """Starts a stream and returns it once the coordinator counts it running. One that ends
+        before it is seen running (the tiny model's 4,000 tokens take a few seconds) is started
+        again, up to 3 times, each attempt's status and output printed."""
+        for attempt in range(3):
+            stream = self.generate_bg(*args)
+            seen = self.wait_running(1, 10)
+            if seen and stream.poll() is None:
+                check(True, "a long stream runs")
+                return stream
+            stream.kill()
+            out, err = stream.communicate(timeout=30)
+            print(f"     (attempt {attempt + 1}: seen running {seen}; the stream: {out[-200:]!r} {err[-200:]!r}; "
+                  f"status {self.status()})", flush=True)
+        check(False, "a long stream runs")
+        return self.generate_bg(*args)
+
     def stop(self):
         self.stop_workers()
         if self.coordinator and self.coordinator.poll() is None:
@@ -112,7 +134,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model(d, tmp)
         prompt = ["--prompt-ids", "9,8,7,6", "--max-new-tokens", "12"]
-        reference = lines(run([d, "run", "--model", model] + prompt).stdout)[0]["generated_ids"]
+        reference = lines(run([d, "run", "--model", model] + prompt, env=ENV).stdout)[0]["generated_ids"]
         long = ["--prompt-ids", "1,2,3", "--max-new-tokens", "4000", "--ignore-eos"]
 
         def answers_like_run(what):
@@ -136,8 +158,7 @@ def main():
             check(cluster.status()["state"] == "serving", "a slow rank within --stall-timeout is not lost")
 
             rank1 = next(int(w["pid"]) for w in cluster.status()["workers"] if w["rank"] == 1)
-            stream = cluster.generate_bg(*long)
-            check(cluster.wait_running(1, 10), "a long stream runs")
+            stream = cluster.long_stream(long)
             os.kill(rank1, signal.SIGUSR1)  # rank 1 cuts its control stream
             out, _ = stream.communicate(timeout=60)
             ended = time.time()
@@ -158,8 +179,7 @@ def main():
             answers_like_run("after the re-formation: the tokens of `run`")
 
             # The coordinator killed and restarted while the workers run.
-            stream = cluster.generate_bg(*long)
-            cluster.wait_running(1, 10)
+            stream = cluster.long_stream(long)
             cluster.kill_coordinator()
             out, _ = stream.communicate(timeout=60)
             got = lines(out)
