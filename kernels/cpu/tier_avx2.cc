@@ -188,19 +188,8 @@ void Fp8Panel(const PanelCall& c) {
   }
 }
 
-// The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.
-template <int... MR>
-void PanelBf16For(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<MR + 1>...};
-  table[c.mr - 1](c);
-}
-template <int... MR>
-void PanelFp8For(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<MR + 1>...};
-  table[c.mr - 1](c);
-}
-void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<int, kMaxMr>{}); }
-void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelBf16(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Bf16Panel<mr>; }, c); }
+void PanelFp8(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Fp8Panel<mr>; }, c); }
 
 // e^x for 8 floats, as the AVX-512 version, with 2^n built in the exponent field.
 __m256 Exp8(__m256 x) {

@@ -13,6 +13,8 @@
 
 // Everything below is compiled for AVX-512; the headers above are not.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2")
+// After the target pragma, so that what it instantiates is compiled for this tier.
+#include "kernels/cpu/count_dispatch.h"
 // GCC 12 warns falsely inside its own AVX-512 intrinsics (an undefined pass-through operand
 // the unmasked forms never read).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -109,19 +111,8 @@ void Fp8Panel(const PanelCall& c) {
   }
 }
 
-// The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.
-template <int... MR>
-void PanelBf16For(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<MR + 1>...};
-  table[c.mr - 1](c);
-}
-template <int... MR>
-void PanelFp8For(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<MR + 1>...};
-  table[c.mr - 1](c);
-}
-void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<int, kMaxMr>{}); }
-void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelBf16(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Bf16Panel<mr>; }, c); }
+void PanelFp8(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Fp8Panel<mr>; }, c); }
 
 }  // namespace
 

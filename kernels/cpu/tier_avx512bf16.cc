@@ -232,31 +232,10 @@ __attribute__((target("avx512vbmi"), flatten)) void Fp8PanelVbmi(const PanelCall
       });
 }
 
-// The instantiation for c.mr tokens, from tables of MR = 1..kMaxMr.
-template <int... MR>
-void PanelBf16For(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Bf16Panel<MR + 1>...};
-  table[c.mr - 1](c);
-}
-template <int... MR>
-void PanelFp8For(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Fp8Panel<MR + 1>...};
-  table[c.mr - 1](c);
-}
-template <int... MR>
-void PanelFp8VbmiFor(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Fp8PanelVbmi<MR + 1>...};
-  table[c.mr - 1](c);
-}
-void PanelBf16(const PanelCall& c) { PanelBf16For(c, std::make_integer_sequence<int, kMaxMr>{}); }
-template <int... MR>
-void PanelFp8DecodedFor(const PanelCall& c, std::integer_sequence<int, MR...>) {
-  static constexpr void (*table[])(const PanelCall&) = {&Fp8DecodedPanel<MR + 1>...};
-  table[c.mr - 1](c);
-}
-void PanelFp8(const PanelCall& c) { PanelFp8For(c, std::make_integer_sequence<int, kMaxMr>{}); }
-void PanelFp8Decoded(const PanelCall& c) { PanelFp8DecodedFor(c, std::make_integer_sequence<int, kMaxMr>{}); }
-void PanelFp8Vbmi(const PanelCall& c) { PanelFp8VbmiFor(c, std::make_integer_sequence<int, kMaxMr>{}); }
+void PanelBf16(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Bf16Panel<mr>; }, c); }
+void PanelFp8(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Fp8Panel<mr>; }, c); }
+void PanelFp8Decoded(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Fp8DecodedPanel<mr>; }, c); }
+void PanelFp8Vbmi(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { return &Fp8PanelVbmi<mr>; }, c); }
 
 // 16 rows of 16 words to 16 columns (r[j] becomes column j): 32-bit, 64-bit and two 128-bit
 // interleaving stages.
