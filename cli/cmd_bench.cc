@@ -28,6 +28,7 @@
 #include "kernels/ops.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine.h"
+#include "worker/kv_cache.h"
 #include "worker/presets.h"
 
 namespace daedalus {
@@ -294,6 +295,7 @@ Command AddBenchCommand(CLI::App& app) {
     // --device cuda:N: every engine below runs its steps on the GPU (one after another).
     auto backend = MakeDeviceBackend(f->engine.Device(), w, options);
     if (!backend.ok()) return Fail(std::string(backend.status().message()));
+    if (absl::Status fits = PagedKvCache::CheckFits(c, options.kv); !fits.ok()) return Fail(std::string(fits.message()));
     FILE* text = f->json ? stderr : stdout;  // --json: the object alone on stdout
     if (*backend) std::fprintf(text, "device: %s\n", f->engine.device.c_str());
     const int threads = omp_get_max_threads();

@@ -14,6 +14,7 @@
 #include "routing/mpi_transport.h"
 #include "cli/request_io.h"
 #include "worker/engine.h"
+#include "worker/kv_cache.h"
 
 namespace daedalus {
 
@@ -132,6 +133,8 @@ Command AddRunCommand(CLI::App& app) {
     }
     auto backend = MakeDeviceBackend(f->engine.Device(), **weights, options);
     if (!backend.ok()) return Fail(std::string(backend.status().message()));
+    if (absl::Status fits = PagedKvCache::CheckFits((*weights)->config, options.kv); !fits.ok())
+      return Fail(std::string(fits.message()));
     Engine engine(**weights, options);
     f->defaults.stop_at_eos = !f->ignore_eos;
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/host_memory.h"
 #include "core/kv_row.h"
 #include "kernels/ops.h"
 
@@ -19,10 +20,33 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& opti
   } else if (options.host_pool) {
     owned_pool_.reset(new uint8_t[PoolBytes(config, options)]);
     pool_ = owned_pool_.get();
+    Commit(pool_, PoolBytes(config, options));
   }
   for (int64_t p = total_pages_ - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
   info_.resize(total_pages_);
   if (options.prefix_caching) page_tokens_.resize(static_cast<size_t>(total_pages_ * options.page_size));
+}
+
+// A page of the pool first written inside a decode step costs that step a page fault and the
+// zeroing of a whole (huge) page, on the thread the others wait for (KvWrite): batch 64 on the
+// `bench` preset spent 3.3% of a step in KvWrite with a fresh pool, 0.4% with one written here.
+// Written over the threads, each page also lands on the NUMA node of the thread that wrote it.
+void PagedKvCache::Commit(uint8_t* pool, size_t bytes) {
+  constexpr size_t kPage = 4096;
+#pragma omp parallel for schedule(static)
+  for (size_t at = 0; at < bytes; at += kPage) pool[at] = 0;
+}
+
+absl::Status PagedKvCache::CheckFits(const ModelConfig& config, const KvCacheOptions& options) {
+  if (!options.host_pool || options.pool != nullptr) return absl::OkStatus();
+  const int64_t need = static_cast<int64_t>(PoolBytes(config, options)), available = AvailableHostBytes();
+  if (available < 0 || need <= available) return absl::OkStatus();
+  constexpr int64_t kMiB = 1 << 20;
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the KV cache pool needs ", (need + kMiB - 1) / kMiB, " MiB (", options.max_tokens, " tokens of ",
+      KvRowBytes(config, options.dtype) * config.num_hidden_layers, " bytes) but ", available / kMiB,
+      " MiB of memory is available to this process (MemAvailable, and its cgroup's limit); lower --kv-cache-tokens "
+      "or --kv-cache-mib"));
 }
 
 size_t PagedKvCache::PoolBytes(const ModelConfig& config, const KvCacheOptions& options) {

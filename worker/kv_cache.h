@@ -43,6 +43,13 @@ class PagedKvCache {
   PagedKvCache(const ModelConfig& config, const KvCacheOptions& options);
   // Bytes of the host pool for `options` (pages rounded up).
   static size_t PoolBytes(const ModelConfig& config, const KvCacheOptions& options);
+  // Writes each 4 KB page of a fresh host pool once, over the threads: the pool's memory is then
+  // committed before any request instead of page by page inside decode steps (kv_cache.cc).
+  static void Commit(uint8_t* pool, size_t bytes);
+  // RESOURCE_EXHAUSTED, naming the pool's size and the memory available (core/host_memory.h),
+  // where a host pool allocated here would not fit: committed up front, it would otherwise be
+  // found by the kernel's OOM killer, or fail to allocate at all.
+  static absl::Status CheckFits(const ModelConfig& config, const KvCacheOptions& options);
 
   using PageTable = std::vector<int32_t>;
 

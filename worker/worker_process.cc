@@ -25,6 +25,7 @@
 #include "routing/nccl_transport.h"
 #endif
 #include "worker/control_client.h"
+#include "worker/kv_cache.h"
 #include "worker/serve_loop.h"
 #include "worker/weights.h"
 
@@ -243,8 +244,10 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       if (*ParseDevice(o.device.device) >= 0) {
         return absl::UnimplementedError(absl::StrCat("--role ", o.role, ": GPU workers take no prefill or decode role yet (their KV pool is in device memory)"));
       }
+      RETURN_IF_ERROR(PagedKvCache::CheckFits(config, options.kv));
       const size_t bytes = PagedKvCache::PoolBytes(config, options.kv);
       pool.reset(new uint8_t[bytes]);
+      PagedKvCache::Commit(pool.get(), bytes);
       ASSIGN_OR_RETURN(kv_transfer, CreateUcxKvTransfer(pool.get(), bytes, o.kv_transfer_timeout));
       if (const char* ms = std::getenv("DAEDALUS_FAULT_KV_READ_DELAY_MS")) {  // for the tests
         kv_transfer = DelayedKvReads(std::move(kv_transfer), std::chrono::milliseconds(std::atoi(ms)));
@@ -332,6 +335,7 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       // Fresh per formation, the backend before the engine that uses it: earlier sequences are
       // abandoned with their KV cache.
       ASSIGN_OR_RETURN(auto backend, MakeDeviceBackend(o.device, *weights, options));
+      RETURN_IF_ERROR(PagedKvCache::CheckFits(weights->config, options.kv));
       Engine engine(*weights, options);
       if (transport) {
         if (!assignment.join()) RETURN_IF_ERROR(transport->Barrier("waiting for every rank to load its weights"));

@@ -183,6 +183,8 @@ def run_checks(cli, tmp):
     p = cli("run", "--model", model, "--prompt-ids", "1", "--kv-dtype", "int4")
     check(p.returncode > 0 and "int4" in p.stderr and "bf16,f32,fp8" in p.stderr,
           "--kv-dtype int4 is refused with the allowed list", describe(p))
+    p = cli("run", "--model", model, "--prompt-ids", "1", "--max-new-tokens", "1", "--kv-cache-mib", "100000000")
+    expect_error(p, "a KV cache larger than the memory available", ["100000000 MiB", "MiB of memory is available", "--kv-cache-mib"])
     notjson = os.path.join(tmp, "bench.txt")
     with open(notjson, "w") as f:
         f.write("prefill 512 tokens: 1000 tok/s\n")

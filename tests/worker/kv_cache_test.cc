@@ -2,12 +2,16 @@
 // one the planner counts.
 #include "worker/kv_cache.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <memory>
 #include <random>
 #include <set>
 #include <vector>
 
+#include "core/host_memory.h"
 #include "core/kv_row.h"
 #include "gtest/gtest.h"
 #include "planner/model_shape.h"
@@ -302,6 +306,45 @@ TEST(KvCache, PrefixCachingOffMatchesNothing) {
   EXPECT_EQ(cache.MatchPrefix(tokens, 8, b, cb), 0);
   EXPECT_TRUE(b.empty());
   EXPECT_EQ(cache.cached_pages(), 0);
+}
+
+// The pool is committed when the cache is built: every page of it is resident before any row is
+// written (a fresh mapping of 16 MB has none until something writes it).
+TEST(KvCache, PoolIsResidentBeforeAnyWrite) {
+  const ModelConfig c = Preset("bench");
+  KvCacheOptions o = Options(DType::kBF16, 64, 0);
+  o.max_tokens = (16 << 20) / (KvRowBytes(c, o.dtype) * c.num_hidden_layers);
+  PagedKvCache cache(c, o);
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(cache.pool()), end = begin + PagedKvCache::PoolBytes(c, o);
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;  // whole pages inside
+  ASSERT_GT(last, first + 1024 * page);
+  std::vector<unsigned char> resident((last - first) / page);
+  ASSERT_EQ(mincore(reinterpret_cast<void*>(first), last - first, resident.data()), 0);
+  int64_t missing = 0;
+  for (unsigned char r : resident) missing += (r & 1) == 0;
+  EXPECT_EQ(missing, 0) << "of " << resident.size() << " pages";
+}
+
+// A pool larger than the memory available is refused with the sizes and the flags to change;
+// one that fits, a GPU's (no host pool) and a caller's pool are not checked against it.
+TEST(KvCache, CheckFitsRefusesAPoolLargerThanTheMemoryAvailable) {
+  const int64_t available = AvailableHostBytes();
+  ASSERT_GT(available, 0) << "/proc/meminfo's MemAvailable";
+  const ModelConfig c = Preset("tiny");
+  KvCacheOptions o = Options(DType::kBF16, 64, 1 << 16);
+  EXPECT_TRUE(PagedKvCache::CheckFits(c, o).ok());
+  o.max_tokens = available / (KvRowBytes(c, o.dtype) * c.num_hidden_layers) + (int64_t{1} << 20);
+  const absl::Status too_big = PagedKvCache::CheckFits(c, o);
+  EXPECT_EQ(too_big.code(), absl::StatusCode::kResourceExhausted) << too_big;
+  for (const char* part : {"KV cache pool needs", "MiB of memory is available", "--kv-cache-tokens", "--kv-cache-mib"})
+    EXPECT_NE(too_big.message().find(part), std::string::npos) << part << " in " << too_big.message();
+  o.host_pool = false;
+  EXPECT_TRUE(PagedKvCache::CheckFits(c, o).ok());
+  o.host_pool = true;
+  uint8_t caller_pool[1];
+  o.pool = caller_pool;
+  EXPECT_TRUE(PagedKvCache::CheckFits(c, o).ok());
 }
 
 }  // namespace

@@ -1,0 +1,15 @@
+// How much memory this process can still commit, for sizing what it commits up front (the KV
+// cache pool, worker/kv_cache.h).
+#pragma once
+
+#include <cstdint>
+
+namespace daedalus {
+
+// /proc/meminfo's MemAvailable, lowered to the room that the process's memory cgroup (v2, or v1's
+// memory controller) and each cgroup above it leave under their limit, where one is set (a Slurm
+// job's --mem, a container's limit), their file cache counted as room. -1 where neither can be
+// read.
+int64_t AvailableHostBytes();
+
+}  // namespace daedalus
