@@ -224,6 +224,9 @@ int RunWorkerProcess(WorkerProcessOptions o) {
     EngineOptions options = o.engine_options(config);
     options.keep_results = false;
     options.kv.log_names = true;  // reported for prefix-aware routing
+    // A CPU worker's pool that cannot fit is refused before it registers (and checked again once
+    // the weights are in memory); a GPU's pool is sized from device memory.
+    if (*ParseDevice(o.device.device) < 0) RETURN_IF_ERROR(PagedKvCache::CheckFits(config, options.kv));
     v1::RegisterRequest reg;
     char host[256] = {};
     gethostname(host, sizeof host - 1);

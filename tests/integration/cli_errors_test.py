@@ -185,6 +185,9 @@ def run_checks(cli, tmp):
           "--kv-dtype int4 is refused with the allowed list", describe(p))
     p = cli("run", "--model", model, "--prompt-ids", "1", "--max-new-tokens", "1", "--kv-cache-mib", "100000000")
     expect_error(p, "a KV cache larger than the memory available", ["100000000 MiB", "MiB of memory is available", "--kv-cache-mib"])
+    p = cli("worker", "--coordinator", "127.0.0.1:9", "--model", model, "--kv-cache-mib", "100000000")
+    check(p.returncode > 0 and "error: the KV cache pool needs 100000000 MiB" in p.stderr and "--kv-cache-mib" in p.stderr,
+          "a worker whose KV cache cannot fit: refused with the sizes before it registers", describe(p))
     notjson = os.path.join(tmp, "bench.txt")
     with open(notjson, "w") as f:
         f.write("prefill 512 tokens: 1000 tok/s\n")
