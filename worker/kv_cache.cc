@@ -18,9 +18,10 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, const KvCacheOptions& opti
   if (options.host_pool && options.pool != nullptr) {
     pool_ = options.pool;
   } else if (options.host_pool) {
-    owned_pool_.reset(new uint8_t[PoolBytes(config, options)]);
+    const size_t bytes = PoolBytes(config, options);
+    owned_pool_.reset(new uint8_t[bytes]);
     pool_ = owned_pool_.get();
-    Commit(pool_, PoolBytes(config, options));
+    Commit(pool_, bytes);
   }
   for (int64_t p = total_pages_ - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
   info_.resize(total_pages_);

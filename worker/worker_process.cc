@@ -247,8 +247,7 @@ int RunWorkerProcess(WorkerProcessOptions o) {
       if (*ParseDevice(o.device.device) >= 0) {
         return absl::UnimplementedError(absl::StrCat("--role ", o.role, ": GPU workers take no prefill or decode role yet (their KV pool is in device memory)"));
       }
-      RETURN_IF_ERROR(PagedKvCache::CheckFits(config, options.kv));
-      const size_t bytes = PagedKvCache::PoolBytes(config, options.kv);
+      const size_t bytes = PagedKvCache::PoolBytes(config, options.kv);  // checked to fit above
       pool.reset(new uint8_t[bytes]);
       PagedKvCache::Commit(pool.get(), bytes);
       ASSIGN_OR_RETURN(kv_transfer, CreateUcxKvTransfer(pool.get(), bytes, o.kv_transfer_timeout));
