@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <new>
 #include <vector>
@@ -45,5 +46,17 @@ struct DefaultInitAllocator : std::allocator<T> {
 template <typename T>
 using BufferOf = std::vector<T, DefaultInitAllocator<T>>;
 using FloatBuffer = BufferOf<float>;
+
+// b with room for at least n elements; its contents are not kept. A scratch buffer kept from call
+// to call this way is faulted in once: a fresh one of a few MB comes from mmap (or from heap that
+// malloc trimmed) each time, and the kernel zeroes every page of it first.
+template <typename T>
+BufferOf<T>& AtLeast(BufferOf<T>& b, int64_t n) {
+  if (static_cast<int64_t>(b.size()) < n) {
+    BufferOf<T>().swap(b);  // no copy of the old contents
+    b.resize(static_cast<size_t>(n));
+  }
+  return b;
+}
 
 }  // namespace daedalus

@@ -127,22 +127,23 @@ absl::Status CpuBackend::Route(const RouteOp& op) {
 absl::Status CpuBackend::Mlp(const MlpOp& op) {
   const MlpWeights& w = *op.w;
   const int64_t width = w.gate_proj.rows;
-  FloatBuffer gate(op.n_tokens * width), up(op.n_tokens * width);
-  const LinearProblem gate_up[] = {{op.x, op.n_tokens, w.gate_proj, gate.data()}, {op.x, op.n_tokens, w.up_proj, up.data()}};
+  float* gate = AtLeast(scratch_.gate_up, 2 * op.n_tokens * width).data();
+  float* up = gate + op.n_tokens * width;
+  const LinearProblem gate_up[] = {{op.x, op.n_tokens, w.gate_proj, gate}, {op.x, op.n_tokens, w.up_proj, up}};
   LinearBatch(gate_up, 2);
-  SiluMulSeparate(gate.data(), up.data(), op.n_tokens, width, gate.data());
-  daedalus::Linear(gate.data(), op.n_tokens, w.down_proj, op.y);
+  SiluMulSeparate(gate, up, op.n_tokens, width, gate);
+  daedalus::Linear(gate, op.n_tokens, w.down_proj, op.y);
   return absl::OkStatus();
 }
 
 absl::Status CpuBackend::Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                                 float* logits) {
   const int64_t D = config_.hidden_size, R = static_cast<int64_t>(batch_->logit_rows.size());
-  FloatBuffer final_x(R * D);
+  float* final_x = AtLeast(scratch_.final_x, R * D).data();
   for (int64_t r = 0; r < R; ++r)
     daedalus::RmsNorm(&hidden[batch_->logit_rows[r] * D], norm.data(), 1, D, static_cast<float>(config_.rms_norm_eps),
                       &final_x[r * D], D, D);
-  daedalus::Linear(final_x.data(), R, lm_head, logits);
+  daedalus::Linear(final_x, R, lm_head, logits);
   return absl::OkStatus();
 }
 

@@ -47,6 +47,12 @@ class CpuBackend final : public Backend {
   std::vector<bool> absorbed_;
   std::vector<float> cos_, sin_;  // [n_tokens, qk_rope_head_dim / 2] at the batch's positions
   std::array<FloatBuffer, static_cast<size_t>(Buffer::kCount)> buffers_;
+  // The ops' own intermediates, kept from step to step (AtLeast, core/buffer.h): the expert
+  // products' outputs, their gate and up activations, absorbed attention's latent queries and
+  // outputs, the final norm's rows.
+  struct Scratch {
+    FloatBuffer expert_out, shared_out, gate_up, q_latent, o_latent, final_x;
+  } scratch_;
 };
 
 // out[t] = Σ_k weights[t·K + k] · slot_rows[t·K + k] in order of k, plus shared[t] when set

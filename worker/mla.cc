@@ -53,14 +53,6 @@ NaiveBuffers& NaiveScratch() {
   thread_local NaiveBuffers buffers;
   return buffers;
 }
-// b with room for at least n floats; its contents are not kept.
-FloatBuffer& AtLeast(FloatBuffer& b, int64_t n) {
-  if (static_cast<int64_t>(b.size()) < n) {
-    FloatBuffer().swap(b);  // no copy of the old contents
-    b.resize(n);
-  }
-  return b;
-}
 
 // Naive form: decompress k_nope and v for every cached position of the slice's sequence (the
 // batched GEMM path of prefill). q [T, H, dn + dr] (rotated), o [T, H, dv].
@@ -349,17 +341,18 @@ absl::Status CpuBackend::MlaAbsorbed(const MlaOp& op) {
     for (int64_t t = 0; t < s.n_tokens; ++t) absorbed_rows.push_back(s.offset + t);
   }
   if (absorbed.empty()) return absl::OkStatus();
-  FloatBuffer q_latent(T * d.H * d.rkv), o_latent(T * d.H * d.rkv);  // [T, H, rkv]
+  float* q_latent = AtLeast(scratch_.q_latent, T * d.H * d.rkv).data();  // [T, H, rkv]
+  float* o_latent = AtLeast(scratch_.o_latent, T * d.H * d.rkv).data();
   const int64_t n = static_cast<int64_t>(absorbed.size()), threads = omp_get_max_threads();
   if (n >= threads) {
     // As many sequences as threads or more: the per-head products batched over every row, the
     // attention one sequence per work item.
-    PerHeadLinear(op.w->w_uk_t.data(), d.H, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent.data(), d.rkv,
+    PerHeadLinear(op.w->w_uk_t.data(), d.H, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent, d.rkv,
                   d.H * d.rkv);
 #pragma omp parallel for schedule(dynamic)
     for (int64_t i = 0; i < n; ++i)
-      AbsorbedSlice(d, op.layer, *absorbed[i], 0, d.H, q_latent.data(), op.q, cache_, scale, o_latent.data());
-    PerHeadLinear(op.w->w_uv.data(), d.H, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
+      AbsorbedSlice(d, op.layer, *absorbed[i], 0, d.H, q_latent, op.q, cache_, scale, o_latent);
+    PerHeadLinear(op.w->w_uv.data(), d.H, absorbed_rows, o_latent, d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
     return absl::OkStatus();
   }
   // Fewer tokens than threads (a small decode batch) over more than one segment of keys: the
@@ -377,11 +370,11 @@ absl::Status CpuBackend::MlaAbsorbed(const MlaOp& op) {
       for (int64_t t = 0; t < s->n_tokens; ++t)
         for (int64_t h0 = 0; h0 < d.H; h0 += per_group)
           tokens.push_back({s, t, h0, std::min(d.H, h0 + per_group), Segments(s->start_pos + t + 1)});
-    PerHeadLinear(op.w->w_uk_t.data(), d.H, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent.data(), d.rkv,
+    PerHeadLinear(op.w->w_uk_t.data(), d.H, absorbed_rows, op.q, d.qk(), d.H * d.qk(), q_latent, d.rkv,
                   d.H * d.rkv);
-    AbsorbedSplit(d, op.layer, tokens, q_latent.data(), op.q, cache_, scale, o_latent.data(),
+    AbsorbedSplit(d, op.layer, tokens, q_latent, op.q, cache_, scale, o_latent,
                   static_cast<int>(threads));
-    PerHeadLinear(op.w->w_uv.data(), d.H, absorbed_rows, o_latent.data(), d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
+    PerHeadLinear(op.w->w_uv.data(), d.H, absorbed_rows, o_latent, d.rkv, d.H * d.rkv, op.o, d.dv, d.H * d.dv);
     return absl::OkStatus();
   }
   // Otherwise (every token's keys in one segment, or as many tokens as threads): work items of
@@ -398,9 +391,9 @@ absl::Status CpuBackend::MlaAbsorbed(const MlaOp& op) {
     std::vector<int64_t> rows(s.n_tokens);
     for (int64_t t = 0; t < s.n_tokens; ++t) rows[t] = s.offset + t;
     PerHeadLinear(op.w->w_uk_t.data() + h0, h1 - h0, rows, op.q + h0 * d.qk(), d.qk(), d.H * d.qk(),
-                  q_latent.data() + h0 * d.rkv, d.rkv, d.H * d.rkv);
-    AbsorbedSlice(d, op.layer, s, h0, h1, q_latent.data(), op.q, cache_, scale, o_latent.data());
-    PerHeadLinear(op.w->w_uv.data() + h0, h1 - h0, rows, o_latent.data() + h0 * d.rkv, d.rkv, d.H * d.rkv,
+                  q_latent + h0 * d.rkv, d.rkv, d.H * d.rkv);
+    AbsorbedSlice(d, op.layer, s, h0, h1, q_latent, op.q, cache_, scale, o_latent);
+    PerHeadLinear(op.w->w_uv.data() + h0, h1 - h0, rows, o_latent + h0 * d.rkv, d.rkv, d.H * d.rkv,
                   op.o + h0 * d.dv, d.dv, d.H * d.dv);
   }
   return absl::OkStatus();

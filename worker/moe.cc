@@ -63,20 +63,26 @@ absl::Status CpuBackend::ExpertRows(const ExpertRowsOp& op) {
     const float* x;
     float* const* y_rows;
     float* y;
-    FloatBuffer gate, up;
+    float *gate, *up;  // [n, width] each, in scratch_.gate_up
   };
   std::vector<Active> active;
   for (int64_t e = 0; e + 1 < static_cast<int64_t>(rows.expert_begin.size()); ++e) {
     const int64_t begin = rows.expert_begin[e], n = rows.expert_begin[e + 1] - begin;
-    if (n > 0) active.push_back(Active{&w.experts[e], n, &rows.x[begin], nullptr, &(*op.out_rows)[begin], nullptr, {}, {}});
+    if (n > 0)
+      active.push_back(Active{&w.experts[e], n, &rows.x[begin], nullptr, &(*op.out_rows)[begin], nullptr, nullptr, nullptr});
   }
-  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, op.n_tokens, nullptr, op.x, nullptr, op.shared_out, {}, {}});
+  if (w.shared_experts)
+    active.push_back(Active{&*w.shared_experts, op.n_tokens, nullptr, op.x, nullptr, op.shared_out, nullptr, nullptr});
+  int64_t gate_up_floats = 0;
+  for (const Active& a : active) gate_up_floats += a.n * (a.w->gate_proj.rows + a.w->up_proj.rows);
+  float* next = AtLeast(scratch_.gate_up, gate_up_floats).data();
   std::vector<LinearProblem> problems;
   for (Active& a : active) {
-    a.gate.resize(a.n * a.w->gate_proj.rows);
-    a.up.resize(a.n * a.w->up_proj.rows);
-    problems.push_back({a.x, a.n, a.w->gate_proj, a.gate.data(), a.x_rows});
-    problems.push_back({a.x, a.n, a.w->up_proj, a.up.data(), a.x_rows});
+    a.gate = next;
+    a.up = a.gate + a.n * a.w->gate_proj.rows;
+    next = a.up + a.n * a.w->up_proj.rows;
+    problems.push_back({a.x, a.n, a.w->gate_proj, a.gate, a.x_rows});
+    problems.push_back({a.x, a.n, a.w->up_proj, a.up, a.x_rows});
   }
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
   problems.clear();
@@ -84,9 +90,9 @@ absl::Status CpuBackend::ExpertRows(const ExpertRowsOp& op) {
 #pragma omp parallel for schedule(dynamic) if (op.n_tokens > 1)
   for (int64_t i = 0; i < n_active; ++i) {
     Active& a = active[i];
-    SiluMulSeparate(a.gate.data(), a.up.data(), a.n, a.w->gate_proj.rows, a.gate.data());
+    SiluMulSeparate(a.gate, a.up, a.n, a.w->gate_proj.rows, a.gate);
   }
-  for (Active& a : active) problems.push_back({a.gate.data(), a.n, a.w->down_proj, a.y, nullptr, a.y_rows});
+  for (Active& a : active) problems.push_back({a.gate, a.n, a.w->down_proj, a.y, nullptr, a.y_rows});
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
   return absl::OkStatus();
 }
@@ -106,13 +112,14 @@ absl::Status CpuBackend::LocalExperts(const LocalExpertsOp& op) {
     for (int64_t i = 0; i < op.n_tokens * K; ++i) ++(*op.load)[op.expert_ids[i]];
   }
   const ReceivedRows rows = GroupLocally(op.x, op.n_tokens, K, op.expert_ids, D, E);
-  FloatBuffer local_out(rows.rows() * D), shared_out(op.w->shared_experts ? op.n_tokens * D : 0);
+  float* local_out = AtLeast(scratch_.expert_out, rows.rows() * D).data();
+  float* shared_out = op.w->shared_experts ? AtLeast(scratch_.shared_out, op.n_tokens * D).data() : nullptr;
   std::vector<float*> out_rows;
   for (int64_t i = 0; i < rows.rows(); ++i) out_rows.push_back(&local_out[i * D]);
-  RETURN_IF_ERROR(ExpertRows({op.w, &rows, &out_rows, op.x, op.n_tokens, shared_out.data()}));
+  RETURN_IF_ERROR(ExpertRows({op.w, &rows, &out_rows, op.x, op.n_tokens, shared_out}));
   std::vector<const float*> slot_rows(op.n_tokens * K);
   for (int64_t i = 0; i < rows.rows(); ++i) slot_rows[rows.headers[i].slot] = out_rows[i];
-  return Combine({&slot_rows, op.weights, op.w->shared_experts ? shared_out.data() : nullptr, op.n_tokens, op.out});
+  return Combine({&slot_rows, op.weights, shared_out, op.n_tokens, op.out});
 }
 
 }  // namespace daedalus
