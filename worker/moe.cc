@@ -63,16 +63,15 @@ absl::Status CpuBackend::ExpertRows(const ExpertRowsOp& op) {
     const float* x;
     float* const* y_rows;
     float* y;
-    float *gate, *up;  // [n, width] each, in scratch_.gate_up
+    float* gate = nullptr;  // [n, width] each, carved from scratch_.gate_up below
+    float* up = nullptr;
   };
   std::vector<Active> active;
   for (int64_t e = 0; e + 1 < static_cast<int64_t>(rows.expert_begin.size()); ++e) {
     const int64_t begin = rows.expert_begin[e], n = rows.expert_begin[e + 1] - begin;
-    if (n > 0)
-      active.push_back(Active{&w.experts[e], n, &rows.x[begin], nullptr, &(*op.out_rows)[begin], nullptr, nullptr, nullptr});
+    if (n > 0) active.push_back(Active{&w.experts[e], n, &rows.x[begin], nullptr, &(*op.out_rows)[begin], nullptr});
   }
-  if (w.shared_experts)
-    active.push_back(Active{&*w.shared_experts, op.n_tokens, nullptr, op.x, nullptr, op.shared_out, nullptr, nullptr});
+  if (w.shared_experts) active.push_back(Active{&*w.shared_experts, op.n_tokens, nullptr, op.x, nullptr, op.shared_out});
   int64_t gate_up_floats = 0;
   for (const Active& a : active) gate_up_floats += a.n * (a.w->gate_proj.rows + a.w->up_proj.rows);
   float* next = AtLeast(scratch_.gate_up, gate_up_floats).data();
