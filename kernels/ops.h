@@ -67,6 +67,10 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
 // bitwise, with each key block loaded once for several queries (tokens of a prompt).
 void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const float* keys16, int64_t n, int64_t dim,
                    float* out, int64_t out_stride);
+// How many queries DotKeys16Many and AxpyRowsMany serve at once at their full width on the
+// active tier (4; 6 on avx2, whose 16 registers then hold 12 accumulators): a caller grouping a
+// prompt's tokens for them groups this many. No result depends on it.
+int64_t ManyQueries();
 
 // Attention over rows stored in bf16 (the bf16 latent cache) with bf16 operands and float
 // accumulation, on tiers with a bf16 dot-product unit (only where HasBf16Attention() holds):

@@ -84,18 +84,18 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
     }
     PackKeys16(rows, d.qk(), S, d.qk(), &keys[h * per_head]);
   }
-  // Work items of one head and kTokenGroup consecutive tokens: the scores of every key the
+  // Work items of one head and `group` consecutive tokens: the scores of every key the
   // group's last token sees, for all its tokens at once, and their weighted sums over the same
   // rows, each key and value row loaded once for the group. A token's keys past its own are
   // scored and not used, and weigh zero in the sums: every score is the same chain over d and
   // every output element the same chain over the rows as for the token alone (a zero weight
   // adds nothing to a finite sum).
-  constexpr int64_t kTokenGroup = 4;
-  const int64_t groups = (n + kTokenGroup - 1) / kTokenGroup;
+  const int64_t group = ManyQueries();
+  const int64_t groups = (n + group - 1) / group;
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t h = 0; h < d.H; ++h) {
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t t0 = g * kTokenGroup, tn = std::min(kTokenGroup, n - t0);
+      const int64_t t0 = g * group, tn = std::min(group, n - t0);
       const int64_t stride = s.start_pos + t0 + tn;  // keys the group's last token sees
       float* scores = AtLeast(NaiveScratch().group_scores, tn * stride).data();
       const float* vh = values.data() + h * S * d.dv;

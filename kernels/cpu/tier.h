@@ -120,6 +120,9 @@ struct TierKernels {
   float (*scale_scores)(float* v, const float* add, int64_t n, float scale) = nullptr;
   float (*exp_scores)(float* v, int64_t n, float shift, bool bf16) = nullptr;
   void (*round_bf16)(const float* in, int64_t n, uint16_t* out) = nullptr;
+  // Queries dot_keys16_many and axpy_rows_many take at once at their full width (the ops'
+  // ManyQueries, kernels/ops.h).
+  int many_queries = 4;
 };
 
 constexpr int64_t kTileInputs = 32;     // inputs per tile step

@@ -219,6 +219,78 @@ void Exp(float* v, int64_t n) {
   }
 }
 
+// A sum of 16 lanes held as two 8-wide halves (lane l of the 16 sums the elements at l mod 16 in
+// order): lanes l and l + 8, l + 4, l + 2, l + 1 added in that tree, the order of the portable
+// ExpScores and of the avx512 tiers' sums.
+float Total16(__m256 lo, __m256 hi) {
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// The largest of v[0, n): exact in any order.
+float MaxOf(const float* v, int64_t n) {
+  __m256 max = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) max = _mm256_max_ps(max, _mm256_loadu_ps(v + i));
+  if (i < n) max = _mm256_blendv_ps(max, _mm256_max_ps(max, _mm256_maskload_ps(v + i, GroupMask(static_cast<int>(n - i), 0))),
+                                    _mm256_castsi256_ps(GroupMask(static_cast<int>(n - i), 0)));
+  const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+  const __m128 m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  return _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+}
+
+// v = e^(v - shift) (rounded to bf16 where asked, to nearest even as F32ToBf16 rounds; Exp8
+// never returns NaN) and their sum in Total16's order.
+float ExpShifted(float* v, int64_t n, float shift, bool bf16) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256 lo = _mm256_setzero_ps(), hi = lo;  // lanes 0-7 and 8-15
+  for (int64_t i = 0; i < n; i += 8) {
+    const bool whole = i + 8 <= n;
+    const __m256i mask = GroupMask(static_cast<int>(std::min<int64_t>(n - i, 8)), 0);
+    __m256 e = Exp8(_mm256_sub_ps(whole ? _mm256_loadu_ps(v + i) : _mm256_maskload_ps(v + i, mask), s));
+    if (bf16) {
+      const __m256i bits = _mm256_castps_si256(e);
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+      const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd);
+      e = _mm256_castsi256_ps(_mm256_and_si256(rounded, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    }
+    if (whole) {
+      _mm256_storeu_ps(v + i, e);
+    } else {
+      _mm256_maskstore_ps(v + i, mask, e);
+      e = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
+    }
+    if (i % 16 == 0) lo = _mm256_add_ps(lo, e);
+    else hi = _mm256_add_ps(hi, e);
+  }
+  return Total16(lo, hi);
+}
+
+// ScaleScores: the same multiplies (and adds) per element as the portable loop.
+float ScaleScores(float* v, const float* add, int64_t n, float scale) {
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x = _mm256_loadu_ps(v + i);
+    if (add != nullptr) x = _mm256_add_ps(x, _mm256_loadu_ps(add + i));
+    _mm256_storeu_ps(v + i, _mm256_mul_ps(x, s));
+  }
+  for (; i < n; ++i) v[i] = (add != nullptr ? v[i] + add[i] : v[i]) * scale;
+  return MaxOf(v, n);
+}
+
+float ExpScores(float* v, int64_t n, float shift, bool bf16) { return ExpShifted(v, n, shift, bf16); }
+
+// Softmax with its sum in Total16's order, as the avx512 tiers sum.
+void Softmax(float* v, int64_t n) {
+  const __m256 inv = _mm256_set1_ps(1.0f / ExpShifted(v, n, MaxOf(v, n), false));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), inv));
+  for (; i < n; ++i) v[i] *= _mm256_cvtss_f32(inv);
+}
+
 void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
   const __m256 one = _mm256_set1_ps(1.0f);
   int64_t i = 0;
@@ -326,44 +398,31 @@ void DotRows(const float* q, const float* rows, int64_t stride, int64_t n_rows, 
   DotRowsMany(q, 0, 1, rows, stride, n_rows, dim, out, 0);
 }
 
-// y in registers, 16 floats at a time for each of kH (1 or 4) outputs, across all rows (each
+// y in registers, 16 floats at a time for each of kH (1, 4 or 6) outputs, across all rows (each
 // row's 16 floats loaded once for all kH): per element the same multiply-add, in the same order,
-// as Axpy. Named accumulators: GCC kept an array of them on the stack, stored at every row.
+// as Axpy. Accumulators in a register array indexed by constants only, which GCC keeps in
+// registers (a loop over them it unrolls); 6 outputs: 12 accumulators, enough independent chains
+// to keep both FMA pipes busy through their latency (8 wait on it: 45-63% of the FMA peak).
 template <int kH, bool kWhole>
 void AxpyRowsChunk(const float* w, int64_t w_stride, const float* rows, int64_t stride, int64_t n_rows, int64_t left,
                    float* y, int64_t y_stride) {
-  static_assert(kH == 1 || kH == 4);
+  static_assert(kH == 1 || kH == 4 || kH == 6);
   const __m256i m0 = GroupMask(static_cast<int>(std::min<int64_t>(left, 16)), 0);
   const __m256i m1 = GroupMask(static_cast<int>(std::min<int64_t>(left, 16)), 1);
-  float* y1 = y + y_stride;
-  float* y2 = y + 2 * y_stride;
-  float* y3 = y + 3 * y_stride;
-  __m256 a0 = Load8<kWhole>(y, m0), b0 = Load8<kWhole>(y + 8, m1), a1 = a0, b1 = b0, a2 = a0, b2 = b0, a3 = a0, b3 = b0;
-  if constexpr (kH == 4) {
-    a1 = Load8<kWhole>(y1, m0), b1 = Load8<kWhole>(y1 + 8, m1);
-    a2 = Load8<kWhole>(y2, m0), b2 = Load8<kWhole>(y2 + 8, m1);
-    a3 = Load8<kWhole>(y3, m0), b3 = Load8<kWhole>(y3 + 8, m1);
-  }
+  __m256 a[kH], b[kH];
+#pragma GCC unroll 6
+  for (int h = 0; h < kH; ++h) a[h] = Load8<kWhole>(y + h * y_stride, m0), b[h] = Load8<kWhole>(y + h * y_stride + 8, m1);
   for (int64_t j = 0; j < n_rows; ++j) {
     const float* r = rows + j * stride;
     const __m256 r0 = Load8<kWhole>(r, m0), r1 = Load8<kWhole>(r + 8, m1);
-    __m256 x = _mm256_broadcast_ss(w + j);
-    a0 = _mm256_fmadd_ps(x, r0, a0), b0 = _mm256_fmadd_ps(x, r1, b0);
-    if constexpr (kH == 4) {
-      x = _mm256_broadcast_ss(w + w_stride + j);
-      a1 = _mm256_fmadd_ps(x, r0, a1), b1 = _mm256_fmadd_ps(x, r1, b1);
-      x = _mm256_broadcast_ss(w + 2 * w_stride + j);
-      a2 = _mm256_fmadd_ps(x, r0, a2), b2 = _mm256_fmadd_ps(x, r1, b2);
-      x = _mm256_broadcast_ss(w + 3 * w_stride + j);
-      a3 = _mm256_fmadd_ps(x, r0, a3), b3 = _mm256_fmadd_ps(x, r1, b3);
+#pragma GCC unroll 6
+    for (int h = 0; h < kH; ++h) {
+      const __m256 x = _mm256_broadcast_ss(w + h * w_stride + j);
+      a[h] = _mm256_fmadd_ps(x, r0, a[h]), b[h] = _mm256_fmadd_ps(x, r1, b[h]);
     }
   }
-  Store8<kWhole>(y, m0, a0), Store8<kWhole>(y + 8, m1, b0);
-  if constexpr (kH == 4) {
-    Store8<kWhole>(y1, m0, a1), Store8<kWhole>(y1 + 8, m1, b1);
-    Store8<kWhole>(y2, m0, a2), Store8<kWhole>(y2 + 8, m1, b2);
-    Store8<kWhole>(y3, m0, a3), Store8<kWhole>(y3 + 8, m1, b3);
-  }
+#pragma GCC unroll 6
+  for (int h = 0; h < kH; ++h) Store8<kWhole>(y + h * y_stride, m0, a[h]), Store8<kWhole>(y + h * y_stride + 8, m1, b[h]);
 }
 
 template <int kH>
@@ -378,10 +437,15 @@ void AxpyRows(const float* w, const float* rows, int64_t stride, int64_t n_rows,
   AxpyRowsHeads<1>(w, 0, rows, stride, n_rows, dim, y, 0);
 }
 
-// Four heads at a time: 8 accumulators, two row loads for 8 multiply-adds.
+// Whether `left` queries or heads start with six at a time: eight take four and four.
+bool SixOf(int64_t left) { return left >= 6 && left != 8; }
+
+// Six heads at a time (12 accumulators, two row loads for 12 multiply-adds), then four.
 void AxpyRowsMany(const float* w, int64_t w_stride, int64_t heads, const float* rows, int64_t stride, int64_t n_rows,
                   int64_t dim, float* y, int64_t y_stride) {
   int64_t h = 0;
+  for (; SixOf(heads - h); h += 6)
+    AxpyRowsHeads<6>(w + h * w_stride, w_stride, rows, stride, n_rows, dim, y + h * y_stride, y_stride);
   for (; h + 4 <= heads; h += 4)
     AxpyRowsHeads<4>(w + h * w_stride, w_stride, rows, stride, n_rows, dim, y + h * y_stride, y_stride);
   for (; h < heads; ++h) AxpyRowsHeads<1>(w + h * w_stride, w_stride, rows, stride, n_rows, dim, y + h * y_stride, y_stride);
@@ -408,38 +472,43 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
   }
 }
 
-// Four queries by one 16-key block (its two 8-lane halves): 8 accumulators, the block's two
-// loads and four broadcasts for 8 multiply-adds, each (query, key) chain over d in order as in
-// DotKeys16.
+// kQ queries (4 or 6) by one 16-key block (its two 8-lane halves): 2·kQ accumulators, the
+// block's two loads and kQ broadcasts for 2·kQ multiply-adds, each (query, key) chain over d in
+// order as in DotKeys16. Six queries keep 12 chains in flight, enough to hide the FMA's latency.
+template <int kQ>
+void DotKeysQueries(const float* q, int64_t q_stride, const float* keys16, int64_t n, int64_t dim, float* out,
+                    int64_t out_stride) {
+  for (int64_t b = 0; b < (n + 15) / 16; ++b) {
+    __m256 lo[kQ], hi[kQ];  // query u's two halves
+#pragma GCC unroll 6
+    for (int u = 0; u < kQ; ++u) lo[u] = _mm256_setzero_ps(), hi[u] = _mm256_setzero_ps();
+    const float* k = keys16 + b * dim * 16;
+    for (int64_t d = 0; d < dim; ++d) {
+      const __m256 k0 = _mm256_loadu_ps(k + d * 16), k1 = _mm256_loadu_ps(k + d * 16 + 8);
+#pragma GCC unroll 6
+      for (int u = 0; u < kQ; ++u) {
+        const __m256 qd = _mm256_broadcast_ss(q + u * q_stride + d);
+        lo[u] = _mm256_fmadd_ps(qd, k0, lo[u]);
+        hi[u] = _mm256_fmadd_ps(qd, k1, hi[u]);
+      }
+    }
+    const int64_t j0 = b * 16, count = std::min<int64_t>(16, n - j0);
+#pragma GCC unroll 6
+    for (int u = 0; u < kQ; ++u) {
+      alignas(32) float lanes[16];
+      _mm256_store_ps(lanes, lo[u]);
+      _mm256_store_ps(lanes + 8, hi[u]);
+      std::copy(lanes, lanes + count, out + u * out_stride + j0);
+    }
+  }
+}
+
+// Six queries at a time (SixOf), then four, then one.
 void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const float* keys16, int64_t n, int64_t dim,
                    float* out, int64_t out_stride) {
   int64_t i = 0;
-  for (; i + 4 <= queries; i += 4) {
-    const float* qi = q + i * q_stride;
-    float* oi = out + i * out_stride;
-    for (int64_t b = 0; b < (n + 15) / 16; ++b) {
-      // Query u's two halves in a_u, b_u (named: GCC stored an array of them at every d).
-      __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
-      const float* k = keys16 + b * dim * 16;
-      for (int64_t d = 0; d < dim; ++d) {
-        const __m256 k0 = _mm256_loadu_ps(k + d * 16), k1 = _mm256_loadu_ps(k + d * 16 + 8);
-        auto query = [&](int u, __m256& lo, __m256& hi) __attribute__((always_inline)) {
-          const __m256 qd = _mm256_broadcast_ss(qi + u * q_stride + d);
-          lo = _mm256_fmadd_ps(qd, k0, lo);
-          hi = _mm256_fmadd_ps(qd, k1, hi);
-        };
-        query(0, a0, b0), query(1, a1, b1), query(2, a2, b2), query(3, a3, b3);
-      }
-      const int64_t j0 = b * 16, count = std::min<int64_t>(16, n - j0);
-      const __m256 halves[8] = {a0, b0, a1, b1, a2, b2, a3, b3};
-      for (int u = 0; u < 4; ++u) {
-        alignas(32) float lanes[16];
-        _mm256_store_ps(lanes, halves[2 * u]);
-        _mm256_store_ps(lanes + 8, halves[2 * u + 1]);
-        std::copy(lanes, lanes + count, oi + u * out_stride + j0);
-      }
-    }
-  }
+  for (; SixOf(queries - i); i += 6) DotKeysQueries<6>(q + i * q_stride, q_stride, keys16, n, dim, out + i * out_stride, out_stride);
+  for (; i + 4 <= queries; i += 4) DotKeysQueries<4>(q + i * q_stride, q_stride, keys16, n, dim, out + i * out_stride, out_stride);
   for (; i < queries; ++i) DotKeys16(q + i * q_stride, keys16, n, dim, out + i * out_stride);
 }
 
@@ -501,7 +570,14 @@ float ReadProbe(const float* v, size_t n) {
 }  // namespace
 
 const TierKernels& Avx2Kernels() {
-  static const TierKernels k{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, nullptr, nullptr, Exp, nullptr, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotRowsMany, AxpyRowsMany, DotKeys16, DotKeys16Many, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  static const TierKernels k = [] {
+    TierKernels t{CpuIsa::kAvx2, false, nullptr, kMaxMr, PanelBf16, PanelFp8, nullptr, nullptr, Exp, nullptr, SiluMul, Dot, Axpy, DotRows, AxpyRows, DotRowsMany, AxpyRowsMany, DotKeys16, DotKeys16Many, Fp8ToF32, Bf16ToF32, FmaProbe, FmaProbe, ReadProbe, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+    t.softmax = Softmax;
+    t.scale_scores = ScaleScores;
+    t.exp_scores = ExpScores;
+    t.many_queries = 6;
+    return t;
+  }();
   return k;
 }
 

@@ -217,7 +217,7 @@ TEST_P(OpsTier, ManyQueryScoresEqualOneQueryAtATimeBitwise) {
   for (size_t i = 0; i < rows.size(); ++i) rows[i] = std::cos(0.13 * static_cast<double>(i));
   for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.29 * static_cast<double>(i));
   PackKeys16(rows.data(), dim, n, dim, keys.data());
-  for (int64_t queries : {1, 4, 5, 11})
+  for (int64_t queries : {1, 4, 5, 6, 8, 11})
     for (int64_t visible : {1, 16, 64, 71, 83}) {
       std::vector<float> many(queries * out_stride), one(visible);
       DotKeys16Many(q.data(), dim, queries, keys.data(), visible, dim, many.data(), out_stride);
@@ -344,7 +344,7 @@ TEST_P(OpsTier, ManyHeadKernelsEqualOneHeadAtATimeBitwise) {
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> u(-1, 1);
   for (const int64_t dim : {int64_t{32}, int64_t{256}, int64_t{45}}) {
-    for (const int64_t heads : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{12}}) {
+    for (const int64_t heads : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{8}, int64_t{12}}) {
       const int64_t n = 13, stride = dim + 7, q_stride = dim + 3, out_stride = n + 2;
       std::vector<float> rows(n * stride), q(heads * q_stride), w(heads * out_stride), y0(heads * dim), y1;
       for (auto* v : {&rows, &q, &w, &y0})
