@@ -242,9 +242,10 @@ std::string CpuModel() {
     if (line.rfind("model name", 0) == 0 && model == "unknown CPU") model = line.substr(line.find(':') + 2);
     if (line.rfind("flags", 0) == 0 && flags.empty()) flags = line;
   }
+  flags += ' ';
   std::vector<std::string> have;
-  for (const char* f : {"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-    if (flags.find(std::string(" ") + f) != std::string::npos) have.push_back(f);
+  for (const char* f : {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
+    if (flags.find(absl::StrCat(" ", f, " ")) != std::string::npos) have.push_back(f);
   return absl::StrCat(model, " [", absl::StrJoin(have, " "), "]");
 }
 
