@@ -234,8 +234,10 @@ float MaxOf(const float* v, int64_t n) {
   __m256 max = _mm256_set1_ps(-INFINITY);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) max = _mm256_max_ps(max, _mm256_loadu_ps(v + i));
-  if (i < n) max = _mm256_blendv_ps(max, _mm256_max_ps(max, _mm256_maskload_ps(v + i, GroupMask(static_cast<int>(n - i), 0))),
-                                    _mm256_castsi256_ps(GroupMask(static_cast<int>(n - i), 0)));
+  if (i < n) {  // masked-off lanes load 0, which must not count
+    const __m256i mask = GroupMask(static_cast<int>(n - i), 0);
+    max = _mm256_blendv_ps(max, _mm256_max_ps(max, _mm256_maskload_ps(v + i, mask)), _mm256_castsi256_ps(mask));
+  }
   const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
   const __m128 m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
   return _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
@@ -243,7 +245,7 @@ float MaxOf(const float* v, int64_t n) {
 
 // v = e^(v - shift) (rounded to bf16 where asked, to nearest even as F32ToBf16 rounds; Exp8
 // never returns NaN) and their sum in Total16's order.
-float ExpShifted(float* v, int64_t n, float shift, bool bf16) {
+float ExpScores(float* v, int64_t n, float shift, bool bf16) {
   const __m256 s = _mm256_set1_ps(shift);
   __m256 lo = _mm256_setzero_ps(), hi = lo;  // lanes 0-7 and 8-15
   for (int64_t i = 0; i < n; i += 8) {
@@ -281,11 +283,9 @@ float ScaleScores(float* v, const float* add, int64_t n, float scale) {
   return MaxOf(v, n);
 }
 
-float ExpScores(float* v, int64_t n, float shift, bool bf16) { return ExpShifted(v, n, shift, bf16); }
-
 // Softmax with its sum in Total16's order, as the avx512 tiers sum.
 void Softmax(float* v, int64_t n) {
-  const __m256 inv = _mm256_set1_ps(1.0f / ExpShifted(v, n, MaxOf(v, n), false));
+  const __m256 inv = _mm256_set1_ps(1.0f / ExpScores(v, n, MaxOf(v, n), false));
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), inv));
   for (; i < n; ++i) v[i] *= _mm256_cvtss_f32(inv);
