@@ -48,11 +48,11 @@ inline void StoreGroup(float* y, int valid, int g, __m256 v) {
   else _mm256_maskstore_ps(y, GroupMask(valid, g), v);
 }
 
-// The MR × 32 tile in one pass over the inputs, as 4 groups of 8 rows (group g's weights of a
-// pair come from the 32 bytes at lanes (g % 2)·8 of half g / 2), its 4·MR accumulators in
-// registers: for one or two tokens, whose products stream their weights from memory once. Named
-// accumulators and each pair's inputs broadcast once: GCC kept an array of two tokens'
-// accumulators on the stack, stored at every pair.
+// The MR × 32 tile in one pass over the inputs, as 4 vectors of 8 rows (two per half of the
+// panel, in the order the Widen type gives them), its 4·MR accumulators in registers: for one or
+// two tokens, whose products stream their weights from memory once. Named accumulators and each
+// pair's inputs broadcast once: GCC kept an array of two tokens' accumulators on the stack,
+// stored at every pair.
 template <int MR, typename Widen>
 void OnePass(const PanelCall& c, Widen widen) {
   static_assert(MR == 1 || MR == 2);
@@ -60,7 +60,7 @@ void OnePass(const PanelCall& c, Widen widen) {
   float* const y0 = c.y[0];
   float* const y1 = c.y[MR - 1];
   auto init = [&](const float* y, int g) { return c.accumulate ? LoadGroup(y + 8 * g, c.valid, g) : _mm256_setzero_ps(); };
-  // Token 0's accumulators a0-a3 (groups 0-3), token 1's b0-b3.
+  // Token 0's accumulators a0-a3 (vectors 0-3), token 1's b0-b3.
   __m256 a0 = init(y0, 0), a1 = init(y0, 1), a2 = init(y0, 2), a3 = init(y0, 3);
   __m256 b0 = a0, b1 = a1, b2 = a2, b3 = a3;
   if constexpr (MR == 2) b0 = init(y1, 0), b1 = init(y1, 1), b2 = init(y1, 2), b3 = init(y1, 3);
@@ -70,13 +70,17 @@ void OnePass(const PanelCall& c, Widen widen) {
     const __m256 xa0 = _mm256_broadcast_ss(xk), xa1 = _mm256_broadcast_ss(xk + MR);  // token 0 at 2kp, 2kp + 1
     __m256 xb0 = xa0, xb1 = xa1;
     if constexpr (MR == 2) xb0 = _mm256_broadcast_ss(xk + 1), xb1 = _mm256_broadcast_ss(xk + 3);
-    auto group = [&](int g, __m256& a, __m256& b) __attribute__((always_inline)) {
-      __m256 w0, w1;  // rows 8g..8g+7 at inputs 2kp and 2kp + 1
-      widen(kp, g, w0, w1);
-      a = _mm256_fmadd_ps(xa1, w1, _mm256_fmadd_ps(xa0, w0, a));
-      if constexpr (MR == 2) b = _mm256_fmadd_ps(xb1, w1, _mm256_fmadd_ps(xb0, w0, b));
+    auto half = [&](int h, __m256& a, __m256& a_next, __m256& b, __m256& b_next) __attribute__((always_inline)) {
+      __m256 w0[2], w1[2];  // the half's two vectors of rows at inputs 2kp and 2kp + 1
+      widen(kp, h, w0, w1);
+      a = _mm256_fmadd_ps(xa1, w1[0], _mm256_fmadd_ps(xa0, w0[0], a));
+      a_next = _mm256_fmadd_ps(xa1, w1[1], _mm256_fmadd_ps(xa0, w0[1], a_next));
+      if constexpr (MR == 2) {
+        b = _mm256_fmadd_ps(xb1, w1[0], _mm256_fmadd_ps(xb0, w0[0], b));
+        b_next = _mm256_fmadd_ps(xb1, w1[1], _mm256_fmadd_ps(xb0, w0[1], b_next));
+      }
     };
-    group(0, a0, b0), group(1, a1, b1), group(2, a2, b2), group(3, a3, b3);
+    half(0, a0, a1, b0, b1), half(1, a2, a3, b2, b3);
   }
   StoreGroup(y0, c.valid, 0, a0), StoreGroup(y0 + 8, c.valid, 1, a1);
   StoreGroup(y0 + 16, c.valid, 2, a2), StoreGroup(y0 + 24, c.valid, 3, a3);
@@ -102,8 +106,8 @@ void TwoPasses(const PanelCall& c, Widen widen) {
     for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
       const float* xk = x + 2 * kp * MR;
       widen.Prefetch(kp + kPrefetchPairs, half);
-      __m256 w0[2], w1[2];  // rows of the two groups at inputs 2kp and 2kp + 1
-      for (int g = 0; g < 2; ++g) widen(kp, 2 * half + g, w0[g], w1[g]);
+      __m256 w0[2], w1[2];  // the half's two vectors of rows at inputs 2kp and 2kp + 1
+      widen(kp, half, w0, w1);
       for (int m = 0; m < MR; ++m) {
         const __m256 x0 = _mm256_broadcast_ss(xk + m);
         for (int g = 0; g < 2; ++g) acc[m][g] = _mm256_fmadd_ps(x0, w0[g], acc[m][g]);
@@ -122,6 +126,11 @@ void Panel(const PanelCall& c, Widen widen) {
   else TwoPasses<MR>(c, widen);
 }
 
+// A Widen type gives the 16 rows of panel half h at one input pair as two vectors of 8 rows
+// for each input (w0 at 2kp, w1 at 2kp + 1).
+//
+// bf16: rows in order, the half's first 8 rows in vector 0: one shift (2kp) and one mask
+// (2kp + 1) per 8 rows.
 struct WidenBf16 {
   const uint16_t* panel;
   // The first pass brings the whole pair from memory; a second its own half, from L2.
@@ -129,25 +138,37 @@ struct WidenBf16 {
     if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair + 32), _MM_HINT_T0);
   }
-  __attribute__((always_inline)) void operator()(int64_t kp, int g, __m256& w0, __m256& w1) const {
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + kp * kPanelPair + g * 16));
-    w0 = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
-    w1 = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  __attribute__((always_inline)) void operator()(int64_t kp, int h, __m256 (&w0)[2], __m256 (&w1)[2]) const {
+    for (int g = 0; g < 2; ++g) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + kp * kPanelPair + (2 * h + g) * 16));
+      w0[g] = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+      w1[g] = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    }
   }
 };
 
-// Code j of the pair moved to bits 20-26 with its sign in bit 31: the code's value times 2^-120
-// as a float (subnormal codes become float subnormals), exactly. The first code (bits 0-7)
-// shifted up by 24 and arithmetically down by 4; the second (bits 8-15, its sign extended above
-// them) up by 12 alone: the same bits.
+// fp8: each code moved to bits 20-26 with its sign in bit 31, the code's value times 2^-120 as a
+// float (subnormal codes become float subnormals), exactly. The half's 32 codes in one vector,
+// each 32-bit lane holding rows 2i (bytes 0-1: inputs 2kp, 2kp + 1) and 2i + 1 (bytes 2-3), so
+// vector 0 holds the half's even rows (0, 2, .., 14) and vector 1 its odd rows: FP8 sums come out
+// in that order, which Fp8Panel puts back. Two codes at once in 16-bit lanes: an arithmetic
+// shift by 4 puts bytes 1 and 3 in place within their halves of the lane (a mask clears the sign's
+// copies and the byte below), then the high half is masked out and the low half shifted up; bytes
+// 0 and 2 the same after a shift up by 8. Nine operations per 32 codes, five of them shifts,
+// where widening 16-bit pairs to 32-bit lanes took twelve, eight on the shift units.
 struct WidenFp8 {
   const uint8_t* panel;
   void Prefetch(int64_t kp, int) const { _mm_prefetch(reinterpret_cast<const char*>(panel + kp * kPanelPair), _MM_HINT_T0); }
-  __attribute__((always_inline)) void operator()(int64_t kp, int g, __m256& w0, __m256& w1) const {
-    const __m256i v = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(panel + kp * kPanelPair + g * 16)));
-    const __m256i keep = _mm256_set1_epi32(static_cast<int>(0x87f00000u));
-    w0 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 4), keep));
-    w1 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, 12), keep));
+  __attribute__((always_inline)) void operator()(int64_t kp, int h, __m256 (&w0)[2], __m256 (&w1)[2]) const {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + kp * kPanelPair + h * 32));
+    const __m256i in_halves = _mm256_set1_epi32(static_cast<int>(0x87f087f0u));
+    const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    const __m256i odd = _mm256_and_si256(_mm256_srai_epi16(v, 4), in_halves);                         // bytes 1, 3
+    const __m256i even = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 4), in_halves);  // bytes 0, 2
+    w0[0] = _mm256_castsi256_ps(_mm256_slli_epi32(even, 16));
+    w1[0] = _mm256_castsi256_ps(_mm256_slli_epi32(odd, 16));
+    w0[1] = _mm256_castsi256_ps(_mm256_and_si256(even, high));
+    w1[1] = _mm256_castsi256_ps(_mm256_and_si256(odd, high));
   }
 };
 
@@ -155,12 +176,19 @@ template <int MR>
 void Bf16Panel(const PanelCall& c) {
   Panel<MR>(c, WidenBf16{static_cast<const uint16_t*>(c.panel)});
 }
+// Rows 0-7 and 8-15 of a half from its even rows (0, 2, .., 14) and odd rows.
+__attribute__((always_inline)) inline void RowsInOrder(__m256 even, __m256 odd, __m256& first, __m256& second) {
+  const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);  // rows 0-3 | 8-11, 4-7 | 12-15
+  first = _mm256_permute2f128_ps(lo, hi, 0x20);
+  second = _mm256_permute2f128_ps(lo, hi, 0x31);
+}
+
 // FP8, as the bf16 tier: each 128-input scale block's sums unscaled (in units of 2^-120), by the
 // same kernels as bf16 weights, then y = sum · (scale · 2^120) + y once per block, instead of
 // every widened weight multiplied by its scale.
 template <int MR>
 void Fp8Panel(const PanelCall& c) {
-  alignas(32) float sums[MR][kPanelRows];
+  alignas(32) float sums[MR][kPanelRows];  // each half's even rows, then its odd rows (WidenFp8)
   float* rows[MR];
   for (int m = 0; m < MR; ++m) rows[m] = sums[m];
   const auto* x = static_cast<const float*>(c.x);
@@ -174,15 +202,20 @@ void Fp8Panel(const PanelCall& c) {
     b.k0 = c.k0 + 2 * kp;
     b.kn = 2 * (end - kp);
     b.y = rows;
+    b.valid = kPanelRows;
     b.accumulate = false;
     Panel<MR>(b, WidenFp8{static_cast<const uint8_t*>(b.panel)});
     const __m256 scale = _mm256_set1_ps(c.scales[block] * 0x1p120f);
     const bool add = c.accumulate || block * 128 > c.k0;
     for (int m = 0; m < MR; ++m)
-      for (int g = 0; g < 4 && 8 * g < c.valid; ++g) {
-        float* y = c.y[m] + 8 * g;
-        const __m256 prior = add ? LoadGroup(y, c.valid, g) : _mm256_setzero_ps();
-        StoreGroup(y, c.valid, g, _mm256_fmadd_ps(_mm256_load_ps(sums[m] + 8 * g), scale, prior));
+      for (int h = 0; h < 2 && 16 * h < c.valid; ++h) {
+        __m256 sum[2];
+        RowsInOrder(_mm256_load_ps(sums[m] + 16 * h), _mm256_load_ps(sums[m] + 16 * h + 8), sum[0], sum[1]);
+        for (int g = 2 * h; g < 2 * h + 2 && 8 * g < c.valid; ++g) {
+          float* y = c.y[m] + 8 * g;
+          const __m256 prior = add ? LoadGroup(y, c.valid, g) : _mm256_setzero_ps();
+          StoreGroup(y, c.valid, g, _mm256_fmadd_ps(sum[g - 2 * h], scale, prior));
+        }
       }
     kp = end;
   }
