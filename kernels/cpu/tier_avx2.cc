@@ -159,10 +159,9 @@ struct WidenBf16 {
 // where widening 16-bit pairs to 32-bit lanes took twelve, eight on the shift units.
 struct WidenFp8 {
   const uint8_t* panel;
-  // 2 KB ahead (32 pairs, where bf16 goes 8): a pair of codes costs more work per byte than a pair
-  // of bf16 weights, and one token's product streamed at 0.77 of the read probe 512 B ahead,
-  // 0.84 at 2 KB and 0.85 at 4 KB (medians of 4 × 20 alternating runs, 2 threads).
-  static constexpr int64_t kAhead = 32;
+  // Pairs prefetched ahead (512 B): one token's product streamed at the same share of the read
+  // probe 2 KB and 4 KB ahead (medians of 16-24 runs, each beside the probe).
+  static constexpr int64_t kAhead = 8;
   void Prefetch(int64_t kp, int half) const {  // the whole pair (one line) in the first pass
     if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(panel + (kp + kAhead) * kPanelPair), _MM_HINT_T0);
   }
