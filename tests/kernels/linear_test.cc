@@ -251,6 +251,59 @@ TEST_P(LinearTier, StreamedTilesEqualStoredOnes) {
   }
 }
 
+TEST_P(LinearTier, DecodedFp8PanelsEqualCodePanels) {
+  // decode_fp8 once, then panel_fp8_decoded per token block: bitwise what panel_fp8 gives on the
+  // codes, for every code (subnormals and negatives included), token count, partial panel,
+  // accumulation and a chunk starting inside the weight.
+  const cpu::TierKernels& tier = cpu::Kernels();
+  if (tier.decode_fp8 == nullptr) GTEST_SKIP() << "tier " << CpuIsaName(tier.isa) << " decodes FP8 per block";
+  const int64_t K = 512, k0 = 128;  // the chunk [k0, K): three scale blocks
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::vector<uint8_t> codes(kPanelRows * K), panel(PackedElements(kPanelRows, K));
+  for (size_t i = 0; i < codes.size(); ++i) {
+    codes[i] = static_cast<uint8_t>(i * 7 % 256);
+    if ((codes[i] & 0x7f) == 0x7f) codes[i] = 0;  // not NaN
+  }
+  const std::vector<float> scales = {0.5f, 3e-3f, 17.0f, 1e-5f};
+  PackFp8({DType::kF8E4M3, kPanelRows, K, codes.data(), nullptr, scales.data()}, panel.data());
+  std::vector<uint16_t> decoded((K - k0) / 2 * kPanelPair);
+  tier.decode_fp8(panel.data() + k0 / 2 * kPanelPair, (K - k0) / 2, decoded.data());
+  std::vector<float> x(tier.max_mr * K);
+  for (float& e : x) e = dist(rng);
+  for (int mr = 1; mr <= tier.max_mr; ++mr) {
+    std::vector<const float*> rows(mr);
+    for (int m = 0; m < mr; ++m) rows[m] = x.data() + m * K + k0;
+    std::vector<uint32_t> pairs((K - k0) / 2 * mr);
+    std::vector<float> floats((K - k0) * mr);
+    if (tier.bf16_activations) tier.pack_bf16_pairs(rows.data(), mr, K - k0, pairs.data());
+    for (int64_t k = 0; k < K - k0; ++k)
+      for (int m = 0; m < mr; ++m) floats[k * mr + m] = rows[m][k];
+    for (int valid : {32, 17})
+      for (bool accumulate : {false, true}) {
+        std::vector<std::vector<float>> y(2, std::vector<float>(mr * 32));
+        for (int v = 0; v < 2; ++v) {
+          for (size_t i = 0; i < y[v].size(); ++i) y[v][i] = 0.25f * static_cast<float>(i % 5);
+          float* out[16];
+          for (int m = 0; m < mr; ++m) out[m] = y[v].data() + m * 32;
+          cpu::PanelCall call{};
+          call.x = tier.bf16_activations ? static_cast<const void*>(pairs.data()) : floats.data();
+          call.panel = v == 0 ? static_cast<const void*>(panel.data() + k0 / 2 * kPanelPair) : decoded.data();
+          call.k0 = k0;
+          call.kn = K - k0;
+          call.scales = scales.data();
+          call.y = out;
+          call.mr = mr;
+          call.valid = valid;
+          call.accumulate = accumulate;
+          (v == 0 ? tier.panel_fp8 : tier.panel_fp8_decoded)(call);
+        }
+        ASSERT_EQ(std::memcmp(y[0].data(), y[1].data(), y[0].size() * sizeof(float)), 0)
+            << "mr " << mr << " valid " << valid << " accumulate " << accumulate;
+      }
+  }
+}
+
 TEST_P(LinearTier, StreamedBatchEqualsEachRowAlone) {
   // A batch past StreamedOutputBytes: every row as the row alone gives it (a few bytes of output,
   // stored normally), over several threads' work.
