@@ -160,7 +160,8 @@ struct WidenBf16 {
 struct WidenFp8 {
   const uint8_t* panel;
   // Pairs prefetched ahead (512 B): one token's product streamed at the same share of the read
-  // probe 2 KB and 4 KB ahead (medians of 16-24 runs, each beside the probe).
+  // probe 2 KB or 4 KB ahead, with hints T1 or NTA, and with no prefetch at all (medians of
+  // 12-24 runs, each beside the probe): the hardware's prefetchers keep up; the widening does not.
   static constexpr int64_t kAhead = 8;
   void Prefetch(int64_t kp, int half) const {  // the whole pair (one line) in the first pass
     if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(panel + (kp + kAhead) * kPanelPair), _MM_HINT_T0);
