@@ -232,15 +232,10 @@ TEST_P(LinearTier, StreamedTilesEqualStoredOnes) {
           for (int v = 0; v < 2; ++v) {
             float* out[12];
             for (int m = 0; m < mr; ++m) out[m] = y[v].data() + offset + m * 32;
-            cpu::PanelCall call{};
-            call.x = tier.bf16_activations ? static_cast<const void*>(pairs.data()) : floats.data();
-            call.panel = fp8 ? static_cast<const void*>(fp8_panel.data()) : panel.data();
-            call.kn = K;
-            call.scales = scales.data();
-            call.y = out;
-            call.mr = mr;
-            call.valid = valid;
-            call.stream = v == 1;
+            const cpu::PanelCall call{.x = tier.bf16_activations ? static_cast<const void*>(pairs.data()) : floats.data(),
+                                      .panel = fp8 ? static_cast<const void*>(fp8_panel.data()) : panel.data(),
+                                      .k0 = 0, .kn = K, .scales = scales.data(), .y = out, .mr = mr, .valid = valid,
+                                      .accumulate = false, .stream = v == 1};
             (fp8 ? tier.panel_fp8 : tier.panel_bf16)(call);
           }
           for (size_t i = 0; i < y[0].size(); ++i)
@@ -286,16 +281,10 @@ TEST_P(LinearTier, DecodedFp8PanelsEqualCodePanels) {
           for (size_t i = 0; i < y[v].size(); ++i) y[v][i] = 0.25f * static_cast<float>(i % 5);
           float* out[16];
           for (int m = 0; m < mr; ++m) out[m] = y[v].data() + m * 32;
-          cpu::PanelCall call{};
-          call.x = tier.bf16_activations ? static_cast<const void*>(pairs.data()) : floats.data();
-          call.panel = v == 0 ? static_cast<const void*>(panel.data() + k0 / 2 * kPanelPair) : decoded.data();
-          call.k0 = k0;
-          call.kn = K - k0;
-          call.scales = scales.data();
-          call.y = out;
-          call.mr = mr;
-          call.valid = valid;
-          call.accumulate = accumulate;
+          const cpu::PanelCall call{.x = tier.bf16_activations ? static_cast<const void*>(pairs.data()) : floats.data(),
+                                    .panel = v == 0 ? static_cast<const void*>(panel.data() + k0 / 2 * kPanelPair) : decoded.data(),
+                                    .k0 = k0, .kn = K - k0, .scales = scales.data(), .y = out, .mr = mr, .valid = valid,
+                                    .accumulate = accumulate, .stream = false};
           (v == 0 ? tier.panel_fp8 : tier.panel_fp8_decoded)(call);
         }
         ASSERT_EQ(std::memcmp(y[0].data(), y[1].data(), y[0].size() * sizeof(float)), 0)
@@ -354,16 +343,9 @@ TEST(Fp8Decode, TableAndShiftDecodersGiveTheSameBits) {
           for (int v = 0; v < 2; ++v) {
             float* rows[12];
             for (int m = 0; m < mr; ++m) rows[m] = y[v].data() + m * 32;
-            cpu::PanelCall call{};
-            call.x = x.data() + k0 / 2 * mr;
-            call.panel = panel.data() + k0 / 2 * kPanelPair;
-            call.k0 = k0;
-            call.kn = K - k0;
-            call.scales = scales.data();
-            call.y = rows;
-            call.mr = mr;
-            call.valid = valid;
-            call.accumulate = accumulate;
+            const cpu::PanelCall call{.x = x.data() + k0 / 2 * mr, .panel = panel.data() + k0 / 2 * kPanelPair, .k0 = k0,
+                                      .kn = K - k0, .scales = scales.data(), .y = rows, .mr = mr, .valid = valid,
+                                      .accumulate = accumulate, .stream = false};
             (v == 0 ? table : shift).panel_fp8(call);
           }
           for (size_t i = 0; i < y[0].size(); ++i)
