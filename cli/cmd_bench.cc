@@ -3,24 +3,21 @@
 // read bandwidth (batch-1 decode streams every active weight once), the float FMA peak, and the
 // peak of the unit the tier's bf16 GEMM uses. `--json` prints one object instead of text.
 #include <omp.h>
-#include <sched.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
 #include "cli/huge_pages.h"
+#include "cli/machine.h"
 #include "cli/request_io.h"
 #include "core/kv_row.h"
 #include "kernels/cpu_isa.h"
@@ -213,41 +210,7 @@ double PeakRssMiB() {
 
 void ResetPeakRss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
-// NUMA nodes of the CPUs this process may run on, and of the first `threads` of them (those the
-// pinned OpenMP threads use).
-std::pair<int, int> NumaNodes(int threads) {
-  cpu_set_t allowed;
-  std::set<int> all, used;
-  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return {1, 1};
-  int seen = 0;
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (!CPU_ISSET(c, &allowed)) continue;
-    int node = 0;
-    for (const auto& entry : std::filesystem::directory_iterator(absl::StrCat("/sys/devices/system/cpu/cpu", c), std::filesystem::directory_options::skip_permission_denied)) {
-      const std::string name = entry.path().filename().string();
-      if (name.rfind("node", 0) == 0) node = std::atoi(name.c_str() + 4);
-    }
-    all.insert(node);
-    if (seen++ < threads) used.insert(node);
-  }
-  return {static_cast<int>(std::max<size_t>(all.size(), 1)), static_cast<int>(std::max<size_t>(used.size(), 1))};
-}
-
 }  // namespace
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line, flags, model = "unknown CPU";
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0 && model == "unknown CPU") model = line.substr(line.find(':') + 2);
-    if (line.rfind("flags", 0) == 0 && flags.empty()) flags = line;
-  }
-  flags += ' ';
-  std::vector<std::string> have;
-  for (const char* f : {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-    if (flags.find(absl::StrCat(" ", f, " ")) != std::string::npos) have.push_back(f);
-  return absl::StrCat(model, " [", absl::StrJoin(have, " "), "]");
-}
 
 
 Command AddBenchCommand(CLI::App& app) {

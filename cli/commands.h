@@ -6,6 +6,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "cli/machine.h"
 
 namespace daedalus {
 
@@ -26,9 +27,5 @@ Command AddPlanCommand(CLI::App& app);
 
 // Prints "daedalus: error: <message>" to stderr and returns 1.
 int Fail(const std::string& message);
-// The CPU's model name and its vector extensions, for benchmark reports.
-std::string CpuModel();
-// Applies --threads (0 keeps OMP_NUM_THREADS or the core count) to OpenMP and BLAS.
-void SetThreads(int threads);
 
 }  // namespace daedalus

@@ -1,14 +1,7 @@
 // daedalus: one executable, subcommands for each job.
-#include <cblas.h>
 #include <omp.h>
 
-#include <pthread.h>
-#include <sched.h>
-#include <unistd.h>
-
 #include <cstdio>
-#include <cstdlib>
-#include <vector>
 #include <map>
 
 #include "cli/commands.h"
@@ -20,38 +13,6 @@ namespace daedalus {
 int Fail(const std::string& message) {
   std::fprintf(stderr, "daedalus: error: %s\n", message.c_str());
   return 1;
-}
-
-void SetThreads(int threads) {
-  if (threads > 0) {
-    omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
-  }
-  // Pin each OpenMP thread to its own CPU (as OMP_PROC_BIND=true would), unless the user chose
-  // a binding. Unpinned threads migrate, and a thread spinning at a barrier can land on the CPU
-  // its partner is computing on: measured 4x slower decode on a 2-vCPU machine.
-  if (std::getenv("OMP_PROC_BIND") != nullptr || std::getenv("OMP_PLACES") != nullptr) return;
-  cpu_set_t allowed;
-  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
-  std::vector<int> cpus;
-  for (int c = 0; c < CPU_SETSIZE; ++c)
-    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
-  if (cpus.empty() || omp_get_max_threads() > static_cast<int>(cpus.size())) return;
-  // Several ranks on this node that the launcher did not bind: each would pin its threads to
-  // the same first CPUs. Leave them to the scheduler.
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  if (local == nullptr) local = std::getenv("SLURM_NTASKS_PER_NODE");
-  if (local != nullptr && std::atoi(local) > 1 &&
-      static_cast<long>(cpus.size()) >= sysconf(_SC_NPROCESSORS_ONLN)) {
-    return;
-  }
-#pragma omp parallel
-  {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpus[omp_get_thread_num()], &one);
-    pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
-  }
 }
 
 }  // namespace daedalus
