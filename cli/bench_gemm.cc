@@ -9,9 +9,11 @@
 //    with bf16 activations where it implements that on this CPU and the checkpoint is bf16,
 //    else widened to float (FP8 weights too: oneDNN has no FP8 matmul). It says which, and
 //    which implementation it chose.
-//  - Limits measured in the same run: DRAM read bandwidth, the float FMA peak and the peak of
-//    the unit the tier's bf16 GEMM uses. Each figure is given as a share of its roofline, the
-//    longer of its weight bytes at the bandwidth and its multiply-adds at its unit's peak.
+//  - Limits measured in the same run: the float FMA peak, the peak of the unit the tier's bf16
+//    GEMM uses, and DRAM read bandwidth, probed once after every repetition pair as well (what
+//    a shared machine left while the group ran). Each figure is given as a share of its
+//    roofline: the longer of its weight bytes at the group's probed bandwidth and its
+//    multiply-adds at its unit's peak.
 //  - Every output of both is compared: a disagreement beyond the activations' rounding is an
 //    error (exit 1).
 // A program, not a test: it prints figures and asserts only that the two agree.
@@ -273,10 +275,10 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
           onednn_bf16 ? "bf16 weights and activations, float outputs"
                       : dtype == DType::kBF16 ? "no bf16 matmul on this CPU: the same weights widened to float"
                                               : "the same weights as float (oneDNN has no FP8 matmul)");
-  fprintf(text, "limits measured now: DRAM read %.1f GB/s (best), float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s\n",
+  fprintf(text, "limits measured now: DRAM read %.1f GB/s (best; GB/s below: probed between the group's repetitions), float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s\n",
           bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9);
-  fprintf(text, "%-10s %6s %8s | %-27s | %-25s | %8s %9s\n", "group", "tokens", "products", "Daedalus GFLOP/s (roofline)",
-          "oneDNN GFLOP/s (roofline)", "speedup", "rel.error");
+  fprintf(text, "%-10s %6s %8s %6s | %-27s | %-25s | %8s %9s\n", "group", "tokens", "products", "GB/s",
+          "Daedalus GFLOP/s (roofline)", "oneDNN GFLOP/s (roofline)", "speedup", "rel.error");
 
   nlohmann::ordered_json results = nlohmann::json::array();
   std::mt19937 rng(7);
@@ -300,6 +302,7 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
       ours.Run();
       onednn.Run(stream);
       std::vector<double> our_times, onednn_times;
+      const double probe_bytes = probe.bytes_read(), probe_seconds = probe.seconds();
       for (int r = 0; r < reps; ++r) {
         double t0 = Now();
         ours.Run();
@@ -307,7 +310,9 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
         t0 = Now();
         onednn.Run(stream);
         onednn_times.push_back(Now() - t0);
+        probe.Pass();
       }
+      const double group_bandwidth = (probe.bytes_read() - probe_bytes) / (probe.seconds() - probe_seconds);
       // Every output of both, stage by stage, relative to the stage's largest.
       double error = 0;
       for (size_t s = 0; s < group.stages.size(); ++s) {
@@ -324,15 +329,16 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
         error = std::max(error, scale > 0 ? diff / scale : diff);
       }
       const double ours_s = Median(our_times), theirs_s = Median(onednn_times);
-      const double our_limit = std::max(our_bytes / bandwidth, flops / our_peak);
-      const double onednn_limit = std::max(onednn.weight_bytes() / bandwidth, flops / onednn_peak);
-      fprintf(text, "%-10s %6d %8lld | %19.1f (%3.0f%%) | %17.1f (%3.0f%%) | %7.2fx %9.1e\n", group.name.c_str(), t,
-              static_cast<long long>(group.products()), flops / ours_s / 1e9, 100 * our_limit / ours_s, flops / theirs_s / 1e9,
+      const double our_limit = std::max(our_bytes / group_bandwidth, flops / our_peak);
+      const double onednn_limit = std::max(onednn.weight_bytes() / group_bandwidth, flops / onednn_peak);
+      fprintf(text, "%-10s %6d %8lld %6.1f | %19.1f (%3.0f%%) | %17.1f (%3.0f%%) | %7.2fx %9.1e\n", group.name.c_str(),
+              t, static_cast<long long>(group.products()), group_bandwidth / 1e9, flops / ours_s / 1e9, 100 * our_limit / ours_s, flops / theirs_s / 1e9,
               100 * onednn_limit / theirs_s, theirs_s / ours_s, error);
       results.push_back({{"group", group.name},
                          {"tokens", t},
                          {"products", group.products()},
                          {"gflop", flops / 1e9},
+                         {"bandwidth_gbs", group_bandwidth / 1e9},
                          {"daedalus", {{"seconds", ours_s}, {"gflops", flops / ours_s / 1e9},
                                        {"weight_gb", our_bytes / 1e9}, {"share_of_roofline", our_limit / ours_s}}},
                          {"onednn", {{"seconds", theirs_s}, {"gflops", flops / theirs_s / 1e9},
