@@ -268,7 +268,11 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
   // float rounding; activations rounded to bf16 on either side, bf16's.
   const double bound = onednn_bf16 || tier.bf16_activations ? 2e-2 : 1e-4;
 
-  fprintf(text, "machine: %s, %d threads, %d NUMA node(s)\n", CpuModel().c_str(), n_threads, NumaNodes(n_threads).first);
+  const auto [numa_nodes, numa_used] = NumaNodes(n_threads);
+  if (numa_used > 1)
+    fprintf(stderr, "daedalus-bench-gemm: warning: %d threads span %d NUMA nodes; memory-bound figures suffer. Run on "
+            "one socket (numactl --cpunodebind=0 --membind=0) or fewer threads.\n", n_threads, numa_used);
+  fprintf(text, "machine: %s, %d threads, %d NUMA node(s)\n", CpuModel().c_str(), n_threads, numa_nodes);
   fprintf(text, "kernel tier: %s\n", CpuIsaDescription(ActiveCpuIsa()).c_str());
   fprintf(text, "weights: %s (%s); oneDNN %s: %s\n", model_dir.c_str(), DTypeName(dtype),
           onednn_version.c_str(),
@@ -358,7 +362,7 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
     nlohmann::ordered_json out;
     out["bench"] = "gemm";
     out["machine"] = {{"cpu", CpuModel()}, {"isa", CpuIsaName(ActiveCpuIsa())}, {"threads", n_threads},
-                      {"numa_nodes", NumaNodes(n_threads).first}};
+                      {"numa_nodes", numa_nodes}};
     out["kernel_tier"] = CpuIsaDescription(ActiveCpuIsa());
     out["weights"] = DTypeName(dtype);
     out["onednn"] = {{"version", onednn_version}, {"dtype", onednn_bf16 ? "bf16" : "f32"}, {"impl", impls}};
