@@ -3,8 +3,10 @@
 //  - Groups of products, as a forward pass of `tokens` rows runs them: every layer's attention
 //    projections; the dense MLPs and shared experts; the routed experts a batch of that many
 //    tokens touches (min(experts, tokens · top-k) per MoE layer, each with the mean rows an
-//    expert gets); lm_head. Each group's products run one after another, one call each for
-//    both libraries, so a group larger than the caches streams its weights from memory.
+//    expert gets); lm_head. Ours runs each stage of a group (products that do not depend on
+//    each other: gate and up of every expert, then down) as one LinearBatch, as the engine
+//    does; oneDNN one matmul per product. A group larger than the caches streams its weights
+//    from memory.
 //  - oneDNN gets the same weights, reordered once into the layout its matmul asks for: in bf16
 //    with bf16 activations where it implements that on this CPU and the checkpoint is bf16,
 //    else widened to float (FP8 weights too: oneDNN has no FP8 matmul). It says which, and
@@ -221,9 +223,8 @@ bool OneDnnHasBf16(dnnl::engine& engine) {
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
   try {
-    dnnl::matmul::primitive_desc(
-        dnnl::matmul::desc({{64, 256}, dt::bf16, tag::ab}, {{256, 256}, dt::bf16, tag::any}, {{64, 256}, dt::f32, tag::ab}),
-        engine);
+    const dnnl::memory::desc src({64, 256}, dt::bf16, tag::ab), weights({256, 256}, dt::bf16, tag::any);
+    dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, {{64, 256}, dt::f32, tag::ab}), engine);
     return true;
   } catch (const dnnl::error&) {
     return false;
@@ -279,7 +280,9 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
           onednn_bf16 ? "bf16 weights and activations, float outputs"
                       : dtype == DType::kBF16 ? "no bf16 matmul on this CPU: the same weights widened to float"
                                               : "the same weights as float (oneDNN has no FP8 matmul)");
-  fprintf(text, "limits measured now: DRAM read %.1f GB/s (best; GB/s below: probed between the group's repetitions), float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s\n",
+  fprintf(text,
+          "limits measured now: DRAM read %.1f GB/s (best; GB/s below: probed between the group's repetitions), "
+          "float FMA %.1f GFLOP/s, bf16 unit %.1f GFLOP/s\n",
           bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9);
   fprintf(text, "%-10s %6s %8s %6s | %-27s | %-25s | %8s %9s\n", "group", "tokens", "products", "GB/s",
           "Daedalus GFLOP/s (roofline)", "oneDNN GFLOP/s (roofline)", "speedup", "rel.error");
@@ -336,8 +339,8 @@ int Run(const std::string& model_dir, const std::string& tokens_list, int reps, 
       const double our_limit = std::max(our_bytes / group_bandwidth, flops / our_peak);
       const double onednn_limit = std::max(onednn.weight_bytes() / group_bandwidth, flops / onednn_peak);
       fprintf(text, "%-10s %6d %8lld %6.1f | %19.1f (%3.0f%%) | %17.1f (%3.0f%%) | %7.2fx %9.1e\n", group.name.c_str(),
-              t, static_cast<long long>(group.products()), group_bandwidth / 1e9, flops / ours_s / 1e9, 100 * our_limit / ours_s, flops / theirs_s / 1e9,
-              100 * onednn_limit / theirs_s, theirs_s / ours_s, error);
+              t, static_cast<long long>(group.products()), group_bandwidth / 1e9, flops / ours_s / 1e9,
+              100 * our_limit / ours_s, flops / theirs_s / 1e9, 100 * onednn_limit / theirs_s, theirs_s / ours_s, error);
       results.push_back({{"group", group.name},
                          {"tokens", t},
                          {"products", group.products()},

@@ -41,7 +41,9 @@ std::pair<int, int> NumaNodes(int threads) {
   for (int c = 0; c < CPU_SETSIZE; ++c) {
     if (!CPU_ISSET(c, &allowed)) continue;
     int node = 0;
-    for (const auto& entry : std::filesystem::directory_iterator(absl::StrCat("/sys/devices/system/cpu/cpu", c), std::filesystem::directory_options::skip_permission_denied)) {
+    const std::string cpu = absl::StrCat("/sys/devices/system/cpu/cpu", c);
+    for (const auto& entry :
+         std::filesystem::directory_iterator(cpu, std::filesystem::directory_options::skip_permission_denied)) {
       const std::string name = entry.path().filename().string();
       if (name.rfind("node", 0) == 0) node = std::atoi(name.c_str() + 4);
     }
