@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config xz-utils
   libabsl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-  libopenblas-openmp-dev libdnnl-dev libopenmpi-dev openmpi-bin libyaml-cpp-dev libucx-dev ucx-utils iproute2
+  libopenblas-openmp-dev libdnnl-dev ocl-icd-opencl-dev libopenmpi-dev openmpi-bin libyaml-cpp-dev libucx-dev ucx-utils iproute2
   slurmctld slurmd slurm-client munge
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcpp-httplib-dev libssl-dev openssl libpcre2-dev
   python3 python3-numpy python3-grpcio python3-venv python3-pip
