@@ -212,7 +212,6 @@ void ResetPeakRss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 }  // namespace
 
-
 Command AddBenchCommand(CLI::App& app) {
   struct Flags {
     std::string model, batches = "1,8,64";
