@@ -396,5 +396,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "threads (default: OMP_NUM_THREADS or all cores)");
   app.add_flag("--json", json, "print one JSON object instead of the table (which goes to stderr)");
   CLI11_PARSE(app, argc, argv);
-  return daedalus::Run(model, tokens, reps, threads, json);
+  try {
+    return daedalus::Run(model, tokens, reps, threads, json);
+  } catch (const dnnl::error& e) {  // a shape or data type oneDNN refuses on this CPU
+    std::fprintf(stderr, "daedalus-bench-gemm: oneDNN: %s (status %d)\n", e.what(), static_cast<int>(e.status));
+    return 1;
+  }
 }
