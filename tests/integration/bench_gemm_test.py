@@ -14,23 +14,17 @@ import json
 import os
 import tempfile
 
-from harness import ENV, check, daedalus, describe, finish, run
+from harness import ENV, check, daedalus, describe, finish, json_output, run
 
 TOKENS = (1, 5)
 GROUPS = ("attention", "dense_mlp", "experts", "lm_head")
 
 
-def bench(program, model, env):
+def bench(program, model, env, what):
     proc = run([program, "--model", model, "--tokens", ",".join(map(str, TOKENS)), "--reps", "2", "--json"],
                timeout=300, env=env)
-    if not check(proc.returncode == 0, f"{os.path.basename(model)}: exits 0 (every output agrees with oneDNN's)",
-                 describe(proc)):
-        return None
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as e:
-        check(False, "--json prints one JSON object", f"{e}: {proc.stdout[:300]!r}")
-        return None
+    # It exits 0 only where every output agrees with oneDNN's.
+    return json_output(proc, f"{what}: daedalus-bench-gemm --json")
 
 
 def expected_products(c, group, tokens):
@@ -60,7 +54,7 @@ def main():
                 if isa:
                     env["DAEDALUS_CPU_ISA"] = isa
                 what = f"{dtype}, tier {isa or 'active'}"
-                j = bench(program, model, env)
+                j = bench(program, model, env, what)
                 if j is None:
                     continue
                 machine = j.get("machine", {})

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 
-from harness import ENV, check, daedalus, describe, finish, make_model, run
+from harness import ENV, check, daedalus, finish, json_output, make_model, run
 
 BATCHES = (1, 4)
 
@@ -22,13 +22,7 @@ BATCHES = (1, 4)
 def bench(d, model, *extra):
     proc = run([d, "bench", "--model", model, "--prompt-len", "48", "--batches", ",".join(map(str, BATCHES)),
                 "--steps", "4", "--reps", "20", "--json", *extra], timeout=120, env=dict(ENV, OMP_NUM_THREADS="2"))
-    if not check(proc.returncode == 0, f"bench {' '.join(extra)} exits 0", describe(proc)):
-        return None
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as e:
-        check(False, "bench --json prints one JSON object", f"{e}: {proc.stdout[:300]!r}")
-        return None
+    return json_output(proc, f"bench --json {' '.join(extra)}")
 
 
 def positive(j, key):

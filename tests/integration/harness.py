@@ -58,6 +58,18 @@ def describe(proc):
     return f"rc={proc.returncode} stderr={proc.stderr.strip()[:600]!r} stdout={proc.stdout.strip()[:300]!r}"
 
 
+def json_output(proc, what):
+    """A finished process's standard output as one JSON object, checked: `what` exits 0 and
+    prints one object. None where either fails."""
+    if not check(proc.returncode == 0, f"{what}: exits 0", describe(proc)):
+        return None
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as e:
+        check(False, f"{what}: prints one JSON object", f"{e}: {proc.stdout[:300]!r}")
+        return None
+
+
 def expect_error(proc, what, parts):
     """A clean failure: exit status > 0 (a signal gives < 0), a 'daedalus: error:' message that
     names every part, and no sign of a crash."""
