@@ -62,16 +62,18 @@ EngineOptions F32Cache() {
 // Logits are O(5) for tiny; float32 re-association of the same sums stays well below 1e-3.
 constexpr double kTol = 1e-3;
 
+// Also with a value head of 40 (the naive form's values go in 16-column slices: two whole, one
+// of 8).
 TEST(Engine, AbsorbedAndNaiveAttentionAgree) {
-  for (bool yarn : {false, true}) {
-    const ModelWeights& w = TinyModel(DType::kF32, yarn);
+  for (const auto& [yarn, v_head_dim] : {std::pair{false, 0}, std::pair{true, 0}, std::pair{false, 40}}) {
+    const ModelWeights& w = TinyModel(DType::kF32, yarn, 0, v_head_dim);
     EngineOptions naive = F32Cache(), absorbed = F32Cache();
     naive.attention = AttentionPath::kNaive;
     absorbed.attention = AttentionPath::kAbsorbed;
     const auto a = RunAll(w, naive, {Greedy(Prompt(40, 1), 12)});
     const auto b = RunAll(w, absorbed, {Greedy(Prompt(40, 1), 12)});
-    EXPECT_LT(MaxAbsDiff(a[0].prompt_logits, b[0].prompt_logits), kTol) << "yarn " << yarn;
-    EXPECT_EQ(a[0].generated_ids, b[0].generated_ids);
+    EXPECT_LT(MaxAbsDiff(a[0].prompt_logits, b[0].prompt_logits), kTol) << "yarn " << yarn << ", v_head_dim " << v_head_dim;
+    EXPECT_EQ(a[0].generated_ids, b[0].generated_ids) << "yarn " << yarn << ", v_head_dim " << v_head_dim;
   }
 }
 
