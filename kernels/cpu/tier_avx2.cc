@@ -508,9 +508,13 @@ void DotKeys16(const float* q, const float* keys16, int64_t n, int64_t dim, floa
         acc[2 * i + 1] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + 8), acc[2 * i + 1]);
       }
     }
+    const int64_t j0 = b0 * 16, count = std::min<int64_t>(16 * nb, n - j0);
+    if (count == 32) {  // whole blocks stored directly (as DotKeysQueries)
+      for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + j0 + 8 * i, acc[i]);
+      continue;
+    }
     alignas(32) float lanes[32];
     for (int i = 0; i < 2 * nb; ++i) _mm256_store_ps(lanes + 8 * i, acc[i]);
-    const int64_t j0 = b0 * 16, count = std::min<int64_t>(16 * nb, n - j0);
     std::copy(lanes, lanes + count, out + j0);
   }
 }
