@@ -164,8 +164,9 @@ struct WidenBf16 {
 struct WidenFp8 {
   const uint8_t* panel;
   // Pairs prefetched ahead (2 KB). A one-token product streamed, beside the read probe in one
-  // process (median of 61 alternating runs each): 8 pairs ahead 0.80-0.83 of the probe, 16 pairs
-  // 0.84-0.88, 32 pairs 0.87-0.91, 64 and 128 the same as 32, 256 0.85; bf16's best stays at 8.
+  // process (medians of 61 alternating runs): 4 pairs ahead 0.77-0.80 of the probe, 8 pairs
+  // 0.80-0.83, 16 pairs 0.84-0.88, 32 pairs 0.86-0.91, 64 and 128 as 32, 256 0.85; bf16's best
+  // stays at 8 pairs.
   static constexpr int64_t kAhead = 32;
   __attribute__((always_inline)) void Prefetch(int64_t kp, int half) const {  // the whole pair (one line) in the first pass
     if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(panel + (kp + kAhead) * kPanelPair), _MM_HINT_T0);
