@@ -71,6 +71,10 @@ void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const floa
 // active tier (4; 6 on avx2, whose 16 registers then hold 12 accumulators): a caller grouping a
 // prompt's tokens for them groups this many. No result depends on it.
 int64_t ManyQueries();
+// Columns AxpyRows[Many] keep in registers per pass over the rows on the active tier (16 on
+// avx2, 64 on the AVX-512 tiers): rows laid out in slices of this many columns, each slice's
+// rows contiguous, are read in order, one slice a call. No result depends on it.
+int64_t AxpyRowsColumns();
 
 // Attention over rows stored in bf16 (the bf16 latent cache) with bf16 operands and float
 // accumulation, on tiers with a bf16 dot-product unit (only where HasBf16Attention() holds):

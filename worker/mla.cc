@@ -45,9 +45,6 @@ constexpr int64_t kSegmentRows = 256;
 // the packed keys and values: ~110 MB a layer for DeepSeek-V3's 128 heads at 512 positions), kept
 // by the calling thread from call to call, grown when a longer context needs more: fresh ones
 // that large come from mmap each time, and the kernel zeroes every page.
-// Value columns per slice of the naive form's packed values (NaiveSlice).
-constexpr int64_t kValueSlice = 16;
-
 struct NaiveBuffers {
   FloatBuffer latent, c_kv, kv, keys, values;  // the calling thread's
   FloatBuffer head_keys, group_scores;          // each thread's own, in the parallel loops
@@ -72,13 +69,15 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
   const int64_t ld_kv = d.H * (d.dn + d.dv), ld_q = d.H * d.qk();
   // Each head's keys as q lays out its query ([k_nope | k_pe]), then 16 keys to a lane block
   // (PackKeys16): a score is one multiply-add chain, with no horizontal sum. Each head's values
-  // in 16-column slices, each slice's rows contiguous ([dv / 16][S][16]): the weighted sums run
-  // slice by slice, and a slice's rows stream in order. As [S, dv] rows, every slice's pass
-  // stepped through memory dv floats at a time and, once a head's values outgrew L2, ran at
-  // 0.38-0.42 of the FMA probe against 0.78-0.88 (one thread, 1,024-4,096 rows, dv = 128, the
-  // same bits); in kv one head's rows are H·(dn + dv) floats apart, farther still.
+  // in slices of the columns the weighted sums keep in registers per pass (AxpyRowsColumns), each
+  // slice's rows contiguous ([dv / slice][S][slice]): the sums run slice by slice, and a slice's
+  // rows stream in order. As [S, dv] rows, avx2's 16-column passes stepped through memory dv
+  // floats at a time and, once a head's values outgrew L2, ran at 0.38-0.42 of the FMA probe
+  // against 0.78-0.88 (one thread, 1,024-4,096 rows, dv = 128, the same bits); in kv one head's
+  // rows are H·(dn + dv) floats apart, farther still.
   const int64_t per_head = KeysElements(S, d.qk());
-  const int64_t slices = (d.dv + kValueSlice - 1) / kValueSlice, per_head_values = slices * S * kValueSlice;
+  const int64_t slice = std::min(AxpyRowsColumns(), d.dv), slices = (d.dv + slice - 1) / slice;
+  const int64_t per_head_values = slices * S * slice;
   FloatBuffer& keys = AtLeast(scratch.keys, d.H * per_head);
   FloatBuffer& values = AtLeast(scratch.values, d.H * per_head_values);
 #pragma omp parallel for schedule(static)
@@ -89,8 +88,8 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
       std::memcpy(&rows[j * d.qk() + d.dn], &latent[j * d.dim + d.rkv], d.dr * 4);
       const float* v = &kv[j * ld_kv + h * (d.dn + d.dv) + d.dn];
       for (int64_t c = 0; c < slices; ++c)
-        std::memcpy(&values[h * per_head_values + (c * S + j) * kValueSlice], v + c * kValueSlice,
-                    std::min(kValueSlice, d.dv - c * kValueSlice) * 4);
+        std::memcpy(&values[h * per_head_values + (c * S + j) * slice], v + c * slice,
+                    std::min(slice, d.dv - c * slice) * 4);
     }
     PackKeys16(rows, d.qk(), S, d.qk(), &keys[h * per_head]);
   }
@@ -121,8 +120,8 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
         std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);
       }
       for (int64_t c = 0; c < slices; ++c)
-        AxpyRowsMany(scores, stride, tn, vh + c * S * kValueSlice, kValueSlice, stride,
-                     std::min(kValueSlice, d.dv - c * kValueSlice), oh + c * kValueSlice, d.H * d.dv);
+        AxpyRowsMany(scores, stride, tn, vh + c * S * slice, slice, stride, std::min(slice, d.dv - c * slice),
+                     oh + c * slice, d.H * d.dv);
     }
   }
 }

@@ -156,6 +156,7 @@ void DotKeys16Many(const float* q, int64_t q_stride, int64_t queries, const floa
 }
 
 int64_t ManyQueries() { return cpu::Kernels().many_queries; }
+int64_t AxpyRowsColumns() { return cpu::Kernels().axpy_columns; }
 
 void Fp8ToF32(const uint8_t* codes, int64_t n, float scale, float* out) { cpu::Kernels().fp8_to_f32(codes, n, scale, out); }
 void WidenBf16(const uint16_t* in, int64_t n, float* out) { cpu::Kernels().bf16_to_f32(in, n, out); }

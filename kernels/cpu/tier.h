@@ -123,6 +123,9 @@ struct TierKernels {
   // Queries dot_keys16_many and axpy_rows_many take at once at their full width (the ops'
   // ManyQueries, kernels/ops.h).
   int many_queries = 4;
+  // Columns axpy_rows and axpy_rows_many keep in registers per pass over the rows (the ops'
+  // AxpyRowsColumns).
+  int axpy_columns = 64;
 };
 
 constexpr int64_t kTileInputs = 32;     // inputs per tile step

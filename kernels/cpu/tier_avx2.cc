@@ -631,6 +631,7 @@ const TierKernels& Avx2Kernels() {
     t.scale_scores = ScaleScores;
     t.exp_scores = ExpScores;
     t.many_queries = 6;
+    t.axpy_columns = 16;
     return t;
   }();
   return k;

@@ -62,8 +62,8 @@ EngineOptions F32Cache() {
 // Logits are O(5) for tiny; float32 re-association of the same sums stays well below 1e-3.
 constexpr double kTol = 1e-3;
 
-// Also with a value head of 40 (the naive form's values go in 16-column slices: two whole, one
-// of 8).
+// Also with a value head of 40: the naive form's values go in slices of AxpyRowsColumns (on avx2
+// 16 columns: two whole slices and one of 8).
 TEST(Engine, AbsorbedAndNaiveAttentionAgree) {
   for (const auto& [yarn, v_head_dim] : {std::pair{false, 0}, std::pair{true, 0}, std::pair{false, 40}}) {
     const ModelWeights& w = TinyModel(DType::kF32, yarn, 0, v_head_dim);
