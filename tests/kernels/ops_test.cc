@@ -363,6 +363,34 @@ TEST_P(OpsTier, ManyHeadKernelsEqualOneHeadAtATimeBitwise) {
   }
 }
 
+// Rows laid out in slices of AxpyRowsColumns columns (the naive MLA form's values), one call a
+// slice: each output bitwise what one call over whole rows gives, for value sizes that fill the
+// slices and leave a short last one.
+TEST_P(OpsTier, WeightedSumsOverColumnSlicesEqualWholeRowsBitwise) {
+  std::mt19937 rng(29);
+  std::uniform_real_distribution<float> u(-1, 1);
+  const int64_t n = 37;
+  for (const int64_t dim : {int64_t{40}, int64_t{128}, int64_t{200}}) {
+    const int64_t slice = std::min(AxpyRowsColumns(), dim), slices = (dim + slice - 1) / slice;
+    for (const int64_t heads : {int64_t{1}, int64_t{4}, int64_t{6}}) {
+      std::vector<float> rows(n * dim), w(heads * n), y0(heads * dim), sliced(slices * n * slice);
+      for (auto* v : {&rows, &w, &y0})
+        for (float& x : *v) x = u(rng);
+      for (int64_t c = 0; c < slices; ++c)
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t i = 0; i < std::min(slice, dim - c * slice); ++i)
+            sliced[(c * n + j) * slice + i] = rows[j * dim + c * slice + i];
+      std::vector<float> y1 = y0;
+      AxpyRowsMany(w.data(), n, heads, rows.data(), dim, n, dim, y0.data(), dim);
+      for (int64_t c = 0; c < slices; ++c)
+        AxpyRowsMany(w.data(), n, heads, sliced.data() + c * n * slice, slice, n, std::min(slice, dim - c * slice),
+                     y1.data() + c * slice, dim);
+      for (size_t i = 0; i < y0.size(); ++i)
+        ASSERT_EQ(y0[i], y1[i]) << "dim " << dim << " heads " << heads << " slice " << slice << " element " << i;
+    }
+  }
+}
+
 // The bf16 latent cache's rows: every 16-bit pattern widens to the float with those upper bits.
 TEST_P(OpsTier, WidenBf16IsExactForEveryPattern) {
   std::vector<uint16_t> in(65536 + 5);
