@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "kernels/cpu/count_dispatch.h"
 #include "kernels/cpu/tier.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
@@ -89,6 +90,22 @@ namespace {
 
 constexpr int64_t kKChunk = 1024;  // input features per pass: a 64 KB bf16 panel slice stays in L2
 
+// Token blocks of the float tiers up to this many rows are interleaved by InterleaveRows
+// (avx512's blocks are 12 at most, avx2's 5).
+constexpr int kMaxFloatMr = 12;
+
+// out[k · MR + i] = rows[i][k], zero for k in [K, Kp): input by input, each value written once
+// and in order. Row by row with a run-time count, every write strided by the row count, the
+// 4-token blocks of a decode step's experts packed at 0.4-0.5 of the speed (5 tokens: 0.9; one
+// thread, 512 × 1,024 floats, -O3 for x86-64).
+template <int MR>
+void InterleaveRows(const float* const* rows, int64_t K, int64_t Kp, float* out) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int i = 0; i < MR; ++i) out[k * MR + i] = rows[i][k];
+  for (int64_t k = K; k < Kp; ++k)
+    for (int i = 0; i < MR; ++i) out[k * MR + i] = 0.0f;
+}
+
 // Interleaves rows [m0, m0 + mr) of the problem's x by input, as the tier reads them: floats
 // [K'][mr], or bf16 pairs [K' / 2][mr] (round to nearest even), K' = K padded to even with 0;
 // on tiles (kernels/cpu/tier.h), [K / 32][mr rounded up to 16][32] bf16 (every block but the
@@ -103,11 +120,14 @@ void PackTokens(const LinearProblem& p, int64_t m0, int64_t mr, const cpu::TierK
     return;
   }
   float* block = out + m0 * Kp;
-  for (int64_t i = 0; i < mr; ++i) {
-    const float* row = p.x_row(m0 + i);
-    for (int64_t k = 0; k < K; ++k) block[k * mr + i] = row[k];
-    if (Kp > K) block[K * mr + i] = 0.0f;
+  const float* rows[32];
+  for (int64_t i = 0; i < mr; ++i) rows[i] = p.x_row(m0 + i);
+  if (mr <= kMaxFloatMr) {
+    cpu::WithCount<kMaxFloatMr>(mr, [&](auto n) { InterleaveRows<decltype(n)::value>(rows, K, Kp, block); });
+    return;
   }
+  for (int64_t k = 0; k < Kp; ++k)
+    for (int64_t i = 0; i < mr; ++i) block[k * mr + i] = k < K ? rows[i][k] : 0.0f;
 }
 
 // A problem's m rows cut into the fewest blocks of at most max_mr, of sizes that differ by at
