@@ -112,16 +112,14 @@ void InterleaveRows(const float* const* rows, int64_t K, int64_t Kp, float* out)
 // last is whole, so the block starts at m0 · K values).
 void PackTokens(const LinearProblem& p, int64_t m0, int64_t mr, const cpu::TierKernels& tier, bool tiles, float* out) {
   const int64_t K = p.w.cols, Kp = PaddedCols(K);
+  const float* rows[32];
+  for (int64_t i = 0; i < mr; ++i) rows[i] = p.x_row(m0 + i);
   if (tier.pack_bf16_pairs != nullptr) {
-    const float* rows[32];
-    for (int64_t i = 0; i < mr; ++i) rows[i] = p.x_row(m0 + i);
     if (tiles) tier.pack_bf16_tiles(rows, static_cast<int>(mr), K, reinterpret_cast<uint16_t*>(out) + m0 * K);
     else tier.pack_bf16_pairs(rows, static_cast<int>(mr), K, reinterpret_cast<uint32_t*>(out) + m0 * Kp / 2);
     return;
   }
   float* block = out + m0 * Kp;
-  const float* rows[32];
-  for (int64_t i = 0; i < mr; ++i) rows[i] = p.x_row(m0 + i);
   if (mr <= kMaxFloatMr) {
     cpu::WithCount<kMaxFloatMr>(mr, [&](auto n) { InterleaveRows<decltype(n)::value>(rows, K, Kp, block); });
     return;
