@@ -222,7 +222,7 @@ Command AddBenchCommand(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model, "checkpoint directory")->required();
-  app.add_option("--prompt-len", f->prompt_len, "prefill prompt length");
+  app.add_option("--prompt-len", f->prompt_len, "prefill prompt length")->check(CLI::PositiveNumber);
   app.add_option("--batches", f->batches, "decode batch sizes, comma-separated");
   app.add_option("--context", f->context, "prompt length before decode is timed");
   app.add_option("--steps", f->steps, "decode steps timed per batch size");
@@ -296,9 +296,12 @@ Command AddBenchCommand(CLI::App& app) {
     // The GEMM limit for these weights: float weights run on BLAS's float FMA, bf16 and fp8 on
     // the tier's bf16 unit.
     const double gemm_peak = dtype == DType::kF32 ? fp32_peak : bf16_peak;
-    // Multiply-adds of a prefill token: every active projection but lm_head (only the last row
-    // of a prompt needs logits), two FLOPs per weight. Attention's own products are not counted.
-    const double prefill_flops = 2.0 * static_cast<double>(w.ActiveParametersPerToken() - w.lm_head.rows * w.lm_head.cols);
+    // Multiply-adds of a prefill token, two FLOPs per weight: every active projection but lm_head
+    // and the last layer's feed-forward, which run on the prompt's last row alone (the logits it
+    // samples from: worker/model.cc), once per prompt. Attention's own products are not counted.
+    const double last_row = static_cast<double>(w.lm_head.rows * w.lm_head.cols + w.LastFeedForwardParametersPerToken());
+    const double prefill_flops =
+        2.0 * (static_cast<double>(w.ActiveParametersPerToken()) - last_row + last_row / static_cast<double>(f->prompt_len));
     // A decode token: every active projection, lm_head included.
     const double decode_flops = 2.0 * static_cast<double>(w.ActiveParametersPerToken());
     // Bytes a decode step reads: everything but the routed experts, plus each expert touched once.

@@ -37,6 +37,7 @@ enum class Buffer {
   kExpertIds,      // int32 [n_tokens, num_experts_per_tok]
   kExpertWeights,  // [n_tokens, num_experts_per_tok]
   kSharedOut,      // [n_tokens, hidden_size]: the shared experts' output
+  kLogitHidden,    // [logit_rows, hidden_size]: the residual stream's logit rows (LogitRows)
   kCount
 };
 
@@ -154,8 +155,10 @@ class Backend {
   virtual absl::Status LocalExperts(const LocalExpertsOp& op) = 0;
   virtual absl::Status ExpertRows(const ExpertRowsOp& op) = 0;
   virtual absl::Status Combine(const CombineOp& op) = 0;
-  // logits (host) [logit_rows, vocab_size] = lm_head · RMSNorm(hidden[row], norm) for each of
-  // the batch's logit_rows.
+  // y [logit_rows, hidden_size] = the batch's logit_rows of x [n_tokens, hidden_size], in order.
+  virtual absl::Status LogitRows(const float* x, float* y) = 0;
+  // logits (host) [logit_rows, vocab_size] = lm_head · RMSNorm(hidden[r], norm) for r < the
+  // batch's logit_rows.size(): hidden holds those rows only, in order (LogitRows).
   virtual absl::Status Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                               float* logits) = 0;
 };

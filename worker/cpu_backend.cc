@@ -136,13 +136,18 @@ absl::Status CpuBackend::Mlp(const MlpOp& op) {
   return absl::OkStatus();
 }
 
+absl::Status CpuBackend::LogitRows(const float* x, float* y) {
+  const int64_t D = config_.hidden_size;
+  for (size_t r = 0; r < batch_->logit_rows.size(); ++r)
+    std::memcpy(&y[r * D], &x[batch_->logit_rows[r] * D], D * sizeof(float));
+  return absl::OkStatus();
+}
+
 absl::Status CpuBackend::Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                                 float* logits) {
   const int64_t D = config_.hidden_size, R = static_cast<int64_t>(batch_->logit_rows.size());
   float* final_x = AtLeast(scratch_.final_x, R * D).data();
-  for (int64_t r = 0; r < R; ++r)
-    daedalus::RmsNorm(&hidden[batch_->logit_rows[r] * D], norm.data(), 1, D, static_cast<float>(config_.rms_norm_eps),
-                      &final_x[r * D], D, D);
+  daedalus::RmsNorm(hidden, norm.data(), R, D, static_cast<float>(config_.rms_norm_eps), final_x, D, D);
   daedalus::Linear(final_x, R, lm_head, logits);
   return absl::OkStatus();
 }

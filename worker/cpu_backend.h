@@ -36,6 +36,7 @@ class CpuBackend final : public Backend {
   absl::Status LocalExperts(const LocalExpertsOp& op) override;  // worker/moe.cc
   absl::Status ExpertRows(const ExpertRowsOp& op) override;      // worker/moe.cc
   absl::Status Combine(const CombineOp& op) override;            // worker/moe.cc
+  absl::Status LogitRows(const float* x, float* y) override;
   absl::Status Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                       float* logits) override;
 

@@ -16,6 +16,16 @@ absl::StatusOr<T*> Reserve(Backend& b, Buffer which, int64_t n) {
   return static_cast<T*>(p);
 }
 
+// Whether the batch wants every row's logits, in order (a decode step's batch, or a prompt's
+// logits): then the residual stream is the logit rows as it stands.
+bool AllRowsWanted(const ForwardBatch& batch) {
+  const auto& r = batch.logit_rows;
+  if (r.size() != batch.token_ids.size()) return false;
+  for (size_t i = 0; i < r.size(); ++i)
+    if (r[i] != static_cast<int64_t>(i)) return false;
+  return true;
+}
+
 }  // namespace
 
 DeepSeekModel::DeepSeekModel(const ModelWeights& weights, AttentionPath path) : weights_(weights), path_(path) {}
@@ -34,20 +44,30 @@ absl::Status DeepSeekModel::Forward(const ForwardBatch& batch, Backend& b, float
   ASSIGN_OR_RETURN(float* x, Reserve<float>(b, Buffer::kNormed, T * D));
   ASSIGN_OR_RETURN(float* y, Reserve<float>(b, Buffer::kSublayer, T * D));
   if (T > 0) RETURN_IF_ERROR(b.Embed(weights_.embed_tokens, h));
+  // Rows the feed-forward runs on: every row, but in the last layer only the logit rows (a
+  // prompt chunk's last row, or none): no later op reads the others, whose latents are cached by
+  // then. Each row's sums are the same either way (kernels/linear.h).
+  int64_t rows = T;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& w = weights_.layers[l];
     if (T > 0) {
       RETURN_IF_ERROR(b.RmsNorm({h, &w.input_layernorm, T, D, D, D, x}));
       RETURN_IF_ERROR(Attention(b, l, batch, absorbed));
       RETURN_IF_ERROR(b.Add(h, y, T * D));
-      RETURN_IF_ERROR(b.RmsNorm({h, &w.post_attention_layernorm, T, D, D, D, x}));
     }
+    if (l + 1 == c.num_hidden_layers && !AllRowsWanted(batch)) {
+      rows = static_cast<int64_t>(batch.logit_rows.size());
+      ASSIGN_OR_RETURN(float* kept, Reserve<float>(b, Buffer::kLogitHidden, rows * D));
+      if (rows > 0) RETURN_IF_ERROR(b.LogitRows(h, kept));
+      h = kept;
+    }
+    if (rows > 0) RETURN_IF_ERROR(b.RmsNorm({h, &w.post_attention_layernorm, rows, D, D, D, x}));
     if (w.moe) {
-      RETURN_IF_ERROR(Moe(b, l, T, moe));
-    } else if (T > 0) {
-      RETURN_IF_ERROR(b.Mlp({&w.dense, x, T, y}));
+      RETURN_IF_ERROR(Moe(b, l, rows, moe));
+    } else if (rows > 0) {
+      RETURN_IF_ERROR(b.Mlp({&w.dense, x, rows, y}));
     }
-    if (T > 0) RETURN_IF_ERROR(b.Add(h, y, T * D));
+    if (rows > 0) RETURN_IF_ERROR(b.Add(h, y, rows * D));
   }
   if (batch.logit_rows.empty()) return absl::OkStatus();
   return b.Logits(h, weights_.norm, weights_.lm_head, logits);

@@ -7,7 +7,7 @@ namespace daedalus {
 namespace {
 constexpr const char* kOpNames[] = {"Begin", "ToHost",   "Upload", "Embed", "RmsNorm", "Add",
                                     "Linear", "Rope",    "KvWrite", "MlaNaive", "MlaAbsorbed", "Route",
-                                    "Mlp",   "LocalExperts", "ExpertRows", "Combine", "Logits"};
+                                    "Mlp",   "LocalExperts", "ExpertRows", "Combine", "LogitRows", "Logits"};
 }  // namespace
 
 template <typename F>
@@ -79,6 +79,9 @@ absl::Status ProfilingBackend::ExpertRows(const ExpertRowsOp& op) {
 }
 absl::Status ProfilingBackend::Combine(const CombineOp& op) {
   return Timed(kCombine, [&] { return inner_.Combine(op); });
+}
+absl::Status ProfilingBackend::LogitRows(const float* x, float* y) {
+  return Timed(kLogitRows, [&] { return inner_.LogitRows(x, y); });
 }
 absl::Status ProfilingBackend::Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                                       float* logits) {

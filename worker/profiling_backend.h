@@ -42,12 +42,13 @@ class ProfilingBackend final : public Backend {
   absl::Status LocalExperts(const LocalExpertsOp& op) override;
   absl::Status ExpertRows(const ExpertRowsOp& op) override;
   absl::Status Combine(const CombineOp& op) override;
+  absl::Status LogitRows(const float* x, float* y) override;
   absl::Status Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                       float* logits) override;
 
  private:
   enum Op { kBegin, kToHost, kUpload, kEmbed, kRmsNorm, kAdd, kLinear, kRope, kKvWrite, kMlaNaive, kMlaAbsorbed,
-            kRoute, kMlp, kLocalExperts, kExpertRows, kCombine, kLogits, kOps };
+            kRoute, kMlp, kLocalExperts, kExpertRows, kCombine, kLogitRows, kLogits, kOps };
   template <typename F>
   auto Timed(Op op, F&& run);
 

@@ -213,23 +213,23 @@ size_t AttentionSize(const AttentionWeights& a, Measure size) {
   return b;
 }
 
+// A layer's feed-forward, counting `routed_experts` routed experts if it is an MoE layer.
+size_t FeedForwardSize(const LayerWeights& layer, int64_t routed_experts, Measure size) {
+  if (!layer.moe) return MlpSize(layer.dense, size);
+  size_t total = size(layer.gate);
+  for (const MlpWeights& e : layer.experts) {  // every routed expert is the same size: use one that is loaded
+    if (e.gate_proj.rows == 0) continue;
+    total += routed_experts * MlpSize(e, size);
+    break;
+  }
+  if (layer.shared_experts) total += MlpSize(*layer.shared_experts, size);
+  return total;
+}
+
 // lm_head and every layer, counting `routed_experts` routed experts per MoE layer.
 size_t LayersSize(const ModelWeights& m, int64_t routed_experts, Measure size) {
   size_t total = size(m.lm_head);
-  for (const auto& layer : m.layers) {
-    total += AttentionSize(layer.attn, size);
-    if (!layer.moe) {
-      total += MlpSize(layer.dense, size);
-      continue;
-    }
-    total += size(layer.gate);
-    for (const MlpWeights& e : layer.experts) {  // every routed expert is the same size: use one that is loaded
-      if (e.gate_proj.rows == 0) continue;
-      total += routed_experts * MlpSize(e, size);
-      break;
-    }
-    if (layer.shared_experts) total += MlpSize(*layer.shared_experts, size);
-  }
+  for (const auto& layer : m.layers) total += AttentionSize(layer.attn, size) + FeedForwardSize(layer, routed_experts, size);
   return total;
 }
 
@@ -241,6 +241,10 @@ size_t ModelWeights::DenseBytes() const { return LayersSize(*this, 0, Bytes); }
 
 size_t ModelWeights::ActiveParametersPerToken() const {
   return LayersSize(*this, config.num_experts_per_tok, Elements);
+}
+
+size_t ModelWeights::LastFeedForwardParametersPerToken() const {
+  return layers.empty() ? 0 : FeedForwardSize(layers.back(), config.num_experts_per_tok, Elements);
 }
 
 size_t ModelWeights::TotalBytes() const { return embed_tokens.bytes() + LayersSize(*this, config.n_routed_experts, Bytes); }

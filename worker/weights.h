@@ -60,6 +60,9 @@ struct ModelWeights {
   // the routed experts, plus num_experts_per_tok experts per MoE layer.
   size_t ActiveBytesPerToken() const;
   size_t ActiveParametersPerToken() const;  // the same weights counted as multiply-adds
+  // Of those, the last layer's feed-forward (gate, experts and shared experts, or the dense MLP),
+  // which a prompt runs on its logit rows alone (worker/model.cc).
+  size_t LastFeedForwardParametersPerToken() const;
   size_t DenseBytes() const;  // what every step reads whatever the routing: no routed expert
   size_t TotalBytes() const;
   // The dtype the layer projections are kept in (lm_head and embeddings may differ).

@@ -32,10 +32,10 @@ namespace daedalus {
 namespace {
 
 enum class Op { kEmbed, kRmsNorm, kAdd, kLinear, kRope, kMlaNaive, kMlaAbsorbed, kRoute, kMlp, kLocalExperts,
-                kExpertRows, kCombine, kLogits };
+                kExpertRows, kCombine, kLogitRows, kLogits };
 const char* OpName(Op op) {
   static const char* names[] = {"Embed", "RmsNorm", "Add", "Linear", "Rope", "MlaNaive", "MlaAbsorbed", "Route",
-                                "Mlp", "LocalExperts", "ExpertRows", "Combine", "Logits"};
+                                "Mlp", "LocalExperts", "ExpertRows", "Combine", "LogitRows", "Logits"};
   return names[static_cast<int>(op)];
 }
 
@@ -51,7 +51,7 @@ double BoundOf(Op op, const std::string& backend) {
   const bool cpu_bf16 = backend == "cpu-avx512bf16" || backend == "cpu-amx";
   const double products = cpu_bf16 ? 1e-2 : cuda ? 1e-4 : 1e-5;
   switch (op) {
-    case Op::kEmbed: case Op::kAdd: return 0;
+    case Op::kEmbed: case Op::kAdd: case Op::kLogitRows: return 0;
     case Op::kRmsNorm: return 1e-6;
     case Op::kRope: return cuda ? 1e-5 : 1e-6;
     case Op::kRoute: return 1e-6;    // the weights; the ids are compared exactly
@@ -380,9 +380,20 @@ Output RunOp(Op op, Device& d, const ModelWeights& w) {
         out.floats = Get<float>(b, Buffer::kSublayer, T * D);
         break;
       }
-      case Op::kLogits: {
-        out.floats.resize(batch.logit_rows.size() * c.vocab_size);
-        check(b.Logits(Put(b, Buffer::kHidden, Random(T * D, 17)), w.norm, w.lm_head, out.floats.data()));
+      case Op::kLogitRows: {  // also checked here against the rows picked on the host
+        const std::vector<float> h = Random(T * D, 18);
+        const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+        check(b.LogitRows(Put(b, Buffer::kHidden, h), Scratch<float>(b, Buffer::kLogitHidden, R * D)));
+        out.floats = Get<float>(b, Buffer::kLogitHidden, R * D);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t i = 0; i < D; ++i)
+            ASSERT_EQ(out.floats[r * D + i], h[batch.logit_rows[r] * D + i]) << "logit row " << r << ", element " << i;
+        break;
+      }
+      case Op::kLogits: {  // the logit rows alone, as LogitRows leaves them
+        const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+        out.floats.resize(R * c.vocab_size);
+        check(b.Logits(Put(b, Buffer::kLogitHidden, Random(R * D, 17)), w.norm, w.lm_head, out.floats.data()));
         break;
       }
     }
@@ -442,7 +453,7 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values("cpu-avx2", "cpu-avx512", "cpu-avx512bf16", "cpu-amx", "cuda", "cuda-float"),
                        ::testing::Values(Op::kEmbed, Op::kRmsNorm, Op::kAdd, Op::kLinear, Op::kRope, Op::kMlaNaive,
                                          Op::kMlaAbsorbed, Op::kRoute, Op::kMlp, Op::kLocalExperts, Op::kExpertRows,
-                                         Op::kCombine, Op::kLogits)),
+                                         Op::kCombine, Op::kLogitRows, Op::kLogits)),
     Name);
 // The FP8 latent cache: what differs is how attention reads the cache.
 INSTANTIATE_TEST_SUITE_P(

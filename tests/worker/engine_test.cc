@@ -248,6 +248,38 @@ TEST_P(EngineCache, BatchEqualsEachAlone) {
   }
 }
 
+// The last layer's feed-forward runs on the logit rows alone (a prompt's last row; none in its
+// earlier chunks): each generated token's log-probabilities are bitwise those of a run that kept
+// every row (its prompt logits wanted), in one prefill, in chunks, and beside another sequence.
+TEST_P(EngineCache, LastLayerOnTheLogitRowsAloneChangesNoLogprobBitwise) {
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  auto request = [](std::vector<int32_t> prompt, bool prompt_logits) {
+    Request r = Greedy(std::move(prompt), 6, prompt_logits);
+    r.logprobs = 4;
+    return r;
+  };
+  const Result every_row = RunAll(w, Options(), {request(Prompt(50, 3), true)})[0];
+  ASSERT_EQ(every_row.logprobs.size(), 6u);
+  EngineOptions chunked = Options();
+  chunked.prefill_chunk = 16;
+  chunked.max_batch_tokens = 40;  // the other prompt's chunks beside this one's decode
+  const std::pair<const char*, std::vector<Result>> runs[] = {
+      {"one prefill", RunAll(w, Options(), {request(Prompt(50, 3), false)})},
+      {"chunked, beside another", RunAll(w, chunked, {request(Prompt(50, 3), false), request(Prompt(45, 4), false)})}};
+  for (const auto& [name, results] : runs) {
+    const Result& r = results[0];
+    EXPECT_TRUE(r.prompt_logits.empty()) << name;
+    ASSERT_EQ(r.logprobs.size(), every_row.logprobs.size()) << name;
+    for (size_t i = 0; i < r.logprobs.size(); ++i) {
+      const TokenOut &got = r.logprobs[i], &want = every_row.logprobs[i];
+      EXPECT_EQ(got.token, want.token) << name << ", token " << i;
+      EXPECT_EQ(got.logprob, want.logprob) << name << ", token " << i;
+      EXPECT_EQ(got.top_ids, want.top_ids) << name << ", token " << i;
+      EXPECT_EQ(got.top_logprobs, want.top_logprobs) << name << ", token " << i;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(KvDtypes, EngineCache, ::testing::Values(DType::kBF16, DType::kF8E4M3),
                          [](const ::testing::TestParamInfo<DType>& info) { return std::string(DTypeName(info.param)); });
 

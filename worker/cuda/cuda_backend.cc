@@ -374,6 +374,15 @@ absl::Status CudaBackend::Combine(const CombineOp& op) {
   return absl::OkStatus();
 }
 
+absl::Status CudaBackend::LogitRows(const float* x, float* y) {
+  const int64_t D = config_.hidden_size;
+  cuda::CopyRowsParams g;
+  g.src = x, g.src_stride = D, g.dst = y, g.dst_stride = D;
+  g.rows = meta_.as<int32_t>() + meta_layout_.logit_rows;
+  g.n_rows = static_cast<int64_t>(batch_->logit_rows.size()), g.width = D;
+  return cuda::CopyRows(g, stream_);
+}
+
 absl::Status CudaBackend::Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                                  float* logits) {
   const ModelConfig& c = config_;
@@ -382,11 +391,7 @@ absl::Status CudaBackend::Logits(const float* hidden, const std::vector<float>& 
   ASSIGN_OR_RETURN(const Matrix head, DeviceMatrix(&lm_head));
   RETURN_IF_ERROR(Grow<float>(final_x_, R * D));
   RETURN_IF_ERROR(Grow<float>(logits_, R * head.rows));
-  cuda::CopyRowsParams g;
-  g.src = hidden, g.src_stride = D, g.dst = final_x_.as<float>(), g.dst_stride = D;
-  g.rows = meta_.as<int32_t>() + meta_layout_.logit_rows, g.n_rows = R, g.width = D;
-  RETURN_IF_ERROR(cuda::CopyRows(g, stream_));
-  RETURN_IF_ERROR(cuda::RmsNorm({final_x_.as<float>(), gamma, final_x_.as<float>(), R, D, D, D,
+  RETURN_IF_ERROR(cuda::RmsNorm({hidden, gamma, final_x_.as<float>(), R, D, D, D,
                                  static_cast<float>(c.rms_norm_eps)}, stream_));
   RETURN_IF_ERROR(Product(final_x_.as<float>(), R, D, head, logits_.as<float>(), head.rows));
   DAEDALUS_CUDA_RETURN(cudaMemcpyAsync(logits, logits_.data(), static_cast<size_t>(R * head.rows) * 4,

@@ -71,6 +71,7 @@ class CudaBackend final : public Backend {
   absl::Status LocalExperts(const LocalExpertsOp& op) override;
   absl::Status ExpertRows(const ExpertRowsOp& op) override;
   absl::Status Combine(const CombineOp& op) override;
+  absl::Status LogitRows(const float* x, float* y) override;
   absl::Status Logits(const float* hidden, const std::vector<float>& norm, const WeightView& lm_head,
                       float* logits) override;
 
