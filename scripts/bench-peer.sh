@@ -7,8 +7,8 @@
 #    llama.cpp's deepseek2 layout (scripts/peer/make_gguf.py).
 # 3. Checks that llama.cpp's prompt logits agree with `daedalus run --dump-logits` within bf16
 #    tolerance, so that the comparison is of the same model.
-# 4. Times prefill of 512 tokens and batch-1 decode of 128 tokens (after a 64-token prompt) for
-#    both, alternating, ROUNDS rounds, 2 threads each; then, at a long context, prefill of 1,920
+# 4. Times prefill of 512 tokens (the best of 2 for each engine) and batch-1 decode of 128 tokens
+#    (after a 64-token prompt) for both, alternating, ROUNDS rounds, 2 threads each; then, at a long context, prefill of 1,920
 #    tokens and batch-1 decode of 64 tokens after them (llama.cpp's context holds 2,048); prints
 #    every round (with the DRAM read bandwidth bench measured in it: a machine whose load moves
 #    moves both engines' figures), the medians and the ratios, then the median of each round's
@@ -44,7 +44,7 @@ for r in $(seq 1 "$rounds"); do
   ours="$(OMP_NUM_THREADS=$threads "$daedalus" bench --model "$model" --threads "$threads" --prompt-len 512 \
           --batches 1 --context 64 --steps 128 --reps 2 --json 2>/dev/null)"
   theirs="$("$venv/bin/python" "$root/scripts/peer/llama_peer.py" time --gguf "$gguf" --prompt-len 512 --context 64 \
-            --steps 128 --threads "$threads")"
+            --steps 128 --reps 2 --threads "$threads")"
   ours_long="$(OMP_NUM_THREADS=$threads "$daedalus" bench --model "$model" --threads "$threads" --prompt-len 1920 \
                --batches 1 --context 1920 --steps 64 --reps 1 --json 2>/dev/null)"
   theirs_long="$("$venv/bin/python" "$root/scripts/peer/llama_peer.py" time --gguf "$gguf" --prompt-len 1920 \

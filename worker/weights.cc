@@ -1,6 +1,8 @@
 #include "worker/weights.h"
 
+#include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -109,40 +111,81 @@ class Loader {
   // another, so that a thread's heads stream as one run of memory.
   void Absorb(AttentionWeights& a, const ModelConfig& c) {
     const int64_t dn = c.qk_nope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
-    const WeightView& kv_b = a.kv_b_proj;
     // W_uk transposed: [r, dn]; W_uv: the head's v rows, [dv, r].
-    a.w_uk_t = CopyHeads(kv_b.dtype, c.num_attention_heads, r, dn, [&](int64_t h, int64_t i, int64_t j) {
-      return kv_b.at(h * (dn + dv) + j, i);
+    a.w_uk_t = CopyHeads(a.kv_b_proj, c.num_attention_heads, r, dn, [&](int64_t h, int64_t i, int64_t j) {
+      return std::pair{h * (dn + dv) + j, i};
     });
-    a.w_uv = CopyHeads(kv_b.dtype, c.num_attention_heads, dv, r, [&](int64_t h, int64_t i, int64_t j) {
-      return kv_b.at(h * (dn + dv) + dn + i, j);
+    a.w_uv = CopyHeads(a.kv_b_proj, c.num_attention_heads, dv, r, [&](int64_t h, int64_t i, int64_t j) {
+      return std::pair{h * (dn + dv) + dn + i, j};
     });
   }
 
-  // H matrices of rows x cols, element(h, i, j), one after another in one buffer: float as
-  // given, else rounded to bf16 (exact for a BF16 kv_b_proj; an FP8 one is code x block scale)
-  // and packed, each head's panels starting on a cache line.
-  template <typename Element>
-  std::vector<WeightView> CopyHeads(DType dtype, int64_t H, int64_t rows, int64_t cols, Element element) {
-    const bool f32 = dtype == DType::kF32;
-    const size_t head_bytes = (f32 ? static_cast<size_t>(rows * cols) * 4 : PackedElements(rows, cols) * 2 + 63) / 64 * 64;
+  // H matrices of rows x cols, element (h, i, j) = w at source(h, i, j), one after another in one
+  // buffer, each head's panels starting on a cache line. Float and BF16 as they are; FP8 as its
+  // codes where each 128 × 128 block of a copy lies in one scale block of w (so in DeepSeek V2 and
+  // V3, whose heads are 128 wide), with those scales, else rounded to bf16 (code × block scale).
+  template <typename Source>
+  std::vector<WeightView> CopyHeads(const WeightView& w, int64_t H, int64_t rows, int64_t cols, Source source) {
+    std::vector<float> scales;  // FP8: [H][row blocks][col blocks]
+    const DType dtype = w.dtype == DType::kF8E4M3 && HeadScales(w, H, rows, cols, source, scales) ? DType::kF8E4M3
+                        : w.dtype == DType::kF32                                                 ? DType::kF32
+                                                                                                 : DType::kBF16;
+    const size_t elements = dtype == DType::kF32 ? static_cast<size_t>(rows * cols) : PackedElements(rows, cols);
+    const size_t head_bytes = (elements * DTypeSize(dtype) + 63) / 64 * 64;
     uint8_t* base = owned_.emplace_back(head_bytes * H).data();
+    float* head_scales = nullptr;
+    if (!scales.empty()) {
+      head_scales = reinterpret_cast<float*>(owned_.emplace_back(scales.size() * sizeof(float)).data());
+      std::memcpy(head_scales, scales.data(), scales.size() * sizeof(float));
+    }
+    const int64_t blocks = Fp8ScaleBlocks(rows) * Fp8ScaleBlocks(cols);
+    std::vector<bf16> tmp16(dtype == DType::kBF16 ? rows * cols : 0);
+    std::vector<uint8_t> codes(dtype == DType::kF8E4M3 ? rows * cols : 0);
     std::vector<WeightView> heads;
-    std::vector<bf16> tmp(f32 ? 0 : static_cast<size_t>(rows * cols));
     for (int64_t h = 0; h < H; ++h) {
       uint8_t* at = base + h * head_bytes;
-      if (f32) {
-        auto* out = reinterpret_cast<float*>(at);
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = element(h, i, j);
-        heads.push_back(WeightView{DType::kF32, rows, cols, out});
-      } else {
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t j = 0; j < cols; ++j) tmp[i * cols + j] = F32ToBf16(element(h, i, j));
-        heads.push_back(PackInto(WeightView{DType::kBF16, rows, cols, tmp.data()}, at));
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) {
+          const auto [sr, sc] = source(h, i, j);
+          if (dtype == DType::kF32) reinterpret_cast<float*>(at)[i * cols + j] = w.at(sr, sc);
+          else if (dtype == DType::kBF16) tmp16[i * cols + j] = F32ToBf16(w.at(sr, sc));
+          else codes[i * cols + j] = Fp8Code(w, sr, sc);
+        }
       }
+      if (dtype == DType::kF32) heads.push_back(WeightView{DType::kF32, rows, cols, at});
+      else if (dtype == DType::kBF16) heads.push_back(PackInto(WeightView{DType::kBF16, rows, cols, tmp16.data()}, at));
+      else heads.push_back(PackInto(WeightView{DType::kF8E4M3, rows, cols, codes.data(), nullptr, head_scales + h * blocks}, at));
     }
     return heads;
+  }
+
+  // Each head's block scales for FP8 copies of w (CopyHeads); false where a copy's block would
+  // take elements from two of w's.
+  template <typename Source>
+  static bool HeadScales(const WeightView& w, int64_t H, int64_t rows, int64_t cols, Source source,
+                         std::vector<float>& scales) {
+    const int64_t row_blocks = Fp8ScaleBlocks(rows), col_blocks = Fp8ScaleBlocks(cols), w_cols = Fp8ScaleBlocks(w.cols);
+    std::vector<int64_t> from(H * row_blocks * col_blocks, -1);  // the index of w's scale each block takes
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) {
+          const auto [sr, sc] = source(h, i, j);
+          const int64_t w_block = sr / kFp8Block * w_cols + sc / kFp8Block;
+          int64_t& block = from[(h * row_blocks + i / kFp8Block) * col_blocks + j / kFp8Block];
+          if (block >= 0 && block != w_block) return false;
+          block = w_block;
+        }
+      }
+    }
+    scales.resize(from.size());
+    for (size_t b = 0; b < from.size(); ++b) scales[b] = w.scale_inv[from[b]];
+    return true;
+  }
+
+  // An FP8 weight's code at (r, c), from its packed copy or as stored.
+  static uint8_t Fp8Code(const WeightView& w, int64_t r, int64_t c) {
+    return w.data != nullptr ? static_cast<const uint8_t*>(w.data)[r * w.cols + c]
+                             : static_cast<const uint8_t*>(w.packed)[PanelIndex(r, c, w.cols)];
   }
 
  private:

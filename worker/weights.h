@@ -32,9 +32,10 @@ struct AttentionWeights {
   WeightView kv_b_proj;           // [heads · (qk_nope + v_head), kv_lora_rank]
   WeightView o_proj;              // [hidden, heads · v_head]
   // Absorbed decode: per head, the k_nope block of kv_b_proj transposed to [kv_lora_rank, qk_nope]
-  // so that q_latent = q_nope · W_uk is a Linear. Owned, same dtype as kv_b_proj.
+  // so that q_latent = q_nope · W_uk is a Linear. Owned copies in kv_b_proj's dtype (an FP8 one
+  // in bf16 where its scale blocks do not fall on head boundaries).
   std::vector<WeightView> w_uk_t;
-  // Per head, the v rows of kv_b_proj: [v_head_dim, kv_lora_rank] (a view into kv_b_proj).
+  // Per head, the v rows of kv_b_proj: [v_head_dim, kv_lora_rank], copied the same way.
   std::vector<WeightView> w_uv;
 };
 
