@@ -26,10 +26,13 @@ struct Dims {
 // blockings by shape, and bf16-rounded activations would turn their last-bit differences into
 // visible ones).
 
-// Rows of the cache widened to float a block at a time (a few KB, in L1), never the context. A
-// bf16 cache on a tier with a bf16 dot-product unit is read in place, in longer blocks: each call
-// of the weighted sums then loads and stores its heads' outputs once per 64 rows, not 16.
-constexpr int64_t kRowBlock = 16;
+// Rows of the cache widened to float a block at a time (in L2: 72 KB of bench's latents, 144 KB
+// of DeepSeek-V3's), never the context; a bf16 cache on a tier with a bf16 dot-product unit is
+// read in place. Each call of the weighted sums then loads and stores its heads' outputs once per
+// 64 rows, and each head's softmax steps run on 64 scores: one 256-row segment of 8 heads, one
+// thread on avx2 (the kernels alone, medians of 7, two runs), 43.1 and 63.1 us in blocks of 16
+// rows, 37.6 and 56.1 in blocks of 64.
+constexpr int64_t kRowBlock = 64;
 constexpr int64_t kBf16RowBlock = 64;
 // Models with at least this many heads score bf16 rows transposed into lanes (DotRowsBf16Transposed;
 // one thread, rows in cache: 222-225 against 140-161 GFLOP/s with 128 heads, no faster with 8).
