@@ -372,19 +372,11 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
 }
 
-// The lanes of v summed as one tree, ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)), as LaneSums8
-// sums eight vectors.
+// The lanes of v summed as one tree, ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
 inline float LaneSum(__m256 v) {
   const __m256 pairs = _mm256_hadd_ps(v, v);        // 0+1, 2+3 | 4+5, 6+7
   const __m256 quads = _mm256_hadd_ps(pairs, pairs);  // (0+1)+(2+3) | (4+5)+(6+7)
   return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(quads), _mm256_extractf128_ps(quads, 1)));
-}
-
-// Lane i: the lanes of v[i] summed as LaneSum does.
-inline __m256 LaneSums8(const __m256 (&v)[8]) {
-  const __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));  // v0..v3: 0123 | 4567
-  const __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-  return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
 }
 
 // Scores of kR rows for kH queries: each (row, query) one multiply-add chain per lane over d
@@ -408,15 +400,8 @@ void ScoresBlock(const float* q, int64_t q_stride, const float* rows, int64_t st
   int64_t d = 0;
   for (; d + 8 <= dim; d += 8) step(d, __m256i{}, std::true_type{});
   if (d < dim) step(d, GroupMask(static_cast<int>(dim - d), 0), std::false_type{});
-  if constexpr (kR * kH == 8) {
-    alignas(32) float sums[8];
-    _mm256_store_ps(sums, LaneSums8(acc));
-    for (int j = 0; j < kR; ++j)
-      for (int h = 0; h < kH; ++h) out[h * out_stride + j] = sums[j * kH + h];
-  } else {
-    for (int j = 0; j < kR; ++j)
-      for (int h = 0; h < kH; ++h) out[h * out_stride + j] = LaneSum(acc[j * kH + h]);
-  }
+  for (int j = 0; j < kR; ++j)
+    for (int h = 0; h < kH; ++h) out[h * out_stride + j] = LaneSum(acc[j * kH + h]);
 }
 
 // Scores of many queries over the same rows, three rows by four queries at a time (ScoresBlock).
