@@ -22,6 +22,7 @@ struct WeightView {
 
   size_t bytes() const;                  // of the weights as the kernels read them
   float at(int64_t r, int64_t c) const;  // one element as float (slow; tests and tails)
+  uint8_t fp8_code(int64_t r, int64_t c) const;  // kF8E4M3: element (r, c)'s code, packed or as stored
 };
 
 constexpr int64_t kFp8Block = 128;   // FP8 scale blocks are 128 × 128

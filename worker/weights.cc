@@ -149,7 +149,7 @@ class Loader {
           const auto [sr, sc] = source(h, i, j);
           if (dtype == DType::kF32) reinterpret_cast<float*>(at)[i * cols + j] = w.at(sr, sc);
           else if (dtype == DType::kBF16) tmp16[i * cols + j] = F32ToBf16(w.at(sr, sc));
-          else codes[i * cols + j] = Fp8Code(w, sr, sc);
+          else codes[i * cols + j] = w.fp8_code(sr, sc);
         }
       }
       if (dtype == DType::kF32) heads.push_back(WeightView{DType::kF32, rows, cols, at});
@@ -180,12 +180,6 @@ class Loader {
     scales.resize(from.size());
     for (size_t b = 0; b < from.size(); ++b) scales[b] = w.scale_inv[from[b]];
     return true;
-  }
-
-  // An FP8 weight's code at (r, c), from its packed copy or as stored.
-  static uint8_t Fp8Code(const WeightView& w, int64_t r, int64_t c) {
-    return w.data != nullptr ? static_cast<const uint8_t*>(w.data)[r * w.cols + c]
-                             : static_cast<const uint8_t*>(w.packed)[PanelIndex(r, c, w.cols)];
   }
 
  private:

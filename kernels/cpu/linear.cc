@@ -27,7 +27,6 @@ size_t WeightView::bytes() const {
 }
 
 float WeightView::at(int64_t r, int64_t c) const {
-  const int64_t panel_index = PanelIndex(r, c, cols);
   switch (dtype) {
     case DType::kF32: {
       float v;
@@ -37,17 +36,18 @@ float WeightView::at(int64_t r, int64_t c) const {
     case DType::kBF16: {
       bf16 v;
       if (data != nullptr) std::memcpy(&v, static_cast<const uint8_t*>(data) + 2 * (r * cols + c), 2);
-      else v = static_cast<const bf16*>(packed)[panel_index];
+      else v = static_cast<const bf16*>(packed)[PanelIndex(r, c, cols)];
       return Bf16ToF32(v);
     }
-    case DType::kF8E4M3: {
-      const uint8_t code = data != nullptr ? static_cast<const uint8_t*>(data)[r * cols + c]
-                                           : static_cast<const uint8_t*>(packed)[panel_index];
-      const int64_t scale_cols = Fp8ScaleBlocks(cols);
-      return Fp8E4M3ToF32(code) * scale_inv[(r / kFp8Block) * scale_cols + c / kFp8Block];
-    }
+    case DType::kF8E4M3:
+      return Fp8E4M3ToF32(fp8_code(r, c)) * scale_inv[(r / kFp8Block) * Fp8ScaleBlocks(cols) + c / kFp8Block];
   }
   return 0;
+}
+
+uint8_t WeightView::fp8_code(int64_t r, int64_t c) const {
+  return data != nullptr ? static_cast<const uint8_t*>(data)[r * cols + c]
+                         : static_cast<const uint8_t*>(packed)[PanelIndex(r, c, cols)];
 }
 
 namespace {
