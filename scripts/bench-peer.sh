@@ -17,6 +17,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}"
 threads="${THREADS:-2}"
+reps=2  # 512-token prefills per engine and round, the best reported
 daedalus="${DAEDALUS_BIN:-$root/build/bin/daedalus}"
 venv="$root/build/peer-venv"
 work="${PEER_DIR:-$root/build/peer}"
@@ -42,9 +43,9 @@ results="$work/rounds.jsonl"
 : > "$results"
 for r in $(seq 1 "$rounds"); do
   ours="$(OMP_NUM_THREADS=$threads "$daedalus" bench --model "$model" --threads "$threads" --prompt-len 512 \
-          --batches 1 --context 64 --steps 128 --reps 2 --json 2>/dev/null)"
+          --batches 1 --context 64 --steps 128 --reps "$reps" --json 2>/dev/null)"
   theirs="$("$venv/bin/python" "$root/scripts/peer/llama_peer.py" time --gguf "$gguf" --prompt-len 512 --context 64 \
-            --steps 128 --reps 2 --threads "$threads")"
+            --steps 128 --reps "$reps" --threads "$threads")"
   ours_long="$(OMP_NUM_THREADS=$threads "$daedalus" bench --model "$model" --threads "$threads" --prompt-len 1920 \
                --batches 1 --context 1920 --steps 64 --reps 1 --json 2>/dev/null)"
   theirs_long="$("$venv/bin/python" "$root/scripts/peer/llama_peer.py" time --gguf "$gguf" --prompt-len 1920 \
