@@ -349,6 +349,28 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       float* y[32];
       call.y = y;
       for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
+        // The weights this thread multiplies next: the panel's next chunk, or the first chunk of
+        // the next unit in its run, brought into L2 a share per token block while this chunk's
+        // blocks multiply (PanelCall::ahead), so that the next unit's first block need not wait
+        // on memory (a unit of one block streams its own weights). 32 bf16 experts of 8 tokens
+        // (gate, up, down; avx2, 2 threads, alternating in one process, medians of 60, three
+        // runs): 7.35, 6.95 and 7.99 ms without, 6.87, 6.53 and 7.32 ms with; 16 tokens 13.6 and
+        // 12.0 ms; 64 tokens and FP8 weights (compute-bound there) unchanged. The same lines
+        // prefetched in a burst at each block's start measured slower (7.35 -> 8.26 ms).
+        const uint8_t* ahead = nullptr;
+        int64_t ahead_bytes = 0;
+        if (u.b1 - u.b0 > 1) {
+          if (k0 + kKChunk < Kp) {
+            ahead = panel + (k0 + kKChunk) / 2 * kPanelPair * elem;
+            ahead_bytes = std::min(kKChunk, Kp - k0 - kKChunk) / 2 * kPanelPair * elem;
+          } else if (next + 1 < units.size()) {
+            const Unit& v = units[next + 1];
+            const Plan& vp = plans[v.problem];
+            ahead = vp.packed + v.panel * vp.Kp * kPanelRows * vp.elem;
+            ahead_bytes = std::min(kKChunk, vp.Kp) / 2 * kPanelPair * vp.elem;
+          }
+        }
+        const int64_t share = (ahead_bytes / (u.b1 - u.b0) + 63) / 64 * 64;
         call.k0 = k0;
         call.kn = std::min(kKChunk, Kp - k0);
         call.accumulate = k0 > 0;
@@ -360,6 +382,9 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
           call.panel = decoded.data();
         }
         for (int64_t b = u.b0; b < u.b1; ++b) {
+          const int64_t at = std::min(ahead_bytes, (b - u.b0) * share);
+          call.ahead = ahead == nullptr ? nullptr : reinterpret_cast<const char*>(ahead + at);
+          call.ahead_bytes = std::min(ahead_bytes, at + share) - at;
           const int64_t m0 = plan.blocks.begin(b);
           call.mr = static_cast<int>(plan.blocks.size(b));
           // The block starts at m0 · K' values; within it, chunk k0 at k0 · mr values (k0 · mr

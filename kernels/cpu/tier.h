@@ -31,6 +31,10 @@ struct PanelCall {
   // (where accumulate is false and each row's 32 columns are whole and 64-byte aligned); the
   // driver fences them before its threads meet.
   bool stream;
+  // Bytes to bring into L2 while the call runs, spread over its input pairs (the weights its
+  // thread multiplies next; a tier may ignore them); null: none.
+  const char* ahead = nullptr;
+  int64_t ahead_bytes = 0;
 };
 
 struct TierKernels {

@@ -47,6 +47,16 @@ inline void StoreGroup(float* y, int valid, int g, __m256 v) {
   else _mm256_maskstore_ps(y, GroupMask(valid, g), v);
 }
 
+// PanelCall::ahead's lines, spread evenly over `pairs` steps.
+struct Ahead {
+  const char* p;
+  int64_t lines, pairs, acc = 0;
+  Ahead(const PanelCall& c, int64_t pairs) : p(c.ahead), lines(c.ahead ? (c.ahead_bytes + 63) / 64 : 0), pairs(pairs) {}
+  __attribute__((always_inline)) void Step() {
+    for (acc += lines; acc >= pairs && lines > 0; acc -= pairs, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+  }
+};
+
 // The MR × 32 tile in one pass over the inputs, as 4 vectors of 8 rows (two per half of the
 // panel, in the order the Widen type gives them), its 4·MR accumulators in registers: for one or
 // two tokens, whose products stream their weights from memory once. Named accumulators and each
@@ -63,9 +73,11 @@ void OnePass(const PanelCall& c, Widen widen) {
   __m256 a0 = init(y0, 0), a1 = init(y0, 1), a2 = init(y0, 2), a3 = init(y0, 3);
   __m256 b0 = a0, b1 = a1, b2 = a2, b3 = a3;
   if constexpr (MR == 2) b0 = init(y1, 0), b1 = init(y1, 1), b2 = init(y1, 2), b3 = init(y1, 3);
+  Ahead ahead(c, c.kn / 2);
   for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
     const float* xk = x + 2 * kp * MR;
     widen.Prefetch(kp, 0);
+    ahead.Step();
     const __m256 xa0 = _mm256_broadcast_ss(xk), xa1 = _mm256_broadcast_ss(xk + MR);  // token 0 at 2kp, 2kp + 1
     __m256 xb0 = xa0, xb1 = xa1;
     if constexpr (MR == 2) xb0 = _mm256_broadcast_ss(xk + 1), xb1 = _mm256_broadcast_ss(xk + 3);
@@ -97,6 +109,7 @@ void OnePass(const PanelCall& c, Widen widen) {
 template <int MR, typename Widen>
 void TwoPasses(const PanelCall& c, Widen widen) {
   const auto* x = static_cast<const float*>(c.x);
+  Ahead ahead(c, c.kn / 2);
   for (int half = 0; half < 2 && 16 * half < c.valid; ++half) {
     __m256 acc[MR][2];
     for (int g = 0; g < 2; ++g)
@@ -105,6 +118,7 @@ void TwoPasses(const PanelCall& c, Widen widen) {
     for (int64_t kp = 0; kp < c.kn / 2; ++kp) {
       const float* xk = x + 2 * kp * MR;
       widen.Prefetch(kp, half);
+      if (half == 0) ahead.Step();
       __m256 w0[2], w1[2];  // the half's two vectors of rows at inputs 2kp and 2kp + 1
       widen(kp, half, w0, w1);
       for (int m = 0; m < MR; ++m) {
@@ -215,6 +229,12 @@ void Fp8Panel(const PanelCall& c) {
     b.y = rows;
     b.valid = kPanelRows;
     b.accumulate = false;
+    if (c.ahead != nullptr) {  // this block's share of the lines
+      const int64_t lines = (c.ahead_bytes + 63) / 64, pairs = c.kn / 2;
+      const int64_t from = kp * lines / pairs, to = end * lines / pairs;
+      b.ahead = c.ahead + 64 * from;
+      b.ahead_bytes = 64 * (to - from);
+    }
     Panel<MR>(b, WidenFp8{static_cast<const uint8_t*>(b.panel)});
     const __m256 scale = _mm256_set1_ps(c.scales[block] * 0x1p120f);
     const bool add = c.accumulate || block * 128 > c.k0;
