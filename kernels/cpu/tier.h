@@ -31,6 +31,9 @@ struct PanelCall {
   // (where accumulate is false and each row's 32 columns are whole and 64-byte aligned); the
   // driver fences them before its threads meet.
   bool stream;
+  // panel_fp8_pair: bytes from `panel` to the second panel, whose outputs follow the first's
+  // 32 in each row of y.
+  int64_t next_panel = 0;
   // Bytes to bring into L2 while the call runs, spread over its input pairs (the weights its
   // thread multiplies next; a tier may ignore them); null: none.
   const char* ahead = nullptr;
@@ -124,6 +127,9 @@ struct TierKernels {
   float (*scale_scores)(float* v, const float* add, int64_t n, float scale) = nullptr;
   float (*exp_scores)(float* v, int64_t n, float shift, bool bf16) = nullptr;
   void (*round_bf16)(const float* in, int64_t n, uint16_t* out) = nullptr;
+  // panel_fp8 for one token over two whole panels of one scale row at once (PanelCall::
+  // next_panel), each output the same chain, bitwise; null: one panel a call.
+  void (*panel_fp8_pair)(const PanelCall&) = nullptr;
   // Queries dot_keys16_many and axpy_rows_many take at once at their full width (the ops'
   // ManyQueries, kernels/ops.h).
   int many_queries = 4;

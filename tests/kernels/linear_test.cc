@@ -257,7 +257,7 @@ TEST_P(LinearTier, DecodedFp8PanelsEqualCodePanels) {
   std::uniform_real_distribution<float> dist(-1, 1);
   std::vector<uint8_t> codes(kPanelRows * K), panel(PackedElements(kPanelRows, K));
   for (size_t i = 0; i < codes.size(); ++i) {
-    codes[i] = static_cast<uint8_t>(i * 7 % 256);
+    codes[i] = static_cast<uint8_t>((i * 7 + i / K * 13) % 256);  // rows differ
     if ((codes[i] & 0x7f) == 0x7f) codes[i] = 0;  // not NaN
   }
   const std::vector<float> scales = {0.5f, 3e-3f, 17.0f, 1e-5f};
@@ -290,6 +290,55 @@ TEST_P(LinearTier, DecodedFp8PanelsEqualCodePanels) {
         ASSERT_EQ(std::memcmp(y[0].data(), y[1].data(), y[0].size() * sizeof(float)), 0)
             << "mr " << mr << " valid " << valid << " accumulate " << accumulate;
       }
+  }
+}
+
+TEST_P(LinearTier, PairedFp8PanelsEqualOnePanelAtATime) {
+  // panel_fp8_pair: one token over two panels in one call, bitwise what panel_fp8 gives on each
+  // panel alone, for every code, several scale blocks, a chunk starting inside the weight, and
+  // accumulation into y.
+  const cpu::TierKernels& tier = cpu::Kernels();
+  if (tier.panel_fp8_pair == nullptr) GTEST_SKIP() << "tier " << CpuIsaName(tier.isa) << " runs FP8 one panel a call";
+  const int64_t K = 512, k0 = 128, rows = 2 * kPanelRows;
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::vector<uint8_t> codes(rows * K), panels(PackedElements(rows, K));
+  for (size_t i = 0; i < codes.size(); ++i) {
+    codes[i] = static_cast<uint8_t>((i * 11 + i / K * 37) % 256);  // rows differ
+    if ((codes[i] & 0x7f) == 0x7f) codes[i] = 0;  // not NaN
+  }
+  const std::vector<float> scales = {0.5f, 3e-3f, 17.0f, 1e-5f};  // one row of blocks: both panels share it
+  PackFp8({DType::kF8E4M3, rows, K, codes.data(), nullptr, scales.data()}, panels.data());
+  std::vector<float> x(K);
+  for (float& e : x) e = dist(rng);
+  std::vector<uint32_t> pairs((K - k0) / 2);
+  if (tier.bf16_activations) {
+    const float* row = x.data() + k0;
+    tier.pack_bf16_pairs(&row, 1, K - k0, pairs.data());
+  }
+  const int64_t panel_bytes = K * kPanelRows;
+  for (bool accumulate : {false, true}) {
+    std::vector<std::vector<float>> y(2, std::vector<float>(rows));
+    for (int v = 0; v < 2; ++v) {
+      for (int64_t i = 0; i < rows; ++i) y[v][i] = 0.25f * static_cast<float>(i % 5);
+      cpu::PanelCall call{.x = tier.bf16_activations ? static_cast<const void*>(pairs.data()) : x.data() + k0,
+                          .panel = panels.data() + k0 / 2 * kPanelPair, .k0 = k0, .kn = K - k0, .scales = scales.data(),
+                          .y = nullptr, .mr = 1, .valid = 32, .accumulate = accumulate, .stream = false};
+      if (v == 0) {
+        for (int p = 0; p < 2; ++p) {
+          float* out = y[0].data() + p * kPanelRows;
+          call.y = &out;
+          call.panel = panels.data() + p * panel_bytes + k0 / 2 * kPanelPair;
+          tier.panel_fp8(call);
+        }
+      } else {
+        float* out = y[1].data();
+        call.y = &out;
+        call.next_panel = panel_bytes;
+        tier.panel_fp8_pair(call);
+      }
+    }
+    ASSERT_EQ(std::memcmp(y[0].data(), y[1].data(), rows * sizeof(float)), 0) << "accumulate " << accumulate;
   }
 }
 
