@@ -296,20 +296,11 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     }
     plans.push_back(plan);
     const int64_t panels = (pr.w.rows + kPanelRows - 1) / kPanelRows;
-    // Parts of the token blocks: enough for every thread where the panels are few, and, where
-    // the interleaved activations outgrow L2, parts of at most kPartBytes taken part by part
-    // (every panel over one part, then the next), so a part stays in L2 across the panels
-    // instead of streaming from L3 once per panel. Not for FP8 decoded once per panel chunk
-    // (each part would decode it again) or tiles.
-    const int64_t few = threads > 1 ? std::clamp<int64_t>(kUnitsPerThread * threads / panels, 1, blocks.count) : 1;
-    const int64_t x_bytes = pr.m * plan.Kp * (tier.bf16_activations ? 2 : 4);
-    const int64_t by_size = plan.decode_once || tiles ? 1 : std::clamp<int64_t>((x_bytes + kPartBytes - 1) / kPartBytes, 1, blocks.count);
-    const int64_t parts = std::max(few, by_size);
     if (plan.fp8 && !plan.decode_once && !tiles && pr.m == 1 && tier.panel_fp8_pair != nullptr) {
       // One token's FP8 product: whole panels two to a call (each pair in one scale row), whose
       // eight accumulation chains keep the FMA units busy where one panel's four wait on their
       // latency. FP8 batch-1 decode (`bench --model <fp8> --batches 1`, builds with and without
-      // alternating, six runs each): a median 80% of its roofline without, 87.5% with.
+      // alternating twelve times): a median 79% of its roofline without, 87% with.
       const double cost = static_cast<double>(kPanelRows * pr.w.cols) * 5.0;
       for (int64_t panel = 0; panel < panels; panel += 2) {
         const bool pair = (panel + 2) * kPanelRows <= pr.w.rows;
@@ -322,6 +313,15 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       }
       continue;
     }
+    // Parts of the token blocks: enough for every thread where the panels are few, and, where
+    // the interleaved activations outgrow L2, parts of at most kPartBytes taken part by part
+    // (every panel over one part, then the next), so a part stays in L2 across the panels
+    // instead of streaming from L3 once per panel. Not for FP8 decoded once per panel chunk
+    // (each part would decode it again) or tiles.
+    const int64_t few = threads > 1 ? std::clamp<int64_t>(kUnitsPerThread * threads / panels, 1, blocks.count) : 1;
+    const int64_t x_bytes = pr.m * plan.Kp * (tier.bf16_activations ? 2 : 4);
+    const int64_t by_size = plan.decode_once || tiles ? 1 : std::clamp<int64_t>((x_bytes + kPartBytes - 1) / kPartBytes, 1, blocks.count);
+    const int64_t parts = std::max(few, by_size);
     for (int64_t i = 0; i < panels * parts; ++i) {
       const int64_t panel = by_size > 1 ? i % panels : i / parts, part = by_size > 1 ? i / panels : i % parts;
       const int64_t b0 = blocks.count * part / parts, b1 = blocks.count * (part + 1) / parts;
