@@ -260,7 +260,7 @@ void PanelFp8(const PanelCall& c) { CallWithCount<kMaxMr>(c.mr, [](auto mr) { re
 // FP8 product ran, hot in L2, at about the DRAM read speed of two threads (bf16's at twice it),
 // so batch-1 decode of an FP8 checkpoint was bound by both. Eight chains, the same bits. One
 // token, alternating in one process (medians): 256 × 1,024 hot on one thread 20.3 -> 15.9 and
-// 14.7 -> 12.9 us; 64 weights of 1,024 × 1,024 from DRAM on two threads 44.9 -> 39.2 and
+// 14.7 -> 12.9 us; 64 matrices of 1,024 × 1,024 from DRAM on two threads 44.9 -> 39.2 and
 // 33.1 -> 31.6 us.
 void Fp8PanelPair(const PanelCall& c) {
   const auto* x = static_cast<const float*>(c.x);
