@@ -165,6 +165,12 @@ struct Unit {
   bool pair = false;  // panels `panel` and `panel + 1` in one call (TierKernels::panel_fp8_pair)
 };
 
+// A unit's share of the work: one panel's weight bytes streamed plus its multiply-adds over
+// `rows` tokens.
+double UnitCost(int64_t cols, int64_t rows) {
+  return static_cast<double>(kPanelRows * cols) * (4.0 + static_cast<double>(rows));
+}
+
 // Problems with fewer panels than this many per thread are also cut by token blocks, so that
 // every thread has a share (a prefill's MoE gate is one panel over hundreds of tokens).
 constexpr int64_t kUnitsPerThread = 4;
@@ -301,15 +307,11 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       // eight accumulation chains keep the FMA units busy where one panel's four wait on their
       // latency. FP8 batch-1 decode (`bench --model <fp8> --batches 1`, builds with and without
       // alternating twelve times): a median 79% of its roofline without, 87% with.
-      const double cost = static_cast<double>(kPanelRows * pr.w.cols) * 5.0;
-      for (int64_t panel = 0; panel < panels; panel += 2) {
+      for (int64_t panel = 0; panel < panels;) {
         const bool pair = (panel + 2) * kPanelRows <= pr.w.rows;
-        units.push_back({static_cast<int64_t>(p), panel, 0, 1, pair ? 2 * cost : cost, pair});
+        units.push_back({static_cast<int64_t>(p), panel, 0, 1, (pair ? 2 : 1) * UnitCost(pr.w.cols, 1), pair});
         total += units.back().cost;
-        if (!pair && panel + 1 < panels) {
-          units.push_back({static_cast<int64_t>(p), panel + 1, 0, 1, cost});
-          total += cost;
-        }
+        panel += pair ? 2 : 1;
       }
       continue;
     }
@@ -326,7 +328,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       const int64_t panel = by_size > 1 ? i % panels : i / parts, part = by_size > 1 ? i / panels : i % parts;
       const int64_t b0 = blocks.count * part / parts, b1 = blocks.count * (part + 1) / parts;
       const int64_t rows = blocks.begin(b1 - 1) + blocks.size(b1 - 1) - blocks.begin(b0);
-      const double cost = static_cast<double>(kPanelRows * pr.w.cols) * (4.0 + static_cast<double>(rows));  // B, FMAs
+      const double cost = UnitCost(pr.w.cols, rows);
       units.push_back({static_cast<int64_t>(p), panel, b0, b1, cost});
       total += cost;
     }
@@ -364,6 +366,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
       cpu::PanelCall call{};
       call.scales = plan.fp8 ? pr.w.scale_inv + (n0 / kFp8Block) * Fp8ScaleBlocks(K) : nullptr;
       call.valid = static_cast<int>(std::min<int64_t>(kPanelRows, N - n0));
+      call.next_panel = Kp * kPanelRows * static_cast<int64_t>(elem);
       float* y[32];
       call.y = y;
       for (int64_t k0 = 0; k0 < Kp; k0 += kKChunk) {
@@ -413,12 +416,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
                        ? static_cast<const void*>(static_cast<const uint32_t*>(plan.x) + (m0 * Kp + k0 * call.mr) / 2)
                        : static_cast<const void*>(static_cast<const float*>(plan.x) + m0 * Kp + k0 * call.mr);
           for (int i = 0; i < call.mr; ++i) y[i] = pr.y_row(m0 + i) + n0;
-          if (u.pair) {
-            call.next_panel = Kp * kPanelRows * static_cast<int64_t>(elem);
-            tier.panel_fp8_pair(call);
-          } else {
-            plan.kernel(call);
-          }
+          (u.pair ? tier.panel_fp8_pair : plan.kernel)(call);
         }
       }
     }

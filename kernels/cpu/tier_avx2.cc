@@ -208,6 +208,19 @@ __attribute__((always_inline)) inline void RowsInOrder(__m256 even, __m256 odd, 
   second = _mm256_permute2f128_ps(lo, hi, 0x31);
 }
 
+// Columns [16h, 16h + 16) of a panel's output row y, its first `valid` columns only: y = sum ·
+// scale (+ y where `add`), for one scale block's unscaled sums of panel half h, its even and
+// odd rows (WidenFp8's order).
+__attribute__((always_inline)) inline void ScaleHalfInto(__m256 even, __m256 odd, __m256 scale, bool add, int h, float* y,
+                                                         int valid) {
+  __m256 sum[2];
+  RowsInOrder(even, odd, sum[0], sum[1]);
+  for (int g = 2 * h; g < 2 * h + 2 && 8 * g < valid; ++g) {
+    const __m256 prior = add ? LoadGroup(y + 8 * g, valid, g) : _mm256_setzero_ps();
+    StoreGroup(y + 8 * g, valid, g, _mm256_fmadd_ps(sum[g - 2 * h], scale, prior));
+  }
+}
+
 // FP8, as the bf16 tier: each 128-input scale block's sums unscaled (in units of 2^-120), by the
 // same kernels as bf16 weights, then y = sum · (scale · 2^120) + y once per block, instead of
 // every widened weight multiplied by its scale.
@@ -239,15 +252,9 @@ void Fp8Panel(const PanelCall& c) {
     const __m256 scale = _mm256_set1_ps(c.scales[block] * 0x1p120f);
     const bool add = c.accumulate || block * 128 > c.k0;
     for (int m = 0; m < MR; ++m)
-      for (int h = 0; h < 2 && 16 * h < c.valid; ++h) {
-        __m256 sum[2];
-        RowsInOrder(_mm256_load_ps(sums[m] + 16 * h), _mm256_load_ps(sums[m] + 16 * h + 8), sum[0], sum[1]);
-        for (int g = 2 * h; g < 2 * h + 2 && 8 * g < c.valid; ++g) {
-          float* y = c.y[m] + 8 * g;
-          const __m256 prior = add ? LoadGroup(y, c.valid, g) : _mm256_setzero_ps();
-          StoreGroup(y, c.valid, g, _mm256_fmadd_ps(sum[g - 2 * h], scale, prior));
-        }
-      }
+      for (int h = 0; h < 2 && 16 * h < c.valid; ++h)
+        ScaleHalfInto(_mm256_load_ps(sums[m] + 16 * h), _mm256_load_ps(sums[m] + 16 * h + 8), scale, add, h, c.y[m],
+                      c.valid);
     kp = end;
   }
 }
@@ -288,17 +295,9 @@ void Fp8PanelPair(const PanelCall& c) {
     }
     const __m256 scale = _mm256_set1_ps(c.scales[block] * 0x1p120f);
     const bool add = c.accumulate || block * 128 > c.k0;
-    for (int p = 0; p < 2; ++p) {
-      const __m256* sums = p == 0 ? a : b;
-      for (int h = 0; h < 2; ++h) {
-        __m256 rows[2];
-        RowsInOrder(sums[2 * h], sums[2 * h + 1], rows[0], rows[1]);
-        for (int g = 0; g < 2; ++g) {
-          float* out = y + 32 * p + 16 * h + 8 * g;
-          const __m256 prior = add ? _mm256_loadu_ps(out) : _mm256_setzero_ps();
-          _mm256_storeu_ps(out, _mm256_fmadd_ps(rows[g], scale, prior));
-        }
-      }
+    for (int h = 0; h < 2; ++h) {
+      ScaleHalfInto(a[2 * h], a[2 * h + 1], scale, add, h, y, kPanelRows);
+      ScaleHalfInto(b[2 * h], b[2 * h + 1], scale, add, h, y + kPanelRows, kPanelRows);
     }
   }
 }

@@ -246,6 +246,17 @@ TEST_P(LinearTier, StreamedTilesEqualStoredOnes) {
   }
 }
 
+// e4m3 codes of a rows × K weight stepping through every code (`step` a column, `row_step` more
+// a row, so rows differ and a kernel mixing them up is seen), NaN's replaced by 0.
+std::vector<uint8_t> CyclingCodes(int64_t rows, int64_t K, int64_t step, int64_t row_step) {
+  std::vector<uint8_t> codes(rows * K);
+  for (size_t i = 0; i < codes.size(); ++i) {
+    codes[i] = static_cast<uint8_t>((i * step + i / K * row_step) % 256);
+    if ((codes[i] & 0x7f) == 0x7f) codes[i] = 0;  // not NaN
+  }
+  return codes;
+}
+
 TEST_P(LinearTier, DecodedFp8PanelsEqualCodePanels) {
   // decode_fp8 once, then panel_fp8_decoded per token block: bitwise what panel_fp8 gives on the
   // codes, for every code (subnormals and negatives included), token count, partial panel,
@@ -255,11 +266,8 @@ TEST_P(LinearTier, DecodedFp8PanelsEqualCodePanels) {
   const int64_t K = 512, k0 = 128;  // the chunk [k0, K): three scale blocks
   std::mt19937 rng(21);
   std::uniform_real_distribution<float> dist(-1, 1);
-  std::vector<uint8_t> codes(kPanelRows * K), panel(PackedElements(kPanelRows, K));
-  for (size_t i = 0; i < codes.size(); ++i) {
-    codes[i] = static_cast<uint8_t>((i * 7 + i / K * 13) % 256);  // rows differ
-    if ((codes[i] & 0x7f) == 0x7f) codes[i] = 0;  // not NaN
-  }
+  const std::vector<uint8_t> codes = CyclingCodes(kPanelRows, K, 7, 13);
+  std::vector<uint8_t> panel(PackedElements(kPanelRows, K));
   const std::vector<float> scales = {0.5f, 3e-3f, 17.0f, 1e-5f};
   PackFp8({DType::kF8E4M3, kPanelRows, K, codes.data(), nullptr, scales.data()}, panel.data());
   std::vector<uint16_t> decoded((K - k0) / 2 * kPanelPair);
@@ -302,11 +310,8 @@ TEST_P(LinearTier, PairedFp8PanelsEqualOnePanelAtATime) {
   const int64_t K = 512, k0 = 128, rows = 2 * kPanelRows;
   std::mt19937 rng(23);
   std::uniform_real_distribution<float> dist(-1, 1);
-  std::vector<uint8_t> codes(rows * K), panels(PackedElements(rows, K));
-  for (size_t i = 0; i < codes.size(); ++i) {
-    codes[i] = static_cast<uint8_t>((i * 11 + i / K * 37) % 256);  // rows differ
-    if ((codes[i] & 0x7f) == 0x7f) codes[i] = 0;  // not NaN
-  }
+  const std::vector<uint8_t> codes = CyclingCodes(rows, K, 11, 37);
+  std::vector<uint8_t> panels(PackedElements(rows, K));
   const std::vector<float> scales = {0.5f, 3e-3f, 17.0f, 1e-5f};  // one row of blocks: both panels share it
   PackFp8({DType::kF8E4M3, rows, K, codes.data(), nullptr, scales.data()}, panels.data());
   std::vector<float> x(K);
