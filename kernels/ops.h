@@ -29,11 +29,11 @@ void ExpInPlace(float* v, int64_t n);
 void Softmax(float* v, int64_t n);
 
 // The steps of a softmax over a block of attention scores, for a running maximum and sum:
-// ScaleScores sets v[j] = (v[j] + add[j])·scale (add may be null) and returns the largest;
+// ScaleScores sets v[j] = v[j]·scale and returns the largest;
 // ExpScores sets v[j] = e^(v[j] − shift), each rounded to bf16 where `bf16` (as the bf16 weighted
 // sums read them, so that the sum normalises them exactly), and returns Σ v[j] over sixteen
 // lanes (j mod 16, in order) then a fixed tree: an order fixed by n.
-float ScaleScores(float* v, const float* add, int64_t n, float scale);
+float ScaleScores(float* v, int64_t n, float scale);
 float ExpScores(float* v, int64_t n, float shift, bool bf16);
 
 // out[i] = F32ToBf16(in[i]) (core/dtype.h), the same bits, vectorised where the tier has it.

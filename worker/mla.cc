@@ -117,7 +117,7 @@ void NaiveSlice(const Dims& d, const AttentionWeights& w, int64_t layer, const S
       for (int64_t i = 0; i < tn; ++i) {
         const int64_t visible = stride - tn + 1 + i;
         float* si = &scores[i * stride];
-        ScaleScores(si, nullptr, visible, scale);
+        ScaleScores(si, visible, scale);
         Softmax(si, visible);
         std::fill(si + visible, si + stride, 0.0f);
         std::fill(oh + i * d.H * d.dv, oh + i * d.H * d.dv + d.dv, 0.0f);
@@ -146,33 +146,45 @@ struct Partial {
 };
 
 // A bf16 cache on a tier with a bf16 dot-product unit: the rows are read in place, the query
-// ([q_latent | q_pe]) and the softmax weights rounded to bf16 as that tier rounds every
-// activation; else the rows widened to float a block at a time.
+// and the softmax weights rounded to bf16 as that tier rounds every activation; else the rows
+// widened to float a block at a time.
 bool Bf16Rows(const PagedKvCache& cache) { return cache.dtype() == DType::kBF16 && HasBf16Attention(); }
 
-// Heads [h0, h1) of token row's [q_latent | q_pe] in bf16: out [h1 - h0, dim], converted once per
-// token and read by each of its segments.
-BufferOf<bf16> QueryBf16(const Dims& d, int64_t row, int64_t h0, int64_t h1, const float* q_latent, const float* q) {
-  BufferOf<bf16> out((h1 - h0) * d.dim);
+// Heads [h0, h1) of one token's query laid out as a cached row, [h1 - h0][dim] = [q_latent | q_pe]
+// per head, built once per token and read by each of its segments: a score is then one dot
+// product over the row (the latent and rotary parts in one chain). In bf16 where Bf16Rows.
+struct RowQuery {
+  FloatBuffer f;
+  BufferOf<bf16> b;
+};
+RowQuery QueryOf(const Dims& d, int64_t row, int64_t h0, int64_t h1, const float* q_latent, const float* q,
+                 const PagedKvCache& cache) {
+  RowQuery out;
+  const int64_t G = h1 - h0;
+  if (Bf16Rows(cache)) out.b = BufferOf<bf16>(G * d.dim);
+  else out.f = FloatBuffer(G * d.dim);
   for (int64_t h = h0; h < h1; ++h) {
-    RoundBf16(q_latent + (row * d.H + h) * d.rkv, d.rkv, &out[(h - h0) * d.dim]);
-    RoundBf16(q + (row * d.H + h) * d.qk() + d.dn, d.dr, &out[(h - h0) * d.dim + d.rkv]);
+    const float* latent = q_latent + (row * d.H + h) * d.rkv;
+    const float* pe = q + (row * d.H + h) * d.qk() + d.dn;
+    if (Bf16Rows(cache)) {
+      RoundBf16(latent, d.rkv, &out.b[(h - h0) * d.dim]);
+      RoundBf16(pe, d.dr, &out.b[(h - h0) * d.dim + d.rkv]);
+    } else {
+      std::copy(latent, latent + d.rkv, &out.f[(h - h0) * d.dim]);
+      std::copy(pe, pe + d.dr, &out.f[(h - h0) * d.dim + d.rkv]);
+    }
   }
   return out;
 }
 
-// Heads [h0, h1) of token t of slice s over its keys [j0, j1) (at most kSegmentRows). q16: the
-// heads' query from QueryBf16 where Bf16Rows(cache), else unused.
-void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t t, int64_t h0, int64_t h1, int64_t j0,
-                   int64_t j1, const float* q_latent, const float* q, const bf16* q16, const PagedKvCache& cache,
-                   float scale, const Partial& out) {
-  const int64_t G = h1 - h0, row = s.offset + t;
+// G heads of one token (their query from QueryOf) over keys [j0, j1) of slice s (at most
+// kSegmentRows).
+void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t G, int64_t j0, int64_t j1,
+                   const RowQuery& query, const PagedKvCache& cache, float scale, const Partial& out) {
   const bool bf16_rows = Bf16Rows(cache);
   const int64_t block = bf16_rows ? kBf16RowBlock : kRowBlock;
-  FloatBuffer rows(bf16_rows ? 0 : block * d.dim), scores(G * block), rope(bf16_rows ? 0 : G * block, 0.0f);
+  FloatBuffer rows(bf16_rows ? 0 : block * d.dim), scores(G * block);
   BufferOf<bf16> rows16(bf16_rows ? block * d.dim : 0);
-  const float* ql = q_latent + (row * d.H + h0) * d.rkv;
-  const float* qpe = q + (row * d.H + h0) * d.qk() + d.dn;
   float* ol = out.o;
   std::fill(ol, ol + G * d.rkv, 0.0f);
   std::fill(out.max, out.max + G, -std::numeric_limits<float>::infinity());
@@ -184,16 +196,15 @@ void AttendSegment(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     if (bf16_rows) {
       block16 = cache.RowsBf16(*s.pages, layer, jb, nb, rows16.data());
       if (d.H >= kTransposedScoresHeads)
-        DotRowsBf16Transposed(q16, d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
-      else DotRowsBf16Many(q16, d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
+        DotRowsBf16Transposed(query.b.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
+      else DotRowsBf16Many(query.b.data(), d.dim, G, block16, d.dim, nb, d.dim, scores.data(), block);
     } else {
       cache.Read(*s.pages, layer, jb, nb, rows.data());
-      DotRowsMany(ql, d.rkv, G, rows.data(), d.dim, nb, d.rkv, scores.data(), block);
-      DotRowsMany(qpe, d.qk(), G, rows.data() + d.rkv, d.dim, nb, d.dr, rope.data(), block);
+      DotRowsMany(query.f.data(), d.dim, G, rows.data(), d.dim, nb, d.dim, scores.data(), block);
     }
     for (int64_t h = 0; h < G; ++h) {
       float* sh = &scores[h * block];
-      const float block_max = std::max(out.max[h], ScaleScores(sh, bf16_rows ? nullptr : &rope[h * block], nb, scale));
+      const float block_max = std::max(out.max[h], ScaleScores(sh, nb, scale));
       if (out.max[h] == -std::numeric_limits<float>::infinity()) {  // the first block: nothing to shrink
         out.max[h] = block_max;
       } else if (block_max > out.max[h]) {  // earlier weights shrink by e^(old max - new max)
@@ -244,12 +255,10 @@ void AbsorbedSlice(const Dims& d, int64_t layer, const SequenceSlice& s, int64_t
     const int64_t visible = s.start_pos + t + 1;
     const Partial acc{o_latent + ((s.offset + t) * d.H + h0) * d.rkv, max.data(), sum.data()};
     const Partial part{part_o.data(), max.data() + G, sum.data() + G};
-    const BufferOf<bf16> q16 = Bf16Rows(cache) ? QueryBf16(d, s.offset + t, h0, h1, q_latent, q) : BufferOf<bf16>();
-    AttendSegment(d, layer, s, t, h0, h1, 0, std::min(visible, kSegmentRows), q_latent, q, q16.data(), cache, scale,
-                  acc);
+    const RowQuery query = QueryOf(d, s.offset + t, h0, h1, q_latent, q, cache);
+    AttendSegment(d, layer, s, G, 0, std::min(visible, kSegmentRows), query, cache, scale, acc);
     for (int64_t j0 = kSegmentRows; j0 < visible; j0 += kSegmentRows) {
-      AttendSegment(d, layer, s, t, h0, h1, j0, std::min(visible, j0 + kSegmentRows), q_latent, q, q16.data(), cache,
-                    scale, part);
+      AttendSegment(d, layer, s, G, j0, std::min(visible, j0 + kSegmentRows), query, cache, scale, part);
       FoldSegment(G, d.rkv, acc, part);
     }
     Normalise(G, d.rkv, acc);
@@ -281,12 +290,10 @@ void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& 
     const int64_t slot = i * window + k;
     return Partial{&part_o[slot * G * d.rkv], &part_max[slot * G], &part_sum[slot * G]};
   };
-  std::vector<BufferOf<bf16>> q16(n);  // each (token, head group)'s query, for all its segments
-  if (Bf16Rows(cache)) {
+  std::vector<RowQuery> query(n);  // each (token, head group)'s, for all its segments
 #pragma omp parallel for schedule(static) num_threads(threads) if (n > 1)
-    for (int64_t i = 0; i < n; ++i)
-      q16[i] = QueryBf16(d, tokens[i].s->offset + tokens[i].t, tokens[i].h0, tokens[i].h1, q_latent, q);
-  }
+  for (int64_t i = 0; i < n; ++i)
+    query[i] = QueryOf(d, tokens[i].s->offset + tokens[i].t, tokens[i].h0, tokens[i].h1, q_latent, q, cache);
   for (int64_t k0 = 0; k0 < most; k0 += window) {
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
     for (int64_t item = 0; item < n * window; ++item) {
@@ -296,7 +303,7 @@ void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& 
       const int64_t visible = x.s->start_pos + x.t + 1, j0 = k * kSegmentRows;
       const int64_t j1 = std::min(visible, j0 + kSegmentRows);
       const Partial out = k == 0 ? acc(i) : part(i, k - k0);  // a token's first segment straight to its output
-      AttendSegment(d, layer, *x.s, x.t, x.h0, x.h1, j0, j1, q_latent, q, q16[i].data(), cache, scale, out);
+      AttendSegment(d, layer, *x.s, x.h1 - x.h0, j0, j1, query[i], cache, scale, out);
     }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {

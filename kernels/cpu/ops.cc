@@ -26,13 +26,10 @@ void RmsNorm(const float* x, const float* gamma, int64_t rows, int64_t n, float 
 
 void ExpInPlace(float* v, int64_t n) { cpu::Kernels().exp(v, n); }
 
-float ScaleScores(float* v, const float* add, int64_t n, float scale) {
-  if (const auto tier = cpu::Kernels().scale_scores) return tier(v, add, n, scale);
+float ScaleScores(float* v, int64_t n, float scale) {
+  if (const auto tier = cpu::Kernels().scale_scores) return tier(v, n, scale);
   float max = -std::numeric_limits<float>::infinity();
-  if (add != nullptr)
-    for (int64_t j = 0; j < n; ++j) v[j] = (v[j] + add[j]) * scale;
-  else
-    for (int64_t j = 0; j < n; ++j) v[j] *= scale;
+  for (int64_t j = 0; j < n; ++j) v[j] *= scale;
 #pragma omp simd reduction(max : max)
   for (int64_t j = 0; j < n; ++j) max = std::max(max, v[j]);
   return max;

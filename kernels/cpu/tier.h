@@ -124,7 +124,7 @@ struct TierKernels {
   // The steps of a block of attention scores (kernels/ops.h's ScaleScores and ExpScores, with
   // `exp` above) and F32ToBf16 over n floats (core/dtype.h), each bitwise what those portable
   // loops give; null: the portable loops.
-  float (*scale_scores)(float* v, const float* add, int64_t n, float scale) = nullptr;
+  float (*scale_scores)(float* v, int64_t n, float scale) = nullptr;
   float (*exp_scores)(float* v, int64_t n, float shift, bool bf16) = nullptr;
   void (*round_bf16)(const float* in, int64_t n, uint16_t* out) = nullptr;
   // panel_fp8 for one token over two whole panels of one scale row at once (PanelCall::

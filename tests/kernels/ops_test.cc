@@ -78,35 +78,33 @@ TEST_P(OpsTier, ExpMatchesStdExpToTwoUlpsOverTheRange) {
   }
 }
 
-// A block of attention scores: scaled (with the rope part added) to their maximum, then
-// e^(v − shift), rounded to bf16 when asked, and summed within float error of the double sum.
+// A block of attention scores: scaled to their maximum, then e^(v − shift), rounded to bf16 when
+// asked, and summed within float error of the double sum.
 TEST_P(OpsTier, ScoreBlockStepsMatchDefinition) {
   for (const int64_t n : {1, 16, 37, 64}) {
-    std::vector<float> raw(n), add(n);
-    for (int64_t j = 0; j < n; ++j) raw[j] = static_cast<float>(3 * std::sin(0.7 * j)), add[j] = 0.25f * (j % 3);
-    for (const bool with_add : {false, true}) {
-      std::vector<float> v = raw;
-      const float max = ScaleScores(v.data(), with_add ? add.data() : nullptr, n, 0.125f);
-      float want_max = -INFINITY;
+    std::vector<float> v(n);
+    for (int64_t j = 0; j < n; ++j) v[j] = static_cast<float>(3 * std::sin(0.7 * j));
+    const std::vector<float> raw = v;
+    const float max = ScaleScores(v.data(), n, 0.125f);
+    float want_max = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+      ASSERT_EQ(v[j], raw[j] * 0.125f) << "n " << n << " at " << j;
+      want_max = std::max(want_max, v[j]);
+    }
+    ASSERT_EQ(max, want_max) << "n " << n;
+    for (const bool bf16 : {false, true}) {
+      std::vector<float> e = v;
+      const float sum = ExpScores(e.data(), n, max + 0.5f, bf16);
+      double want_sum = 0;
       for (int64_t j = 0; j < n; ++j) {
-        ASSERT_EQ(v[j], (raw[j] + (with_add ? add[j] : 0.0f)) * 0.125f) << "n " << n << " at " << j;
-        want_max = std::max(want_max, v[j]);
-      }
-      ASSERT_EQ(max, want_max) << "n " << n;
-      for (const bool bf16 : {false, true}) {
-        std::vector<float> e = v;
-        const float sum = ExpScores(e.data(), n, max + 0.5f, bf16);
-        double want_sum = 0;
-        for (int64_t j = 0; j < n; ++j) {
-          const double want = std::exp(static_cast<double>(v[j] - (max + 0.5f)));
-          ASSERT_NEAR(e[j] / want, 1.0, bf16 ? 1.0 / 256 : 2.5e-7) << "n " << n << " at " << j;
-          if (bf16) {
-            ASSERT_EQ(e[j], Bf16ToF32(F32ToBf16(e[j]))) << "n " << n << " at " << j;
-          }
-          want_sum += e[j];
+        const double want = std::exp(static_cast<double>(v[j] - (max + 0.5f)));
+        ASSERT_NEAR(e[j] / want, 1.0, bf16 ? 1.0 / 256 : 2.5e-7) << "n " << n << " at " << j;
+        if (bf16) {
+          ASSERT_EQ(e[j], Bf16ToF32(F32ToBf16(e[j]))) << "n " << n << " at " << j;
         }
-        ASSERT_NEAR(sum, want_sum, 1e-6 * want_sum) << "n " << n;
+        want_sum += e[j];
       }
+      ASSERT_NEAR(sum, want_sum, 1e-6 * want_sum) << "n " << n;
     }
   }
 }
@@ -118,33 +116,31 @@ TEST_P(OpsTier, ScoreBlockStepsAndBf16RoundingEqualThePortableLoopsBitwise) {
   std::mt19937 gen(7);
   std::normal_distribution<float> normal(0.0f, 4.0f);
   for (const int64_t n : {1, 15, 16, 17, 64, 80, 203}) {
-    std::vector<float> raw(n), add(n);
-    for (int64_t j = 0; j < n; ++j) raw[j] = normal(gen), add[j] = normal(gen);
-    for (const bool with_add : {false, true}) {
-      std::vector<float> v = raw, want = raw;
-      const float max = ScaleScores(v.data(), with_add ? add.data() : nullptr, n, 0.1353f);
-      float want_max = -INFINITY;
+    std::vector<float> v(n);
+    for (int64_t j = 0; j < n; ++j) v[j] = normal(gen);
+    std::vector<float> want = v;
+    const float max = ScaleScores(v.data(), n, 0.1353f);
+    float want_max = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+      want[j] *= 0.1353f;
+      want_max = std::max(want_max, want[j]);
+    }
+    ASSERT_EQ(std::memcmp(v.data(), want.data(), n * sizeof(float)), 0) << "n " << n;
+    ASSERT_EQ(max, want_max) << "n " << n;
+    for (const bool bf16 : {false, true}) {
+      std::vector<float> e = v, e_want = v;
+      const float sum = ExpScores(e.data(), n, max, bf16);
+      for (float& x : e_want) x -= max;
+      ExpInPlace(e_want.data(), n);
+      float lanes[16] = {};
       for (int64_t j = 0; j < n; ++j) {
-        want[j] = (want[j] + (with_add ? add[j] : 0.0f)) * 0.1353f;
-        want_max = std::max(want_max, want[j]);
+        if (bf16) e_want[j] = Bf16ToF32(F32ToBf16(e_want[j]));
+        lanes[j % 16] += e_want[j];
       }
-      ASSERT_EQ(std::memcmp(v.data(), want.data(), n * sizeof(float)), 0) << "n " << n;
-      ASSERT_EQ(max, want_max) << "n " << n;
-      for (const bool bf16 : {false, true}) {
-        std::vector<float> e = v, e_want = v;
-        const float sum = ExpScores(e.data(), n, max, bf16);
-        for (float& x : e_want) x -= max;
-        ExpInPlace(e_want.data(), n);
-        float lanes[16] = {};
-        for (int64_t j = 0; j < n; ++j) {
-          if (bf16) e_want[j] = Bf16ToF32(F32ToBf16(e_want[j]));
-          lanes[j % 16] += e_want[j];
-        }
-        for (int64_t width = 8; width >= 1; width /= 2)
-          for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
-        ASSERT_EQ(std::memcmp(e.data(), e_want.data(), n * sizeof(float)), 0) << "n " << n << " bf16 " << bf16;
-        ASSERT_EQ(sum, lanes[0]) << "n " << n << " bf16 " << bf16;
-      }
+      for (int64_t width = 8; width >= 1; width /= 2)
+        for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+      ASSERT_EQ(std::memcmp(e.data(), e_want.data(), n * sizeof(float)), 0) << "n " << n << " bf16 " << bf16;
+      ASSERT_EQ(sum, lanes[0]) << "n " << n << " bf16 " << bf16;
     }
   }
   std::vector<float> in;
