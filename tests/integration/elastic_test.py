@@ -158,7 +158,7 @@ def main():
             measured("a new worker's start to serving as rank 2", time.time() - joined_at, 30)
             check(s and s["state"] == "serving" and int(s["generation"]) == generation + 1, "the joiner makes one more generation",
                   s and s.get("generation"))
-            check(sorted(int(w["pid"]) for w in s["workers"] if int(w["rank"]) < 2) == survivors,
+            check(s and sorted(int(w["pid"]) for w in s["workers"] if int(w["rank"]) < 2) == survivors,
                   "the survivors keep their processes and ranks across the join")
             coordinator_log = open(os.path.join(tmp, "coordinator.log")).read()
             check("joined; the cluster serves with 3 workers" in coordinator_log, "the coordinator logs the join",
