@@ -101,7 +101,7 @@ class Ucx final : public UcxTransport {
 };
 
 absl::Status Ucx::Init() {
-  return OpenUcpWorker(UCP_FEATURE_TAG, "data plane", context_, worker_, address_);
+  return OpenDataPlaneWorker(context_, worker_, address_);
 }
 
 absl::Status Ucx::Connect(int rank, const std::vector<std::string>& addresses, int64_t epoch) {
@@ -125,8 +125,8 @@ absl::Status Ucx::Open(int peer, const std::string& address, ucp_ep_h& endpoint)
   if (address.empty()) return absl::InvalidArgumentError(absl::StrCat("UCX: rank ", peer, " published no address"));
   handles_[peer] = std::make_unique<PeerHandle>(PeerHandle{this, peer});
   ucp_ep_params_t ep{};
-  // No peer-failure mode: UCX's shared-memory transports (posix, cma) do not offer it and
-  // would be left out, so ranks on one host would talk over TCP. A lost peer is found by the
+  // No peer-failure mode: cma (one-copy reads between processes of one host) does not offer it
+  // and would be left out, so large payloads on one host would go over TCP. A lost peer is found by the
   // coordinator (its control stream, its heartbeats) or the collective deadline instead, and by
   // the error handler where a transport reports it.
   ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLER;

@@ -4,7 +4,8 @@
 // Bootstrap in two steps, so that the addresses can travel through the coordinator (which
 // may also hand out the ranks): CreateUcxTransport opens a UCP worker and exposes its address
 // (opaque bytes); Connect takes this process's rank and every rank's address and opens the
-// endpoints. Set UCX_TLS (e.g. tcp) to choose the wires, as with any UCX program.
+// endpoints. UCX picks the wires, but not its shared-memory FIFOs (routing/ucp_worker.h): ranks
+// of one host talk over TCP loopback and cma. Set UCX_TLS to choose them, as with any UCX program.
 //
 // Collectives are built as in the MPI transport: byte counts first, then payloads, each
 // message tagged with the world's epoch, the collective's sequence number, the sender and the stage, polled
