@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -62,8 +63,8 @@ bool ExchangeUntil(Transport& t, const std::function<bool()>& done) {
 // KilledSenderDoesNotSilenceARank's other processes: this binary started again with
 // DAEDALUS_UCX_ROLE set.
 //   flood:<file>  opens a UCP worker as the data plane does and sends small messages under a tag
-//                 no collective uses to the address in <file>, without pause, until killed
-//                 (<file>.sending once the first has left);
+//                 no collective uses to the address in <file>, without pause, until killed (at
+//                 most 20 s; <file>.sending once the first has left);
 //   rank0:<dir>   is rank 0 of a world of two with the address in <dir>/rank1, exchanging with it
 //                 until <dir>/done exists (ExchangeUntil); exits 0 if every round held.
 [[noreturn]] void Flood(const std::string& file) {
@@ -78,7 +79,8 @@ bool ExchangeUntil(Transport& t, const std::function<bool()>& done) {
   ucp_ep_h endpoint = nullptr;
   if (ucp_ep_create(worker, &ep, &endpoint) != UCS_OK) std::_Exit(3);
   char payload[64] = {};
-  for (uint64_t i = 0;; ++i) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (uint64_t i = 0; std::chrono::steady_clock::now() < until; ++i) {
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE;
     p.datatype = ucp_dt_make_contig(1);
@@ -91,6 +93,7 @@ bool ExchangeUntil(Transport& t, const std::function<bool()>& done) {
     if (i == 0) std::ofstream(file + ".sending");
     ucp_worker_progress(worker);
   }
+  std::_Exit(5);
 }
 
 [[noreturn]] void Rank0(const std::string& dir) {
@@ -106,6 +109,7 @@ bool ExchangeUntil(Transport& t, const std::function<bool()>& done) {
 const bool kRole = [] {
   const char* role = std::getenv("DAEDALUS_UCX_ROLE");
   if (role == nullptr) return false;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
   const std::string r = role;
   if (r.rfind("flood:", 0) == 0) Flood(r.substr(6));
   if (r.rfind("rank0:", 0) == 0) Rank0(r.substr(6));
