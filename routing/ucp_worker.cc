@@ -42,14 +42,14 @@ absl::Status OpenUcpWorker(uint64_t features, const char* what, ucp_context_h& c
 
 // Not UCX's shared-memory FIFOs (`mm`: posix, sysv, xpmem) unless UCX_TLS asks for them: a
 // peer killed while writing into a rank's receive FIFO leaves its slot unfinished, and the
-// rank, which reads the FIFO in order, hears no one from then on (an elastic cluster on one
-// host lost its healthy survivor that way). UCX 1.13 here, three processes on raw tagged
-// messages, one sending small ones to another without pause, killed by SIGKILL, then the third
-// sending one: over posix or sysv the receiver never heard the third by the third kill (five
-// tries); with the mm transports left out it always did (30 kills), and over posix too when the
-// killed process had stopped sending (20). ucx_transport_test's KilledSenderDoesNotSilenceARank
-// is the same through the transport. Ranks of one host talk over TCP loopback instead, large
-// payloads read across processes in one copy (cma).
+// rank, which reads the FIFO in order, hears no one from then on (the likely cause of an
+// elastic cluster on one host once losing its healthy survivor). UCX 1.13 here, three
+// processes on raw tagged messages, one sending small ones to another without pause, killed by
+// SIGKILL, then the third sending one: over posix or sysv the receiver never heard the third by
+// the third kill (five tries); with the mm transports left out it always did (30 kills), and
+// over posix too when the killed process had stopped sending (20). ucx_transport_test's
+// KilledSenderDoesNotSilenceARank is the same through the transport. Ranks of one host talk
+// over TCP loopback instead, large payloads read across processes in one copy (cma).
 absl::Status OpenDataPlaneWorker(ucp_context_h& context, ucp_worker_h& worker, std::string& address) {
   return OpenUcpWorker(UCP_FEATURE_TAG, "data plane", context, worker, address, "^mm");
 }
