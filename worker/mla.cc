@@ -161,12 +161,13 @@ RowQuery QueryOf(const Dims& d, int64_t row, int64_t h0, int64_t h1, const float
                  const PagedKvCache& cache) {
   RowQuery out;
   const int64_t G = h1 - h0;
-  if (Bf16Rows(cache)) out.b = BufferOf<bf16>(G * d.dim);
+  const bool rounded = Bf16Rows(cache);
+  if (rounded) out.b = BufferOf<bf16>(G * d.dim);
   else out.f = FloatBuffer(G * d.dim);
   for (int64_t h = h0; h < h1; ++h) {
     const float* latent = q_latent + (row * d.H + h) * d.rkv;
     const float* pe = q + (row * d.H + h) * d.qk() + d.dn;
-    if (Bf16Rows(cache)) {
+    if (rounded) {
       RoundBf16(latent, d.rkv, &out.b[(h - h0) * d.dim]);
       RoundBf16(pe, d.dr, &out.b[(h - h0) * d.dim + d.rkv]);
     } else {

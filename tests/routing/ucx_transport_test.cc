@@ -285,8 +285,7 @@ TEST(UcxTransport, KilledSenderDoesNotSilenceARank) {
   std::atomic<bool> killed{false};
   bool held = false;
   std::thread exchange([&] { held = ExchangeUntil(**rank1, [&] { return killed.load(); }); });
-  const std::string flood = dir + "/flood";
-  std::filesystem::copy_file(dir + "/rank0", flood);
+  const std::string flood = dir + "/rank0";  // rank 0's address, flooded
   for (int kill_no = 1; kill_no <= 12; ++kill_no) {
     std::filesystem::remove(flood + ".sending");
     const pid_t flooder = Spawn("flood:" + flood);
