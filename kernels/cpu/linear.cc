@@ -334,8 +334,7 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
     // Each part's token blocks and cost once, then the units with no division in the loop: a
     // batch-1 step lists ~4,200 units while the other threads wait, and three divisions a unit
     // cost 35-44 cycles each, 23-30 without (means over the step's calls, three runs each).
-    thread_local std::vector<PartBlocks> own_part_blocks;
-    std::vector<PartBlocks>& part_blocks = own_part_blocks;
+    thread_local std::vector<PartBlocks> part_blocks;  // used before the region only
     part_blocks.resize(static_cast<size_t>(parts));
     for (int64_t j = 0; j < parts; ++j) {
       const int64_t b0 = blocks.count * j / parts, b1 = blocks.count * (j + 1) / parts;
