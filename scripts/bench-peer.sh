@@ -7,12 +7,14 @@
 #    llama.cpp's deepseek2 layout (scripts/peer/make_gguf.py).
 # 3. Checks that llama.cpp's prompt logits agree with `daedalus run --dump-logits` within bf16
 #    tolerance, so that the comparison is of the same model.
-# 4. Times prefill of 512 tokens (the best of 2 for each engine) and batch-1 decode of 128 tokens
-#    (after a 64-token prompt) for both, alternating, ROUNDS rounds, 2 threads each; then, at a
-#    long context, prefill of 1,920 tokens and batch-1 decode of 64 tokens after them (llama.cpp's
-#    context holds 2,048); prints every round (with the DRAM read bandwidth bench measured in it:
-#    a machine whose load moves moves both engines' figures), the medians and the ratios, then the
-#    median of each round's own ratio, with the machine and Daedalus' kernel tier.
+# 4. Times prefill of 512 tokens (the best of 2 for each engine, after a warm-up prompt of the
+#    same length: the first long prompt grows and faults in either engine's buffers) and batch-1
+#    decode of 128 tokens (after a 64-token prompt) for both, alternating, ROUNDS rounds, 2
+#    threads each; then, at a long context, prefill of 1,920 tokens and batch-1 decode of 64
+#    tokens after them (llama.cpp's context holds 2,048); prints every round (with the DRAM read
+#    bandwidth bench measured in it: a machine whose load moves moves both engines' figures), the
+#    medians and the ratios, then the median of each round's own ratio, with the machine and
+#    Daedalus' kernel tier.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}"

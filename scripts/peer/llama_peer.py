@@ -2,7 +2,7 @@
 
   llama_peer.py check --gguf F --ours DUMP.json   prompt logits against `daedalus run --dump-logits`
   llama_peer.py time --gguf F --prompt-len 512 --context 64 --steps 128 [--reps 2] --threads 2
-      the best of --reps prefills of --prompt-len tokens (after a warm-up), then batch-1 decode of --steps tokens
+      the best of --reps prefills of --prompt-len tokens (after a warm-up prefill of that length), then batch-1 decode of --steps tokens
       after a --context-token prompt; prints {"prefill_tok_s", "decode_tok_s"} as JSON
 """
 import argparse
@@ -50,7 +50,7 @@ def timing(args):
     llm = load(args.gguf, args.threads, False)
     vocab = llm.n_vocab()
     prompt = [int(t) for t in rng.integers(2, vocab, args.prompt_len)]
-    llm.eval(prompt[:32])  # warm-up: graph and buffers
+    llm.eval(prompt)  # warm-up at full length, as `daedalus bench` warms its engine: graph and buffers
     prefill = 0
     for _ in range(args.reps):  # the best of --reps, as `daedalus bench --reps` reports
         llm.reset()
