@@ -9,7 +9,9 @@
 #      cache, and shows the fast numerics' tokens,
 #   3. runs each benchmark part in its own process (one failure loses no other figure),
 #   4. prints a summary table.
-# Logs go to LOG_DIR (default: a new temporary folder). Exit status: the number of failed steps.
+# Full logs go to LOG_DIR (default: a new temporary folder); the screen gets each step's last
+# lines (a failed step's failures and more of its end), so the summary survives a short capture.
+# Exit status: the number of failed steps.
 # Usage: build/device-bundle/run.sh
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,13 +25,15 @@ summary=()
 failures=0
 
 # step NAME SECONDS COMMAND...: runs COMMAND with a time limit (and the budget's), its output
-# into LOG_DIR/NAME.log and on screen; records a row for the summary.
+# into LOG_DIR/NAME.log and its end on screen; records a row for the summary (NOTE where it
+# passed, its last line where it did not).
 step() {
-  local name=$1 limit=$2 t0 rc status
+  local name=$1 limit=$2 t0 rc status note
   shift 2
   (( limit > $(left) )) && limit=$(left)
   echo
   echo "=== [$(elapsed)s] $name"
+  rm -f "$log_dir/$name.log"  # a step not run leaves no earlier run's log for the summary to read
   if (( limit < 5 )); then
     summary+=("$(printf '%-34s %-8s %5s  %s' "$name" "NOT RUN" - "out of time")")
     failures=$((failures + 1))
@@ -37,16 +41,24 @@ step() {
   fi
   t0=$(date +%s)
   # Through bash, so that COMMAND may be one of this script's functions.
-  timeout -k 5 "$limit" bash -c "$(declare -f compare)"$'\n''"$@"' step "$@" >"$log_dir/$name.log" 2>&1
+  timeout -k 5 "$limit" bash -c "$(declare -f compare make_models)"$'\n''"$@"' step "$@" >"$log_dir/$name.log" 2>&1
   rc=$?
-  cat "$log_dir/$name.log"
+  if [ "$rc" -eq 0 ]; then
+    tail -n 12 "$log_dir/$name.log"
+  else
+    grep -E -A4 'Failure$|^\[  FAILED  \] .* ms\)$|rror' "$log_dir/$name.log" | head -n 60
+    echo "--- last lines:"
+    tail -n 20 "$log_dir/$name.log"
+  fi
+  echo "--- full log: $log_dir/$name.log ($(wc -l <"$log_dir/$name.log") lines)"
   case $rc in
     0) status=ok ;;
     124 | 137) status=TIMEOUT ;;
     *) status="FAILED($rc)" ;;
   esac
-  [ "$rc" -eq 0 ] || failures=$((failures + 1))
-  summary+=("$(printf '%-34s %-8s %5ss  %s' "$name" "$status" $(( $(date +%s) - t0 )) "${NOTE:-}")")
+  note=${NOTE:-}
+  [ "$rc" -eq 0 ] || { failures=$((failures + 1)); note="$(tail -n 1 "$log_dir/$name.log" | cut -c1-100) "; }
+  summary+=("$(printf '%-34s %-8s %5ss  %s' "$name" "$status" $(( $(date +%s) - t0 )) "$note")")
 }
 
 echo "=== machine"
@@ -85,26 +97,43 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 missing=$(for f in "$here"/bin/* "$here"/tests/*; do ldd "$f" | grep "not found"; done | sort -u)
 [ -z "$missing" ] || echo "device check: libraries not found: $missing"
 
-# 1. GPU tests, one process each.
+# 1. GPU tests, one process each. GoogleTest names a failed or skipped test twice (as it ends, with
+# its time, and in the closing list): the ones with a time are counted, and the first skipped
+# names listed.
 for t in "$here"/tests/*; do
   name=$(basename "$t")
   NOTE="" CUDA_LAUNCH_BLOCKING=1 step "$name" 150 "$t" --gtest_color=no
   log="$log_dir/$name.log"
-  pass=$(grep -c '^\[       OK \]' "$log")
-  fail=$(grep -c '^\[  FAILED  \] [A-Za-z]' "$log")
-  skip=$(grep -c '^\[  SKIPPED \] [A-Za-z]' "$log")
+  [ -f "$log" ] || continue
+  pass=$(grep -c '^\[       OK \] .* ms)$' "$log")
+  fail=$(grep -c '^\[  FAILED  \] .* ms)$' "$log")
+  skip=$(grep -c '^\[  SKIPPED \] .* ms)$' "$log")
   summary[-1]="${summary[-1]}$pass passed, $fail failed, $skip skipped"
-  (( skip > 0 )) && summary[-1]="${summary[-1]} ($(grep '^\[  SKIPPED \] [A-Za-z]' "$log" | awk '{print $4}' | sort -u | tr '\n' ' '))"
+  if (( skip > 0 )); then
+    skipped=$(grep '^\[  SKIPPED \] .* ms)$' "$log" | awk '{print $4}' | sort -u)
+    summary[-1]="${summary[-1]} ($(head -n 4 <<<"$skipped" | tr '\n' ' ')$( (( skip > 4 )) && echo "and $((skip - 4)) more"))"
+  fi
 done
 
 # 2. The command line: at float precision the same greedy tokens on the GPU as on the CPU's
 # float tier (avx512, or avx2 where the CPU lacks it); the GPU's fast numerics may pick another
 # expert at a routing near-tie, and are shown beside.
 export here work=$(mktemp -d)
+# The presets' checkpoints, each written aside and moved into place whole, in a step of their own
+# (the benchmarks below read the bench one too).
+make_models() {
+  local preset
+  for preset in tiny bench; do
+    [ -d "$work/$preset" ] && continue
+    rm -rf "$work/$preset.part"
+    "$here/bin/daedalus" make-model --preset "$preset" --seed 7 --dtype bf16 --out "$work/$preset.part" >/dev/null &&
+      mv "$work/$preset.part" "$work/$preset" && echo "made $work/$preset" || return 1
+  done
+}
 compare() {
   local preset=$1 kv=$2 isa=avx512 d out
   grep -q avx512f /proc/cpuinfo || isa=avx2
-  [ -d "$work/$preset" ] || "$here/bin/daedalus" make-model --preset "$preset" --seed 7 --dtype bf16 --out "$work/$preset" >/dev/null || return 1
+  [ -d "$work/$preset" ] || { echo "no $preset checkpoint (the make-models step did not finish)"; return 1; }
   for d in "cpu --device cpu" "float --device cuda:0 --gpu-precision float" "fast --device cuda:0"; do
     out="$work/$preset.$kv.${d%% *}.jsonl"
     DAEDALUS_CPU_ISA=$isa "$here/bin/daedalus" run --model "$work/$preset" --prompt-ids 5,17,99,3,42,7,11 --max-new-tokens 16 \
@@ -116,6 +145,7 @@ compare() {
   echo "tokens DIFFER at float precision"
   return 1
 }
+NOTE="" step make-models 60 make_models
 for preset in tiny bench; do
   for kv in bf16 fp8; do
     NOTE="same greedy tokens as the CPU (float)" step "run-$preset-$kv-cuda-vs-cpu" 90 compare "$preset" "$kv"
@@ -125,15 +155,15 @@ done
 # 3. Benchmarks, one part per process.
 bench="$here/bin/daedalus-bench-gpu"
 NOTE="" step bench-peak 60 "$bench" --only peak
-summary[-1]="${summary[-1]}$(grep -o 'matrix product.*' "$log_dir/bench-peak.log" | head -1)"
+summary[-1]="${summary[-1]}$(grep -o 'matrix product.*' "$log_dir/bench-peak.log" 2>/dev/null | head -1)"
 NOTE="" step bench-mla 90 "$bench" --only mla
-summary[-1]="${summary[-1]}$(grep -o '[0-9.]* TFLOP/s = *[0-9.]*% of the tensor peak' "$log_dir/bench-mla.log" | head -1) (MMA, bf16, 64 x 4K)"
+summary[-1]="${summary[-1]}$(grep -o '[0-9.]* TFLOP/s = *[0-9.]*% of the tensor peak' "$log_dir/bench-mla.log" 2>/dev/null | head -1) (MMA, bf16, 64 x 4K)"
 NOTE="" step bench-experts 90 "$bench" --only experts
-summary[-1]="${summary[-1]}$(grep -o 'best [0-9]*% of dense, [0-9]*% of the roofline' "$log_dir/bench-experts.log" | tail -1) at 4096 tokens"
+summary[-1]="${summary[-1]}$(grep -o 'best [0-9]*% of dense, [0-9]*% of the roofline' "$log_dir/bench-experts.log" 2>/dev/null | tail -1) at 4096 tokens"
 NOTE="" step bench-e2e 120 "$bench" --only e2e --model "$work/bench" --batches 1,64
-summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e.log" | head -1)"
+summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e.log" 2>/dev/null | head -1)"
 NOTE="" step bench-e2e-fp8 90 "$bench" --only e2e --model "$work/bench" --batches 64 --kv-dtype fp8
-summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e-fp8.log" | head -1)"
+summary[-1]="${summary[-1]}$(grep -o 'batch  64: GPU *[0-9.]* tok/s.*' "$log_dir/bench-e2e-fp8.log" 2>/dev/null | head -1)"
 rm -rf "$work"
 
 echo
