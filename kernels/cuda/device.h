@@ -37,8 +37,9 @@ absl::Status CudaError(cudaError_t err, const char* what);
 
 namespace daedalus::cuda {
 
-// A device allocation that only grows (plain cudaMalloc; never managed memory). Growing frees
-// the old block, which synchronises the device: size it once at start-up where it matters.
+// A device allocation that only grows (plain cudaMalloc; never managed memory). Growing waits
+// for the device (cudaDeviceSynchronize) and frees the old block: size it once at start-up where
+// it matters.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;

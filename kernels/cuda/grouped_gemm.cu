@@ -83,7 +83,12 @@ absl::Status GroupedGemm(cublasHandle_t cublas, const GroupedGemmParams& p, Grou
           cublasGemmEx(used > 0 ? ws.lanes.cublas(static_cast<int>(g % used)) : cublas, CUBLAS_OP_T, CUBLAS_OP_N, ws.m[g],
                        ws.n[g], ws.k[g], &one, ws.a[g], CUDA_R_16BF, ws.k[g], ws.b[g], CUDA_R_16BF, ws.k[g], &beta, ws.c[g],
                        c_type, ws.m[g], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-      if (absl::Status s = CublasError(st, "GroupedGemm: cublasGemmEx"); !s.ok()) return s;
+      if (absl::Status s = CublasError(st, "GroupedGemm: cublasGemmEx"); !s.ok()) {
+        // The GEMMs already on the lanes still read and write this call's buffers: `stream`
+        // waits for them, so that the caller's next use of those buffers comes after.
+        if (used > 0) (void)ws.lanes.Join(stream, used);
+        return s;
+      }
     }
     return used > 0 ? ws.lanes.Join(stream, used) : absl::OkStatus();
   }

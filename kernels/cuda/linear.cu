@@ -48,7 +48,7 @@ absl::Status Linear(cublasHandle_t cublas, const LinearParams& p, LinearWorkspac
     if (absl::Status s = ws.y_halves.Reserve(static_cast<size_t>(p.batch * rows * p.n) * 4); !s.ok()) return s;
   }
   SplitKernel<<<Blocks(p.batch * p.m * p.k), 256, 0, stream>>>(p, ws.x_bf16.as<uint16_t>(), rows);
-  DAEDALUS_CUDA_RETURN(cudaGetLastError());
+  if (absl::Status s = DAEDALUS_CUDA_LAUNCH_STATUS("Linear: SplitKernel"); !s.ok()) return s;
   if (absl::Status s = CublasError(cublasSetStream(cublas, stream), "cublasSetStream"); !s.ok()) return s;
   // Column-major view: y'[n, rows] = op(W') [n, k] · x'[k, rows].
   const float alpha = 1.0f, beta = 0.0f;
@@ -63,7 +63,7 @@ absl::Status Linear(cublasHandle_t cublas, const LinearParams& p, LinearWorkspac
   if (absl::Status s = CublasError(st, "Linear: cublasGemmStridedBatchedEx"); !s.ok()) return s;
   if (p.split) {
     AddHalvesKernel<<<Blocks(p.batch * p.m * p.n), 256, 0, stream>>>(p, ws.y_halves.as<float>());
-    DAEDALUS_CUDA_RETURN(cudaGetLastError());
+    if (absl::Status s = DAEDALUS_CUDA_LAUNCH_STATUS("Linear: AddHalvesKernel"); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

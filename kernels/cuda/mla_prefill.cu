@@ -53,7 +53,7 @@ absl::Status MlaPrefill(cublasHandle_t cublas, const MlaPrefillParams& p, MlaPre
   float* kv = ws.kv.as<float>();
   float* scores = ws.scores.as<float>();
   GatherKernel<<<static_cast<unsigned>(S), 128, 0, stream>>>(p, latent);
-  DAEDALUS_CUDA_RETURN(cudaGetLastError());
+  if (absl::Status s = DAEDALUS_CUDA_LAUNCH_STATUS("MlaPrefill: GatherKernel"); !s.ok()) return s;
   if (absl::Status s = CublasError(cublasSetStream(cublas, stream), "cublasSetStream"); !s.ok()) return s;
   const float one = 1.0f, zero = 0.0f;
   for (int64_t h0 = 0; h0 < p.heads; h0 += chunk) {
@@ -76,7 +76,7 @@ absl::Status MlaPrefill(cublasHandle_t cublas, const MlaPrefillParams& p, MlaPre
                                    static_cast<int>(S), n * S, static_cast<int>(hc));
     if (absl::Status s = CublasError(st, "MlaPrefill: q_pe · k_pe"); !s.ok()) return s;
     CausalSoftmaxKernel<<<static_cast<unsigned>(hc * n), 256, 0, stream>>>(scores, n, S, p.start_pos, p.scale);
-    DAEDALUS_CUDA_RETURN(cudaGetLastError());
+    if (absl::Status s = DAEDALUS_CUDA_LAUNCH_STATUS("MlaPrefill: CausalSoftmaxKernel"); !s.ok()) return s;
     // o'[v_head, n] per head = v' · P'.
     st = cublasSgemmStridedBatched(cublas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(p.v_head), static_cast<int>(n),
                                    static_cast<int>(S), &one, kv + p.qk_nope, static_cast<int>(ld_chunk), kv_w,
