@@ -6,7 +6,8 @@
 #      are listed),
 #   2. compares `run --device cuda:0 --gpu-precision float` with `--device cpu` on a float tier
 #      (the same greedy tokens) on the tiny and bench presets, with the bf16 and the FP8 latent
-#      cache, and shows the fast numerics' tokens,
+#      cache, and shows the fast numerics' tokens (launches blocking here too, so that a fault
+#      inside a kernel is reported by that kernel's launch),
 #   3. runs each benchmark part in its own process (one failure loses no other figure),
 #   4. prints a summary table.
 # Full logs go to LOG_DIR (default: a new temporary folder); the screen gets each step's last
@@ -148,7 +149,7 @@ compare() {
 NOTE="" step make-models 60 make_models
 for preset in tiny bench; do
   for kv in bf16 fp8; do
-    NOTE="same greedy tokens as the CPU (float)" step "run-$preset-$kv-cuda-vs-cpu" 90 compare "$preset" "$kv"
+    NOTE="same greedy tokens as the CPU (float)" CUDA_LAUNCH_BLOCKING=1 step "run-$preset-$kv-cuda-vs-cpu" 90 compare "$preset" "$kv"
   done
 done
 
