@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/status.h"
+#include "kernels/cuda/device.h"
 
 namespace daedalus {
 namespace {
@@ -29,25 +30,6 @@ std::string RankList(const std::set<int>& ranks) {
   if (ranks.empty()) return "no peer";
   return absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ", "));
 }
-
-// A growing device buffer (plain cudaMalloc).
-struct Buffer {
-  void* p = nullptr;
-  size_t bytes = 0;
-  ~Buffer() {
-    if (p != nullptr) (void)cudaFree(p);
-  }
-  absl::Status Reserve(size_t n) {
-    if (n <= bytes) return absl::OkStatus();
-    if (p != nullptr) RETURN_IF_ERROR(CudaError(cudaFree(p), "cudaFree"));
-    p = nullptr;
-    bytes = 0;
-    RETURN_IF_ERROR(CudaError(cudaMalloc(&p, n), absl::StrCat("cudaMalloc of ", n, " bytes")));
-    bytes = n;
-    return absl::OkStatus();
-  }
-  uint8_t* bytes_at(size_t offset) const { return static_cast<uint8_t*>(p) + offset; }
-};
 
 class NcclTransport final : public Transport {
  public:
@@ -78,7 +60,7 @@ class NcclTransport final : public Transport {
     // Counts: every rank's row of send counts, gathered everywhere.
     std::vector<uint64_t> mine(send_bytes.begin(), send_bytes.end()), all(world_ * world_);
     RETURN_IF_ERROR(counts_.Reserve((world_ + world_ * world_) * sizeof(uint64_t)));
-    auto* d_mine = static_cast<uint64_t*>(counts_.p);
+    auto* d_mine = counts_.as<uint64_t>();
     uint64_t* d_all = d_mine + world_;
     RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(d_mine, mine.data(), world_ * 8, cudaMemcpyHostToDevice, stream_), "counts"));
     RETURN_IF_ERROR(Issue(ncclAllGather(d_mine, d_all, world_, ncclUint64, comm_, stream_), "AllToAllV", what));
@@ -99,16 +81,16 @@ class NcclTransport final : public Transport {
     RETURN_IF_ERROR(send_.Reserve(std::max<size_t>(send_total, 1)));
     RETURN_IF_ERROR(recv_.Reserve(std::max<size_t>(recv_total, 1)));
     if (send_total > 0) {
-      RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(send_.p, send, send_total, cudaMemcpyHostToDevice, stream_), "payload"));
+      RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(send_.data(), send, send_total, cudaMemcpyHostToDevice, stream_), "payload"));
     }
     RETURN_IF_ERROR(Issue(ncclGroupStart(), "AllToAllV", what));
     for (int p = 0; p < world_; ++p) {
       if (send_bytes[p] > 0) {
-        RETURN_IF_ERROR(Issue(ncclSend(send_.bytes_at(send_offsets[p]), send_bytes[p], ncclUint8, p, comm_, stream_),
+        RETURN_IF_ERROR(Issue(ncclSend(send_.as<uint8_t>() + send_offsets[p], send_bytes[p], ncclUint8, p, comm_, stream_),
                               "AllToAllV", what));
       }
       if (recv_bytes[p] > 0) {
-        RETURN_IF_ERROR(Issue(ncclRecv(recv_.bytes_at(recv_offsets[p]), recv_bytes[p], ncclUint8, p, comm_, stream_),
+        RETURN_IF_ERROR(Issue(ncclRecv(recv_.as<uint8_t>() + recv_offsets[p], recv_bytes[p], ncclUint8, p, comm_, stream_),
                               "AllToAllV", what));
       }
     }
@@ -116,7 +98,7 @@ class NcclTransport final : public Transport {
     RETURN_IF_ERROR(Wait("AllToAllV", what, "payload with", peers));
     recv.resize(recv_total);
     if (recv_total > 0) {
-      RETURN_IF_ERROR(CudaError(cudaMemcpy(recv.data(), recv_.p, recv_total, cudaMemcpyDeviceToHost), "payload"));
+      RETURN_IF_ERROR(CudaError(cudaMemcpy(recv.data(), recv_.data(), recv_total, cudaMemcpyDeviceToHost), "payload"));
     }
     return absl::OkStatus();
   }
@@ -126,10 +108,10 @@ class NcclTransport final : public Transport {
     RETURN_IF_ERROR(CudaError(cudaSetDevice(device_), "cudaSetDevice"));
     const size_t n = values.size();
     RETURN_IF_ERROR(counts_.Reserve(std::max<size_t>(n, 1) * 8));
-    RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(counts_.p, values.data(), n * 8, cudaMemcpyHostToDevice, stream_), "values"));
-    RETURN_IF_ERROR(Issue(ncclAllReduce(counts_.p, counts_.p, n, ncclInt64, ncclSum, comm_, stream_), "AllReduceSum", what));
+    RETURN_IF_ERROR(CudaError(cudaMemcpyAsync(counts_.data(), values.data(), n * 8, cudaMemcpyHostToDevice, stream_), "values"));
+    RETURN_IF_ERROR(Issue(ncclAllReduce(counts_.data(), counts_.data(), n, ncclInt64, ncclSum, comm_, stream_), "AllReduceSum", what));
     RETURN_IF_ERROR(Wait("AllReduceSum", what, "values from", AllPeers()));
-    return CudaError(cudaMemcpy(values.data(), counts_.p, n * 8, cudaMemcpyDeviceToHost), "values");
+    return CudaError(cudaMemcpy(values.data(), counts_.data(), n * 8, cudaMemcpyDeviceToHost), "values");
   }
 
   absl::Status Barrier(const std::string& what) override {
@@ -203,7 +185,7 @@ class NcclTransport final : public Transport {
   cudaStream_t stream_;
   const int rank_, world_, device_;
   std::string broken_;
-  Buffer counts_, send_, recv_;
+  cuda::DeviceBuffer counts_, send_, recv_;
 };
 
 }  // namespace

@@ -60,8 +60,10 @@ absl::Status DeviceBuffer::Reserve(size_t bytes) {
   if (bytes <= bytes_) return absl::OkStatus();
   // Work queued on any stream may still read the old block: wait for it before freeing (cudaFree
   // is not documented to), which a buffer that only grows pays a few times in a process.
-  if (data_ != nullptr) DAEDALUS_CUDA_RETURN(cudaDeviceSynchronize());
-  if (data_ != nullptr) DAEDALUS_CUDA_RETURN(cudaFree(data_));
+  if (data_ != nullptr) {
+    DAEDALUS_CUDA_RETURN(cudaDeviceSynchronize());
+    DAEDALUS_CUDA_RETURN(cudaFree(data_));
+  }
   data_ = nullptr;
   bytes_ = 0;
   if (const cudaError_t err = cudaMalloc(&data_, bytes); err != cudaSuccess) {
