@@ -32,6 +32,7 @@ double Seconds() {
 struct Timing {
   double ours_s = 1e30, raw_s = 1e30;  // best over iterations, this rank
   size_t bytes = 0;                    // sent by this rank per call
+  size_t slot_row_bytes = 0;           // what one row per (token, slot) would send (0: as `bytes`)
 };
 
 // Mean over ranks of each rank's best time, in microseconds.
@@ -147,8 +148,8 @@ Command AddBenchA2aCommand(CLI::App& app) {
                   static_cast<long long>(f->experts), f->iters,
                   perftest ? "ucx_perftest -t tag_bw at the largest per-peer message" : "MPI_Alltoallv of the same bytes",
                   CpuModel().c_str());
-      std::printf("%8s %-8s %12s %10s %12s %10s %7s\n", "tokens", "phase", "ours us", "ours GB/s", "raw us",
-                  "raw GB/s", "ratio");
+      std::printf("%8s %-8s %12s %10s %12s %10s %7s %12s\n", "tokens", "phase", "ours us", "ours GB/s", "raw us",
+                  "raw GB/s", "ratio", "bytes/slots");
     }
     for (int32_t n : *token_counts) {
       std::mt19937 rng(1234 + me);
@@ -167,7 +168,10 @@ Command AddBenchA2aCommand(CLI::App& app) {
       ReceivedRows rows;
       std::vector<const float*> slots;
       Timing dispatch, combine;
-      const size_t row_bytes = sizeof(RowHeader) + f->hidden * sizeof(float);
+      // The same bytes per destination through MPI_Alltoallv: what dispatch sent, then what
+      // combine sent back. Only bytes that leave the rank: rows for its own experts stay in
+      // place in our exchange, so the baseline does not move them either (nor count them).
+      std::vector<size_t> to, back;
       for (int it = 0; it <= f->iters; ++it) {  // the first round warms up
         (void)t.Barrier("bench");
         double t0 = Seconds();
@@ -175,28 +179,27 @@ Command AddBenchA2aCommand(CLI::App& app) {
           return Fail(std::string(s.message()));
         }
         const double d = Seconds() - t0;
+        to = exchange.sent_bytes();
         (void)t.Barrier("bench");
         t0 = Seconds();
         // The experts would write their outputs through these pointers; the exchange alone is timed.
         (void)exchange.CombineOutputs(rows);
         if (absl::Status s = exchange.Combine("bench combine", slots); !s.ok()) return Fail(std::string(s.message()));
         const double c = Seconds() - t0;
+        back = exchange.sent_bytes();
         if (it > 0) {
           dispatch.ours_s = std::min(dispatch.ours_s, d);
           combine.ours_s = std::min(combine.ours_s, c);
         }
       }
-      // The same bytes per destination through MPI_Alltoallv: what dispatch sent, then what
-      // combine sent back. Only bytes that leave the rank: rows for its own experts stay in
-      // place in our exchange, so the baseline does not move them either (nor count them).
-      std::vector<size_t> to(t.world_size(), 0), back(t.world_size(), 0);
-      for (int64_t slot = 0; slot < int64_t{n} * f->topk; ++slot)
-        to[placement->RankFor(ids[slot], slot / f->topk, slot % f->topk)] += row_bytes;
-      for (int64_t i = 0; i < rows.rows(); ++i) back[rows.headers[i].source_rank] += row_bytes;
-      to[me] = back[me] = 0;
       for (const size_t b : to) dispatch.bytes += b;
       for (const size_t b : back) combine.bytes += b;
-      std::vector<uint8_t> send(std::max(dispatch.bytes, combine.bytes), 1), recv;
+      // What one row per (token, slot) would have moved: combine returns one row per slot that
+      // crossed ranks, so summed over the ranks (below) its bytes are exactly that.
+      dispatch.slot_row_bytes = combine.bytes;
+      // A receive vector per phase, as the exchange keeps: one alternating between the two sizes
+      // would zero its grown part every call.
+      std::vector<uint8_t> send(std::max(dispatch.bytes, combine.bytes), 1), dispatch_recv, combine_recv;
       std::vector<size_t> recv_bytes;
       if (perftest) {
         // The largest message this rank sends to one peer, and ucx_perftest's time for it; the
@@ -224,6 +227,7 @@ Command AddBenchA2aCommand(CLI::App& app) {
         for (auto [timing, counts] : {std::pair{&dispatch, &to}, std::pair{&combine, &back}}) {
           (void)t.Barrier("bench");
           const double t0 = Seconds();
+          std::vector<uint8_t>& recv = timing == &dispatch ? dispatch_recv : combine_recv;
           if (absl::Status s = RawMpiAlltoallv(send.data(), *counts, recv, recv_bytes); !s.ok()) {
             return Fail(std::string(s.message()));
           }
@@ -232,15 +236,18 @@ Command AddBenchA2aCommand(CLI::App& app) {
       }
       for (auto [name, timing] : {std::pair{"dispatch", &dispatch}, std::pair{"combine", &combine}}) {
         const double ours = MeanMicros(t, timing->ours_s), raw = MeanMicros(t, timing->raw_s);
-        std::vector<int64_t> bytes = {static_cast<int64_t>(timing->bytes)};
+        std::vector<int64_t> bytes = {static_cast<int64_t>(timing->bytes),
+                                      static_cast<int64_t>(timing->slot_row_bytes ? timing->slot_row_bytes : timing->bytes)};
         (void)t.AllReduceSum(bytes, "bench bytes");
         const double per_rank = static_cast<double>(bytes[0]) / t.world_size();
+        const double slot_rows = static_cast<double>(bytes[1]) / t.world_size();
         if (me == 0 && f->json) {
           results.push_back({{"tokens", n}, {"phase", name}, {"bytes_per_rank", per_rank}, {"ours_us", ours},
-                             {"ours_gb_s", per_rank / ours / 1e3}, {"raw_us", raw}, {"raw_gb_s", per_rank / raw / 1e3}});
+                             {"ours_gb_s", per_rank / ours / 1e3}, {"raw_us", raw}, {"raw_gb_s", per_rank / raw / 1e3},
+                             {"slot_row_bytes_per_rank", slot_rows}});
         } else if (me == 0) {
-          std::printf("%8d %-8s %12.0f %10.2f %12.0f %10.2f %6.0f%%\n", n, name, ours, per_rank / ours / 1e3, raw,
-                      per_rank / raw / 1e3, 100 * raw / ours);
+          std::printf("%8d %-8s %12.0f %10.2f %12.0f %10.2f %6.0f%% %11.0f%%\n", n, name, ours, per_rank / ours / 1e3, raw,
+                      per_rank / raw / 1e3, 100 * raw / ours, slot_rows > 0 ? 100 * per_rank / slot_rows : 100.0);
         }
       }
     }

@@ -8,22 +8,29 @@
 
 namespace daedalus {
 
-ExpertExchange::ExpertExchange(Transport& transport, const Placement& placement, int64_t hidden, int64_t n_experts)
-    : transport_(transport), placement_(placement), hidden_(hidden), n_experts_(n_experts) {}
+ExpertExchange::ExpertExchange(Transport& transport, const Placement& placement, int64_t hidden, int64_t n_experts,
+                               std::shared_ptr<ExchangeBuffers> buffers)
+    : transport_(transport),
+      placement_(placement),
+      hidden_(hidden),
+      n_experts_(n_experts),
+      buffers_(buffers != nullptr ? std::move(buffers) : std::make_shared<ExchangeBuffers>()) {}
 
 std::vector<float*> ExpertExchange::Layout(const std::vector<int>& dest, const std::vector<RowHeader>& headers) {
   const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
   const int me = transport_.rank();
-  send_bytes_.assign(transport_.world_size(), 0);
+  std::vector<size_t>& send_bytes = buffers_->send_bytes;
+  BufferOf<uint8_t>& send = buffers_->send;
+  send_bytes.assign(transport_.world_size(), 0);
   for (int d : dest)
-    if (d != me) send_bytes_[d] += row_bytes;
+    if (d != me) send_bytes[d] += row_bytes;
   std::vector<size_t> offset(transport_.world_size(), 0);
-  for (size_t r = 1; r < offset.size(); ++r) offset[r] = offset[r - 1] + send_bytes_[r - 1];
-  send_.resize(offset.back() + send_bytes_.back());
+  for (size_t r = 1; r < offset.size(); ++r) offset[r] = offset[r - 1] + send_bytes[r - 1];
+  send.resize(offset.back() + send_bytes.back());
   std::vector<float*> values(dest.size(), nullptr);  // null for rows that stay on this rank
   for (size_t i = 0; i < dest.size(); ++i) {
     if (dest[i] == me) continue;
-    uint8_t* at = send_.data() + offset[dest[i]];
+    uint8_t* at = send.data() + offset[dest[i]];
     offset[dest[i]] += row_bytes;
     std::memcpy(at, &headers[i], sizeof(RowHeader));
     values[i] = reinterpret_cast<float*>(at + sizeof(RowHeader));  // 16-byte header: floats stay aligned
@@ -31,66 +38,130 @@ std::vector<float*> ExpertExchange::Layout(const std::vector<int>& dest, const s
   return values;
 }
 
-absl::Status ExpertExchange::Send(const std::string& what) {
-  return transport_.AllToAllV(send_.data(), send_bytes_, recv_, recv_bytes_, what);
+void ExpertExchange::LayoutDispatch(const float* x, int64_t topk, const std::vector<int>& dest,
+                                    const int32_t* expert_ids) {
+  const int world = transport_.world_size(), me = transport_.rank();
+  const size_t row_floats = static_cast<size_t>(hidden_);
+  // Per rank: its slots and rows (a token's first slot there opens its row).
+  std::vector<int32_t> n_slots(world, 0), n_rows(world, 0), last_token(world, -1);
+  for (int64_t slot = 0; slot < sent_slots_; ++slot) {
+    const int d = dest[slot];
+    if (d == me) continue;
+    ++n_slots[d];
+    if (last_token[d] != slot / topk) last_token[d] = static_cast<int32_t>(slot / topk), ++n_rows[d];
+  }
+  std::vector<size_t>& send_bytes = buffers_->send_bytes;
+  BufferOf<uint8_t>& send = buffers_->send;
+  send_bytes.assign(world, 0);
+  for (int d = 0; d < world; ++d) {
+    if (n_slots[d] > 0)
+      send_bytes[d] = sizeof(DispatchHeader) + n_slots[d] * sizeof(SlotRef) + n_rows[d] * row_floats * sizeof(float);
+  }
+  std::vector<size_t> begin(world, 0);
+  for (int d = 1; d < world; ++d) begin[d] = begin[d - 1] + send_bytes[d - 1];
+  send.resize(begin.back() + send_bytes.back());
+  std::vector<int32_t> slots_written(world, 0), rows_written(world, 0);
+  for (int d = 0; d < world; ++d) {
+    if (n_slots[d] == 0) continue;
+    const DispatchHeader h{me, n_rows[d], n_slots[d], static_cast<int32_t>(hidden_)};
+    std::memcpy(send.data() + begin[d], &h, sizeof h);
+    last_token[d] = -1;
+  }
+  for (int64_t slot = 0; slot < sent_slots_; ++slot) {
+    const int d = dest[slot];
+    if (d == me) continue;
+    const int32_t token = static_cast<int32_t>(slot / topk);
+    uint8_t* message = send.data() + begin[d];
+    if (last_token[d] != token) {  // the token's row, once for this rank
+      last_token[d] = token;
+      float* row = reinterpret_cast<float*>(message + sizeof(DispatchHeader) + n_slots[d] * sizeof(SlotRef)) +
+                   rows_written[d]++ * row_floats;
+      std::memcpy(row, x + token * hidden_, row_floats * sizeof(float));
+    }
+    const SlotRef ref{static_cast<int32_t>(slot), expert_ids[slot], rows_written[d] - 1, token};
+    std::memcpy(message + sizeof(DispatchHeader) + slots_written[d]++ * sizeof(SlotRef), &ref, sizeof ref);
+  }
+}
+
+absl::Status ExpertExchange::ReadDispatch(int source, const uint8_t* at, size_t bytes, const std::string& what,
+                                          std::vector<RowHeader>& arrived, std::vector<const float*>& arrived_x) const {
+  const int me = transport_.rank();
+  auto malformed = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat("rank ", me, ": dispatch (", what, ") from rank ", source, ": ", why));
+  };
+  DispatchHeader h;
+  if (bytes < sizeof h) return malformed(absl::StrCat(bytes, " bytes, shorter than a message header"));
+  std::memcpy(&h, at, sizeof h);
+  const size_t row_bytes = static_cast<size_t>(hidden_) * sizeof(float);
+  if (h.source_rank != source || h.hidden != hidden_ || h.n_rows < 0 || h.n_slots < h.n_rows ||
+      bytes != sizeof h + static_cast<size_t>(h.n_slots) * sizeof(SlotRef) + static_cast<size_t>(h.n_rows) * row_bytes) {
+    return malformed(absl::StrCat(bytes, " bytes under a header naming rank ", h.source_rank, ", ", h.n_rows, " rows of ",
+                                  h.hidden, " values and ", h.n_slots, " slots (this rank's rows hold ", hidden_, ")"));
+  }
+  const auto* rows = reinterpret_cast<const float*>(at + sizeof h + h.n_slots * sizeof(SlotRef));
+  for (int32_t i = 0; i < h.n_slots; ++i) {
+    SlotRef ref;
+    std::memcpy(&ref, at + sizeof h + i * sizeof(SlotRef), sizeof ref);
+    if (ref.row < 0 || ref.row >= h.n_rows || ref.slot < 0 || ref.token < 0) {
+      return malformed(absl::StrCat("slot ", ref.slot, " of token ", ref.token, " refers to row ", ref.row, " of ", h.n_rows));
+    }
+    if (ref.expert < 0 || ref.expert >= n_experts_ || !placement_.Holds(me, ref.expert)) {
+      return absl::InternalError(absl::StrCat("rank ", me, ": dispatch (", what, ") received a row for expert ", ref.expert,
+                                              " from rank ", source, " slot ", ref.slot, ", which this rank does not serve"));
+    }
+    arrived.push_back(RowHeader{source, ref.slot, ref.expert, static_cast<int32_t>(hidden_)});
+    arrived_x.push_back(rows + static_cast<size_t>(ref.row) * hidden_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpertExchange::Send(std::vector<uint8_t>& recv, const std::string& what) {
+  return transport_.AllToAllV(buffers_->send.data(), buffers_->send_bytes, recv, buffers_->recv_bytes, what);
 }
 
 absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t topk, const int32_t* expert_ids,
                                       const std::string& what, ReceivedRows& received) {
   const int world = transport_.world_size(), me = transport_.rank();
-  const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
   sent_slots_ = n_tokens * topk;
   std::vector<int> dest(sent_slots_);
-  std::vector<RowHeader> headers(sent_slots_);
-  for (int64_t slot = 0; slot < sent_slots_; ++slot) {
-    dest[slot] = placement_.RankFor(expert_ids[slot], slot / topk, slot % topk);
-    headers[slot] = RowHeader{me, static_cast<int32_t>(slot), expert_ids[slot], static_cast<int32_t>(hidden_)};
-  }
-  const std::vector<float*> values = Layout(dest, headers);
-  for (int64_t slot = 0; slot < sent_slots_; ++slot)
-    if (values[slot] != nullptr) std::memcpy(values[slot], x + (slot / topk) * hidden_, hidden_ * sizeof(float));
-  RETURN_IF_ERROR(Send(what));
-  const std::vector<uint8_t>& recv = recv_;
-  if (recv.size() % row_bytes != 0) {
-    return absl::DataLossError(absl::StrCat("rank ", me, ": dispatch (", what, ") received ", recv.size(),
-                                            " bytes, not a whole number of ", row_bytes, "-byte rows"));
-  }
-  // This rank's own rows (read from x in place), then the received ones; grouped by expert,
-  // keeping that order within an expert.
+  for (int64_t slot = 0; slot < sent_slots_; ++slot) dest[slot] = placement_.RankFor(expert_ids[slot], slot / topk, slot % topk);
+  LayoutDispatch(x, topk, dest, expert_ids);
+  std::vector<uint8_t>& recv = buffers_->dispatch_recv;
+  const std::vector<size_t>& recv_bytes = buffers_->recv_bytes;
+  RETURN_IF_ERROR(Send(recv, what));
+  // This rank's own slots (read from x in place), then the received ones by source rank, each
+  // rank's in slot order; grouped by expert, keeping that order within an expert.
   std::vector<RowHeader> arrived;
   std::vector<const float*> arrived_x;
   for (int64_t slot = 0; slot < sent_slots_; ++slot) {
     if (dest[slot] != me) continue;
-    arrived.push_back(headers[slot]);
+    arrived.push_back(RowHeader{me, static_cast<int32_t>(slot), expert_ids[slot], static_cast<int32_t>(hidden_)});
     arrived_x.push_back(x + (slot / topk) * hidden_);
   }
-  for (size_t at = 0; at + row_bytes <= recv.size(); at += row_bytes) {
-    RowHeader h;
-    std::memcpy(&h, recv.data() + at, sizeof h);
-    arrived.push_back(h);
-    arrived_x.push_back(reinterpret_cast<const float*>(recv.data() + at + sizeof(RowHeader)));
+  size_t total = 0;
+  for (const size_t b : recv_bytes) total += b;
+  if (recv_bytes.size() != static_cast<size_t>(world) || total != recv.size()) {
+    return absl::DataLossError(absl::StrCat("rank ", me, ": dispatch (", what, ") received ", recv.size(),
+                                            " bytes where the ranks' counts sum to ", total));
+  }
+  size_t at = 0;
+  for (int source = 0; source < world; ++source) {
+    const size_t bytes = recv_bytes[source];
+    if (bytes > 0) RETURN_IF_ERROR(ReadDispatch(source, recv.data() + at, bytes, what, arrived, arrived_x));
+    at += bytes;
   }
   const int64_t rows = static_cast<int64_t>(arrived.size());
   std::vector<int64_t> count(n_experts_ + 1, 0);
-  for (int64_t i = 0; i < rows; ++i) {
-    const RowHeader& h = arrived[i];
-    if (h.expert < 0 || h.expert >= n_experts_ || !placement_.Holds(me, h.expert) || h.hidden != hidden_ ||
-        h.source_rank < 0 || h.source_rank >= world) {
-      return absl::InternalError(absl::StrCat("rank ", me, ": dispatch (", what, ") received a row for expert ", h.expert,
-                                              " from rank ", h.source_rank, " slot ", h.slot,
-                                              ", which this rank does not serve"));
-    }
-    ++count[h.expert + 1];
-  }
+  for (int64_t i = 0; i < rows; ++i) ++count[arrived[i].expert + 1];
   received.expert_begin.assign(n_experts_ + 1, 0);
   for (int64_t e = 0; e < n_experts_; ++e) received.expert_begin[e + 1] = received.expert_begin[e] + count[e + 1];
   std::vector<int64_t> next(received.expert_begin.begin(), received.expert_begin.end() - 1);
   received.headers.resize(rows);
   received.x.resize(rows);
   for (int64_t i = 0; i < rows; ++i) {
-    const int64_t at = next[arrived[i].expert]++;
-    received.headers[at] = arrived[i];
-    received.x[at] = arrived_x[i];
+    const int64_t at_row = next[arrived[i].expert]++;
+    received.headers[at_row] = arrived[i];
+    received.x[at_row] = arrived_x[i];
   }
   return absl::OkStatus();
 }
@@ -104,11 +175,12 @@ std::vector<float*> ExpertExchange::CombineOutputs(const ReceivedRows& received)
     own += dest[i] == me;
   }
   std::vector<float*> values = Layout(dest, received.headers);
-  own_out_.resize(own * hidden_);
+  FloatBuffer& own_out = buffers_->own_out;
+  own_out.resize(own * hidden_);
   own_slots_.clear();
   for (int64_t i = 0; i < received.rows(); ++i) {
     if (dest[i] != me) continue;
-    values[i] = &own_out_[own_slots_.size() * hidden_];
+    values[i] = &own_out[own_slots_.size() * hidden_];
     own_slots_.push_back(received.headers[i].slot);
   }
   return values;
@@ -117,15 +189,15 @@ std::vector<float*> ExpertExchange::CombineOutputs(const ReceivedRows& received)
 absl::Status ExpertExchange::Combine(const std::string& what, std::vector<const float*>& slot_rows) {
   const int me = transport_.rank();
   const size_t row_bytes = sizeof(RowHeader) + hidden_ * sizeof(float);
-  RETURN_IF_ERROR(Send(what));
-  const std::vector<uint8_t>& recv = recv_;
+  const std::vector<uint8_t>& recv = buffers_->combine_recv;
+  RETURN_IF_ERROR(Send(buffers_->combine_recv, what));
   const int64_t rows = static_cast<int64_t>(recv.size() / row_bytes) + static_cast<int64_t>(own_slots_.size());
   if (rows != sent_slots_ || recv.size() % row_bytes != 0) {
     return absl::InternalError(absl::StrCat("rank ", me, ": combine (", what, ") got ", recv.size(), " bytes back for ",
                                             sent_slots_, " dispatched rows"));
   }
   slot_rows.assign(sent_slots_, nullptr);
-  for (size_t i = 0; i < own_slots_.size(); ++i) slot_rows[own_slots_[i]] = &own_out_[i * hidden_];
+  for (size_t i = 0; i < own_slots_.size(); ++i) slot_rows[own_slots_[i]] = &buffers_->own_out[i * hidden_];
   for (int64_t i = 0; i < static_cast<int64_t>(recv.size() / row_bytes); ++i) {
     RowHeader h;
     std::memcpy(&h, recv.data() + i * row_bytes, sizeof h);

@@ -26,9 +26,11 @@ Engine::Engine(const ModelWeights& weights, const EngineOptions& options)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.is_moe_layer(l)) expert_load_[l].assign(c.n_routed_experts, 0);
   if (options.transport != nullptr) {
+    // The layers run one after another: one set of exchange buffers serves them all.
+    auto buffers = std::make_shared<ExchangeBuffers>();
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       exchanges_.push_back(c.is_moe_layer(l) ? std::make_unique<ExpertExchange>(*options.transport, (*options.placements)[l],
-                                                                              c.hidden_size, c.n_routed_experts)
+                                                                              c.hidden_size, c.n_routed_experts, buffers)
                                              : nullptr);
     }
   }

@@ -2,7 +2,11 @@
 // token and column, so a misrouted or misplaced row names itself.
 #include "routing/dispatch.h"
 
+#include <cstddef>
+#include <cstring>
+#include <functional>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -58,6 +62,21 @@ void RunCase(const Case& c) {
       absl::Status s = exchange.Dispatch(x.data(), n, c.topk, ids.data(), "test", rows);
       if (!s.ok()) return fail(std::string(s.message()));
       received_rows[r] = rows.rows();
+      // Each token's activations cross to a rank once, however many of its slots go there: a
+      // header, a reference per slot and a row per token, to every other rank with a slot.
+      std::vector<size_t> want(c.world, 0);
+      std::vector<std::set<int64_t>> tokens_to(c.world);
+      std::vector<int64_t> slots_to(c.world, 0);
+      for (int64_t slot = 0; slot < n * c.topk; ++slot) {
+        const int d = placement->RankFor(ids[slot], slot / c.topk, slot % c.topk);
+        ++slots_to[d];
+        tokens_to[d].insert(slot / c.topk);
+      }
+      for (int d = 0; d < c.world; ++d) {
+        if (d == r || slots_to[d] == 0) continue;
+        want[d] = sizeof(DispatchHeader) + slots_to[d] * sizeof(SlotRef) + tokens_to[d].size() * kHidden * sizeof(float);
+      }
+      if (exchange.sent_bytes() != want) fail(absl::StrCat("rank ", r, " sent other byte counts than one row per token and rank"));
       // Each row: held here, grouped by expert, payload from the rank and token its header names;
       // the "expert" output (payload × (expert + 1)) goes where combine sends it from.
       const std::vector<float*> out = exchange.CombineOutputs(rows);
@@ -113,6 +132,88 @@ TEST(ExpertExchange, EveryTokenToTheSameExperts) {
 
 TEST(ExpertExchange, EveryExpertReplicatedEverywhere) {
   RunCase({3, 8, 3, 16, {11, 5, 8}, "random"});  // 8 experts × 3 ranks: every rank holds all
+}
+
+// A transport whose received bytes pass through `corrupt` on one rank: what a peer speaking
+// another format, or a damaged message, looks like to Dispatch.
+class CorruptingTransport : public Transport {
+ public:
+  using Corrupt = std::function<void(std::vector<uint8_t>&, std::vector<size_t>&)>;
+  CorruptingTransport(Transport& inner, Corrupt corrupt) : inner_(inner), corrupt_(std::move(corrupt)) {}
+  int rank() const override { return inner_.rank(); }
+  int world_size() const override { return inner_.world_size(); }
+  absl::Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, std::vector<uint8_t>& recv,
+                         std::vector<size_t>& recv_bytes, const std::string& what) override {
+    absl::Status s = inner_.AllToAllV(send, send_bytes, recv, recv_bytes, what);
+    if (s.ok() && corrupt_) corrupt_(recv, recv_bytes);
+    return s;
+  }
+  absl::Status AllReduceSum(std::vector<int64_t>& values, const std::string& what) override {
+    return inner_.AllReduceSum(values, what);
+  }
+  absl::Status Barrier(const std::string& what) override { return inner_.Barrier(what); }
+
+ private:
+  Transport& inner_;
+  Corrupt corrupt_;
+};
+
+// Rank 1 receives rank 0's dispatch message altered by `corrupt`; returns rank 1's status (rank
+// 0's must be OK: its own message from rank 1 is intact).
+absl::Status DispatchWithCorruption(const CorruptingTransport::Corrupt& corrupt) {
+  constexpr int kExperts = 4, kTopk = 2;
+  auto placement = ComputePlacement(kExperts, 2, 0, {});
+  EXPECT_TRUE(placement.ok());
+  auto transports = MakeLocalTransports(2);
+  std::vector<absl::Status> status(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      CorruptingTransport t(*transports[r], r == 1 ? corrupt : nullptr);
+      ExpertExchange exchange(t, *placement, kHidden, kExperts);
+      std::vector<float> x(3 * kHidden, 1.0f);
+      const std::vector<int32_t> ids = {0, 3, 1, 2, 2, 3};  // most tokens have a slot on each rank
+      ReceivedRows rows;
+      status[r] = exchange.Dispatch(x.data(), 3, kTopk, ids.data(), "layer 3", rows);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(status[0].ok()) << status[0];
+  return status[1];
+}
+
+TEST(ExpertExchange, MalformedDispatchNamesItsSender) {
+  auto field = [](std::vector<uint8_t>& recv, size_t offset, int32_t value) {
+    std::memcpy(recv.data() + offset, &value, sizeof value);
+  };
+  // The header's row width.
+  absl::Status s = DispatchWithCorruption(
+      [&](std::vector<uint8_t>& r, std::vector<size_t>&) { field(r, offsetof(DispatchHeader, hidden), 7); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("from rank 0"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("layer 3"), std::string::npos) << s;
+  // A slot's row past the message's rows.
+  s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>&) {
+    field(r, sizeof(DispatchHeader) + offsetof(SlotRef, row), 99);
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("refers to row 99"), std::string::npos) << s;
+  // A slot for an expert rank 1 does not hold.
+  s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>&) {
+    field(r, sizeof(DispatchHeader) + offsetof(SlotRef, expert), 0);
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_NE(s.message().find("does not serve"), std::string::npos) << s;
+  // A message cut short.
+  s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>& bytes) {
+    r.resize(r.size() - 4);
+    bytes[0] -= 4;
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("from rank 0"), std::string::npos) << s;
+  // Counts that do not add up to what arrived.
+  s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>&) { r.resize(r.size() - 4); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
 }
 
 }  // namespace
