@@ -73,6 +73,21 @@ def main():
             diff = max((abs(x - y) for ra, rb in zip(a["logits"], b["logits"]) for x, y in zip(ra, rb)), default=None)
             check(a["generated_ids"] == b["generated_ids"] and a["logits"] == b["logits"],
                   f"--dump-logits under {label}: bitwise equal to one process (max |diff| {diff})")
+        # bench-a2a: the keys `plan --calibrate` reads, and dispatch sending a token's activations
+        # once per rank (top-4 of 16 over 2 ranks: many tokens have several experts on one rank),
+        # where combine returns one row per (token, expert).
+        p = run(MPIRUN + ["-np", "2", d, "bench-a2a", "--hidden", "64", "--tokens", "1,32", "--topk", "4",
+                          "--experts", "16", "--json"])
+        rows = json.loads(p.stdout)["results"] if p.returncode == 0 else []
+        by = {(r["tokens"], r["phase"]): r for r in rows}
+        keys = {"tokens", "phase", "bytes_per_rank", "ours_us", "ours_gb_s", "raw_us", "raw_gb_s",
+                "slot_row_bytes_per_rank"}
+        d32, c32 = by.get((32, "dispatch"), {}), by.get((32, "combine"), {})
+        check(len(rows) == 4 and all(keys <= set(r) for r in rows)
+              and 0 < d32["bytes_per_rank"] < d32["slot_row_bytes_per_rank"] == c32["bytes_per_rank"]
+              and c32["slot_row_bytes_per_rank"] == c32["bytes_per_rank"],
+              f"bench-a2a: dispatch moves {d32.get('bytes_per_rank')} of {d32.get('slot_row_bytes_per_rank')} "
+              f"bytes a row per slot would (rc {p.returncode}{': ' + p.stderr.strip()[-200:] if p.returncode else ''})")
         # A rank that stalls: rank 2 sleeps 60 s at its 6th collective; the deadline is 2 s.
         start = time.monotonic()
         p = run(MPIRUN + ["-np", "3", d, "run", "--model", model, "--prompts", prompts, "--ignore-eos",
