@@ -47,7 +47,7 @@ struct SlotRef {  // 16 bytes: the floats after them stay 16-byte aligned
   int32_t slot;    // token · topk + k on the source rank
   int32_t expert;
   int32_t row;     // the message's row holding the token's activations
-  int32_t token;   // slot / topk, checked on receipt
+  int32_t token;   // slot / topk: names the token in a malformed message's error
 };
 
 // Rows this rank received to compute, grouped by expert (ascending), arrival order within one.
@@ -92,10 +92,10 @@ class ExpertExchange {
   const std::vector<size_t>& sent_bytes() const { return buffers_->send_bytes; }
 
  private:
-  // Lays out combine rows (header + `hidden` floats) back to back by destination rank in send_:
-  // writes each header and returns where each row's floats go. dest[i] is row i's rank.
+  // Lays out combine rows (header + `hidden` floats) back to back by destination rank in the send
+  // buffer: writes each header and returns where each row's floats go. dest[i] is row i's rank.
   std::vector<float*> Layout(const std::vector<int>& dest, const std::vector<RowHeader>& headers);
-  // Writes the dispatch messages into send_: dest[slot] is each slot's rank.
+  // Writes the dispatch messages into the send buffer: dest[slot] is each slot's rank.
   void LayoutDispatch(const float* x, int64_t topk, const std::vector<int>& dest, const int32_t* expert_ids);
   // Reads one rank's dispatch message (bytes of it at `at`) into `arrived`.
   absl::Status ReadDispatch(int source, const uint8_t* at, size_t bytes, const std::string& what,
