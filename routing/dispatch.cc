@@ -103,11 +103,13 @@ absl::Status ExpertExchange::ReadDispatch(int source, const uint8_t* at, size_t 
     SlotRef ref;
     std::memcpy(&ref, at + sizeof h + i * sizeof(SlotRef), sizeof ref);
     if (ref.row < 0 || ref.row >= h.n_rows || ref.slot < 0 || ref.token < 0) {
-      return malformed(absl::StrCat("slot ", ref.slot, " of token ", ref.token, " refers to row ", ref.row, " of ", h.n_rows));
+      return malformed(
+          absl::StrCat("slot ", ref.slot, " of token ", ref.token, " refers to row ", ref.row, " of ", h.n_rows));
     }
     if (ref.expert < 0 || ref.expert >= n_experts_ || !placement_.Holds(me, ref.expert)) {
-      return absl::InternalError(absl::StrCat("rank ", me, ": dispatch (", what, ") received a row for expert ", ref.expert,
-                                              " from rank ", source, " slot ", ref.slot, ", which this rank does not serve"));
+      return absl::InternalError(absl::StrCat("rank ", me, ": dispatch (", what, ") received a row for expert ",
+                                              ref.expert, " from rank ", source, " slot ", ref.slot,
+                                              ", which this rank does not serve"));
     }
     arrived.push_back(RowHeader{source, ref.slot, ref.expert, static_cast<int32_t>(hidden_)});
     arrived_x.push_back(rows + static_cast<size_t>(ref.row) * hidden_);
@@ -124,7 +126,8 @@ absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t 
   const int world = transport_.world_size(), me = transport_.rank();
   sent_slots_ = n_tokens * topk;
   std::vector<int> dest(sent_slots_);
-  for (int64_t slot = 0; slot < sent_slots_; ++slot) dest[slot] = placement_.RankFor(expert_ids[slot], slot / topk, slot % topk);
+  for (int64_t slot = 0; slot < sent_slots_; ++slot)
+    dest[slot] = placement_.RankFor(expert_ids[slot], slot / topk, slot % topk);
   LayoutDispatch(x, topk, dest, expert_ids);
   std::vector<uint8_t>& recv = buffers_->dispatch_recv;
   const std::vector<size_t>& recv_bytes = buffers_->recv_bytes;

@@ -76,7 +76,7 @@ void RunCase(const Case& c) {
         if (d == r || slots_to[d] == 0) continue;
         want[d] = sizeof(DispatchHeader) + slots_to[d] * sizeof(SlotRef) + tokens_to[d].size() * kHidden * sizeof(float);
       }
-      if (exchange.sent_bytes() != want) fail(absl::StrCat("rank ", r, " sent other byte counts than one row per token and rank"));
+      if (exchange.sent_bytes() != want) fail(absl::StrCat("rank ", r, " sent other bytes than a row per token and rank"));
       // Each row: held here, grouped by expert, payload from the rank and token its header names;
       // the "expert" output (payload × (expert + 1)) goes where combine sends it from.
       const std::vector<float*> out = exchange.CombineOutputs(rows);
