@@ -1,5 +1,9 @@
 #include "routing/dispatch.h"
 
+#include <emmintrin.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -7,6 +11,35 @@
 #include "core/status.h"
 
 namespace daedalus {
+
+namespace {
+
+// n floats from src to dst past the caches (non-temporal stores; a dst that is not 16-byte
+// aligned is copied normally): a dispatch larger than the caches would otherwise read every
+// destination line in before writing it.
+void StreamFloats(const float* src, size_t n, float* dst) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+}  // namespace
+
+// Dispatch messages past this many bytes are written with StreamFloats: the message would not
+// survive in the cache before the transport reads it. bench-a2a, 2 ranks, hidden 7168 (AMD EPYC,
+// 32 MB L3; three pairs alternating, medians): 1,024 tokens a rank (29 MB) 8.2 -> 7.8 ms a
+// dispatch, 4,096 tokens (117 MB) 32.3 -> 27.7 ms; 128 tokens (3.6 MB) were faster stored normally.
+size_t StreamedDispatchBytes() {
+  static const size_t bytes = [] {
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return l3 > 0 ? static_cast<size_t>(l3) / 4 : size_t{8} << 20;
+  }();
+  return bytes;
+}
 
 ExpertExchange::ExpertExchange(Transport& transport, const Placement& placement, int64_t hidden, int64_t n_experts,
                                std::shared_ptr<ExchangeBuffers> buffers)
@@ -60,6 +93,7 @@ void ExpertExchange::LayoutDispatch(const float* x, int64_t topk, const std::vec
   std::vector<size_t> begin(world, 0);
   for (int d = 1; d < world; ++d) begin[d] = begin[d - 1] + send_bytes[d - 1];
   send.resize(begin.back() + send_bytes.back());
+  const bool stream = send.size() > buffers_->stream_above;
   std::vector<int32_t> slots_written(world, 0), rows_written(world, 0);
   for (int d = 0; d < world; ++d) {
     if (n_slots[d] == 0) continue;
@@ -76,11 +110,13 @@ void ExpertExchange::LayoutDispatch(const float* x, int64_t topk, const std::vec
       last_token[d] = token;
       float* row = reinterpret_cast<float*>(message + sizeof(DispatchHeader) + n_slots[d] * sizeof(SlotRef)) +
                    rows_written[d]++ * row_floats;
-      std::memcpy(row, x + token * hidden_, row_floats * sizeof(float));
+      if (stream) StreamFloats(x + token * hidden_, row_floats, row);
+      else std::memcpy(row, x + token * hidden_, row_floats * sizeof(float));
     }
     const SlotRef ref{static_cast<int32_t>(slot), expert_ids[slot], rows_written[d] - 1, token};
     std::memcpy(message + sizeof(DispatchHeader) + slots_written[d]++ * sizeof(SlotRef), &ref, sizeof ref);
   }
+  if (stream) _mm_sfence();
 }
 
 absl::Status ExpertExchange::ReadDispatch(int source, const uint8_t* at, size_t bytes, const std::string& what,

@@ -58,6 +58,9 @@ struct ReceivedRows {
   int64_t rows() const { return static_cast<int64_t>(headers.size()); }
 };
 
+// A quarter of the last-level cache (8 MB where the system does not say).
+size_t StreamedDispatchBytes();
+
 // An exchange's buffers, grown to the largest call and reused: at steady state no buffer is
 // allocated, zeroed or page-faulted. The exchanges of a model's MoE layers share one set (their
 // calls run one after another, each layer's Combine done before the next layer's Dispatch), so
@@ -69,6 +72,9 @@ struct ExchangeBuffers {
   std::vector<uint8_t> dispatch_recv, combine_recv;
   std::vector<size_t> send_bytes, recv_bytes;
   FloatBuffer own_out;  // outputs of this rank's own rows, [own rows, hidden]
+  // Dispatches sending more bytes than this write their rows past the caches (non-temporal
+  // stores): a quarter of the last-level cache, which they would not survive in anyway.
+  size_t stream_above = StreamedDispatchBytes();
 };
 
 class ExpertExchange {

@@ -26,6 +26,8 @@ struct Case {
   int n_experts, topk, redundant;
   std::vector<int64_t> tokens;  // per rank
   std::string routing;          // "random" | "one-expert"
+  int64_t hidden = kHidden;
+  bool stream = false;  // dispatch rows written past the caches whatever their size
 };
 
 // Expert ids [tokens, topk], distinct and ascending per token.
@@ -52,11 +54,13 @@ void RunCase(const Case& c) {
   for (int r = 0; r < c.world; ++r) {
     threads.emplace_back([&, r] {
       auto fail = [&](const std::string& e) { errors[r] += e + "\n"; };
-      ExpertExchange exchange(*transports[r], *placement, kHidden, c.n_experts);
-      const int64_t n = c.tokens[r];
-      std::vector<float> x(n * kHidden);
+      auto buffers = std::make_shared<ExchangeBuffers>();
+      if (c.stream) buffers->stream_above = 0;
+      ExpertExchange exchange(*transports[r], *placement, c.hidden, c.n_experts, buffers);
+      const int64_t n = c.tokens[r], hidden = c.hidden;
+      std::vector<float> x(n * hidden);
       for (int64_t t = 0; t < n; ++t)
-        for (int64_t j = 0; j < kHidden; ++j) x[t * kHidden + j] = Payload(r, t, j);
+        for (int64_t j = 0; j < hidden; ++j) x[t * hidden + j] = Payload(r, t, j);
       const std::vector<int32_t> ids = Route(c, r, n);
       ReceivedRows rows;
       absl::Status s = exchange.Dispatch(x.data(), n, c.topk, ids.data(), "test", rows);
@@ -74,7 +78,7 @@ void RunCase(const Case& c) {
       }
       for (int d = 0; d < c.world; ++d) {
         if (d == r || slots_to[d] == 0) continue;
-        want[d] = sizeof(DispatchHeader) + slots_to[d] * sizeof(SlotRef) + tokens_to[d].size() * kHidden * sizeof(float);
+        want[d] = sizeof(DispatchHeader) + slots_to[d] * sizeof(SlotRef) + tokens_to[d].size() * hidden * sizeof(float);
       }
       if (exchange.sent_bytes() != want) fail(absl::StrCat("rank ", r, " sent other bytes than a row per token and rank"));
       // Each row: held here, grouped by expert, payload from the rank and token its header names;
@@ -84,7 +88,7 @@ void RunCase(const Case& c) {
         const RowHeader& h = rows.headers[i];
         if (!(placement->Holds(r, h.expert))) fail(absl::StrCat("row for expert ", h.expert, " on rank ", r));
         if (i < rows.expert_begin[h.expert] || i >= rows.expert_begin[h.expert + 1]) fail("row outside its expert's group");
-        for (int64_t j = 0; j < kHidden; ++j) {
+        for (int64_t j = 0; j < hidden; ++j) {
           const float want = Payload(h.source_rank, h.slot / c.topk, j);
           if (rows.x[i][j] != want) {
             fail(absl::StrCat("rank ", r, " row ", i, " says rank ", h.source_rank, " slot ", h.slot, " but carries ",
@@ -98,7 +102,7 @@ void RunCase(const Case& c) {
       if (!s.ok()) return fail(std::string(s.message()));
       if (static_cast<int64_t>(slots.size()) != n * c.topk) return fail("wrong number of slots back");
       for (int64_t slot = 0; slot < n * c.topk; ++slot)
-        for (int64_t j = 0; j < kHidden; ++j)
+        for (int64_t j = 0; j < hidden; ++j)
           if (slots[slot][j] != Payload(r, slot / c.topk, j) * static_cast<float>(ids[slot] + 1))
             fail(absl::StrCat("rank ", r, " slot ", slot, " came back wrong"));
     });
@@ -119,6 +123,14 @@ TEST(ExpertExchange, RandomRoutingOverWorlds) {
     for (int r = 0; r < world; ++r) tokens.push_back(3 + 4 * r);
     RunCase({world, 16, 4, 0, tokens, "random"});
   }
+}
+
+TEST(ExpertExchange, RowsWrittenPastTheCaches) {
+  // Rows of 8 floats (every row 16-byte aligned: non-temporal stores) and of 7 (every other row
+  // not, copied normally), both with the short tail StreamFloats copies one float at a time.
+  RunCase({3, 16, 4, 0, {9, 5, 7}, "random", 8, true});
+  RunCase({3, 16, 4, 0, {9, 5, 7}, "random", 7, true});
+  RunCase({2, 8, 3, 0, {6, 4}, "random", 1030, true});
 }
 
 TEST(ExpertExchange, RanksWithNoTokensStillTakePart) {
