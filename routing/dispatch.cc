@@ -183,6 +183,10 @@ absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t 
     return absl::DataLossError(absl::StrCat("rank ", me, ": dispatch (", what, ") received ", recv.size(),
                                             " bytes where the ranks' counts sum to ", total));
   }
+  if (recv_bytes[me] != 0) {
+    return absl::DataLossError(absl::StrCat("rank ", me, ": dispatch (", what, ") received ", recv_bytes[me],
+                                            " bytes from itself, which sends its own rows no message"));
+  }
   size_t at = 0;
   for (int source = 0; source < world; ++source) {
     const size_t bytes = recv_bytes[source];
@@ -236,7 +240,14 @@ absl::Status ExpertExchange::Combine(const std::string& what, std::vector<const 
                                             sent_slots_, " dispatched rows"));
   }
   slot_rows.assign(sent_slots_, nullptr);
-  for (size_t i = 0; i < own_slots_.size(); ++i) slot_rows[own_slots_[i]] = &buffers_->own_out[i * hidden_];
+  for (size_t i = 0; i < own_slots_.size(); ++i) {
+    const int32_t slot = own_slots_[i];
+    if (slot < 0 || slot >= sent_slots_ || slot_rows[slot] != nullptr) {
+      return absl::InternalError(absl::StrCat("rank ", me, ": combine (", what, ") holds an output of its own for",
+                                              " slot ", slot, ", which it did not dispatch to itself"));
+    }
+    slot_rows[slot] = &buffers_->own_out[i * hidden_];
+  }
   for (int64_t i = 0; i < static_cast<int64_t>(recv.size() / row_bytes); ++i) {
     RowHeader h;
     std::memcpy(&h, recv.data() + i * row_bytes, sizeof h);

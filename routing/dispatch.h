@@ -43,7 +43,9 @@ struct DispatchHeader {  // 16 bytes
   int32_t n_slots;
   int32_t hidden;  // row width, checked on receipt
 };
-struct SlotRef {  // 16 bytes: the floats after them stay 16-byte aligned
+// 16 bytes: the rows after the references start 16-byte aligned where the message does, as
+// every message does where `hidden` is a multiple of 4 (every published model's is).
+struct SlotRef {
   int32_t slot;    // token · topk + k on the source rank
   int32_t expert;
   int32_t row;     // the message's row holding the token's activations
@@ -94,7 +96,8 @@ class ExpertExchange {
   // Collective: sends the outputs back. slot_rows[slot] then points at the output for each
   // (token, slot) of the last Dispatch.
   absl::Status Combine(const std::string& what, std::vector<const float*>& slot_rows);
-  // Bytes the last Dispatch or Combine sent to each rank (none to this one).
+  // Bytes for each rank (none for this one) of the last Dispatch, or the last CombineOutputs, of
+  // any exchange sharing these buffers.
   const std::vector<size_t>& sent_bytes() const { return buffers_->send_bytes; }
 
  private:

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <set>
 #include <thread>
@@ -17,8 +18,9 @@ namespace {
 
 constexpr int64_t kHidden = 8;
 
-float Payload(int rank, int64_t token, int64_t column) {
-  return static_cast<float>(rank * 100000 + token * 10 + column);  // exact in float
+// Exact in float; the layer's half-units tell a row left from another layer's call.
+float Payload(int rank, int64_t token, int64_t column, int layer = 0) {
+  return static_cast<float>(rank * 100000 + token * 10 + column) + 0.5f * static_cast<float>(layer);
 }
 
 struct Case {
@@ -28,11 +30,14 @@ struct Case {
   std::string routing;          // "random" | "one-expert"
   int64_t hidden = kHidden;
   bool stream = false;  // dispatch rows written past the caches whatever their size
+  // Exchanges sharing one ExchangeBuffers, as a model's MoE layers do, each called once a step;
+  // odd steps route 3 · tokens + 1 tokens a rank, so the buffers grow and shrink between steps.
+  int layers = 1, steps = 1;
 };
 
 // Expert ids [tokens, topk], distinct and ascending per token.
-std::vector<int32_t> Route(const Case& c, int rank, int64_t n) {
-  std::mt19937 rng(rank * 7919 + static_cast<unsigned>(n));
+std::vector<int32_t> Route(const Case& c, int rank, int64_t n, int call) {
+  std::mt19937 rng(rank * 7919 + static_cast<unsigned>(n) + 104729 * static_cast<unsigned>(call));
   std::vector<int32_t> ids;
   for (int64_t t = 0; t < n; ++t) {
     std::vector<int32_t> all(c.n_experts);
@@ -56,62 +61,72 @@ void RunCase(const Case& c) {
       auto fail = [&](const std::string& e) { errors[r] += e + "\n"; };
       auto buffers = std::make_shared<ExchangeBuffers>();
       if (c.stream) buffers->stream_above = 0;
-      ExpertExchange exchange(*transports[r], *placement, c.hidden, c.n_experts, buffers);
-      const int64_t n = c.tokens[r], hidden = c.hidden;
-      std::vector<float> x(n * hidden);
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t j = 0; j < hidden; ++j) x[t * hidden + j] = Payload(r, t, j);
-      const std::vector<int32_t> ids = Route(c, r, n);
-      ReceivedRows rows;
-      absl::Status s = exchange.Dispatch(x.data(), n, c.topk, ids.data(), "test", rows);
-      if (!s.ok()) return fail(std::string(s.message()));
-      received_rows[r] = rows.rows();
-      // Each token's activations cross to a rank once, however many of its slots go there: a
-      // header, a reference per slot and a row per token, to every other rank with a slot.
-      std::vector<size_t> want(c.world, 0);
-      std::vector<std::set<int64_t>> tokens_to(c.world);
-      std::vector<int64_t> slots_to(c.world, 0);
-      for (int64_t slot = 0; slot < n * c.topk; ++slot) {
-        const int d = placement->RankFor(ids[slot], slot / c.topk, slot % c.topk);
-        ++slots_to[d];
-        tokens_to[d].insert(slot / c.topk);
-      }
-      for (int d = 0; d < c.world; ++d) {
-        if (d == r || slots_to[d] == 0) continue;
-        want[d] = sizeof(DispatchHeader) + slots_to[d] * sizeof(SlotRef) + tokens_to[d].size() * hidden * sizeof(float);
-      }
-      if (exchange.sent_bytes() != want) fail(absl::StrCat("rank ", r, " sent other bytes than a row per token and rank"));
-      // Each row: held here, grouped by expert, payload from the rank and token its header names;
-      // the "expert" output (payload × (expert + 1)) goes where combine sends it from.
-      const std::vector<float*> out = exchange.CombineOutputs(rows);
-      for (int64_t i = 0; i < rows.rows(); ++i) {
-        const RowHeader& h = rows.headers[i];
-        if (!(placement->Holds(r, h.expert))) fail(absl::StrCat("row for expert ", h.expert, " on rank ", r));
-        if (i < rows.expert_begin[h.expert] || i >= rows.expert_begin[h.expert + 1]) fail("row outside its expert's group");
-        for (int64_t j = 0; j < hidden; ++j) {
-          const float want = Payload(h.source_rank, h.slot / c.topk, j);
-          if (rows.x[i][j] != want) {
-            fail(absl::StrCat("rank ", r, " row ", i, " says rank ", h.source_rank, " slot ", h.slot, " but carries ",
-                              rows.x[i][j]));
-          }
-          out[i][j] = rows.x[i][j] * static_cast<float>(h.expert + 1);
+      std::vector<std::unique_ptr<ExpertExchange>> layers;
+      for (int l = 0; l < c.layers; ++l)
+        layers.push_back(std::make_unique<ExpertExchange>(*transports[r], *placement, c.hidden, c.n_experts, buffers));
+      for (int call = 0; call < c.layers * c.steps; ++call) {
+        const int l = call % c.layers, step = call / c.layers;
+        ExpertExchange& exchange = *layers[l];
+        const int64_t n = step % 2 == 0 ? c.tokens[r] : 3 * c.tokens[r] + 1, hidden = c.hidden;
+        std::vector<float> x(n * hidden);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t j = 0; j < hidden; ++j) x[t * hidden + j] = Payload(r, t, j, l);
+        const std::vector<int32_t> ids = Route(c, r, n, call);
+        ReceivedRows rows;
+        absl::Status s = exchange.Dispatch(x.data(), n, c.topk, ids.data(), "test", rows);
+        if (!s.ok()) return fail(std::string(s.message()));
+        received_rows[r] += rows.rows();
+        // Each token's activations cross to a rank once, however many of its slots go there: a
+        // header, a reference per slot and a row per token, to every other rank with a slot.
+        std::vector<size_t> want(c.world, 0);
+        std::vector<std::set<int64_t>> tokens_to(c.world);
+        std::vector<int64_t> slots_to(c.world, 0);
+        for (int64_t slot = 0; slot < n * c.topk; ++slot) {
+          const int d = placement->RankFor(ids[slot], slot / c.topk, slot % c.topk);
+          ++slots_to[d];
+          tokens_to[d].insert(slot / c.topk);
         }
+        for (int d = 0; d < c.world; ++d) {
+          if (d == r || slots_to[d] == 0) continue;
+          want[d] = sizeof(DispatchHeader) + slots_to[d] * sizeof(SlotRef) +
+                    tokens_to[d].size() * hidden * sizeof(float);
+        }
+        if (exchange.sent_bytes() != want)
+          fail(absl::StrCat("rank ", r, " sent other bytes than a row per token and rank"));
+        // Each row: held here, grouped by expert, payload from the rank and token its header names;
+        // the "expert" output (payload × (expert + 1)) goes where combine sends it from.
+        const std::vector<float*> out = exchange.CombineOutputs(rows);
+        for (int64_t i = 0; i < rows.rows(); ++i) {
+          const RowHeader& h = rows.headers[i];
+          if (!(placement->Holds(r, h.expert))) fail(absl::StrCat("row for expert ", h.expert, " on rank ", r));
+          if (i < rows.expert_begin[h.expert] || i >= rows.expert_begin[h.expert + 1])
+            fail("row outside its expert's group");
+          for (int64_t j = 0; j < hidden; ++j) {
+            const float want = Payload(h.source_rank, h.slot / c.topk, j, l);
+            if (rows.x[i][j] != want) {
+              fail(absl::StrCat("rank ", r, " row ", i, " says rank ", h.source_rank, " slot ", h.slot, " but carries ",
+                                rows.x[i][j]));
+            }
+            out[i][j] = rows.x[i][j] * static_cast<float>(h.expert + 1);
+          }
+        }
+        std::vector<const float*> slots;
+        s = exchange.Combine("test", slots);
+        if (!s.ok()) return fail(std::string(s.message()));
+        if (static_cast<int64_t>(slots.size()) != n * c.topk) return fail("wrong number of slots back");
+        for (int64_t slot = 0; slot < n * c.topk; ++slot)
+          for (int64_t j = 0; j < hidden; ++j)
+            if (slots[slot][j] != Payload(r, slot / c.topk, j, l) * static_cast<float>(ids[slot] + 1))
+              fail(absl::StrCat("rank ", r, " layer ", l, " step ", step, " slot ", slot, " came back wrong"));
       }
-      std::vector<const float*> slots;
-      s = exchange.Combine("test", slots);
-      if (!s.ok()) return fail(std::string(s.message()));
-      if (static_cast<int64_t>(slots.size()) != n * c.topk) return fail("wrong number of slots back");
-      for (int64_t slot = 0; slot < n * c.topk; ++slot)
-        for (int64_t j = 0; j < hidden; ++j)
-          if (slots[slot][j] != Payload(r, slot / c.topk, j) * static_cast<float>(ids[slot] + 1))
-            fail(absl::StrCat("rank ", r, " slot ", slot, " came back wrong"));
     });
   }
   for (auto& t : threads) t.join();
   for (int r = 0; r < c.world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
   int64_t sent = 0, received = 0;
   for (int r = 0; r < c.world; ++r) {
-    sent += c.tokens[r] * c.topk;
+    for (int step = 0; step < c.steps; ++step)
+      sent += c.layers * (step % 2 == 0 ? c.tokens[r] : 3 * c.tokens[r] + 1) * c.topk;
     received += received_rows[r];
   }
   EXPECT_EQ(sent, received);
@@ -131,6 +146,13 @@ TEST(ExpertExchange, RowsWrittenPastTheCaches) {
   RunCase({3, 16, 4, 0, {9, 5, 7}, "random", 8, true});
   RunCase({3, 16, 4, 0, {9, 5, 7}, "random", 7, true});
   RunCase({2, 8, 3, 0, {6, 4}, "random", 1030, true});
+}
+
+TEST(ExpertExchange, LayersShareOneSetOfBuffers) {
+  // Each layer's rows carry its number: a row left from another layer's call fails the check.
+  RunCase({2, 8, 3, 0, {5, 9}, "random", kHidden, false, 3, 4});
+  RunCase({3, 16, 4, 0, {7, 0, 4}, "random", 7, true, 2, 4});
+  RunCase({4, 16, 8, 4, {6, 3, 9, 1}, "random", 1030, true, 2, 3});
 }
 
 TEST(ExpertExchange, RanksWithNoTokensStillTakePart) {
@@ -223,6 +245,28 @@ TEST(ExpertExchange, MalformedDispatchNamesItsSender) {
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   EXPECT_NE(s.message().find("from rank 0"), std::string::npos) << s;
+  // Header fields no message can have: negative rows, fewer slots than rows, another sender.
+  const std::vector<std::pair<size_t, int32_t>> headers = {
+      {offsetof(DispatchHeader, n_rows), -1}, {offsetof(DispatchHeader, n_slots), 0},
+      {offsetof(DispatchHeader, source_rank), 1}};
+  for (const auto& [offset, value] : headers) {
+    s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>&) { field(r, offset, value); });
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_NE(s.message().find("from rank 0"), std::string::npos) << s;
+  }
+  // A negative slot.
+  s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>&) {
+    field(r, sizeof(DispatchHeader) + offsetof(SlotRef, slot), -5);
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("slot -5"), std::string::npos) << s;
+  // A message counted as from the receiver itself, whose own rows never cross the transport.
+  s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>& bytes) {
+    field(r, offsetof(DispatchHeader, source_rank), 1);
+    std::swap(bytes[0], bytes[1]);
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("from itself"), std::string::npos) << s;
   // Counts that do not add up to what arrived.
   s = DispatchWithCorruption([&](std::vector<uint8_t>& r, std::vector<size_t>&) { r.resize(r.size() - 4); });
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
