@@ -311,7 +311,7 @@ void AbsorbedSplit(const Dims& d, int64_t layer, const std::vector<SplitToken>& 
       const SplitToken& x = tokens[i];
       for (int64_t k = std::max<int64_t>(k0, 1); k < std::min(k0 + window, x.segments); ++k)
         FoldSegment(x.h1 - x.h0, d.rkv, acc(i), part(i, k - k0));
-      if (k0 + window >= x.segments) Normalise(x.h1 - x.h0, d.rkv, acc(i));
+      if (k0 < x.segments && k0 + window >= x.segments) Normalise(x.h1 - x.h0, d.rkv, acc(i));  // once: its last window
     }
   }
 }

@@ -144,8 +144,17 @@ TEST(Engine, LongContextAttentionAgreesWithNaiveAndIsBitwiseTheSameOnAnyThreadsA
   const Result batched = RunAll(bf16, EngineOptions(),
                                 {Greedy(Prompt(300, 4), 10, false), r, Greedy(Prompt(20, 5), 10, false),
                                  Greedy(Prompt(500, 6), 10, false)})[1];
-  omp_set_num_threads(threads);
   ExpectSameTokensAndLogprobs(batched, alone, "in a batch of four");
+  // Tokens whose segments end in different windows (3 threads: 6 segments a token at a time; 1
+  // and 7 here): the short one is finished, and normalised, in the first window only.
+  omp_set_num_threads(3);
+  Request short_one = Greedy(Prompt(20, 7), 12, false);
+  short_one.logprobs = 4;
+  const Result short_alone = RunAll(bf16, EngineOptions(), {short_one})[0];
+  const Result beside_long =
+      RunAll(bf16, EngineOptions(), {short_one, Greedy(Prompt(1700, 8), 12, false)})[0];
+  omp_set_num_threads(threads);
+  ExpectSameTokensAndLogprobs(beside_long, short_alone, "beside a 1,700-token context on 3 threads");
 }
 
 TEST(Engine, ProfilingChangesNoResultAndTimesEveryOp) {
