@@ -16,13 +16,19 @@ void Scheduler::Admit() {
     Sequence& seq = *waiting_[i];
     const int64_t len = static_cast<int64_t>(seq.tokens.size());
     // At least the last token is computed: its logits sample the next one. A request for every
-    // prompt position's logits computes them all.
-    const int64_t hit = seq.request.want_prompt_logits ? 0 : cache_.MatchPrefix(seq.tokens, len - 1, seq.pages, seq.chain);
+    // prompt position's logits computes them all. Only prompt positions are named and matched: a
+    // generated token's row is computed in decode form, which agrees with the prefill form only to
+    // rounding, and a page must hold what this sequence would compute there without the cache (a
+    // follow-up turn re-sends earlier answers as prompt; a preempted sequence recomputes its
+    // generated tokens in decode form).
+    const int64_t matchable = std::min(len - 1, seq.prompt());
+    const int64_t hit =
+        seq.request.want_prompt_logits ? 0 : cache_.MatchPrefix(seq.tokens, matchable, seq.pages, seq.chain);
     auto put_back = [&] {
       cache_.Release(seq.pages);
       seq.chain = {};
     };
-    if (cache_.prefix_caching() && hit + ps <= len - 1 &&
+    if (cache_.prefix_caching() && hit + ps <= matchable &&
         computing_.contains(cache_.PageName(seq.chain.hash, seq.tokens.data() + hit))) {
       put_back();  // its next page is being computed by another sequence: wait for it, let others pass
       ++i;
@@ -100,7 +106,7 @@ void Scheduler::Computed(const std::vector<ScheduledSlice>& slices) {
   for (const ScheduledSlice& s : slices) {
     Sequence& seq = *s.seq;
     seq.n_cached = s.start + s.n;
-    cache_.Publish(seq.pages, seq.tokens, seq.n_cached, seq.chain);
+    cache_.Publish(seq.pages, seq.tokens, std::min(seq.n_cached, seq.prompt()), seq.chain);  // prompt pages only
     DoneComputing(seq);
   }
 }
@@ -154,7 +160,7 @@ void Scheduler::NoteComputing(Sequence& seq) {
   c.first_page = seq.chain.pages;
   std::vector<uint64_t>& names = c.names;
   uint64_t parent = seq.chain.hash;
-  for (int64_t p = seq.chain.pages; (p + 1) * ps <= static_cast<int64_t>(seq.tokens.size()); ++p) {
+  for (int64_t p = seq.chain.pages; (p + 1) * ps <= seq.prompt(); ++p) {  // the pages it will name
     parent = cache_.PageName(parent, seq.tokens.data() + p * ps);
     names.push_back(parent);
     ++computing_[parent];

@@ -367,6 +367,40 @@ TEST_P(EngineCache, PrefixCachingChangesNoTokenBitwise) {
   EXPECT_GT(engine->cache().cached_pages(), 6);
 }
 
+TEST_P(EngineCache, FollowUpTurnKeepsItsLogprobsBitwise) {
+  // The second turn's prompt is the first's, its answer and two tokens more. The answer's rows
+  // were computed in decode form; without the cache the second turn computes them in prefill
+  // form, so only the first prompt's whole pages may be reused.
+  const ModelWeights& w = TinyModel(DType::kBF16);
+  for (int32_t salt : {1, 2, 3}) {
+    std::vector<std::vector<float>> logprobs;
+    for (bool prefix : {false, true}) {
+      EngineOptions o = Options();
+      o.kv.page_size = 8;
+      o.kv.prefix_caching = prefix;
+      Engine engine(w, o);
+      Request first = Greedy(Prompt(13, salt), 24, false);
+      ASSERT_TRUE(engine.Add(first).ok());
+      const auto turn1 = engine.RunToCompletion();
+      std::vector<int32_t> p = first.prompt_ids;
+      p.insert(p.end(), turn1[0].generated_ids.begin(), turn1[0].generated_ids.end());
+      p.insert(p.end(), {5, 6});
+      Request second = Greedy(p, 12, false);
+      second.logprobs = 4;
+      ASSERT_TRUE(engine.Add(second).ok());
+      const auto turn2 = engine.RunToCompletion();
+      std::vector<float> lp;
+      for (const auto& t : turn2[1].logprobs) {
+        lp.push_back(t.logprob);
+        lp.insert(lp.end(), t.top_logprobs.begin(), t.top_logprobs.end());
+      }
+      logprobs.push_back(lp);
+      if (prefix) EXPECT_EQ(engine.prompt_tokens_cached(), 8) << "salt " << salt;  // the 13-token prompt's one page
+    }
+    EXPECT_EQ(logprobs[0], logprobs[1]) << "salt " << salt;
+  }
+}
+
 TEST_P(EngineCache, ChunkedPrefillOnAPrefixHitEqualsUnchunked) {
   const ModelWeights& w = TinyModel(DType::kBF16);
   std::vector<int32_t> prompt = Prompt(70, 14);
