@@ -1,7 +1,10 @@
 #include "core/weight_memory.h"
 
+#include <gnu/libc-version.h>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -22,10 +25,24 @@ uintptr_t RoundDown(uintptr_t v, uintptr_t to) { return v / to * to; }
 
 }  // namespace
 
-bool HugePagesAsked() {
+int HugePagesTunable() {
+  // glibc reads the tunable from 2.35 on; earlier ones ignore it.
+  int major = 0, minor = 0;
+  if (std::sscanf(gnu_get_libc_version(), "%d.%d", &major, &minor) != 2 || major * 1000 + minor < 2035) return 0;
   const char* tunables = std::getenv("GLIBC_TUNABLES");
-  return tunables != nullptr && std::string(tunables).find(std::string(kHugePagesTunable) + "=1") != std::string::npos;
+  if (tunables == nullptr) return 0;
+  // The last setting wins, as in glibc's parser: "name=value" entries separated by ':'.
+  const std::string all = tunables, key = std::string(kHugePagesTunable) + "=";
+  int value = 0;
+  for (size_t at = 0; at <= all.size();) {
+    const size_t end = std::min(all.find(':', at), all.size());
+    if (all.compare(at, key.size(), key) == 0) value = std::atoi(all.substr(at + key.size(), end - at).c_str());
+    at = end + 1;
+  }
+  return value;
 }
+
+bool HugePagesAsked() { return HugePagesTunable() != 0; }
 
 struct WeightBuffer::Block {
   uint8_t* base;

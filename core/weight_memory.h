@@ -17,7 +17,12 @@ namespace daedalus {
 // The glibc tunable that makes malloc ask for huge pages; the CLI sets it to 1 when it starts
 // (cli/huge_pages.h) unless DAEDALUS_HUGE_PAGES=off.
 constexpr char kHugePagesTunable[] = "glibc.malloc.hugetlb";
-// Whether this process asks the kernel for huge pages: kHugePagesTunable=1 in GLIBC_TUNABLES.
+// kHugePagesTunable's value in GLIBC_TUNABLES (its last setting), where this glibc reads it
+// (2.35 on): 1, malloc advises transparent huge pages; 2, it maps reserved hugetlbfs pages; 0
+// where unset or not read.
+int HugePagesTunable();
+// Whether this process asks the kernel for huge pages (a tunable value of 1 or 2): then weight
+// blocks are advised for transparent huge pages too.
 bool HugePagesAsked();
 
 class WeightBuffer {

@@ -135,6 +135,9 @@ def check_huge_pages(cli, model):
     chosen = run_with(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
     check("huge pages: off" in chosen.stderr, "GLIBC_TUNABLES=glibc.malloc.hugetlb=0 is the user's choice",
           describe(chosen))
+    hugetlbfs = run_with(GLIBC_TUNABLES="glibc.malloc.hugetlb=2")
+    check("huge pages: glibc.malloc.hugetlb=2 (malloc maps reserved hugetlbfs pages" in hugetlbfs.stderr,
+          "GLIBC_TUNABLES=glibc.malloc.hugetlb=2: run --verbose says malloc maps hugetlbfs pages", describe(hugetlbfs))
     loader = "/lib64/ld-linux-x86-64.so.2"
     if os.path.exists(loader):  # started through the loader: no restart (it would run the loader alone)
         proc = run_with(launcher=(loader,))
