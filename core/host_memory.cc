@@ -36,19 +36,24 @@ int64_t StatIn(const std::string& path, const std::string& key) {
   return -1;
 }
 
+// A limit at or above this is none: v1 writes "unlimited" as a number near 2^63.
+constexpr int64_t kNoLimit = int64_t{1} << 62;
+
 // The least room that `limit` leaves above `usage` in the cgroup at `path` under `root` and in
 // each cgroup above it, counting its file cache (memory.stat's `file_key`) as room, since the
-// kernel reclaims it before it refuses memory (a checkpoint just read sits there); -1 where none
-// sets a limit ("max" in v2; v1's unlimited is a number larger than any memory, so it never is
-// the least).
+// kernel reclaims it before it refuses memory (a checkpoint just read sits there), all but its
+// shared memory (`shmem_key`: tmpfs and /dev/shm, which it cannot reclaim without swap); -1
+// where none sets a limit ("max" in v2; v1's unlimited).
 int64_t RoomUnder(const std::string& root, std::string path, const char* limit, const char* usage,
-                  const char* file_key) {
+                  const char* file_key, const char* shmem_key) {
   int64_t room = -1;
   for (;;) {
     const std::string dir = root + (path == "/" ? std::string() : path);
     const int64_t max = NumberIn(dir + "/" + limit), used = NumberIn(dir + "/" + usage);
-    if (max >= 0 && used >= 0) {
-      const int64_t here = std::max<int64_t>(0, max - used + std::max<int64_t>(0, StatIn(dir + "/memory.stat", file_key)));
+    if (max >= 0 && max < kNoLimit && used >= 0) {
+      const std::string stat = dir + "/memory.stat";
+      const int64_t file = std::max<int64_t>(0, StatIn(stat, file_key)) - std::max<int64_t>(0, StatIn(stat, shmem_key));
+      const int64_t here = std::max<int64_t>(0, max - used + std::max<int64_t>(0, file));
       room = room < 0 ? here : std::min(room, here);
     }
     if (path.empty() || path == "/") return room;
@@ -65,10 +70,10 @@ int64_t CgroupRoom() {
   for (std::string line; std::getline(in, line);) {
     int64_t here = -1;
     if (line.rfind("0::", 0) == 0) {
-      here = RoomUnder("/sys/fs/cgroup", line.substr(3), "memory.max", "memory.current", "file");
+      here = RoomUnder("/sys/fs/cgroup", line.substr(3), "memory.max", "memory.current", "file", "shmem");
     } else if (const size_t at = line.find(":memory:"); at != std::string::npos) {
       here = RoomUnder("/sys/fs/cgroup/memory", line.substr(at + 8), "memory.limit_in_bytes", "memory.usage_in_bytes",
-                       "total_cache");
+                       "total_cache", "total_shmem");
     }
     if (here >= 0) room = room < 0 ? here : std::min(room, here);
   }

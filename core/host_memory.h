@@ -8,8 +8,8 @@ namespace daedalus {
 
 // /proc/meminfo's MemAvailable, lowered to the room that the process's memory cgroup (v2, or v1's
 // memory controller) and each cgroup above it leave under their limit, where one is set (a Slurm
-// job's --mem, a container's limit), their file cache counted as room. -1 where neither can be
-// read.
+// job's --mem, a container's limit), their file cache but its shared memory counted as room. -1
+// where neither can be read.
 int64_t AvailableHostBytes();
 
 }  // namespace daedalus
