@@ -11,6 +11,8 @@
 namespace daedalus {
 
 struct EngineFlags {
+  // Bounds that keep the pool's size in bytes well inside 64 bits (2^36 tokens of V3's 70 KB).
+  static constexpr int64_t kMaxKvTokens = int64_t{1} << 36, kMaxKvMib = int64_t{1} << 30;
   std::string kv_dtype = "bf16", attention = "auto", prefix_caching = "on";
   int64_t kv_tokens = 1 << 16, kv_mib = 0, page_size = 64, max_batch_tokens = 512, prefill_chunk = 512;
   int threads = 0;
@@ -22,19 +24,25 @@ struct EngineFlags {
     app.add_option("--kv-dtype", kv_dtype,
                    "latent KV cache dtype: bf16 | f32 | fp8 (e4m3 latent with one scale per 128 values, bf16 k_pe)")
         ->check(CLI::IsMember({"bf16", "f32", "fp8"}));
-    app.add_option("--kv-cache-tokens", kv_tokens, "KV cache capacity in tokens");
+    app.add_option("--kv-cache-tokens", kv_tokens, "KV cache capacity in tokens")
+        ->check(CLI::Range(int64_t{1}, kMaxKvTokens));
     app.add_option("--kv-cache-mib", kv_mib,
-                   "KV cache capacity as memory instead: as many tokens as fit in this many MiB in --kv-dtype's format");
-    app.add_option("--page-size", page_size, "KV cache page size in tokens");
+                   "KV cache capacity as memory instead: as many tokens as fit in this many MiB in --kv-dtype's format")
+        ->check(CLI::Range(int64_t{0}, kMaxKvMib));  // 0: --kv-cache-tokens decides
+    app.add_option("--page-size", page_size, "KV cache page size in tokens")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
     app.add_option("--prefix-caching", prefix_caching,
                    "keep full KV pages after a request, named by their tokens, and reuse them for later prompts "
                    "with the same prefix: on | off")
         ->check(CLI::IsMember({"on", "off"}));
-    app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per forward step");
-    app.add_option("--prefill-chunk", prefill_chunk, "longest prefill slice of one sequence per step");
+    app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per forward step")
+        ->check(CLI::Range(int64_t{1}, kMaxKvTokens));
+    app.add_option("--prefill-chunk", prefill_chunk, "longest prefill slice of one sequence per step")
+        ->check(CLI::Range(int64_t{1}, kMaxKvTokens));
     app.add_option("--attention", attention, "MLA form: auto (naive prefill, absorbed decode) | naive | absorbed")
         ->check(CLI::IsMember({"auto", "naive", "absorbed"}));
-    app.add_option("--threads", threads, "threads (default: OMP_NUM_THREADS or all cores)");
+    app.add_option("--threads", threads, "threads (default: OMP_NUM_THREADS or all cores)")
+        ->check(CLI::Range(0, 1 << 16));
     app.add_option("--device", device, "where the forward pass runs: cpu | cuda:N | cuda (GPU = this rank's local rank)");
     app.add_option("--gpu-memory-fraction", gpu_memory_fraction,
                    "with --device cuda:N: share of the GPU's memory for weights, scratch and the KV cache "

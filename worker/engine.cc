@@ -120,7 +120,9 @@ absl::StatusOr<int64_t> Engine::Import(Request request, int64_t kv_tokens) {
                                                    " tokens (at least one, and the last is computed here)"));
   }
   std::unique_ptr<Sequence> seq = NewSequence(std::move(request));
-  RETURN_IF_ERROR(cache_.Reserve(seq->pages, kv_tokens));
+  // Pages for every position: those past the imported ones are computed here, as a prefill slice
+  // where more than one is left, which (unlike a decode token) does not grow the page table.
+  RETURN_IF_ERROR(cache_.Reserve(seq->pages, len));
   seq->n_cached = kv_tokens;
   const int64_t index = seq->index;
   importing_.emplace(index, std::move(seq));

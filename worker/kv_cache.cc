@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "core/host_memory.h"
@@ -40,7 +41,8 @@ void PagedKvCache::Commit(uint8_t* pool, size_t bytes) {
 
 absl::Status PagedKvCache::CheckFits(const ModelConfig& config, const KvCacheOptions& options) {
   if (!options.host_pool || options.pool != nullptr) return absl::OkStatus();
-  const int64_t need = static_cast<int64_t>(PoolBytes(config, options)), available = AvailableHostBytes();
+  const int64_t need = static_cast<int64_t>(std::min<size_t>(PoolBytes(config, options), INT64_MAX));
+  const int64_t available = AvailableHostBytes();
   if (available < 0 || need <= available) return absl::OkStatus();
   constexpr int64_t kMiB = 1 << 20;
   return absl::ResourceExhaustedError(absl::StrCat(
@@ -52,8 +54,12 @@ absl::Status PagedKvCache::CheckFits(const ModelConfig& config, const KvCacheOpt
 
 size_t PagedKvCache::PoolBytes(const ModelConfig& config, const KvCacheOptions& options) {
   const size_t pages = static_cast<size_t>((options.max_tokens + options.page_size - 1) / options.page_size);
-  return pages * static_cast<size_t>(config.num_hidden_layers * options.page_size) *
-         static_cast<size_t>(KvRowBytes(config, options.dtype));
+  size_t bytes = 0;  // SIZE_MAX where the product does not fit: no memory holds it
+  if (__builtin_mul_overflow(pages, static_cast<size_t>(config.num_hidden_layers * options.page_size), &bytes) ||
+      __builtin_mul_overflow(bytes, static_cast<size_t>(KvRowBytes(config, options.dtype)), &bytes)) {
+    return SIZE_MAX;
+  }
+  return bytes;
 }
 
 int32_t PagedKvCache::TakePage() {

@@ -167,6 +167,16 @@ def run_checks(cli, tmp):
             check(len(out.get("generated_ids", [])) == 2, "run generates 2 tokens", p.stdout)
 
     # ---- Bad run arguments -------------------------------------------------------------------
+    # Engine sizes out of range are refused by the flag parser, naming the flag (a page size of 0
+    # had divided by zero; a pool of 2^54 tokens had overflowed its size in bytes).
+    for flag, value in (("--page-size", "0"), ("--page-size", "-1"), ("--kv-cache-tokens", "0"),
+                        ("--kv-cache-tokens", "20000000000000000"), ("--kv-cache-mib", "9000000000000"),
+                        ("--max-batch-tokens", "0"), ("--prefill-chunk", "-5"), ("--threads", "-2")):
+        p = cli("run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "1", flag, value)
+        what = f"run {flag} {value}"
+        check(p.returncode > 0, f"{what}: exits non-zero without a signal", describe(p))
+        check(flag in p.stderr and "not in range" in p.stderr, f"{what}: the message names the flag and its range",
+              describe(p))
     p = cli("run", "--model", model, "--prompt-ids", f"1,2,{VOCAB}", "--max-new-tokens", "1")
     expect_error(p, "token id == vocab_size", [str(VOCAB), "vocabulary", f"[0, {VOCAB})"])
     p = cli("run", "--model", model, "--prompt-ids", "3,100000", "--max-new-tokens", "1")

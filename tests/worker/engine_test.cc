@@ -395,7 +395,9 @@ TEST_P(EngineCache, FollowUpTurnKeepsItsLogprobsBitwise) {
         lp.insert(lp.end(), t.top_logprobs.begin(), t.top_logprobs.end());
       }
       logprobs.push_back(lp);
-      if (prefix) EXPECT_EQ(engine.prompt_tokens_cached(), 8) << "salt " << salt;  // the 13-token prompt's one page
+      if (prefix) {
+        EXPECT_EQ(engine.prompt_tokens_cached(), 8) << "salt " << salt;  // the 13-token prompt's one page
+      }
     }
     EXPECT_EQ(logprobs[0], logprobs[1]) << "salt " << salt;
   }
@@ -615,6 +617,18 @@ TEST(Engine, ImportRefusesPositionsItCannotTake) {
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_TRUE(engine.Cancel(*ok));  // its pages come back
   EXPECT_EQ(engine.cache().free_pages(), engine.cache().total_pages());
+  // Fewer positions than all but the last: the rest are computed here, into pages of their own.
+  EngineOptions small_pages;
+  small_pages.kv.page_size = 4;
+  Engine short_import(TinyModel(DType::kBF16), small_pages);
+  auto part = short_import.Import(r, 4);
+  ASSERT_TRUE(part.ok()) << part.status();
+  EXPECT_GE(static_cast<int64_t>(short_import.import_pages(*part)->size()) * 4, 9);
+  short_import.Imported(*part, true);
+  const auto done = short_import.RunToCompletion();
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].finish_reason, "length");
+  EXPECT_EQ(short_import.cache().free_pages(), short_import.cache().total_pages());
 }
 
 }  // namespace
