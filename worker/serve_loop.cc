@@ -249,10 +249,14 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   };
   auto ready = [&] { return update && preparing == update->version() && prepared; };
   // Switches to the pending placement at this step boundary when every rank holds the same one
-  // (`ranks_with` of them, versions summing to `version_sum`) and has read its experts
-  // (`ranks_ready`).
-  auto maybe_apply = [&](int64_t ranks_with, int64_t version_sum, int64_t ranks_ready, int world) -> absl::Status {
-    if (!update || ranks_with != world || version_sum != world * update->version() || ranks_ready != world) {
+  // (`ranks_with` of them, versions summing to `version_sum` and their squares to `version_sq`:
+  // both are those of `world` equal versions only then; with three ranks, versions 1, 2 and 3
+  // sum as three 2s) and has read its experts (`ranks_ready`).
+  auto maybe_apply = [&](int64_t ranks_with, int64_t version_sum, int64_t version_sq, int64_t ranks_ready,
+                         int world) -> absl::Status {
+    const int64_t v = update ? update->version() : 0;
+    if (!update || ranks_with != world || version_sum != world * v || version_sq != world * v * v ||
+        ranks_ready != world) {
       return absl::OkStatus();
     }
     RETURN_IF_ERROR(options.placement.apply());
@@ -290,7 +294,8 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
                                     reregister ? 1 : 0,        placing ? 1 : 0,
                                     placing ? update->version() : 0, placing && ready() ? 1 : 0,
                                     joining ? 1 : 0,           joining ? reform->generation() : 0,
-                                    joining ? reform->generation() * reform->generation() : 0};
+                                    joining ? reform->generation() * reform->generation() : 0,
+                                    placing ? update->version() * update->version() : 0};
       if (absl::Status s = transport->AllReduceSum(agree, absl::StrCat("work check, step ", heartbeats.step.load()));
           !s.ok()) {
         if (await_reform(s)) continue;
@@ -311,7 +316,7 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         }
         continue;
       }
-      if (absl::Status s = maybe_apply(agree[3], agree[4], agree[5], world); !s.ok()) {
+      if (absl::Status s = maybe_apply(agree[3], agree[4], agree[9], agree[5], world); !s.ok()) {
         why = s;
         break;
       }
@@ -330,7 +335,8 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         end = stop ? ServeEnd::kShutdown : ServeEnd::kReregister;
         break;
       }
-      if (absl::Status s = maybe_apply(update ? 1 : 0, update ? update->version() : 0, ready() ? 1 : 0, 1); !s.ok()) {
+      const int64_t v = update ? update->version() : 0;
+      if (absl::Status s = maybe_apply(update ? 1 : 0, v, v * v, ready() ? 1 : 0, 1); !s.ok()) {
         why = s;
         break;
       }

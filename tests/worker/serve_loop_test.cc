@@ -1,7 +1,8 @@
-// The worker's step loop under faults, in one process: two ranks over the `local` transport,
-// each with a fake control stream standing in for the coordinator. Faults come through the
-// seams: a StallingTransport (a slow rank, a rank stalled past the collective deadline) and the
-// ControlStream (dropped, or told to shut down or re-form). Each case states its bound.
+// The worker's step loop under faults, in one process: two ranks (three where named) over the
+// `local` transport, each with a fake control stream standing in for the coordinator. Faults
+// come through the seams: a StallingTransport (a slow rank, a rank stalled past the collective
+// deadline) and the ControlStream (dropped, or told to shut down or re-form). Each case states
+// its bound.
 #include "worker/serve_loop.h"
 
 #include <gtest/gtest.h>
@@ -76,17 +77,21 @@ EngineOptions Options() {
 }
 
 // Two ranks serving in threads of this process.
-class TwoRanks {
+// `world` ranks (2 unless named) over the local transport, each with its engine, control stream
+// and loop thread.
+class Ranks {
  public:
   // `stall`: wrap rank 1's transport to sleep `stall` at its `at`-th all-to-all (forward steps).
-  TwoRanks(milliseconds deadline, milliseconds stall = milliseconds(0), int64_t at = 0,
-           milliseconds heartbeat = milliseconds(1000)) {
+  Ranks(milliseconds deadline, milliseconds stall = milliseconds(0), int64_t at = 0,
+        milliseconds heartbeat = milliseconds(1000), int world = 2)
+      : world_(world), transports_(world), engines_(world), control_(world), options_(world), threads_(world),
+        end_(world), ended_at_(world) {
     const ModelWeights& w = TinyModel(DType::kF32);
     const ModelConfig& c = w.config;
-    placements_ = *PlaceLayers({}, c.num_hidden_layers, c.n_routed_experts, c.n_group, 2, 0, 0);
-    auto transports = MakeLocalTransports(2);
+    placements_ = *PlaceLayers({}, c.num_hidden_layers, c.n_routed_experts, c.n_group, world, 0, 0);
+    auto transports = MakeLocalTransports(world);
     if (stall.count() > 0) transports[1] = StallingTransport(std::move(transports[1]), at, stall, /*alltoall_only=*/true);
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < world; ++r) {
       transports_[r] = std::move(transports[r]);
       transports_[r]->set_deadline(deadline);
       EngineOptions o = Options();
@@ -96,12 +101,13 @@ class TwoRanks {
     }
     for (auto& o : options_) o.heartbeat_interval = heartbeat;
   }
-  ~TwoRanks() { Join(); }
+  ~Ranks() { Join(); }
 
+  int world() const { return world_; }
   FakeControl& control(int r) { return control_[r]; }
   ServeLoopOptions& options(int r) { return options_[r]; }  // before Start
   void Start() {
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < world_; ++r) {
       threads_[r] = std::thread([this, r] {
         end_[r] = ServeLoop(*engines_[r], transports_[r].get(), control_[r], options_[r]);
         ended_at_[r] = Clock::now();
@@ -141,13 +147,14 @@ class TwoRanks {
 
  private:
   std::vector<Placement> placements_;
-  std::unique_ptr<Transport> transports_[2];
-  std::unique_ptr<Engine> engines_[2];
-  FakeControl control_[2];
-  ServeLoopOptions options_[2];
-  std::thread threads_[2];
-  absl::StatusOr<ServeEnd> end_[2];
-  Clock::time_point ended_at_[2];
+  int world_;
+  std::vector<std::unique_ptr<Transport>> transports_;
+  std::vector<std::unique_ptr<Engine>> engines_;
+  std::vector<FakeControl> control_;
+  std::vector<ServeLoopOptions> options_;
+  std::vector<std::thread> threads_;
+  std::vector<absl::StatusOr<ServeEnd>> end_;
+  std::vector<Clock::time_point> ended_at_;
 };
 
 std::vector<int32_t> Prompt(int i) {
@@ -172,13 +179,13 @@ std::vector<std::vector<int32_t>> Reference(int n, int64_t max_new) {
 }
 
 // Requests 100.. got one engine's tokens; then both ranks shut down cleanly.
-void ExpectReferenceTokensThenShutDown(TwoRanks& ranks, int requests, int64_t max_new) {
+void ExpectReferenceTokensThenShutDown(Ranks& ranks, int requests, int64_t max_new) {
   const auto tokens = ranks.Tokens();
   const auto expected = Reference(requests, max_new);
   for (int i = 0; i < requests; ++i) EXPECT_EQ(tokens.at(100 + i), expected[i]) << "request " << i;
   ranks.control(0).Push(Shutdown(false));
   ranks.Join();
-  for (int r = 0; r < 2; ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
+  for (int r = 0; r < ranks.world(); ++r) EXPECT_TRUE(ranks.end(r).ok()) << ranks.end(r).status();
 }
 
 // A placement update whose experts take a while to read (rank 0: 600 ms, rank 1: 50 ms): steps
@@ -188,7 +195,7 @@ void ExpectReferenceTokensThenShutDown(TwoRanks& ranks, int requests, int64_t ma
 TEST(ServeLoopPlacement, ExpertsAreReadOffTheStepLoopAndEveryRankSwitchesTogether) {
   constexpr int kRequests = 2;
   constexpr int64_t kNew = 200;
-  TwoRanks ranks(milliseconds(10000));
+  Ranks ranks(milliseconds(10000));
   struct Rank {
     std::future<void> reading;  // this rank's loop thread only
     std::atomic<int> prepares{0}, applies{0};
@@ -253,6 +260,41 @@ TEST(ServeLoopPlacement, ExpertsAreReadOffTheStepLoopAndEveryRankSwitchesTogethe
   ExpectReferenceTokensThenShutDown(ranks, kRequests, kNew);
 }
 
+// Three ranks told versions 1, 2 and 3 (whose sum is that of three 2s): none switches while
+// they differ, and all switch together once every one holds version 3.
+TEST(ServeLoopPlacement, RanksHoldingDifferentVersionsSwitchOnlyOnceAllHoldOne) {
+  constexpr int kRequests = 3;
+  constexpr int64_t kNew = 120;
+  Ranks ranks(milliseconds(10000), milliseconds(0), 0, milliseconds(1000), /*world=*/3);
+  std::atomic<int> applies[3] = {0, 0, 0};
+  for (int r = 0; r < 3; ++r) {
+    ServeLoopOptions& o = ranks.options(r);
+    o.placement.prepare = [](const v1::Placement&) { return absl::OkStatus(); };
+    o.placement.prepared = []() -> absl::StatusOr<bool> { return true; };
+    o.placement.apply = [&applies, r]() -> absl::Status {
+      ++applies[r];
+      return absl::OkStatus();
+    };
+  }
+  auto update = [](int64_t version) {
+    v1::CoordinatorMessage m;
+    m.mutable_placement_update()->set_version(version);
+    return m;
+  };
+  for (int r = 0; r < 3; ++r) ranks.control(r).Push(update(r + 1));
+  for (int i = 0; i < kRequests; ++i) ranks.control(i).Push(Admit(100 + i, Prompt(i), kNew));
+  ranks.Start();
+  std::this_thread::sleep_for(milliseconds(500));
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(applies[r], 0) << "rank " << r << " switched while the versions differed";
+  for (int r = 0; r < 2; ++r) ranks.control(r).Push(update(3));
+  const auto until = Clock::now() + milliseconds(10000);
+  while (Clock::now() < until && (applies[0] == 0 || applies[1] == 0 || applies[2] == 0))
+    std::this_thread::sleep_for(milliseconds(10));
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(applies[r], 1) << "rank " << r;
+  ASSERT_TRUE(ranks.WaitFinished(kRequests, milliseconds(60000)));
+  ExpectReferenceTokensThenShutDown(ranks, kRequests, kNew);
+}
+
 v1::CoordinatorMessage Reform(int64_t generation, bool join) {
   v1::CoordinatorMessage m;
   m.mutable_reform()->set_generation(generation);
@@ -267,7 +309,7 @@ v1::CoordinatorMessage Reform(int64_t generation, bool join) {
 TEST(ServeLoopReform, AJoinSwitchesEveryRankAtOneAgreedStepBoundary) {
   constexpr int kRequests = 2;
   constexpr int64_t kNew = 1500;  // decoding well past both Reforms
-  TwoRanks ranks(milliseconds(10000));
+  Ranks ranks(milliseconds(10000));
   std::atomic<int64_t> applied_ns[2] = {0, 0}, applied_generation[2] = {0, 0};
   auto ns = [] { return Clock::now().time_since_epoch().count(); };
   for (int r = 0; r < 2; ++r) {
@@ -316,7 +358,7 @@ TEST(ServeLoopReform, AJoinSwitchesEveryRankAtOneAgreedStepBoundary) {
 TEST(ServeLoopFaults, SlowRankWithinTheDeadlineChangesNothingButTime) {
   constexpr int kRequests = 4;
   constexpr int64_t kNew = 6;
-  TwoRanks ranks(milliseconds(5000), milliseconds(400), /*at=*/3);
+  Ranks ranks(milliseconds(5000), milliseconds(400), /*at=*/3);
   for (int i = 0; i < kRequests; ++i) ranks.control(i % 2).Push(Admit(100 + i, Prompt(i), kNew));
   const auto start = Clock::now();
   ranks.Start();
@@ -337,7 +379,7 @@ TEST(ServeLoopFaults, SlowRankWithinTheDeadlineChangesNothingButTime) {
 // for it: the signal the coordinator's --stall-timeout acts on. Heartbeats every 100 ms; a
 // 2 s stall must show at least 10 heartbeats per rank with the same step while work is pending.
 TEST(ServeLoopFaults, StalledRankKeepsHeartbeatingWithAFrozenStepCount) {
-  TwoRanks ranks(milliseconds(10000), milliseconds(2000), /*at=*/1, /*heartbeat=*/milliseconds(100));
+  Ranks ranks(milliseconds(10000), milliseconds(2000), /*at=*/1, /*heartbeat=*/milliseconds(100));
   ranks.control(0).Push(Admit(1, Prompt(1), 4));
   ranks.Start();
   ASSERT_TRUE(ranks.WaitFinished(1, milliseconds(60000)));
@@ -361,7 +403,7 @@ TEST(ServeLoopFaults, StalledRankKeepsHeartbeatingWithAFrozenStepCount) {
 // A rank stalled longer than the collective deadline: its peer gives up within the deadline
 // (500 ms) plus one step, names it, and reports the failure on its control stream.
 TEST(ServeLoopFaults, RankStalledPastTheDeadlineIsNamedByItsPeerWithinTheDeadline) {
-  TwoRanks ranks(milliseconds(500), milliseconds(3000), /*at=*/1);
+  Ranks ranks(milliseconds(500), milliseconds(3000), /*at=*/1);
   ranks.control(0).Push(Admit(1, Prompt(2), 8));
   const auto start = Clock::now();
   ranks.Start();
@@ -383,7 +425,7 @@ TEST(ServeLoopFaults, RankStalledPastTheDeadlineIsNamedByItsPeerWithinTheDeadlin
 // (bound: one idle wait plus one step, well under a second), abandoning the running sequence,
 // and no failure is reported.
 TEST(ServeLoopFaults, DroppedControlStreamMakesEveryRankRegisterAgain) {
-  TwoRanks ranks(milliseconds(5000));
+  Ranks ranks(milliseconds(5000));
   ranks.control(0).Push(Admit(1, Prompt(1), 2000));  // runs until dropped
   ranks.Start();
   const auto until = Clock::now() + milliseconds(30000);
@@ -401,7 +443,7 @@ TEST(ServeLoopFaults, DroppedControlStreamMakesEveryRankRegisterAgain) {
 }
 
 TEST(ServeLoopFaults, ShutdownWinsOverRegisteringAgain) {
-  TwoRanks ranks(milliseconds(5000));
+  Ranks ranks(milliseconds(5000));
   ranks.control(0).Push(Shutdown(false));
   ranks.control(1).Close();
   ranks.Start();
@@ -410,7 +452,7 @@ TEST(ServeLoopFaults, ShutdownWinsOverRegisteringAgain) {
 }
 
 TEST(ServeLoopFaults, ShutdownWithReregisterReformsEveryRank) {
-  TwoRanks ranks(milliseconds(5000));
+  Ranks ranks(milliseconds(5000));
   ranks.Start();
   ranks.control(1).Push(Shutdown(true));
   ranks.Join();
