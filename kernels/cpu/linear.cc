@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -199,7 +200,7 @@ class StealingRuns {
     // end[r]: one past the last unit whose cost midpoint falls in thread r's share.
     std::vector<uint32_t> end(threads, 0);
     double before = 0;
-    const double per_cost = threads / total;
+    const double per_cost = total > 0 ? threads / total : 0;
     for (size_t i = 0; i < units.size(); ++i) {
       const double mid = before + units[i].cost / 2;
       before += units[i].cost;
@@ -444,38 +445,26 @@ void LinearPackedBatch(const std::vector<const LinearProblem*>& problems) {
 
 namespace {
 
-// Float weights through BLAS, in blocks of kF32Columns output columns shared over the threads,
-// one call each on one thread (OpenBLAS's OpenMP build runs on one thread inside a parallel
-// region, or where OpenMP has one): a block's result then does not depend on the thread count.
-// OpenBLAS's own threading does (0.3.21 on AMD EPYC, Haswell kernels: a 5 × 128 by 128 × 512
-// product differs in its last bits on 1 and 2 threads).
+// Float weights through BLAS, one row of x by kF32Columns output columns a call (sgemv), the
+// calls shared over the threads, each on one thread (OpenBLAS's OpenMP build runs on one thread
+// inside a parallel region, or where OpenMP has one). Every call has the same shape whatever m
+// is, so a row's result depends on its own inputs alone, not on the batch, the chunk it came in
+// or the thread count: OpenBLAS's sgemm gives a row other bits with the row count of its call
+// (0.3.21, Haswell kernels: a row alone against the same row among 4-9 others differed in 57 of
+// 64 outputs, and within a padded block of 16 with its place in the block) and with its own
+// threading (a 5 x 128 by 128 x 512 product on 1 and 2 threads). Float weights are for reference
+// checkpoints; each row reads the weights again.
 constexpr int64_t kF32Columns = 64;
 
 void LinearF32(const LinearProblem& p) {
-  const int64_t K = p.w.cols, N = p.w.rows;
-  // BLAS wants dense rows: gather and scatter around it when the problem uses row pointers.
-  std::vector<float> x_dense, y_dense;
-  const float* x = p.x;
-  float* y = p.y;
-  if (p.x_rows != nullptr) {
-    x_dense.resize(p.m * K);
-    for (int64_t i = 0; i < p.m; ++i) std::memcpy(&x_dense[i * K], p.x_rows[i], K * sizeof(float));
-    x = x_dense.data();
-  }
-  if (p.y_rows != nullptr) {
-    y_dense.resize(p.m * N);
-    y = y_dense.data();
-  }
+  const int64_t K = p.w.cols, N = p.w.rows, col_blocks = (N + kF32Columns - 1) / kF32Columns;
   const auto* w = static_cast<const float*>(p.w.data);
-  const int64_t blocks = (N + kF32Columns - 1) / kF32Columns;
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n0 = b * kF32Columns, nb = std::min(kF32Columns, N - n0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.m), static_cast<int>(nb), static_cast<int>(K),
-                1.0f, x, static_cast<int>(K), w + n0 * K, static_cast<int>(K), 0.0f, y + n0, static_cast<int>(N));
+  for (int64_t item = 0; item < p.m * col_blocks; ++item) {
+    const int64_t i = item / col_blocks, n0 = (item % col_blocks) * kF32Columns, nb = std::min(kF32Columns, N - n0);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(nb), static_cast<int>(K), 1.0f, w + n0 * K,
+                static_cast<int>(K), p.x_row(i), 1, 0.0f, p.y_row(i) + n0, 1);
   }
-  if (p.y_rows != nullptr)
-    for (int64_t i = 0; i < p.m; ++i) std::memcpy(p.y_rows[i], &y_dense[i * N], N * sizeof(float));
 }
 
 // Portable path: widen one weight row at a time and accumulate in float.
@@ -508,6 +497,10 @@ void LinearBatch(const LinearProblem* problems, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const LinearProblem& p = problems[i];
     if (p.m == 0 || p.w.rows == 0) continue;
+    if (p.w.cols == 0) {  // an empty sum
+      for (int64_t i = 0; i < p.m; ++i) std::fill_n(p.y_row(i), p.w.rows, 0.0f);
+      continue;
+    }
     if (p.w.dtype == DType::kF32) {
       LinearF32(p);
     } else if (p.w.packed != nullptr) {

@@ -73,6 +73,18 @@ def main():
             diff = max((abs(x - y) for ra, rb in zip(a["logits"], b["logits"]) for x, y in zip(ra, rb)), default=None)
             check(a["generated_ids"] == b["generated_ids"] and a["logits"] == b["logits"],
                   f"--dump-logits under {label}: bitwise equal to one process (max |diff| {diff})")
+        # Float weights go through BLAS, one row a call: replicas split an expert's rows over
+        # ranks, which must not change a row's bits either.
+        f32 = os.path.join(tmp, "tiny-f32")
+        run([d, "make-model", "--preset", "tiny", "--dtype", "f32", "--out", f32])
+        one32, four32 = os.path.join(tmp, "f32-1.json"), os.path.join(tmp, "f32-4.json")
+        run([d, "run", "--model", f32, "--prompt-ids", ids, "--max-new-tokens", "5", "--ignore-eos", "--dump-logits",
+             one32])
+        p = run(MPIRUN + ["-np", "4", d, "run", "--model", f32, "--prompt-ids", ids, "--max-new-tokens", "5",
+                          "--ignore-eos", "--redundant-experts", "8", "--dump-logits", four32])
+        a32 = json.load(open(one32))
+        b32 = json.load(open(four32)) if p.returncode == 0 and os.path.exists(four32) else {"logits": []}
+        check(a32["logits"] == b32["logits"], "f32 checkpoint, 4 ranks, 8 redundant experts: logits bitwise equal")
         # bench-a2a: the keys `plan --calibrate` reads, and dispatch sending a token's activations
         # once per rank (top-4 of 16 over 2 ranks: many tokens have several experts on one rank),
         # where combine returns one row per (token, expert).

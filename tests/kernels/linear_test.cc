@@ -129,8 +129,8 @@ TEST_P(LinearTier, PackedFp8MatchesReference) {
 }
 
 TEST_P(LinearTier, RowResultsDoNotDependOnBatch) {
-  // A token's output must not change with what else is in the batch (bitwise), for bf16 and fp8,
-  // with inputs that amx's tiles take (a multiple of 32) and ones they do not.
+  // A token's output must not change with what else is in the batch (bitwise), for bf16, fp8 and
+  // f32 weights, with inputs that amx's tiles take (a multiple of 32) and ones they do not.
   for (const int64_t k : {1500, 1536}) {
     const int64_t n = 48;
     std::mt19937 rng(3);
@@ -151,7 +151,8 @@ TEST_P(LinearTier, RowResultsDoNotDependOnBatch) {
     WeightView f8{DType::kF8E4M3, n, k, codes.data(), nullptr, scales.data()};
     PackFp8(f8, fp8_panels.data());
     f8.packed = fp8_panels.data();
-    for (const WeightView& w : {bf, f8}) {
+    const WeightView f32{DType::kF32, n, k, wf.data()};  // through BLAS
+    for (const WeightView& w : {bf, f8, f32}) {
       std::vector<float> all(30 * n), one(n);
       Linear(x.data(), 30, w, all.data());  // blocks of the tier's token count and a remainder
       for (int64_t i = 0; i < 30; ++i) {
@@ -195,6 +196,28 @@ TEST_P(LinearTier, BatchedProblemsEqualEachAlone) {
     LinearBatch(&one, 1);
     for (int64_t i = 0; i < batch[p].m * 40; ++i) ASSERT_EQ(y[p][i], alone[i]) << "problem " << p << " at " << i;
   }
+}
+
+TEST_P(LinearTier, EmptySumsAreZero) {
+  // A product over no inputs, alone and beside another: zeros, not what y held.
+  const int64_t n = 40, k = 64;
+  std::vector<float> x(3 * k, 1.0f), wf(n * k, 0.5f);
+  std::vector<bf16> wb(wf.size()), panels(PackedElements(n, k)), none(PackedElements(n, 1));
+  F32ToBf16(wf.data(), wb.data(), wf.size());
+  WeightView w{DType::kBF16, n, k, wb.data()};
+  PackBf16(w, panels.data());
+  w.packed = panels.data();
+  WeightView empty{DType::kBF16, n, 0, nullptr};
+  empty.packed = none.data();
+  std::vector<float> y0(3 * n, NAN), y1(3 * n, NAN);
+  const LinearProblem alone{x.data(), 3, empty, y0.data()};
+  LinearBatch(&alone, 1);
+  for (float v : y0) ASSERT_EQ(v, 0.0f);
+  std::fill(y0.begin(), y0.end(), NAN);
+  const LinearProblem both[] = {{x.data(), 3, empty, y0.data()}, {x.data(), 3, w, y1.data()}};
+  LinearBatch(both, 2);
+  for (float v : y0) ASSERT_EQ(v, 0.0f);
+  for (float v : y1) ASSERT_EQ(v, 32.0f);  // 64 inputs of 1 · 0.5
 }
 
 TEST_P(LinearTier, StreamedTilesEqualStoredOnes) {
