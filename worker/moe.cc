@@ -86,7 +86,9 @@ absl::Status CpuBackend::ExpertRows(const ExpertRowsOp& op) {
   LinearBatch(problems.data(), static_cast<int64_t>(problems.size()));
   problems.clear();
   const int64_t n_active = static_cast<int64_t>(active.size());
-#pragma omp parallel for schedule(dynamic) if (op.n_tokens > 1)
+  // Over the threads unless as small as one token's (a parallel region costs a batch-1 step more
+  // than its few SiLUs); counted over the rows, which may be other ranks' as well as this one's.
+#pragma omp parallel for schedule(dynamic) if (gate_up_floats > 8192)
   for (int64_t i = 0; i < n_active; ++i) {
     Active& a = active[i];
     SiluMulSeparate(a.gate, a.up, a.n, a.w->gate_proj.rows, a.gate);

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -81,6 +82,13 @@ absl::StatusOr<std::vector<Placement>> FromAssignment(const v1::Placement& p, co
         if (e < 0 || e >= c.n_routed_experts) return absl::FailedPreconditionError(absl::StrCat("layer ", l, ": expert ", e, " out of range"));
         out.experts_on[r].push_back(e);
         out.replicas[e].push_back(r);
+      }
+    }
+    for (int r = 0; r < world_size; ++r) {  // Placement::Holds searches a rank's list: sorted, once each
+      std::vector<int32_t>& held = out.experts_on[r];
+      std::sort(held.begin(), held.end());
+      if (const auto twice = std::adjacent_find(held.begin(), held.end()); twice != held.end()) {
+        return absl::FailedPreconditionError(absl::StrCat("layer ", l, ": expert ", *twice, " placed twice on rank ", r));
       }
     }
     for (int64_t e = 0; e < c.n_routed_experts; ++e) {
