@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "core/host_memory.h"
 #include "cli/huge_pages.h"
 #include "kernels/cpu_isa.h"
 #include "cli/engine_flags.h"
@@ -133,8 +134,14 @@ Command AddRunCommand(CLI::App& app) {
     }
     auto backend = MakeDeviceBackend(f->engine.Device(), **weights, options);
     if (!backend.ok()) return Fail(std::string(backend.status().message()));
-    if (absl::Status fits = PagedKvCache::CheckFits((*weights)->config, options.kv); !fits.ok())
+    // Ranks on one node share its memory: each checks its share before any commits its pool.
+    if (absl::Status fits = PagedKvCache::CheckFits((*weights)->config, options.kv, ep ? LocalProcessCount() : 1);
+        !fits.ok())
       return Fail(std::string(fits.message()));
+    if (ep) {
+      if (absl::Status s = ep->transport().Barrier("every rank's KV pool checked, before any is committed"); !s.ok())
+        return Fail(std::string(s.message()));
+    }
     Engine engine(**weights, options);
     f->defaults.stop_at_eos = !f->ignore_eos;
 

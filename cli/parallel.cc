@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "core/host_memory.h"
 #include "core/model_config.h"
 #include "core/status.h"
 #include "routing/fault_injection.h"
@@ -32,14 +33,7 @@ absl::StatusOr<std::unique_ptr<ExpertParallelRun>> ExpertParallelRun::Start(cons
   if (!placement_from.empty()) {
     ASSIGN_OR_RETURN(load, ReadExpertLoad(placement_from, config.num_hidden_layers, config.n_routed_experts));
   }
-  if (ranks_per_node == 0) {  // as many as the launcher started on this node
-    for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "MPI_LOCALNRANKS"}) {
-      if (const char* v = std::getenv(var); v != nullptr && std::atoi(v) > 0) {
-        ranks_per_node = std::atoi(v);
-        break;
-      }
-    }
-  }
+  if (ranks_per_node == 0) ranks_per_node = LocalProcessCount();  // as many as the launcher started on this node
   ASSIGN_OR_RETURN(run->placements_, PlaceLayers(load, config.num_hidden_layers, config.n_routed_experts,
                                                  config.n_group, run->world_size(), ranks_per_node,
                                                  redundant_experts));

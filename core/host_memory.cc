@@ -1,6 +1,7 @@
 #include "core/host_memory.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -81,6 +82,13 @@ int64_t CgroupRoom() {
 }
 
 }  // namespace
+
+int LocalProcessCount() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "MPI_LOCALNRANKS"}) {
+    if (const char* v = std::getenv(var); v != nullptr && std::atoi(v) > 0) return std::atoi(v);
+  }
+  return 0;
+}
 
 int64_t AvailableHostBytes() {
   const int64_t mem = MemAvailable(), room = CgroupRoom();

@@ -12,4 +12,8 @@ namespace daedalus {
 // where neither can be read.
 int64_t AvailableHostBytes();
 
+// The processes a launcher started on this node (mpirun's OMPI_COMM_WORLD_LOCAL_SIZE, srun's
+// SLURM_NTASKS_PER_NODE, MPICH's MPI_LOCALNRANKS); 0 where none says.
+int LocalProcessCount();
+
 }  // namespace daedalus

@@ -39,17 +39,21 @@ void PagedKvCache::Commit(uint8_t* pool, size_t bytes) {
   for (size_t at = 0; at < bytes; at += kPage) pool[at] = 0;
 }
 
-absl::Status PagedKvCache::CheckFits(const ModelConfig& config, const KvCacheOptions& options) {
+absl::Status PagedKvCache::CheckFits(const ModelConfig& config, const KvCacheOptions& options, int sharing) {
   if (!options.host_pool || options.pool != nullptr) return absl::OkStatus();
   const int64_t need = static_cast<int64_t>(std::min<size_t>(PoolBytes(config, options), INT64_MAX));
-  const int64_t available = AvailableHostBytes();
-  if (available < 0 || need <= available) return absl::OkStatus();
+  int64_t available = AvailableHostBytes();
+  if (available < 0) return absl::OkStatus();
+  sharing = std::max(sharing, 1);
+  available /= sharing;
+  if (need <= available) return absl::OkStatus();
   constexpr int64_t kMiB = 1 << 20;
   return absl::ResourceExhaustedError(absl::StrCat(
       "the KV cache pool needs ", (need + kMiB - 1) / kMiB, " MiB (", options.max_tokens, " tokens of ",
       KvRowBytes(config, options.dtype) * config.num_hidden_layers, " bytes) but ", available / kMiB,
-      " MiB of memory is available to this process (MemAvailable, and its cgroup's limit); lower --kv-cache-tokens "
-      "or --kv-cache-mib"));
+      " MiB of memory is available to this process (MemAvailable, and its cgroup's limit",
+      sharing > 1 ? absl::StrCat(", shared by the ", sharing, " processes started on this node") : std::string(),
+      "); lower --kv-cache-tokens or --kv-cache-mib"));
 }
 
 size_t PagedKvCache::PoolBytes(const ModelConfig& config, const KvCacheOptions& options) {

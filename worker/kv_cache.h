@@ -48,8 +48,10 @@ class PagedKvCache {
   static void Commit(uint8_t* pool, size_t bytes);
   // RESOURCE_EXHAUSTED, naming the pool's size and the memory available (core/host_memory.h),
   // where a host pool allocated here would not fit: committed up front, it would otherwise be
-  // found by the kernel's OOM killer, or fail to allocate at all.
-  static absl::Status CheckFits(const ModelConfig& config, const KvCacheOptions& options);
+  // found by the kernel's OOM killer, or fail to allocate at all. `sharing` processes of this
+  // node check at once, before any commits its pool (ranks under mpirun or srun): each gets that
+  // share of the memory available (0 and 1: all of it).
+  static absl::Status CheckFits(const ModelConfig& config, const KvCacheOptions& options, int sharing = 1);
 
   using PageTable = std::vector<int32_t>;
 

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "core/host_memory.h"
 #include "core/status.h"
 #include "kernels/cpu_isa.h"
 #include "routing/fault_injection.h"
@@ -234,7 +235,11 @@ int RunWorkerProcess(WorkerProcessOptions o) {
     options.kv.log_names = true;  // reported for prefix-aware routing
     // A CPU worker's pool that cannot fit is refused before it registers (and checked again once
     // the weights are in memory); a GPU's pool is sized from device memory.
-    if (*ParseDevice(o.device.device) < 0) RETURN_IF_ERROR(PagedKvCache::CheckFits(config, options.kv));
+    // Before it registers no worker of the cluster has committed a pool: each checks its share
+    // of the node's memory.
+    if (*ParseDevice(o.device.device) < 0) {
+      RETURN_IF_ERROR(PagedKvCache::CheckFits(config, options.kv, LocalProcessCount()));
+    }
     v1::RegisterRequest reg;
     char host[256] = {};
     gethostname(host, sizeof host - 1);

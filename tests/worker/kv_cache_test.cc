@@ -339,6 +339,12 @@ TEST(KvCache, CheckFitsRefusesAPoolLargerThanTheMemoryAvailable) {
   EXPECT_EQ(too_big.code(), absl::StatusCode::kResourceExhausted) << too_big;
   for (const char* part : {"KV cache pool needs", "MiB of memory is available", "--kv-cache-tokens", "--kv-cache-mib"})
     EXPECT_NE(too_big.message().find(part), std::string::npos) << part << " in " << too_big.message();
+  // A pool of 60% of what is available fits one process, not each of two sharing the node.
+  o.max_tokens = available * 6 / 10 / (KvRowBytes(c, o.dtype) * c.num_hidden_layers);
+  EXPECT_TRUE(PagedKvCache::CheckFits(c, o, 1).ok());
+  const absl::Status shared = PagedKvCache::CheckFits(c, o, 2);
+  EXPECT_EQ(shared.code(), absl::StatusCode::kResourceExhausted) << shared;
+  EXPECT_NE(shared.message().find("shared by the 2 processes started on this node"), std::string::npos) << shared;
   o.host_pool = false;
   EXPECT_TRUE(PagedKvCache::CheckFits(c, o).ok());
   o.host_pool = true;
