@@ -131,13 +131,25 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j, const std::stri
 }
 
 absl::Status ModelConfig::Validate(const std::string& src) const {
+  // Every size positive and at most 2^24 (V3's largest, vocab_size, is 129,280; heads at most
+  // 2^16), so that every product of them the loader takes fits in 64 bits.
   auto positive = [&](const char* field, int64_t v) {
+    constexpr int64_t kMost = int64_t{1} << 24;
+    if (v > kMost) return FieldError(src, field, absl::StrCat("is ", v, ", larger than any model (at most ", kMost, ")"));
     return v > 0 ? absl::OkStatus() : FieldError(src, field, absl::StrCat("must be positive, found ", v));
   };
   RETURN_IF_ERROR(positive("vocab_size", vocab_size));
   RETURN_IF_ERROR(positive("hidden_size", hidden_size));
   RETURN_IF_ERROR(positive("num_hidden_layers", num_hidden_layers));
   RETURN_IF_ERROR(positive("num_attention_heads", num_attention_heads));
+  if (num_attention_heads > (1 << 16)) return FieldError(src, "num_attention_heads", "is larger than any model (2^16)");
+  for (const auto& [field, v] : {std::pair<const char*, int64_t>{"qk_rope_head_dim", qk_rope_head_dim},
+                                 {"q_lora_rank", q_lora_rank.value_or(1)}, {"intermediate_size", intermediate_size},
+                                 {"moe_intermediate_size", moe_intermediate_size},
+                                 {"n_routed_experts", n_routed_experts}, {"n_shared_experts", n_shared_experts},
+                                 {"max_position_embeddings", max_position_embeddings}}) {
+    if (v > (int64_t{1} << 24)) return FieldError(src, field, absl::StrCat("is ", v, ", larger than any model"));
+  }
   RETURN_IF_ERROR(positive("kv_lora_rank", kv_lora_rank));
   RETURN_IF_ERROR(positive("qk_nope_head_dim", qk_nope_head_dim));
   RETURN_IF_ERROR(positive("v_head_dim", v_head_dim));
@@ -148,7 +160,9 @@ absl::Status ModelConfig::Validate(const std::string& src) const {
   if (q_lora_rank && *q_lora_rank <= 0) return FieldError(src, "q_lora_rank", "must be positive or null");
   if (first_k_dense_replace < 0) return FieldError(src, "first_k_dense_replace", "must not be negative");
   if (first_k_dense_replace > 0) RETURN_IF_ERROR(positive("intermediate_size", intermediate_size));
-  if (n_routed_experts < 0 || n_shared_experts < 0) return FieldError(src, "n_routed_experts", "must not be negative");
+  if (n_routed_experts < 0) return FieldError(src, "n_routed_experts", "must not be negative");
+  if (n_shared_experts < 0) return FieldError(src, "n_shared_experts", "must not be negative");
+  RETURN_IF_ERROR(positive("max_position_embeddings", max_position_embeddings));
   if (n_routed_experts > 0) {
     RETURN_IF_ERROR(positive("moe_intermediate_size", moe_intermediate_size));
     if (num_experts_per_tok <= 0 || num_experts_per_tok > n_routed_experts) {
@@ -178,7 +192,16 @@ absl::Status ModelConfig::Validate(const std::string& src) const {
   }
   if (!(rms_norm_eps > 0)) return FieldError(src, "rms_norm_eps", "must be positive");
   if (!(rope_theta > 1)) return FieldError(src, "rope_theta", "must be greater than 1");
-  if (rope_scaling && !(rope_scaling->factor >= 1.0)) return FieldError(src, "rope_scaling.factor", "must be >= 1");
+  if (rope_scaling) {
+    const RopeScaling& y = *rope_scaling;
+    if (!(y.factor >= 1.0)) return FieldError(src, "rope_scaling.factor", "must be >= 1");
+    RETURN_IF_ERROR(positive("rope_scaling.original_max_position_embeddings", y.original_max_position_embeddings));
+    if (!(y.beta_slow > 0 && y.beta_fast > y.beta_slow)) {
+      return FieldError(src, "rope_scaling.beta_fast",
+                        absl::StrCat("and beta_slow must satisfy beta_fast > beta_slow > 0, found ", y.beta_fast, " and ",
+                                     y.beta_slow));
+    }
+  }
   if (bos_token_id && (*bos_token_id < 0 || *bos_token_id >= vocab_size)) {
     return FieldError(src, "bos_token_id", "lies outside the vocabulary");
   }

@@ -5,9 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -65,8 +68,23 @@ absl::StatusOr<std::map<std::string, TensorInfo>> ParseSafetensors(const uint8_t
     return Corrupt(path, absl::StrCat("header length ", header_len, " exceeds the file (", size,
                                       " bytes) or the 100 MB limit"));
   }
-  nlohmann::json header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len, nullptr, false);
+  // A name given twice in the header's object (the parser would keep the last one silently).
+  std::string twice;
+  std::vector<std::set<std::string>> keys;  // per open object
+  const nlohmann::json::parser_callback_t names_once = [&](int depth, nlohmann::json::parse_event_t event,
+                                                           nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if (event == Event::object_start) keys.emplace_back();
+    if (event == Event::object_end && !keys.empty()) keys.pop_back();
+    if (event == Event::key && depth == 1 && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+        twice.empty()) {
+      twice = parsed.get<std::string>();
+    }
+    return true;
+  };
+  nlohmann::json header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len, names_once, false);
   if (header.is_discarded() || !header.is_object()) return Corrupt(path, "header is not a JSON object");
+  if (!twice.empty()) return Corrupt(path, absl::StrCat("the header names tensor ", twice, " twice"));
   const uint8_t* data = bytes + 8 + header_len;
   const size_t data_size = size - 8 - header_len;
   for (auto& item : header.items()) {
@@ -114,16 +132,35 @@ absl::StatusOr<std::map<std::string, TensorInfo>> ParseSafetensors(const uint8_t
     info.nbytes = expected;
     tensors.emplace(name, std::move(info));
   }
+  // No two tensors share bytes (a second name over another tensor's data would load silently).
+  std::vector<const TensorInfo*> by_start;
+  for (const auto& [name, info] : tensors)
+    if (info.nbytes > 0) by_start.push_back(&info);
+  std::sort(by_start.begin(), by_start.end(),
+            [](const TensorInfo* a, const TensorInfo* b) { return a->data < b->data; });
+  for (size_t i = 1; i < by_start.size(); ++i) {
+    const TensorInfo& a = *by_start[i - 1];
+    const TensorInfo& b = *by_start[i];
+    if (a.data + a.nbytes > b.data) {
+      return Corrupt(path, absl::StrCat("tensors ", a.name, " and ", b.name, " overlap in the file's data (bytes ",
+                                        b.data - data, " to ", a.data + a.nbytes - data, ")"));
+    }
+  }
   return tensors;
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
+  // Non-blocking: opening a FIFO for reading would otherwise wait for a writer forever.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", strerror(errno)));
   struct stat st {};
   if (fstat(fd, &st) != 0) {
     ::close(fd);
     return absl::InternalError(absl::StrCat(path, ": cannot stat"));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(path, ": is not a regular file"));
   }
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
@@ -169,7 +206,16 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const fs::path single_path = fs::path(dir) / "model.safetensors";
   std::vector<std::string> shard_names;
   std::map<std::string, std::string> weight_map;
-  if (fs::exists(index_path)) {
+  // Whether `p` exists, or why that cannot be told (a name too long, a loop of links).
+  auto exists = [](const fs::path& p) -> absl::StatusOr<bool> {
+    std::error_code ec;
+    const bool there = fs::exists(p, ec);
+    if (ec) return absl::FailedPreconditionError(absl::StrCat(p.string(), ": ", ec.message()));
+    return there;
+  };
+  ASSIGN_OR_RETURN(const bool indexed, exists(index_path));
+  ASSIGN_OR_RETURN(const bool single, exists(single_path));
+  if (indexed) {
     ckpt->where_ = index_path.string();
     std::ifstream in(index_path);
     std::stringstream text;
@@ -179,12 +225,13 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
       if (std::find(shard_names.begin(), shard_names.end(), shard) == shard_names.end()) shard_names.push_back(shard);
     }
     for (const auto& shard : shard_names) {
-      if (!fs::exists(fs::path(dir) / shard)) {
+      ASSIGN_OR_RETURN(const bool there, exists(fs::path(dir) / shard));
+      if (!there) {
         return absl::NotFoundError(absl::StrCat(index_path.string(), " names shard \"", shard,
                                                 "\", which does not exist in ", dir));
       }
     }
-  } else if (fs::exists(single_path)) {
+  } else if (single) {
     ckpt->where_ = single_path.string();
     shard_names.push_back("model.safetensors");
   } else {

@@ -68,14 +68,24 @@ const std::string& ByteLevelChar(uint8_t byte) { return Bytes().byte_to_char[byt
 struct Tokenizer::Regex {
   pcre2_code* code = nullptr;
   ~Regex() { pcre2_code_free(code); }
-  // Non-overlapping matches, leftmost first: [start, end) byte offsets.
-  std::vector<std::pair<size_t, size_t>> FindAll(std::string_view s) const {
+  std::string pattern;
+  // Non-overlapping matches, leftmost first: [start, end) byte offsets. An error of the matcher
+  // (its match or depth limit) is one, not the end of the matches: the rest of the text would
+  // silently stay one piece.
+  absl::StatusOr<std::vector<std::pair<size_t, size_t>>> FindAll(std::string_view s) const {
     std::vector<std::pair<size_t, size_t>> out;
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
     size_t at = 0;
     while (at <= s.size()) {
       const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), at, PCRE2_NO_UTF_CHECK, md, nullptr);
-      if (rc < 0) break;
+      if (rc == PCRE2_ERROR_NOMATCH) break;
+      if (rc < 0) {
+        pcre2_match_data_free(md);
+        PCRE2_UCHAR message[256];
+        pcre2_get_error_message(rc, message, sizeof message);
+        return absl::InvalidArgumentError(absl::StrCat("pre-tokenizer regex ", pattern, " on ", s.size(),
+                                                       " bytes of text: ", reinterpret_cast<const char*>(message)));
+      }
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       if (ov[1] == ov[0]) {  // an empty match: step one character
         if (ov[0] >= s.size()) break;
@@ -107,6 +117,7 @@ absl::StatusOr<std::shared_ptr<Tokenizer::Regex>> Compile(const std::string& pat
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // a speed-up where available; matching works without
   auto regex = std::make_shared<Tokenizer::Regex>();
   regex->code = code;
+  regex->pattern = pattern;
   return regex;
 }
 
@@ -297,7 +308,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const json& j, co
   return t;
 }
 
-std::vector<std::string> Tokenizer::PreTokenize(std::string_view text) const {
+absl::StatusOr<std::vector<std::string>> Tokenizer::PreTokenize(std::string_view text) const {
   std::vector<std::string> pieces = {std::string(text)};
   if (add_prefix_space_ && !text.empty() && text[0] != ' ') pieces[0] = " " + pieces[0];
   for (const Split& split : splits_) {
@@ -309,7 +320,8 @@ std::vector<std::string> Tokenizer::PreTokenize(std::string_view text) const {
         const bool keep = split.isolated || (matched == split.invert);
         if (keep) next.push_back(piece.substr(from, to - from));
       };
-      for (const auto& [start, end] : split.regex->FindAll(piece)) {
+      ASSIGN_OR_RETURN(const auto matches, split.regex->FindAll(piece));
+      for (const auto& [start, end] : matches) {
         add(at, start, false);
         add(start, end, true);
         at = end;
@@ -380,8 +392,10 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text, bo
   }
   std::vector<int32_t> ids;
   if (add_special_tokens) ids = prefix_;
-  auto encode_plain = [&](std::string_view segment) {
-    for (const std::string& piece : PreTokenize(segment)) EncodeWord(piece, ids);
+  auto encode_plain = [&](std::string_view segment) -> absl::Status {
+    ASSIGN_OR_RETURN(const std::vector<std::string> pieces, PreTokenize(segment));
+    for (const std::string& piece : pieces) EncodeWord(piece, ids);
+    return absl::OkStatus();
   };
   // Added tokens first: leftmost, then longest.
   size_t at = 0, plain_from = 0;
@@ -397,12 +411,12 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text, bo
       ++at;
       continue;
     }
-    encode_plain(text.substr(plain_from, at - plain_from));
+    RETURN_IF_ERROR(encode_plain(text.substr(plain_from, at - plain_from)));
     ids.push_back(hit->id);
     at += hit->content.size();
     plain_from = at;
   }
-  encode_plain(text.substr(plain_from));
+  RETURN_IF_ERROR(encode_plain(text.substr(plain_from)));
   if (add_special_tokens) ids.insert(ids.end(), suffix_.begin(), suffix_.end());
   return ids;
 }

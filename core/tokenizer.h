@@ -47,8 +47,9 @@ class Tokenizer {
   std::optional<int32_t> bos_id() const { return bos_id_; }
   std::optional<int32_t> eos_id() const { return eos_id_; }
 
-  // The pre-tokenizer alone: the pieces BPE runs on, as UTF-8 (before the byte-level map).
-  std::vector<std::string> PreTokenize(std::string_view text) const;
+  // The pre-tokenizer alone: the pieces BPE runs on, as UTF-8 (before the byte-level map);
+  // INVALID_ARGUMENT where a pattern's matcher gives up on the text (its match limit).
+  absl::StatusOr<std::vector<std::string>> PreTokenize(std::string_view text) const;
 
   // DeepSeek-V3's chat format: BOS, the system messages joined by "\n\n", then each user
   // message as "<｜User｜>" + content and each assistant message as "<｜Assistant｜>" + content +

@@ -111,7 +111,8 @@ absl::Status WriteTokenizer(const ModelConfig& config, const std::string& dir) {
   probe["model"] = {{"type", "BPE"}, {"vocab", skeleton_vocab}, {"merges", ordered_json::array()}};
   ASSIGN_OR_RETURN(auto pre, Tokenizer::FromJson(json::parse(probe.dump()), json::object(), "generated tokenizer"));
   std::map<Word, int64_t> words;
-  for (const std::string& piece : pre->PreTokenize(kCorpus)) {
+  ASSIGN_OR_RETURN(const std::vector<std::string> pieces, pre->PreTokenize(kCorpus));
+  for (const std::string& piece : pieces) {
     Word w;
     for (unsigned char b : piece) w.push_back(ByteLevelChar(b));
     ++words[w];

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "core/utf8.h"
@@ -72,6 +73,27 @@ TEST_F(TokenizerTest, ChatFormatIsDeepSeekV3s) {
   EXPECT_EQ((*ids)[0], 0);
   EXPECT_EQ(ids->back(), *tokenizer_->TokenId("<｜Assistant｜>"));
   EXPECT_FALSE(tokenizer_->EncodeChat({{"tool", "x"}}).ok());
+}
+
+TEST_F(TokenizerTest, ARegexThatGivesUpIsAnErrorNotAShorterSplit) {
+  // A Split pattern that backtracks past PCRE2's match limit on 40 a's: the text is refused
+  // (it had been left unsplit after the failure, the last "c" kept against the pattern).
+  std::ifstream in(dir_ / "tokenizer.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Split"}, {"pattern", {{"Regex", "(?:(a+)+b)|c"}}}, {"behavior", "Removed"},
+                           {"invert", false}},
+                          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  auto t = Tokenizer::FromJson(j, nlohmann::json::object(), "x/tokenizer.json");
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto between_cs = [](size_t a) { return std::string(1, 'c').append(a, 'a').append(1, 'c'); };
+  auto short_one = (*t)->PreTokenize(between_cs(5));
+  ASSERT_TRUE(short_one.ok()) << short_one.status();
+  EXPECT_EQ(*short_one, std::vector<std::string>{std::string(5, 'a')});  // both c's removed
+  auto long_one = (*t)->PreTokenize(between_cs(40));
+  EXPECT_EQ(long_one.status().code(), absl::StatusCode::kInvalidArgument) << long_one.status();
+  EXPECT_EQ((*t)->Encode(between_cs(40)).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TokenizerLoadTest, UnsupportedPartsAreNamed) {

@@ -270,7 +270,7 @@ def run_checks(cli, tmp):
     edit_json(os.path.join(bad, "config.json"), lambda j: j.update(num_hidden_layers=1 << 50))
     p = cli("run", "--model", bad, "--prompt-ids", "1,2", "--max-new-tokens", "1")
     expect_error(p, "config with an absurd num_hidden_layers",
-                 [os.path.join(bad, "model.safetensors"), "model.layers.3.input_layernorm.weight", "missing"])
+                 [os.path.join(bad, "config.json"), "num_hidden_layers", "larger than any model"])
 
     # ---- A --prompts file with some bad lines ------------------------------------------------
     good = {

@@ -1,6 +1,7 @@
 // Bad checkpoints are errors, never crashes: each corruption of a valid tiny checkpoint must make
 // LoadModelWeights return a non-OK status whose message names the file, the tensor (where there
 // is one) and what was expected or found.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -577,10 +578,55 @@ TEST_F(BadCheckpointTest, ConfigDisagreesWithWeights) {
   }
 }
 
-TEST_F(BadCheckpointTest, ConfigWithAbsurdLayerCountIsAnErrorNotACrash) {
+TEST_F(BadCheckpointTest, ConfigWithAbsurdSizesIsAnErrorNotACrash) {
+  // Sizes past any model's, whose products the loader takes would wrap (heads of 2^60 made
+  // every attention projection's size 0), and YaRN values whose logarithms are not numbers.
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"num_hidden_layers", int64_t{1} << 50},
+      {"num_attention_heads", int64_t{1} << 60},
+      {"moe_intermediate_size", int64_t{1} << 40},
+      {"max_position_embeddings", 0},
+      {"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", -1}}},
+      {"rope_scaling", {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 4096},
+                        {"beta_fast", 1.0}, {"beta_slow", 32.0}}},
+  };
+  for (const auto& [field, value] : cases) {
+    const fs::path dir = Fresh("base_bf16");
+    EditJson(dir / "config.json", [&](json& j) { j[field] = value; });
+    EXPECT_TRUE(FailsWith(dir.string(), {"config.json", field})) << field << " = " << value.dump();
+  }
+}
+
+TEST_F(BadCheckpointTest, TensorNamedTwiceOrOverlappingAnother) {
   const fs::path dir = Fresh("base_bf16");
-  EditJson(dir / "config.json", [](json& j) { j["num_hidden_layers"] = int64_t{1} << 50; });
-  EXPECT_TRUE(FailsWith(dir.string(), {"model.layers.3.input_layernorm.weight", "missing"}));
+  const fs::path file = dir / "model.safetensors";
+  Parsed p = ParseSafetensors(file);
+  // A second name over another tensor's bytes.
+  json header = p.header;
+  header["model.norm.weight.copy"] = header["model.norm.weight"];
+  WriteSafetensors(file, header, p.data);
+  EXPECT_TRUE(FailsWith(dir.string(), {file.string(), "model.norm.weight", "overlap"}));
+  // The same name twice in the header's text (a JSON parser keeps the last one).
+  std::string text = p.header.dump();
+  text.pop_back();
+  text += ", \"model.norm.weight\": " + p.header["model.norm.weight"].dump() + "}";
+  while ((8 + text.size()) % 8 != 0) text.push_back(' ');
+  std::string bytes(8, '\0');
+  const uint64_t len = text.size();
+  std::memcpy(bytes.data(), &len, 8);
+  WriteBytes(file, bytes + text + p.data);
+  EXPECT_TRUE(FailsWith(dir.string(), {file.string(), "model.norm.weight", "twice"}));
+}
+
+TEST_F(BadCheckpointTest, WeightsThatAreNotARegularFile) {
+  const fs::path dir = Fresh("base_bf16");
+  const fs::path file = dir / "model.safetensors";
+  fs::remove(file);
+  ASSERT_EQ(mkfifo(file.c_str(), 0600), 0);  // opening it for reading had waited for a writer
+  EXPECT_TRUE(FailsWith(dir.string(), {file.string(), "not a regular file"}));
+  fs::remove(file);
+  fs::create_symlink("model.safetensors", file);  // a link to itself
+  EXPECT_TRUE(FailsWith(dir.string(), {file.string()}));
 }
 
 TEST_F(BadCheckpointTest, ConfigDisagreesWithShardedWeights) {
