@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "coordinator/outcome.h"
 #include "coordinator/sharding.h"
@@ -295,13 +296,23 @@ int64_t Admission::Reservation(const v1::GenerateRequest& request) const {
   return (length + page - 1) / page * page;
 }
 
+namespace {
+constexpr char kNeverFits[] = "type.daedalus/never-fits";
+}  // namespace
+
 absl::Status Admission::Fits(const v1::GenerateRequest& request) const {
   const int64_t need = Reservation(request), largest = LargestCache(-1);
   if (need <= largest) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(options_.role == "prefill" ? "the prompt" : "prompt plus max_new_tokens",
-                                                   " needs ", need, " KV cache tokens; the largest ",
-                                                   options_.role == "mixed" ? "" : options_.role + " ", "worker cache holds ",
-                                                   largest));
+  absl::Status s = absl::ResourceExhaustedError(
+      absl::StrCat(options_.role == "prefill" ? "the prompt" : "prompt plus max_new_tokens", " needs ", need,
+                   " KV cache tokens; the largest ", options_.role == "mixed" ? "" : options_.role + " ",
+                   "worker cache holds ", largest));
+  s.SetPayload(kNeverFits, absl::Cord());
+  return s;
+}
+
+bool Admission::NeverFits(const absl::Status& status) {
+  return absl::IsResourceExhausted(status) && status.GetPayload(kNeverFits).has_value();
 }
 
 int64_t Admission::LargestCache(int except) const {

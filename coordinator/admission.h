@@ -93,6 +93,9 @@ class Admission {
   // RESOURCE_EXHAUSTED naming both when the KV the request needs here is more than the largest
   // of these workers' caches holds.
   absl::Status Fits(const v1::GenerateRequest& request) const;
+  // Whether `status` is Fits' refusal: RESOURCE_EXHAUSTED that waiting cannot cure (no worker's
+  // cache could ever hold the request), which an HTTP client must not retry as a rate limit.
+  static bool NeverFits(const absl::Status& status);
 
   int64_t queued() const { return static_cast<int64_t>(queue_.size()); }
   int64_t held() const { return static_cast<int64_t>(sequences_.size()); }

@@ -62,20 +62,24 @@ absl::Status Cluster::Attach(const std::string& role, int rank, int64_t generati
                              Clock::time_point now) {
   ClusterState* group = Group(role);
   if (group == nullptr) return absl::InvalidArgumentError(absl::StrCat("no ", role, " workers in this cluster"));
+  std::lock_guard<std::mutex> lock(hand_off_mu_);
   absl::Status s = group->Attach(rank, generation, std::move(link), now);
-  Pump();
+  PumpLocked();
   return s;
 }
 
 void Cluster::Lose(const std::string& role, int rank, int64_t generation, const std::string& why) {
+  std::lock_guard<std::mutex> lock(hand_off_mu_);
   if (ClusterState* group = Group(role)) group->Lose(rank, generation, why);
-  Pump();
+  PumpLocked();
 }
 
 void Cluster::OnEvents(const std::string& role, int rank, int64_t generation, const v1::StepEvents& events,
                        Clock::time_point now) {
+  // A sequence the prefill group hands off here is in the decode group before Cancel can look.
+  std::lock_guard<std::mutex> lock(hand_off_mu_);
   if (ClusterState* group = Group(role)) group->OnEvents(rank, generation, events, now);
-  Pump();
+  PumpLocked();
 }
 
 void Cluster::OnHeartbeat(const std::string& role, int rank, int64_t generation, const v1::Heartbeat& heartbeat,
@@ -85,14 +89,16 @@ void Cluster::OnHeartbeat(const std::string& role, int rank, int64_t generation,
 
 void Cluster::OnPeersLost(const std::string& role, int rank, int64_t generation, const v1::PeersLost& lost,
                           Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(hand_off_mu_);
   if (ClusterState* group = Group(role)) group->OnPeersLost(rank, generation, lost, now);
-  Pump();
+  PumpLocked();
 }
 
 void Cluster::CheckDeadlines(Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(hand_off_mu_);
   group_->CheckDeadlines(now);
   if (decode_) decode_->CheckDeadlines(now);
-  Pump();
+  PumpLocked();
 }
 
 absl::StatusOr<std::shared_ptr<RequestChannel>> Cluster::Submit(const v1::GenerateRequest& request,
@@ -156,8 +162,12 @@ v1::ClusterStatusResponse Cluster::Status(Clock::time_point now) const {
 }
 
 void Cluster::Pump() {
-  if (!decode_) return;
   std::lock_guard<std::mutex> lock(hand_off_mu_);
+  PumpLocked();
+}
+
+void Cluster::PumpLocked() {
+  if (!decode_) return;
   for (auto& h : group_->TakeHandOffs()) decode_->Accept(std::move(h), Clock::now());
   for (uint64_t sequence : decode_->TakeReleased()) group_->Release(sequence);
 }

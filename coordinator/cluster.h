@@ -65,14 +65,16 @@ class Cluster {
   // The group of workers registered with `role`; null when this cluster has none.
   ClusterState* Group(const std::string& role) const;
   // Moves what each group handed the other: ready sequences to the decode group, and releases
-  // of their pages back to the prefill group.
+  // of their pages back to the prefill group. PumpLocked: with hand_off_mu_ held.
   void Pump();
+  void PumpLocked();
 
   // mixed: group_ alone; disaggregated: group_ is the prefill group.
   std::unique_ptr<ClusterState> group_, decode_;
   Metrics* metrics_ = nullptr;
-  // Held while sequences move between the groups (Pump) and while Cancel looks for one, so
-  // that a sequence is always in one group when it is looked for. Taken before a group's lock.
+  // Held from a group's events (which may hand a sequence off) until the hand-off is moved
+  // (Pump), and while Cancel looks for a sequence, so that a sequence is always in one group
+  // when it is looked for. Taken before a group's lock.
   std::mutex hand_off_mu_;
 };
 

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/admission.h"
 #include "coordinator/auth.h"
 #include "coordinator/generation.h"
 #include "coordinator/openai_request.h"
@@ -46,8 +47,9 @@ Problem FromStatus(const absl::Status& s) {
     case absl::StatusCode::kNotFound:
       p.http = 404;
       break;
-    case absl::StatusCode::kResourceExhausted:
-      p.http = 429;
+    case absl::StatusCode::kResourceExhausted:  // busy: retry later; or it can never fit: don't
+      p.http = Admission::NeverFits(s) ? 400 : 429;
+      if (p.http == 400) p.code = "context_length_exceeded";
       break;
     case absl::StatusCode::kUnavailable:
       p.http = 503;

@@ -175,7 +175,8 @@ class Parser {
         message.content = content.get<std::string>();
       } else if (content.is_array()) {  // text parts
         for (const json& part : content) {
-          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+          if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
+              !part["text"].is_string()) {
             return f.Fail(where, "content parts must be {\"type\": \"text\", \"text\": ...}");
           }
           message.content += part["text"].get<std::string>();

@@ -20,6 +20,9 @@ namespace daedalus {
 
 namespace {
 
+// The largest request the coordinator reads, over gRPC or HTTP.
+constexpr int kMaxRequestBytes = 64 << 20;
+
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
@@ -83,7 +86,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   builder.AddListeningPort(server.listen, credentials, &port);
   builder.RegisterService(self->serving_.get());
   builder.RegisterService(self->cluster_.get());
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
   self->server_ = builder.BuildAndStart();
   if (self->server_ == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", server.listen, " (in use, or not a local address?)"));
@@ -112,6 +115,9 @@ absl::StatusOr<std::string> CoordinatorServer::StartHttp(const std::string& list
   auto http = std::make_unique<httplib::Server>();
   // Streaming responses hold a thread each.
   http->new_task_queue = [] { return new httplib::ThreadPool(256); };
+  // Bodies past gRPC's own limit are refused (413) before they are read whole: httplib's default
+  // reads any length into memory, before a handler can check the bearer token.
+  http->set_payload_max_length(kMaxRequestBytes);
   http->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics_.Render(state_->Status(std::chrono::steady_clock::now())), "text/plain; version=0.0.4");
   });

@@ -20,7 +20,10 @@ Generation::Clock::time_point AdmissionDeadline(const grpc::ServerContext& conte
                                                std::chrono::milliseconds default_timeout, Clock::time_point start) {
   // Admission ends at the request's queue timeout, and in time to answer before the call's own
   // deadline, so the client hears RESOURCE_EXHAUSTED rather than DEADLINE_EXCEEDED.
-  Clock::time_point admit_by = start + (queue_timeout_ms > 0 ? std::chrono::milliseconds(queue_timeout_ms) : default_timeout);
+  // At most a day: a larger wait would overflow the clock's nanoseconds.
+  constexpr int64_t kLongest = int64_t{24} * 3600 * 1000;
+  Clock::time_point admit_by =
+      start + (queue_timeout_ms > 0 ? std::chrono::milliseconds(std::min(queue_timeout_ms, kLongest)) : default_timeout);
   const auto call_deadline = context.deadline();
   if (call_deadline != std::chrono::system_clock::time_point::max()) {
     const auto left = call_deadline - std::chrono::system_clock::now();

@@ -118,6 +118,7 @@ TEST_F(AdmissionTest, RefusesWhatCannotBeQueued) {
   huge.set_max_new_tokens(100);  // 1,088 tokens, page-rounded: more than the largest cache
   auto refused = admission_->Submit(huge, kNow, kNow);
   ASSERT_TRUE(absl::IsResourceExhausted(refused.status()));
+  EXPECT_TRUE(Admission::NeverFits(refused.status())) << "waiting cannot cure it: HTTP 400, not 429";
   EXPECT_NE(refused.status().message().find("needs 1152 KV cache tokens; the largest worker cache holds 1024"),
             std::string::npos)
       << refused.status();
@@ -127,6 +128,7 @@ TEST_F(AdmissionTest, RefusesWhatCannotBeQueued) {
   auto over = admission_->Submit(huge, kNow, kNow);
   EXPECT_TRUE(absl::IsResourceExhausted(over.status()) && over.status().message().find("queue limit") != std::string::npos)
       << over.status();
+  EXPECT_FALSE(Admission::NeverFits(over.status())) << "a full queue is a rate limit: retry later";
 }
 
 TEST_F(AdmissionTest, TokensAndEndsReachTheirChannelAndFreeTheReservation) {

@@ -9,9 +9,11 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/coordinator/fake_cluster.h"
@@ -208,6 +210,81 @@ TEST_F(DisaggregatedClusterTest, RefusesWorkersOfAnotherRole) {
   ASSERT_TRUE(plain.ok());
   r.set_role("decode");
   EXPECT_EQ((*plain)->Register(r, now_).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A cancel that arrives while the prefill worker's events hand a sequence off (after the prefill
+// group let it go, before the decode group took it) still reaches it: it had found it in neither
+// group and been lost, and the decode worker then ran the cancelled sequence to its end.
+class HookLink : public FakeLink {
+ public:
+  std::function<void(const v1::CoordinatorMessage&)> hook;
+  bool Send(const v1::CoordinatorMessage& m) override {
+    FakeLink::Send(m);
+    if (hook) hook(m);
+    return true;
+  }
+};
+
+TEST(DisaggregatedHandOff, ACancelDuringAHandOffIsNotLost) {
+  Metrics metrics;
+  CoordinatorOptions options;
+  options.prefill_world_size = 1;
+  options.decode_world_size = 1;
+  auto cluster = std::move(*Cluster::Create(*PresetConfig("tiny"), "tiny", options, &metrics));
+  const Clock::time_point now = Clock::now();
+  std::map<std::string, int64_t> generation;
+  std::map<std::string, std::shared_ptr<HookLink>> links;
+  for (const std::string role : {"prefill", "decode"}) {
+    v1::RegisterRequest r;
+    r.set_rank(0);
+    r.set_world_size(1);
+    r.set_host("test");
+    r.set_launch_id(role);
+    r.set_kv_capacity_tokens(role == "prefill" ? 256 : 4096);
+    r.set_kv_page_size(64);
+    r.set_transport("ucx");
+    r.set_role(role);
+    auto registered = cluster->Register(r, now);
+    ASSERT_TRUE(registered.ok()) << registered.status();
+    generation[role] = registered->generation;
+    links[role] = std::make_shared<HookLink>();
+    ASSERT_TRUE(cluster->Attach(role, 0, registered->generation, links[role], now).ok());
+  }
+  auto submit = [&] {
+    v1::GenerateRequest g;
+    for (int i = 0; i < 100; ++i) g.add_prompt_ids(5 + i);
+    g.set_max_new_tokens(50);
+    return *cluster->Submit(g, now + std::chrono::seconds(30), now);
+  };
+  auto a = submit(), c = submit(), b = submit();  // a and c fill the prefill worker; b waits
+  ASSERT_EQ(links["prefill"]->Count(v1::CoordinatorMessage::kAdmit), 2);
+  // a's client cancels while the events that hand a off (and end c) admit b, inside OnEvents.
+  std::thread canceller;
+  links["prefill"]->hook = [&](const v1::CoordinatorMessage& m) {
+    if (!m.has_admit() || m.admit().sequence() != b->sequence()) return;
+    canceller = std::thread([&] { cluster->Cancel(a->sequence()); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  };
+  v1::StepEvents e;
+  e.add_tokens()->set_sequence(a->sequence());
+  e.mutable_tokens(0)->set_token_id(7);
+  auto* ready = e.add_kv_ready();
+  ready->set_sequence(a->sequence());
+  ready->add_pages(0);
+  ready->add_pages(1);
+  ready->set_tokens(100);
+  ready->set_page_size(64);
+  ready->set_row_bytes(160);
+  auto* finished = e.add_finished();
+  finished->set_sequence(c->sequence());
+  finished->set_reason("length");
+  cluster->OnEvents("prefill", 0, generation["prefill"], e, now);
+  ASSERT_TRUE(canceller.joinable()) << "b was not admitted by those events";
+  canceller.join();
+  const HookLink& decode = *links["decode"];
+  EXPECT_EQ(decode.Count(v1::CoordinatorMessage::kAdmit), decode.Count(v1::CoordinatorMessage::kAbort))
+      << "the decode worker was left running the cancelled sequence";
+  EXPECT_EQ(cluster->Status(now).workers(1).running(), 0);
 }
 
 }  // namespace

@@ -113,6 +113,12 @@ def main():
             except openai.BadRequestError as e:
                 check(e.status_code == 400 and e.body["param"] == "temperature" and "temperature" in e.body["message"],
                       "invalid request: 400 with the field named", e.body)
+            # A content part whose "type" is not a string: a 400 naming the rule (it had been a 500).
+            r = transport.post(f"{http}/chat/completions", headers={"Authorization": f"Bearer {TOKEN}"},
+                               json={"model": "daedalus", "messages": [{"role": "user",
+                                                                          "content": [{"type": 5, "text": "hi"}]}]})
+            check(r.status_code == 400 and "content parts" in r.json()["error"]["message"],
+                  "a content part with a numeric type: 400", r.text)
             try:
                 client.completions.create(model="nonexistent", prompt=prompt, max_tokens=4)
                 check(False, "an unknown model is refused")
