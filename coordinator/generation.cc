@@ -86,12 +86,13 @@ bool Generation::Next(Clock::time_point until, Delta& out) {
   }
   if (finished) {
     done_ = true;
+    bool stopped = false;
     if (decoder_) {
       held_ += decoder_->Finish();
-      ReleaseText(true, out.text);
+      stopped = ReleaseText(true, out.text);  // its last bytes completed a stop string
     }
     out.finished = true;
-    out.finish_reason = news.finish_reason;
+    out.finish_reason = stopped ? "stop" : news.finish_reason;
   }
   return out.finished || !out.tokens.empty();
 }

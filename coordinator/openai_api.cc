@@ -122,12 +122,13 @@ class Api {
     // Whole answer.
     std::string text;
     json logprobs = LogprobsStart(chat);
+    int64_t text_offset = 0;
     Generation::Delta delta;
     while (true) {
       if (!generation->Next(Clock::now() + std::chrono::milliseconds(100), delta)) continue;
       if (delta.finished && !delta.status.ok()) return SendError(res, FromStatus(delta.status));
       text += delta.text;
-      if (p.logprobs) AddLogprobs(*generation, delta, p, chat, logprobs);
+      if (p.logprobs) AddLogprobs(*generation, delta, p, chat, text_offset, logprobs);
       if (delta.finished) break;
     }
     json choice = {{"index", 0}, {"finish_reason", FinishReason(delta.finish_reason)},
@@ -163,7 +164,10 @@ class Api {
                        {"text_offset", json::array()}};
   }
 
-  void AddLogprobs(const Generation& g, const Generation::Delta& delta, const OpenAiRequest& p, bool chat, json& out) {
+  // `text_offset`: where the next token's text starts in the whole completion (completions'
+  // text_offset), carried from chunk to chunk when streaming.
+  void AddLogprobs(const Generation& g, const Generation::Delta& delta, const OpenAiRequest& p, bool chat,
+                   int64_t& text_offset, json& out) {
     for (const v1::GeneratedToken& t : delta.tokens) {
       const std::string text = g.TokenText(t.token_id());
       if (chat) {
@@ -178,13 +182,11 @@ class Api {
         for (int i = 0; i < t.top_logprobs_size() && i < p.top_logprobs; ++i) {
           top[g.TokenText(t.top_logprobs(i).token_id())] = t.top_logprobs(i).logprob();
         }
-        const int64_t offset = out["text_offset"].empty() ? 0
-                                                          : out["text_offset"].back().get<int64_t>() +
-                                                                static_cast<int64_t>(out["tokens"].back().get<std::string>().size());
         out["tokens"].push_back(text);
         out["token_logprobs"].push_back(t.logprob());
         out["top_logprobs"].push_back(top);
-        out["text_offset"].push_back(offset);
+        out["text_offset"].push_back(text_offset);
+        text_offset += static_cast<int64_t>(text.size());
       }
     }
   }
@@ -200,10 +202,11 @@ class Api {
       return c;
     };
     auto state = std::make_shared<int>(0);  // 0: role not sent yet, 1: streaming, 2: done
+    auto text_offset = std::make_shared<int64_t>(0);
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, generation, p, chat, chunk, state, id, created, model](size_t, httplib::DataSink& sink) {
+        [this, generation, p, chat, chunk, state, text_offset, id, created, model](size_t, httplib::DataSink& sink) {
           auto send = [&](const json& j) {
             const std::string line = "data: " + j.dump() + "\n\n";
             return sink.write(line.data(), line.size());
@@ -233,7 +236,7 @@ class Api {
           json logprobs;
           if (p.logprobs) {
             logprobs = LogprobsStart(chat);
-            AddLogprobs(*generation, delta, p, chat, logprobs);
+            AddLogprobs(*generation, delta, p, chat, *text_offset, logprobs);
           }
           if (!delta.text.empty() || (p.logprobs && !delta.tokens.empty())) {
             json choice = {{"index", 0}, {"logprobs", logprobs}, {"finish_reason", nullptr}};

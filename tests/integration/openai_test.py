@@ -105,6 +105,17 @@ def main():
             text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
             check(parts[0].choices[0].delta.role == "assistant" and text == chat.choices[0].message.content,
                   "streamed chat: role first, then the same content")
+            # Completions' text_offset counts from the start of the whole text, streamed or not.
+            offsets = []
+            for streamed in (False, True):
+                got = client.completions.create(model="daedalus", prompt=prompt, max_tokens=6, temperature=0,
+                                                logprobs=2, stream=streamed)
+                chunks = [c for c in got if c.choices and c.choices[0].logprobs] if streamed else [got]
+                offsets.append([o for c in chunks for o in c.choices[0].logprobs.text_offset])
+                tokens = [t for c in chunks for t in c.choices[0].logprobs.tokens]
+                check(offsets[-1] == [sum(len(t.encode()) for t in tokens[:i]) for i in range(len(tokens))],
+                      f"text_offset runs over the whole text ({'streamed' if streamed else 'whole'})", offsets[-1])
+            check(offsets[0] == offsets[1], "the same text_offset streamed and whole", offsets)
 
             # Errors in OpenAI's shape.
             try:
