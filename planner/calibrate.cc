@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <map>
 
@@ -214,8 +215,11 @@ absl::StatusOr<std::string> CalibrateHardware(const std::vector<CalibrationFile>
   absl::StrAppend(&out, "kind: cpu\n");
   absl::StrAppend(&out, "kernel_tier: ", first.isa, "  # bench machine.isa (", src, ")\n");
   absl::StrAppend(&out, "threads: ", Num(first.threads), "  # bench machine.threads\n");
-  absl::StrAppend(&out, "memory_gib: ", Num(median([](const EngineRun& r) { return r.memory_gib; })),
-                  "  # bench machine.memory_gib: physical memory (", src, ")\n");
+  // The node's memory is its devices' to share, as its cores are: each device gets its part.
+  const double devices = std::max(1.0, std::round(node_threads / device_threads));
+  absl::StrAppend(&out, "memory_gib: ", Num(median([](const EngineRun& r) { return r.memory_gib; }) / devices),
+                  "  # bench machine.memory_gib: physical memory, over ", Num(devices), " device(s) of ",
+                  Num(device_threads), " thread(s) (", src, ")\n");
   absl::StrAppend(&out, "memory_bandwidth_gb_s: ", Num(median([](const EngineRun& r) { return r.bandwidth_gbs; })),
                   "  # bench bandwidth_gbs: DRAM read probe, best of its runs (", src, ")\n");
   absl::StrAppend(&out, "bf16_tflops: ", Num(median([](const EngineRun& r) { return r.bf16_gflops; }) / 1e3),

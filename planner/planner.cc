@@ -40,6 +40,9 @@ absl::Status CheckWorkload(const ModelConfig& config, const ClusterConfig& clust
   if (w.weight_dtype != DType::kBF16 && w.weight_dtype != DType::kF8E4M3) return Invalid("weight dtype must be bf16 or fp8");
   if (w.kv_dtype != DType::kBF16 && w.kv_dtype != DType::kF8E4M3) return Invalid("KV dtype must be bf16 or fp8");
   if (w.mtp_acceptance >= 0 && w.phase != Phase::kDecode) return Invalid("MTP acceptance applies to decode only");
+  if (w.mtp_acceptance >= 0 && config.num_nextn_predict_layers == 0) {
+    return Invalid("MTP acceptance needs a model with an MTP module (num_nextn_predict_layers > 0); this one has none");
+  }
   if (!(w.mtp_acceptance <= 1)) return Invalid(absl::StrCat("MTP acceptance must be in [0, 1], found ", w.mtp_acceptance));
   if (!(w.synthetic_skew >= 0)) return Invalid(absl::StrCat("synthetic skew must be >= 0, found ", w.synthetic_skew));
   if (w.busy_devices < 0) return Invalid(absl::StrCat("busy devices must be >= 0, found ", w.busy_devices));

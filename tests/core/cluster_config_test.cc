@@ -76,9 +76,12 @@ TEST(ClusterConfig, CpuHasNoFp8UnitsAndDecimalMemoryWorks) {
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   EXPECT_EQ(cpu->kind, "cpu");
   EXPECT_EQ(cpu->fp8_flops, cpu->bf16_flops);
-  auto h200 = LoadHardwareSpec(kConfigs + "/hardware/h200.yaml");
+  auto b200 = LoadHardwareSpec(kConfigs + "/hardware/b200.yaml");  // memory_gb: decimal
+  ASSERT_TRUE(b200.ok()) << b200.status();
+  EXPECT_DOUBLE_EQ(b200->memory_bytes, 180e9);
+  auto h200 = LoadHardwareSpec(kConfigs + "/hardware/h200.yaml");  // memory_gib: binary
   ASSERT_TRUE(h200.ok()) << h200.status();
-  EXPECT_DOUBLE_EQ(h200->memory_bytes, 141e9);
+  EXPECT_DOUBLE_EQ(h200->memory_bytes, 140.0 * (1 << 30));
 }
 
 TEST(ClusterConfig, InlineHardwareAndPathReference) {

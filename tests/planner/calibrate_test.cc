@@ -83,6 +83,8 @@ TEST(Calibrate, ARunWithEveryCoreBusyGivesTheNodeFigures) {
   EXPECT_TRUE(near(hw->memory_bandwidth / 1e9, one["bandwidth_gbs"].get<double>()));
   EXPECT_TRUE(near(hw->prefill_flops_achieved / 1e9, one["prefill_gflops"].get<double>()));
   EXPECT_EQ(hw->node_threads, 2);
+  // Two devices of one thread share the machine's memory.
+  EXPECT_TRUE(near(hw->memory_bytes / (1 << 30), one["machine"]["memory_gib"].get<double>() / 2));
   EXPECT_TRUE(near(hw->node_memory_bandwidth / 1e9, node["bandwidth_gbs"].get<double>()));
   ASSERT_EQ(hw->node_decode_share_of_roofline.size(), node["decode_share_of_roofline"].size());
   for (const auto& [batch, share] : node["decode_share_of_roofline"].items()) {

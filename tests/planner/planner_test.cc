@@ -148,6 +148,13 @@ TEST(Planner, MtpTradesAnExtraLayerAndADoubledBatchForAcceptedDrafts) {
   w.mtp_acceptance = 0.8;
   auto prefill = MakePlan(v3, cluster, w, Efficiency{}, {});
   EXPECT_FALSE(prefill.ok());
+  // A model without an MTP module gains nothing from it (V2 had been planned 74% faster).
+  ModelConfig no_mtp = v3;
+  no_mtp.num_nextn_predict_layers = 0;
+  w.phase = Phase::kDecode;
+  auto without = MakePlan(no_mtp, cluster, w, Efficiency{}, {});
+  ASSERT_FALSE(without.ok());
+  EXPECT_NE(without.status().message().find("num_nextn_predict_layers"), std::string::npos) << without.status();
 }
 
 void ExpectInvalid(const absl::StatusOr<Plan>& plan, const std::string& part) {
