@@ -25,7 +25,8 @@ class KvTransfer {
  public:
   virtual ~KvTransfer() = default;
 
-  // To publish: this process's UCP worker address, and its pool's base address and packed key.
+  // To publish: this process's UCP worker address, and its pool's base address, length and
+  // packed key (a reader refuses ranges past the length).
   virtual const std::string& address() const = 0;
   virtual const std::string& pool_key() const = 0;
 

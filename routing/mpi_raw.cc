@@ -29,6 +29,10 @@ absl::Status RawMpiAlltoallv(const void* send, const std::vector<size_t>& send_b
   size_t total = 0;
   recv_bytes.assign(world, 0);
   for (int r = 0; r < world; ++r) {
+    if (rcounts[r] < 0 || total + rcounts[r] > static_cast<size_t>(INT_MAX)) {  // MPI's displacements are ints
+      return absl::DataLossError(absl::StrCat("RawMpiAlltoallv: rank ", r, " announced ", rcounts[r],
+                                              " bytes, past 2 GB per call in all"));
+    }
     rdispl[r] = static_cast<int>(total);
     recv_bytes[r] = rcounts[r];
     total += rcounts[r];

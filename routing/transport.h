@@ -51,4 +51,12 @@ class Transport {
 // One Transport per rank, all connected, for `world_size` threads of this process.
 std::vector<std::unique_ptr<Transport>> MakeLocalTransports(int world_size);
 
+// The most bytes one AllToAllV takes in on a rank (64 GiB; DeepSeek-V3's largest, 4,096 tokens
+// of combine rows, is ~1 GB).
+constexpr uint64_t kMaxAllToAllBytes = uint64_t{1} << 36;
+// DataLoss naming the peer where the byte counts announced by the peers (`counts[r]` from rank
+// r) exceed kMaxAllToAllBytes, alone or summed: what a malformed peer sends, which would
+// otherwise size (and overflow) the receive buffer.
+absl::Status CheckIncomingCounts(const std::vector<uint64_t>& counts, int rank, const std::string& what);
+
 }  // namespace daedalus

@@ -36,8 +36,8 @@ class UcxKvTransfer final : public KvTransfer {
   struct Peer {
     ucp_ep_h endpoint = nullptr;
     ucp_rkey_h rkey = nullptr;
-    std::string key;  // as published: base address, then the packed key
-    uint64_t base = 0;
+    std::string key;  // as published: base address, length, then the packed key
+    uint64_t base = 0, length = 0;
     bool failed = false;
     ucs_status_t why = UCS_OK;
   };
@@ -107,8 +107,9 @@ absl::Status UcxKvTransfer::Init() {
   if (ucs_status_t k = ucp_rkey_pack(context_, memory_, &packed, &packed_size); k != UCS_OK) {
     return absl::InternalError(absl::StrCat("ucp_rkey_pack: ", ucs_status_string(k)));
   }
-  const uint64_t base = reinterpret_cast<uintptr_t>(pool_);
+  const uint64_t base = reinterpret_cast<uintptr_t>(pool_), length = bytes_;
   pool_key_.assign(reinterpret_cast<const char*>(&base), sizeof base);
+  pool_key_.append(reinterpret_cast<const char*>(&length), sizeof length);
   pool_key_.append(static_cast<const char*>(packed), packed_size);
   ucp_rkey_buffer_release(packed);
   thread_ = std::thread([this] { Run(); });
@@ -151,13 +152,14 @@ UcxKvTransfer::Peer* UcxKvTransfer::Connect(const std::string& address, const st
   auto it = peers_.find(address);
   if (it != peers_.end() && it->second->key == key) return it->second.get();
   if (it != peers_.end()) Drop(address);  // the same process with a new pool
-  if (address.empty() || key.size() <= sizeof(uint64_t)) {
+  if (address.empty() || key.size() <= 2 * sizeof(uint64_t)) {
     error = absl::InvalidArgumentError("the prefill worker published no KV transfer address or pool key");
     return nullptr;
   }
   auto peer = std::make_unique<Peer>();
   peer->key = key;
   std::memcpy(&peer->base, key.data(), sizeof peer->base);
+  std::memcpy(&peer->length, key.data() + sizeof(uint64_t), sizeof peer->length);
   ucp_ep_params_t ep{};
   // Peer-failure mode: a prefill worker that dies mid-transfer fails its reads instead of
   // leaving them hanging (UCX then picks transports that can detect it).
@@ -170,7 +172,8 @@ UcxKvTransfer::Peer* UcxKvTransfer::Connect(const std::string& address, const st
     error = absl::UnavailableError(absl::StrCat("cannot reach the prefill worker: ", ucs_status_string(s)));
     return nullptr;
   }
-  if (ucs_status_t s = ucp_ep_rkey_unpack(peer->endpoint, key.data() + sizeof(uint64_t), &peer->rkey); s != UCS_OK) {
+  const char* packed = key.data() + 2 * sizeof(uint64_t);
+  if (ucs_status_t s = ucp_ep_rkey_unpack(peer->endpoint, packed, &peer->rkey); s != UCS_OK) {
     error = absl::InvalidArgumentError(absl::StrCat("the prefill worker's pool key: ", ucs_status_string(s)));
     peers_[address] = std::move(peer);
     Drop(address);
@@ -219,6 +222,13 @@ void UcxKvTransfer::Post(Transfer& t) {
   for (const Range& r : t.ranges) {
     if (r.to + r.bytes > bytes_ || r.to + r.bytes < r.to) {
       t.status = absl::InvalidArgumentError("a KV transfer range runs past this worker's pool");
+      return;
+    }
+    // The peer's page ids came over the wire: UCX does not hold a read to the registered region.
+    if (r.from + r.bytes > peer->length || r.from + r.bytes < r.from) {
+      t.status = absl::InvalidArgumentError(absl::StrCat("a KV transfer range [", r.from, ", +", r.bytes,
+                                                         ") runs past the prefill worker's pool of ", peer->length,
+                                                         " bytes"));
       return;
     }
     ucp_request_param_t p{};

@@ -316,6 +316,7 @@ absl::Status Ucx::Exchange(const char* kind, const void* send, const std::vector
   }
   if (absl::Status s = Wait(pending, kind, what, expiry); !s.ok()) return fail(s);
   in_counts[rank_] = send_bytes[rank_];
+  if (absl::Status s = CheckIncomingCounts(in_counts, rank_, what); !s.ok()) return fail(s);
   recv_bytes.assign(in_counts.begin(), in_counts.end());
   std::vector<size_t> recv_at(world_, 0), send_at(world_, 0);
   size_t total = 0, sent = 0;

@@ -132,6 +132,11 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
     if (from.pages_size() < (from.tokens() + cache.page_size() - 1) / cache.page_size()) {
       return absl::InvalidArgumentError("the prefill worker's page table does not cover the positions it names");
     }
+    for (const int32_t page : from.pages()) {
+      if (page < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("the prefill worker's page table names page ", page));
+      }
+    }
     ASSIGN_OR_RETURN(const int64_t index, engine.Import(ToRequest(a), from.tokens()));
     const PagedKvCache::PageTable source(from.pages().begin(), from.pages().end());
     const auto src = cache.Ranges(source, from.tokens());

@@ -3,6 +3,8 @@
 // a peer that is gone or was never there fails in bounded time instead of hanging.
 #include "routing/kv_transfer.h"
 
+#include <algorithm>
+
 #include <numeric>
 #include <thread>
 
@@ -46,6 +48,27 @@ TEST(KvTransfer, ReadsTheRangesAskedFor) {
   for (const auto& r : ranges) std::copy_n(from.begin() + r.from, r.bytes, expect.begin() + r.to);
   std::copy_n(from.begin(), 5000, expect.begin() + 300000);
   EXPECT_TRUE(to == expect);
+}
+
+TEST(KvTransfer, ARangePastThePeersPoolIsRefused) {
+  // The peer's page ids come over the wire: a range past its registered pool (which UCX itself
+  // had read, from the memory beyond) is refused before anything is read.
+  constexpr size_t kBytes = 1 << 16;
+  std::vector<uint8_t> from(2 * kBytes, 0x5e), to(kBytes, 0);
+  auto prefill = CreateUcxKvTransfer(from.data(), kBytes, 10s);  // the first half registered
+  auto decode = CreateUcxKvTransfer(to.data(), kBytes, 10s);
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  (*decode)->Read((*prefill)->address(), (*prefill)->pool_key(), {{kBytes - 16, 0, 32}});
+  auto done = WaitFor(**decode, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status.code(), absl::StatusCode::kInvalidArgument) << done[0].status;
+  EXPECT_NE(done[0].status.message().find("past the prefill worker's pool"), std::string::npos) << done[0].status;
+  (*decode)->Read((*prefill)->address(), (*prefill)->pool_key(), {{~size_t{0} - 8, 0, 16}});  // wraps
+  done = WaitFor(**decode, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status.code(), absl::StatusCode::kInvalidArgument) << done[0].status;
+  EXPECT_TRUE(std::all_of(to.begin(), to.end(), [](uint8_t b) { return b == 0; }));
 }
 
 TEST(KvTransfer, AGonePeerFailsTheReadInBoundedTime) {

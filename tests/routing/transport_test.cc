@@ -162,5 +162,21 @@ TEST(LocalTransport, WrongNumberOfSendCountsIsRejected) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 }
 
+// What the ucx and mpi transports check a peer's announced byte counts with before they size
+// the receive buffer: one count past the limit, or counts whose sum wraps 64 bits (a sum of 8
+// had sized the buffer for 2^64 - 8 announced bytes).
+TEST(AllToAllCounts, PastTheLimitOrWrappingIsDataLossNamingThePeer) {
+  EXPECT_TRUE(CheckIncomingCounts({0, 4096, kMaxAllToAllBytes / 2}, 0, "x").ok());
+  absl::Status s = CheckIncomingCounts({16, kMaxAllToAllBytes + 1, 0}, 0, "layer 3");
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("rank 1 announced"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("layer 3"), std::string::npos) << s;
+  s = CheckIncomingCounts({8, ~uint64_t{0} - 7}, 0, "x");  // sums to 0 in 64 bits
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  s = CheckIncomingCounts({kMaxAllToAllBytes / 2, kMaxAllToAllBytes / 2, kMaxAllToAllBytes / 2}, 1, "x");
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("rank 2 announced"), std::string::npos) << s;
+}
+
 }  // namespace
 }  // namespace daedalus
