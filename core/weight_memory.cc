@@ -36,7 +36,9 @@ int HugePagesTunable() {
   int value = 0;
   for (size_t at = 0; at <= all.size();) {
     const size_t end = std::min(all.find(':', at), all.size());
-    if (all.compare(at, key.size(), key) == 0) value = std::atoi(all.substr(at + key.size(), end - at).c_str());
+    if (all.compare(at, key.size(), key) == 0) {
+      value = std::atoi(all.substr(at + key.size(), end - at - key.size()).c_str());
+    }
     at = end + 1;
   }
   return value;
