@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -153,8 +154,25 @@ absl::Status ExpertExchange::ReadDispatch(int source, const uint8_t* at, size_t 
   return absl::OkStatus();
 }
 
+namespace {
+
+// Buffers of exchanges that failed, kept for the life of the process: a transport that gave up
+// on a collective (a deadline, an interrupt, a lost peer) may still have a request it could not
+// take back reading the send buffer or writing a receive (a rendezvous under way over ucx or
+// mpi), and the engine that owned them is rebuilt at the next formation. One set a failure.
+void KeepFromFailedExchange(std::shared_ptr<ExchangeBuffers> buffers) {
+  static std::mutex mu;
+  static auto* kept = new std::vector<std::shared_ptr<ExchangeBuffers>>();  // never destroyed
+  std::lock_guard<std::mutex> lock(mu);
+  kept->push_back(std::move(buffers));
+}
+
+}  // namespace
+
 absl::Status ExpertExchange::Send(std::vector<uint8_t>& recv, const std::string& what) {
-  return transport_.AllToAllV(buffers_->send.data(), buffers_->send_bytes, recv, buffers_->recv_bytes, what);
+  absl::Status s = transport_.AllToAllV(buffers_->send.data(), buffers_->send_bytes, recv, buffers_->recv_bytes, what);
+  if (!s.ok()) KeepFromFailedExchange(buffers_);
+  return s;
 }
 
 absl::Status ExpertExchange::Dispatch(const float* x, int64_t n_tokens, int64_t topk, const int32_t* expert_ids,

@@ -26,7 +26,9 @@ class Transport {
 
   // Sends send_bytes[r] bytes to rank r, taken back to back from `send` (rank 0's first).
   // On return `recv` holds what every rank sent to this one, back to back by source rank,
-  // and recv_bytes[r] how much came from rank r. Counts are exchanged inside.
+  // and recv_bytes[r] how much came from rank r. Counts are exchanged inside. After a failure
+  // the transport may still read `send` and write `recv` (a request it could not take back):
+  // the caller keeps both alive and unused.
   virtual absl::Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, std::vector<uint8_t>& recv,
                                  std::vector<size_t>& recv_bytes, const std::string& what) = 0;
   // Element-wise sum over ranks of a few integers, in place.

@@ -272,5 +272,52 @@ TEST(ExpertExchange, MalformedDispatchNamesItsSender) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
 }
 
+// A transport whose every AllToAllV fails, as a deadline or an interrupt ends one.
+class FailingTransport : public Transport {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 2; }
+  absl::Status AllToAllV(const void*, const std::vector<size_t>&, std::vector<uint8_t>&, std::vector<size_t>&,
+                         const std::string& what) override {
+    return absl::DeadlineExceededError(absl::StrCat("all-to-all (", what, ") timed out"));
+  }
+  absl::Status AllReduceSum(std::vector<int64_t>&, const std::string&) override { return absl::OkStatus(); }
+  absl::Status Barrier(const std::string&) override { return absl::OkStatus(); }
+};
+
+TEST(ExpertExchange, BuffersOfAFailedExchangeOutliveItsOwners) {
+  // The transport may still be reading the send buffer or writing a receive after it gave up: the
+  // buffers stay allocated after the exchange and the engine that owned them are gone.
+  auto placement = ComputePlacement(4, 2, 0, {});
+  ASSERT_TRUE(placement.ok());
+  FailingTransport transport;
+  auto buffers = std::make_shared<ExchangeBuffers>();
+  const std::weak_ptr<ExchangeBuffers> watch = buffers;
+  {
+    ExpertExchange exchange(transport, *placement, kHidden, 4, buffers);
+    std::vector<float> x(3 * kHidden, 1.0f);
+    const std::vector<int32_t> ids = {0, 3, 1, 2, 2, 3};
+    ReceivedRows rows;
+    const absl::Status s = exchange.Dispatch(x.data(), 3, 2, ids.data(), "layer 5", rows);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  }
+  buffers.reset();
+  EXPECT_FALSE(watch.expired());
+  // An exchange that did not fail frees its buffers with its owners.
+  auto fine = std::make_shared<ExchangeBuffers>();
+  const std::weak_ptr<ExchangeBuffers> watch_fine = fine;
+  {
+    auto transports = MakeLocalTransports(1);
+    const auto one = ComputePlacement(4, 1, 0, {});
+    ExpertExchange exchange(*transports[0], *one, kHidden, 4, fine);
+    std::vector<float> x(kHidden, 1.0f);
+    const std::vector<int32_t> ids = {0, 1};
+    ReceivedRows rows;
+    EXPECT_TRUE(exchange.Dispatch(x.data(), 1, 2, ids.data(), "layer 5", rows).ok());
+  }
+  fine.reset();
+  EXPECT_TRUE(watch_fine.expired());
+}
+
 }  // namespace
 }  // namespace daedalus
