@@ -64,10 +64,10 @@ struct ReceivedRows {
 size_t StreamedDispatchBytes();
 
 // An exchange's buffers, grown to the largest call and reused: at steady state no buffer is
-// allocated, zeroed or page-faulted. After an exchange fails they are never freed: its transport
-// may still be reading or writing them (dispatch.cc). The exchanges of a model's MoE layers share one set (their
+// allocated, zeroed or page-faulted. The exchanges of a model's MoE layers share one set (their
 // calls run one after another, each layer's Combine done before the next layer's Dispatch), so
-// the memory is one layer's, not one per layer. Dispatch and Combine receive into vectors of
+// the memory is one layer's, not one per layer. After an exchange fails they are never freed:
+// its transport may still be reading or writing them (dispatch.cc). Dispatch and Combine receive into vectors of
 // their own (a vector alternating between the two sizes would zero its grown part every call);
 // the send buffer's elements start uninitialised.
 struct ExchangeBuffers {

@@ -207,8 +207,7 @@ class MpiTransport final : public Transport {
 
   // AllToAllV, once every byte count has arrived: sizes the receive buffer, posts the receives.
   absl::Status PostPayloadReceives(Inflight& op) {
-    RETURN_IF_ERROR(CheckIncomingCounts(std::vector<uint64_t>(op.recv_counts.begin(), op.recv_counts.end()), rank_,
-                                        op.what));
+    RETURN_IF_ERROR(CheckIncomingCounts(op.recv_counts, rank_, op.what));
     op.recv_offsets.assign(world_, 0);
     size_t total = 0;
     for (int p = 0; p < world_; ++p) {

@@ -66,6 +66,9 @@ class NcclTransport final : public Transport {
     RETURN_IF_ERROR(Issue(ncclAllGather(d_mine, d_all, world_, ncclUint64, comm_, stream_), "AllToAllV", what));
     RETURN_IF_ERROR(Wait("AllToAllV", what, "byte counts from", AllPeers()));
     RETURN_IF_ERROR(CudaError(cudaMemcpy(all.data(), d_all, all.size() * 8, cudaMemcpyDeviceToHost), "counts"));
+    std::vector<uint64_t> incoming(world_);
+    for (int p = 0; p < world_; ++p) incoming[p] = all[p * world_ + rank_];
+    RETURN_IF_ERROR(CheckIncomingCounts(incoming, rank_, what));
     std::vector<size_t> send_offsets(world_, 0), recv_offsets(world_, 0);
     size_t send_total = 0, recv_total = 0;
     recv_bytes.assign(world_, 0);
@@ -73,7 +76,7 @@ class NcclTransport final : public Transport {
     for (int p = 0; p < world_; ++p) {
       send_offsets[p] = send_total;
       send_total += send_bytes[p];
-      recv_bytes[p] = all[p * world_ + rank_];
+      recv_bytes[p] = incoming[p];
       recv_offsets[p] = recv_total;
       recv_total += recv_bytes[p];
       if (p != rank_ && (send_bytes[p] > 0 || recv_bytes[p] > 0)) peers.insert(p);
