@@ -62,24 +62,22 @@ absl::Status Cluster::Attach(const std::string& role, int rank, int64_t generati
                              Clock::time_point now) {
   ClusterState* group = Group(role);
   if (group == nullptr) return absl::InvalidArgumentError(absl::StrCat("no ", role, " workers in this cluster"));
-  std::lock_guard<std::mutex> lock(hand_off_mu_);
-  absl::Status s = group->Attach(rank, generation, std::move(link), now);
-  PumpLocked();
+  absl::Status s;
+  WithHandOffs([&] { s = group->Attach(rank, generation, std::move(link), now); });
   return s;
 }
 
 void Cluster::Lose(const std::string& role, int rank, int64_t generation, const std::string& why) {
-  std::lock_guard<std::mutex> lock(hand_off_mu_);
-  if (ClusterState* group = Group(role)) group->Lose(rank, generation, why);
-  PumpLocked();
+  WithHandOffs([&] {
+    if (ClusterState* group = Group(role)) group->Lose(rank, generation, why);
+  });
 }
 
 void Cluster::OnEvents(const std::string& role, int rank, int64_t generation, const v1::StepEvents& events,
                        Clock::time_point now) {
-  // A sequence the prefill group hands off here is in the decode group before Cancel can look.
-  std::lock_guard<std::mutex> lock(hand_off_mu_);
-  if (ClusterState* group = Group(role)) group->OnEvents(rank, generation, events, now);
-  PumpLocked();
+  WithHandOffs([&] {
+    if (ClusterState* group = Group(role)) group->OnEvents(rank, generation, events, now);
+  });
 }
 
 void Cluster::OnHeartbeat(const std::string& role, int rank, int64_t generation, const v1::Heartbeat& heartbeat,
@@ -89,16 +87,16 @@ void Cluster::OnHeartbeat(const std::string& role, int rank, int64_t generation,
 
 void Cluster::OnPeersLost(const std::string& role, int rank, int64_t generation, const v1::PeersLost& lost,
                           Clock::time_point now) {
-  std::lock_guard<std::mutex> lock(hand_off_mu_);
-  if (ClusterState* group = Group(role)) group->OnPeersLost(rank, generation, lost, now);
-  PumpLocked();
+  WithHandOffs([&] {
+    if (ClusterState* group = Group(role)) group->OnPeersLost(rank, generation, lost, now);
+  });
 }
 
 void Cluster::CheckDeadlines(Clock::time_point now) {
-  std::lock_guard<std::mutex> lock(hand_off_mu_);
-  group_->CheckDeadlines(now);
-  if (decode_) decode_->CheckDeadlines(now);
-  PumpLocked();
+  WithHandOffs([&] {
+    group_->CheckDeadlines(now);
+    if (decode_) decode_->CheckDeadlines(now);
+  });
 }
 
 absl::StatusOr<std::shared_ptr<RequestChannel>> Cluster::Submit(const v1::GenerateRequest& request,
@@ -113,13 +111,10 @@ absl::StatusOr<std::shared_ptr<RequestChannel>> Cluster::Submit(const v1::Genera
 }
 
 void Cluster::Cancel(uint64_t sequence, const std::string& reason) {
-  {
-    // Not while a hand-off is between the groups, where neither would find it.
-    std::lock_guard<std::mutex> lock(hand_off_mu_);
+  WithHandOffs([&] {  // not while a hand-off is between the groups, where neither would find it
     group_->Cancel(sequence, reason);  // wherever it is now; the other group does not know it
     if (decode_) decode_->Cancel(sequence, reason);
-  }
-  Pump();
+  });
 }
 
 void Cluster::ShutdownWorkers(const std::string& reason) {
@@ -161,12 +156,9 @@ v1::ClusterStatusResponse Cluster::Status(Clock::time_point now) const {
   return out;
 }
 
-void Cluster::Pump() {
+void Cluster::WithHandOffs(const std::function<void()>& change) {
   std::lock_guard<std::mutex> lock(hand_off_mu_);
-  PumpLocked();
-}
-
-void Cluster::PumpLocked() {
+  change();
   if (!decode_) return;
   for (auto& h : group_->TakeHandOffs()) decode_->Accept(std::move(h), Clock::now());
   for (uint64_t sequence : decode_->TakeReleased()) group_->Release(sequence);

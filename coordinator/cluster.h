@@ -12,11 +12,12 @@
 // stream throughout.
 //
 // The groups are never locked together: what one group hands to the other waits in an outbox
-// that every call drains once it has left the group (Pump). Workers name their group by the
-// role in their registration and Hello; ranks and generations number each group on its own.
+// that every call drains once it has left the group (WithHandOffs). Workers name their group by
+// the role in their registration and Hello; ranks and generations number each group on its own.
 // Thread-safe.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -64,16 +65,15 @@ class Cluster {
   Cluster() = default;
   // The group of workers registered with `role`; null when this cluster has none.
   ClusterState* Group(const std::string& role) const;
-  // Moves what each group handed the other: ready sequences to the decode group, and releases
-  // of their pages back to the prefill group. PumpLocked: with hand_off_mu_ held.
-  void Pump();
-  void PumpLocked();
+  // Runs `change` on the groups under hand_off_mu_, then moves what each group handed the other:
+  // ready sequences to the decode group, and releases of their pages back to the prefill group.
+  void WithHandOffs(const std::function<void()>& change);
 
   // mixed: group_ alone; disaggregated: group_ is the prefill group.
   std::unique_ptr<ClusterState> group_, decode_;
   Metrics* metrics_ = nullptr;
-  // Held from a group's events (which may hand a sequence off) until the hand-off is moved
-  // (Pump), and while Cancel looks for a sequence, so that a sequence is always in one group
+  // Held from a group's events (which may hand a sequence off) until the hand-off is moved, and
+  // while Cancel looks for a sequence (WithHandOffs), so that a sequence is always in one group
   // when it is looked for. Taken before a group's lock.
   std::mutex hand_off_mu_;
 };

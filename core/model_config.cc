@@ -133,9 +133,13 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j, const std::stri
 absl::Status ModelConfig::Validate(const std::string& src) const {
   // Every size positive and at most 2^24 (V3's largest, vocab_size, is 129,280; heads at most
   // 2^16), so that every product of them the loader takes fits in 64 bits.
+  constexpr int64_t kMost = int64_t{1} << 24;
+  auto at_most = [&](const char* field, int64_t v) {
+    return v <= kMost ? absl::OkStatus()
+                      : FieldError(src, field, absl::StrCat("is ", v, ", larger than any model (at most ", kMost, ")"));
+  };
   auto positive = [&](const char* field, int64_t v) {
-    constexpr int64_t kMost = int64_t{1} << 24;
-    if (v > kMost) return FieldError(src, field, absl::StrCat("is ", v, ", larger than any model (at most ", kMost, ")"));
+    RETURN_IF_ERROR(at_most(field, v));
     return v > 0 ? absl::OkStatus() : FieldError(src, field, absl::StrCat("must be positive, found ", v));
   };
   RETURN_IF_ERROR(positive("vocab_size", vocab_size));
@@ -148,7 +152,7 @@ absl::Status ModelConfig::Validate(const std::string& src) const {
                                  {"moe_intermediate_size", moe_intermediate_size},
                                  {"n_routed_experts", n_routed_experts}, {"n_shared_experts", n_shared_experts},
                                  {"max_position_embeddings", max_position_embeddings}}) {
-    if (v > (int64_t{1} << 24)) return FieldError(src, field, absl::StrCat("is ", v, ", larger than any model"));
+    RETURN_IF_ERROR(at_most(field, v));
   }
   RETURN_IF_ERROR(positive("kv_lora_rank", kv_lora_rank));
   RETURN_IF_ERROR(positive("qk_nope_head_dim", qk_nope_head_dim));

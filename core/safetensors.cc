@@ -68,15 +68,13 @@ absl::StatusOr<std::map<std::string, TensorInfo>> ParseSafetensors(const uint8_t
     return Corrupt(path, absl::StrCat("header length ", header_len, " exceeds the file (", size,
                                       " bytes) or the 100 MB limit"));
   }
-  // A name given twice in the header's object (the parser would keep the last one silently).
+  // A name given twice in the header's object (the parser would keep the last one silently):
+  // its keys are the keys at depth 1.
   std::string twice;
-  std::vector<std::set<std::string>> keys;  // per open object
+  std::set<std::string> names;
   const nlohmann::json::parser_callback_t names_once = [&](int depth, nlohmann::json::parse_event_t event,
                                                            nlohmann::json& parsed) {
-    using Event = nlohmann::json::parse_event_t;
-    if (event == Event::object_start) keys.emplace_back();
-    if (event == Event::object_end && !keys.empty()) keys.pop_back();
-    if (event == Event::key && depth == 1 && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 && !names.insert(parsed.get<std::string>()).second &&
         twice.empty()) {
       twice = parsed.get<std::string>();
     }

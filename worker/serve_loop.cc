@@ -81,6 +81,13 @@ class Heartbeats {
   std::thread thread_;
 };
 
+// Whether all `world` ranks hold `value`, from the all-reduced count of ranks holding one, the
+// values' sum and the sum of their squares: only `world` equal values give all three (with
+// three ranks, 1, 2 and 3 sum as three 2s).
+bool EveryRankHolds(int64_t value, int64_t count, int64_t sum, int64_t sum_sq, int64_t world) {
+  return count == world && sum == world * value && sum_sq == world * value * value;
+}
+
 }  // namespace
 
 absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, ControlStream& control,
@@ -254,13 +261,11 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
   };
   auto ready = [&] { return update && preparing == update->version() && prepared; };
   // Switches to the pending placement at this step boundary when every rank holds the same one
-  // (`ranks_with` of them, versions summing to `version_sum` and their squares to `version_sq`:
-  // both are those of `world` equal versions only then; with three ranks, versions 1, 2 and 3
-  // sum as three 2s) and has read its experts (`ranks_ready`).
+  // (`ranks_with` of them, versions summing to `version_sum`, their squares to `version_sq`) and
+  // has read its experts (`ranks_ready`).
   auto maybe_apply = [&](int64_t ranks_with, int64_t version_sum, int64_t version_sq, int64_t ranks_ready,
                          int world) -> absl::Status {
-    const int64_t v = update ? update->version() : 0;
-    if (!update || ranks_with != world || version_sum != world * v || version_sq != world * v * v ||
+    if (!update || !EveryRankHolds(update->version(), ranks_with, version_sum, version_sq, world) ||
         ranks_ready != world) {
       return absl::OkStatus();
     }
@@ -311,10 +316,9 @@ absl::StatusOr<ServeEnd> ServeLoop(Engine& engine, Transport* transport, Control
         end = agree[1] > 0 ? ServeEnd::kShutdown : ServeEnd::kReregister;
         break;
       }
-      // Every rank holds the same join (the generations' sum and sum of squares are those of
-      // world_size equal ones only then): switch to the grown world before another step.
-      const int64_t world = transport->world_size(), g = joining ? reform->generation() : 0;
-      if (joining && agree[6] == world && agree[7] == world * g && agree[8] == world * g * g) {
+      // Every rank holds the same join: switch to the grown world before another step.
+      const int64_t world = transport->world_size();
+      if (joining && EveryRankHolds(reform->generation(), agree[6], agree[7], agree[8], world)) {
         if (absl::Status s = apply_reform(); !s.ok()) {
           why = s;
           break;

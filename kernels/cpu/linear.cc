@@ -498,7 +498,7 @@ void LinearBatch(const LinearProblem* problems, int64_t n) {
     const LinearProblem& p = problems[i];
     if (p.m == 0 || p.w.rows == 0) continue;
     if (p.w.cols == 0) {  // an empty sum
-      for (int64_t i = 0; i < p.m; ++i) std::fill_n(p.y_row(i), p.w.rows, 0.0f);
+      for (int64_t row = 0; row < p.m; ++row) std::fill_n(p.y_row(row), p.w.rows, 0.0f);
       continue;
     }
     if (p.w.dtype == DType::kF32) {
