@@ -63,14 +63,19 @@ Parsed ParseSafetensors(const fs::path& path) {
   return p;
 }
 
-// Writes a safetensors file from a (possibly inconsistent) header and a data section.
-void WriteSafetensors(const fs::path& path, const json& header, const std::string& data) {
-  std::string text = header.dump();
+// Writes a safetensors file from a header's text (any text: JSON can't hold a key twice) and a
+// data section.
+void WriteSafetensorsText(const fs::path& path, std::string text, const std::string& data) {
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');
   uint64_t len = text.size();
   std::string bytes(8, '\0');
   std::memcpy(bytes.data(), &len, 8);
   WriteBytes(path, bytes + text + data);
+}
+
+// Writes a safetensors file from a (possibly inconsistent) header and a data section.
+void WriteSafetensors(const fs::path& path, const json& header, const std::string& data) {
+  WriteSafetensorsText(path, header.dump(), data);
 }
 
 // Rewrites `path` tensor by tensor through SafetensorsWriter. `edit` sees every tensor and adds
@@ -610,11 +615,7 @@ TEST_F(BadCheckpointTest, TensorNamedTwiceOrOverlappingAnother) {
   std::string text = p.header.dump();
   text.pop_back();
   text += ", \"model.norm.weight\": " + p.header["model.norm.weight"].dump() + "}";
-  while ((8 + text.size()) % 8 != 0) text.push_back(' ');
-  std::string bytes(8, '\0');
-  const uint64_t len = text.size();
-  std::memcpy(bytes.data(), &len, 8);
-  WriteBytes(file, bytes + text + p.data);
+  WriteSafetensorsText(file, text, p.data);
   EXPECT_TRUE(FailsWith(dir.string(), {file.string(), "model.norm.weight", "twice"}));
 }
 
