@@ -2,6 +2,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -20,6 +21,15 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// A published pool key: the pool's base address and length, then UCX's packed remote key.
+// False when it is too short to hold all three.
+bool PoolSpan(const std::string& key, uint64_t& base, uint64_t& length) {
+  if (key.size() <= 2 * sizeof(uint64_t)) return false;
+  std::memcpy(&base, key.data(), sizeof base);
+  std::memcpy(&length, key.data() + sizeof(uint64_t), sizeof length);
+  return true;
+}
+
 class UcxKvTransfer final : public KvTransfer {
  public:
   UcxKvTransfer(uint8_t* pool, size_t bytes, std::chrono::milliseconds timeout)
@@ -37,7 +47,7 @@ class UcxKvTransfer final : public KvTransfer {
     ucp_ep_h endpoint = nullptr;
     ucp_rkey_h rkey = nullptr;
     std::string key;  // as published: base address, length, then the packed key
-    uint64_t base = 0, length = 0;
+    uint64_t base = 0;
     bool failed = false;
     ucs_status_t why = UCS_OK;
   };
@@ -57,8 +67,13 @@ class UcxKvTransfer final : public KvTransfer {
   void Sleep();
   void Wake();  // from Read and the destructor
   void Post(Transfer& t);
-  // Closes the peer's endpoint (its reads end, cancelled) and forgets it.
-  void Drop(const std::string& address);
+  // Closes the peer's endpoint (its reads end, cancelled) and forgets it. A peer taken for
+  // alive is flushed first, for at most a second: its connection's setup and its reads finish
+  // before the close. UCX 1.13 aborts a process whose connection setup is cut short by the
+  // other side's close (the responder's pending reply trips an assertion when purged, removed
+  // in UCX 1.14), so a decode worker that closes early would take its prefill worker down.
+  enum class Close { kFlushFirst, kForce };
+  void Drop(const std::string& address, Close how);
   Peer* Connect(const std::string& address, const std::string& key, absl::Status& error);
   static void OnRead(void* request, ucs_status_t status, void* transfer);  // a posted read's end
   static void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
@@ -121,7 +136,7 @@ UcxKvTransfer::~UcxKvTransfer() {
   Wake();
   if (thread_.joinable()) thread_.join();
   if (wake_fd_ >= 0) close(wake_fd_);
-  while (!peers_.empty()) Drop(peers_.begin()->first);
+  while (!peers_.empty()) Drop(peers_.begin()->first, Close::kFlushFirst);
   if (memory_ != nullptr) ucp_mem_unmap(context_, memory_);
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
@@ -151,15 +166,15 @@ std::vector<KvTransfer::Done> UcxKvTransfer::Poll() {
 UcxKvTransfer::Peer* UcxKvTransfer::Connect(const std::string& address, const std::string& key, absl::Status& error) {
   auto it = peers_.find(address);
   if (it != peers_.end() && it->second->key == key) return it->second.get();
-  if (it != peers_.end()) Drop(address);  // the same process with a new pool
-  if (address.empty() || key.size() <= 2 * sizeof(uint64_t)) {
-    error = absl::InvalidArgumentError("the prefill worker published no KV transfer address or pool key");
+  if (it != peers_.end()) Drop(address, Close::kFlushFirst);  // the same process with a new pool
+  if (address.empty()) {
+    error = absl::InvalidArgumentError("the prefill worker published no KV transfer address");
     return nullptr;
   }
   auto peer = std::make_unique<Peer>();
   peer->key = key;
-  std::memcpy(&peer->base, key.data(), sizeof peer->base);
-  std::memcpy(&peer->length, key.data() + sizeof(uint64_t), sizeof peer->length);
+  uint64_t length = 0;  // checked by Post
+  PoolSpan(key, peer->base, length);
   ucp_ep_params_t ep{};
   // Peer-failure mode: a prefill worker that dies mid-transfer fails its reads instead of
   // leaving them hanging (UCX then picks transports that can detect it).
@@ -176,7 +191,7 @@ UcxKvTransfer::Peer* UcxKvTransfer::Connect(const std::string& address, const st
   if (ucs_status_t s = ucp_ep_rkey_unpack(peer->endpoint, packed, &peer->rkey); s != UCS_OK) {
     error = absl::InvalidArgumentError(absl::StrCat("the prefill worker's pool key: ", ucs_status_string(s)));
     peers_[address] = std::move(peer);
-    Drop(address);
+    Drop(address, Close::kFlushFirst);
     return nullptr;
   }
   Peer* out = peer.get();
@@ -184,10 +199,19 @@ UcxKvTransfer::Peer* UcxKvTransfer::Connect(const std::string& address, const st
   return out;
 }
 
-void UcxKvTransfer::Drop(const std::string& address) {
+void UcxKvTransfer::Drop(const std::string& address, Close how) {
   auto it = peers_.find(address);
   if (it == peers_.end()) return;
   Peer& peer = *it->second;
+  if (how == Close::kFlushFirst && !peer.failed && peer.endpoint != nullptr) {
+    ucp_request_param_t p{};
+    void* flush = ucp_ep_flush_nbx(peer.endpoint, &p);
+    if (UCS_PTR_IS_PTR(flush)) {
+      const auto until = Clock::now() + std::min<Clock::duration>(timeout_, std::chrono::seconds(1));
+      while (ucp_request_check_status(flush) == UCS_INPROGRESS && Clock::now() < until) ucp_worker_progress(worker_);
+      ucp_request_free(flush);  // if still under way, UCX frees it when the close ends it
+    }
+  }
   if (peer.rkey != nullptr) ucp_rkey_destroy(peer.rkey);
   if (peer.endpoint != nullptr) {
     ucp_request_param_t p{};
@@ -213,10 +237,11 @@ void UcxKvTransfer::OnRead(void* request, ucs_status_t status, void* transfer) {
 
 void UcxKvTransfer::Post(Transfer& t) {
   t.posted = true;
-  absl::Status error;
-  Peer* peer = Connect(t.peer, t.key, error);
-  if (peer == nullptr) {
-    t.status = error;
+  // Every range is checked before an endpoint exists: a transfer refused here connects to no
+  // one, so it leaves no connection half set up (see Drop).
+  uint64_t peer_base = 0, peer_length = 0;
+  if (!PoolSpan(t.key, peer_base, peer_length)) {
+    t.status = absl::InvalidArgumentError("the prefill worker published no KV pool key");
     return;
   }
   for (const Range& r : t.ranges) {
@@ -225,12 +250,20 @@ void UcxKvTransfer::Post(Transfer& t) {
       return;
     }
     // The peer's page ids came over the wire: UCX does not hold a read to the registered region.
-    if (r.from + r.bytes > peer->length || r.from + r.bytes < r.from) {
+    if (r.from + r.bytes > peer_length || r.from + r.bytes < r.from) {
       t.status = absl::InvalidArgumentError(absl::StrCat("a KV transfer range [", r.from, ", +", r.bytes,
-                                                         ") runs past the prefill worker's pool of ", peer->length,
+                                                         ") runs past the prefill worker's pool of ", peer_length,
                                                          " bytes"));
       return;
     }
+  }
+  absl::Status error;
+  Peer* peer = Connect(t.peer, t.key, error);
+  if (peer == nullptr) {
+    t.status = error;
+    return;
+  }
+  for (const Range& r : t.ranges) {
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = OnRead;
@@ -277,7 +310,7 @@ void UcxKvTransfer::Run() {
         dead.push_back(t->peer);
       }
     }
-    for (const std::string& address : dead) Drop(address);
+    for (const std::string& address : dead) Drop(address, Close::kForce);
     std::vector<Done> finished;
     for (auto it = active_.begin(); it != active_.end();) {
       Transfer& t = *it->second;
