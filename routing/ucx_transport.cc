@@ -297,8 +297,10 @@ absl::Status Ucx::Wait(std::vector<Pending>& pending, const char* kind, const st
 
 absl::Status Ucx::Exchange(const char* kind, const void* send, const std::vector<size_t>& send_bytes,
                            std::vector<uint8_t>& recv, std::vector<size_t>& recv_bytes, const std::string& what) {
-  if (!broken_.ok()) return broken_;
+  // Interrupted first: the interrupted collective broke the transport too, and every later one
+  // reports the interrupt (Aborted) until the Reform, as Transport::Interrupt says.
   if (interrupt_below_.load() > epoch_) return Interrupted(kind, what);
+  if (!broken_.ok()) return broken_;
   if (static_cast<int>(send_bytes.size()) != world_) return absl::InvalidArgumentError("AllToAllV: one byte count per rank");
   const auto expiry = Clock::now() + deadline();
   ++sequence_;
@@ -349,6 +351,7 @@ absl::Status Ucx::Exchange(const char* kind, const void* send, const std::vector
 }
 
 absl::Status Ucx::AllReduceSum(std::vector<int64_t>& values, const std::string& what) {
+  if (interrupt_below_.load() > epoch_) return Interrupted("all-reduce", what);  // before broken_: the contract
   if (!broken_.ok()) return broken_;
   const size_t n = values.size() * sizeof(int64_t);
   std::string send;
