@@ -287,10 +287,8 @@ void Admission::ExpireQueue(Clock::time_point now) {
 }
 
 int64_t Admission::Reservation(const v1::GenerateRequest& request) const {
-  // Every worker of a launch has the same page size; a sequence reserves whole pages.
-  int64_t page = 1;
-  for (const auto& w : workers_)
-    if (w) page = std::max<int64_t>(page, w->info.kv_page_size());
+  // A sequence reserves whole pages.
+  const int64_t page = PageSize();
   // A prefill worker holds the prompt's pages (and computes one token past it).
   const int64_t length = request.prompt_ids_size() + (options_.role == "prefill" ? 1 : request.max_new_tokens());
   return (length + page - 1) / page * page;
@@ -313,6 +311,19 @@ absl::Status Admission::Fits(const v1::GenerateRequest& request) const {
 
 bool Admission::NeverFits(const absl::Status& status) {
   return absl::IsResourceExhausted(status) && status.GetPayload(kNeverFits).has_value();
+}
+
+int64_t Admission::LongestSequence() const {
+  const int64_t page = PageSize();
+  return LargestCache(-1) / page * page;
+}
+
+int64_t Admission::PageSize() const {
+  // Every worker of a launch has the same page size.
+  int64_t page = 1;
+  for (const auto& w : workers_)
+    if (w) page = std::max<int64_t>(page, w->info.kv_page_size());
+  return page;
 }
 
 int64_t Admission::LargestCache(int except) const {

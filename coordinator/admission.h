@@ -96,6 +96,9 @@ class Admission {
   // Whether `status` is Fits' refusal: RESOURCE_EXHAUSTED that waiting cannot cure (no worker's
   // cache could ever hold the request), which an HTTP client must not retry as a rate limit.
   static bool NeverFits(const absl::Status& status);
+  // The most KV tokens (prompt and generated) one sequence may reserve here: the largest
+  // worker cache, in whole pages (0 before any worker has registered).
+  int64_t LongestSequence() const;
 
   int64_t queued() const { return static_cast<int64_t>(queue_.size()); }
   int64_t held() const { return static_cast<int64_t>(sequences_.size()); }
@@ -123,6 +126,7 @@ class Admission {
 
   int64_t Reservation(const v1::GenerateRequest& request) const;  // KV tokens, page-rounded
   int64_t LargestCache(int except) const;                          // of the workers but `except`
+  int64_t PageSize() const;                                        // KV tokens a page holds
   // The worker for a sequence needing `need` KV tokens (-1: none has room).
   int Choose(const Sequence& s, int64_t need);
   // Leading pages of the prompt that worker `w` holds or is computing.

@@ -129,6 +129,8 @@ bool Cluster::Rebalance() {
 
 bool Cluster::serving() const { return group_->serving() && (!decode_ || decode_->serving()); }
 
+int64_t Cluster::LongestSequence() const { return (decode_ ? decode_ : group_)->LongestSequence(); }
+
 std::string Cluster::state() const {
   const std::string a = group_->state();
   if (!decode_) return a;

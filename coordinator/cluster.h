@@ -57,6 +57,9 @@ class Cluster {
   bool Rebalance();
   bool serving() const;
   std::string state() const;  // the worse of the groups': "degraded", then "forming", then "serving"
+  // The most KV tokens one sequence may take, prompt and generated: in the group that holds it
+  // to its end (the decode group, when disaggregated).
+  int64_t LongestSequence() const;
   // The workers of both groups (each with its role), the queue of both, and the expert
   // placement of the decode group (where steady-state load runs).
   v1::ClusterStatusResponse Status(Clock::time_point now) const;

@@ -339,6 +339,11 @@ int64_t ClusterState::generation() const {
   return registry_.generation();
 }
 
+int64_t ClusterState::LongestSequence() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return admission_.LongestSequence();
+}
+
 std::string ClusterState::state() const {
   std::lock_guard<std::mutex> lock(mu_);
   return !degraded_.empty() ? "degraded" : serving_locked() ? "serving" : "forming";

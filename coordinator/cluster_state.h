@@ -142,6 +142,7 @@ class ClusterState {
   // RESOURCE_EXHAUSTED (counted in the metrics) when no worker's cache here could hold the
   // request: the decode group's check, made before the prefill group takes it.
   absl::Status CheckFits(const v1::GenerateRequest& request);
+  int64_t LongestSequence() const;  // Admission::LongestSequence
   std::vector<uint64_t> TakeReleased();
 
   bool serving() const;

@@ -109,6 +109,7 @@ class Api {
       if (problem->http == 400) metrics_.CountRequest("invalid_argument");
       return SendError(res, *problem);
     }
+    FitDefaultMaxTokens(p, state_.LongestSequence());
     const Clock::time_point start = Clock::now(), admit_by = start + options_.queue_timeout;
     auto started = Generation::Start(state_, metrics_, config_, tokenizer_, p.request, admit_by, start);
     if (!started.ok()) return SendError(res, FromStatus(started.status()));

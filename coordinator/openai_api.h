@@ -22,7 +22,8 @@ struct OpenAiApiOptions {
   std::string model_name;    // what /v1/models lists; "daedalus" is accepted as well
   std::string bearer_token;  // empty: none
   std::chrono::milliseconds queue_timeout{30000};
-  int64_t default_chat_max_tokens = 1024;  // when a chat request names no max_tokens
+  // When a chat request names no max_tokens (less where the KV cache holds less beside the prompt).
+  int64_t default_chat_max_tokens = 1024;
 };
 
 // Adds the /v1 routes. Everything passed must outlive the server.

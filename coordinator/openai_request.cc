@@ -199,6 +199,7 @@ class Parser {
     if (!f.Bool("logprobs", p.logprobs) || !f.Integer("top_logprobs", 0, 20, top)) return false;
     if (top > 0 && !p.logprobs) return f.Fail("top_logprobs", "needs \"logprobs\": true");
     p.request.set_max_new_tokens(max_tokens);
+    p.max_tokens_defaulted = !f.Has("max_tokens") && !f.Has("max_completion_tokens");
     if (p.logprobs) {
       p.top_logprobs = static_cast<int>(top);
       p.request.set_logprobs(std::max<int>(1, p.top_logprobs));
@@ -213,6 +214,11 @@ class Parser {
 };
 
 }  // namespace
+
+void FitDefaultMaxTokens(OpenAiRequest& r, int64_t longest_sequence) {
+  const int64_t room = longest_sequence - r.request.prompt_ids_size();
+  if (r.max_tokens_defaulted && room > 0 && room < r.request.max_new_tokens()) r.request.set_max_new_tokens(room);
+}
 
 std::optional<Problem> ParseOpenAiRequest(std::string_view body, bool chat, const ModelConfig& config,
                                           const Tokenizer* tokenizer, const OpenAiParseOptions& options,

@@ -30,7 +30,15 @@ struct OpenAiRequest {
   bool stream = false, include_usage = false;
   bool logprobs = false;  // report logprobs (completions: when "logprobs" is given)
   int top_logprobs = 0;
+  // A chat request that named no max_tokens: request.max_new_tokens is the default, which the
+  // API lowers to what the KV cache can hold beside the prompt (FitDefaultMaxTokens).
+  bool max_tokens_defaulted = false;
 };
+
+// When `r`'s max_tokens is the default, lowers it so that the prompt and the answer fit in
+// `longest_sequence` KV tokens (Cluster::LongestSequence), as they do in the context window; a
+// prompt that leaves no room keeps the default, and admission names the shortfall.
+void FitDefaultMaxTokens(OpenAiRequest& r, int64_t longest_sequence);
 
 struct OpenAiParseOptions {
   std::string model_name;                  // accepted in "model", beside "daedalus"

@@ -133,6 +133,17 @@ TEST_F(AdmissionTest, RefusesWhatCannotBeQueued) {
   EXPECT_FALSE(Admission::NeverFits(over.status())) << "a full queue is a rate limit: retry later";
 }
 
+TEST_F(AdmissionTest, TheLongestSequenceIsTheLargestCacheInWholePages) {
+  Workers({1000, 512});
+  EXPECT_EQ(admission_->LongestSequence(), 960);  // 15 pages of 64
+  v1::GenerateRequest g;
+  for (int i = 0; i < 900; ++i) g.add_prompt_ids(7);
+  g.set_max_new_tokens(60);
+  EXPECT_TRUE(admission_->Fits(g).ok()) << "a sequence of LongestSequence() tokens fits";
+  g.set_max_new_tokens(61);
+  EXPECT_TRUE(Admission::NeverFits(admission_->Fits(g))) << "one more does not";
+}
+
 TEST_F(AdmissionTest, TokensAndEndsReachTheirChannelAndFreeTheReservation) {
   Workers({256});
   auto first = Submit({100, 28}), second = Submit({150, 50});  // 128 + 256 > 256: the second waits

@@ -30,18 +30,18 @@ class DisaggregatedClusterTest : public ::testing::Test {
     auto made = Cluster::Create(config_, "tiny", options, &metrics_);
     ASSERT_TRUE(made.ok()) << made.status();
     cluster_ = std::move(*made);
-    Add("prefill", 0, 1);
+    Add("prefill", 0, 1, 4096);
     Add("decode", 0, 2);
     Add("decode", 1, 2);
     ASSERT_EQ(cluster_->state(), "serving");
   }
-  void Add(const std::string& role, int rank, int world) {
+  void Add(const std::string& role, int rank, int world, int64_t kv_tokens = 1024) {
     v1::RegisterRequest r;
     r.set_rank(rank);
     r.set_world_size(world);
     r.set_host("test");
     r.set_launch_id(role);
-    r.set_kv_capacity_tokens(1024);
+    r.set_kv_capacity_tokens(kv_tokens);
     r.set_kv_page_size(64);
     r.set_transport("ucx");
     r.set_role(role);
@@ -189,6 +189,12 @@ TEST_F(DisaggregatedClusterTest, ARequestNoDecodeWorkerCouldHoldIsRefusedBeforeI
       << refused.status();
   EXPECT_EQ(prefill_[0]->Count(v1::CoordinatorMessage::kAdmit), 0);
   EXPECT_EQ(metrics_.requests_by_outcome()["resource_exhausted"], 1);
+}
+
+TEST_F(DisaggregatedClusterTest, TheLongestSequenceIsTheDecodeGroups) {
+  // The prefill group reserves a prompt's pages only: a sequence's length is bounded by where
+  // it is decoded, not by the prefill worker's larger cache.
+  EXPECT_EQ(cluster_->LongestSequence(), 1024);
 }
 
 TEST_F(DisaggregatedClusterTest, RefusesWorkersOfAnotherRole) {
