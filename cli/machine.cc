@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/host_memory.h"
 
 namespace daedalus {
 
@@ -70,12 +71,7 @@ void SetThreads(int threads) {
   if (cpus.empty() || omp_get_max_threads() > static_cast<int>(cpus.size())) return;
   // Several ranks on this node that the launcher did not bind: each would pin its threads to
   // the same first CPUs. Leave them to the scheduler.
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  if (local == nullptr) local = std::getenv("SLURM_NTASKS_PER_NODE");
-  if (local != nullptr && std::atoi(local) > 1 &&
-      static_cast<long>(cpus.size()) >= sysconf(_SC_NPROCESSORS_ONLN)) {
-    return;
-  }
+  if (LocalProcessCount() > 1 && static_cast<long>(cpus.size()) >= sysconf(_SC_NPROCESSORS_ONLN)) return;
 #pragma omp parallel
   {
     cpu_set_t one;
