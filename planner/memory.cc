@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/kv_row.h"
 #include "planner/communication.h"
 
 namespace daedalus {
@@ -26,11 +27,13 @@ absl::StatusOr<MemoryBreakdown> PlanMemory(const ModelConfig& config, const Hard
   MemoryBreakdown m;
   m.total = hw.memory_bytes;
   m.reserved = efficiency.reserved_memory_fraction * hw.memory_bytes;
-  m.attention_and_dense = static_cast<double>(shape.layers) * shape.attention_params * wb +
+  const double mtp = static_cast<double>(r.mtp_layers);
+  m.attention_and_dense = (static_cast<double>(shape.layers) + mtp) * shape.attention_params * wb +
                           static_cast<double>(shape.dense_layers) * shape.dense_mlp_params * wb +
                           2.0 * shape.embedding_params * bf16 +
-                          static_cast<double>(shape.moe_layers) * shape.gate_params * bf16 + shape.norm_params * bf16;
-  const double expert_bytes = static_cast<double>(shape.moe_layers) * shape.expert_params * wb;
+                          (static_cast<double>(shape.moe_layers) + mtp) * shape.gate_params * bf16 +
+                          shape.norm_params * bf16 + mtp * (shape.mtp_proj_params * wb + shape.mtp_norm_params * bf16);
+  const double expert_bytes = (static_cast<double>(shape.moe_layers) + mtp) * shape.expert_params * wb;
   m.shared_experts = expert_bytes * config.n_shared_experts;
   const double own_share = static_cast<double>(config.n_routed_experts) / r.ep;
   m.routed_experts_own = expert_bytes * std::min(own_share, static_cast<double>(r.expert_slots));
@@ -65,7 +68,7 @@ absl::StatusOr<MemoryBreakdown> PlanMemory(const ModelConfig& config, const Hard
   }
 
   const double fixed = m.reserved + m.weights() + m.activations + m.communication_buffers;
-  const int64_t kv_per_token = KvBytesPerToken(config, r.kv_dtype);
+  const int64_t kv_per_token = KvBytesPerToken(config, r.kv_dtype) + r.mtp_layers * KvRowBytes(config, r.kv_dtype);
   if (fixed >= m.total) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "does not fit: weights ", GiB(m.weights()), " (", r.expert_slots, " routed experts per layer per device at EP ",

@@ -48,6 +48,9 @@ struct MemoryRequest {
   double logits_rows_per_micro_batch = 0;
   int64_t sequences = 0;                 // held in the cache
   int64_t tokens_per_sequence = 0;
+  // MTP modules run beside the model (decode with MTP): each adds an MoE layer's weights, its
+  // routed experts spread as the model's are, and a layer's latent cache to every token.
+  int64_t mtp_layers = 0;
 };
 
 // Fails with ResourceExhausted, naming what does not fit and by how much, when the weights,

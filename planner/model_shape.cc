@@ -12,6 +12,11 @@ double ModelShape::total_params(int64_t n_routed_experts, int64_t n_shared_exper
          2.0 * embedding_params + norm_params;
 }
 
+double ModelShape::mtp_params(int64_t n_routed_experts, int64_t n_shared_experts) const {
+  return static_cast<double>(attention_params) + (n_routed_experts + n_shared_experts) * static_cast<double>(expert_params) +
+         gate_params + mtp_proj_params + mtp_norm_params;
+}
+
 ModelShape ShapeOf(const ModelConfig& c) {
   ModelShape s;
   s.layers = c.num_hidden_layers;
@@ -30,6 +35,8 @@ ModelShape ShapeOf(const ModelConfig& c) {
   // then the final norm.
   const int64_t per_layer = 2 * h + c.kv_lora_rank + (c.q_lora_rank ? *c.q_lora_rank : 0);
   s.norm_params = s.layers * per_layer + h;
+  s.mtp_proj_params = 2 * h * h;
+  s.mtp_norm_params = 3 * h + per_layer;
   return s;
 }
 

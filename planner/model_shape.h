@@ -1,8 +1,8 @@
 // What a DeepSeek-V2/V3 model weighs, from its config.json: parameters per part, bytes per
 // weight element and per cached token. The published checkpoints' layout: every projection of
 // a layer in the weight dtype (FP8 with 128x128 block scales for V3); embeddings, lm_head,
-// router gates and norms in BF16. The MTP module (num_nextn_predict_layers) is not counted:
-// Daedalus does not run it.
+// router gates and norms in BF16. The MTP module (num_nextn_predict_layers) is counted apart
+// (mtp_params), for plans that run it.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +23,18 @@ struct ModelShape {
   int64_t embedding_params = 0;           // embed_tokens; lm_head is as large
   int64_t norm_params = 0;                // every RMSNorm weight in the model
 
+  // One MTP module beside the MoE layer it holds (counted in attention, gate and expert
+  // params): its eh_proj (2 hidden -> hidden, a projection in the weight dtype) and its norms
+  // (enorm, hnorm, the shared head's, and the layer's own). It shares the main model's
+  // embedding and lm_head.
+  int64_t mtp_proj_params = 0;
+  int64_t mtp_norm_params = 0;
+
   // Everything the main model holds (671B for V3, 236B for V2, 15.7B for V2-Lite).
   double total_params(int64_t n_routed_experts, int64_t n_shared_experts) const;
+  // What one MTP module holds beyond the main model (11.6B for V3; with the embedding and
+  // lm_head its checkpoint stores, 13.5B: DeepSeek's "14B of MTP module weights").
+  double mtp_params(int64_t n_routed_experts, int64_t n_shared_experts) const;
 };
 
 ModelShape ShapeOf(const ModelConfig& config);

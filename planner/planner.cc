@@ -170,6 +170,7 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
   mr.logits_rows_per_micro_batch = decode ? mb.tokens : w.batch_per_device / mbs;
   mr.sequences = w.batch_per_device;
   mr.tokens_per_sequence = decode ? w.avg_context : w.prompt_tokens();
+  mr.mtp_layers = mtp ? 1 : 0;  // the one module that drafts
   ASSIGN_OR_RETURN(plan.memory, PlanMemory(config, hw, e, mr));
   plan.kv_bytes_per_token = KvBytesPerToken(config, w.kv_dtype);
   plan.kv_bytes_per_token_mha =

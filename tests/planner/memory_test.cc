@@ -39,6 +39,30 @@ TEST(Memory, DeepSeekDecodeUnitBreakdown) {
   EXPECT_GE(m.kv_capacity_sequences, 128);
 }
 
+TEST(Memory, DecodeWithMtpHoldsTheModuleAndItsCache) {
+  // The MTP module is one more MoE layer on every device, its routed experts spread as the
+  // model's are, with one more layer of latent cache per token.
+  const ModelConfig v3 = PresetModel("deepseek-v3");
+  const ClusterConfig cluster = PresetCluster("deepseek-decode-h800");
+  Workload w = PresetWorkload(v3, cluster);
+  w.batch_per_device = 64;
+  auto off = MakePlan(v3, cluster, w, Efficiency{}, {});
+  w.mtp_acceptance = 0.8;
+  auto on = MakePlan(v3, cluster, w, Efficiency{}, {});
+  ASSERT_TRUE(off.ok() && on.ok()) << off.status() << on.status();
+  const MemoryBreakdown &a = off->memory, &b = on->memory;
+  const double fp8 = 1.0 + 4.0 / 16384, expert = 3 * 7168.0 * 2048 * fp8;
+  // MLA and eh_proj in FP8, the router and the norms in BF16.
+  EXPECT_NEAR(b.attention_and_dense - a.attention_and_dense,
+              (187105280.0 + 2 * 7168.0 * 7168) * fp8 + 256 * 7168.0 * 2 + (3 * 7168 + 2 * 7168 + 512 + 1536) * 2, 1.0);
+  EXPECT_NEAR(b.shared_experts - a.shared_experts, expert, 1.0);
+  EXPECT_NEAR(b.routed_experts_own - a.routed_experts_own, 256.0 / 144 * expert, 1.0);
+  constexpr double kPerToken = 70272 + 1152;  // 62 layers of 576 BF16 elements
+  EXPECT_DOUBLE_EQ(b.kv_needed, 64.0 * 4989 * kPerToken);
+  EXPECT_EQ(b.kv_capacity_tokens, static_cast<int64_t>(b.kv_cache / kPerToken));
+  EXPECT_LT(b.kv_capacity_tokens, a.kv_capacity_tokens);
+}
+
 TEST(Memory, PrefillUnitHoldsNineRoutedExpertsPerGpu) {
   const ModelConfig v3 = PresetModel("deepseek-v3");
   const ClusterConfig cluster = PresetCluster("deepseek-prefill-h800");
