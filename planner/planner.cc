@@ -139,6 +139,7 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& config, const ClusterConfig& cl
   MicroBatch mb;
   mb.decode = decode;
   mb.tokens = step_tokens / mbs;
+  mb.sequences = decode ? w.batch_per_device / mbs : 0.0;
   mb.attended = decode ? static_cast<double>(w.avg_context) : cached + (computed_per_prompt + 1.0) / 2.0;
   mb.cached_prefix = decode ? 0.0 : w.batch_per_device * cached / mbs;
   mb.weight_dtype = w.weight_dtype;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/kv_row.h"
+
 namespace daedalus {
 
 double RooflineSeconds(const OpCost& op, const HardwareSpec& hw, const Efficiency& e) {
@@ -35,9 +37,10 @@ std::vector<OpCost> LayerOps(const ModelConfig& c, const ModelShape& s, int64_t 
   OpCost core{"core attention", 0, 0, hw.fp32_flops > 0 ? hw.fp32_flops : hw.bf16_flops, true};
   if (mb.decode) {
     // Scores over [kv_lora_rank + qk_rope_head_dim], output over kv_lora_rank, per head and
-    // cached token; the cache is read once per sequence.
+    // cached token; the cache is read once per sequence, however many of its tokens (an MTP
+    // draft beside the sampled one) attend to it.
     core.flops = 2.0 * m * heads * mb.attended * (2.0 * c.kv_lora_rank + c.qk_rope_head_dim);
-    core.bytes = m * mb.attended * static_cast<double>(KvBytesPerToken(c, mb.kv_dtype)) / c.num_hidden_layers;
+    core.bytes = mb.sequences * mb.attended * static_cast<double>(KvRowBytes(c, mb.kv_dtype));
   } else {
     core.flops = 2.0 * m * heads * mb.attended * static_cast<double>(c.qk_head_dim() + c.v_head_dim);
     core.bytes = (m + mb.cached_prefix) * heads * static_cast<double>(c.qk_head_dim() + c.v_head_dim) * 2.0 * 2.0;

@@ -35,6 +35,7 @@ bool MemoryBound(const OpCost& op, const HardwareSpec& hardware, const Efficienc
 struct MicroBatch {
   bool decode = true;
   double tokens = 0;             // tokens computed
+  double sequences = 0;          // decode: the sequences those tokens belong to (fewer with MTP drafts)
   double attended = 0;           // decode: cached tokens per sequence; prefill: mean positions each token attends
   double cached_prefix = 0;      // prefill: cached tokens decompressed per micro-batch (cache hits)
   double routed_pairs = 0;       // (token, expert) pairs the device serves (busiest device)

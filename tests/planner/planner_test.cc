@@ -139,6 +139,14 @@ TEST(Planner, MtpTradesAnExtraLayerAndADoubledBatchForAcceptedDrafts) {
     EXPECT_NEAR(half.itl_s, half.step_s / 1.5, 1e-12);
     EXPECT_LT(none.output_tokens_per_s_per_device, off.output_tokens_per_s_per_device);  // cost, no gain
     EXPECT_EQ(none.tokens_per_micro_batch, 2 * off.tokens_per_micro_batch);
+    // The draft and the sampled token read their sequence's cache once, together; the module's
+    // layer reads its own.
+    auto bytes = [](const Plan& p, const std::string& name) {
+      for (const StepPart& s : p.compute)
+        if (s.name == name) return s.bytes;
+      return -1.0;
+    };
+    EXPECT_NEAR(bytes(none, "core attention") / bytes(off, "core attention"), 62.0 / 61, 1e-12);
     if (batch == 4) {
       // Memory-bound: the second token and the module cost little, so accepted drafts pay.
       EXPECT_GT(plan_with(0.85, batch).output_tokens_per_s_per_device, 1.4 * off.output_tokens_per_s_per_device);
