@@ -67,13 +67,16 @@ class UcxKvTransfer final : public KvTransfer {
   void Sleep();
   void Wake();  // from Read and the destructor
   void Post(Transfer& t);
-  // Closes the peer's endpoint (its reads end, cancelled) and forgets it. A peer taken for
-  // alive is flushed first, for at most a second: its connection's setup and its reads finish
-  // before the close. UCX 1.13 aborts a process whose connection setup is cut short by the
-  // other side's close (the responder's pending reply trips an assertion when purged, removed
-  // in UCX 1.14), so a decode worker that closes early would take its prefill worker down.
+  // Closes the peer's endpoint (its reads end, cancelled) and forgets it. A peer not known to
+  // have failed is flushed first (Flush): UCX 1.13 aborts a process whose connection setup is
+  // cut short by the other side's close (the responder's pending reply trips an assertion when
+  // purged, removed in UCX 1.14), so a decode worker that closed early would take its prefill
+  // worker down.
   enum class Close { kFlushFirst, kForce };
   void Drop(const std::string& address, Close how);
+  // Lets the connection setup and the reads of every peer given that has not failed finish,
+  // all at once, for at most a second (and at most the transfer timeout).
+  void Flush(const std::vector<Peer*>& peers);
   Peer* Connect(const std::string& address, const std::string& key, absl::Status& error);
   static void OnRead(void* request, ucs_status_t status, void* transfer);  // a posted read's end
   static void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
@@ -136,7 +139,10 @@ UcxKvTransfer::~UcxKvTransfer() {
   Wake();
   if (thread_.joinable()) thread_.join();
   if (wake_fd_ >= 0) close(wake_fd_);
-  while (!peers_.empty()) Drop(peers_.begin()->first, Close::kFlushFirst);
+  std::vector<Peer*> all;
+  for (auto& [address, peer] : peers_) all.push_back(peer.get());
+  Flush(all);  // together: a shutdown waits one bound, not one per silent peer
+  while (!peers_.empty()) Drop(peers_.begin()->first, Close::kForce);
   if (memory_ != nullptr) ucp_mem_unmap(context_, memory_);
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
@@ -199,19 +205,28 @@ UcxKvTransfer::Peer* UcxKvTransfer::Connect(const std::string& address, const st
   return out;
 }
 
+void UcxKvTransfer::Flush(const std::vector<Peer*>& peers) {
+  std::vector<void*> flushing;
+  for (Peer* peer : peers) {
+    if (peer->failed || peer->endpoint == nullptr) continue;
+    ucp_request_param_t p{};
+    void* flush = ucp_ep_flush_nbx(peer->endpoint, &p);
+    if (UCS_PTR_IS_PTR(flush)) flushing.push_back(flush);
+  }
+  const auto until = Clock::now() + std::min<Clock::duration>(timeout_, std::chrono::seconds(1));
+  auto busy = [&] {
+    return std::any_of(flushing.begin(), flushing.end(),
+                       [](void* f) { return ucp_request_check_status(f) == UCS_INPROGRESS; });
+  };
+  while (busy() && Clock::now() < until) ucp_worker_progress(worker_);
+  for (void* f : flushing) ucp_request_free(f);  // one still under way is freed when the close ends it
+}
+
 void UcxKvTransfer::Drop(const std::string& address, Close how) {
   auto it = peers_.find(address);
   if (it == peers_.end()) return;
   Peer& peer = *it->second;
-  if (how == Close::kFlushFirst && !peer.failed && peer.endpoint != nullptr) {
-    ucp_request_param_t p{};
-    void* flush = ucp_ep_flush_nbx(peer.endpoint, &p);
-    if (UCS_PTR_IS_PTR(flush)) {
-      const auto until = Clock::now() + std::min<Clock::duration>(timeout_, std::chrono::seconds(1));
-      while (ucp_request_check_status(flush) == UCS_INPROGRESS && Clock::now() < until) ucp_worker_progress(worker_);
-      ucp_request_free(flush);  // if still under way, UCX frees it when the close ends it
-    }
-  }
+  if (how == Close::kFlushFirst) Flush({&peer});
   if (peer.rkey != nullptr) ucp_rkey_destroy(peer.rkey);
   if (peer.endpoint != nullptr) {
     ucp_request_param_t p{};
@@ -310,7 +325,11 @@ void UcxKvTransfer::Run() {
         dead.push_back(t->peer);
       }
     }
-    for (const std::string& address : dead) Drop(address, Close::kForce);
+    // A failed peer is closed at once; one merely late may still be setting up (see Drop).
+    for (const std::string& address : dead) {
+      auto peer = peers_.find(address);
+      Drop(address, peer != peers_.end() && peer->second->failed ? Close::kForce : Close::kFlushFirst);
+    }
     std::vector<Done> finished;
     for (auto it = active_.begin(); it != active_.end();) {
       Transfer& t = *it->second;

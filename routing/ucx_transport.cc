@@ -268,16 +268,16 @@ absl::Status Ucx::Wait(std::vector<Pending>& pending, const char* kind, const st
       }
     }
     if (all_done) return absl::OkStatus();
+    if (interrupt_below_.load() > epoch_) {  // first: a re-formation under way explains a lost peer too
+      CancelAll(pending);
+      return Interrupted(kind, what);
+    }
     if (!failed_peers_.empty()) {
       waited_for_ = failed_peers_;
       CancelAll(pending);
       return absl::UnavailableError(absl::StrCat("rank ", rank_, ": ", kind, " (", what, "): lost the connection to rank",
                                                  failed_peers_.size() > 1 ? "s " : " ", absl::StrJoin(failed_peers_, ", "),
                                                  " (UCX)"));
-    }
-    if (interrupt_below_.load() > epoch_) {
-      CancelAll(pending);
-      return Interrupted(kind, what);
     }
     const auto now = Clock::now();
     if (now >= expiry) {

@@ -95,8 +95,10 @@ TEST(KvTransfer, AGonePeerFailsTheReadInBoundedTime) {
 }
 
 TEST(KvTransfer, AReaderClosingMidConnectionLeavesThePeerServing) {
-  // A decode worker that shuts down (or gives up on a transfer) while its connection to the
-  // prefill worker is still being set up must not take the prefill worker down with it.
+  // A decode worker that shuts down while its connection to the prefill worker is still being
+  // set up must not take the prefill worker down with it (UCX 1.13 aborted it, in 25 runs of
+  // 30 before the flush; timing decides whether a close lands in the setup, hence 20 rounds at
+  // staggered delays).
   constexpr size_t kBytes = 1 << 16;
   std::vector<uint8_t> from(kBytes, 7), to(kBytes, 0);
   auto prefill = CreateUcxKvTransfer(from.data(), kBytes, 10s);
@@ -107,13 +109,14 @@ TEST(KvTransfer, AReaderClosingMidConnectionLeavesThePeerServing) {
     (*decode)->Read((*prefill)->address(), (*prefill)->pool_key(), {{0, 0, 4096}});
     std::this_thread::sleep_for(std::chrono::microseconds(50 * round));
   }
-  auto decode = CreateUcxKvTransfer(to.data(), kBytes, 10s);
+  std::vector<uint8_t> last(kBytes, 0);  // the rounds above may have written `to`
+  auto decode = CreateUcxKvTransfer(last.data(), kBytes, 10s);
   ASSERT_TRUE(decode.ok()) << decode.status();
   (*decode)->Read((*prefill)->address(), (*prefill)->pool_key(), {{0, 0, 4096}});
   auto done = WaitFor(**decode, 1);
   ASSERT_EQ(done.size(), 1u);
   EXPECT_TRUE(done[0].status.ok()) << done[0].status;
-  EXPECT_TRUE(std::all_of(to.begin(), to.begin() + 4096, [](uint8_t b) { return b == 7; }));
+  EXPECT_TRUE(std::all_of(last.begin(), last.begin() + 4096, [](uint8_t b) { return b == 7; }));
 }
 
 }  // namespace
