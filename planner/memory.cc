@@ -77,6 +77,7 @@ absl::StatusOr<MemoryBreakdown> PlanMemory(const ModelConfig& config, const Hard
         "; raise the EP degree, use FP8 weights or a device with more memory"));
   }
   m.kv_cache = m.total - fixed;
+  m.kv_bytes_per_token = kv_per_token;
   m.kv_capacity_tokens = static_cast<int64_t>(m.kv_cache / kv_per_token);
   m.kv_capacity_sequences = r.tokens_per_sequence > 0 ? m.kv_capacity_tokens / r.tokens_per_sequence : 0;
   m.kv_needed = static_cast<double>(r.sequences) * r.tokens_per_sequence * kv_per_token;

@@ -24,6 +24,7 @@ struct MemoryBreakdown {
   double communication_buffers = 0;     // dispatch / combine buffers
   double kv_cache = 0;                  // left for the latent cache
   double kv_needed = 0;                 // what the plan's sequences hold
+  int64_t kv_bytes_per_token = 0;       // what a cached token takes here (with an MTP module's layer)
   int64_t kv_capacity_tokens = 0;
   int64_t kv_capacity_sequences = 0;    // at the plan's tokens per sequence
 

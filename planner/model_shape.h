@@ -32,8 +32,8 @@ struct ModelShape {
 
   // Everything the main model holds (671B for V3, 236B for V2, 15.7B for V2-Lite).
   double total_params(int64_t n_routed_experts, int64_t n_shared_experts) const;
-  // What one MTP module holds beyond the main model (11.6B for V3; with the embedding and
-  // lm_head its checkpoint stores, 13.5B: DeepSeek's "14B of MTP module weights").
+  // What one MTP module holds beyond the main model: 11.6B for V3 (DeepSeek's weight notes:
+  // "11.5B unique parameters", the embedding and output head being shared).
   double mtp_params(int64_t n_routed_experts, int64_t n_shared_experts) const;
 };
 

@@ -36,6 +36,7 @@ nlohmann::ordered_json FlatResults(const std::string& model_name, const Plan& p)
   j["micro_batches"] = p.workload.micro_batches;
   j["kv_bytes_per_token"] = p.kv_bytes_per_token;
   j["kv_bytes_per_token_mha"] = p.kv_bytes_per_token_mha;
+  j["kv_bytes_per_token_held"] = p.memory.kv_bytes_per_token;  // with an MTP module's layer
   j["kv_capacity_tokens_per_device"] = p.memory.kv_capacity_tokens;
   j["kv_capacity_sequences_per_device"] = p.memory.kv_capacity_sequences;
   j["memory_per_device_bytes"] = std::llround(p.memory.used());
@@ -202,9 +203,12 @@ std::string PlanReport(const std::string& model_name, const Plan& p, const Effic
   line("KV cache in use", m.kv_needed);
   line("headroom (free KV cache)", m.kv_cache - m.kv_needed);
   line("device total", m.total);
-  absl::StrAppendFormat(&out, "  KV cache: %lld B/token (MHA equivalent %lld, %.1f%% of it); capacity %lld tokens = %lld sequences of %lld\n",
-                        p.kv_bytes_per_token, p.kv_bytes_per_token_mha,
-                        100.0 * p.kv_bytes_per_token / p.kv_bytes_per_token_mha, m.kv_capacity_tokens,
+  absl::StrAppendFormat(&out, "  KV cache: %lld B/token (MHA equivalent %lld, %.1f%% of it)", p.kv_bytes_per_token,
+                        p.kv_bytes_per_token_mha, 100.0 * p.kv_bytes_per_token / p.kv_bytes_per_token_mha);
+  if (m.kv_bytes_per_token != p.kv_bytes_per_token) {
+    absl::StrAppendFormat(&out, ", %lld B/token with the MTP module's layer", m.kv_bytes_per_token);
+  }
+  absl::StrAppendFormat(&out, "; capacity %lld tokens = %lld sequences of %lld\n", m.kv_capacity_tokens,
                         m.kv_capacity_sequences, decode ? w.avg_context : w.prompt_tokens());
 
   absl::StrAppendFormat(&out, "\nstep time on the slowest device (%lld tokens per micro-batch)\n", p.tokens_per_micro_batch);

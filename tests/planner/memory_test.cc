@@ -58,6 +58,8 @@ TEST(Memory, DecodeWithMtpHoldsTheModuleAndItsCache) {
   EXPECT_NEAR(b.shared_experts - a.shared_experts, expert, 1.0);
   EXPECT_NEAR(b.routed_experts_own - a.routed_experts_own, 256.0 / 144 * expert, 1.0);
   constexpr double kPerToken = 70272 + 1152;  // 62 layers of 576 BF16 elements
+  EXPECT_EQ(b.kv_bytes_per_token, kPerToken);
+  EXPECT_EQ(a.kv_bytes_per_token, 70272);
   EXPECT_DOUBLE_EQ(b.kv_needed, 64.0 * 4989 * kPerToken);
   EXPECT_EQ(b.kv_capacity_tokens, static_cast<int64_t>(b.kv_cache / kPerToken));
   EXPECT_LT(b.kv_capacity_tokens, a.kv_capacity_tokens);
